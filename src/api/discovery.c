@@ -1,0 +1,174 @@
+/*
+ * discovery.c - the discovery.etcd.io endpoints: /new, /health, /metrics,
+ * /robots.txt and the front page.
+ *
+ * /new answers in plain text on purpose: it is read by people and scripts
+ * (`curl .../new?size=3`), not by etcd members, and discovery.etcd.io did
+ * the same.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "api/api_internal.h"
+#include "api/form.h"
+#include "util/log.h"
+#include "util/timeutil.h"
+
+#define DEFAULT_SIZE 3
+#define TOKEN_BYTES 16 /* 32 hex characters */
+
+static void send_text(api_t *api, http_conn_t *c, enum metrics_endpoint ep, const char *method,
+                      int status, const char *text)
+{
+    http_reply_t r = {.status = status, .content_type = "text/plain; charset=utf-8",
+                      .body = text, .body_len = strlen(text)};
+    api_send(api, c, ep, method, &r);
+}
+
+/* 32 lowercase hex characters from the kernel's CSPRNG. */
+static int make_token(char out[2 * TOKEN_BYTES + 1])
+{
+    unsigned char raw[TOKEN_BYTES];
+    size_t got = 0;
+    while (got < sizeof raw) {
+        ssize_t n = getrandom(raw + got, sizeof raw - got, 0);
+        if (n < 0)
+            return -1;
+        got += (size_t)n;
+    }
+    static const char hex[] = "0123456789abcdef";
+    for (size_t i = 0; i < TOKEN_BYTES; i++) {
+        out[2 * i] = hex[raw[i] >> 4];
+        out[2 * i + 1] = hex[raw[i] & 15];
+    }
+    out[2 * TOKEN_BYTES] = '\0';
+    return 0;
+}
+
+/* A Host header we are willing to print back in a URL. */
+static bool host_is_sane(const char *h)
+{
+    if (!*h || strlen(h) > 255)
+        return false;
+    for (const char *p = h; *p; p++) {
+        char c = *p;
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '-' || c == ':' || c == '[' || c == ']' || c == '_'))
+            return false;
+    }
+    return true;
+}
+
+void discovery_new(api_t *api, const http_request_t *req)
+{
+    const char *method = req->method_name;
+    form_t f;
+    form_init(&f);
+    if (strncmp(req->content_type, "application/x-www-form-urlencoded", 33) == 0)
+        form_parse(&f, req->body, req->body_len);
+    form_parse(&f, req->query, req->query_len);
+    const char *sv = form_get(&f, "size");
+    uint64_t size = DEFAULT_SIZE;
+    char msg[160];
+    if (f.error) {
+        snprintf(msg, sizeof msg, "bad query: %s\n", f.error);
+        send_text(api, req->conn, METRICS_NEW, method, 400, msg);
+        form_free(&f);
+        return;
+    }
+    if (sv && *sv && (!form_parse_u64(sv, &size) || size < REGISTRY_MIN_SIZE ||
+                      size > REGISTRY_MAX_SIZE)) {
+        snprintf(msg, sizeof msg, "size must be a whole number from %d to %d\n",
+                 REGISTRY_MIN_SIZE, REGISTRY_MAX_SIZE);
+        send_text(api, req->conn, METRICS_NEW, method, 400, msg);
+        form_free(&f);
+        return;
+    }
+    form_free(&f);
+
+    buf_t prefix = BUF_INIT;
+    if (api->host_prefix) {
+        buf_puts(&prefix, api->host_prefix);
+    } else if (host_is_sane(req->host)) {
+        buf_puts(&prefix, "http://");
+        buf_puts(&prefix, req->host);
+    } else {
+        send_text(api, req->conn, METRICS_NEW, method, 400,
+                  "no usable Host header: start disco with --host to set the URL prefix\n");
+        return;
+    }
+    char token[2 * TOKEN_BYTES + 1];
+    reg_result_t res = {0};
+    res.err = REG_E_NODE_EXIST;
+    for (int tries = 0; tries < 3 && res.err == REG_E_NODE_EXIST; tries++) {
+        reg_result_clear(&res);
+        if (make_token(token) != 0) {
+            log_error("getrandom failed; cannot make a token");
+            res.err = REG_E_INTERNAL;
+            break;
+        }
+        registry_create_token(api->reg, token, (unsigned)size, time_wall_ns(), &res);
+    }
+    if (res.err) {
+        send_text(api, req->conn, METRICS_NEW, method, 503,
+                  "cannot create a token right now; try again\n");
+    } else {
+        buf_putc(&prefix, '/');
+        buf_puts(&prefix, token);
+        http_reply_t r = {.status = 200, .content_type = "text/plain; charset=utf-8",
+                          .body = prefix.data, .body_len = prefix.len};
+        api_send(api, req->conn, METRICS_NEW, method, &r);
+    }
+    reg_result_clear(&res);
+    buf_free(&prefix);
+}
+
+void discovery_health(api_t *api, const http_request_t *req)
+{
+    bool ok = !api->store || store_healthy(api->store);
+    send_text(api, req->conn, METRICS_HEALTH, req->method_name, ok ? 200 : 503,
+              ok ? "OK" : "store unavailable");
+}
+
+void discovery_metrics(api_t *api, const http_request_t *req)
+{
+    metrics_gauges_t g = {
+        .tokens = registry_token_count(api->reg),
+        .parked_waits = registry_waiter_count(api->reg),
+        .connections = api->srv ? http_server_connection_count(api->srv) : 0,
+        .index = registry_index(api->reg),
+    };
+    buf_t body = BUF_INIT;
+    metrics_render(api->metrics, &g, &body);
+    http_reply_t r = {.status = buf_failed(&body) ? 500 : 200,
+                      .content_type = "text/plain; version=0.0.4; charset=utf-8",
+                      .body = body.data, .body_len = buf_failed(&body) ? 0 : body.len};
+    http_reply(req->conn, &r);
+    buf_free(&body);
+}
+
+void discovery_robots(api_t *api, const http_request_t *req)
+{
+    (void)api;
+    static const char robots[] = "User-agent: *\nDisallow: /\n";
+    http_reply_simple(req->conn, 200, "text/plain; charset=utf-8", robots, sizeof robots - 1);
+}
+
+void discovery_index_page(api_t *api, const http_request_t *req)
+{
+    (void)api;
+    static const char page[] =
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>disco</title></head>\n"
+        "<body>\n<h1>disco: etcd cluster discovery</h1>\n"
+        "<p>This service helps the members of a new etcd cluster find each other.</p>\n"
+        "<p>Get a discovery URL for a cluster of 3 members:</p>\n"
+        "<pre>curl -s 'http://HOST/new?size=3'</pre>\n"
+        "<p>then start every member with <code>--discovery=&lt;that URL&gt;</code>. "
+        "A token bootstraps one cluster, once; members beyond the size become proxies.</p>\n"
+        "<p>The etcd v2 keys form works too: "
+        "<code>--discovery=http://HOST/v2/keys/_etcd/registry/&lt;token&gt;</code>.</p>\n"
+        "</body></html>\n";
+    http_reply_simple(req->conn, 200, "text/html; charset=utf-8", page, sizeof page - 1);
+}

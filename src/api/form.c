@@ -1,0 +1,207 @@
+/*
+ * form.c - URL query and urlencoded-form decoding; see form.h.
+ */
+#include "api/form.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void form_init(form_t *f) { memset(f, 0, sizeof *f); }
+
+void form_free(form_t *f)
+{
+    for (size_t i = 0; i < f->n; i++) {
+        free(f->params[i].name);
+        free(f->params[i].value);
+    }
+    free(f->params);
+    free(f->error);
+    form_init(f);
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/*
+ * Go's url.unescape. On a bad escape returns NULL and writes Go's message
+ * into err_out (which must hold 64 bytes).
+ */
+static char *unescape(const char *s, size_t len, bool plus_is_space, char *err_out)
+{
+    char *out = malloc(len + 1);
+    if (!out)
+        return NULL;
+    size_t o = 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        if (c == '%') {
+            int hi = i + 1 < len ? hexval(s[i + 1]) : -1;
+            int lo = i + 2 < len ? hexval(s[i + 2]) : -1;
+            if (hi < 0 || lo < 0) {
+                size_t el = len - i < 3 ? len - i : 3;
+                /* Go quotes the bad escape with strconv.Quote. */
+                snprintf(err_out, 64, "invalid URL escape \"%.*s\"", (int)el, s + i);
+                free(out);
+                return NULL;
+            }
+            out[o++] = (char)(hi * 16 + lo);
+            i += 2;
+        } else if (c == '+' && plus_is_space) {
+            out[o++] = ' ';
+        } else {
+            out[o++] = c;
+        }
+    }
+    out[o] = '\0';
+    return out;
+}
+
+/* "%00" would decode to a NUL that C strings (and keys) cannot carry. */
+static bool has_escaped_nul(const char *s, size_t len)
+{
+    for (size_t i = 0; i + 2 < len; i++)
+        if (s[i] == '%' && s[i + 1] == '0' && s[i + 2] == '0')
+            return true;
+    return false;
+}
+
+static void set_error(form_t *f, const char *msg)
+{
+    if (!f->error)
+        f->error = strdup(msg);
+}
+
+static int add_param(form_t *f, char *name, char *value)
+{
+    if (f->n == f->cap) {
+        size_t cap = f->cap ? f->cap * 2 : 8;
+        form_param_t *p = realloc(f->params, cap * sizeof *p);
+        if (!p)
+            return -ENOMEM;
+        f->params = p;
+        f->cap = cap;
+    }
+    f->params[f->n].name = name;
+    f->params[f->n].value = value;
+    f->n++;
+    return 0;
+}
+
+int form_parse(form_t *f, const char *s, size_t len)
+{
+    size_t i = 0;
+    while (i < len) {
+        size_t start = i;
+        while (i < len && s[i] != '&')
+            i++;
+        const char *pair = s + start;
+        size_t plen = i - start;
+        if (i < len)
+            i++; /* the '&' */
+        if (plen == 0)
+            continue;
+        if (memchr(pair, ';', plen)) {
+            set_error(f, "invalid semicolon separator in query");
+            continue;
+        }
+        if (has_escaped_nul(pair, plen)) {
+            set_error(f, "invalid NUL byte in form value");
+            continue;
+        }
+        const char *eq = memchr(pair, '=', plen);
+        size_t nlen = eq ? (size_t)(eq - pair) : plen;
+        char err[64] = "";
+        char *name = unescape(pair, nlen, true, err);
+        if (!name) {
+            if (!*err)
+                return -ENOMEM;
+            set_error(f, err);
+            continue;
+        }
+        char *value = eq ? unescape(eq + 1, plen - nlen - 1, true, err) : strdup("");
+        if (!value) {
+            free(name);
+            if (!*err)
+                return -ENOMEM;
+            set_error(f, err);
+            continue;
+        }
+        if (add_param(f, name, value) != 0) {
+            free(name);
+            free(value);
+            return -ENOMEM;
+        }
+    }
+    return 0;
+}
+
+const char *form_get(const form_t *f, const char *name)
+{
+    for (size_t i = 0; i < f->n; i++)
+        if (strcmp(f->params[i].name, name) == 0)
+            return f->params[i].value;
+    return NULL;
+}
+
+bool form_has(const form_t *f, const char *name) { return form_get(f, name) != NULL; }
+
+char *form_unescape_path(const char *s, size_t len, int *bad_escape)
+{
+    char err[64] = "";
+    *bad_escape = 0;
+    char *out = unescape(s, len, false, err);
+    if (!out) {
+        *bad_escape = *err ? 1 : 0;
+        return NULL;
+    }
+    if (has_escaped_nul(s, len)) { /* it would cut the key short */
+        free(out);
+        *bad_escape = 1;
+        return NULL;
+    }
+    return out;
+}
+
+bool form_parse_bool(const char *s, bool *out)
+{
+    static const char *const yes[] = {"1", "t", "T", "TRUE", "true", "True"};
+    static const char *const no[] = {"0", "f", "F", "FALSE", "false", "False"};
+    for (size_t i = 0; i < 6; i++) {
+        if (strcmp(s, yes[i]) == 0) {
+            *out = true;
+            return true;
+        }
+        if (strcmp(s, no[i]) == 0) {
+            *out = false;
+            return true;
+        }
+    }
+    return false;
+}
+
+bool form_parse_u64(const char *s, uint64_t *out)
+{
+    if (!*s)
+        return false;
+    uint64_t v = 0;
+    for (; *s; s++) {
+        if (*s < '0' || *s > '9')
+            return false;
+        unsigned d = (unsigned)(*s - '0');
+        if (v > (UINT64_MAX - d) / 10)
+            return false;
+        v = v * 10 + d;
+    }
+    *out = v;
+    return true;
+}

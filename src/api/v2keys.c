@@ -1,0 +1,309 @@
+/*
+ * v2keys.c - etcd's v2 keys API over the registry.
+ *
+ * Request parsing follows etcd 3.4's parseKeyRequest (the order of checks
+ * decides which error a bad request gets), and the choice of store
+ * operation follows its v2 applier: PUT is create (prevExist=false), update
+ * (prevExist=true), compareAndSwap (prevValue/prevIndex) or set; DELETE is
+ * compareAndDelete or delete; POST is an in-order create; GET is a read or,
+ * with wait=true, a watch that may park.
+ *
+ * Deliberate differences, documented in docs/decisions.md: `refresh` and
+ * `stream` are not supported (400 and ignored respectively).
+ */
+#include <http_parser.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "api/api_internal.h"
+#include "api/form.h"
+#include "api/v2json.h"
+#include "util/timeutil.h"
+
+/* A watch parked on a connection until an event, a timeout or a close. */
+typedef struct parked_watch {
+    reg_waiter_t w;
+    api_t *api;
+    http_conn_t *conn;
+    enum metrics_endpoint ep;
+} parked_watch_t;
+
+/* What a v2 request asks for, once its parameters are parsed. */
+typedef struct v2_params {
+    uint64_t prev_index, wait_index;
+    bool recursive, sorted, wait, dir, no_value_on_success;
+    const char *prev_value; /* "" when absent */
+    const char *value;      /* "" when absent */
+    reg_ttl_t ttl;
+    int prev_exist; /* -1 absent, 0 false, 1 true */
+} v2_params_t;
+
+typedef struct param_error {
+    int code;
+    const char *cause;
+} param_error_t;
+
+static bool get_u64(const form_t *f, const char *name, uint64_t *out)
+{
+    const char *v = form_get(f, name);
+    *out = 0;
+    return !v || form_parse_u64(v, out);
+}
+
+static bool get_bool(const form_t *f, const char *name, bool *out)
+{
+    const char *v = form_get(f, name);
+    *out = false;
+    return !v || form_parse_bool(v, out);
+}
+
+static bool is_form_content(const char *ct)
+{
+    static const char form[] = "application/x-www-form-urlencoded";
+    size_t n = strcspn(ct, ";");
+    while (n > 0 && (ct[n - 1] == ' ' || ct[n - 1] == '\t'))
+        n--;
+    return n == sizeof form - 1 && strncasecmp(ct, form, n) == 0;
+}
+
+/* etcd's parseKeyRequest, check by check. Returns false with *err set. */
+static bool parse_params(const form_t *f, int method, v2_params_t *p, param_error_t *err)
+{
+    static const char *const bools[] = {"recursive", "sorted", "wait", "dir", "quorum", "stream"};
+    static const char *const bool_causes[] = {
+        "invalid value for \"recursive\"", "invalid value for \"sorted\"",
+        "invalid value for \"wait\"",      "invalid value for \"dir\"",
+        "invalid value for \"quorum\"",    "invalid value for \"stream\""};
+    memset(p, 0, sizeof *p);
+    p->prev_exist = -1;
+    if (!get_u64(f, "prevIndex", &p->prev_index)) {
+        *err = (param_error_t){203, "invalid value for \"prevIndex\""};
+        return false;
+    }
+    if (!get_u64(f, "waitIndex", &p->wait_index)) {
+        *err = (param_error_t){203, "invalid value for \"waitIndex\""};
+        return false;
+    }
+    bool vals[6];
+    for (size_t i = 0; i < 6; i++) {
+        if (!get_bool(f, bools[i], &vals[i])) {
+            *err = (param_error_t){209, bool_causes[i]};
+            return false;
+        }
+    }
+    p->recursive = vals[0];
+    p->sorted = vals[1];
+    p->wait = vals[2];
+    p->dir = vals[3];
+    if (p->wait && method != HTTP_GET) {
+        *err = (param_error_t){209, "\"wait\" can only be used with GET requests"};
+        return false;
+    }
+    const char *pv = form_get(f, "prevValue");
+    if (pv && !*pv) {
+        *err = (param_error_t){201, "\"prevValue\" cannot be empty"};
+        return false;
+    }
+    p->prev_value = pv ? pv : "";
+    if (!get_bool(f, "noValueOnSuccess", &p->no_value_on_success)) {
+        *err = (param_error_t){209, "invalid value for \"noValueOnSuccess\""};
+        return false;
+    }
+    const char *ttl = form_get(f, "ttl");
+    if (ttl && *ttl) {
+        if (!form_parse_u64(ttl, &p->ttl.ttl_s)) {
+            *err = (param_error_t){202, "invalid value for \"ttl\""};
+            return false;
+        }
+        p->ttl.has_ttl = true;
+    }
+    if (form_has(f, "prevExist")) {
+        bool b;
+        if (!form_parse_bool(form_get(f, "prevExist"), &b)) {
+            *err = (param_error_t){209, "invalid value for prevExist"};
+            return false;
+        }
+        p->prev_exist = b;
+    }
+    if (form_has(f, "refresh")) {
+        *err = (param_error_t){209, "refresh is not supported by this discovery service"};
+        return false;
+    }
+    const char *v = form_get(f, "value");
+    p->value = v ? v : "";
+    return true;
+}
+
+static void send_result(api_t *api, const http_request_t *req, enum metrics_endpoint ep,
+                        reg_result_t *res, const v2_params_t *p)
+{
+    if (res->err) {
+        api_send_v2_error(api, req->conn, ep, req->method_name, 0, res->err, res->cause,
+                          res->index);
+        return;
+    }
+    buf_t body = BUF_INIT;
+    int status = 200;
+    if (res->event) {
+        const reg_event_t *ev = res->event;
+        bool created = ev->action == REG_ACT_CREATE || (ev->action == REG_ACT_SET && !ev->has_prev);
+        status = created ? 201 : 200;
+        bool no_value = p->no_value_on_success &&
+                        (ev->action == REG_ACT_SET || ev->action == REG_ACT_CAS ||
+                         ev->action == REG_ACT_CREATE || ev->action == REG_ACT_UPDATE);
+        v2json_event(&body, ev, no_value);
+    } else {
+        v2json_get(&body, res->node, p->recursive, p->sorted, res->now_ns);
+    }
+    if (buf_failed(&body)) {
+        buf_free(&body);
+        api_send_v2_error(api, req->conn, ep, req->method_name, 0, 300, "out of memory",
+                          res->index);
+        return;
+    }
+    http_reply_t r = {.status = status, .content_type = "application/json",
+                      .has_etcd_index = true, .etcd_index = res->index,
+                      .body = body.data, .body_len = body.len};
+    api_send(api, req->conn, ep, req->method_name, &r);
+    buf_free(&body);
+}
+
+/* ---- watches ---------------------------------------------------------- */
+
+static void send_event(parked_watch_t *pw, const reg_event_t *ev)
+{
+    const char *data;
+    size_t len;
+    if (!v2json_event_wire((reg_event_t *)ev, &data, &len)) {
+        api_send_v2_error(pw->api, pw->conn, pw->ep, "GET", 0, 300, "out of memory",
+                          pw->w.start_index);
+        return;
+    }
+    http_reply_t r = {.status = 200, .content_type = "application/json",
+                      .has_etcd_index = true, .etcd_index = pw->w.start_index,
+                      .body = data, .body_len = len};
+    api_send(pw->api, pw->conn, pw->ep, "GET", &r);
+}
+
+static void on_watch_event(reg_waiter_t *w, const reg_event_t *ev)
+{
+    parked_watch_t *pw = w->ctx;
+    send_event(pw, ev);
+    free(pw);
+}
+
+static void on_park_end(http_conn_t *c, void *ctx, enum http_park_end why)
+{
+    parked_watch_t *pw = ctx;
+    registry_unwatch(pw->api->reg, &pw->w);
+    if (why != HTTP_PARK_CLOSED) {
+        /* etcd's client reads "200 with an empty body" as "ask again". */
+        http_reply_t r = {.status = 200, .content_type = "application/json",
+                          .has_etcd_index = true, .etcd_index = pw->w.start_index};
+        api_send(pw->api, c, pw->ep, "GET", &r);
+    }
+    free(pw);
+}
+
+static void handle_watch(api_t *api, const http_request_t *req, const char *key,
+                         enum metrics_endpoint ep, const v2_params_t *p)
+{
+    parked_watch_t *pw = calloc(1, sizeof *pw);
+    if (!pw) {
+        api_send_v2_error(api, req->conn, ep, req->method_name, 0, 300, "out of memory",
+                          registry_index(api->reg));
+        return;
+    }
+    pw->api = api;
+    pw->conn = req->conn;
+    pw->ep = ep;
+    reg_result_t res;
+    registry_watch(api->reg, key, p->recursive, p->wait_index, &pw->w, on_watch_event, pw, &res);
+    if (res.err) {
+        send_result(api, req, ep, &res, p);
+        free(pw);
+    } else if (res.event) {
+        pw->w.start_index = res.index;
+        send_event(pw, res.event);
+        free(pw);
+    } else {
+        http_park(req->conn, on_park_end, pw);
+    }
+    reg_result_clear(&res);
+}
+
+/* ---- the handler -------------------------------------------------------- */
+
+/* Is `key` inside a token's _config directory (or the directory itself)? */
+static bool in_config(const char *key)
+{
+    static const char prefix[] = REGISTRY_PREFIX "/";
+    if (strncmp(key, prefix, sizeof prefix - 1) != 0)
+        return false;
+    const char *rest = strchr(key + sizeof prefix - 1, '/');
+    while (rest && rest[0] == '/' && rest[1] == '/')
+        rest++;
+    return rest && strncmp(rest, "/_config", 8) == 0 && (rest[8] == '\0' || rest[8] == '/');
+}
+
+void v2keys_handle(api_t *api, const http_request_t *req, const char *key,
+                   enum metrics_endpoint ep, bool config_read_only)
+{
+    int m = req->method;
+    if (m != HTTP_GET && m != HTTP_HEAD && m != HTTP_PUT && m != HTTP_POST && m != HTTP_DELETE) {
+        api_send_v2_error(api, req->conn, ep, req->method_name, 405, 209,
+                          "method not allowed: use GET, HEAD, PUT, POST or DELETE",
+                          registry_index(api->reg));
+        return;
+    }
+    form_t f;
+    form_init(&f);
+    int rc = 0;
+    if ((m == HTTP_PUT || m == HTTP_POST) && is_form_content(req->content_type))
+        rc = form_parse(&f, req->body, req->body_len); /* body values win: parse first */
+    if (rc == 0)
+        rc = form_parse(&f, req->query, req->query_len);
+    v2_params_t p;
+    param_error_t perr;
+    if (rc != 0) {
+        api_send_v2_error(api, req->conn, ep, req->method_name, 0, 300, "out of memory", 0);
+    } else if (f.error) {
+        api_send_v2_error(api, req->conn, ep, req->method_name, 0, 210, f.error, 0);
+    } else if (!parse_params(&f, m, &p, &perr)) {
+        api_send_v2_error(api, req->conn, ep, req->method_name, 0, perr.code, perr.cause, 0);
+    } else if (config_read_only && m != HTTP_GET && m != HTTP_HEAD && in_config(key)) {
+        api_send_v2_error(api, req->conn, ep, req->method_name, 0, 107,
+                          "a token's _config is read-only here; tokens are made with /new",
+                          registry_index(api->reg));
+    } else if (p.wait) {
+        handle_watch(api, req, key, ep, &p);
+    } else {
+        reg_result_t res;
+        int64_t now = time_wall_ns();
+        registry_t *reg = api->reg;
+        bool compare = p.prev_index > 0 || *p.prev_value;
+        if (m == HTTP_GET || m == HTTP_HEAD) {
+            registry_get(reg, key, now, &res);
+        } else if (m == HTTP_POST) {
+            registry_create(reg, key, p.dir, p.value, true, p.ttl, now, &res);
+        } else if (m == HTTP_DELETE) {
+            if (compare)
+                registry_compare_and_delete(reg, key, p.prev_value, p.prev_index, now, &res);
+            else
+                registry_delete(reg, key, p.dir, p.recursive, now, &res);
+        } else if (p.prev_exist == 1 && !compare) {
+            registry_update(reg, key, p.value, p.ttl, now, &res);
+        } else if (p.prev_exist == 0) {
+            registry_create(reg, key, p.dir, p.value, false, p.ttl, now, &res);
+        } else if (compare) {
+            registry_compare_and_swap(reg, key, p.prev_value, p.prev_index, p.value, p.ttl, now,
+                                      &res);
+        } else {
+            registry_set(reg, key, p.dir, p.value, p.ttl, now, &res);
+        }
+        send_result(api, req, ep, &res, &p);
+        reg_result_clear(&res);
+    }
+    form_free(&f);
+}

@@ -1,0 +1,136 @@
+/*
+ * main.c - the `disco` command: subcommand dispatch, process setup and
+ * teardown. Nothing else lives here.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "api/api.h"
+#include "registry/registry.h"
+#include "server/http.h"
+#include "store/store.h"
+#include "util/config.h"
+#include "util/log.h"
+
+#ifndef DISCO_VERSION
+#define DISCO_VERSION "0.0.0-dev"
+#endif
+
+static const char usage[] =
+    "usage: disco <command> [flags]\n"
+    "\n"
+    "commands:\n"
+    "  serve      run the etcd cluster-discovery service (disco serve --help)\n"
+    "  version    print the version\n"
+    "  help       this text\n";
+
+/* mkdir -p */
+static int make_dirs(const char *path)
+{
+    char tmp[4096];
+    if (snprintf(tmp, sizeof tmp, "%s", path) >= (int)sizeof tmp)
+        return -ENAMETOOLONG;
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(tmp, 0700) != 0 && errno != EEXIST)
+            return -errno;
+        *p = '/';
+    }
+    if (mkdir(tmp, 0700) != 0 && errno != EEXIST)
+        return -errno;
+    return 0;
+}
+
+/* --host default when --addr names a host: http://HOST:PORT. */
+static char *derive_host(const char *addr)
+{
+    if (addr[0] == ':')
+        return NULL; /* all interfaces: use each request's Host header */
+    size_t n = strlen(addr) + 8;
+    char *h = malloc(n);
+    if (h)
+        snprintf(h, n, "http://%s", addr);
+    return h;
+}
+
+static int cmd_serve(int argc, char **argv)
+{
+    serve_config_t cfg;
+    char err[256];
+    if (config_parse_serve(argc, argv, &cfg, err) != 0) {
+        fprintf(stderr, "disco serve: %s\n", err);
+        return 2;
+    }
+    if (cfg.help) {
+        fputs(config_serve_usage, stdout);
+        return 0;
+    }
+    int rc = make_dirs(cfg.data_dir);
+    if (rc != 0) {
+        log_error("cannot create data dir %s: %s", cfg.data_dir, strerror(-rc));
+        return 1;
+    }
+    char *derived = cfg.host ? NULL : derive_host(cfg.addr);
+    store_t *store = store_memory_new();
+    registry_t *reg = store ? registry_new(store) : NULL;
+    api_config_t acfg = {.host_prefix = cfg.host ? cfg.host : derived};
+    api_t *api = reg ? api_new(reg, store, &acfg) : NULL;
+    if (!api) {
+        log_error("out of memory at startup");
+        return 1;
+    }
+    http_server_config_t scfg = {
+        .addr = cfg.addr,
+        .wait_timeout_ms = cfg.wait_timeout_ms,
+        .handler = api_handle,
+        .handler_ctx = api,
+        .tick = api_tick,
+        .tick_ctx = api,
+    };
+    http_server_t *srv = http_server_new(&scfg, err);
+    if (!srv) {
+        log_error("%s", err);
+        return 1;
+    }
+    api_set_server(api, srv);
+    log_info("disco %s serving on %s (store: %s; data dir: %s; /new prints %s; wait timeout: "
+             "%llums)",
+             DISCO_VERSION, http_server_address(srv), store_name(store), cfg.data_dir,
+             acfg.host_prefix ? acfg.host_prefix : "http://<Host header>",
+             (unsigned long long)cfg.wait_timeout_ms);
+    rc = http_server_run(srv);
+    size_t tokens = registry_token_count(reg);
+    http_server_free(srv);
+    api_free(api);
+    registry_free(reg);
+    store_close(store);
+    free(derived);
+    if (rc != 0) {
+        log_error("event loop failed: %s", strerror(-rc));
+        return 1;
+    }
+    log_info("disco stopped cleanly (%zu tokens in the registry)", tokens);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || strcmp(argv[1], "help") == 0 || strcmp(argv[1], "--help") == 0 ||
+        strcmp(argv[1], "-h") == 0) {
+        fputs(usage, argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    if (strcmp(argv[1], "version") == 0 || strcmp(argv[1], "--version") == 0) {
+        printf("disco %s\n", DISCO_VERSION);
+        return 0;
+    }
+    if (strcmp(argv[1], "serve") == 0)
+        return cmd_serve(argc - 2, argv + 2);
+    fprintf(stderr, "disco: unknown command \"%s\"\n\n%s", argv[1], usage);
+    return 2;
+}

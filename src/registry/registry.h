@@ -1,0 +1,222 @@
+/*
+ * registry.h - the discovery registry: tokens, their etcd v2 key trees, the
+ * global index, each token's event history, TTL expiry and parked watchers.
+ *
+ * This is the only place where etcd v2 store semantics live (create, set,
+ * update, compareAndSwap, delete, compareAndDelete, expire, get, watch), with
+ * the rules of a discovery service on top:
+ *   - every key lives in a token: /_etcd/registry/<token>/...; nothing outside
+ *     a token exists, and tokens are never listed;
+ *   - a token is created by setting /_etcd/registry/<token>/_config/size to a
+ *     whole number (registry_create_token or a write of that key); after that
+ *     _config is read-only and the token directory cannot be deleted, so one
+ *     token can bootstrap one cluster, ever;
+ *   - each token keeps its whole event history, so a watch never gets
+ *     "event index cleared" for an index at or after the token's creation.
+ *
+ * Threading: single-threaded. The event loop thread owns the registry; no
+ * function here blocks or takes a lock.
+ *
+ * Keys passed in are full v2 keys ("/_etcd/registry/tok/id"), already
+ * percent-decoded; the registry cleans them (duplicate and trailing slashes).
+ *
+ * Every mutation becomes one reg_event_t with the next global index. The
+ * event is applied to the tree, appended to the token's history, handed to
+ * the store (durability) and then to the matching parked watchers.
+ */
+#ifndef DISCO_REGISTRY_REGISTRY_H
+#define DISCO_REGISTRY_REGISTRY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define REGISTRY_PREFIX "/_etcd/registry"
+/* Longest token name accepted through the v2 keys path. */
+#define REGISTRY_MAX_TOKEN_BYTES 64
+
+struct store;
+
+/* etcd v2 error codes the registry produces (see api/v2json.h for texts). */
+enum reg_errcode {
+    REG_OK = 0,
+    REG_E_KEY_NOT_FOUND = 100,
+    REG_E_TEST_FAILED = 101,
+    REG_E_NOT_FILE = 102,
+    REG_E_NOT_DIR = 104,
+    REG_E_NODE_EXIST = 105,
+    REG_E_ROOT_READ_ONLY = 107,
+    REG_E_DIR_NOT_EMPTY = 108,
+    REG_E_INVALID_FIELD = 209,
+    REG_E_INTERNAL = 300, /* out of memory or store failure */
+};
+
+enum reg_action {
+    REG_ACT_GET,
+    REG_ACT_CREATE,
+    REG_ACT_SET,
+    REG_ACT_UPDATE,
+    REG_ACT_CAS,
+    REG_ACT_DELETE,
+    REG_ACT_CAD,
+    REG_ACT_EXPIRE,
+};
+
+/* etcd's action name ("create", "compareAndSwap", ...). */
+const char *reg_action_name(enum reg_action action);
+
+/* A node as an event carries it: a snapshot, independent of the live tree. */
+typedef struct reg_snap {
+    char *key;   /* full key, owned */
+    char *value; /* owned; NULL for directories and for delete/expire nodes */
+    bool is_dir;
+    uint64_t created_index;
+    uint64_t modified_index;
+    int64_t expire_ns; /* wall-clock expiry; 0 = permanent */
+    int64_t ttl_s;     /* seconds left when the event happened (0 = none) */
+} reg_snap_t;
+
+/* One change of the registry. Owned by the token's history. */
+typedef struct reg_event {
+    enum reg_action action;
+    uint64_t index;  /* global index of this change == node.modified_index */
+    int64_t wall_ns; /* when it happened */
+    reg_snap_t node;
+    bool has_prev;
+    reg_snap_t prev;
+    /* The rendered v2 JSON answer for this event, cached by whoever renders
+     * it first (see api/v2json.h); freed with the event. */
+    char *wire;
+    size_t wire_len;
+} reg_event_t;
+
+/* A live node of a token's tree; read it through the accessors below. */
+typedef struct reg_node reg_node_t;
+
+const char *reg_node_key(const reg_node_t *n);
+/* NULL for directories. */
+const char *reg_node_value(const reg_node_t *n);
+bool reg_node_is_dir(const reg_node_t *n);
+/* Keys whose last segment starts with '_' are hidden from listings. */
+bool reg_node_is_hidden(const reg_node_t *n);
+uint64_t reg_node_created_index(const reg_node_t *n);
+uint64_t reg_node_modified_index(const reg_node_t *n);
+int64_t reg_node_expire_ns(const reg_node_t *n);
+/* Children in creation order; NULL at the end. */
+const reg_node_t *reg_node_first_child(const reg_node_t *n);
+const reg_node_t *reg_node_next_sibling(const reg_node_t *n);
+size_t reg_node_child_count(const reg_node_t *n);
+
+/*
+ * The outcome of an operation. On error, `err` is the etcd code, `cause` the
+ * etcd cause text (owned; free with reg_result_clear) and `index` the current
+ * index. On success, `index` is the X-Etcd-Index to report, and either
+ * `event` (a write, owned by the registry) or `node` (a get) is set; for a
+ * get, `now_ns` is the instant TTLs are measured from.
+ */
+typedef struct reg_result {
+    enum reg_errcode err;
+    char *cause;
+    uint64_t index;
+    const reg_event_t *event;
+    const reg_node_t *node;
+    int64_t now_ns;
+} reg_result_t;
+
+void reg_result_clear(reg_result_t *r);
+
+/* Optional TTL of a write: has_ttl=false means "permanent". */
+typedef struct reg_ttl {
+    bool has_ttl;
+    uint64_t ttl_s;
+} reg_ttl_t;
+
+typedef struct registry registry_t;
+
+/*
+ * Creates an empty registry whose writes go to `store` (not owned; may be
+ * NULL for a purely in-memory registry, as in unit tests and fuzzing).
+ * Returns NULL when out of memory.
+ */
+registry_t *registry_new(struct store *store);
+/* Frees everything; parked watchers are dropped without a callback. */
+void registry_free(registry_t *reg);
+
+uint64_t registry_index(const registry_t *reg);
+size_t registry_token_count(const registry_t *reg);
+size_t registry_waiter_count(const registry_t *reg);
+
+/* The bounds of a token size. */
+#define REGISTRY_MIN_SIZE 1
+#define REGISTRY_MAX_SIZE 1000
+
+/*
+ * Whether `name` may name a token: 1..REGISTRY_MAX_TOKEN_BYTES of
+ * [A-Za-z0-9._-], not starting with '_' or '.'.
+ */
+bool registry_valid_token_name(const char *name, size_t len);
+
+/*
+ * Creates token `name` with cluster size `size` (a "set" event of
+ * <token>/_config/size). Fails with REG_E_NODE_EXIST if the token exists.
+ */
+void registry_create_token(registry_t *reg, const char *name, unsigned size, int64_t now_ns,
+                           reg_result_t *out);
+
+/* etcd v2 store operations; see etcd's v2 store for the exact semantics. */
+void registry_get(registry_t *reg, const char *key, int64_t now_ns, reg_result_t *out);
+void registry_create(registry_t *reg, const char *key, bool is_dir, const char *value,
+                     bool unique, reg_ttl_t ttl, int64_t now_ns, reg_result_t *out);
+void registry_set(registry_t *reg, const char *key, bool is_dir, const char *value,
+                  reg_ttl_t ttl, int64_t now_ns, reg_result_t *out);
+void registry_update(registry_t *reg, const char *key, const char *value, reg_ttl_t ttl,
+                     int64_t now_ns, reg_result_t *out);
+/* prev_value "" and prev_index 0 mean "not compared". */
+void registry_compare_and_swap(registry_t *reg, const char *key, const char *prev_value,
+                               uint64_t prev_index, const char *value, reg_ttl_t ttl,
+                               int64_t now_ns, reg_result_t *out);
+void registry_delete(registry_t *reg, const char *key, bool is_dir, bool recursive,
+                     int64_t now_ns, reg_result_t *out);
+void registry_compare_and_delete(registry_t *reg, const char *key, const char *prev_value,
+                                 uint64_t prev_index, int64_t now_ns, reg_result_t *out);
+
+/*
+ * Expires every key whose TTL ran out by `now_ns`, one "expire" event each.
+ * Returns the wall-clock instant of the next expiry, or 0 if none is due.
+ */
+int64_t registry_expire(registry_t *reg, int64_t now_ns);
+
+/*
+ * A parked watch. The caller owns the memory (typically embedded in a
+ * connection) and must keep it alive until on_event fires or it calls
+ * registry_unwatch(). on_event fires at most once, after which the waiter is
+ * no longer registered; it must not call back into registry writes.
+ */
+typedef struct reg_waiter reg_waiter_t;
+typedef void (*reg_waiter_cb)(reg_waiter_t *w, const reg_event_t *ev);
+struct reg_waiter {
+    reg_waiter_t *next, *prev; /* registry-private links */
+    void *token;               /* registry-private */
+    char *key;                 /* registry-private, owned */
+    uint64_t since_index;
+    uint64_t start_index; /* X-Etcd-Index of the answer: index when the watch began */
+    bool recursive;
+    reg_waiter_cb on_event;
+    void *ctx; /* for the caller */
+};
+
+/*
+ * Watches `key` for the first event with index >= wait_index (0 = the next
+ * one). If history already holds one, `out->event` is set and nothing is
+ * parked; otherwise `w` is parked (out->event NULL) and on_event fires later.
+ * Errors (bad key, unknown token) come back in `out` and nothing is parked.
+ * In every case out->index is the X-Etcd-Index for the answer.
+ */
+void registry_watch(registry_t *reg, const char *key, bool recursive, uint64_t wait_index,
+                    reg_waiter_t *w, reg_waiter_cb on_event, void *ctx, reg_result_t *out);
+/* Removes a parked waiter (timeout, client gone). Safe on an unparked one. */
+void registry_unwatch(registry_t *reg, reg_waiter_t *w);
+/* Removes every parked waiter, calling `cb` on each (shutdown). */
+void registry_unwatch_all(registry_t *reg, void (*cb)(reg_waiter_t *w));
+
+#endif

@@ -1,0 +1,998 @@
+/*
+ * http.c - the HTTP/1.1 server; see http.h for the model.
+ *
+ * Life of a connection:
+ *   accept -> IDLE --first byte--> READING --complete--> handler
+ *     handler replied: answer queued; back to IDLE (or READING the next
+ *                      pipelined request already buffered)
+ *     handler parked:  PARKED until http_reply, timeout, shutdown or close;
+ *                      bytes that arrive meanwhile wait in `pending`
+ *   any state: peer close or error -> closed and freed.
+ * Reading one request at a time keeps answers in order without a queue.
+ *
+ * Bytes are read into one loop-wide buffer and fed to the parser at once;
+ * only the URL, the few headers disco uses and the body are copied, so an
+ * idle or parked connection owns no read buffer.
+ */
+#include "server/http.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <http_parser.h>
+#include <limits.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "util/buf.h"
+#include "util/log.h"
+#include "util/timeutil.h"
+
+#define READ_CHUNK_BYTES (64 * 1024)
+/* Pipelined bytes held while a request is parked or answers back up. */
+#define MAX_PENDING_BYTES (64 * 1024)
+/* Stop taking pipelined requests while this much output is unsent. */
+#define MAX_UNSENT_BYTES (1024 * 1024)
+#define MAX_EVENTS 256
+
+enum timer_list { TL_NONE = -1, TL_IDLE, TL_REQUEST, TL_WRITE, TL_PARKED, TL_COUNT };
+
+/* Which header a value belongs to, while the parser streams it. */
+enum hdr_slot { HDR_OTHER, HDR_CONTENT_TYPE, HDR_HOST, HDR_EXPECT };
+
+struct http_conn {
+    int fd;
+    http_server_t *srv;
+    http_parser parser;
+    /* timers */
+    enum timer_list tl;
+    uint64_t deadline_ms;
+    http_conn_t *tnext, *tprev;
+    /* the request being read */
+    buf_t url, body, content_type, host, expect;
+    char hname[16]; /* the current header name, lower-cased, if short */
+    size_t hname_len;
+    enum hdr_slot hslot;
+    bool in_value;
+    size_t head_bytes;
+    int parse_error_status; /* 413/431 decided in a parser callback */
+    bool message_done;
+    bool in_request; /* bytes of a request have arrived */
+    bool keep_alive;
+    bool is_head;
+    bool replied;
+    /* parking */
+    bool parked;
+    http_park_fn park_fn;
+    void *park_ctx;
+    /* bytes received but not yet parsed */
+    buf_t pending;
+    /* output */
+    buf_t out;
+    size_t out_off;
+    bool close_after_write;
+    bool want_write; /* EPOLLOUT armed */
+    bool read_paused;
+    /* queued to resume parsing `pending` on the next loop turn */
+    bool resume_queued;
+    http_conn_t *resume_next;
+    /* all connections */
+    http_conn_t *next, *prev;
+    char peer[64];
+};
+
+struct http_server {
+    http_server_config_t cfg;
+    int epfd, listen_fd, signal_fd;
+    char address[80];
+    char *rbuf;
+    http_parser_settings settings;
+    http_conn_t *conns;
+    size_t n_conns;
+    struct {
+        http_conn_t *head, *tail;
+        uint64_t duration_ms;
+    } timers[TL_COUNT];
+    http_conn_t *resume_head;
+    bool stopping;
+};
+
+/* epoll data tags for the two non-connection fds */
+static char listen_tag, signal_tag;
+
+static void conn_close(http_conn_t *c);
+static void conn_feed(http_conn_t *c, const char *data, size_t len);
+static void conn_update_timer(http_conn_t *c);
+
+/* ---- small helpers ---------------------------------------------------- */
+
+const char *http_status_text(int status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 204: return "No Content";
+    case 301: return "Moved Permanently";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 411: return "Length Required";
+    case 412: return "Precondition Failed";
+    case 413: return "Payload Too Large";
+    case 414: return "URI Too Long";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 503: return "Service Unavailable";
+    default: return "Unknown";
+    }
+}
+
+static int epoll_set(http_server_t *srv, int op, int fd, uint32_t events, void *ptr)
+{
+    struct epoll_event ev = {.events = events, .data.ptr = ptr};
+    return epoll_ctl(srv->epfd, op, fd, &ev);
+}
+
+static void conn_update_epoll(http_conn_t *c)
+{
+    uint32_t ev = EPOLLRDHUP;
+    if (!c->read_paused)
+        ev |= EPOLLIN;
+    if (c->want_write)
+        ev |= EPOLLOUT;
+    epoll_set(c->srv, EPOLL_CTL_MOD, c->fd, ev, c);
+}
+
+/* ---- timers ------------------------------------------------------------- */
+
+static void timer_unlink(http_conn_t *c)
+{
+    if (c->tl == TL_NONE)
+        return;
+    http_server_t *s = c->srv;
+    if (c->tprev)
+        c->tprev->tnext = c->tnext;
+    else
+        s->timers[c->tl].head = c->tnext;
+    if (c->tnext)
+        c->tnext->tprev = c->tprev;
+    else
+        s->timers[c->tl].tail = c->tprev;
+    c->tnext = c->tprev = NULL;
+    c->tl = TL_NONE;
+}
+
+static void timer_link(http_conn_t *c, enum timer_list tl)
+{
+    http_server_t *s = c->srv;
+    c->tl = tl;
+    c->deadline_ms = time_mono_ms() + s->timers[tl].duration_ms;
+    c->tprev = s->timers[tl].tail;
+    c->tnext = NULL;
+    if (c->tprev)
+        c->tprev->tnext = c;
+    else
+        s->timers[tl].head = c;
+    s->timers[tl].tail = c;
+}
+
+/* Puts the connection on the list its state calls for. */
+static void conn_update_timer(http_conn_t *c)
+{
+    enum timer_list want;
+    if (c->parked)
+        want = TL_PARKED;
+    else if (c->out.len > c->out_off)
+        want = TL_WRITE;
+    else if (c->in_request || c->pending.len)
+        want = TL_REQUEST;
+    else
+        want = TL_IDLE;
+    if (want == c->tl)
+        return; /* the deadline runs from when the state began */
+    timer_unlink(c);
+    timer_link(c, want);
+}
+
+/* ---- output ------------------------------------------------------------- */
+
+/* Writes what it can now; arms EPOLLOUT for the rest. */
+static void conn_flush(http_conn_t *c)
+{
+    while (c->out_off < c->out.len) {
+        ssize_t n = send(c->fd, c->out.data + c->out_off, c->out.len - c->out_off, MSG_NOSIGNAL);
+        if (n > 0) {
+            c->out_off += (size_t)n;
+        } else if (n < 0 && errno == EINTR) {
+            continue;
+        } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            if (!c->want_write) {
+                c->want_write = true;
+                conn_update_epoll(c);
+            }
+            conn_update_timer(c);
+            return;
+        } else {
+            conn_close(c);
+            return;
+        }
+    }
+    buf_reset(&c->out);
+    c->out_off = 0;
+    if (c->out.cap > 16 * 1024)
+        buf_free(&c->out); /* do not keep a big answer's memory per socket */
+    if (c->want_write) {
+        c->want_write = false;
+        conn_update_epoll(c);
+    }
+    if (c->close_after_write) {
+        shutdown(c->fd, SHUT_WR);
+        conn_close(c);
+        return;
+    }
+    conn_update_timer(c);
+}
+
+static void append_reply(http_conn_t *c, const http_reply_t *r)
+{
+    buf_t *o = &c->out;
+    buf_printf(o, "HTTP/1.1 %d %s\r\n", r->status, http_status_text(r->status));
+    if (r->content_type) {
+        buf_puts(o, "Content-Type: ");
+        buf_puts(o, r->content_type);
+        buf_puts(o, "\r\n");
+    }
+    if (r->has_etcd_index) {
+        buf_puts(o, "X-Etcd-Index: ");
+        buf_put_u64(o, r->etcd_index);
+        buf_puts(o, "\r\n");
+    }
+    if (r->extra_headers)
+        buf_puts(o, r->extra_headers);
+    buf_puts(o, "Content-Length: ");
+    buf_put_u64(o, r->body_len);
+    buf_puts(o, "\r\n");
+    if (c->close_after_write)
+        buf_puts(o, "Connection: close\r\n");
+    else if (c->parser.http_major == 1 && c->parser.http_minor == 0)
+        buf_puts(o, "Connection: keep-alive\r\n");
+    buf_puts(o, "\r\n");
+    if (!c->is_head)
+        buf_append(o, r->body, r->body_len);
+}
+
+static void schedule_resume(http_conn_t *c)
+{
+    if (c->resume_queued)
+        return;
+    c->resume_queued = true;
+    c->resume_next = c->srv->resume_head;
+    c->srv->resume_head = c;
+}
+
+void http_reply(http_conn_t *c, const http_reply_t *r)
+{
+    if (c->replied)
+        return;
+    c->replied = true;
+    bool was_parked = c->parked;
+    c->parked = false;
+    c->park_fn = NULL;
+    if (!c->keep_alive || c->srv->stopping)
+        c->close_after_write = true;
+    append_reply(c, r);
+    if (buf_failed(&c->out)) {
+        log_warn("out of memory writing an answer to %s; closing", c->peer);
+        conn_close(c);
+        return;
+    }
+    if (was_parked) {
+        /* Answered from another connection's callback: write now, and parse
+         * any pipelined bytes on the next loop turn, outside this stack. */
+        schedule_resume(c);
+        conn_flush(c);
+    }
+}
+
+void http_reply_simple(http_conn_t *c, int status, const char *content_type, const char *body,
+                       size_t body_len)
+{
+    http_reply_t r = {.status = status, .content_type = content_type, .body = body,
+                      .body_len = body_len};
+    http_reply(c, &r);
+}
+
+void http_park(http_conn_t *c, http_park_fn on_end, void *ctx)
+{
+    c->parked = true;
+    c->park_fn = on_end;
+    c->park_ctx = ctx;
+}
+
+/* ---- parser callbacks ------------------------------------------------- */
+
+static bool head_grow(http_conn_t *c, size_t len)
+{
+    c->head_bytes += len;
+    if (c->head_bytes > HTTP_MAX_HEADER_BYTES) {
+        c->parse_error_status = 431;
+        return false;
+    }
+    return true;
+}
+
+static int on_message_begin(http_parser *p)
+{
+    http_conn_t *c = p->data;
+    c->in_request = true;
+    c->head_bytes = 0;
+    c->hname_len = 0;
+    c->in_value = false;
+    c->hslot = HDR_OTHER;
+    return 0;
+}
+
+static int on_url(http_parser *p, const char *at, size_t len)
+{
+    http_conn_t *c = p->data;
+    if (!head_grow(c, len))
+        return 1;
+    buf_append(&c->url, at, len);
+    return 0;
+}
+
+static int on_header_field(http_parser *p, const char *at, size_t len)
+{
+    http_conn_t *c = p->data;
+    if (!head_grow(c, len))
+        return 1;
+    if (c->in_value) { /* a new header starts */
+        c->in_value = false;
+        c->hname_len = 0;
+    }
+    for (size_t i = 0; i < len; i++) {
+        if (c->hname_len < sizeof c->hname)
+            c->hname[c->hname_len] = (char)((at[i] >= 'A' && at[i] <= 'Z') ? at[i] + 32 : at[i]);
+        c->hname_len++;
+    }
+    return 0;
+}
+
+static enum hdr_slot slot_of(const http_conn_t *c)
+{
+    static const struct {
+        const char *name;
+        enum hdr_slot slot;
+    } known[] = {{"content-type", HDR_CONTENT_TYPE}, {"host", HDR_HOST}, {"expect", HDR_EXPECT}};
+    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
+        if (c->hname_len == strlen(known[i].name) &&
+            memcmp(c->hname, known[i].name, c->hname_len) == 0)
+            return known[i].slot;
+    return HDR_OTHER;
+}
+
+static int on_header_value(http_parser *p, const char *at, size_t len)
+{
+    http_conn_t *c = p->data;
+    if (!head_grow(c, len))
+        return 1;
+    if (!c->in_value) {
+        c->in_value = true;
+        c->hslot = slot_of(c);
+    }
+    buf_t *dst = c->hslot == HDR_CONTENT_TYPE ? &c->content_type
+                 : c->hslot == HDR_HOST       ? &c->host
+                 : c->hslot == HDR_EXPECT     ? &c->expect
+                                              : NULL;
+    if (dst)
+        buf_append(dst, at, len);
+    return 0;
+}
+
+static int on_headers_complete(http_parser *p)
+{
+    http_conn_t *c = p->data;
+    if (!(p->flags & F_CHUNKED) && p->content_length != ULLONG_MAX &&
+        p->content_length > HTTP_MAX_BODY_BYTES) {
+        c->parse_error_status = 413;
+        return -1;
+    }
+    if (c->expect.len && strcasecmp(buf_cstr(&c->expect), "100-continue") == 0) {
+        buf_puts(&c->out, "HTTP/1.1 100 Continue\r\n\r\n");
+    }
+    c->is_head = p->method == HTTP_HEAD;
+    return 0;
+}
+
+static int on_body(http_parser *p, const char *at, size_t len)
+{
+    http_conn_t *c = p->data;
+    if (c->body.len + len > HTTP_MAX_BODY_BYTES) {
+        c->parse_error_status = 413;
+        return 1;
+    }
+    buf_append(&c->body, at, len);
+    return 0;
+}
+
+static int on_message_complete(http_parser *p)
+{
+    http_conn_t *c = p->data;
+    c->message_done = true;
+    c->keep_alive = http_should_keep_alive(p) != 0;
+    http_parser_pause(p, 1); /* handle it outside the parser */
+    return 0;
+}
+
+/* ---- requests ----------------------------------------------------------- */
+
+static void request_reset(http_conn_t *c)
+{
+    buf_free(&c->url);
+    buf_free(&c->body);
+    buf_free(&c->content_type);
+    buf_free(&c->host);
+    buf_free(&c->expect);
+    c->message_done = false;
+    c->in_request = false;
+    c->replied = false;
+    c->is_head = false;
+    c->head_bytes = 0;
+}
+
+/* Answers a request the parser refused, then closes. */
+static void reply_parse_error(http_conn_t *c, int status, const char *why)
+{
+    char body[160];
+    int n = snprintf(body, sizeof body, "%s\n", why);
+    c->close_after_write = true;
+    c->replied = false;
+    c->parked = false;
+    c->is_head = false;
+    http_reply_simple(c, status, "text/plain; charset=utf-8", body, (size_t)n);
+    conn_flush(c);
+}
+
+static void dispatch(http_conn_t *c)
+{
+    http_server_t *s = c->srv;
+    if (buf_failed(&c->url) || buf_failed(&c->body) || buf_failed(&c->content_type) ||
+        buf_failed(&c->host)) {
+        reply_parse_error(c, 500, "out of memory");
+        return;
+    }
+    struct http_parser_url u;
+    http_parser_url_init(&u);
+    const char *url = buf_cstr(&c->url);
+    if (c->url.len == 0 || http_parser_parse_url(url, c->url.len, 0, &u) != 0 ||
+        !(u.field_set & (1 << UF_PATH))) {
+        reply_parse_error(c, 400, "malformed request target");
+        return;
+    }
+    /* Split in place: path and query become NUL-terminated strings. */
+    char *base = c->url.data;
+    size_t plen = u.field_data[UF_PATH].len;
+    char *path = base + u.field_data[UF_PATH].off;
+    char *query = "";
+    size_t qlen = 0;
+    if (u.field_set & (1 << UF_QUERY)) {
+        query = base + u.field_data[UF_QUERY].off;
+        qlen = u.field_data[UF_QUERY].len;
+        query[qlen] = '\0';
+    }
+    path[plen] = '\0';
+    http_request_t req = {
+        .method = c->parser.method,
+        .method_name = http_method_str(c->parser.method),
+        .path = path,
+        .path_len = plen,
+        .query = query,
+        .query_len = qlen,
+        .body = buf_cstr(&c->body),
+        .body_len = c->body.len,
+        .content_type = buf_cstr(&c->content_type),
+        .host = buf_cstr(&c->host),
+        .peer = c->peer,
+        .conn = c,
+    };
+    s->cfg.handler(s->cfg.handler_ctx, &req);
+    if (!c->replied && !c->parked) {
+        log_error("handler gave no answer to %s %s", req.method_name, req.path);
+        http_reply_simple(c, 500, "text/plain; charset=utf-8", "no answer\n", 10);
+    }
+    request_reset(c);
+    if (c->parked)
+        c->replied = false;
+}
+
+/*
+ * Feeds bytes to the parser and handles each complete request. Stops (and
+ * keeps the rest in `pending`) while a request is parked or output backs up.
+ */
+static void conn_feed(http_conn_t *c, const char *data, size_t len)
+{
+    while (len > 0) {
+        if (c->parked || c->out.len - c->out_off > MAX_UNSENT_BYTES) {
+            buf_append(&c->pending, data, len);
+            if (c->pending.len > MAX_PENDING_BYTES && !c->read_paused) {
+                c->read_paused = true; /* EPOLLRDHUP still reports a close */
+                conn_update_epoll(c);
+            }
+            return;
+        }
+        size_t n = http_parser_execute(&c->parser, &c->srv->settings, data, len);
+        enum http_errno err = HTTP_PARSER_ERRNO(&c->parser);
+        if (err == HPE_PAUSED) {
+            http_parser_pause(&c->parser, 0);
+        } else if (err != HPE_OK) {
+            int status = c->parse_error_status ? c->parse_error_status : 400;
+            const char *why = status == 431   ? "request header fields too large"
+                              : status == 413 ? "request body too large"
+                                              : http_errno_description(err);
+            reply_parse_error(c, status, why);
+            return;
+        } else if (c->parser.upgrade) {
+            reply_parse_error(c, 400, "protocol upgrade is not supported");
+            return;
+        }
+        data += n;
+        len -= n;
+        if (c->message_done) {
+            dispatch(c);
+            if (c->fd < 0 || c->close_after_write)
+                return; /* nothing after a "Connection: close" answer */
+        }
+    }
+}
+
+/* Parses bytes that waited while a request was parked. */
+static void conn_resume(http_conn_t *c)
+{
+    c->resume_queued = false;
+    if (c->fd < 0 || c->parked)
+        return;
+    if (c->pending.len) {
+        buf_t data = c->pending;
+        buf_init(&c->pending);
+        conn_feed(c, data.data, data.len);
+        buf_free(&data);
+        if (c->fd < 0)
+            return;
+        if (c->read_paused && c->pending.len <= MAX_PENDING_BYTES) {
+            c->read_paused = false;
+            conn_update_epoll(c);
+        }
+    }
+    conn_flush(c);
+}
+
+/* ---- connections -------------------------------------------------------- */
+
+static void conn_free(http_conn_t *c)
+{
+    request_reset(c);
+    buf_free(&c->pending);
+    buf_free(&c->out);
+    free(c);
+}
+
+static void conn_close(http_conn_t *c)
+{
+    if (c->fd < 0)
+        return;
+    http_server_t *s = c->srv;
+    if (c->parked && c->park_fn) {
+        c->parked = false;
+        c->park_fn(c, c->park_ctx, HTTP_PARK_CLOSED);
+    }
+    timer_unlink(c);
+    epoll_ctl(s->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+    close(c->fd);
+    c->fd = -1;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        s->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    s->n_conns--;
+    if (!c->resume_queued)
+        conn_free(c);
+    /* else freed when the resume list is drained */
+}
+
+static void format_peer(const struct sockaddr_storage *sa, char *out, size_t len)
+{
+    char host[INET6_ADDRSTRLEN] = "?";
+    int port = 0;
+    if (sa->ss_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
+        port = ntohs(in->sin_port);
+        snprintf(out, len, "%s:%d", host, port);
+    } else if (sa->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
+        port = ntohs(in6->sin6_port);
+        snprintf(out, len, "[%s]:%d", host, port);
+    } else {
+        snprintf(out, len, "unix");
+    }
+}
+
+static void accept_all(http_server_t *s)
+{
+    for (;;) {
+        struct sockaddr_storage sa;
+        socklen_t sl = sizeof sa;
+        int fd = accept4(s->listen_fd, (struct sockaddr *)&sa, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno != EAGAIN && errno != EWOULDBLOCK)
+                log_warn("accept: %s", strerror(errno));
+            return;
+        }
+        http_conn_t *c = calloc(1, sizeof *c);
+        if (!c) {
+            close(fd);
+            continue;
+        }
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        c->fd = fd;
+        c->srv = s;
+        c->tl = TL_NONE;
+        format_peer(&sa, c->peer, sizeof c->peer);
+        http_parser_init(&c->parser, HTTP_REQUEST);
+        c->parser.data = c;
+        if (epoll_set(s, EPOLL_CTL_ADD, fd, EPOLLIN | EPOLLRDHUP, c) != 0) {
+            close(fd);
+            free(c);
+            continue;
+        }
+        c->next = s->conns;
+        if (s->conns)
+            s->conns->prev = c;
+        s->conns = c;
+        s->n_conns++;
+        conn_update_timer(c);
+    }
+}
+
+static void conn_readable(http_conn_t *c)
+{
+    http_server_t *s = c->srv;
+    for (int rounds = 0; rounds < 16 && c->fd >= 0 && !c->read_paused; rounds++) {
+        ssize_t n = recv(c->fd, s->rbuf, READ_CHUNK_BYTES, 0);
+        if (n > 0) {
+            conn_feed(c, s->rbuf, (size_t)n);
+            if (c->fd >= 0) {
+                conn_flush(c);
+                if (c->fd >= 0)
+                    conn_update_timer(c);
+            }
+            if ((size_t)n < READ_CHUNK_BYTES)
+                return;
+        } else if (n == 0) {
+            /* The client half-closed. Answer what was complete, then go. */
+            if (c->parked || c->out.len > c->out_off) {
+                if (!c->parked)
+                    c->close_after_write = true;
+                else
+                    conn_close(c); /* nobody will read a parked answer */
+            } else {
+                conn_close(c);
+            }
+            return;
+        } else if (errno == EINTR) {
+            continue;
+        } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            return;
+        } else {
+            conn_close(c);
+            return;
+        }
+    }
+}
+
+static void conn_event(http_conn_t *c, uint32_t events)
+{
+    if (events & (EPOLLERR | EPOLLHUP)) {
+        conn_close(c);
+        return;
+    }
+    if ((events & EPOLLRDHUP) && (c->parked || c->read_paused)) {
+        conn_close(c); /* the waiting client is gone */
+        return;
+    }
+    if (events & EPOLLOUT) {
+        conn_flush(c);
+        if (c->fd < 0)
+            return;
+        if (c->pending.len && !c->parked)
+            schedule_resume(c);
+    }
+    if (events & (EPOLLIN | EPOLLRDHUP))
+        conn_readable(c);
+}
+
+/* ---- timers and the loop ------------------------------------------------ */
+
+static void expire_timers(http_server_t *s, uint64_t now_ms)
+{
+    for (int tl = 0; tl < TL_COUNT; tl++) {
+        http_conn_t *c;
+        while ((c = s->timers[tl].head) && c->deadline_ms <= now_ms) {
+            timer_unlink(c);
+            if (tl == TL_PARKED && c->parked && c->park_fn) {
+                http_park_fn fn = c->park_fn;
+                c->park_fn = NULL;
+                fn(c, c->park_ctx, HTTP_PARK_TIMEOUT);
+                if (c->parked) { /* the owner did not answer: close */
+                    c->parked = false;
+                    conn_close(c);
+                }
+            } else if (tl == TL_REQUEST && !c->replied) {
+                reply_parse_error(c, 408, "request not completed in time");
+            } else {
+                conn_close(c);
+            }
+        }
+    }
+}
+
+static int next_timeout_ms(http_server_t *s, uint64_t now_ms, int64_t wake_ns)
+{
+    uint64_t next = now_ms + 1000;
+    for (int tl = 0; tl < TL_COUNT; tl++)
+        if (s->timers[tl].head && s->timers[tl].head->deadline_ms < next)
+            next = s->timers[tl].head->deadline_ms;
+    if (wake_ns) {
+        int64_t d_ms = (wake_ns - time_wall_ns()) / NS_PER_MS + 1;
+        if (d_ms < 0)
+            d_ms = 0;
+        if (now_ms + (uint64_t)d_ms < next)
+            next = now_ms + (uint64_t)d_ms;
+    }
+    return next > now_ms ? (int)(next - now_ms) : 0;
+}
+
+static void drain_resumes(http_server_t *s)
+{
+    while (s->resume_head) {
+        http_conn_t *c = s->resume_head;
+        s->resume_head = c->resume_next;
+        c->resume_next = NULL;
+        if (c->fd < 0) {
+            conn_free(c);
+            continue;
+        }
+        conn_resume(c);
+    }
+}
+
+static void begin_shutdown(http_server_t *s)
+{
+    s->stopping = true;
+    if (s->listen_fd >= 0) {
+        epoll_ctl(s->epfd, EPOLL_CTL_DEL, s->listen_fd, NULL);
+        close(s->listen_fd);
+        s->listen_fd = -1;
+    }
+    for (http_conn_t *c = s->conns, *next; c; c = next) {
+        next = c->next;
+        if (c->parked && c->park_fn) {
+            http_park_fn fn = c->park_fn;
+            c->park_fn = NULL;
+            fn(c, c->park_ctx, HTTP_PARK_SHUTDOWN);
+        } else if (!c->in_request && c->out.len == c->out_off) {
+            conn_close(c);
+        } else {
+            c->close_after_write = true;
+        }
+    }
+}
+
+int http_server_run(http_server_t *s)
+{
+    struct epoll_event events[MAX_EVENTS];
+    uint64_t stop_deadline = 0;
+    int64_t wake_ns = 0;
+    for (;;) {
+        uint64_t now = time_mono_ms();
+        if (s->cfg.tick)
+            wake_ns = s->cfg.tick(s->cfg.tick_ctx, time_wall_ns());
+        expire_timers(s, now);
+        drain_resumes(s);
+        if (s->stopping && (s->n_conns == 0 || now >= stop_deadline))
+            break;
+        int n = epoll_wait(s->epfd, events, MAX_EVENTS, next_timeout_ms(s, now, wake_ns));
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        for (int i = 0; i < n; i++) {
+            void *p = events[i].data.ptr;
+            if (p == &listen_tag) {
+                accept_all(s);
+            } else if (p == &signal_tag) {
+                struct signalfd_siginfo si;
+                while (read(s->signal_fd, &si, sizeof si) == sizeof si) {
+                    if (!s->stopping) {
+                        log_info("received %s; stopping: no new connections, parked waits "
+                                 "answered, %zu connections open",
+                                 strsignal((int)si.ssi_signo), s->n_conns);
+                        begin_shutdown(s);
+                        stop_deadline = time_mono_ms() + HTTP_SHUTDOWN_GRACE_MS;
+                    }
+                }
+            } else {
+                http_conn_t *c = p;
+                if (c->fd >= 0)
+                    conn_event(c, events[i].events);
+            }
+        }
+        drain_resumes(s);
+    }
+    while (s->conns)
+        conn_close(s->conns);
+    drain_resumes(s);
+    return 0;
+}
+
+/* ---- setup -------------------------------------------------------------- */
+
+static int split_addr(const char *addr, char *host, size_t hlen, char *port, size_t plen)
+{
+    const char *colon;
+    if (addr[0] == '[') {
+        const char *end = strchr(addr, ']');
+        if (!end || end[1] != ':')
+            return -1;
+        snprintf(host, hlen, "%.*s", (int)(end - addr - 1), addr + 1);
+        colon = end + 1;
+    } else {
+        colon = strrchr(addr, ':');
+        if (!colon)
+            return -1;
+        snprintf(host, hlen, "%.*s", (int)(colon - addr), addr);
+    }
+    snprintf(port, plen, "%s", colon + 1);
+    return port[0] ? 0 : -1;
+}
+
+static int listen_on(const char *addr, char *bound, size_t blen, char *err)
+{
+    char host[256], port[32];
+    if (split_addr(addr, host, sizeof host, port, sizeof port) != 0) {
+        snprintf(err, 256, "bad address \"%s\": want host:port, :port or [v6]:port", addr);
+        return -1;
+    }
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+    struct addrinfo *res = NULL;
+    int rc = getaddrinfo(host[0] ? host : NULL, port, &hints, &res);
+    if (rc != 0) {
+        snprintf(err, 256, "cannot resolve \"%s\": %s", addr, gai_strerror(rc));
+        return -1;
+    }
+    int fd = -1;
+    /* With no host, try the IPv6 wildcard first: it takes IPv4 too. */
+    for (int pass = host[0] ? 1 : 0; pass < 2 && fd < 0; pass++) {
+        for (struct addrinfo *ai = res; ai && fd < 0; ai = ai->ai_next) {
+            if (pass == 0 && ai->ai_family != AF_INET6)
+                continue;
+            fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+            if (fd < 0)
+                continue;
+            int one = 1, zero = 0;
+            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+            if (ai->ai_family == AF_INET6 && !host[0])
+                setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
+            if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 4096) == 0)
+                break;
+            snprintf(err, 256, "cannot listen on %s: %s", addr, strerror(errno));
+            close(fd);
+            fd = -1;
+        }
+    }
+    freeaddrinfo(res);
+    if (fd < 0) {
+        if (!err[0])
+            snprintf(err, 256, "cannot listen on %s", addr);
+        return -1;
+    }
+    struct sockaddr_storage sa;
+    socklen_t sl = sizeof sa;
+    getsockname(fd, (struct sockaddr *)&sa, &sl);
+    format_peer(&sa, bound, blen);
+    return fd;
+}
+
+http_server_t *http_server_new(const http_server_config_t *cfg, char *err)
+{
+    err[0] = '\0';
+    http_server_t *s = calloc(1, sizeof *s);
+    if (!s) {
+        snprintf(err, 256, "out of memory");
+        return NULL;
+    }
+    s->cfg = *cfg;
+    s->epfd = s->listen_fd = s->signal_fd = -1;
+    s->rbuf = malloc(READ_CHUNK_BYTES);
+    s->timers[TL_IDLE].duration_ms = HTTP_IDLE_TIMEOUT_MS;
+    s->timers[TL_REQUEST].duration_ms = HTTP_REQUEST_TIMEOUT_MS;
+    s->timers[TL_WRITE].duration_ms = HTTP_WRITE_TIMEOUT_MS;
+    s->timers[TL_PARKED].duration_ms = cfg->wait_timeout_ms;
+    s->settings.on_message_begin = on_message_begin;
+    s->settings.on_url = on_url;
+    s->settings.on_header_field = on_header_field;
+    s->settings.on_header_value = on_header_value;
+    s->settings.on_headers_complete = on_headers_complete;
+    s->settings.on_body = on_body;
+    s->settings.on_message_complete = on_message_complete;
+    s->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (!s->rbuf || s->epfd < 0) {
+        snprintf(err, 256, "cannot set up the event loop: %s", strerror(errno));
+        http_server_free(s);
+        return NULL;
+    }
+    s->listen_fd = listen_on(cfg->addr, s->address, sizeof s->address, err);
+    if (s->listen_fd < 0) {
+        http_server_free(s);
+        return NULL;
+    }
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGINT);
+    sigprocmask(SIG_BLOCK, &mask, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    s->signal_fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+    if (s->signal_fd < 0 || epoll_set(s, EPOLL_CTL_ADD, s->listen_fd, EPOLLIN, &listen_tag) != 0 ||
+        epoll_set(s, EPOLL_CTL_ADD, s->signal_fd, EPOLLIN, &signal_tag) != 0) {
+        snprintf(err, 256, "cannot set up the event loop: %s", strerror(errno));
+        http_server_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+const char *http_server_address(const http_server_t *s) { return s->address; }
+
+size_t http_server_connection_count(const http_server_t *s) { return s->n_conns; }
+
+void http_server_free(http_server_t *s)
+{
+    if (!s)
+        return;
+    while (s->conns)
+        conn_close(s->conns);
+    drain_resumes(s);
+    if (s->listen_fd >= 0)
+        close(s->listen_fd);
+    if (s->signal_fd >= 0)
+        close(s->signal_fd);
+    if (s->epfd >= 0)
+        close(s->epfd);
+    free(s->rbuf);
+    free(s);
+}
