@@ -70,6 +70,10 @@ static int cmd_serve(int argc, char **argv)
         fputs(config_serve_usage, stdout);
         return 0;
     }
+    if (cfg.version) {
+        printf("disco %s\n", DISCO_VERSION);
+        return 0;
+    }
     int rc = make_dirs(cfg.data_dir);
     if (rc != 0) {
         log_error("cannot create data dir %s: %s", cfg.data_dir, strerror(-rc));

@@ -189,14 +189,6 @@ static void put_children(buf_t *b, const reg_node_t *dir, bool recursive, bool s
         free(list);
 }
 
-static int64_t ttl_at(int64_t expire_ns, int64_t now_ns)
-{
-    if (!expire_ns)
-        return 0;
-    int64_t d = expire_ns - now_ns;
-    return d / NS_PER_SEC + (d % NS_PER_SEC > 0);
-}
-
 static void put_node(buf_t *b, const reg_node_t *n, bool with_children, bool recursive,
                      bool sorted, int64_t now_ns)
 {
@@ -209,7 +201,7 @@ static void put_node(buf_t *b, const reg_node_t *n, bool with_children, bool rec
         buf_puts(b, ",\"dir\":true");
     }
     int64_t exp = reg_node_expire_ns(n);
-    put_expiry(b, exp, ttl_at(exp, now_ns));
+    put_expiry(b, exp, time_ttl_left_s(exp, now_ns));
     if (!v && with_children)
         put_children(b, n, recursive, sorted, now_ns);
     put_indexes(b, reg_node_modified_index(n), reg_node_created_index(n));

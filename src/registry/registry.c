@@ -95,21 +95,6 @@ static void fail_nomem(registry_t *reg, reg_result_t *out)
     fail(reg, out, REG_E_INTERNAL, "out of memory");
 }
 
-/*
- * Seconds left until expire_ns as etcd reports them: the ceiling for
- * positive spans, Go's truncating division otherwise.
- */
-static int64_t ttl_left_s(int64_t expire_ns, int64_t now_ns)
-{
-    if (!expire_ns)
-        return 0;
-    int64_t d = expire_ns - now_ns;
-    int64_t s = d / NS_PER_SEC;
-    if (d % NS_PER_SEC > 0)
-        s++;
-    return s;
-}
-
 /* ---- node accessors --------------------------------------------------- */
 
 const char *reg_node_key(const reg_node_t *n) { return n->key; }
@@ -400,7 +385,7 @@ static int snap_of(reg_snap_t *s, const reg_node_t *n, int64_t now_ns)
     s->created_index = n->created_index;
     s->modified_index = n->modified_index;
     s->expire_ns = n->expire_ns;
-    s->ttl_s = ttl_left_s(n->expire_ns, now_ns);
+    s->ttl_s = time_ttl_left_s(n->expire_ns, now_ns);
     return 0;
 }
 
@@ -435,7 +420,7 @@ static reg_event_t *event_new(enum reg_action action, uint64_t index, int64_t no
     ev->node.created_index = created_index;
     ev->node.modified_index = index;
     ev->node.expire_ns = expire_ns;
-    ev->node.ttl_s = ttl_left_s(expire_ns, now_ns);
+    ev->node.ttl_s = time_ttl_left_s(expire_ns, now_ns);
     return ev;
 }
 

@@ -25,6 +25,7 @@ const char config_serve_usage[] =
     "  --wait-timeout DUR   how long a watch (wait=true) is held before it is\n"
     "                       answered with an empty 200, as etcd's client expects\n"
     "                       (DISC_WAIT_TIMEOUT, default " CONFIG_DEFAULT_WAIT_TIMEOUT ")\n"
+    "  --version            print the version\n"
     "  --help               this text\n"
     "\n"
     "Durations are Go-style: 300ms, 30s, 5m, 168h.\n";
@@ -54,6 +55,10 @@ int config_parse_serve(int argc, char **argv, serve_config_t *cfg, char *err)
         const char *a = argv[i];
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             cfg->help = true;
+            continue;
+        }
+        if (strcmp(a, "--version") == 0) {
+            cfg->version = true;
             continue;
         }
         if (strncmp(a, "--", 2) != 0) {

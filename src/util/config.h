@@ -19,6 +19,7 @@ typedef struct serve_config {
     const char *data_dir;     /* --data-dir, DISC_DATA_DIR */
     uint64_t wait_timeout_ms; /* --wait-timeout, DISC_WAIT_TIMEOUT */
     bool help;
+    bool version;
 } serve_config_t;
 
 /*

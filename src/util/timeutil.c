@@ -23,6 +23,14 @@ int64_t time_wall_ns(void)
     return (int64_t)ts.tv_sec * NS_PER_SEC + ts.tv_nsec;
 }
 
+int64_t time_ttl_left_s(int64_t expire_ns, int64_t now_ns)
+{
+    if (!expire_ns)
+        return 0;
+    int64_t d = expire_ns - now_ns;
+    return d / NS_PER_SEC + (d % NS_PER_SEC > 0);
+}
+
 int time_parse_duration_ms(const char *s, uint64_t *out_ms)
 {
     static const struct {

@@ -20,6 +20,13 @@ uint64_t time_mono_ms(void);
 int64_t time_wall_ns(void);
 
 /*
+ * Whole seconds left until `expire_ns` as etcd reports a TTL: rounded up
+ * while positive (1..n, never n+1), truncated toward zero otherwise. 0 for
+ * a permanent key (expire_ns == 0).
+ */
+int64_t time_ttl_left_s(int64_t expire_ns, int64_t now_ns);
+
+/*
  * Parses a Go duration ("300ms", "1.5h", "168h", "1h30m"; units ns us ms s m
  * h) into milliseconds, rounding down. A bare "0" is accepted. Returns 0 on
  * success, -1 on a malformed or negative value.
