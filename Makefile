@@ -14,7 +14,7 @@ ADDR       ?= 127.0.0.1:8087
 
 # Debian packages: build tools, libraries, and the real etcd the tests use.
 DEPS = build-essential cmake pkg-config python3 clang-format \
-       libhttp-parser-dev uthash-dev libcmocka-dev \
+       libhttp-parser-dev uthash-dev liblmdb-dev libcmocka-dev \
        etcd-server etcd-client
 
 .PHONY: all deps run check test test-asan format clean

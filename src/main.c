@@ -74,16 +74,30 @@ static int cmd_serve(int argc, char **argv)
         printf("disco %s\n", DISCO_VERSION);
         return 0;
     }
-    int rc = make_dirs(cfg.data_dir);
+    bool in_memory = cfg.data_dir[0] == '\0';
+    int rc = in_memory ? 0 : make_dirs(cfg.data_dir);
     if (rc != 0) {
         log_error("cannot create data dir %s: %s", cfg.data_dir, strerror(-rc));
         return 1;
     }
+    store_lmdb_options_t sopt = {.map_size_bytes = (size_t)cfg.map_size_bytes};
+    store_t *store = in_memory ? store_memory_new() : store_lmdb_open(cfg.data_dir, &sopt, err);
+    if (!store) {
+        log_error("%s", in_memory ? "out of memory at startup" : err);
+        return 1;
+    }
+    registry_t *reg = registry_new(store);
+    if (!reg || store_load(store, reg, err) != 0) {
+        log_error("%s", reg ? err : "out of memory at startup");
+        registry_free(reg);
+        store_close(store);
+        return 1;
+    }
     char *derived = cfg.host ? NULL : derive_host(cfg.addr);
-    store_t *store = store_memory_new();
-    registry_t *reg = store ? registry_new(store) : NULL;
-    api_config_t acfg = {.host_prefix = cfg.host ? cfg.host : derived};
-    api_t *api = reg ? api_new(reg, store, &acfg) : NULL;
+    api_config_t acfg = {.host_prefix = cfg.host ? cfg.host : derived,
+                         .min_age_ms = cfg.minage_ms,
+                         .gc_every_ms = cfg.gcfreq_ms};
+    api_t *api = api_new(reg, store, &acfg);
     if (!api) {
         log_error("out of memory at startup");
         return 1;
@@ -95,6 +109,8 @@ static int cmd_serve(int argc, char **argv)
         .handler_ctx = api,
         .tick = api_tick,
         .tick_ctx = api,
+        .notify_fd = store_notify_fd(store),
+        .on_notify = api_on_durable,
     };
     http_server_t *srv = http_server_new(&scfg, err);
     if (!srv) {
@@ -104,15 +120,16 @@ static int cmd_serve(int argc, char **argv)
     api_set_server(api, srv);
     log_info("disco %s serving on %s (store: %s; data dir: %s; /new prints %s; wait timeout: "
              "%llums)",
-             DISCO_VERSION, http_server_address(srv), store_name(store), cfg.data_dir,
+             DISCO_VERSION, http_server_address(srv), store_name(store),
+             in_memory ? "none" : cfg.data_dir,
              acfg.host_prefix ? acfg.host_prefix : "http://<Host header>",
              (unsigned long long)cfg.wait_timeout_ms);
     rc = http_server_run(srv);
     size_t tokens = registry_token_count(reg);
     http_server_free(srv);
+    store_close(store); /* commits what is queued before the registry goes */
     api_free(api);
     registry_free(reg);
-    store_close(store);
     free(derived);
     if (rc != 0) {
         log_error("event loop failed: %s", strerror(-rc));

@@ -13,12 +13,26 @@
 #include "api/api.h"
 
 #include <http_parser.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "api/api_internal.h"
 #include "api/form.h"
 #include "api/v2json.h"
+#include "util/log.h"
+#include "util/timeutil.h"
+
+struct held_reply {
+    held_reply_t *next;
+    api_t *api;
+    http_conn_t *conn;
+    uint64_t index; /* the state this answer shows */
+    enum metrics_endpoint ep;
+    char method[16];
+    http_reply_t reply; /* body points to `body` */
+    char body[];
+};
 
 api_t *api_new(registry_t *reg, store_t *store, const api_config_t *cfg)
 {
@@ -27,6 +41,8 @@ api_t *api_new(registry_t *reg, store_t *store, const api_config_t *cfg)
         return NULL;
     api->reg = reg;
     api->store = store;
+    api->min_age_ns = (int64_t)cfg->min_age_ms * NS_PER_MS;
+    api->gc_every_ns = (int64_t)cfg->gc_every_ms * NS_PER_MS;
     api->metrics = metrics_new();
     if (cfg->host_prefix && *cfg->host_prefix) {
         size_t n = strlen(cfg->host_prefix);
@@ -52,11 +68,115 @@ void api_free(api_t *api)
 
 void api_set_server(api_t *api, http_server_t *srv) { api->srv = srv; }
 
+static void held_unlink(api_t *api, held_reply_t *h)
+{
+    held_reply_t **pp = &api->held_head, *prev = NULL;
+    while (*pp && *pp != h) {
+        prev = *pp;
+        pp = &(*pp)->next;
+    }
+    if (!*pp)
+        return;
+    *pp = h->next;
+    if (api->held_tail == h)
+        api->held_tail = prev;
+}
+
+static void on_held_end(http_conn_t *c, void *ctx, enum http_park_end why)
+{
+    held_reply_t *h = ctx;
+    api_t *api = h->api;
+    held_unlink(api, h);
+    if (why != HTTP_PARK_CLOSED) {
+        /* Not confirmed in time: a retryable 5xx, never a false success. */
+        api_send_v2_error(api, c, h->ep, h->method, 503, 300,
+                          "the store has not confirmed this change yet; retry",
+                          registry_index(api->reg));
+    }
+    free(h);
+}
+
+/*
+ * Every answer on a discovery path shows the registry as of its current
+ * index; it may leave only once the store has made that index durable.
+ * With group commit that is the next commit, a millisecond or so away.
+ */
+static bool must_hold(api_t *api, enum metrics_endpoint ep, const http_reply_t *r)
+{
+    /* A 5xx shows no state: it never waits. */
+    if (ep == METRICS_HEALTH || !api->store || r->status >= 500)
+        return false;
+    return store_durable_index(api->store) < registry_index(api->reg);
+}
+
 void api_send(api_t *api, http_conn_t *c, enum metrics_endpoint ep, const char *method,
               const http_reply_t *r)
 {
+    if (must_hold(api, ep, r)) {
+        held_reply_t *h = malloc(sizeof *h + r->body_len + 1);
+        if (h) {
+            h->next = NULL;
+            h->api = api;
+            h->conn = c;
+            h->index = registry_index(api->reg);
+            h->ep = ep;
+            snprintf(h->method, sizeof h->method, "%s", method);
+            h->reply = *r;
+            if (r->body_len)
+                memcpy(h->body, r->body, r->body_len);
+            h->body[r->body_len] = '\0';
+            h->reply.body = h->body;
+            if (api->held_tail)
+                api->held_tail->next = h;
+            else
+                api->held_head = h;
+            api->held_tail = h;
+            http_park(c, on_held_end, h);
+            return;
+        }
+        log_warn("out of memory holding an answer; answering 503");
+        api_send_v2_error(api, c, ep, method, 503, 300, "out of memory; retry", 0);
+        return;
+    }
     metrics_count(api->metrics, ep, r->status, method);
     http_reply(c, r);
+}
+
+void api_on_durable(void *ctx)
+{
+    api_t *api = ctx;
+    store_drain_notify(api->store);
+    uint64_t durable = store_durable_index(api->store);
+    while (api->held_head && api->held_head->index <= durable) {
+        held_reply_t *h = api->held_head;
+        api->held_head = h->next;
+        if (!api->held_head)
+            api->held_tail = NULL;
+        metrics_count(api->metrics, h->ep, h->reply.status, h->method);
+        http_reply(h->conn, &h->reply);
+        free(h);
+    }
+}
+
+bool api_check_writable(api_t *api, http_conn_t *c, enum metrics_endpoint ep, const char *method)
+{
+    if (!api->store || store_writable(api->store))
+        return true;
+    if (ep == METRICS_NEW) {
+        static const char msg[] = "the store is full or failing: no new tokens until it "
+                                  "recovers; retry later\n";
+        http_reply_t r = {.status = 503, .content_type = "text/plain; charset=utf-8",
+                          .extra_headers = "Retry-After: 5\r\n", .body = msg,
+                          .body_len = sizeof msg - 1};
+        metrics_count(api->metrics, ep, 503, method);
+        http_reply(c, &r);
+    } else {
+        api_send_v2_error(api, c, ep, method, 503, 300,
+                          "the store is full or failing: writes are refused until it recovers; "
+                          "retry later",
+                          registry_index(api->reg));
+    }
+    return false;
 }
 
 void api_send_v2_error(api_t *api, http_conn_t *c, enum metrics_endpoint ep, const char *method,
@@ -154,8 +274,23 @@ void api_handle(void *ctx, const http_request_t *req)
     }
 }
 
+/* Max tokens removed per sweep step: keeps each store transaction small. */
+#define GC_BATCH_TOKENS 256
+
 int64_t api_tick(void *ctx, int64_t now_ns)
 {
     api_t *api = ctx;
-    return registry_expire(api->reg, now_ns);
+    int64_t next = registry_expire(api->reg, now_ns);
+    if (api->gc_every_ns > 0 && now_ns >= api->next_gc_ns) {
+        size_t n = registry_sweep_tokens(api->reg, now_ns - api->min_age_ns, GC_BATCH_TOKENS);
+        if (n) {
+            metrics_count_removed_tokens(api->metrics, n);
+            log_info("removed %zu tokens older than the minimum age", n);
+        }
+        /* A full batch means more are due: continue on the next turn. */
+        api->next_gc_ns = n == GC_BATCH_TOKENS ? now_ns : now_ns + api->gc_every_ns;
+    }
+    if (api->gc_every_ns > 0 && (next == 0 || api->next_gc_ns < next))
+        next = api->next_gc_ns;
+    return next;
 }

@@ -21,6 +21,10 @@ typedef struct api_config {
     /* URL prefix /new prints before the token, e.g. "https://disco.example".
      * NULL or "": "http://" + the request's Host header. */
     const char *host_prefix;
+    /* Token lifecycle: a token is removed no sooner than min_age_ms after
+     * its creation, by a sweep every gc_every_ms (0: never). */
+    uint64_t min_age_ms;
+    uint64_t gc_every_ms;
 } api_config_t;
 
 /* Returns NULL when out of memory. `reg` and `store` are not owned. */
@@ -31,7 +35,11 @@ void api_set_server(api_t *api, http_server_t *srv);
 
 /* http_handler_fn: routes one request. `ctx` is the api_t. */
 void api_handle(void *ctx, const http_request_t *req);
-/* The server's tick: expires TTLs; returns the next wall-clock instant due. */
+/* The server's tick: expires TTLs and sweeps old tokens; returns the next
+ * wall-clock instant due. */
 int64_t api_tick(void *ctx, int64_t now_ns);
+/* The server's on_notify: the store made more changes durable; answers
+ * that waited for them go out. */
+void api_on_durable(void *ctx);
 
 #endif

@@ -10,13 +10,23 @@
 #include "api/metrics.h"
 #include "util/buf.h"
 
+/* An answer waiting until the store has made the state it shows durable. */
+typedef struct held_reply held_reply_t;
+
 struct api {
     registry_t *reg;
     store_t *store;
     metrics_t *metrics;
     http_server_t *srv;
     char *host_prefix; /* NULL: from the Host header */
+    int64_t min_age_ns, gc_every_ns;
+    int64_t next_gc_ns;
+    held_reply_t *held_head, *held_tail; /* FIFO, non-decreasing index */
 };
+
+/* Whether a write may start now (the store has room and commits work);
+ * if not, answers 503 in etcd JSON and returns false. */
+bool api_check_writable(api_t *api, http_conn_t *c, enum metrics_endpoint ep, const char *method);
 
 /* Sends `r` and counts it under `ep`. */
 void api_send(api_t *api, http_conn_t *c, enum metrics_endpoint ep, const char *method,

@@ -87,6 +87,8 @@ void discovery_new(api_t *api, const http_request_t *req)
         return;
     }
     form_free(&f);
+    if (!api_check_writable(api, req->conn, METRICS_NEW, method))
+        return;
 
     buf_t prefix = BUF_INIT;
     if (api->host_prefix) {
@@ -127,7 +129,7 @@ void discovery_new(api_t *api, const http_request_t *req)
 
 void discovery_health(api_t *api, const http_request_t *req)
 {
-    bool ok = !api->store || store_healthy(api->store);
+    bool ok = !api->store || store_writable(api->store);
     send_text(api, req->conn, METRICS_HEALTH, req->method_name, ok ? 200 : 503,
               ok ? "OK" : "store unavailable");
 }

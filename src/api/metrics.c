@@ -23,6 +23,7 @@ typedef struct series {
 struct metrics {
     series_t series[MAX_SERIES];
     size_t n;
+    uint64_t tokens_removed;
 };
 
 static const struct {
@@ -81,6 +82,8 @@ void metrics_count(metrics_t *m, enum metrics_endpoint ep, int status, const cha
     s->count = 1;
 }
 
+void metrics_count_removed_tokens(metrics_t *m, uint64_t n) { m->tokens_removed += n; }
+
 static void gauge(buf_t *out, const char *name, const char *help, uint64_t v)
 {
     buf_printf(out, "# HELP %s %s\n# TYPE %s gauge\n%s ", name, help, name, name);
@@ -103,6 +106,11 @@ void metrics_render(const metrics_t *m, const metrics_gauges_t *g, buf_t *out)
             buf_putc(out, '\n');
         }
     }
+    buf_puts(out, "# HELP disco_tokens_removed_total Tokens removed because they reached the "
+                  "minimum age.\n# TYPE disco_tokens_removed_total counter\n"
+                  "disco_tokens_removed_total ");
+    buf_put_u64(out, m->tokens_removed);
+    buf_putc(out, '\n');
     gauge(out, "disco_tokens", "Tokens in the registry.", g->tokens);
     gauge(out, "disco_parked_waits", "Long-poll watches waiting for an event.", g->parked_waits);
     gauge(out, "disco_connections", "Open client connections.", g->connections);

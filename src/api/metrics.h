@@ -29,6 +29,9 @@ void metrics_free(metrics_t *m);
 /* Counts one answered request. `method` is the HTTP method ("GET"). */
 void metrics_count(metrics_t *m, enum metrics_endpoint ep, int status, const char *method);
 
+/* Counts tokens removed by age. */
+void metrics_count_removed_tokens(metrics_t *m, uint64_t n);
+
 /* Point-in-time values rendered next to the counters. */
 typedef struct metrics_gauges {
     size_t tokens;

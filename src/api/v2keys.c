@@ -186,23 +186,31 @@ static void send_event(parked_watch_t *pw, const reg_event_t *ev)
     api_send(pw->api, pw->conn, pw->ep, "GET", &r);
 }
 
+static void send_empty(parked_watch_t *pw)
+{
+    /* etcd's client reads "200 with an empty body" as "ask again". */
+    http_reply_t r = {.status = 200, .content_type = "application/json",
+                      .has_etcd_index = true, .etcd_index = pw->w.start_index};
+    api_send(pw->api, pw->conn, pw->ep, "GET", &r);
+}
+
 static void on_watch_event(reg_waiter_t *w, const reg_event_t *ev)
 {
     parked_watch_t *pw = w->ctx;
-    send_event(pw, ev);
+    if (ev)
+        send_event(pw, ev);
+    else
+        send_empty(pw); /* the token was removed; the next request learns it */
     free(pw);
 }
 
 static void on_park_end(http_conn_t *c, void *ctx, enum http_park_end why)
 {
     parked_watch_t *pw = ctx;
+    (void)c;
     registry_unwatch(pw->api->reg, &pw->w);
-    if (why != HTTP_PARK_CLOSED) {
-        /* etcd's client reads "200 with an empty body" as "ask again". */
-        http_reply_t r = {.status = 200, .content_type = "application/json",
-                          .has_etcd_index = true, .etcd_index = pw->w.start_index};
-        api_send(pw->api, c, pw->ep, "GET", &r);
-    }
+    if (why != HTTP_PARK_CLOSED)
+        send_empty(pw);
     free(pw);
 }
 
@@ -278,6 +286,9 @@ void v2keys_handle(api_t *api, const http_request_t *req, const char *key,
                           registry_index(api->reg));
     } else if (p.wait) {
         handle_watch(api, req, key, ep, &p);
+    } else if (m != HTTP_GET && m != HTTP_HEAD &&
+               !api_check_writable(api, req->conn, ep, req->method_name)) {
+        /* answered 503 */
     } else {
         reg_result_t res;
         int64_t now = time_wall_ns();

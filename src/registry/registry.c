@@ -389,7 +389,7 @@ static int snap_of(reg_snap_t *s, const reg_node_t *n, int64_t now_ns)
     return 0;
 }
 
-static void event_free(reg_event_t *ev)
+void reg_event_free(reg_event_t *ev)
 {
     if (!ev)
         return;
@@ -413,7 +413,7 @@ static reg_event_t *event_new(enum reg_action action, uint64_t index, int64_t no
     ev->node.key = strdup(key);
     ev->node.value = value ? strdup(value) : NULL;
     if (!ev->node.key || (value && !ev->node.value)) {
-        event_free(ev);
+        reg_event_free(ev);
         return NULL;
     }
     ev->node.is_dir = is_dir;
@@ -481,7 +481,7 @@ static void token_free(registry_t *reg, reg_token_t *t)
         w = next;
     }
     for (size_t i = 0; i < t->n_events; i++)
-        event_free(t->events[i]);
+        reg_event_free(t->events[i]);
     free(t->events);
     node_free_tree(reg, t->dir);
     free(t->name);
@@ -725,7 +725,7 @@ static void commit(registry_t *reg, reg_event_t *ev, reg_result_t *out)
     if (rc == 0 && history_append(t, ev) != 0)
         rc = -ENOMEM;
     if (rc != 0) {
-        event_free(ev);
+        reg_event_free(ev);
         fail_nomem(reg, out);
         return;
     }
@@ -972,7 +972,7 @@ static void create_or_set(registry_t *reg, const char *key, bool is_dir, const c
         ev->has_prev = true;
         if (snap_of(&ev->prev, existing, now_ns) != 0) {
             ev->has_prev = false;
-            event_free(ev);
+            reg_event_free(ev);
             ev = NULL;
         }
     }
@@ -1024,7 +1024,7 @@ static void commit_change(registry_t *reg, reg_node_t *n, enum reg_action action
         ev->has_prev = true;
         if (snap_of(&ev->prev, n, now_ns) != 0) {
             ev->has_prev = false;
-            event_free(ev);
+            reg_event_free(ev);
             ev = NULL;
         }
     }
@@ -1156,6 +1156,57 @@ int64_t registry_expire(registry_t *reg, int64_t now_ns)
         reg_result_clear(&r);
     }
     return reg->heap_len ? reg->heap[0]->expire_ns : 0;
+}
+
+int registry_replay(registry_t *reg, reg_event_t *ev)
+{
+    reg_token_t *t = NULL;
+    int rc = ev->index > reg->index ? apply_event(reg, ev, &t) : -EINVAL;
+    if (rc == 0 && history_append(t, ev) != 0)
+        rc = -ENOMEM;
+    if (rc != 0) {
+        reg_event_free(ev);
+        return rc;
+    }
+    reg->index = ev->index;
+    return 0;
+}
+
+void registry_raise_index(registry_t *reg, uint64_t index)
+{
+    if (index > reg->index)
+        reg->index = index;
+}
+
+size_t registry_sweep_tokens(registry_t *reg, int64_t cutoff_ns, size_t max_tokens)
+{
+    size_t removed = 0;
+    /* uthash iterates in insertion order, which is creation order: the
+     * oldest tokens come first, so the sweep stops at the first young one. */
+    while (removed < max_tokens && reg->tokens && reg->tokens->created_ns < cutoff_ns) {
+        reg_token_t *t = reg->tokens;
+        uint64_t *indexes = malloc((t->n_events ? t->n_events : 1) * sizeof *indexes);
+        if (!indexes)
+            break;
+        for (size_t i = 0; i < t->n_events; i++)
+            indexes[i] = t->events[i]->index;
+        if (reg->store && store_remove_token(reg->store, t->name, indexes, t->n_events) != 0) {
+            free(indexes);
+            break; /* try again on the next sweep */
+        }
+        free(indexes);
+        /* Wake watchers: their token is gone. */
+        while (t->waiters) {
+            reg_waiter_t *w = t->waiters;
+            waiter_unlink(reg, w);
+            w->on_event(w, NULL);
+        }
+        HASH_DEL(reg->tokens, t);
+        reg->n_tokens--;
+        token_free(reg, t);
+        removed++;
+    }
+    return removed;
 }
 
 void registry_watch(registry_t *reg, const char *key, bool recursive, uint64_t wait_index,

@@ -90,6 +90,9 @@ typedef struct reg_event {
     size_t wire_len;
 } reg_event_t;
 
+/* Frees an event that is not owned by a registry (e.g. a decoded one). */
+void reg_event_free(reg_event_t *ev);
+
 /* A live node of a token's tree; read it through the accessors below. */
 typedef struct reg_node reg_node_t;
 
@@ -187,10 +190,35 @@ void registry_compare_and_delete(registry_t *reg, const char *key, const char *p
 int64_t registry_expire(registry_t *reg, int64_t now_ns);
 
 /*
+ * Startup: re-applies an event read back from the store, in index order,
+ * without telling the store or any watcher. Takes ownership of `ev` (also
+ * on failure). Returns 0, -EINVAL if the event does not follow the registry
+ * (out of order, or it does not fit the tree: a corrupt log), or -ENOMEM.
+ */
+int registry_replay(registry_t *reg, reg_event_t *ev);
+
+/*
+ * Raises the global index to at least `index`: after replay, the store's
+ * record of the last index it ever used, so that removed tokens do not let
+ * indexes repeat.
+ */
+void registry_raise_index(registry_t *reg, uint64_t index);
+
+/*
+ * Removes up to `max_tokens` tokens created before `cutoff_ns`, oldest
+ * first, with all their keys and history; each removal is passed to the
+ * store, and watchers parked on a removed token get on_event(w, NULL).
+ * Returns how many were removed; fewer than `max_tokens` means none older
+ * than the cutoff is left.
+ */
+size_t registry_sweep_tokens(registry_t *reg, int64_t cutoff_ns, size_t max_tokens);
+
+/*
  * A parked watch. The caller owns the memory (typically embedded in a
  * connection) and must keep it alive until on_event fires or it calls
  * registry_unwatch(). on_event fires at most once, after which the waiter is
- * no longer registered; it must not call back into registry writes.
+ * no longer registered; it must not call back into registry writes. `ev` is
+ * NULL when the watched token was removed.
  */
 typedef struct reg_waiter reg_waiter_t;
 typedef void (*reg_waiter_cb)(reg_waiter_t *w, const reg_event_t *ev);

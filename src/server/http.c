@@ -108,7 +108,7 @@ struct http_server {
 };
 
 /* epoll data tags for the two non-connection fds */
-static char listen_tag, signal_tag;
+static char listen_tag, signal_tag, notify_tag;
 
 static void conn_close(http_conn_t *c);
 static void conn_feed(http_conn_t *c, const char *data, size_t len);
@@ -320,9 +320,11 @@ void http_reply_simple(http_conn_t *c, int status, const char *content_type, con
 
 void http_park(http_conn_t *c, http_park_fn on_end, void *ctx)
 {
+    timer_unlink(c); /* a fresh deadline */
     c->parked = true;
     c->park_fn = on_end;
     c->park_ctx = ctx;
+    conn_update_timer(c);
 }
 
 /* ---- parser callbacks ------------------------------------------------- */
@@ -833,6 +835,8 @@ int http_server_run(http_server_t *s)
             void *p = events[i].data.ptr;
             if (p == &listen_tag) {
                 accept_all(s);
+            } else if (p == &notify_tag) {
+                s->cfg.on_notify(s->cfg.tick_ctx);
             } else if (p == &signal_tag) {
                 struct signalfd_siginfo si;
                 while (read(s->signal_fd, &si, sizeof si) == sizeof si) {
@@ -970,6 +974,12 @@ http_server_t *http_server_new(const http_server_config_t *cfg, char *err)
     if (s->signal_fd < 0 || epoll_set(s, EPOLL_CTL_ADD, s->listen_fd, EPOLLIN, &listen_tag) != 0 ||
         epoll_set(s, EPOLL_CTL_ADD, s->signal_fd, EPOLLIN, &signal_tag) != 0) {
         snprintf(err, 256, "cannot set up the event loop: %s", strerror(errno));
+        http_server_free(s);
+        return NULL;
+    }
+    if (cfg->notify_fd >= 0 && cfg->on_notify &&
+        epoll_set(s, EPOLL_CTL_ADD, cfg->notify_fd, EPOLLIN, &notify_tag) != 0) {
+        snprintf(err, 256, "cannot watch the store: %s", strerror(errno));
         http_server_free(s);
         return NULL;
     }

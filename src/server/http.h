@@ -85,6 +85,10 @@ typedef struct http_server_config {
      * wall-clock instant it wants to run at (0: no wish). Drives TTLs. */
     int64_t (*tick)(void *ctx, int64_t now_ns);
     void *tick_ctx;
+    /* An extra file descriptor to watch (-1: none): on_notify(tick_ctx) runs
+     * when it becomes readable. The store's "durable" signal. */
+    int notify_fd;
+    void (*on_notify)(void *ctx);
 } http_server_config_t;
 
 /*
@@ -112,7 +116,8 @@ void http_reply_simple(http_conn_t *c, int status, const char *content_type, con
                        size_t body_len);
 /*
  * Parks the current request: `on_end` fires once if it ends otherwise than
- * by http_reply (see enum http_park_end). The wait timeout starts now.
+ * by http_reply (see enum http_park_end). The wait timeout starts now, also
+ * when an already parked request is parked again with a new owner.
  */
 void http_park(http_conn_t *c, http_park_fn on_end, void *ctx);
 

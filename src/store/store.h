@@ -8,9 +8,9 @@
  *
  * Implementations:
  *   - store_memory: keeps nothing; for tests, fuzzing and `--data-dir ""`;
- *   - (planned) an LMDB store with group commit on a writer thread: it
- *     acknowledges a change only after fsync, so the HTTP layer holds each
- *     answer until the store reports the change's index as durable;
+ *   - store_lmdb: the embedded default; group commit on a writer thread,
+ *     fsync per commit. The HTTP layer holds each answer until the store
+ *     reports the index it reflects as durable;
  *   - (planned) an etcd store, where the commit is an etcd transaction.
  *
  * Contract for every implementation: store_append() never blocks the event
@@ -28,12 +28,22 @@
 struct store;
 
 struct store_ops {
+    /* Startup: replays everything kept into `reg` (empty). 0, or -1 with a
+     * one-line reason in `err` (256 bytes). */
+    int (*load)(struct store *st, registry_t *reg, char *err);
     /* Queues `ev` (already applied in memory) to be kept. 0 or -errno. */
     int (*append)(struct store *st, const reg_event_t *ev);
+    /* Queues the removal of a token and the events at `indexes`. 0 or -errno. */
+    int (*remove_token)(struct store *st, const char *name, const uint64_t *indexes, size_t n);
     /* The highest index known to be durable. */
     uint64_t (*durable_index)(struct store *st);
-    /* Whether the store can take a write now (GET /health). */
-    bool (*healthy)(struct store *st);
+    /* A file descriptor that becomes readable when the durable index moves
+     * (-1: it never lags), and the call that drains it. */
+    int (*notify_fd)(struct store *st);
+    void (*drain_notify)(struct store *st);
+    /* Whether a new write should be accepted now: false when the disk or
+     * the store's map is nearly full, or commits are failing. */
+    bool (*writable)(struct store *st);
     /* Flushes what is queued and releases everything. */
     void (*close)(struct store *st);
     /* A short name for logs ("memory", "lmdb", "etcd"). */
@@ -44,16 +54,41 @@ typedef struct store {
     const struct store_ops *ops;
 } store_t;
 
+static inline int store_load(store_t *st, registry_t *reg, char *err)
+{
+    return st->ops->load(st, reg, err);
+}
 static inline int store_append(store_t *st, const reg_event_t *ev)
 {
     return st->ops->append(st, ev);
 }
+static inline int store_remove_token(store_t *st, const char *name, const uint64_t *indexes,
+                                     size_t n)
+{
+    return st->ops->remove_token(st, name, indexes, n);
+}
 static inline uint64_t store_durable_index(store_t *st) { return st->ops->durable_index(st); }
-static inline bool store_healthy(store_t *st) { return st->ops->healthy(st); }
+static inline int store_notify_fd(store_t *st) { return st->ops->notify_fd(st); }
+static inline void store_drain_notify(store_t *st) { st->ops->drain_notify(st); }
+static inline bool store_writable(store_t *st) { return st->ops->writable(st); }
 static inline void store_close(store_t *st) { st->ops->close(st); }
 static inline const char *store_name(const store_t *st) { return st->ops->name; }
 
 /* A store that keeps nothing: every change is "durable" at once. */
 store_t *store_memory_new(void);
+
+typedef struct store_lmdb_options {
+    size_t map_size_bytes; /* upper bound of the data file */
+} store_lmdb_options_t;
+
+#define STORE_LMDB_DEFAULT_MAP_BYTES ((size_t)8 << 30)
+
+/*
+ * Opens (or creates) the embedded store in `dir`: takes the directory's
+ * lock, checks the format, starts the writer thread. Refuses a directory
+ * locked by another process (naming it), a corrupt or foreign one, rather
+ * than resetting anything. NULL with a one-line reason in `err` (256 bytes).
+ */
+store_t *store_lmdb_open(const char *dir, const store_lmdb_options_t *opt, char *err);
 
 #endif
