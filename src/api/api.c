@@ -86,6 +86,13 @@ static void on_held_end(http_conn_t *c, void *ctx, enum http_park_end why)
 {
     held_reply_t *h = ctx;
     api_t *api = h->api;
+    if (why == HTTP_PARK_SHUTDOWN) {
+        /* The change is applied and its commit is moments away: answering
+         * 503 now would make a member give up on a registration that does
+         * land. Keep waiting; the shutdown grace period bounds it. */
+        http_park(c, on_held_end, h);
+        return;
+    }
     held_unlink(api, h);
     if (why != HTTP_PARK_CLOSED) {
         /* Not confirmed in time: a retryable 5xx, never a false success. */
