@@ -27,6 +27,7 @@
 #include <fcntl.h>
 #include <lmdb.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -462,6 +463,20 @@ static int take_lock(lmdb_store_t *ls, char *err)
     return 0;
 }
 
+static bool file_exists(const char *dir, const char *name)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    return access(path, F_OK) == 0;
+}
+
+static void remove_file(const char *dir, const char *name)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    unlink(path);
+}
+
 /* Is this a directory we may initialise (empty but for our lock file)? */
 static bool dir_is_fresh(const char *dir, bool *has_data)
 {
@@ -552,22 +567,39 @@ store_t *store_lmdb_open(const char *dir, const store_lmdb_options_t *opt, char 
     pthread_cond_init(&ls->cv, NULL);
     ls->dir = strdup(dir);
     bool has_data = false;
+    bool had_lock_file = file_exists(dir, LOCK_FILE), had_lmdb_lock = file_exists(dir, "lock.mdb");
+    bool refused = false;
     if (!ls->dir) {
         snprintf(err, 256, "out of memory");
-    } else if (take_lock(ls, err) != 0) {
-        /* err says who holds it */
     } else if (!dir_is_fresh(dir, &has_data) && !has_data) {
         snprintf(err, 256,
                  "%s holds files that are not disco's; use an empty or a disco data dir", dir);
-    } else if (open_env(ls, has_data, err) == 0) {
+    } else if (take_lock(ls, err) != 0) {
+        /* err says who holds it; leave its files alone */
+    } else if (open_env(ls, has_data, err) != 0) {
+        refused = true; /* corrupt or foreign: undo only what we added */
+    } else {
         ls->event_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
         atomic_store(&ls->free_bytes, measure_free(ls));
-        if (ls->event_fd >= 0 && pthread_create(&ls->writer, NULL, writer_main, ls) == 0) {
+        /* The writer must never take a process signal (SIGTERM belongs to
+         * the event loop's signalfd): start it with every signal blocked. */
+        sigset_t all, old;
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
+        int prc = ls->event_fd >= 0 ? pthread_create(&ls->writer, NULL, writer_main, ls) : -1;
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        if (prc == 0) {
             ls->writer_started = true;
             return &ls->base;
         }
         snprintf(err, 256, "cannot start the store writer: %s", strerror(errno));
     }
     lmdb_close(&ls->base);
+    if (refused) {
+        if (!had_lmdb_lock)
+            remove_file(dir, "lock.mdb");
+        if (!had_lock_file)
+            remove_file(dir, LOCK_FILE);
+    }
     return NULL;
 }
