@@ -932,7 +932,8 @@ static void create_or_set(registry_t *reg, const char *key, bool is_dir, const c
         }
         reg_result_clear(&probe);
     }
-    /* Walk the parent path: a file on the way is 102 Not a file (checkDir). */
+    /* Walk the parent path: a file on the way is 104 Not a directory, with
+     * the file as the cause (etcd's checkDir). */
     reg_node_t *dir = t->dir;
     const char *p = rest, *leaf = rest;
     while (*p) {
@@ -948,7 +949,7 @@ static void create_or_set(registry_t *reg, const char *key, bool is_dir, const c
         if (!c)
             break; /* created by apply_event */
         if (!c->is_dir) {
-            fail(reg, out, REG_E_NOT_FILE, c->key);
+            fail(reg, out, REG_E_NOT_DIR, c->key);
             free(clean);
             return;
         }
