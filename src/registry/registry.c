@@ -26,6 +26,19 @@
 #include "util/buf.h"
 #include "util/timeutil.h"
 
+/*
+ * Children lookup of a large directory: open addressing with linear probing
+ * over the child pointers, keyed by name. Small directories (a token's three
+ * members) have none and are scanned, which costs no memory per node.
+ */
+typedef struct child_index {
+    struct reg_node **slots;
+    size_t cap; /* power of two, at least twice the children */
+} child_index_t;
+
+/* Directories with more children than this get a child_index. */
+#define CHILD_INDEX_MIN 16
+
 struct reg_node {
     char *key;        /* full key; owned */
     const char *name; /* last segment, inside key */
@@ -36,6 +49,7 @@ struct reg_node {
     size_t heap_pos;   /* 1-based position in the TTL heap; 0 = not there */
     struct reg_node *parent, *first_child, *last_child, *next, *prev;
     struct reg_token *token;
+    child_index_t *index; /* large directories only */
     size_t n_children;
     bool is_dir;
 };
@@ -276,6 +290,72 @@ static reg_node_t *node_new(const char *key, size_t key_len, bool is_dir, const 
     return n;
 }
 
+static size_t name_hash(const char *name, size_t len)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (unsigned char)name[i]) * 1099511628211ULL;
+    return (size_t)h;
+}
+
+static bool name_is(const reg_node_t *n, const char *name, size_t len)
+{
+    return strncmp(n->name, name, len) == 0 && n->name[len] == '\0';
+}
+
+static void index_put(child_index_t *ix, reg_node_t *n)
+{
+    size_t mask = ix->cap - 1, i = name_hash(n->name, strlen(n->name)) & mask;
+    while (ix->slots[i])
+        i = (i + 1) & mask;
+    ix->slots[i] = n;
+}
+
+/* (Re)builds a directory's index for its current children; -ENOMEM keeps
+ * the old one (lookups stay correct: the list is authoritative). */
+static int index_build(reg_node_t *dir, size_t cap)
+{
+    child_index_t *ix = dir->index ? dir->index : calloc(1, sizeof *ix);
+    reg_node_t **slots = ix ? calloc(cap, sizeof *slots) : NULL;
+    if (!slots) {
+        if (ix && !dir->index)
+            free(ix);
+        return -ENOMEM;
+    }
+    free(ix->slots);
+    ix->slots = slots;
+    ix->cap = cap;
+    dir->index = ix;
+    for (reg_node_t *c = dir->first_child; c; c = c->next)
+        index_put(ix, c);
+    return 0;
+}
+
+static void index_remove(child_index_t *ix, const reg_node_t *n)
+{
+    size_t mask = ix->cap - 1, i = name_hash(n->name, strlen(n->name)) & mask;
+    while (ix->slots[i] && ix->slots[i] != n)
+        i = (i + 1) & mask;
+    if (!ix->slots[i])
+        return;
+    ix->slots[i] = NULL;
+    /* Backward-shift: re-place the rest of the probe run. */
+    for (size_t j = (i + 1) & mask; ix->slots[j]; j = (j + 1) & mask) {
+        reg_node_t *m = ix->slots[j];
+        ix->slots[j] = NULL;
+        index_put(ix, m);
+    }
+}
+
+static void index_free(reg_node_t *dir)
+{
+    if (dir->index) {
+        free(dir->index->slots);
+        free(dir->index);
+        dir->index = NULL;
+    }
+}
+
 static void node_link(reg_node_t *parent, reg_node_t *child)
 {
     child->parent = parent;
@@ -288,6 +368,11 @@ static void node_link(reg_node_t *parent, reg_node_t *child)
         parent->first_child = child;
     parent->last_child = child;
     parent->n_children++;
+    child_index_t *ix = parent->index;
+    if (ix && parent->n_children * 2 <= ix->cap)
+        index_put(ix, child);
+    else if (parent->n_children > CHILD_INDEX_MIN && index_build(parent, ix ? ix->cap * 2 : 64) != 0)
+        index_free(parent); /* no memory: fall back to scanning */
 }
 
 static void node_unlink(reg_node_t *n)
@@ -295,6 +380,8 @@ static void node_unlink(reg_node_t *n)
     reg_node_t *p = n->parent;
     if (!p)
         return;
+    if (p->index)
+        index_remove(p->index, n);
     if (n->prev)
         n->prev->next = n->next;
     else
@@ -317,6 +404,7 @@ static void node_free_tree(registry_t *reg, reg_node_t *n)
         c = next;
     }
     heap_remove(reg, n);
+    index_free(n);
     free(n->key);
     free(n->value);
     free(n);
@@ -324,8 +412,16 @@ static void node_free_tree(registry_t *reg, reg_node_t *n)
 
 static reg_node_t *node_child(const reg_node_t *dir, const char *name, size_t len)
 {
+    const child_index_t *ix = dir->index;
+    if (ix) {
+        size_t mask = ix->cap - 1;
+        for (size_t i = name_hash(name, len) & mask; ix->slots[i]; i = (i + 1) & mask)
+            if (name_is(ix->slots[i], name, len))
+                return ix->slots[i];
+        return NULL;
+    }
     for (reg_node_t *c = dir->first_child; c; c = c->next)
-        if (strncmp(c->name, name, len) == 0 && c->name[len] == '\0')
+        if (name_is(c, name, len))
             return c;
     return NULL;
 }

@@ -444,13 +444,23 @@ static int on_message_complete(http_parser *p)
 
 /* ---- requests ----------------------------------------------------------- */
 
-static void request_reset(http_conn_t *c)
+/* Empties a request buffer; keeps a small allocation for the next request
+ * on a busy connection, but never on a parked one (parking must be cheap). */
+static void request_buf_done(buf_t *b, bool keep)
 {
-    buf_free(&c->url);
-    buf_free(&c->body);
-    buf_free(&c->content_type);
-    buf_free(&c->host);
-    buf_free(&c->expect);
+    if (keep && b->cap <= 1024)
+        buf_reset(b);
+    else
+        buf_free(b);
+}
+
+static void request_reset(http_conn_t *c, bool keep)
+{
+    request_buf_done(&c->url, keep);
+    request_buf_done(&c->body, keep);
+    request_buf_done(&c->content_type, keep);
+    request_buf_done(&c->host, keep);
+    request_buf_done(&c->expect, keep);
     c->message_done = false;
     c->in_request = false;
     c->replied = false;
@@ -518,7 +528,7 @@ static void dispatch(http_conn_t *c)
         log_error("handler gave no answer to %s %s", req.method_name, req.path);
         http_reply_simple(c, 500, "text/plain; charset=utf-8", "no answer\n", 10);
     }
-    request_reset(c);
+    request_reset(c, !c->parked);
     if (c->parked)
         c->replied = false;
 }
@@ -588,7 +598,7 @@ static void conn_resume(http_conn_t *c)
 
 static void conn_free(http_conn_t *c)
 {
-    request_reset(c);
+    request_reset(c, false);
     buf_free(&c->pending);
     buf_free(&c->out);
     free(c);

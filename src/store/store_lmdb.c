@@ -52,6 +52,9 @@
 #define RESERVE_MIN_BYTES ((size_t)512 * 1024)
 #define RESERVE_MAP_FRACTION 20 /* 1/20 = 5% of the map */
 #define RETRY_MS 1000
+/* Free space is measured after a commit at most this often (and every
+ * second when idle): the measure walks LMDB's freelist and calls statvfs. */
+#define MEASURE_EVERY_MS 100
 
 typedef struct op {
     struct op *next;
@@ -181,9 +184,17 @@ static void wake_loop(lmdb_store_t *ls)
     (void)n; /* a full counter still wakes the loop */
 }
 
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
 static void *writer_main(void *arg)
 {
     lmdb_store_t *ls = arg;
+    uint64_t last_measure_ms = 0;
     op_t *retry = NULL; /* a batch whose commit failed */
     size_t retry_bytes = 0;
     pthread_mutex_lock(&ls->mu);
@@ -229,8 +240,11 @@ static void *writer_main(void *arg)
             if (max_index)
                 atomic_store(&ls->durable_index, max_index);
             retry = NULL;
-            atomic_store(&ls->free_bytes, measure_free(ls));
             wake_loop(ls);
+            if (mono_ms() - last_measure_ms >= MEASURE_EVERY_MS) {
+                atomic_store(&ls->free_bytes, measure_free(ls));
+                last_measure_ms = mono_ms();
+            }
             pthread_mutex_lock(&ls->mu);
             ls->queued_bytes -= taken_bytes + retry_bytes;
             retry_bytes = 0;
