@@ -523,14 +523,15 @@ static void dispatch(http_conn_t *c)
         .peer = c->peer,
         .conn = c,
     };
+    /* A new request has no answer yet: the previous one may have been
+     * answered late (parked or held), after its dispatch returned. */
+    c->replied = false;
     s->cfg.handler(s->cfg.handler_ctx, &req);
     if (!c->replied && !c->parked) {
         log_error("handler gave no answer to %s %s", req.method_name, req.path);
         http_reply_simple(c, 500, "text/plain; charset=utf-8", "no answer\n", 10);
     }
     request_reset(c, !c->parked);
-    if (c->parked)
-        c->replied = false;
 }
 
 /*
