@@ -1,0 +1,345 @@
+"""Shared helpers for disco's end-to-end tests.
+
+Everything here starts real processes (disco, etcd 3.4) on loopback ports chosen
+at run time, stops them by PID, and bounds every wait in time.  Python 3 standard
+library only.  Network traffic goes to 127.0.0.1 and nowhere else: http() refuses
+any other host.
+
+Public API (other test files import it; keep it stable):
+
+    free_port() -> int
+    class Proc: pid, log_path, stop(timeout=5.0) -> int, alive() -> bool, log() -> str
+                (extras: wait(timeout) -> int | None, returncode, name)
+    start_disco(workdir, extra_args=(), wait_timeout="5s") -> (Proc, base_url)
+    start_etcd_v2(workdir) -> (Proc, client_url)
+    start_etcd_member(workdir, name, discovery_url, extra_args=()) -> (Proc, peer_url, client_url)
+                (extras: peer_port=, client_port=, data_dir= to restart a member as it was)
+    http(method, url, body=None, headers=None, timeout=10) -> (status, headers, body)
+    (extras: etcdctl(endpoint, *args, timeout=10) -> (rc, stdout, stderr),
+             wait_until(predicate, timeout, interval, what), StopWaiting)
+
+Every Proc is also registered with atexit, so a crashed test run still stops
+what it started.
+"""
+
+import atexit
+import http.client as _httpclient
+import itertools
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.parse
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT_DISCO_BIN = os.path.join(REPO_ROOT, "build", "disco")
+ETCD_BIN = os.environ.get("ETCD_BIN", "/usr/bin/etcd")
+ETCDCTL_BIN = os.environ.get("ETCDCTL_BIN", "/usr/bin/etcdctl")
+
+DISCO_HEALTH_TIMEOUT_S = 10.0
+ETCD_HEALTH_TIMEOUT_S = 20.0
+POLL_INTERVAL_S = 0.1
+
+LOOPBACK = "127.0.0.1"
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+# Ports handed out by this process; never hand the same one out twice, so two
+# processes started back to back cannot be given the same still-free port.
+_ports_given = set()
+_log_counter = itertools.count(1)
+_live_procs = []
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that was free a moment ago (the kernel chose it)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((LOOPBACK, 0))
+            port = s.getsockname()[1]
+        if port not in _ports_given:
+            _ports_given.add(port)
+            return port
+    raise RuntimeError("could not find a free loopback port")
+
+
+def _clean_env():
+    """The environment for child processes: no ETCD_*/ETCDCTL_*/DISC_* settings and no
+    HTTP proxies leaking in from the caller's shell."""
+    env = {}
+    for k, v in os.environ.items():
+        ku = k.upper()
+        if ku.startswith(("ETCD_", "ETCDCTL_", "DISC_")):
+            continue
+        if ku in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+            continue
+        env[k] = v
+    return env
+
+
+class Proc:
+    """A started process with its combined stdout+stderr in a log file.
+
+    It leads its own process group; stop() signals that group by its id (the
+    PID), never anything by name.  stop() is idempotent."""
+
+    def __init__(self, argv, log_path, name=None, env=None, cwd=None):
+        self.argv = list(argv)
+        self.log_path = log_path
+        self.name = name or os.path.basename(argv[0])
+        self._log_file = open(log_path, "ab")
+        self._popen = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            env=env if env is not None else _clean_env(),
+            cwd=cwd,
+            # its own process group (pgid == pid), so stop() also reaches what a
+            # wrapper (DISCO_BIN=strace/valgrind/a script) started
+            start_new_session=True,
+        )
+        self.pid = self._popen.pid
+        _live_procs.append(self)
+
+    @property
+    def returncode(self):
+        """Exit code if the process has ended (negative: killed by that signal), else None."""
+        return self._popen.poll()
+
+    def alive(self):
+        return self._popen.poll() is None
+
+    def wait(self, timeout):
+        """Wait at most `timeout` seconds for the process to end on its own.
+        Returns its exit code, or None if it is still running."""
+        try:
+            return self._popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self, timeout=5.0):
+        """SIGTERM, then SIGKILL after `timeout` s; returns the exit code."""
+        if self._popen.poll() is None:
+            self._signal(signal.SIGTERM)
+            try:
+                self._popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self._signal(signal.SIGKILL)
+                self._popen.wait(timeout=10)
+            # Whatever is left in its group (a wrapper's child) goes too.  Only
+            # now: the group's id cannot have been reused while it had members.
+            self._signal(signal.SIGKILL)
+        if not self._log_file.closed:
+            self._log_file.close()
+        if self in _live_procs:
+            _live_procs.remove(self)
+        return self._popen.returncode
+
+    def _signal(self, sig):
+        """Signal the process group this Proc leads (its id is self.pid)."""
+        try:
+            os.killpg(self.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def log(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
+    def __repr__(self):
+        return "Proc(%s pid=%d rc=%r)" % (self.name, self.pid, self.returncode)
+
+
+@atexit.register
+def _stop_all():
+    for p in list(_live_procs):
+        try:
+            p.stop(timeout=2.0)
+        except Exception:  # best effort at interpreter exit
+            pass
+
+
+def _log_path(workdir, stem):
+    return os.path.join(workdir, "%s.%d.log" % (stem, next(_log_counter)))
+
+
+class StopWaiting(Exception):
+    """Raised by a wait_until predicate that sees the wait is hopeless (e.g. the
+    process it waits for has exited); wait_until passes it on at once."""
+
+
+def wait_until(predicate, timeout, interval=POLL_INTERVAL_S, what="condition"):
+    """Call predicate() until it returns a true value or `timeout` s pass.
+    Returns that value, or raises TimeoutError.  An exception from predicate
+    counts as false (connection refused while a server starts, etc.), except
+    StopWaiting, which is raised at once."""
+    deadline = time.monotonic() + timeout
+    last_exc = None
+    while True:
+        try:
+            v = predicate()
+            if v:
+                return v
+        except StopWaiting:
+            raise
+        except Exception as e:
+            last_exc = e
+        if time.monotonic() >= deadline:
+            raise TimeoutError("timed out after %.1fs waiting for %s (last error: %r)"
+                               % (timeout, what, last_exc))
+        time.sleep(interval)
+
+
+def _wait_healthy(proc, health_url, timeout, ok):
+    """Poll health_url until ok(status, body); fail early if proc exits."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            rc = proc.stop()
+            raise RuntimeError("%s exited with %r before it was healthy; log:\n%s"
+                               % (proc.name, rc, proc.log()[-4000:]))
+        try:
+            status, _, body = http("GET", health_url, timeout=2)
+            last = (status, body[:200])
+            if ok(status, body):
+                return
+        except OSError as e:
+            last = e
+        time.sleep(POLL_INTERVAL_S)
+    proc.stop()
+    raise TimeoutError("%s not healthy at %s after %.1fs (last: %r); log:\n%s"
+                       % (proc.name, health_url, timeout, last, proc.log()[-4000:]))
+
+
+def disco_bin():
+    return os.environ.get("DISCO_BIN", DEFAULT_DISCO_BIN)
+
+
+def start_disco(workdir, extra_args=(), wait_timeout="5s"):
+    """Start `disco serve` on a free loopback port and wait until GET /health is 200.
+
+    In extra_args the placeholders "{base_url}" and "{port}" are replaced by the
+    chosen values, so a caller can pass e.g. ("--host", "{base_url}")."""
+    binary = disco_bin()
+    if not os.access(binary, os.X_OK):
+        raise FileNotFoundError("no executable disco at %s (build it, or set DISCO_BIN)" % binary)
+    port = free_port()
+    base_url = "http://%s:%d" % (LOOPBACK, port)
+    extra = [str(a).replace("{base_url}", base_url).replace("{port}", str(port))
+             for a in extra_args]
+    argv = [binary, "serve",
+            "--addr", "%s:%d" % (LOOPBACK, port),
+            "--data-dir", os.path.join(workdir, "disco-data"),
+            "--wait-timeout", wait_timeout] + extra
+    proc = Proc(argv, _log_path(workdir, "disco"), name="disco:%d" % port)
+    _wait_healthy(proc, base_url + "/health", DISCO_HEALTH_TIMEOUT_S,
+                  lambda status, body: status == 200)
+    return proc, base_url
+
+
+def _etcd_health_ok(status, body):
+    # etcd 3.4 answers {"health":"true"} (200) once it has a leader.
+    return status == 200 and b'"true"' in body
+
+
+def start_etcd_v2(workdir):
+    """One single-node etcd with the v2 API on; the reference v2 store."""
+    name = "ref%d" % next(_log_counter)
+    peer_port, client_port = free_port(), free_port()
+    peer_url = "http://%s:%d" % (LOOPBACK, peer_port)
+    client_url = "http://%s:%d" % (LOOPBACK, client_port)
+    argv = [ETCD_BIN,
+            "--name", name,
+            "--data-dir", os.path.join(workdir, name + ".etcd"),
+            "--listen-peer-urls", peer_url,
+            "--initial-advertise-peer-urls", peer_url,
+            "--listen-client-urls", client_url,
+            "--advertise-client-urls", client_url,
+            "--initial-cluster", "%s=%s" % (name, peer_url),
+            "--initial-cluster-state", "new",
+            "--enable-v2",
+            "--logger", "zap", "--log-outputs", "stderr"]
+    proc = Proc(argv, _log_path(workdir, name), name="etcd-v2:" + name)
+    _wait_healthy(proc, client_url + "/health", ETCD_HEALTH_TIMEOUT_S, _etcd_health_ok)
+    return proc, client_url
+
+
+def start_etcd_member(workdir, name, discovery_url, extra_args=(),
+                      peer_port=None, client_port=None, data_dir=None):
+    """One etcd member bootstrapping with --discovery=<discovery_url>.
+
+    Does not wait for anything: the member may exit or become a proxy.
+    Its data dir is WORKDIR/<name>.etcd unless data_dir is given; pass the
+    ports of an earlier member to restart it "with the same flags"."""
+    peer_port = peer_port or free_port()
+    client_port = client_port or free_port()
+    peer_url = "http://%s:%d" % (LOOPBACK, peer_port)
+    client_url = "http://%s:%d" % (LOOPBACK, client_port)
+    argv = [ETCD_BIN,
+            "--name", name,
+            "--data-dir", data_dir or os.path.join(workdir, name + ".etcd"),
+            "--listen-peer-urls", peer_url,
+            "--initial-advertise-peer-urls", peer_url,
+            "--listen-client-urls", client_url,
+            "--advertise-client-urls", client_url,
+            "--discovery", discovery_url,
+            "--logger", "zap", "--log-outputs", "stderr"] + list(extra_args)
+    proc = Proc(argv, _log_path(workdir, name), name="etcd:" + name)
+    return proc, peer_url, client_url
+
+
+def http(method, url, body=None, headers=None, timeout=10):
+    """One HTTP/1.1 request on a fresh connection to a loopback host.
+
+    body: None, bytes/str, or a dict (sent application/x-www-form-urlencoded).
+    Returns (status, {lower-case header name: value}, body bytes); never raises
+    on 4xx/5xx (connection errors and timeouts do raise OSError)."""
+    u = urllib.parse.urlsplit(url)
+    if u.scheme != "http":
+        raise ValueError("only http:// URLs are supported: %r" % url)
+    if u.hostname not in _LOOPBACK_HOSTS:
+        raise ValueError("refusing non-loopback host in %r" % url)
+    hdrs = dict(headers or {})
+    if isinstance(body, dict):
+        body = urllib.parse.urlencode(body).encode()
+        if not any(k.lower() == "content-type" for k in hdrs):
+            hdrs["Content-Type"] = "application/x-www-form-urlencoded"
+    elif isinstance(body, str):
+        body = body.encode()
+    path = u.path or "/"
+    if u.query:
+        path += "?" + u.query
+    conn = _httpclient.HTTPConnection(u.hostname, u.port or 80, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=hdrs)
+        resp = conn.getresponse()
+        data = resp.read()
+        out_headers = {}
+        for k, v in resp.getheaders():
+            k = k.lower()
+            out_headers[k] = out_headers[k] + ", " + v if k in out_headers else v
+        return resp.status, out_headers, data
+    finally:
+        conn.close()
+
+
+def etcdctl(endpoint, *args, timeout=10):
+    """Run `etcdctl --endpoints <endpoint> ARGS` with the v3 API.
+    Returns (rc, stdout, stderr) as str; rc is None if it did not finish in time."""
+    env = _clean_env()
+    env["ETCDCTL_API"] = "3"
+    argv = [ETCDCTL_BIN, "--endpoints", endpoint,
+            "--dial-timeout", "%ds" % max(1, int(timeout / 2)),
+            "--command-timeout", "%ds" % max(1, int(timeout / 2))] + list(args)
+    try:
+        cp = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL,
+                            capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        return None, (e.stdout or b"").decode("utf-8", "replace"), \
+            (e.stderr or b"").decode("utf-8", "replace")
+    return cp.returncode, cp.stdout.decode("utf-8", "replace"), cp.stderr.decode("utf-8", "replace")
