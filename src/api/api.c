@@ -66,7 +66,10 @@ void api_free(api_t *api)
     free(api);
 }
 
-void api_set_server(api_t *api, http_server_t *srv) { api->srv = srv; }
+void api_set_server(api_t *api, http_server_t *srv)
+{
+    api->srv = srv;
+}
 
 static void held_unlink(api_t *api, held_reply_t *h)
 {
@@ -172,8 +175,10 @@ bool api_check_writable(api_t *api, http_conn_t *c, enum metrics_endpoint ep, co
     if (ep == METRICS_NEW) {
         static const char msg[] = "the store is full or failing: no new tokens until it "
                                   "recovers; retry later\n";
-        http_reply_t r = {.status = 503, .content_type = "text/plain; charset=utf-8",
-                          .extra_headers = "Retry-After: 5\r\n", .body = msg,
+        http_reply_t r = {.status = 503,
+                          .content_type = "text/plain; charset=utf-8",
+                          .extra_headers = "Retry-After: 5\r\n",
+                          .body = msg,
                           .body_len = sizeof msg - 1};
         metrics_count(api->metrics, ep, 503, method);
         http_reply(c, &r);
@@ -192,8 +197,11 @@ void api_send_v2_error(api_t *api, http_conn_t *c, enum metrics_endpoint ep, con
     buf_t body = BUF_INIT;
     v2json_error(&body, code, cause, index);
     http_reply_t r = {.status = status ? status : v2json_error_status(code),
-                      .content_type = "application/json", .has_etcd_index = true,
-                      .etcd_index = index, .body = body.data, .body_len = body.len};
+                      .content_type = "application/json",
+                      .has_etcd_index = true,
+                      .etcd_index = index,
+                      .body = body.data,
+                      .body_len = body.len};
     if (buf_failed(&body)) {
         r.status = 500;
         r.body = NULL;
@@ -228,8 +236,7 @@ static void route_keys(api_t *api, const http_request_t *req, const char *raw, s
     char *decoded = form_unescape_path(raw, len, &bad);
     if (!decoded) {
         api_send_v2_error(api, req->conn, ep, req->method_name, 0, bad ? 209 : 300,
-                          bad ? "the path has a malformed %-escape or a NUL byte"
-                              : "out of memory",
+                          bad ? "the path has a malformed %-escape or a NUL byte" : "out of memory",
                           registry_index(api->reg));
         return;
     }

@@ -40,8 +40,8 @@ void api_send_v2_error(api_t *api, http_conn_t *c, enum metrics_endpoint ep, con
  * key. With `config_read_only` (the /<token> surface), writes under a
  * token's _config are refused.
  */
-void v2keys_handle(api_t *api, const http_request_t *req, const char *key,
-                   enum metrics_endpoint ep, bool config_read_only);
+void v2keys_handle(api_t *api, const http_request_t *req, const char *key, enum metrics_endpoint ep,
+                   bool config_read_only);
 
 /* The discovery.etcd.io endpoints. */
 void discovery_new(api_t *api, const http_request_t *req);

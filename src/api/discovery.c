@@ -22,8 +22,10 @@
 static void send_text(api_t *api, http_conn_t *c, enum metrics_endpoint ep, const char *method,
                       int status, const char *text)
 {
-    http_reply_t r = {.status = status, .content_type = "text/plain; charset=utf-8",
-                      .body = text, .body_len = strlen(text)};
+    http_reply_t r = {.status = status,
+                      .content_type = "text/plain; charset=utf-8",
+                      .body = text,
+                      .body_len = strlen(text)};
     api_send(api, c, ep, method, &r);
 }
 
@@ -78,10 +80,10 @@ void discovery_new(api_t *api, const http_request_t *req)
         form_free(&f);
         return;
     }
-    if (sv && *sv && (!form_parse_u64(sv, &size) || size < REGISTRY_MIN_SIZE ||
-                      size > REGISTRY_MAX_SIZE)) {
-        snprintf(msg, sizeof msg, "size must be a whole number from %d to %d\n",
-                 REGISTRY_MIN_SIZE, REGISTRY_MAX_SIZE);
+    if (sv && *sv &&
+        (!form_parse_u64(sv, &size) || size < REGISTRY_MIN_SIZE || size > REGISTRY_MAX_SIZE)) {
+        snprintf(msg, sizeof msg, "size must be a whole number from %d to %d\n", REGISTRY_MIN_SIZE,
+                 REGISTRY_MAX_SIZE);
         send_text(api, req->conn, METRICS_NEW, method, 400, msg);
         form_free(&f);
         return;
@@ -119,8 +121,10 @@ void discovery_new(api_t *api, const http_request_t *req)
     } else {
         buf_putc(&prefix, '/');
         buf_puts(&prefix, token);
-        http_reply_t r = {.status = 200, .content_type = "text/plain; charset=utf-8",
-                          .body = prefix.data, .body_len = prefix.len};
+        http_reply_t r = {.status = 200,
+                          .content_type = "text/plain; charset=utf-8",
+                          .body = prefix.data,
+                          .body_len = prefix.len};
         api_send(api, req->conn, METRICS_NEW, method, &r);
     }
     reg_result_clear(&res);
@@ -146,7 +150,8 @@ void discovery_metrics(api_t *api, const http_request_t *req)
     metrics_render(api->metrics, &g, &body);
     http_reply_t r = {.status = buf_failed(&body) ? 500 : 200,
                       .content_type = "text/plain; version=0.0.4; charset=utf-8",
-                      .body = body.data, .body_len = buf_failed(&body) ? 0 : body.len};
+                      .body = body.data,
+                      .body_len = buf_failed(&body) ? 0 : body.len};
     http_reply(req->conn, &r);
     buf_free(&body);
 }

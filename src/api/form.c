@@ -8,7 +8,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-void form_init(form_t *f) { memset(f, 0, sizeof *f); }
+void form_init(form_t *f)
+{
+    memset(f, 0, sizeof *f);
+}
 
 void form_free(form_t *f)
 {
@@ -32,6 +35,53 @@ static int hexval(char c)
     return -1;
 }
 
+/* Go keeps the first escape error, but a ';' error replaces any earlier
+ * one (net/url parseQuery). */
+static void set_error(form_t *f, const char *msg, bool replace)
+{
+    if (f->error && !replace)
+        return;
+    char *copy = strdup(msg);
+    if (!copy)
+        return; /* the earlier error, if any, still stands */
+    free(f->error);
+    f->error = copy;
+}
+
+/* Go's strconv.Quote of a short byte string (a bad %-escape). */
+static void go_quote(char *out, size_t cap, const char *s, size_t len)
+{
+    size_t o = 0;
+    out[o++] = '"';
+    for (size_t i = 0; i < len && o + 6 < cap; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\') {
+            out[o++] = '\\';
+            out[o++] = (char)c;
+        } else if (c >= 0x20 && c < 0x7f) {
+            out[o++] = (char)c;
+        } else if (c >= 0x80 && i + 1 < len && (c & 0xE0) == 0xC0 &&
+                   ((unsigned char)s[i + 1] & 0xC0) == 0x80 && c >= 0xC2) {
+            out[o++] = (char)c; /* a whole two-byte UTF-8 character */
+            out[o++] = s[++i];
+        } else {
+            static const char hex[] = "0123456789abcdef";
+            const char *esc = c == '\n' ? "\\n" : c == '\t' ? "\\t" : c == '\r' ? "\\r" : NULL;
+            if (esc) {
+                out[o++] = esc[0];
+                out[o++] = esc[1];
+            } else {
+                out[o++] = '\\';
+                out[o++] = 'x';
+                out[o++] = hex[c >> 4];
+                out[o++] = hex[c & 15];
+            }
+        }
+    }
+    out[o++] = '"';
+    out[o] = '\0';
+}
+
 /*
  * Go's url.unescape. On a bad escape returns NULL and writes Go's message
  * into err_out (which must hold 64 bytes).
@@ -49,8 +99,9 @@ static char *unescape(const char *s, size_t len, bool plus_is_space, char *err_o
             int lo = i + 2 < len ? hexval(s[i + 2]) : -1;
             if (hi < 0 || lo < 0) {
                 size_t el = len - i < 3 ? len - i : 3;
-                /* Go quotes the bad escape with strconv.Quote. */
-                snprintf(err_out, 64, "invalid URL escape \"%.*s\"", (int)el, s + i);
+                char quoted[32];
+                go_quote(quoted, sizeof quoted, s + i, el);
+                snprintf(err_out, 64, "invalid URL escape %s", quoted);
                 free(out);
                 return NULL;
             }
@@ -73,12 +124,6 @@ static bool has_escaped_nul(const char *s, size_t len)
         if (s[i] == '%' && s[i + 1] == '0' && s[i + 2] == '0')
             return true;
     return false;
-}
-
-static void set_error(form_t *f, const char *msg)
-{
-    if (!f->error)
-        f->error = strdup(msg);
 }
 
 static int add_param(form_t *f, char *name, char *value)
@@ -111,11 +156,11 @@ int form_parse(form_t *f, const char *s, size_t len)
         if (plen == 0)
             continue;
         if (memchr(pair, ';', plen)) {
-            set_error(f, "invalid semicolon separator in query");
+            set_error(f, "invalid semicolon separator in query", true);
             continue;
         }
         if (has_escaped_nul(pair, plen)) {
-            set_error(f, "invalid NUL byte in form value");
+            set_error(f, "invalid NUL byte in form value", false);
             continue;
         }
         const char *eq = memchr(pair, '=', plen);
@@ -125,7 +170,7 @@ int form_parse(form_t *f, const char *s, size_t len)
         if (!name) {
             if (!*err)
                 return -ENOMEM;
-            set_error(f, err);
+            set_error(f, err, false);
             continue;
         }
         char *value = eq ? unescape(eq + 1, plen - nlen - 1, true, err) : strdup("");
@@ -133,7 +178,7 @@ int form_parse(form_t *f, const char *s, size_t len)
             free(name);
             if (!*err)
                 return -ENOMEM;
-            set_error(f, err);
+            set_error(f, err, false);
             continue;
         }
         if (add_param(f, name, value) != 0) {
@@ -153,7 +198,10 @@ const char *form_get(const form_t *f, const char *name)
     return NULL;
 }
 
-bool form_has(const form_t *f, const char *name) { return form_get(f, name) != NULL; }
+bool form_has(const form_t *f, const char *name)
+{
+    return form_get(f, name) != NULL;
+}
 
 char *form_unescape_path(const char *s, size_t len, int *bad_escape)
 {

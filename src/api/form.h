@@ -30,7 +30,8 @@ void form_free(form_t *f);
 
 /*
  * Decodes `len` bytes of "a=1&b=2" and appends the pairs. Decoding goes on
- * past a bad pair, as Go's does; the first problem is kept in f->error.
+ * past a bad pair, as Go's does; f->error keeps Go's error: the first bad
+ * escape, unless a ';' (which always wins) comes later.
  * Returns 0, or -ENOMEM.
  */
 int form_parse(form_t *f, const char *s, size_t len);

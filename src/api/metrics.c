@@ -30,8 +30,9 @@ static const struct {
     const char *name;
     const char *help;
 } endpoints[METRICS_ENDPOINT_COUNT] = {
-    [METRICS_NEW] = {"endpoint_new_requests_total",
-                     "How many /new requests processed, partitioned by status code and HTTP method."},
+    [METRICS_NEW] =
+        {"endpoint_new_requests_total",
+         "How many /new requests processed, partitioned by status code and HTTP method."},
     [METRICS_HEALTH] = {"endpoint_health_requests_total",
                         "How many /health requests processed, partitioned by status code and HTTP "
                         "method."},
@@ -43,9 +44,15 @@ static const struct {
                          "HTTP method."},
 };
 
-metrics_t *metrics_new(void) { return calloc(1, sizeof(metrics_t)); }
+metrics_t *metrics_new(void)
+{
+    return calloc(1, sizeof(metrics_t));
+}
 
-void metrics_free(metrics_t *m) { free(m); }
+void metrics_free(metrics_t *m)
+{
+    free(m);
+}
 
 static void method_label(const char *method, char out[8])
 {
@@ -82,7 +89,10 @@ void metrics_count(metrics_t *m, enum metrics_endpoint ep, int status, const cha
     s->count = 1;
 }
 
-void metrics_count_removed_tokens(metrics_t *m, uint64_t n) { m->tokens_removed += n; }
+void metrics_count_removed_tokens(metrics_t *m, uint64_t n)
+{
+    m->tokens_removed += n;
+}
 
 static void gauge(buf_t *out, const char *name, const char *help, uint64_t v)
 {
@@ -94,8 +104,8 @@ static void gauge(buf_t *out, const char *name, const char *help, uint64_t v)
 void metrics_render(const metrics_t *m, const metrics_gauges_t *g, buf_t *out)
 {
     for (int ep = 0; ep < METRICS_ENDPOINT_COUNT; ep++) {
-        buf_printf(out, "# HELP %s %s\n# TYPE %s counter\n", endpoints[ep].name,
-                   endpoints[ep].help, endpoints[ep].name);
+        buf_printf(out, "# HELP %s %s\n# TYPE %s counter\n", endpoints[ep].name, endpoints[ep].help,
+                   endpoints[ep].name);
         for (size_t i = 0; i < m->n; i++) {
             const series_t *s = &m->series[i];
             if ((int)s->ep != ep)

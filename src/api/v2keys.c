@@ -162,9 +162,12 @@ static void send_result(api_t *api, const http_request_t *req, enum metrics_endp
                           res->index);
         return;
     }
-    http_reply_t r = {.status = status, .content_type = "application/json",
-                      .has_etcd_index = true, .etcd_index = res->index,
-                      .body = body.data, .body_len = body.len};
+    http_reply_t r = {.status = status,
+                      .content_type = "application/json",
+                      .has_etcd_index = true,
+                      .etcd_index = res->index,
+                      .body = body.data,
+                      .body_len = body.len};
     api_send(api, req->conn, ep, req->method_name, &r);
     buf_free(&body);
 }
@@ -180,17 +183,22 @@ static void send_event(parked_watch_t *pw, const reg_event_t *ev)
                           pw->w.start_index);
         return;
     }
-    http_reply_t r = {.status = 200, .content_type = "application/json",
-                      .has_etcd_index = true, .etcd_index = pw->w.start_index,
-                      .body = data, .body_len = len};
+    http_reply_t r = {.status = 200,
+                      .content_type = "application/json",
+                      .has_etcd_index = true,
+                      .etcd_index = pw->w.start_index,
+                      .body = data,
+                      .body_len = len};
     api_send(pw->api, pw->conn, pw->ep, "GET", &r);
 }
 
 static void send_empty(parked_watch_t *pw)
 {
     /* etcd's client reads "200 with an empty body" as "ask again". */
-    http_reply_t r = {.status = 200, .content_type = "application/json",
-                      .has_etcd_index = true, .etcd_index = pw->w.start_index};
+    http_reply_t r = {.status = 200,
+                      .content_type = "application/json",
+                      .has_etcd_index = true,
+                      .etcd_index = pw->w.start_index};
     api_send(pw->api, pw->conn, pw->ep, "GET", &r);
 }
 
@@ -255,8 +263,8 @@ static bool in_config(const char *key)
     return rest && strncmp(rest, "/_config", 8) == 0 && (rest[8] == '\0' || rest[8] == '/');
 }
 
-void v2keys_handle(api_t *api, const http_request_t *req, const char *key,
-                   enum metrics_endpoint ep, bool config_read_only)
+void v2keys_handle(api_t *api, const http_request_t *req, const char *key, enum metrics_endpoint ep,
+                   bool config_read_only)
 {
     int m = req->method;
     if (m != HTTP_GET && m != HTTP_HEAD && m != HTTP_PUT && m != HTTP_POST && m != HTTP_DELETE) {

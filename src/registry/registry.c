@@ -79,15 +79,22 @@ struct registry {
 const char *reg_action_name(enum reg_action action)
 {
     static const char *const names[] = {
-        [REG_ACT_GET] = "get",         [REG_ACT_CREATE] = "create",
-        [REG_ACT_SET] = "set",         [REG_ACT_UPDATE] = "update",
-        [REG_ACT_CAS] = "compareAndSwap", [REG_ACT_DELETE] = "delete",
-        [REG_ACT_CAD] = "compareAndDelete", [REG_ACT_EXPIRE] = "expire",
+        [REG_ACT_GET] = "get",
+        [REG_ACT_CREATE] = "create",
+        [REG_ACT_SET] = "set",
+        [REG_ACT_UPDATE] = "update",
+        [REG_ACT_CAS] = "compareAndSwap",
+        [REG_ACT_DELETE] = "delete",
+        [REG_ACT_CAD] = "compareAndDelete",
+        [REG_ACT_EXPIRE] = "expire",
     };
     return names[action];
 }
 
-static char *dup_str(const char *s) { return s ? strdup(s) : NULL; }
+static char *dup_str(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
 
 void reg_result_clear(reg_result_t *r)
 {
@@ -111,16 +118,46 @@ static void fail_nomem(registry_t *reg, reg_result_t *out)
 
 /* ---- node accessors --------------------------------------------------- */
 
-const char *reg_node_key(const reg_node_t *n) { return n->key; }
-const char *reg_node_value(const reg_node_t *n) { return n->value; }
-bool reg_node_is_dir(const reg_node_t *n) { return n->is_dir; }
-bool reg_node_is_hidden(const reg_node_t *n) { return n->name[0] == '_'; }
-uint64_t reg_node_created_index(const reg_node_t *n) { return n->created_index; }
-uint64_t reg_node_modified_index(const reg_node_t *n) { return n->modified_index; }
-int64_t reg_node_expire_ns(const reg_node_t *n) { return n->expire_ns; }
-const reg_node_t *reg_node_first_child(const reg_node_t *n) { return n->first_child; }
-const reg_node_t *reg_node_next_sibling(const reg_node_t *n) { return n->next; }
-size_t reg_node_child_count(const reg_node_t *n) { return n->n_children; }
+const char *reg_node_key(const reg_node_t *n)
+{
+    return n->key;
+}
+const char *reg_node_value(const reg_node_t *n)
+{
+    return n->value;
+}
+bool reg_node_is_dir(const reg_node_t *n)
+{
+    return n->is_dir;
+}
+bool reg_node_is_hidden(const reg_node_t *n)
+{
+    return n->name[0] == '_';
+}
+uint64_t reg_node_created_index(const reg_node_t *n)
+{
+    return n->created_index;
+}
+uint64_t reg_node_modified_index(const reg_node_t *n)
+{
+    return n->modified_index;
+}
+int64_t reg_node_expire_ns(const reg_node_t *n)
+{
+    return n->expire_ns;
+}
+const reg_node_t *reg_node_first_child(const reg_node_t *n)
+{
+    return n->first_child;
+}
+const reg_node_t *reg_node_next_sibling(const reg_node_t *n)
+{
+    return n->next;
+}
+size_t reg_node_child_count(const reg_node_t *n)
+{
+    return n->n_children;
+}
 
 /* ---- keys ------------------------------------------------------------- */
 
@@ -371,7 +408,8 @@ static void node_link(reg_node_t *parent, reg_node_t *child)
     child_index_t *ix = parent->index;
     if (ix && parent->n_children * 2 <= ix->cap)
         index_put(ix, child);
-    else if (parent->n_children > CHILD_INDEX_MIN && index_build(parent, ix ? ix->cap * 2 : 64) != 0)
+    else if (parent->n_children > CHILD_INDEX_MIN &&
+             index_build(parent, ix ? ix->cap * 2 : 64) != 0)
         index_free(parent); /* no memory: fall back to scanning */
 }
 
@@ -607,9 +645,18 @@ void registry_free(registry_t *reg)
     free(reg);
 }
 
-uint64_t registry_index(const registry_t *reg) { return reg->index; }
-size_t registry_token_count(const registry_t *reg) { return reg->n_tokens; }
-size_t registry_waiter_count(const registry_t *reg) { return reg->n_waiters; }
+uint64_t registry_index(const registry_t *reg)
+{
+    return reg->index;
+}
+size_t registry_token_count(const registry_t *reg)
+{
+    return reg->n_tokens;
+}
+size_t registry_waiter_count(const registry_t *reg)
+{
+    return reg->n_waiters;
+}
 
 /* ---- applying events ---------------------------------------------------- */
 
@@ -631,6 +678,8 @@ static int apply_event(registry_t *reg, const reg_event_t *ev, reg_token_t **tok
             return -ENOMEM;
     }
     *token_out = t;
+    if (*rest == '\0')
+        return -EINVAL; /* no event rewrites or removes a token directory */
 
     /* Find the parent directory, creating missing ones (etcd's checkDir). */
     reg_node_t *dir = t->dir;
@@ -650,16 +699,20 @@ static int apply_event(registry_t *reg, const reg_event_t *ev, reg_token_t **tok
             if (!c)
                 return -ENOMEM;
             node_link(dir, c);
+        } else if (!c->is_dir) {
+            return -EINVAL; /* a path through a file: no live write makes one */
         }
         dir = c;
     }
     const char *leaf = last + 1;
-    reg_node_t *n = *rest ? node_child(dir, leaf, strlen(leaf)) : t->dir;
+    reg_node_t *n = node_child(dir, leaf, strlen(leaf));
 
     switch (ev->action) {
     case REG_ACT_CREATE:
     case REG_ACT_SET: {
-        if (n) { /* set replaces a file */
+        if (n && (n->is_dir || ev->action == REG_ACT_CREATE))
+            return -EINVAL; /* create never overwrites; set replaces only files */
+        if (n) {
             node_unlink(n);
             node_free_tree(reg, n);
         }
@@ -686,13 +739,12 @@ static int apply_event(registry_t *reg, const reg_event_t *ev, reg_token_t **tok
     case REG_ACT_DELETE:
     case REG_ACT_CAD:
     case REG_ACT_EXPIRE:
-        if (!n || n == t->dir)
+        if (!n)
             return -EINVAL;
         node_unlink(n);
         node_free_tree(reg, n);
         return 0;
-    case REG_ACT_GET:
-        break;
+    case REG_ACT_GET: break;
     }
     return -EINVAL;
 }
@@ -718,11 +770,16 @@ static bool hidden_below(const char *watch_key, const char *key)
     return false;
 }
 
-static bool is_removal(enum reg_action a) { return a == REG_ACT_DELETE || a == REG_ACT_EXPIRE; }
+static bool is_removal(enum reg_action a)
+{
+    return a == REG_ACT_DELETE || a == REG_ACT_EXPIRE;
+}
 
 /* Does a live event reach this parked watcher? (etcd's watcherHub.notify) */
-static bool waiter_matches(const reg_waiter_t *w, const reg_event_t *ev)
+static bool waiter_matches(reg_waiter_t *w, const reg_event_t *ev)
 {
+    bool removed = w->removed_hit; /* good for this event only */
+    w->removed_hit = false;
     if (ev->index < w->since_index)
         return false;
     const char *key = ev->node.key;
@@ -732,10 +789,9 @@ static bool waiter_matches(const reg_waiter_t *w, const reg_event_t *ev)
     bool below = strncmp(key, w->key, wl) == 0 && key[wl] == '/';
     if (w->recursive && below && !hidden_below(w->key, key))
         return true;
-    /* A removed directory takes its watched descendants with it. */
-    size_t kl = strlen(key);
-    return is_removal(ev->action) && ev->node.is_dir && strncmp(w->key, key, kl) == 0 &&
-           w->key[kl] == '/';
+    /* A removed directory takes its watched descendants with it: marked by
+     * mark_removed_watchers() before the subtree went. */
+    return removed;
 }
 
 /* Does a past event answer a new watch? (etcd's EventHistory.scan) */
@@ -750,6 +806,34 @@ static bool history_matches(const char *key, bool recursive, const reg_event_t *
     }
     return is_removal(ev->action) && ev->has_prev && ev->prev.is_dir &&
            has_prefix(key, ev->prev.key);
+}
+
+/* Does a node exist at `key` (a clean key inside token `t`)? */
+static bool key_exists(registry_t *reg, reg_token_t *t, const char *key)
+{
+    const char *name, *rest;
+    size_t len;
+    reg_result_t probe = {0};
+    if (!split_token(key, &name, &len, &rest))
+        return false;
+    bool found = walk(reg, t, rest, &probe) != NULL;
+    reg_result_clear(&probe);
+    return found;
+}
+
+/*
+ * Before a directory is removed: etcd notifies the watchers of every node
+ * in the removed subtree, and only of those, so mark watchers below the
+ * directory whose key still names a node.
+ */
+static void mark_removed_watchers(registry_t *reg, reg_token_t *t, const reg_event_t *ev)
+{
+    if (!is_removal(ev->action) || !ev->node.is_dir)
+        return;
+    size_t kl = strlen(ev->node.key);
+    for (reg_waiter_t *w = t->waiters; w; w = w->next)
+        w->removed_hit = strncmp(w->key, ev->node.key, kl) == 0 && w->key[kl] == '/' &&
+                         key_exists(reg, t, w->key);
 }
 
 static void waiter_unlink(registry_t *reg, reg_waiter_t *w)
@@ -817,6 +901,10 @@ void registry_unwatch_all(registry_t *reg, void (*cb)(reg_waiter_t *w))
 static void commit(registry_t *reg, reg_event_t *ev, reg_result_t *out)
 {
     reg_token_t *t = NULL;
+    const char *name, *rest;
+    size_t len;
+    if (split_token(ev->node.key, &name, &len, &rest) && (t = find_token(reg, name, len)))
+        mark_removed_watchers(reg, t, ev);
     int rc = apply_event(reg, ev, &t);
     if (rc == 0 && history_append(t, ev) != 0)
         rc = -ENOMEM;
@@ -856,13 +944,11 @@ static reg_token_t *lookup_token(registry_t *reg, const char *clean, const char 
 }
 
 /* The writes a token refuses: its directory, and _config once it exists. */
-static bool write_forbidden(registry_t *reg, const char *rest, const char *clean,
-                            reg_result_t *out)
+static bool write_forbidden(registry_t *reg, const char *rest, const char *clean, reg_result_t *out)
 {
     if (*rest == '\0') {
         buf_t b = BUF_INIT;
-        buf_printf(&b, "%s is a token directory; it is removed only when the token expires",
-                   clean);
+        buf_printf(&b, "%s is a token directory; it is removed only when the token expires", clean);
         fail(reg, out, REG_E_ROOT_READ_ONLY, buf_cstr(&b));
         buf_free(&b);
         return true;
@@ -926,7 +1012,8 @@ static bool maybe_create_token(registry_t *reg, const char *clean, enum reg_acti
     }
     char sv[16];
     snprintf(sv, sizeof sv, "%u", size);
-    reg_event_t *ev = event_new(action, reg->index + 1, now_ns, clean, false, sv, reg->index + 1, 0);
+    reg_event_t *ev =
+        event_new(action, reg->index + 1, now_ns, clean, false, sv, reg->index + 1, 0);
     if (!ev) {
         fail_nomem(reg, out);
         return true;
@@ -1081,14 +1168,14 @@ static void create_or_set(registry_t *reg, const char *key, bool is_dir, const c
     commit(reg, ev, out);
 }
 
-void registry_create(registry_t *reg, const char *key, bool is_dir, const char *value,
-                     bool unique, reg_ttl_t ttl, int64_t now_ns, reg_result_t *out)
+void registry_create(registry_t *reg, const char *key, bool is_dir, const char *value, bool unique,
+                     reg_ttl_t ttl, int64_t now_ns, reg_result_t *out)
 {
     create_or_set(reg, key, is_dir, value, unique, REG_ACT_CREATE, ttl, now_ns, out);
 }
 
-void registry_set(registry_t *reg, const char *key, bool is_dir, const char *value,
-                  reg_ttl_t ttl, int64_t now_ns, reg_result_t *out)
+void registry_set(registry_t *reg, const char *key, bool is_dir, const char *value, reg_ttl_t ttl,
+                  int64_t now_ns, reg_result_t *out)
 {
     create_or_set(reg, key, is_dir, value, false, REG_ACT_SET, ttl, now_ns, out);
 }
@@ -1109,8 +1196,8 @@ static reg_node_t *existing_for_write(registry_t *reg, const char *clean, reg_re
 }
 
 /* Builds and commits an event that rewrites or removes node `n`. */
-static void commit_change(registry_t *reg, reg_node_t *n, enum reg_action action,
-                          const char *value, int64_t expire_ns, int64_t now_ns, reg_result_t *out)
+static void commit_change(registry_t *reg, reg_node_t *n, enum reg_action action, const char *value,
+                          int64_t expire_ns, int64_t now_ns, reg_result_t *out)
 {
     uint64_t next = reg->index + 1;
     bool removal = action == REG_ACT_DELETE || action == REG_ACT_CAD || action == REG_ACT_EXPIRE;
@@ -1203,8 +1290,8 @@ void registry_compare_and_swap(registry_t *reg, const char *key, const char *pre
     free(clean);
 }
 
-void registry_delete(registry_t *reg, const char *key, bool is_dir, bool recursive,
-                     int64_t now_ns, reg_result_t *out)
+void registry_delete(registry_t *reg, const char *key, bool is_dir, bool recursive, int64_t now_ns,
+                     reg_result_t *out)
 {
     memset(out, 0, sizeof *out);
     char *clean = clean_key(key);

@@ -168,18 +168,18 @@ void registry_create_token(registry_t *reg, const char *name, unsigned size, int
 
 /* etcd v2 store operations; see etcd's v2 store for the exact semantics. */
 void registry_get(registry_t *reg, const char *key, int64_t now_ns, reg_result_t *out);
-void registry_create(registry_t *reg, const char *key, bool is_dir, const char *value,
-                     bool unique, reg_ttl_t ttl, int64_t now_ns, reg_result_t *out);
-void registry_set(registry_t *reg, const char *key, bool is_dir, const char *value,
-                  reg_ttl_t ttl, int64_t now_ns, reg_result_t *out);
+void registry_create(registry_t *reg, const char *key, bool is_dir, const char *value, bool unique,
+                     reg_ttl_t ttl, int64_t now_ns, reg_result_t *out);
+void registry_set(registry_t *reg, const char *key, bool is_dir, const char *value, reg_ttl_t ttl,
+                  int64_t now_ns, reg_result_t *out);
 void registry_update(registry_t *reg, const char *key, const char *value, reg_ttl_t ttl,
                      int64_t now_ns, reg_result_t *out);
 /* prev_value "" and prev_index 0 mean "not compared". */
 void registry_compare_and_swap(registry_t *reg, const char *key, const char *prev_value,
                                uint64_t prev_index, const char *value, reg_ttl_t ttl,
                                int64_t now_ns, reg_result_t *out);
-void registry_delete(registry_t *reg, const char *key, bool is_dir, bool recursive,
-                     int64_t now_ns, reg_result_t *out);
+void registry_delete(registry_t *reg, const char *key, bool is_dir, bool recursive, int64_t now_ns,
+                     reg_result_t *out);
 void registry_compare_and_delete(registry_t *reg, const char *key, const char *prev_value,
                                  uint64_t prev_index, int64_t now_ns, reg_result_t *out);
 
@@ -229,6 +229,7 @@ struct reg_waiter {
     uint64_t since_index;
     uint64_t start_index; /* X-Etcd-Index of the answer: index when the watch began */
     bool recursive;
+    bool removed_hit; /* registry-private */
     reg_waiter_cb on_event;
     void *ctx; /* for the caller */
 };

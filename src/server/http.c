@@ -313,8 +313,8 @@ void http_reply(http_conn_t *c, const http_reply_t *r)
 void http_reply_simple(http_conn_t *c, int status, const char *content_type, const char *body,
                        size_t body_len)
 {
-    http_reply_t r = {.status = status, .content_type = content_type, .body = body,
-                      .body_len = body_len};
+    http_reply_t r = {
+        .status = status, .content_type = content_type, .body = body, .body_len = body_len};
     http_reply(c, &r);
 }
 
@@ -901,7 +901,8 @@ static int listen_on(const char *addr, char *bound, size_t blen, char *err)
         snprintf(err, 256, "bad address \"%s\": want host:port, :port or [v6]:port", addr);
         return -1;
     }
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+    struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                             .ai_socktype = SOCK_STREAM,
                              .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
     struct addrinfo *res = NULL;
     int rc = getaddrinfo(host[0] ? host : NULL, port, &hints, &res);
@@ -997,9 +998,15 @@ http_server_t *http_server_new(const http_server_config_t *cfg, char *err)
     return s;
 }
 
-const char *http_server_address(const http_server_t *s) { return s->address; }
+const char *http_server_address(const http_server_t *s)
+{
+    return s->address;
+}
 
-size_t http_server_connection_count(const http_server_t *s) { return s->n_conns; }
+size_t http_server_connection_count(const http_server_t *s)
+{
+    return s->n_conns;
+}
 
 void http_server_free(http_server_t *s)
 {

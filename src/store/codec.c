@@ -38,7 +38,8 @@ void codec_encode_event(buf_t *out, const reg_event_t *ev)
 {
     unsigned flags = (ev->node.is_dir ? F_DIR : 0) | (ev->node.value ? F_VALUE : 0);
     if (ev->has_prev)
-        flags |= F_HAS_PREV | (ev->prev.is_dir ? F_PREV_DIR : 0) | (ev->prev.value ? F_PREV_VALUE : 0);
+        flags |=
+            F_HAS_PREV | (ev->prev.is_dir ? F_PREV_DIR : 0) | (ev->prev.value ? F_PREV_VALUE : 0);
     unsigned char head[3] = {CODEC_VERSION, (unsigned char)ev->action, (unsigned char)flags};
     buf_append(out, head, 3);
     put_u64(out, ev->index);
@@ -81,8 +82,8 @@ static char *get_str(reader_t *r)
         r->bad = true;
         return NULL;
     }
-    size_t n = (size_t)r->p[0] | (size_t)r->p[1] << 8 | (size_t)r->p[2] << 16 |
-               (size_t)r->p[3] << 24;
+    size_t n =
+        (size_t)r->p[0] | (size_t)r->p[1] << 8 | (size_t)r->p[2] << 16 | (size_t)r->p[3] << 24;
     r->p += 4;
     if ((size_t)(r->end - r->p) < n || memchr(r->p, '\0', n)) {
         r->bad = true;

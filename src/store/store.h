@@ -67,12 +67,30 @@ static inline int store_remove_token(store_t *st, const char *name, const uint64
 {
     return st->ops->remove_token(st, name, indexes, n);
 }
-static inline uint64_t store_durable_index(store_t *st) { return st->ops->durable_index(st); }
-static inline int store_notify_fd(store_t *st) { return st->ops->notify_fd(st); }
-static inline void store_drain_notify(store_t *st) { st->ops->drain_notify(st); }
-static inline bool store_writable(store_t *st) { return st->ops->writable(st); }
-static inline void store_close(store_t *st) { st->ops->close(st); }
-static inline const char *store_name(const store_t *st) { return st->ops->name; }
+static inline uint64_t store_durable_index(store_t *st)
+{
+    return st->ops->durable_index(st);
+}
+static inline int store_notify_fd(store_t *st)
+{
+    return st->ops->notify_fd(st);
+}
+static inline void store_drain_notify(store_t *st)
+{
+    st->ops->drain_notify(st);
+}
+static inline bool store_writable(store_t *st)
+{
+    return st->ops->writable(st);
+}
+static inline void store_close(store_t *st)
+{
+    st->ops->close(st);
+}
+static inline const char *store_name(const store_t *st)
+{
+    return st->ops->name;
+}
 
 /* A store that keeps nothing: every change is "durable" at once. */
 store_t *store_memory_new(void);

@@ -22,6 +22,7 @@
  * while less than a safety reserve is left. If a commit fails anyway, the
  * writer keeps the batch and retries every second; nothing is dropped.
  */
+#include <dirent.h>
 #include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -36,7 +37,6 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
-#include <dirent.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -59,9 +59,9 @@
 typedef struct op {
     struct op *next;
     bool is_removal;
-    uint64_t index;     /* put: the event's index */
-    buf_t record;       /* put: the encoded event */
-    uint64_t *indexes;  /* removal: the token's event indexes */
+    uint64_t index;    /* put: the event's index */
+    buf_t record;      /* put: the encoded event */
+    uint64_t *indexes; /* removal: the token's event indexes */
     size_t n_indexes;
 } op_t;
 
@@ -331,7 +331,10 @@ static uint64_t lmdb_durable_index(store_t *st)
     return atomic_load(&((lmdb_store_t *)st)->durable_index);
 }
 
-static int lmdb_notify_fd(store_t *st) { return ((lmdb_store_t *)st)->event_fd; }
+static int lmdb_notify_fd(store_t *st)
+{
+    return ((lmdb_store_t *)st)->event_fd;
+}
 
 static void lmdb_drain_notify(store_t *st)
 {
@@ -546,8 +549,8 @@ static int open_env(lmdb_store_t *ls, bool has_data, char *err)
     MDB_val fk = {6, "format"}, fv;
     if (rc == 0 && has_data) {
         rc = mdb_get(txn, ls->dbi_meta, &fk, &fv);
-        if (rc == 0 && (fv.mv_size != strlen(FORMAT_TAG) ||
-                        memcmp(fv.mv_data, FORMAT_TAG, fv.mv_size) != 0))
+        if (rc == 0 &&
+            (fv.mv_size != strlen(FORMAT_TAG) || memcmp(fv.mv_data, FORMAT_TAG, fv.mv_size) != 0))
             rc = MDB_INCOMPATIBLE;
     } else if (rc == 0) {
         fv = (MDB_val){strlen(FORMAT_TAG), FORMAT_TAG};
@@ -586,8 +589,8 @@ store_t *store_lmdb_open(const char *dir, const store_lmdb_options_t *opt, char 
     if (!ls->dir) {
         snprintf(err, 256, "out of memory");
     } else if (!dir_is_fresh(dir, &has_data) && !has_data) {
-        snprintf(err, 256,
-                 "%s holds files that are not disco's; use an empty or a disco data dir", dir);
+        snprintf(err, 256, "%s holds files that are not disco's; use an empty or a disco data dir",
+                 dir);
     } else if (take_lock(ls, err) != 0) {
         /* err says who holds it; leave its files alone */
     } else if (open_env(ls, has_data, err) != 0) {

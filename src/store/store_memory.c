@@ -32,7 +32,10 @@ static int memory_remove_token(store_t *st, const char *name, const uint64_t *in
     return 0;
 }
 
-static uint64_t memory_durable_index(store_t *st) { return ((memory_store_t *)st)->last_index; }
+static uint64_t memory_durable_index(store_t *st)
+{
+    return ((memory_store_t *)st)->last_index;
+}
 
 static int memory_notify_fd(store_t *st)
 {
@@ -40,7 +43,10 @@ static int memory_notify_fd(store_t *st)
     return -1;
 }
 
-static void memory_drain_notify(store_t *st) { (void)st; }
+static void memory_drain_notify(store_t *st)
+{
+    (void)st;
+}
 
 static bool memory_writable(store_t *st)
 {
@@ -48,7 +54,10 @@ static bool memory_writable(store_t *st)
     return true;
 }
 
-static void memory_close(store_t *st) { free(st); }
+static void memory_close(store_t *st)
+{
+    free(st);
+}
 
 static const struct store_ops memory_ops = {
     .load = memory_load,

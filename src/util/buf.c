@@ -9,7 +9,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-void buf_init(buf_t *b) { *b = (buf_t)BUF_INIT; }
+void buf_init(buf_t *b)
+{
+    *b = (buf_t)BUF_INIT;
+}
 
 void buf_free(buf_t *b)
 {
@@ -58,9 +61,15 @@ void buf_append(buf_t *b, const void *data, size_t len)
     b->data[b->len] = '\0';
 }
 
-void buf_puts(buf_t *b, const char *s) { buf_append(b, s, strlen(s)); }
+void buf_puts(buf_t *b, const char *s)
+{
+    buf_append(b, s, strlen(s));
+}
 
-void buf_putc(buf_t *b, char c) { buf_append(b, &c, 1); }
+void buf_putc(buf_t *b, char c)
+{
+    buf_append(b, &c, 1);
+}
 
 void buf_printf(buf_t *b, const char *fmt, ...)
 {
@@ -192,7 +201,10 @@ void buf_consume(buf_t *b, size_t n)
     b->data[b->len] = '\0';
 }
 
-const char *buf_cstr(buf_t *b) { return b->data ? b->data : ""; }
+const char *buf_cstr(buf_t *b)
+{
+    return b->data ? b->data : "";
+}
 
 char *buf_steal(buf_t *b)
 {

@@ -20,7 +20,10 @@ typedef struct buf {
     bool failed; /* an allocation failed; contents are incomplete */
 } buf_t;
 
-#define BUF_INIT {NULL, 0, 0, false}
+#define BUF_INIT                                                                                   \
+    {                                                                                              \
+        NULL, 0, 0, false                                                                          \
+    }
 
 void buf_init(buf_t *b);
 /* Releases the memory; the buffer is empty and reusable afterwards. */
@@ -50,6 +53,9 @@ const char *buf_cstr(buf_t *b);
 /* Hands the allocation to the caller (NULL when empty); the buffer is reset. */
 char *buf_steal(buf_t *b);
 
-static inline bool buf_failed(const buf_t *b) { return b->failed; }
+static inline bool buf_failed(const buf_t *b)
+{
+    return b->failed;
+}
 
 #endif

@@ -68,17 +68,14 @@ int config_parse_serve(int argc, char **argv, serve_config_t *cfg, char *err)
     static const struct {
         const char *flag;
         const char *env;
-    } opts[] = {{"addr", "DISC_ADDR"},
-                {"host", "DISC_HOST"},
-                {"data-dir", "DISC_DATA_DIR"},
-                {"wait-timeout", "DISC_WAIT_TIMEOUT"},
-                {"minage", "DISC_MINAGE"},
-                {"gcfreq", "DISC_GCFREQ"},
+    } opts[] = {{"addr", "DISC_ADDR"},         {"host", "DISC_HOST"},
+                {"data-dir", "DISC_DATA_DIR"}, {"wait-timeout", "DISC_WAIT_TIMEOUT"},
+                {"minage", "DISC_MINAGE"},     {"gcfreq", "DISC_GCFREQ"},
                 {"map-size", "DISC_MAP_SIZE"}};
     enum { N_OPTS = sizeof opts / sizeof opts[0] };
-    const char *defaults[N_OPTS] = {CONFIG_DEFAULT_ADDR,         NULL,
-                                    CONFIG_DEFAULT_DATA_DIR,     CONFIG_DEFAULT_WAIT_TIMEOUT,
-                                    CONFIG_DEFAULT_MINAGE,       CONFIG_DEFAULT_GCFREQ,
+    const char *defaults[N_OPTS] = {CONFIG_DEFAULT_ADDR,     NULL,
+                                    CONFIG_DEFAULT_DATA_DIR, CONFIG_DEFAULT_WAIT_TIMEOUT,
+                                    CONFIG_DEFAULT_MINAGE,   CONFIG_DEFAULT_GCFREQ,
                                     CONFIG_DEFAULT_MAP_SIZE};
     const char *val[N_OPTS];
     for (int j = 0; j < N_OPTS; j++)
@@ -125,8 +122,7 @@ int config_parse_serve(int argc, char **argv, serve_config_t *cfg, char *err)
     cfg->host = val[1] && *val[1] ? val[1] : NULL;
     cfg->data_dir = val[2];
     if (time_parse_duration_ms(val[3], &cfg->wait_timeout_ms) != 0 || cfg->wait_timeout_ms == 0) {
-        snprintf(err, 256, "bad --wait-timeout \"%s\": want a positive duration like 60s",
-                 val[3]);
+        snprintf(err, 256, "bad --wait-timeout \"%s\": want a positive duration like 60s", val[3]);
         return -1;
     }
     if (time_parse_duration_ms(val[4], &cfg->minage_ms) != 0) {

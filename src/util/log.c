@@ -10,7 +10,10 @@
 
 static enum log_level min_level = LOG_INFO;
 
-void log_set_level(enum log_level level) { min_level = level; }
+void log_set_level(enum log_level level)
+{
+    min_level = level;
+}
 
 void log_msg(enum log_level level, const char *fmt, ...)
 {
@@ -23,8 +26,8 @@ void log_msg(enum log_level level, const char *fmt, ...)
     gmtime_r(&ts.tv_sec, &tm);
     char line[1024];
     int n = snprintf(line, sizeof line, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s ",
-                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                     tm.tm_sec, ts.tv_nsec / 1000000, names[level]);
+                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                     ts.tv_nsec / 1000000, names[level]);
     va_list ap;
     va_start(ap, fmt);
     int m = vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);

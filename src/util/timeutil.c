@@ -3,7 +3,7 @@
  */
 #include "util/timeutil.h"
 
-#include <ctype.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,28 +31,49 @@ int64_t time_ttl_left_s(int64_t expire_ns, int64_t now_ns)
     return d / NS_PER_SEC + (d % NS_PER_SEC > 0);
 }
 
+/*
+ * Go's time.ParseDuration, in integer nanoseconds: [+]{digits[.digits]unit}+
+ * or "0". Negative durations are refused (no setting of disco takes one).
+ */
 int time_parse_duration_ms(const char *s, uint64_t *out_ms)
 {
     static const struct {
         const char *name;
-        double ms;
-    } units[] = {{"ns", 1e-6}, {"us", 1e-3}, {"µs", 1e-3}, {"ms", 1}, {"s", 1e3},
-                 {"m", 60e3},  {"h", 3600e3}};
+        uint64_t ns;
+    } units[] = {
+        {"ns", 1},           {"us", 1000},         {"\xc2\xb5s", 1000}, /* U+00B5 micro sign */
+        {"\xce\xbcs", 1000},                                            /* U+03BC Greek mu */
+        {"ms", 1000000},     {"s", 1000000000ULL}, {"m", 60000000000ULL}, {"h", 3600000000000ULL}};
     if (!s || !*s)
         return -1;
+    if (*s == '+')
+        s++;
     if (strcmp(s, "0") == 0) {
         *out_ms = 0;
         return 0;
     }
-    double total = 0;
+    if (!*s)
+        return -1;
+    uint64_t total = 0;
     while (*s) {
-        if (!isdigit((unsigned char)*s) && *s != '.')
+        uint64_t whole = 0, frac = 0, scale = 1;
+        bool digits = false;
+        for (; *s >= '0' && *s <= '9'; s++, digits = true) {
+            if (whole > (UINT64_MAX - 9) / 10)
+                return -1;
+            whole = whole * 10 + (uint64_t)(*s - '0');
+        }
+        if (*s == '.') {
+            s++;
+            for (; *s >= '0' && *s <= '9'; s++, digits = true) {
+                if (scale < 1000000000000000000ULL) { /* extra digits are dropped, as in Go */
+                    frac = frac * 10 + (uint64_t)(*s - '0');
+                    scale *= 10;
+                }
+            }
+        }
+        if (!digits)
             return -1;
-        char *end;
-        double v = strtod(s, &end);
-        if (end == s)
-            return -1;
-        s = end;
         size_t best = 0, best_len = 0;
         for (size_t i = 0; i < sizeof units / sizeof units[0]; i++) {
             size_t n = strlen(units[i].name);
@@ -61,12 +82,18 @@ int time_parse_duration_ms(const char *s, uint64_t *out_ms)
         }
         if (best_len == 0)
             return -1;
-        total += v * units[best].ms;
+        uint64_t unit = units[best].ns;
+        if (whole > UINT64_MAX / unit)
+            return -1;
+        uint64_t v = whole * unit;
+        /* frac/scale of a unit, without floating point */
+        uint64_t f = (uint64_t)((unsigned __int128)frac * unit / scale);
+        if (v > UINT64_MAX - f || total > UINT64_MAX - v - f)
+            return -1;
+        total += v + f;
         s += best_len;
     }
-    if (total < 0 || total > 1e15)
-        return -1;
-    *out_ms = (uint64_t)total;
+    *out_ms = total / 1000000ULL;
     return 0;
 }
 
