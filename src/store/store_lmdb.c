@@ -84,6 +84,7 @@ typedef struct lmdb_store {
     _Atomic uint64_t durable_index;
     _Atomic size_t free_bytes;
     _Atomic bool commit_failing;
+    bool full; /* loop thread only: writes refused until room is back */
     pthread_t writer;
     bool writer_started;
 } lmdb_store_t;
@@ -137,6 +138,12 @@ static size_t measure_free(lmdb_store_t *ls)
     return map_free;
 }
 
+/* Free bytes below which writes are refused, with `queued` bytes pending. */
+static size_t reserve_bytes(const lmdb_store_t *ls, size_t queued)
+{
+    return RESERVE_MIN_BYTES + ls->map_bytes / RESERVE_MAP_FRACTION + 2 * queued;
+}
+
 /* ---- the writer thread -------------------------------------------------- */
 
 static int write_batch(lmdb_store_t *ls, op_t *batch, uint64_t *max_index)
@@ -177,6 +184,86 @@ static int write_batch(lmdb_store_t *ls, op_t *batch, uint64_t *max_index)
     return mdb_txn_commit(txn); /* fsyncs */
 }
 
+/* Keys deleted per transaction when removals must make room on their own. */
+#define REMOVAL_CHUNK_KEYS 32
+
+static bool covers(const op_t *removal, uint64_t index)
+{
+    for (size_t i = 0; i < removal->n_indexes; i++)
+        if (removal->indexes[i] == index)
+            return true;
+    return false;
+}
+
+/*
+ * After a batch failed with a full map: commits its token removals on their
+ * own, a few keys per transaction (deleting copies B-tree pages too, so one
+ * big removal may not fit either), and drops the puts of events that a
+ * committed removal covers (their token is gone). Returns what is left to
+ * retry; *dropped_max is raised to the highest index dropped.
+ */
+static op_t *commit_removals_first(lmdb_store_t *ls, op_t *batch, uint64_t *dropped_max)
+{
+    for (op_t *op = batch; op; op = op->next) {
+        if (!op->is_removal)
+            continue;
+        bool ok = true;
+        for (size_t i = 0; ok && i < op->n_indexes; i += REMOVAL_CHUNK_KEYS) {
+            MDB_txn *txn;
+            if (mdb_txn_begin(ls->env, NULL, 0, &txn) != 0) {
+                ok = false;
+                break;
+            }
+            int rc = 0;
+            for (size_t j = i; rc == 0 && j < op->n_indexes && j < i + REMOVAL_CHUNK_KEYS; j++) {
+                unsigned char kb[8];
+                MDB_val k = {8, kb};
+                index_key(op->indexes[j], kb);
+                rc = mdb_del(txn, ls->dbi_events, &k, NULL);
+                if (rc == MDB_NOTFOUND)
+                    rc = 0;
+            }
+            if (rc == 0)
+                rc = mdb_txn_commit(txn);
+            else
+                mdb_txn_abort(txn);
+            ok = rc == 0;
+        }
+        if (ok)
+            op->index = UINT64_MAX; /* mark: committed (deletes are idempotent) */
+    }
+    /* Rebuild the list without committed removals and the puts they cover. */
+    size_t n = 0;
+    for (op_t *op = batch; op; op = op->next)
+        n++;
+    op_t **ops = malloc(n * sizeof *ops);
+    if (!ops)
+        return batch; /* everything is retried; deleting twice is harmless */
+    n = 0;
+    for (op_t *op = batch; op; op = op->next)
+        ops[n++] = op;
+    op_t *keep = NULL, **tail = &keep;
+    for (size_t i = 0; i < n; i++) {
+        op_t *op = ops[i];
+        bool drop = op->is_removal && op->index == UINT64_MAX;
+        for (size_t j = 0; !drop && !op->is_removal && j < n; j++)
+            drop = ops[j]->is_removal && ops[j]->index == UINT64_MAX && covers(ops[j], op->index);
+        if (drop && !op->is_removal && op->index > *dropped_max)
+            *dropped_max = op->index;
+        ops[i] = drop ? op : NULL; /* what remains in ops[] is freed below */
+        if (!drop) {
+            *tail = op;
+            tail = &op->next;
+        }
+    }
+    *tail = NULL;
+    for (size_t i = 0; i < n; i++)
+        if (ops[i])
+            op_free(ops[i]);
+    free(ops);
+    return keep;
+}
+
 static void wake_loop(lmdb_store_t *ls)
 {
     uint64_t one = 1;
@@ -197,6 +284,7 @@ static void *writer_main(void *arg)
     uint64_t last_measure_ms = 0;
     op_t *retry = NULL; /* a batch whose commit failed */
     size_t retry_bytes = 0;
+    uint64_t dropped_max = 0; /* highest index of puts dropped with their token */
     pthread_mutex_lock(&ls->mu);
     for (;;) {
         while (!ls->head && !retry && !ls->stopping) {
@@ -237,13 +325,25 @@ static void *writer_main(void *arg)
                 op_free(batch);
                 batch = next;
             }
+            if (dropped_max > max_index)
+                max_index = dropped_max;
+            dropped_max = 0;
             if (max_index)
                 atomic_store(&ls->durable_index, max_index);
             retry = NULL;
             wake_loop(ls);
-            if (mono_ms() - last_measure_ms >= MEASURE_EVERY_MS) {
+            /* Exact near the limit, estimated when there is plenty of room. */
+            if (mono_ms() - last_measure_ms >= MEASURE_EVERY_MS ||
+                atomic_load(&ls->free_bytes) < 4 * reserve_bytes(ls, 0)) {
                 atomic_store(&ls->free_bytes, measure_free(ls));
                 last_measure_ms = mono_ms();
+            } else {
+                /* Until the next measure, count what this commit used (its
+                 * records and the copied pages) so the estimate never lags
+                 * behind a burst of writes. */
+                size_t used = 2 * (taken_bytes + retry_bytes) + ls->page_bytes;
+                size_t before = atomic_load(&ls->free_bytes);
+                atomic_store(&ls->free_bytes, before > used ? before - used : 0);
             }
             pthread_mutex_lock(&ls->mu);
             ls->queued_bytes -= taken_bytes + retry_bytes;
@@ -254,9 +354,25 @@ static void *writer_main(void *arg)
                           "retried every second",
                           ls->dir, mdb_strerror(rc));
             atomic_store(&ls->commit_failing, true);
+            if (rc == MDB_MAP_FULL)
+                batch = commit_removals_first(ls, batch, &dropped_max);
             atomic_store(&ls->free_bytes, measure_free(ls));
             retry = batch;
             retry_bytes += taken_bytes;
+            if (!retry) {
+                /* The removals were all there was, and they are committed:
+                 * every op taken so far is resolved. */
+                if (dropped_max > atomic_load(&ls->durable_index))
+                    atomic_store(&ls->durable_index, dropped_max);
+                dropped_max = 0;
+                atomic_store(&ls->commit_failing, false);
+                log_info("store: removals made room in %s", ls->dir);
+                wake_loop(ls);
+                pthread_mutex_lock(&ls->mu);
+                ls->queued_bytes -= retry_bytes;
+                retry_bytes = 0;
+                continue; /* with the lock held, as the loop expects */
+            }
             if (stopping) {
                 log_error("store: stopping with %zu bytes not committed", retry_bytes);
                 while (retry) {
@@ -351,8 +467,19 @@ static bool lmdb_writable(store_t *st)
     pthread_mutex_lock(&ls->mu);
     size_t queued = ls->queued_bytes;
     pthread_mutex_unlock(&ls->mu);
-    size_t reserve = RESERVE_MIN_BYTES + ls->map_bytes / RESERVE_MAP_FRACTION + 2 * queued;
-    return atomic_load(&ls->free_bytes) > reserve;
+    size_t reserve = reserve_bytes(ls, queued);
+    size_t free_now = atomic_load(&ls->free_bytes);
+    /* Hysteresis: once full, stay full until half a reserve more is free,
+     * so writes do not flap between refused and accepted. */
+    if (ls->full && free_now > reserve + reserve / 2) {
+        ls->full = false;
+        log_info("store: room again in %s; writes accepted", ls->dir);
+    } else if (!ls->full && free_now <= reserve) {
+        ls->full = true;
+        log_warn("store: %s is nearly full (%zu bytes free); writes refused until room returns",
+                 ls->dir, free_now);
+    }
+    return !ls->full;
 }
 
 static void lmdb_close(store_t *st)
