@@ -58,6 +58,7 @@ int v2json_error_status(int code)
     case 101:
     case 105: return 412;
     case 102:
+    case 103: /* disco: a token's key limit (etcd 3 never sends 103) */
     case 108: return 403;
     case 110: return 401;
     case 300:

@@ -62,6 +62,7 @@ typedef struct reg_token {
     reg_event_t **events; /* whole history in index order */
     size_t n_events, cap_events;
     reg_waiter_t *waiters;
+    size_t n_keys; /* nodes below the directory, _config excluded */
 } reg_token_t;
 
 struct registry {
@@ -69,6 +70,7 @@ struct registry {
     size_t n_tokens;
     size_t n_waiters;
     uint64_t index;
+    size_t max_keys;
     store_t *store;
     reg_node_t **heap; /* TTL min-heap by expire_ns */
     size_t heap_len, heap_cap;
@@ -628,6 +630,7 @@ registry_t *registry_new(store_t *store)
     if (!reg)
         return NULL;
     reg->store = store;
+    reg->max_keys = REGISTRY_DEFAULT_MAX_KEYS;
     return reg;
 }
 
@@ -645,6 +648,11 @@ void registry_free(registry_t *reg)
     free(reg);
 }
 
+void registry_set_max_keys(registry_t *reg, size_t max_keys)
+{
+    reg->max_keys = max_keys;
+}
+
 uint64_t registry_index(const registry_t *reg)
 {
     return reg->index;
@@ -656,6 +664,21 @@ size_t registry_token_count(const registry_t *reg)
 size_t registry_waiter_count(const registry_t *reg)
 {
     return reg->n_waiters;
+}
+
+/* ---- key accounting ------------------------------------------------------ */
+
+static bool rest_in_config(const char *rest)
+{
+    return strncmp(rest, "/_config", 8) == 0 && (rest[8] == '\0' || rest[8] == '/');
+}
+
+static size_t subtree_size(const reg_node_t *n)
+{
+    size_t total = 1;
+    for (const reg_node_t *c = n->first_child; c; c = c->next)
+        total += subtree_size(c);
+    return total;
 }
 
 /* ---- applying events ---------------------------------------------------- */
@@ -699,6 +722,7 @@ static int apply_event(registry_t *reg, const reg_event_t *ev, reg_token_t **tok
             if (!c)
                 return -ENOMEM;
             node_link(dir, c);
+            t->n_keys += !rest_in_config(rest);
         } else if (!c->is_dir) {
             return -EINVAL; /* a path through a file: no live write makes one */
         }
@@ -715,12 +739,14 @@ static int apply_event(registry_t *reg, const reg_event_t *ev, reg_token_t **tok
         if (n) {
             node_unlink(n);
             node_free_tree(reg, n);
+            t->n_keys -= !rest_in_config(rest);
         }
         n = node_new(ev->node.key, strlen(ev->node.key), ev->node.is_dir, ev->node.value,
                      ev->index);
         if (!n)
             return -ENOMEM;
         node_link(dir, n);
+        t->n_keys += !rest_in_config(rest);
         return node_set_expiry(reg, n, ev->node.expire_ns);
     }
     case REG_ACT_UPDATE:
@@ -741,6 +767,8 @@ static int apply_event(registry_t *reg, const reg_event_t *ev, reg_token_t **tok
     case REG_ACT_EXPIRE:
         if (!n)
             return -EINVAL;
+        if (!rest_in_config(rest))
+            t->n_keys -= subtree_size(n);
         node_unlink(n);
         node_free_tree(reg, n);
         return 0;
@@ -1139,6 +1167,25 @@ static void create_or_set(registry_t *reg, const char *key, bool is_dir, const c
         dir = c;
     }
     reg_node_t *existing = *p == '\0' ? node_child(dir, leaf, strlen(leaf)) : NULL;
+    /* Keys this write adds: the missing directories on the way and the leaf. */
+    size_t adding = 0;
+    if (*p) {
+        adding = 1;
+        for (const char *q = p; *q; q++)
+            adding += *q == '/';
+        /* p stops after the first missing segment: count it and the rest */
+    } else if (!existing) {
+        adding = 1;
+    }
+    if (adding && t->n_keys + adding > reg->max_keys) {
+        buf_t b = BUF_INIT;
+        buf_printf(&b, "token %s holds %zu keys, the most allowed; use a new token", t->name,
+                   t->n_keys);
+        fail(reg, out, REG_E_TOO_MANY_KEYS, buf_cstr(&b));
+        buf_free(&b);
+        free(clean);
+        return;
+    }
     if (existing && !replace) {
         fail(reg, out, REG_E_NODE_EXIST, clean);
         free(clean);

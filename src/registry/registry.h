@@ -43,6 +43,7 @@ enum reg_errcode {
     REG_E_KEY_NOT_FOUND = 100,
     REG_E_TEST_FAILED = 101,
     REG_E_NOT_FILE = 102,
+    REG_E_TOO_MANY_KEYS = 103, /* etcd's "max number of peers"; disco: keys per token */
     REG_E_NOT_DIR = 104,
     REG_E_NODE_EXIST = 105,
     REG_E_ROOT_READ_ONLY = 107,
@@ -148,6 +149,15 @@ void registry_free(registry_t *reg);
 uint64_t registry_index(const registry_t *reg);
 size_t registry_token_count(const registry_t *reg);
 size_t registry_waiter_count(const registry_t *reg);
+
+/*
+ * Bounds the keys (files and directories, _config excluded) one token may
+ * hold; a write that would create more is refused with REG_E_TOO_MANY_KEYS.
+ * Members beyond a token's size become proxies and never register, so a
+ * healthy token holds at most `size` keys. Default REGISTRY_DEFAULT_MAX_KEYS.
+ */
+#define REGISTRY_DEFAULT_MAX_KEYS 2048
+void registry_set_max_keys(registry_t *reg, size_t max_keys_per_token);
 
 /* The bounds of a token size. */
 #define REGISTRY_MIN_SIZE 1

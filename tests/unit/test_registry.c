@@ -1722,6 +1722,41 @@ static void test_sweep_tokens(void **state)
     reg_result_clear(&r);
 }
 
+/* The key limit counts files and directories below the token, _config
+ * excluded; a write that would pass it is 103, and room comes back when
+ * keys are deleted. */
+static void test_key_limit_per_token(void **state)
+{
+    registry_t *reg = *state;
+    reg_result_t r;
+    registry_set_max_keys(reg, 3);
+    registry_create(reg, K("a"), false, "1", false, NO_TTL, T0, &r); /* 1 key */
+    expect_ok(&r, REG_ACT_CREATE, K("a"), 2);
+    reg_result_clear(&r);
+    registry_set(reg, K("d/x"), false, "2", NO_TTL, T0, &r); /* d and d/x: 3 keys */
+    expect_ok(&r, REG_ACT_SET, K("d/x"), 3);
+    reg_result_clear(&r);
+    registry_set(reg, K("a"), false, "again", NO_TTL, T0, &r); /* replaces: still 3 */
+    expect_ok(&r, REG_ACT_SET, K("a"), 4);
+    reg_result_clear(&r);
+    registry_create(reg, K("b"), false, "x", false, NO_TTL, T0, &r);
+    expect_err_prefix(&r, REG_E_TOO_MANY_KEYS, "token tok holds 3 keys", 4);
+    registry_create(reg, K("q"), false, "x", true, NO_TTL, T0, &r); /* POST */
+    expect_err_prefix(&r, REG_E_TOO_MANY_KEYS, "token tok holds 3 keys", 4);
+    registry_delete(reg, K("d"), true, true, T0, &r); /* frees 2 */
+    expect_ok(&r, REG_ACT_DELETE, K("d"), 5);
+    reg_result_clear(&r);
+    registry_create(reg, K("e/f"), false, "x", false, NO_TTL, T0, &r); /* 2 more: 3 */
+    expect_ok(&r, REG_ACT_CREATE, K("e/f"), 6);
+    reg_result_clear(&r);
+    registry_create(reg, K("e/g"), false, "x", false, NO_TTL, T0, &r);
+    expect_err_prefix(&r, REG_E_TOO_MANY_KEYS, "token tok holds 3 keys", 6);
+    /* the size key never counted: a second token is not needed to read it */
+    registry_get(reg, SIZE_KEY, T0, &r);
+    assert_int_equal(r.err, REG_OK);
+    reg_result_clear(&r);
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup_token, teardown_registry)
 
 int main(void)
@@ -1760,6 +1795,7 @@ int main(void)
         T(test_replay_write_of_token_dir_is_einval),
         T(test_replay_create_under_file_is_einval),
         T(test_raise_index),
+        T(test_key_limit_per_token),
         T(test_sweep_tokens),
         cmocka_unit_test(test_free_with_parked_waiters),
         cmocka_unit_test(test_action_names),

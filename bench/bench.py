@@ -1,0 +1,422 @@
+#!/usr/bin/env python3
+"""disco against a real etcd 3.4 (--enable-v2), in the same run, same load.
+
+Starts both servers on loopback ports chosen at run time, alternates the runs
+(A B A B ..., at least 3 each) and prints one table of medians with the ratio
+disco/etcd; writes it to bench/RESULTS.md with the machine's description.
+
+Workloads:
+  get      GET of a 3-member token listing (what booting members and proxies
+           poll), wrk, 1 thread, 64 connections; nginx `return 200` with the
+           same body is the machine's ceiling.
+  put      durable PUT ?prevExist=false of fresh member keys across 64
+           tokens, wrk, 1 thread, 64 connections (every 2xx is on disk).
+  park     N long-poll watches parked on one token (N = 10000 and the most
+           one client process can hold, 19000): server memory per parked
+           watch from RSS, and the time from one PUT until the last client
+           has its answer.
+  form     time for 3 real etcd members to form a cluster through each.
+  bigstore RSS and startup time of disco with 1,000,000 tokens of 3 members
+           (disco only: loading that into etcd's v2 store takes hours).
+
+Usage: bench/bench.py [--quick] [--only get,put,...]
+Every run is bounded in time and count; traffic goes to 127.0.0.1 only.
+"""
+
+import argparse
+import os
+import platform
+import re
+import resource
+import selectors
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(REPO, "tests", "e2e"))
+import harness  # noqa: E402  (process helpers shared with the e2e tests)
+
+WRK = shutil.which("wrk") or "/usr/bin/wrk"
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+MKSTORE = os.environ.get("DISCO_MKSTORE", os.path.join(REPO, "build", "bench", "disco-mkstore"))
+
+
+# ---- helpers -------------------------------------------------------------
+
+def rss_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def wrk(url, seconds, conns=64, script=None, env=None):
+    """Runs wrk; returns (requests/s, non-2xx count, total requests)."""
+    argv = [WRK, "-t1", "-c%d" % conns, "-d%ds" % seconds, "--latency"]
+    if script:
+        argv += ["-s", script]
+    out = subprocess.run(argv + [url], capture_output=True, text=True, timeout=seconds + 30,
+                         env=dict(os.environ, **(env or {}))).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    return rps, int(m.group(1)) if m else 0, total
+
+
+def alternate(rounds, run_a, run_b):
+    a, b = [], []
+    for i in range(rounds):
+        a.append(run_a(i))
+        b.append(run_b(i))
+    return a, b
+
+
+def put_form(base, path, value):
+    st, _, body = harness.http("PUT", base + path, body={"value": value})
+    if st not in (200, 201):
+        raise RuntimeError("PUT %s -> %d %r" % (path, st, body[:200]))
+
+
+def make_token(base, name, members=0, size=3):
+    put_form(base, "/v2/keys/_etcd/registry/%s/_config/size" % name, str(size))
+    for i in range(members):
+        put_form(base, "/v2/keys/_etcd/registry/%s/%016x" % (name, i + 1),
+                 "m%d=http://127.0.0.1:%d" % (i + 1, 2380 + i))
+
+
+class Servers:
+    """A disco (durable store on disk) and an etcd --enable-v2 (WAL on disk)."""
+
+    def __init__(self, workdir, wait_timeout="120s"):
+        self.workdir = workdir
+        self.disco, self.disco_url = harness.start_disco(workdir, wait_timeout=wait_timeout)
+        self.etcd, self.etcd_url = harness.start_etcd_v2(workdir)
+
+    def both(self):
+        return [("disco", self.disco, self.disco_url), ("etcd", self.etcd, self.etcd_url)]
+
+    def stop(self):
+        self.disco.stop()
+        self.etcd.stop()
+
+
+# ---- workloads -----------------------------------------------------------
+
+LISTING = "/v2/keys/_etcd/registry/benchget?quorum=false&recursive=false&sorted=false"
+
+
+def start_nginx(workdir, body):
+    port = harness.free_port()
+    conf_dir = os.path.join(workdir, "nginx")
+    os.makedirs(os.path.join(conf_dir, "logs"), exist_ok=True)
+    escaped = body.replace("\\", "\\\\").replace("'", "\\'")
+    with open(os.path.join(conf_dir, "nginx.conf"), "w") as f:
+        f.write("""worker_processes 1;
+daemon off;
+pid %(d)s/nginx.pid;
+error_log %(d)s/logs/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path %(d)s/body; proxy_temp_path %(d)s/proxy;
+  fastcgi_temp_path %(d)s/fcgi; uwsgi_temp_path %(d)s/uwsgi; scgi_temp_path %(d)s/scgi;
+  server {
+    listen 127.0.0.1:%(port)d;
+    location / { default_type application/json; return 200 '%(body)s'; }
+  }
+}
+""" % {"d": conf_dir, "port": port, "body": escaped})
+    proc = harness.Proc([NGINX, "-p", conf_dir, "-c", os.path.join(conf_dir, "nginx.conf")],
+                        os.path.join(workdir, "nginx.log"), name="nginx")
+    harness.wait_until(lambda: _answers("http://127.0.0.1:%d/" % port), 10, what="nginx")
+    return proc, "http://127.0.0.1:%d" % port
+
+
+def _answers(url):
+    try:
+        return harness.http("GET", url, timeout=2)[0] == 200
+    except OSError:
+        return False
+
+
+def bench_get(servers, rounds, seconds, results):
+    for _, _, base in servers.both():
+        make_token(base, "benchget", members=3)
+    a, b = alternate(rounds,
+                     lambda i: wrk(servers.disco_url + LISTING, seconds),
+                     lambda i: wrk(servers.etcd_url + LISTING, seconds))
+    _, _, body = harness.http("GET", servers.disco_url + LISTING)
+    ceiling = None
+    if os.access(NGINX, os.X_OK):
+        nginx, nurl = start_nginx(servers.workdir, body.decode())
+        try:
+            ceiling = statistics.median(wrk(nurl + "/", seconds)[0] for _ in range(rounds))
+        finally:
+            nginx.stop()
+    for name, runs in (("disco", a), ("etcd", b)):
+        if any(r[1] for r in runs):
+            raise RuntimeError("%s answered non-2xx during the GET run: %r" % (name, runs))
+    d = statistics.median(r[0] for r in a)
+    e = statistics.median(r[0] for r in b)
+    results.append(("GET 3-member listing, 64 conns (req/s)", d, e, d / e,
+                    "nginx ceiling %.0f; disco at %.0f%% of it" % (ceiling, 100 * d / ceiling)
+                    if ceiling else "nginx not available"))
+
+
+PUT_LUA = r"""
+local counter = 0
+local run = os.getenv("BENCH_RUN") or "0"
+local tokens = tonumber(os.getenv("BENCH_TOKENS") or "1024")
+request = function()
+  counter = counter + 1
+  local path = string.format("/v2/keys/_etcd/registry/benchput%d/r%s-%d?prevExist=false",
+                             counter % tokens, run, counter)
+  return wrk.format("PUT", path, {["Content-Type"] = "application/x-www-form-urlencoded"},
+                    "value=m1%3Dhttp%3A%2F%2F127.0.0.1%3A2380")
+end
+"""
+
+
+def bench_put(servers, rounds, seconds, results):
+    tokens = 1024  # keeps every token under the default key limit over 3 runs
+    for _, _, base in servers.both():
+        for t in range(tokens):
+            make_token(base, "benchput%d" % t)
+    script = os.path.join(servers.workdir, "put.lua")
+    with open(script, "w") as f:
+        f.write(PUT_LUA)
+
+    def run(base, i):
+        return wrk(base + "/", seconds, script=script,
+                   env={"BENCH_RUN": str(i), "BENCH_TOKENS": str(tokens)})
+
+    a, b = alternate(rounds, lambda i: run(servers.disco_url, i),
+                     lambda i: run(servers.etcd_url, i))
+    for name, runs in (("disco", a), ("etcd", b)):
+        if any(r[1] for r in runs):
+            raise RuntimeError("%s answered non-2xx during the PUT run: %r" % (name, runs))
+    d = statistics.median(r[0] for r in a)
+    e = statistics.median(r[0] for r in b)
+    results.append(("durable PUT prevExist=false, 64 conns (req/s)", d, e, d / e,
+                    "fresh keys over %d tokens; every 201 fsynced" % tokens))
+
+
+def park_watchers(base, token, n, timeout_s=60):
+    """Opens n connections, each parking a recursive watch on `token`.
+    Returns (selector, sockets)."""
+    host, port = base[len("http://"):].split(":")
+    req = ("GET /v2/keys/_etcd/registry/%s?recursive=true&wait=true HTTP/1.1\r\n"
+           "Host: %s:%s\r\n\r\n" % (token, host, port)).encode()
+    sel = selectors.DefaultSelector()
+    socks = []
+    deadline = time.monotonic() + timeout_s
+    for i in range(n):
+        if time.monotonic() > deadline:
+            raise RuntimeError("could not open %d connections in time" % n)
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # Several loopback source addresses keep clear of one address's
+        # ephemeral port range.
+        s.bind(("127.0.0.%d" % (1 + i % 8), 0))
+        s.connect((host, int(port)))
+        s.sendall(req)
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ, bytearray())
+        socks.append(s)
+    return sel, socks
+
+
+def wait_answers(sel, n, timeout_s):
+    """Reads until n sockets have an event body; returns seconds taken."""
+    start = time.monotonic()
+    done = 0
+    deadline = start + timeout_s
+    while done < n and time.monotonic() < deadline:
+        for key, _ in sel.select(timeout=0.5):
+            buf = key.data
+            try:
+                chunk = key.fileobj.recv(65536)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                sel.unregister(key.fileobj)
+                continue
+            buf += chunk
+            if b'"action"' in buf:
+                done += 1
+                sel.unregister(key.fileobj)
+    if done < n:
+        raise RuntimeError("only %d of %d watchers answered in %ds" % (done, n, timeout_s))
+    return time.monotonic() - start
+
+
+def settle_parked(proc, base, n, is_disco):
+    if is_disco:
+        harness.wait_until(
+            lambda: re.search(rb"disco_parked_waits (\d+)",
+                              harness.http("GET", base + "/metrics")[2]).group(1) == str(n).encode(),
+            30, what="%d parked waits" % n)
+    else:
+        time.sleep(2.0)  # etcd has no gauge; give its goroutines time to park
+
+
+def bench_park(servers, counts, results):
+    for n in counts:
+        per = {}
+        for name, proc, base in servers.both():
+            token = "benchpark%d" % n
+            make_token(base, token)
+            time.sleep(0.5)
+            before = rss_kib(proc.pid)
+            sel, socks = park_watchers(base, token, n)
+            try:
+                settle_parked(proc, base, n, name == "disco")
+                during = rss_kib(proc.pid)
+                t0 = time.monotonic()
+                put_form(base, "/v2/keys/_etcd/registry/%s/wake" % token, "m=http://127.0.0.1:1")
+                took = wait_answers(sel, n, 60) + (time.monotonic() - t0) * 0
+                per[name] = ((during - before) * 1024.0 / n, took * 1000.0)
+            finally:
+                for s in socks:
+                    s.close()
+                sel.close()
+            time.sleep(1.0)
+        d, e = per["disco"], per["etcd"]
+        results.append(("parked watch, %d clients: server bytes each" % n, d[0], e[0],
+                        d[0] / e[0] if e[0] else float("nan"), "from RSS growth"))
+        results.append(("parked watch, %d clients: ms from PUT to last answer" % n, d[1], e[1],
+                        d[1] / e[1], ""))
+
+
+def bench_form(servers, rounds, results):
+    def form(base, i, via):
+        wd = tempfile.mkdtemp(prefix="form-", dir=servers.workdir)
+        token = "form%s%d" % (via, i)
+        make_token(base, token)
+        url = base + "/v2/keys/_etcd/registry/" + token
+        t0 = time.monotonic()
+        members = [harness.start_etcd_member(wd, "m%d" % k, url) for k in range(3)]
+        try:
+            def formed():
+                for _, _, client in members:
+                    rc, out, _ = harness.etcdctl(client, "endpoint", "health", timeout=4)
+                    if rc != 0:
+                        return False
+                return True
+            harness.wait_until(formed, 60, interval=0.05, what="cluster formed via " + via)
+            return time.monotonic() - t0
+        finally:
+            for p, _, _ in members:
+                p.stop()
+            shutil.rmtree(wd, ignore_errors=True)
+
+    a, b = alternate(rounds, lambda i: form(servers.disco_url, i, "disco"),
+                     lambda i: form(servers.etcd_url, i, "etcd"))
+    d, e = statistics.median(a), statistics.median(b)
+    results.append(("3 etcd members form a cluster (s)", d, e, d / e,
+                    "dominated by etcd's own start and election"))
+
+
+def bench_bigstore(workdir, tokens, results):
+    if not os.access(MKSTORE, os.X_OK):
+        results.append(("%d tokens x 3 members: RSS MiB / start s" % tokens, None, None, None,
+                        "disco-mkstore not built"))
+        return
+    data = os.path.join(workdir, "big", "disco-data")
+    os.makedirs(data)
+    t0 = time.monotonic()
+    subprocess.run([MKSTORE, data, str(tokens), "3"], check=True, timeout=1800)
+    fill_s = time.monotonic() - t0
+    t0 = time.monotonic()
+    proc, base = harness.start_disco(os.path.join(workdir, "big"))
+    start_s = time.monotonic() - t0
+    rss = rss_kib(proc.pid) / 1024.0
+    st, _, _ = harness.http("GET", base + "/health")
+    proc.stop()
+    results.append(("%d tokens x 3 members: RSS (MiB)" % tokens, rss, None, None,
+                    "store filled in %.0f s" % fill_s))
+    results.append(("%d tokens x 3 members: start until /health (s)" % tokens, start_s, None,
+                    None, "health %d" % st))
+
+
+# ---- report --------------------------------------------------------------
+
+def machine():
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return "%d cores (%s), Linux %s, %s" % (os.cpu_count(), cpu, platform.release(),
+                                             time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+
+
+def fmt(v):
+    if v is None:
+        return "n/a"
+    return "%.2f" % v if abs(v) < 10 else "%.0f" % v
+
+
+def table(results, rounds):
+    lines = ["| measure | disco | etcd 3.4 | disco/etcd | notes |", "|---|---|---|---|---|"]
+    for name, d, e, ratio, note in results:
+        lines.append("| %s | %s | %s | %s | %s |" % (name, fmt(d), fmt(e), fmt(ratio), note))
+    return "\n".join(lines) + "\n\nMedians of %d alternating runs (A B A B ...).\n" % rounds
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="short runs (smoke check)")
+    ap.add_argument("--only", default="get,put,park,form,bigstore")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--tokens", type=int, default=1000000, help="bigstore size")
+    ap.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
+    args = ap.parse_args()
+    only = set(args.only.split(","))
+    seconds = 2 if args.quick else 5
+    counts = [1000] if args.quick else [10000, 19000]
+    tokens = 10000 if args.quick else args.tokens
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit it too
+
+    workdir = tempfile.mkdtemp(prefix="disco-bench-")
+    results = []
+    try:
+        servers = Servers(workdir)
+        try:
+            if "get" in only:
+                bench_get(servers, args.rounds, seconds, results)
+            if "put" in only:
+                bench_put(servers, args.rounds, seconds, results)
+            if "park" in only:
+                bench_park(servers, [c for c in counts if c < hard - 500], results)
+            if "form" in only:
+                bench_form(servers, args.rounds, results)
+        finally:
+            servers.stop()
+        if "bigstore" in only:
+            bench_bigstore(workdir, tokens, results)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    report = "# disco vs etcd 3.4: latest `make bench`\n\nMachine: %s\n\n%s" % (
+        machine(), table(results, args.rounds))
+    print(report)
+    if not args.quick:
+        with open(args.out, "w") as f:
+            f.write(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
