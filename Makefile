@@ -5,6 +5,7 @@
 #   make run      install dependencies, build, serve on 127.0.0.1:8087
 #   make check    install dependencies, build, run every test (plain build,
 #                 then the ASan+UBSan build)
+#   make bench    disco vs a real etcd 3.4 in the same run (bench/README.md)
 #   make format   clang-format the sources
 
 BUILD      ?= build
@@ -17,7 +18,7 @@ DEPS = build-essential cmake pkg-config python3 clang-format \
        libhttp-parser-dev uthash-dev liblmdb-dev libcmocka-dev \
        etcd-server etcd-client
 
-.PHONY: all deps run check test test-asan format clean
+.PHONY: all deps run check test test-asan bench format clean
 
 all: $(BUILD)/disco
 
@@ -51,6 +52,15 @@ test-asan:
 check: deps
 	$(MAKE) test
 	$(MAKE) test-asan
+
+BENCH_DEPS = wrk nginx-light
+bench: deps all
+	@missing=$$(for p in $(BENCH_DEPS); do \
+	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; \
+	  done); \
+	if [ -n "$$missing" ]; then apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; fi
+	python3 bench/bench.py
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
