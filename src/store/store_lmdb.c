@@ -715,6 +715,8 @@ store_t *store_lmdb_open(const char *dir, const store_lmdb_options_t *opt, char 
     bool refused = false;
     if (!ls->dir) {
         snprintf(err, 256, "out of memory");
+    } else if (access(dir, R_OK | W_OK | X_OK) != 0) {
+        snprintf(err, 256, "cannot use data dir %s: %s", dir, strerror(errno));
     } else if (!dir_is_fresh(dir, &has_data) && !has_data) {
         snprintf(err, 256, "%s holds files that are not disco's; use an empty or a disco data dir",
                  dir);
