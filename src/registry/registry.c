@@ -59,7 +59,7 @@ typedef struct reg_token {
     char *name; /* hash key */
     reg_node_t *dir;
     int64_t created_ns;
-    reg_event_t **events; /* whole history in index order */
+    uint64_t *events; /* indexes of the token's whole history, in order */
     size_t n_events, cap_events;
     reg_waiter_t *waiters;
     size_t n_keys; /* nodes below the directory, _config excluded */
@@ -74,7 +74,18 @@ struct registry {
     store_t *store;
     reg_node_t **heap; /* TTL min-heap by expire_ns */
     size_t heap_len, heap_cap;
+    /* Recent events, owned: ring[(i + ring_head) & (ring_cap - 1)] holds the
+     * event with index ring_base + i for i < ring_len (NULL: none, e.g. its
+     * token was removed). Older events are fetched from the store. */
+    reg_event_t **ring;
+    size_t ring_cap, ring_head, ring_len;
+    uint64_t ring_base;
+    reg_event_t *fetched; /* the last event read back from the store */
 };
+
+/* Events kept in memory once they are durable: enough for members that
+ * watch what just happened; older history is read back from the store. */
+#define RECENT_EVENTS 4096
 
 /* ---- small helpers ---------------------------------------------------- */
 
@@ -560,18 +571,139 @@ static reg_event_t *event_new(enum reg_action action, uint64_t index, int64_t no
     return ev;
 }
 
-static int history_append(reg_token_t *t, reg_event_t *ev)
+/* Appends to a token's history; record_room() made the space. */
+static void history_append(reg_token_t *t, uint64_t index)
 {
-    if (t->n_events == t->cap_events) {
-        size_t cap = t->cap_events ? t->cap_events * 2 : 4;
-        reg_event_t **e = realloc(t->events, cap * sizeof *e);
+    t->events[t->n_events++] = index;
+}
+
+/* ---- recent events ------------------------------------------------------ */
+
+static reg_event_t **ring_slot(registry_t *reg, uint64_t index)
+{
+    if (index < reg->ring_base || index - reg->ring_base >= reg->ring_len)
+        return NULL;
+    return &reg->ring[(reg->ring_head + (index - reg->ring_base)) & (reg->ring_cap - 1)];
+}
+
+static void ring_drop_front(registry_t *reg)
+{
+    reg_event_t **slot = &reg->ring[reg->ring_head];
+    reg_event_free(*slot);
+    *slot = NULL;
+    reg->ring_head = (reg->ring_head + 1) & (reg->ring_cap - 1);
+    reg->ring_base++;
+    reg->ring_len--;
+}
+
+/* Frees durable events beyond the recent window (none without a store:
+ * then memory is the only copy). */
+static void ring_trim(registry_t *reg, uint64_t durable)
+{
+    while (reg->store && reg->ring_len > RECENT_EVENTS &&
+           (!reg->ring[reg->ring_head] || reg->ring[reg->ring_head]->index <= durable))
+        ring_drop_front(reg);
+}
+
+/*
+ * Makes room for the event with `index` (above every event held): slots for
+ * any skipped indexes (events removed before a replay) stay empty. A long
+ * gap past durable events restarts the window. 0 or -ENOMEM.
+ */
+static int ring_reserve(registry_t *reg, uint64_t index)
+{
+    if (reg->ring_len == 0)
+        reg->ring_base = index;
+    if (index < reg->ring_base)
+        return -EINVAL;
+    uint64_t durable = reg->store ? store_durable_index(reg->store) : 0;
+    while (reg->store && reg->ring_len &&
+           index - reg->ring_base >= (uint64_t)reg->ring_cap + RECENT_EVENTS &&
+           (!reg->ring[reg->ring_head] || reg->ring[reg->ring_head]->index <= durable))
+        ring_drop_front(reg);
+    if (reg->ring_len == 0)
+        reg->ring_base = index;
+    if (index - reg->ring_base > ((uint64_t)1 << 32))
+        return -ENOMEM; /* a window that large means durable events are stuck */
+    size_t need = (size_t)(index - reg->ring_base) + 1;
+    if (need > reg->ring_cap) {
+        size_t cap = reg->ring_cap ? reg->ring_cap : 64;
+        while (cap < need)
+            cap *= 2;
+        reg_event_t **r = calloc(cap, sizeof *r);
+        if (!r)
+            return -ENOMEM;
+        for (size_t i = 0; i < reg->ring_len; i++)
+            r[i] = reg->ring[(reg->ring_head + i) & (reg->ring_cap - 1)];
+        free(reg->ring);
+        reg->ring = r;
+        reg->ring_cap = cap;
+        reg->ring_head = 0;
+    }
+    return 0;
+}
+
+/* Places `ev` (owned) after ring_reserve(ev->index) succeeded. */
+static void ring_push(registry_t *reg, reg_event_t *ev)
+{
+    size_t need = (size_t)(ev->index - reg->ring_base) + 1;
+    while (reg->ring_len < need) {
+        reg->ring[(reg->ring_head + reg->ring_len) & (reg->ring_cap - 1)] = NULL;
+        reg->ring_len++;
+    }
+    *ring_slot(reg, ev->index) = ev;
+}
+
+/*
+ * Reserves everything recording `ev` needs (its ring slot, a history entry
+ * in an existing token), so that once the tree has changed nothing can fail.
+ */
+static int record_room(registry_t *reg, const reg_event_t *ev)
+{
+    if (ring_reserve(reg, ev->index) != 0)
+        return -ENOMEM;
+    const char *name, *rest;
+    size_t len;
+    reg_token_t *t =
+        split_token(ev->node.key, &name, &len, &rest) ? find_token(reg, name, len) : NULL;
+    if (t && t->n_events == t->cap_events) {
+        size_t cap = t->cap_events * 2;
+        uint64_t *e = realloc(t->events, cap * sizeof *e);
         if (!e)
             return -ENOMEM;
         t->events = e;
         t->cap_events = cap;
     }
-    t->events[t->n_events++] = ev;
     return 0;
+}
+
+/*
+ * The event at `index`, borrowed: from memory when recent, else read back
+ * from the store into reg->fetched (valid until the next fetch). NULL when
+ * there is none.
+ */
+static const reg_event_t *event_at(registry_t *reg, uint64_t index)
+{
+    reg_event_t **slot = ring_slot(reg, index);
+    if (slot)
+        return *slot;
+    if (!reg->store)
+        return NULL;
+    reg_event_free(reg->fetched);
+    reg->fetched = store_fetch(reg->store, index);
+    return reg->fetched;
+}
+
+/* Drops the recent events of a removed token. */
+static void ring_forget(registry_t *reg, const uint64_t *indexes, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        reg_event_t **slot = ring_slot(reg, indexes[i]);
+        if (slot) {
+            reg_event_free(*slot);
+            *slot = NULL;
+        }
+    }
 }
 
 /* ---- tokens ------------------------------------------------------------- */
@@ -591,7 +723,10 @@ static reg_token_t *token_new(registry_t *reg, const char *name, size_t len, uin
     }
     t->dir = key ? node_new(key, strlen(key), true, NULL, index) : NULL;
     free(key);
-    if (!t->name || !t->dir) {
+    t->cap_events = 4; /* a token, its size and a few members */
+    t->events = malloc(t->cap_events * sizeof *t->events);
+    if (!t->name || !t->dir || !t->events) {
+        free(t->events);
         free(t->name);
         if (t->dir)
             node_free_tree(reg, t->dir);
@@ -616,8 +751,6 @@ static void token_free(registry_t *reg, reg_token_t *t)
         reg->n_waiters--;
         w = next;
     }
-    for (size_t i = 0; i < t->n_events; i++)
-        reg_event_free(t->events[i]);
     free(t->events);
     node_free_tree(reg, t->dir);
     free(t->name);
@@ -645,6 +778,10 @@ void registry_free(registry_t *reg)
         token_free(reg, t);
     }
     free(reg->heap);
+    while (reg->ring_len)
+        ring_drop_front(reg);
+    free(reg->ring);
+    reg_event_free(reg->fetched);
     free(reg);
 }
 
@@ -933,9 +1070,14 @@ static void commit(registry_t *reg, reg_event_t *ev, reg_result_t *out)
     size_t len;
     if (split_token(ev->node.key, &name, &len, &rest) && (t = find_token(reg, name, len)))
         mark_removed_watchers(reg, t, ev);
-    int rc = apply_event(reg, ev, &t);
-    if (rc == 0 && history_append(t, ev) != 0)
-        rc = -ENOMEM;
+    /* Room first, so that nothing below can fail after the tree changed. */
+    int rc = record_room(reg, ev);
+    if (rc == 0)
+        rc = apply_event(reg, ev, &t);
+    if (rc == 0) {
+        history_append(t, ev->index);
+        ring_push(reg, ev);
+    }
     if (rc != 0) {
         reg_event_free(ev);
         fail_nomem(reg, out);
@@ -948,6 +1090,7 @@ static void commit(registry_t *reg, reg_event_t *ev, reg_result_t *out)
     out->index = ev->index;
     out->event = ev;
     notify(reg, t, ev);
+    ring_trim(reg, reg->store ? store_durable_index(reg->store) : 0);
 }
 
 /* ---- operations --------------------------------------------------------- */
@@ -1392,14 +1535,18 @@ int64_t registry_expire(registry_t *reg, int64_t now_ns)
 int registry_replay(registry_t *reg, reg_event_t *ev)
 {
     reg_token_t *t = NULL;
-    int rc = ev->index > reg->index ? apply_event(reg, ev, &t) : -EINVAL;
-    if (rc == 0 && history_append(t, ev) != 0)
-        rc = -ENOMEM;
+    int rc = ev->index > reg->index ? record_room(reg, ev) : -EINVAL;
+    if (rc == 0)
+        rc = apply_event(reg, ev, &t);
     if (rc != 0) {
         reg_event_free(ev);
         return rc;
     }
+    history_append(t, ev->index);
+    ring_push(reg, ev);
     reg->index = ev->index;
+    /* Everything replayed is durable: keep only the recent window. */
+    ring_trim(reg, UINT64_MAX);
     return 0;
 }
 
@@ -1416,16 +1563,9 @@ size_t registry_sweep_tokens(registry_t *reg, int64_t cutoff_ns, size_t max_toke
      * oldest tokens come first, so the sweep stops at the first young one. */
     while (removed < max_tokens && reg->tokens && reg->tokens->created_ns < cutoff_ns) {
         reg_token_t *t = reg->tokens;
-        uint64_t *indexes = malloc((t->n_events ? t->n_events : 1) * sizeof *indexes);
-        if (!indexes)
-            break;
-        for (size_t i = 0; i < t->n_events; i++)
-            indexes[i] = t->events[i]->index;
-        if (reg->store && store_remove_token(reg->store, t->name, indexes, t->n_events) != 0) {
-            free(indexes);
+        if (reg->store && store_remove_token(reg->store, t->name, t->events, t->n_events) != 0)
             break; /* try again on the next sweep */
-        }
-        free(indexes);
+        ring_forget(reg, t->events, t->n_events);
         /* Wake watchers: their token is gone. */
         while (t->waiters) {
             reg_waiter_t *w = t->waiters;
@@ -1463,14 +1603,20 @@ void registry_watch(registry_t *reg, const char *key, bool recursive, uint64_t w
     size_t lo = 0, hi = t->n_events;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
-        if (t->events[mid]->index < since)
+        if (t->events[mid] < since)
             lo = mid + 1;
         else
             hi = mid;
     }
     for (size_t i = lo; i < t->n_events; i++) {
-        if (history_matches(clean, recursive, t->events[i])) {
-            out->event = t->events[i];
+        const reg_event_t *ev = event_at(reg, t->events[i]);
+        if (!ev) {
+            fail(reg, out, REG_E_INTERNAL, "cannot read the token's history back from the store");
+            free(clean);
+            return;
+        }
+        if (history_matches(clean, recursive, ev)) {
+            out->event = ev;
             free(clean);
             return;
         }

@@ -77,7 +77,8 @@ typedef struct reg_snap {
     int64_t ttl_s;     /* seconds left when the event happened (0 = none) */
 } reg_snap_t;
 
-/* One change of the registry. Owned by the token's history. */
+/* One change of the registry. The registry keeps recent events in memory
+ * and reads older ones back from the store (see store.h). */
 typedef struct reg_event {
     enum reg_action action;
     uint64_t index;  /* global index of this change == node.modified_index */
@@ -115,8 +116,11 @@ size_t reg_node_child_count(const reg_node_t *n);
  * The outcome of an operation. On error, `err` is the etcd code, `cause` the
  * etcd cause text (owned; free with reg_result_clear) and `index` the current
  * index. On success, `index` is the X-Etcd-Index to report, and either
- * `event` (a write, owned by the registry) or `node` (a get) is set; for a
- * get, `now_ns` is the instant TTLs are measured from.
+ * `event` (a write or a watch answered from history) or `node` (a get) is
+ * set; for a get, `now_ns` is the instant TTLs are measured from.
+ * `event` and `node` are borrowed: valid until the next call into the
+ * registry (an old event may have been read back from the store into a
+ * buffer the next read reuses).
  */
 typedef struct reg_result {
     enum reg_errcode err;

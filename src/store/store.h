@@ -4,7 +4,9 @@
  * The registry is the in-memory authority on the event loop thread; a store
  * makes its changes durable. Every change is one reg_event_t (it carries the
  * full new state of the node it touches), so a store only has to keep the
- * stream of events in index order and hand it back at startup (replay).
+ * stream of events in index order, hand it back at startup (replay), and
+ * read single events back by index: the registry keeps only recent events
+ * in memory and fetches older ones when a watch asks for them.
  *
  * Implementations:
  *   - store_memory: keeps nothing; for tests, fuzzing and `--data-dir ""`;
@@ -35,6 +37,10 @@ struct store_ops {
     int (*append)(struct store *st, const reg_event_t *ev);
     /* Queues the removal of a token and the events at `indexes`. 0 or -errno. */
     int (*remove_token)(struct store *st, const char *name, const uint64_t *indexes, size_t n);
+    /* Reads back the event at `index` (a new event the caller frees with
+     * reg_event_free), or NULL if there is none. Only durable events need
+     * to be found: the registry keeps the others in memory. Loop thread. */
+    reg_event_t *(*fetch)(struct store *st, uint64_t index);
     /* The highest index known to be durable. */
     uint64_t (*durable_index)(struct store *st);
     /* A file descriptor that becomes readable when the durable index moves
@@ -66,6 +72,10 @@ static inline int store_remove_token(store_t *st, const char *name, const uint64
                                      size_t n)
 {
     return st->ops->remove_token(st, name, indexes, n);
+}
+static inline reg_event_t *store_fetch(store_t *st, uint64_t index)
+{
+    return st->ops->fetch(st, index);
 }
 static inline uint64_t store_durable_index(store_t *st)
 {

@@ -72,6 +72,7 @@ typedef struct lmdb_store {
     int event_fd;
     MDB_env *env;
     MDB_dbi dbi_meta, dbi_events;
+    MDB_txn *read_txn; /* loop thread: a reset read transaction for fetch */
     size_t map_bytes;
     size_t page_bytes;
     /* shared with the writer thread, under `mu` */
@@ -442,6 +443,24 @@ static int lmdb_remove_token(store_t *st, const char *name, const uint64_t *inde
     return 0;
 }
 
+static reg_event_t *lmdb_fetch(store_t *st, uint64_t index)
+{
+    lmdb_store_t *ls = (lmdb_store_t *)st;
+    /* One read transaction, reset between uses: renewing is cheap. */
+    int rc = ls->read_txn ? mdb_txn_renew(ls->read_txn)
+                          : mdb_txn_begin(ls->env, NULL, MDB_RDONLY, &ls->read_txn);
+    if (rc != 0)
+        return NULL;
+    unsigned char kb[8];
+    index_key(index, kb);
+    MDB_val k = {8, kb}, v;
+    reg_event_t *ev = NULL;
+    if (mdb_get(ls->read_txn, ls->dbi_events, &k, &v) == 0)
+        ev = codec_decode_event(v.mv_data, v.mv_size);
+    mdb_txn_reset(ls->read_txn);
+    return ev;
+}
+
 static uint64_t lmdb_durable_index(store_t *st)
 {
     return atomic_load(&((lmdb_store_t *)st)->durable_index);
@@ -497,6 +516,8 @@ static void lmdb_close(store_t *st)
         op_free(ls->head);
         ls->head = next;
     }
+    if (ls->read_txn)
+        mdb_txn_abort(ls->read_txn);
     if (ls->env)
         mdb_env_close(ls->env);
     if (ls->event_fd >= 0)
@@ -571,6 +592,7 @@ static const struct store_ops lmdb_ops = {
     .load = lmdb_load,
     .append = lmdb_append,
     .remove_token = lmdb_remove_token,
+    .fetch = lmdb_fetch,
     .durable_index = lmdb_durable_index,
     .notify_fd = lmdb_notify_fd,
     .drain_notify = lmdb_drain_notify,

@@ -306,9 +306,15 @@ class TestCrash(DurabilityCase):
     @with_logs
     def test_sigkill_mid_stream_loses_no_acknowledged_write(self):
         proc, base = self.start()
-        tokens = [self.make_new_token(base, 3), self.make_new_token(base, 5),
-                  self.make_v2_token(base, "crash-a", 7), self.make_v2_token(base, "crash-b", 9)]
-        sizes = {tokens[0]: "3", tokens[1]: "5", "crash-a": "7", "crash-b": "9"}
+        # Enough tokens that the most writes a run can make (writers x
+        # CRASH_MAX_WRITES_PER_WRITER x rounds) stay under disco's default
+        # limit of 2048 keys per token.
+        tokens = [self.make_new_token(base, 3), self.make_new_token(base, 5)]
+        sizes = {tokens[0]: "3", tokens[1]: "5"}
+        for i in range(46):
+            name = "crash-%02d" % i
+            tokens.append(self.make_v2_token(base, name, 3 + i % 7))
+            sizes[name] = str(3 + i % 7)
         new_tokens = set(tokens[:2])
         acked = {}          # key -> (value, createdIndex) over all rounds
         attempted = {}      # key -> value (acked or not) over all rounds

@@ -24,6 +24,7 @@
 #include <cmocka.h>
 
 #include "registry/registry.h"
+#include "store/store.h"
 #include "util/timeutil.h"
 
 #define T0 (1700000000LL * NS_PER_SEC)
@@ -1757,6 +1758,60 @@ static void test_key_limit_per_token(void **state)
     reg_result_clear(&r);
 }
 
+/* Old history is read back from the store: more events than the registry
+ * keeps in memory, then watches that must find early ones. */
+static void test_old_history_is_fetched_from_the_store(void **state)
+{
+    (void)state;
+    store_t *st = store_memory_new();
+    registry_t *reg = registry_new(st);
+    assert_non_null(reg);
+    reg_result_t r;
+    registry_create_token(reg, "big", 3, T0, &r);
+    assert_int_equal(r.err, REG_OK);
+    reg_result_clear(&r);
+    registry_set_max_keys(reg, 100000);
+    char key[96], value[32];
+    for (int i = 0; i < 10000; i++) {
+        snprintf(key, sizeof key, REGISTRY_PREFIX "/big/k%05d", i);
+        snprintf(value, sizeof value, "v%d", i);
+        registry_create(reg, key, false, value, false, NO_TTL, T0, &r);
+        assert_int_equal(r.err, REG_OK);
+        reg_result_clear(&r);
+    }
+    /* index 2 is k00000, long out of the in-memory window */
+    reg_waiter_t w;
+    registry_watch(reg, REGISTRY_PREFIX "/big/k00000", false, 2, &w, NULL, NULL, &r);
+    assert_int_equal(r.err, REG_OK);
+    assert_non_null(r.event);
+    assert_int_equal(r.event->index, 2);
+    assert_string_equal(r.event->node.key, REGISTRY_PREFIX "/big/k00000");
+    assert_string_equal(r.event->node.value, "v0");
+    reg_result_clear(&r);
+    /* a recursive watch from the token's start finds the size event first */
+    registry_watch(reg, REGISTRY_PREFIX "/big", true, 1, &w, NULL, NULL, &r);
+    assert_non_null(r.event);
+    assert_string_equal(r.event->node.key, REGISTRY_PREFIX "/big/_config/size");
+    reg_result_clear(&r);
+    /* one in the middle, and a recent one */
+    registry_watch(reg, REGISTRY_PREFIX "/big/k05000", false, 1, &w, NULL, NULL, &r);
+    assert_non_null(r.event);
+    assert_string_equal(r.event->node.value, "v5000");
+    reg_result_clear(&r);
+    registry_watch(reg, REGISTRY_PREFIX "/big/k09999", false, 1, &w, NULL, NULL, &r);
+    assert_non_null(r.event);
+    assert_int_equal(r.event->index, 10001);
+    reg_result_clear(&r);
+    /* a removed token takes its stored history with it */
+    assert_int_equal(registry_sweep_tokens(reg, T0 + 1, 10), 1);
+    registry_watch(reg, REGISTRY_PREFIX "/big/k00000", false, 2, &w, NULL, NULL, &r);
+    assert_int_equal(r.err, REG_E_KEY_NOT_FOUND);
+    reg_result_clear(&r);
+    assert_null(store_fetch(st, 2));
+    registry_free(reg);
+    store_close(st);
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup_token, teardown_registry)
 
 int main(void)
@@ -1796,6 +1851,7 @@ int main(void)
         T(test_replay_create_under_file_is_einval),
         T(test_raise_index),
         T(test_key_limit_per_token),
+        cmocka_unit_test(test_old_history_is_fetched_from_the_store),
         T(test_sweep_tokens),
         cmocka_unit_test(test_free_with_parked_waiters),
         cmocka_unit_test(test_action_names),
