@@ -35,6 +35,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <time.h>
@@ -530,6 +531,33 @@ static void lmdb_close(store_t *st)
     free(ls);
 }
 
+/*
+ * Drops the pages of our data file from the resident set. LMDB does not say
+ * where it mapped the file (me_mapaddr is set only for fixed maps), so the
+ * range comes from /proc/self/maps. Best effort: failing changes nothing.
+ */
+static void release_map_pages(lmdb_store_t *ls)
+{
+    char path[4096], line[4096 + 128];
+    snprintf(path, sizeof path, "%s/data.mdb", ls->dir);
+    char real[4096];
+    if (!realpath(path, real))
+        return;
+    FILE *f = fopen("/proc/self/maps", "r");
+    if (!f)
+        return;
+    while (fgets(line, sizeof line, f)) {
+        unsigned long start, end;
+        char *file = strchr(line, '/');
+        if (!file || sscanf(line, "%lx-%lx", &start, &end) != 2)
+            continue;
+        file[strcspn(file, "\n")] = '\0';
+        if (strcmp(file, real) == 0)
+            madvise((void *)start, end - start, MADV_DONTNEED);
+    }
+    fclose(f);
+}
+
 static int lmdb_load(store_t *st, registry_t *reg, char *err)
 {
     lmdb_store_t *ls = (lmdb_store_t *)st;
@@ -581,6 +609,10 @@ static int lmdb_load(store_t *st, registry_t *reg, char *err)
     }
     mdb_txn_abort(txn);
     if (result == 0) {
+        /* Replay touched every page of the map; they are a read-only shared
+         * mapping of the data file, so let them go from our resident set
+         * (they stay in the page cache and fault back in when read). */
+        release_map_pages(ls);
         atomic_store(&ls->durable_index, registry_index(reg));
         log_info("store: loaded %zu events, %zu tokens, index %llu from %s", n,
                  registry_token_count(reg), (unsigned long long)registry_index(reg), ls->dir);
