@@ -163,10 +163,11 @@ bool v2json_event_wire(reg_event_t *ev, const char **data, size_t *len)
     return true;
 }
 
+/* Siblings share their parent's key, so ordering by name orders by key. */
 static int by_key(const void *a, const void *b)
 {
-    return strcmp(reg_node_key(*(const reg_node_t *const *)a),
-                  reg_node_key(*(const reg_node_t *const *)b));
+    return strcmp(reg_node_name(*(const reg_node_t *const *)a),
+                  reg_node_name(*(const reg_node_t *const *)b));
 }
 
 static void put_node(buf_t *b, const reg_node_t *n, bool with_children, bool recursive, bool sorted,
@@ -207,7 +208,12 @@ static void put_children(buf_t *b, const reg_node_t *dir, bool recursive, bool s
 static void put_node(buf_t *b, const reg_node_t *n, bool with_children, bool recursive, bool sorted,
                      int64_t now_ns)
 {
-    put_key(b, reg_node_key(n));
+    buf_t key = BUF_INIT;
+    reg_node_put_key(n, &key);
+    if (buf_failed(&key))
+        b->failed = true;
+    put_key(b, buf_cstr(&key));
+    buf_free(&key);
     const char *v = reg_node_value(n);
     if (v) {
         buf_puts(b, ",\"value\":");

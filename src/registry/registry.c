@@ -40,23 +40,30 @@ typedef struct child_index {
 #define CHILD_INDEX_MIN 16
 
 struct reg_node {
-    char *key;        /* full key; owned */
-    const char *name; /* last segment, inside key */
-    char *value;      /* NULL for directories */
+    union {
+        char *value;          /* files */
+        child_index_t *index; /* directories: large ones only, else NULL */
+    };
     uint64_t created_index;
     uint64_t modified_index;
     int64_t expire_ns; /* 0 = permanent */
-    size_t heap_pos;   /* 1-based position in the TTL heap; 0 = not there */
-    struct reg_node *parent, *first_child, *last_child, *next, *prev;
-    struct reg_token *token;
-    child_index_t *index; /* large directories only */
-    size_t n_children;
+    /* Siblings are singly linked: unlinking scans, which is cheap where it
+     * happens (small directories; deletes are rare), and a member is one
+     * pointer smaller. */
+    struct reg_node *parent, *first_child, *last_child, *next;
+    uint32_t heap_pos; /* 1-based position in the TTL heap; 0 = not there */
+    uint32_t n_children;
     bool is_dir;
+    /* The last segment of the key only: the full key is the parent's key
+     * and this name (a token directory: REGISTRY_PREFIX/<token>), built
+     * when needed. Full keys in every node cost more memory than all the
+     * rest of a member. */
+    char name[];
 };
 
 typedef struct reg_token {
     UT_hash_handle hh;
-    char *name; /* hash key */
+    const char *name; /* hash key: the directory's name */
     reg_node_t *dir;
     int64_t created_ns;
     uint64_t *events; /* indexes of the token's whole history, in order */
@@ -129,15 +136,53 @@ static void fail_nomem(registry_t *reg, reg_result_t *out)
     fail(reg, out, REG_E_INTERNAL, "out of memory");
 }
 
+static char *node_key_dup(const reg_node_t *n);
+
+/* An error whose cause is a node's key. */
+static void fail_at(registry_t *reg, reg_result_t *out, enum reg_errcode code, const reg_node_t *n)
+{
+    char *key = node_key_dup(n);
+    if (!key) {
+        fail_nomem(reg, out);
+        return;
+    }
+    fail(reg, out, code, key);
+    free(key);
+}
+
 /* ---- node accessors --------------------------------------------------- */
 
-const char *reg_node_key(const reg_node_t *n)
+void reg_node_put_key(const reg_node_t *n, buf_t *out)
 {
-    return n->key;
+    if (n->parent) {
+        reg_node_put_key(n->parent, out);
+        buf_putc(out, '/');
+    } else {
+        buf_puts(out, REGISTRY_PREFIX "/");
+    }
+    buf_puts(out, n->name);
 }
+
+const char *reg_node_name(const reg_node_t *n)
+{
+    return n->name;
+}
+
+/* The full key as a new string, or NULL when out of memory. */
+static char *node_key_dup(const reg_node_t *n)
+{
+    buf_t b = BUF_INIT;
+    reg_node_put_key(n, &b);
+    if (buf_failed(&b)) {
+        buf_free(&b);
+        return NULL;
+    }
+    return buf_steal(&b);
+}
+
 const char *reg_node_value(const reg_node_t *n)
 {
-    return n->value;
+    return n->is_dir ? NULL : n->value;
 }
 bool reg_node_is_dir(const reg_node_t *n)
 {
@@ -320,21 +365,19 @@ static int node_set_expiry(registry_t *reg, reg_node_t *n, int64_t expire_ns)
 
 /* ---- tree --------------------------------------------------------------- */
 
-static reg_node_t *node_new(const char *key, size_t key_len, bool is_dir, const char *value,
+static reg_node_t *node_new(const char *name, size_t name_len, bool is_dir, const char *value,
                             uint64_t index)
 {
-    reg_node_t *n = calloc(1, sizeof *n);
+    reg_node_t *n = calloc(1, sizeof *n + name_len + 1);
     if (!n)
         return NULL;
-    n->key = strndup(key, key_len);
     n->value = is_dir ? NULL : strdup(value ? value : "");
-    if (!n->key || (!is_dir && !n->value)) {
-        free(n->key);
-        free(n->value);
+    if (!is_dir && !n->value) {
         free(n);
         return NULL;
     }
-    n->name = strrchr(n->key, '/') + 1;
+    memcpy(n->name, name, name_len);
+    n->name[name_len] = '\0';
     n->is_dir = is_dir;
     n->created_index = n->modified_index = index;
     return n;
@@ -409,8 +452,6 @@ static void index_free(reg_node_t *dir)
 static void node_link(reg_node_t *parent, reg_node_t *child)
 {
     child->parent = parent;
-    child->token = parent->token;
-    child->prev = parent->last_child;
     child->next = NULL;
     if (parent->last_child)
         parent->last_child->next = child;
@@ -433,16 +474,17 @@ static void node_unlink(reg_node_t *n)
         return;
     if (p->index)
         index_remove(p->index, n);
-    if (n->prev)
-        n->prev->next = n->next;
+    reg_node_t *prev = NULL;
+    for (reg_node_t *c = p->first_child; c != n; c = c->next)
+        prev = c;
+    if (prev)
+        prev->next = n->next;
     else
         p->first_child = n->next;
-    if (n->next)
-        n->next->prev = n->prev;
-    else
-        p->last_child = n->prev;
+    if (p->last_child == n)
+        p->last_child = prev;
     p->n_children--;
-    n->parent = n->next = n->prev = NULL;
+    n->parent = n->next = NULL;
 }
 
 /* Frees a node and its subtree (already unlinked or being freed whole). */
@@ -455,9 +497,10 @@ static void node_free_tree(registry_t *reg, reg_node_t *n)
         c = next;
     }
     heap_remove(reg, n);
-    index_free(n);
-    free(n->key);
-    free(n->value);
+    if (n->is_dir)
+        index_free(n);
+    else
+        free(n->value);
     free(n);
 }
 
@@ -492,13 +535,13 @@ static reg_node_t *walk(registry_t *reg, reg_token_t *t, const char *rest, reg_r
         while (*p && *p != '/')
             p++;
         if (!n->is_dir) {
-            fail(reg, out, REG_E_NOT_DIR, n->key);
+            fail_at(reg, out, REG_E_NOT_DIR, n);
             return NULL;
         }
         reg_node_t *c = node_child(n, seg, (size_t)(p - seg));
         if (!c) {
             buf_t b = BUF_INIT;
-            buf_puts(&b, n->key);
+            reg_node_put_key(n, &b);
             buf_putc(&b, '/');
             buf_append(&b, seg, (size_t)(p - seg));
             fail(reg, out, REG_E_KEY_NOT_FOUND, buf_cstr(&b));
@@ -522,7 +565,7 @@ static void snap_free(reg_snap_t *s)
 static int snap_of(reg_snap_t *s, const reg_node_t *n, int64_t now_ns)
 {
     memset(s, 0, sizeof *s);
-    s->key = strdup(n->key);
+    s->key = node_key_dup(n);
     s->value = n->is_dir ? NULL : strdup(n->value);
     if (!s->key || (!n->is_dir && !s->value)) {
         snap_free(s);
@@ -714,26 +757,17 @@ static reg_token_t *token_new(registry_t *reg, const char *name, size_t len, uin
     reg_token_t *t = calloc(1, sizeof *t);
     if (!t)
         return NULL;
-    t->name = strndup(name, len);
-    char *key = malloc(sizeof REGISTRY_PREFIX + 1 + len);
-    if (key) {
-        memcpy(key, REGISTRY_PREFIX "/", sizeof REGISTRY_PREFIX);
-        memcpy(key + sizeof REGISTRY_PREFIX, name, len);
-        key[sizeof REGISTRY_PREFIX + len] = '\0';
-    }
-    t->dir = key ? node_new(key, strlen(key), true, NULL, index) : NULL;
-    free(key);
+    t->dir = node_new(name, len, true, NULL, index);
     t->cap_events = 4; /* a token, its size and a few members */
     t->events = malloc(t->cap_events * sizeof *t->events);
-    if (!t->name || !t->dir || !t->events) {
+    if (!t->dir || !t->events) {
         free(t->events);
-        free(t->name);
         if (t->dir)
             node_free_tree(reg, t->dir);
         free(t);
         return NULL;
     }
-    t->dir->token = t;
+    t->name = t->dir->name; /* the directory's name is the token's */
     t->created_ns = now_ns;
     HASH_ADD_KEYPTR(hh, reg->tokens, t->name, len, t);
     reg->n_tokens++;
@@ -753,7 +787,6 @@ static void token_free(registry_t *reg, reg_token_t *t)
     }
     free(t->events);
     node_free_tree(reg, t->dir);
-    free(t->name);
     free(t);
 }
 
@@ -855,7 +888,7 @@ static int apply_event(registry_t *reg, const reg_event_t *ev, reg_token_t **tok
             break; /* seg is the node itself */
         reg_node_t *c = node_child(dir, seg, (size_t)(p - seg));
         if (!c) {
-            c = node_new(ev->node.key, (size_t)(p - ev->node.key), true, NULL, ev->index);
+            c = node_new(seg, (size_t)(p - seg), true, NULL, ev->index);
             if (!c)
                 return -ENOMEM;
             node_link(dir, c);
@@ -878,8 +911,7 @@ static int apply_event(registry_t *reg, const reg_event_t *ev, reg_token_t **tok
             node_free_tree(reg, n);
             t->n_keys -= !rest_in_config(rest);
         }
-        n = node_new(ev->node.key, strlen(ev->node.key), ev->node.is_dir, ev->node.value,
-                     ev->index);
+        n = node_new(leaf, strlen(leaf), ev->node.is_dir, ev->node.value, ev->index);
         if (!n)
             return -ENOMEM;
         node_link(dir, n);
@@ -1303,7 +1335,7 @@ static void create_or_set(registry_t *reg, const char *key, bool is_dir, const c
         if (!c)
             break; /* created by apply_event */
         if (!c->is_dir) {
-            fail(reg, out, REG_E_NOT_DIR, c->key);
+            fail_at(reg, out, REG_E_NOT_DIR, c);
             free(clean);
             return;
         }
@@ -1392,8 +1424,11 @@ static void commit_change(registry_t *reg, reg_node_t *n, enum reg_action action
     uint64_t next = reg->index + 1;
     bool removal = action == REG_ACT_DELETE || action == REG_ACT_CAD || action == REG_ACT_EXPIRE;
     const char *v = removal || n->is_dir ? NULL : (value ? value : "");
-    reg_event_t *ev = event_new(action, next, now_ns, n->key, n->is_dir, v, n->created_index,
-                                removal ? 0 : expire_ns);
+    char *key = node_key_dup(n);
+    reg_event_t *ev = !key ? NULL
+                           : event_new(action, next, now_ns, key, n->is_dir, v, n->created_index,
+                                       removal ? 0 : expire_ns);
+    free(key);
     if (ev) {
         ev->has_prev = true;
         if (snap_of(&ev->prev, n, now_ns) != 0) {
@@ -1493,9 +1528,9 @@ void registry_delete(registry_t *reg, const char *key, bool is_dir, bool recursi
         is_dir = true;
     reg_node_t *n = existing_for_write(reg, clean, out);
     if (n && n->is_dir && !is_dir)
-        fail(reg, out, REG_E_NOT_FILE, n->key);
+        fail(reg, out, REG_E_NOT_FILE, clean);
     else if (n && n->is_dir && n->n_children && !recursive)
-        fail(reg, out, REG_E_DIR_NOT_EMPTY, n->key);
+        fail(reg, out, REG_E_DIR_NOT_EMPTY, clean);
     else if (n)
         commit_change(reg, n, REG_ACT_DELETE, NULL, 0, now_ns, out);
     free(clean);

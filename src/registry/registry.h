@@ -31,6 +31,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "util/buf.h"
+
 #define REGISTRY_PREFIX "/_etcd/registry"
 /* Longest token name accepted through the v2 keys path. */
 #define REGISTRY_MAX_TOKEN_BYTES 64
@@ -98,7 +100,10 @@ void reg_event_free(reg_event_t *ev);
 /* A live node of a token's tree; read it through the accessors below. */
 typedef struct reg_node reg_node_t;
 
-const char *reg_node_key(const reg_node_t *n);
+/* Appends the node's full key ("/_etcd/registry/tok/id") to `out`. */
+void reg_node_put_key(const reg_node_t *n, buf_t *out);
+/* The last segment of the key ("id"). */
+const char *reg_node_name(const reg_node_t *n);
 /* NULL for directories. */
 const char *reg_node_value(const reg_node_t *n);
 bool reg_node_is_dir(const reg_node_t *n);

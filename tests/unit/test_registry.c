@@ -43,6 +43,15 @@ static reg_ttl_t ttl_of(uint64_t s)
 
 /* ---- fixture and helpers ---------------------------------------------- */
 
+/* A node's full key, in a buffer reused by the next call. */
+static const char *node_key(const reg_node_t *n)
+{
+    static buf_t key;
+    buf_free(&key);
+    reg_node_put_key(n, &key);
+    return buf_cstr(&key);
+}
+
 static int setup_token(void **state)
 {
     registry_t *reg = registry_new(NULL);
@@ -140,7 +149,7 @@ static void expect_file(registry_t *reg, const char *key, const char *value, uin
         fail_msg("get %s: error %d", key, (int)r.err);
     assert_non_null(r.node);
     assert_false(reg_node_is_dir(r.node));
-    assert_string_equal(reg_node_key(r.node), key);
+    assert_string_equal(node_key(r.node), key);
     assert_string_equal(reg_node_value(r.node), value);
     assert_int_equal(reg_node_created_index(r.node), created);
     assert_int_equal(reg_node_modified_index(r.node), modified);
@@ -156,7 +165,7 @@ static void expect_dir(registry_t *reg, const char *key, uint64_t created, size_
         fail_msg("get %s: error %d", key, (int)r.err);
     assert_true(reg_node_is_dir(r.node));
     assert_null(reg_node_value(r.node));
-    assert_string_equal(reg_node_key(r.node), key);
+    assert_string_equal(node_key(r.node), key);
     assert_int_equal(reg_node_created_index(r.node), created);
     assert_int_equal(reg_node_modified_index(r.node), created);
     assert_int_equal(reg_node_child_count(r.node), children);
@@ -471,11 +480,11 @@ static void test_create_and_duplicate(void **state)
     /* Keys are cleaned. */
     registry_get(reg, TOKDIR "//m1/", T0, &r);
     assert_int_equal(r.err, REG_OK);
-    assert_string_equal(reg_node_key(r.node), K("m1"));
+    assert_string_equal(node_key(r.node), K("m1"));
     reg_result_clear(&r);
     registry_get(reg, K("d/../m1"), T0, &r);
     assert_int_equal(r.err, REG_OK);
-    assert_string_equal(reg_node_key(r.node), K("m1"));
+    assert_string_equal(node_key(r.node), K("m1"));
     reg_result_clear(&r);
 
     /* Children in creation order. */
@@ -484,7 +493,7 @@ static void test_create_and_duplicate(void **state)
     static const char *const order[] = {K("_config"), K("m1"), K("e"), K("n"), K("d")};
     for (size_t i = 0; i < 5; i++) {
         assert_non_null(c);
-        assert_string_equal(reg_node_key(c), order[i]);
+        assert_string_equal(node_key(c), order[i]);
         c = reg_node_next_sibling(c);
     }
     assert_null(c);
@@ -1342,8 +1351,8 @@ static void expect_children(registry_t *reg, const char *dir, char **want, size_
     size_t i = 0;
     for (const reg_node_t *c = reg_node_first_child(r.node); c; c = reg_node_next_sibling(c)) {
         assert_true(i < n);
-        if (strcmp(reg_node_key(c), want[i]) != 0)
-            fail_msg("child %zu: want %s, got %s", i, want[i], reg_node_key(c));
+        if (strcmp(node_key(c), want[i]) != 0)
+            fail_msg("child %zu: want %s, got %s", i, want[i], node_key(c));
         i++;
     }
     assert_int_equal(i, n);
