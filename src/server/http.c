@@ -7,7 +7,13 @@
  *                      pipelined request already buffered)
  *     handler parked:  PARKED until http_reply, timeout, shutdown or close;
  *                      bytes that arrive meanwhile wait in `pending`
- *   any state: peer close or error -> closed and freed.
+ *   an answer with "Connection: close" (the client's wish, or a refusal):
+ *                    written, FIN sent, then LINGERING: input dropped until
+ *                    the client closes too (or LINGER_MS), so that no reset
+ *                    destroys the answer in flight
+ *   any state: peer close or error -> closed; freed at the end of the loop
+ *   turn, so that nothing up the stack or later in an epoll batch touches
+ *   freed memory.
  * Reading one request at a time keeps answers in order without a queue.
  *
  * Bytes are read into one loop-wide buffer and fed to the parser at once;
@@ -38,17 +44,46 @@
 #include "util/log.h"
 #include "util/timeutil.h"
 
+#define STRINGIFY_(x) #x
+#define STRINGIFY(x) STRINGIFY_(x)
+
 #define READ_CHUNK_BYTES (64 * 1024)
 /* Pipelined bytes held while a request is parked or answers back up. */
 #define MAX_PENDING_BYTES (64 * 1024)
 /* Stop taking pipelined requests while this much output is unsent. */
 #define MAX_UNSENT_BYTES (1024 * 1024)
 #define MAX_EVENTS 256
+/* New connections taken per loop turn, so a connect flood cannot starve
+ * the connections already open (the listening socket stays readable). */
+#define MAX_ACCEPTS_PER_TURN 256
+/* Of a connection refused past the limit, request bytes read and dropped
+ * before the 503, so that closing it does not reset the answer away. */
+#define REJECT_DRAIN_BYTES (16 * 1024)
+/* After a last answer and our FIN, how long (and how many bytes) the
+ * client's remaining input is read and dropped before the socket closes.
+ * Closing with unread input would send a reset, which can destroy the
+ * answer before the client reads it (a 413 while the body still flows). */
+#define LINGER_MS (2 * 1000)
+#define LINGER_MAX_BYTES (1024 * 1024)
+/* At most one "connection refused" log line per this long. */
+#define REJECT_LOG_EVERY_MS (10 * 1000)
+#define DEFAULT_ALLOWED_METHODS                                                                    \
+    ((1ull << HTTP_GET) | (1ull << HTTP_HEAD) | (1ull << HTTP_PUT) | (1ull << HTTP_POST) |         \
+     (1ull << HTTP_DELETE))
 
-enum timer_list { TL_NONE = -1, TL_IDLE, TL_REQUEST, TL_WRITE, TL_PARKED, TL_COUNT };
+enum timer_list {
+    TL_NONE = -1,
+    TL_IDLE,
+    TL_HEADER,
+    TL_BODY,
+    TL_WRITE,
+    TL_PARKED,
+    TL_LINGER,
+    TL_COUNT
+};
 
 /* Which header a value belongs to, while the parser streams it. */
-enum hdr_slot { HDR_OTHER, HDR_CONTENT_TYPE, HDR_HOST, HDR_EXPECT };
+enum hdr_slot { HDR_OTHER, HDR_CONTENT_TYPE, HDR_HOST, HDR_EXPECT, HDR_TRANSFER_ENCODING };
 
 struct http_conn {
     int fd;
@@ -59,15 +94,22 @@ struct http_conn {
     uint64_t deadline_ms;
     http_conn_t *tnext, *tprev;
     /* the request being read */
-    buf_t url, body, content_type, host, expect;
-    char hname[16]; /* the current header name, lower-cased, if short */
+    buf_t url, body, content_type, host, expect, transfer_encoding;
+    char hname[32]; /* the current header name, lower-cased, if short */
     size_t hname_len;
     enum hdr_slot hslot;
     bool in_value;
-    size_t head_bytes;
-    int parse_error_status; /* 413/431 decided in a parser callback */
+    unsigned host_headers, te_headers;
+    size_t trailer_bytes;
+    /* The bytes being fed to the parser start here; `last_nonblank` is the
+     * last byte before them that is not a space or tab (obs-fold check). */
+    const char *feed_base;
+    char last_nonblank;
+    int parse_error_status;        /* decided in a parser callback */
+    const char *parse_error_cause; /* a static string, or NULL */
     bool message_done;
-    bool in_request; /* bytes of a request have arrived */
+    bool in_request;   /* bytes of a request have arrived */
+    bool headers_done; /* ... and all of its headers */
     bool keep_alive;
     bool is_head;
     bool replied;
@@ -81,21 +123,28 @@ struct http_conn {
     buf_t out;
     size_t out_off;
     bool close_after_write;
+    bool lingering; /* answered, FIN sent: input is dropped until EOF */
+    size_t lingered_bytes;
     bool want_write; /* EPOLLOUT armed */
     bool read_paused;
     /* queued to resume parsing `pending` on the next loop turn */
     bool resume_queued;
     http_conn_t *resume_next;
+    /* closed, freed at the end of the loop turn */
+    http_conn_t *closed_next;
     /* all connections */
     http_conn_t *next, *prev;
     char peer[64];
+    char peer_addr[INET6_ADDRSTRLEN];
 };
 
 struct http_server {
     http_server_config_t cfg;
     int epfd, listen_fd, signal_fd;
+    int spare_fd; /* closed to make room for accept() when out of descriptors */
     char address[80];
     char *rbuf;
+    char allow_header[200]; /* "Allow: GET, ...\r\n" */
     http_parser_settings settings;
     http_conn_t *conns;
     size_t n_conns;
@@ -104,10 +153,14 @@ struct http_server {
         uint64_t duration_ms;
     } timers[TL_COUNT];
     http_conn_t *resume_head;
+    http_conn_t *closed_head;
+    uint64_t last_reject_log_ms;
+    size_t rejected_since_log;
     bool stopping;
+    uint64_t stop_deadline_ms;
 };
 
-/* epoll data tags for the two non-connection fds */
+/* epoll data tags for the non-connection fds */
 static char listen_tag, signal_tag, notify_tag;
 
 static void conn_close(http_conn_t *c);
@@ -139,6 +192,7 @@ const char *http_status_text(int status)
     case 500: return "Internal Server Error";
     case 501: return "Not Implemented";
     case 503: return "Service Unavailable";
+    case 505: return "HTTP Version Not Supported";
     default: return "Unknown";
     }
 }
@@ -196,12 +250,16 @@ static void timer_link(http_conn_t *c, enum timer_list tl)
 static void conn_update_timer(http_conn_t *c)
 {
     enum timer_list want;
-    if (c->parked)
+    if (c->lingering)
+        want = TL_LINGER;
+    else if (c->parked)
         want = TL_PARKED;
     else if (c->out.len > c->out_off)
         want = TL_WRITE;
+    else if (c->in_request && c->headers_done)
+        want = TL_BODY;
     else if (c->in_request || c->pending.len)
-        want = TL_REQUEST;
+        want = TL_HEADER;
     else
         want = TL_IDLE;
     if (want == c->tl)
@@ -242,16 +300,26 @@ static void conn_flush(http_conn_t *c)
         conn_update_epoll(c);
     }
     if (c->close_after_write) {
+        /* FIN now; close once the client has closed too (or lingered) */
         shutdown(c->fd, SHUT_WR);
-        conn_close(c);
+        c->lingering = true;
+        c->close_after_write = false;
+        c->parked = false;
+        if (c->read_paused) {
+            c->read_paused = false;
+            conn_update_epoll(c);
+        }
+        buf_free(&c->pending);
+        conn_update_timer(c);
         return;
     }
     conn_update_timer(c);
 }
 
-static void append_reply(http_conn_t *c, const http_reply_t *r)
+/* The status line, headers and (unless `is_head`) body of an answer. */
+static void format_reply(buf_t *o, const http_reply_t *r, bool is_head, bool close,
+                         bool http10_keep_alive)
 {
-    buf_t *o = &c->out;
     buf_printf(o, "HTTP/1.1 %d %s\r\n", r->status, http_status_text(r->status));
     if (r->content_type) {
         buf_puts(o, "Content-Type: ");
@@ -268,18 +336,24 @@ static void append_reply(http_conn_t *c, const http_reply_t *r)
     buf_puts(o, "Content-Length: ");
     buf_put_u64(o, r->body_len);
     buf_puts(o, "\r\n");
-    if (c->close_after_write)
+    if (close)
         buf_puts(o, "Connection: close\r\n");
-    else if (c->parser.http_major == 1 && c->parser.http_minor == 0)
+    else if (http10_keep_alive)
         buf_puts(o, "Connection: keep-alive\r\n");
     buf_puts(o, "\r\n");
-    if (!c->is_head)
+    if (!is_head)
         buf_append(o, r->body, r->body_len);
+}
+
+static void append_reply(http_conn_t *c, const http_reply_t *r)
+{
+    format_reply(&c->out, r, c->is_head, c->close_after_write,
+                 c->parser.http_major == 1 && c->parser.http_minor == 0);
 }
 
 static void schedule_resume(http_conn_t *c)
 {
-    if (c->resume_queued)
+    if (c->resume_queued || c->fd < 0)
         return;
     c->resume_queued = true;
     c->resume_next = c->srv->resume_head;
@@ -288,7 +362,7 @@ static void schedule_resume(http_conn_t *c)
 
 void http_reply(http_conn_t *c, const http_reply_t *r)
 {
-    if (c->replied)
+    if (c->replied || c->fd < 0)
         return;
     c->replied = true;
     bool was_parked = c->parked;
@@ -329,46 +403,76 @@ void http_park(http_conn_t *c, http_park_fn on_end, void *ctx)
 
 /* ---- parser callbacks ------------------------------------------------- */
 
-static bool head_grow(http_conn_t *c, size_t len)
+/* Refuses the request from inside a parser callback; conn_feed answers. */
+static int refuse(http_conn_t *c, int status, const char *cause)
 {
-    c->head_bytes += len;
-    if (c->head_bytes > HTTP_MAX_HEADER_BYTES) {
-        c->parse_error_status = 431;
-        return false;
-    }
-    return true;
+    c->parse_error_status = status;
+    c->parse_error_cause = cause;
+    return -1;
+}
+
+/* Whether the head, up to `end` in the bytes being fed, is over the limit.
+ * p->nread counts the head bytes of earlier feeds. */
+static bool head_too_long(http_conn_t *c, const char *end)
+{
+    return (size_t)c->parser.nread + (size_t)(end - c->feed_base) > c->srv->cfg.max_header_bytes;
 }
 
 static int on_message_begin(http_parser *p)
 {
     http_conn_t *c = p->data;
     c->in_request = true;
-    c->head_bytes = 0;
+    c->headers_done = false;
     c->hname_len = 0;
     c->in_value = false;
     c->hslot = HDR_OTHER;
+    c->host_headers = c->te_headers = 0;
+    c->trailer_bytes = 0;
+    /* Each request's head gets the whole header timeout from its own first
+     * byte, also when it follows another on a kept-alive connection. */
+    if (c->tl == TL_IDLE || c->tl == TL_HEADER || c->tl == TL_BODY)
+        timer_unlink(c);
+    conn_update_timer(c);
     return 0;
 }
 
 static int on_url(http_parser *p, const char *at, size_t len)
 {
     http_conn_t *c = p->data;
-    if (!head_grow(c, len))
-        return 1;
+    if (head_too_long(c, at + len))
+        return refuse(c, 431, NULL);
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)at[i];
+        if (ch <= 0x20 || ch == 0x7f)
+            return refuse(c, 400, "a control character in the request target");
+    }
     buf_append(&c->url, at, len);
     return 0;
+}
+
+/* Trailer fields after a chunked body: bounded like a head, then dropped
+ * (a trailer must not change what the headers said). */
+static int on_trailer_bytes(http_conn_t *c, size_t len)
+{
+    c->trailer_bytes += len;
+    return c->trailer_bytes > c->srv->cfg.max_header_bytes ? refuse(c, 431, NULL) : 0;
 }
 
 static int on_header_field(http_parser *p, const char *at, size_t len)
 {
     http_conn_t *c = p->data;
-    if (!head_grow(c, len))
-        return 1;
+    if (c->headers_done)
+        return on_trailer_bytes(c, len);
+    if (head_too_long(c, at + len))
+        return refuse(c, 431, NULL);
     if (c->in_value) { /* a new header starts */
         c->in_value = false;
         c->hname_len = 0;
     }
     for (size_t i = 0; i < len; i++) {
+        /* "Content-Length : 5" is a smuggling shape (RFC 9112 5.1) */
+        if (at[i] == ' ' || at[i] == '\t')
+            return refuse(c, 400, "whitespace in a header name");
         if (c->hname_len < sizeof c->hname)
             c->hname[c->hname_len] = (char)((at[i] >= 'A' && at[i] <= 'Z') ? at[i] + 32 : at[i]);
         c->hname_len++;
@@ -381,7 +485,10 @@ static enum hdr_slot slot_of(const http_conn_t *c)
     static const struct {
         const char *name;
         enum hdr_slot slot;
-    } known[] = {{"content-type", HDR_CONTENT_TYPE}, {"host", HDR_HOST}, {"expect", HDR_EXPECT}};
+    } known[] = {{"content-type", HDR_CONTENT_TYPE},
+                 {"host", HDR_HOST},
+                 {"expect", HDR_EXPECT},
+                 {"transfer-encoding", HDR_TRANSFER_ENCODING}};
     for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
         if (c->hname_len == strlen(known[i].name) &&
             memcmp(c->hname, known[i].name, c->hname_len) == 0)
@@ -389,46 +496,93 @@ static enum hdr_slot slot_of(const http_conn_t *c)
     return HDR_OTHER;
 }
 
+/* Whether a header value piece starts a line (after blanks): obs-fold,
+ * which RFC 9112 5.2 lets a server refuse and which proxies read
+ * differently. A value piece that merely continues at the start of a new
+ * read follows a non-blank byte of the previous read instead. */
+static bool is_folded(const http_conn_t *c, const char *at)
+{
+    const char *q = at;
+    while (q > c->feed_base && (q[-1] == ' ' || q[-1] == '\t'))
+        q--;
+    char before = q > c->feed_base ? q[-1] : c->last_nonblank;
+    return before == '\n';
+}
+
 static int on_header_value(http_parser *p, const char *at, size_t len)
 {
     http_conn_t *c = p->data;
-    if (!head_grow(c, len))
-        return 1;
+    if (c->headers_done)
+        return on_trailer_bytes(c, len);
+    if (head_too_long(c, at + len))
+        return refuse(c, 431, NULL);
+    if (len && is_folded(c, at))
+        return refuse(c, 400, "a header folded over several lines (obs-fold)");
     if (!c->in_value) {
         c->in_value = true;
         c->hslot = slot_of(c);
+        if (c->hslot == HDR_HOST)
+            c->host_headers++;
+        else if (c->hslot == HDR_TRANSFER_ENCODING)
+            c->te_headers++;
     }
-    buf_t *dst = c->hslot == HDR_CONTENT_TYPE ? &c->content_type
-                 : c->hslot == HDR_HOST       ? &c->host
-                 : c->hslot == HDR_EXPECT     ? &c->expect
-                                              : NULL;
+    buf_t *dst = c->hslot == HDR_CONTENT_TYPE        ? &c->content_type
+                 : c->hslot == HDR_HOST              ? &c->host
+                 : c->hslot == HDR_EXPECT            ? &c->expect
+                 : c->hslot == HDR_TRANSFER_ENCODING ? &c->transfer_encoding
+                                                     : NULL;
     if (dst)
         buf_append(dst, at, len);
     return 0;
 }
 
+/* "chunked", the only transfer coding a request may use here, once. */
+static bool transfer_encoding_ok(http_conn_t *c)
+{
+    if (c->te_headers == 0)
+        return true;
+    if (c->te_headers > 1)
+        return false;
+    const char *v = buf_cstr(&c->transfer_encoding);
+    size_t n = c->transfer_encoding.len;
+    while (n > 0 && (v[n - 1] == ' ' || v[n - 1] == '\t'))
+        n--;
+    return n == 7 && strncasecmp(v, "chunked", 7) == 0;
+}
+
 static int on_headers_complete(http_parser *p)
 {
     http_conn_t *c = p->data;
+    http_server_t *s = c->srv;
+    c->headers_done = true;
+    if (p->http_major != 1)
+        return refuse(c, 505, "only HTTP/1.0 and HTTP/1.1 are spoken here");
+    if (p->method >= 64 || !(s->cfg.allowed_methods & (1ull << p->method)))
+        return refuse(c, 405, "method not allowed");
+    if (c->host_headers > 1)
+        return refuse(c, 400, "more than one Host header");
+    if (c->host_headers == 0 && p->http_minor >= 1)
+        return refuse(c, 400, "an HTTP/1.1 request without a Host header");
+    if (!transfer_encoding_ok(c))
+        return refuse(c, 501, "only \"Transfer-Encoding: chunked\" is supported");
+    if (buf_failed(&c->url) || buf_failed(&c->content_type) || buf_failed(&c->host) ||
+        buf_failed(&c->expect) || buf_failed(&c->transfer_encoding))
+        return refuse(c, 500, "out of memory");
     if (!(p->flags & F_CHUNKED) && p->content_length != ULLONG_MAX &&
-        p->content_length > HTTP_MAX_BODY_BYTES) {
-        c->parse_error_status = 413;
-        return -1;
-    }
-    if (c->expect.len && strcasecmp(buf_cstr(&c->expect), "100-continue") == 0) {
+        p->content_length > s->cfg.max_body_bytes)
+        return refuse(c, 413, NULL);
+    if (c->expect.len && strcasecmp(buf_cstr(&c->expect), "100-continue") == 0)
         buf_puts(&c->out, "HTTP/1.1 100 Continue\r\n\r\n");
-    }
     c->is_head = p->method == HTTP_HEAD;
+    conn_update_timer(c); /* now the body timeout */
     return 0;
 }
 
 static int on_body(http_parser *p, const char *at, size_t len)
 {
     http_conn_t *c = p->data;
-    if (c->body.len + len > HTTP_MAX_BODY_BYTES) {
-        c->parse_error_status = 413;
-        return 1;
-    }
+    if (c->body.len + len > c->srv->cfg.max_body_bytes)
+        return refuse(c, 413, NULL);
     buf_append(&c->body, at, len);
     return 0;
 }
@@ -461,23 +615,63 @@ static void request_reset(http_conn_t *c, bool keep)
     request_buf_done(&c->content_type, keep);
     request_buf_done(&c->host, keep);
     request_buf_done(&c->expect, keep);
+    request_buf_done(&c->transfer_encoding, keep);
     c->message_done = false;
     c->in_request = false;
+    c->headers_done = false;
     c->replied = false;
     c->is_head = false;
-    c->head_bytes = 0;
 }
 
-/* Answers a request the parser refused, then closes. */
-static void reply_parse_error(http_conn_t *c, int status, const char *why)
+/* The answer to a request the server refuses itself, rendered by the
+ * configured renderer (see http_error_fn). `extra_headers` may be NULL. */
+static void render_error(http_server_t *s, int status, const char *cause, buf_t *body,
+                         http_reply_t *r)
 {
-    char body[160];
-    int n = snprintf(body, sizeof body, "%s\n", why);
+    *r = (http_reply_t){.status = status};
+    if (s->cfg.render_error) {
+        s->cfg.render_error(s->cfg.render_error_ctx, status, cause, body, r);
+    } else {
+        buf_puts(body, cause);
+        buf_putc(body, '\n');
+        r->content_type = "text/plain; charset=utf-8";
+    }
+    r->status = status;
+    r->extra_headers = status == 405   ? s->allow_header
+                       : status == 503 ? "Retry-After: " STRINGIFY(HTTP_BUSY_RETRY_AFTER_S) "\r\n"
+                                       : NULL;
+    if (buf_failed(body)) {
+        r->body = NULL;
+        r->body_len = 0;
+    } else {
+        r->body = body->data;
+        r->body_len = body->len;
+    }
+}
+
+/* Answers a request the server refused, then closes the connection: after
+ * a malformed or unwanted request the stream cannot be trusted. */
+static void reply_error_and_close(http_conn_t *c, int status, const char *cause)
+{
+    http_server_t *s = c->srv;
+    char text[160];
+    if (!cause && status == 431)
+        snprintf(text, sizeof text, "the request line and headers exceed %zu bytes",
+                 s->cfg.max_header_bytes);
+    else if (!cause && status == 413)
+        snprintf(text, sizeof text, "the request body exceeds %zu bytes", s->cfg.max_body_bytes);
+    else
+        snprintf(text, sizeof text, "%s", cause ? cause : http_status_text(status));
+    buf_t body = BUF_INIT;
+    http_reply_t r;
+    render_error(s, status, text, &body, &r);
     c->close_after_write = true;
     c->replied = false;
     c->parked = false;
-    c->is_head = false;
-    http_reply_simple(c, status, "text/plain; charset=utf-8", body, (size_t)n);
+    c->park_fn = NULL;
+    c->is_head = c->headers_done && c->parser.method == HTTP_HEAD;
+    http_reply(c, &r);
+    buf_free(&body);
     conn_flush(c);
 }
 
@@ -486,7 +680,7 @@ static void dispatch(http_conn_t *c)
     http_server_t *s = c->srv;
     if (buf_failed(&c->url) || buf_failed(&c->body) || buf_failed(&c->content_type) ||
         buf_failed(&c->host)) {
-        reply_parse_error(c, 500, "out of memory");
+        reply_error_and_close(c, 500, "out of memory");
         return;
     }
     struct http_parser_url u;
@@ -494,7 +688,7 @@ static void dispatch(http_conn_t *c)
     const char *url = buf_cstr(&c->url);
     if (c->url.len == 0 || http_parser_parse_url(url, c->url.len, 0, &u) != 0 ||
         !(u.field_set & (1 << UF_PATH))) {
-        reply_parse_error(c, 400, "malformed request target");
+        reply_error_and_close(c, 400, "malformed request target");
         return;
     }
     /* Split in place: path and query become NUL-terminated strings. */
@@ -521,17 +715,49 @@ static void dispatch(http_conn_t *c)
         .content_type = buf_cstr(&c->content_type),
         .host = buf_cstr(&c->host),
         .peer = c->peer,
+        .peer_addr = c->peer_addr,
         .conn = c,
     };
     /* A new request has no answer yet: the previous one may have been
      * answered late (parked or held), after its dispatch returned. */
     c->replied = false;
     s->cfg.handler(s->cfg.handler_ctx, &req);
+    if (c->fd < 0)
+        return; /* closed while answering (a write failed) */
     if (!c->replied && !c->parked) {
         log_error("handler gave no answer to %s %s", req.method_name, req.path);
-        http_reply_simple(c, 500, "text/plain; charset=utf-8", "no answer\n", 10);
+        reply_error_and_close(c, 500, "no answer");
+        return;
     }
     request_reset(c, !c->parked);
+}
+
+/* Status and cause for a request libhttp-parser refused. */
+static int parse_error_status(const http_conn_t *c, enum http_errno err, const char **cause)
+{
+    *cause = c->parse_error_cause;
+    if (c->parse_error_status)
+        return c->parse_error_status;
+    switch (err) {
+    case HPE_INVALID_METHOD: *cause = "method not implemented"; return 501;
+    case HPE_INVALID_TRANSFER_ENCODING:
+        *cause = "only \"Transfer-Encoding: chunked\" is supported";
+        return 501;
+    case HPE_UNEXPECTED_CONTENT_LENGTH:
+        *cause = "Content-Length given twice, or with Transfer-Encoding";
+        return 400;
+    case HPE_INVALID_CONTENT_LENGTH: *cause = "invalid Content-Length or chunk size"; return 400;
+    case HPE_HEADER_OVERFLOW: *cause = NULL; return 431;
+    default: *cause = http_errno_description(err); return 400;
+    }
+}
+
+/* The last byte of data[0..n) that is not a space or tab, else `prev`. */
+static char last_nonblank(const char *data, size_t n, char prev)
+{
+    while (n > 0 && (data[n - 1] == ' ' || data[n - 1] == '\t'))
+        n--;
+    return n ? data[n - 1] : prev;
 }
 
 /*
@@ -540,7 +766,7 @@ static void dispatch(http_conn_t *c)
  */
 static void conn_feed(http_conn_t *c, const char *data, size_t len)
 {
-    while (len > 0) {
+    while (len > 0 && !c->lingering) {
         if (c->parked || c->out.len - c->out_off > MAX_UNSENT_BYTES) {
             buf_append(&c->pending, data, len);
             if (c->pending.len > MAX_PENDING_BYTES && !c->read_paused) {
@@ -549,26 +775,31 @@ static void conn_feed(http_conn_t *c, const char *data, size_t len)
             }
             return;
         }
+        c->feed_base = data;
         size_t n = http_parser_execute(&c->parser, &c->srv->settings, data, len);
+        c->last_nonblank = last_nonblank(data, n, c->last_nonblank);
         enum http_errno err = HTTP_PARSER_ERRNO(&c->parser);
         if (err == HPE_PAUSED) {
             http_parser_pause(&c->parser, 0);
         } else if (err != HPE_OK) {
-            int status = c->parse_error_status ? c->parse_error_status : 400;
-            const char *why = status == 431   ? "request header fields too large"
-                              : status == 413 ? "request body too large"
-                                              : http_errno_description(err);
-            reply_parse_error(c, status, why);
+            const char *cause;
+            int status = parse_error_status(c, err, &cause);
+            reply_error_and_close(c, status, cause);
             return;
-        } else if (c->parser.upgrade) {
-            reply_parse_error(c, 400, "protocol upgrade is not supported");
+        } else if (n < len) {
+            /* The parser stops early only for a protocol switch. */
+            reply_error_and_close(c, 400, "protocol upgrade is not supported");
+            return;
+        } else if (c->in_request && !c->headers_done &&
+                   c->parser.nread > c->srv->cfg.max_header_bytes) {
+            reply_error_and_close(c, 431, NULL);
             return;
         }
         data += n;
         len -= n;
         if (c->message_done) {
             dispatch(c);
-            if (c->fd < 0 || c->close_after_write)
+            if (c->fd < 0 || c->close_after_write || c->lingering)
                 return; /* nothing after a "Connection: close" answer */
         }
     }
@@ -605,6 +836,12 @@ static void conn_free(http_conn_t *c)
     free(c);
 }
 
+/*
+ * Closes the socket and unlinks the connection at once; the struct itself
+ * is freed at the end of the loop turn (free_closed), because callers up
+ * the stack and later events of the same epoll batch may still look at it
+ * (they see fd < 0).
+ */
 static void conn_close(http_conn_t *c)
 {
     if (c->fd < 0)
@@ -625,73 +862,172 @@ static void conn_close(http_conn_t *c)
     if (c->next)
         c->next->prev = c->prev;
     s->n_conns--;
-    if (!c->resume_queued)
-        conn_free(c);
-    /* else freed when the resume list is drained */
+    c->closed_next = s->closed_head;
+    s->closed_head = c;
 }
 
-static void format_peer(const struct sockaddr_storage *sa, char *out, size_t len)
+static void free_closed(http_server_t *s)
 {
-    char host[INET6_ADDRSTRLEN] = "?";
-    int port = 0;
+    while (s->closed_head) {
+        http_conn_t *c = s->closed_head;
+        s->closed_head = c->closed_next;
+        if (c->resume_queued) {
+            /* still on the resume list: drain_resumes runs first, always */
+            log_error("internal: freeing a connection queued for resume");
+        }
+        conn_free(c);
+    }
+}
+
+/* "address:port" for logs, and the address alone for per-client limits;
+ * an IPv4-mapped IPv6 address is shown as the IPv4 address it is. */
+static void format_peer(const struct sockaddr_storage *sa, char *out, size_t len, char *addr,
+                        size_t addr_len)
+{
+    addr[0] = '\0';
     if (sa->ss_family == AF_INET) {
         const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
-        inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
-        port = ntohs(in->sin_port);
-        snprintf(out, len, "%s:%d", host, port);
+        inet_ntop(AF_INET, &in->sin_addr, addr, (socklen_t)addr_len);
+        snprintf(out, len, "%s:%d", addr, ntohs(in->sin_port));
     } else if (sa->ss_family == AF_INET6) {
         const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
-        inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
-        port = ntohs(in6->sin6_port);
-        snprintf(out, len, "[%s]:%d", host, port);
+        if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) {
+            inet_ntop(AF_INET, &in6->sin6_addr.s6_addr[12], addr, (socklen_t)addr_len);
+            snprintf(out, len, "%s:%d", addr, ntohs(in6->sin6_port));
+        } else {
+            inet_ntop(AF_INET6, &in6->sin6_addr, addr, (socklen_t)addr_len);
+            snprintf(out, len, "[%s]:%d", addr, ntohs(in6->sin6_port));
+        }
     } else {
-        snprintf(out, len, "unix");
+        snprintf(out, len, "local");
     }
+}
+
+/*
+ * Past the connection limit: answers 503 at once and closes, so a client
+ * (an etcd member retries 5xx with backoff) learns why instead of waiting
+ * in the listen backlog. What the client already sent is read first, so
+ * that closing does not reset the connection before the answer is read.
+ */
+static void reject_busy(http_server_t *s, int fd)
+{
+    for (size_t got = 0; got < REJECT_DRAIN_BYTES;) {
+        ssize_t n = recv(fd, s->rbuf, READ_CHUNK_BYTES, MSG_DONTWAIT);
+        if (n <= 0)
+            break;
+        got += (size_t)n;
+    }
+    buf_t body = BUF_INIT, out = BUF_INIT;
+    http_reply_t r;
+    render_error(s, 503, "too many open connections; retry later", &body, &r);
+    format_reply(&out, &r, false, true, false);
+    if (!buf_failed(&out) && send(fd, out.data, out.len, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
+        (void)0; /* best effort: the client may be gone already */
+    buf_free(&out);
+    buf_free(&body);
+    shutdown(fd, SHUT_WR);
+    close(fd);
+    s->rejected_since_log++;
+    uint64_t now = time_mono_ms();
+    if (now - s->last_reject_log_ms >= REJECT_LOG_EVERY_MS) {
+        log_warn("%zu connection(s) refused with 503: %zu open, the limit", s->rejected_since_log,
+                 s->n_conns);
+        s->last_reject_log_ms = now;
+        s->rejected_since_log = 0;
+    }
+}
+
+/* Takes a connected, non-blocking socket into the loop. Returns 0 or
+ * -errno (the socket is closed then). */
+static int conn_add(http_server_t *s, int fd, const struct sockaddr_storage *sa)
+{
+    if (s->n_conns >= s->cfg.max_conns || s->stopping) {
+        reject_busy(s, fd);
+        return 0;
+    }
+    http_conn_t *c = calloc(1, sizeof *c);
+    if (!c) {
+        close(fd);
+        return -ENOMEM;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one); /* fails on a socketpair */
+    c->fd = fd;
+    c->srv = s;
+    c->tl = TL_NONE;
+    format_peer(sa, c->peer, sizeof c->peer, c->peer_addr, sizeof c->peer_addr);
+    http_parser_init(&c->parser, HTTP_REQUEST);
+    c->parser.data = c;
+    if (epoll_set(s, EPOLL_CTL_ADD, fd, EPOLLIN | EPOLLRDHUP, c) != 0) {
+        int e = errno;
+        close(fd);
+        free(c);
+        return -e;
+    }
+    c->next = s->conns;
+    if (s->conns)
+        s->conns->prev = c;
+    s->conns = c;
+    s->n_conns++;
+    conn_update_timer(c);
+    return 0;
 }
 
 static void accept_all(http_server_t *s)
 {
-    for (;;) {
+    for (int i = 0; i < MAX_ACCEPTS_PER_TURN; i++) {
         struct sockaddr_storage sa;
         socklen_t sl = sizeof sa;
         int fd = accept4(s->listen_fd, (struct sockaddr *)&sa, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
-            if (errno == EINTR)
+            if (errno == EINTR || errno == ECONNABORTED)
                 continue;
+            if ((errno == EMFILE || errno == ENFILE) && s->spare_fd >= 0) {
+                /* Out of descriptors: free the spare one to take the
+                 * connection off the backlog and answer it 503, rather
+                 * than let the listening socket wake the loop forever. */
+                close(s->spare_fd);
+                fd = accept4(s->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+                if (fd >= 0)
+                    reject_busy(s, fd);
+                s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+                return;
+            }
             if (errno != EAGAIN && errno != EWOULDBLOCK)
                 log_warn("accept: %s", strerror(errno));
             return;
         }
-        http_conn_t *c = calloc(1, sizeof *c);
-        if (!c) {
-            close(fd);
+        if (conn_add(s, fd, &sa) != 0)
+            log_warn("cannot take a connection: out of memory");
+    }
+}
+
+/* Reads and drops what a client sends after its last answer. */
+static void conn_linger_read(http_conn_t *c)
+{
+    for (int rounds = 0; rounds < 16; rounds++) {
+        ssize_t n = recv(c->fd, c->srv->rbuf, READ_CHUNK_BYTES, 0);
+        if (n > 0) {
+            c->lingered_bytes += (size_t)n;
+            if (c->lingered_bytes <= LINGER_MAX_BYTES)
+                continue;
+        } else if (n < 0 && errno == EINTR) {
             continue;
+        } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            return;
         }
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        c->fd = fd;
-        c->srv = s;
-        c->tl = TL_NONE;
-        format_peer(&sa, c->peer, sizeof c->peer);
-        http_parser_init(&c->parser, HTTP_REQUEST);
-        c->parser.data = c;
-        if (epoll_set(s, EPOLL_CTL_ADD, fd, EPOLLIN | EPOLLRDHUP, c) != 0) {
-            close(fd);
-            free(c);
-            continue;
-        }
-        c->next = s->conns;
-        if (s->conns)
-            s->conns->prev = c;
-        s->conns = c;
-        s->n_conns++;
-        conn_update_timer(c);
+        conn_close(c); /* EOF, an error, or too much */
+        return;
     }
 }
 
 static void conn_readable(http_conn_t *c)
 {
     http_server_t *s = c->srv;
+    if (c->lingering) {
+        conn_linger_read(c);
+        return;
+    }
     for (int rounds = 0; rounds < 16 && c->fd >= 0 && !c->read_paused; rounds++) {
         ssize_t n = recv(c->fd, s->rbuf, READ_CHUNK_BYTES, 0);
         if (n > 0) {
@@ -758,12 +1094,20 @@ static void expire_timers(http_server_t *s, uint64_t now_ms)
                 http_park_fn fn = c->park_fn;
                 c->park_fn = NULL;
                 fn(c, c->park_ctx, HTTP_PARK_TIMEOUT);
-                if (c->parked) { /* the owner did not answer: close */
+                if (c->fd >= 0 && c->parked) { /* the owner did not answer: close */
                     c->parked = false;
                     conn_close(c);
                 }
-            } else if (tl == TL_REQUEST && !c->replied) {
-                reply_parse_error(c, 408, "request not completed in time");
+            } else if (tl == TL_HEADER) {
+                char why[96];
+                snprintf(why, sizeof why, "the request headers did not arrive within %llu ms",
+                         (unsigned long long)s->timers[TL_HEADER].duration_ms);
+                reply_error_and_close(c, 408, why);
+            } else if (tl == TL_BODY) {
+                char why[96];
+                snprintf(why, sizeof why, "the request body did not arrive within %llu ms",
+                         (unsigned long long)s->timers[TL_BODY].duration_ms);
+                reply_error_and_close(c, 408, why);
             } else {
                 conn_close(c);
             }
@@ -794,7 +1138,7 @@ static void drain_resumes(http_server_t *s)
         s->resume_head = c->resume_next;
         c->resume_next = NULL;
         if (c->fd < 0) {
-            conn_free(c);
+            c->resume_queued = false; /* on the closed list: freed there */
             continue;
         }
         conn_resume(c);
@@ -804,6 +1148,7 @@ static void drain_resumes(http_server_t *s)
 static void begin_shutdown(http_server_t *s)
 {
     s->stopping = true;
+    s->stop_deadline_ms = time_mono_ms() + HTTP_SHUTDOWN_GRACE_MS;
     if (s->listen_fd >= 0) {
         epoll_ctl(s->epfd, EPOLL_CTL_DEL, s->listen_fd, NULL);
         close(s->listen_fd);
@@ -823,54 +1168,84 @@ static void begin_shutdown(http_server_t *s)
     }
 }
 
-int http_server_run(http_server_t *s)
+/* One loop turn: the tick, due timers, then the events that come within
+ * `max_wait_ms` (-1: until the next timer). */
+static int loop_turn(http_server_t *s, int max_wait_ms)
 {
     struct epoll_event events[MAX_EVENTS];
-    uint64_t stop_deadline = 0;
-    int64_t wake_ns = 0;
-    for (;;) {
-        uint64_t now = time_mono_ms();
-        if (s->cfg.tick)
-            wake_ns = s->cfg.tick(s->cfg.tick_ctx, time_wall_ns());
-        expire_timers(s, now);
-        drain_resumes(s);
-        if (s->stopping && (s->n_conns == 0 || now >= stop_deadline))
-            break;
-        int n = epoll_wait(s->epfd, events, MAX_EVENTS, next_timeout_ms(s, now, wake_ns));
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        for (int i = 0; i < n; i++) {
-            void *p = events[i].data.ptr;
-            if (p == &listen_tag) {
-                accept_all(s);
-            } else if (p == &notify_tag) {
-                s->cfg.on_notify(s->cfg.tick_ctx);
-            } else if (p == &signal_tag) {
-                struct signalfd_siginfo si;
-                while (read(s->signal_fd, &si, sizeof si) == sizeof si) {
-                    if (!s->stopping) {
-                        log_info("received %s; stopping: no new connections, parked waits "
-                                 "answered, %zu connections open",
-                                 strsignal((int)si.ssi_signo), s->n_conns);
-                        begin_shutdown(s);
-                        stop_deadline = time_mono_ms() + HTTP_SHUTDOWN_GRACE_MS;
-                    }
+    uint64_t now = time_mono_ms();
+    int64_t wake_ns = s->cfg.tick ? s->cfg.tick(s->cfg.tick_ctx, time_wall_ns()) : 0;
+    expire_timers(s, now);
+    drain_resumes(s);
+    free_closed(s);
+    int wait_ms = next_timeout_ms(s, now, wake_ns);
+    if (max_wait_ms >= 0 && max_wait_ms < wait_ms)
+        wait_ms = max_wait_ms;
+    int n = epoll_wait(s->epfd, events, MAX_EVENTS, wait_ms);
+    if (n < 0)
+        return errno == EINTR ? 0 : -errno;
+    for (int i = 0; i < n; i++) {
+        void *p = events[i].data.ptr;
+        if (p == &listen_tag) {
+            accept_all(s);
+        } else if (p == &notify_tag) {
+            s->cfg.on_notify(s->cfg.tick_ctx);
+        } else if (p == &signal_tag) {
+            struct signalfd_siginfo si;
+            while (read(s->signal_fd, &si, sizeof si) == sizeof si) {
+                if (!s->stopping) {
+                    log_info("received %s; stopping: no new connections, parked waits "
+                             "answered, %zu connections open",
+                             strsignal((int)si.ssi_signo), s->n_conns);
+                    begin_shutdown(s);
                 }
-            } else {
-                http_conn_t *c = p;
-                if (c->fd >= 0)
-                    conn_event(c, events[i].events);
             }
+        } else {
+            http_conn_t *c = p;
+            if (c->fd >= 0)
+                conn_event(c, events[i].events);
         }
-        drain_resumes(s);
+    }
+    drain_resumes(s);
+    free_closed(s);
+    return 0;
+}
+
+int http_server_run(http_server_t *s)
+{
+    for (;;) {
+        int rc = loop_turn(s, -1);
+        if (rc < 0)
+            return rc;
+        if (s->stopping && (s->n_conns == 0 || time_mono_ms() >= s->stop_deadline_ms))
+            break;
     }
     while (s->conns)
         conn_close(s->conns);
     drain_resumes(s);
+    free_closed(s);
     return 0;
+}
+
+int http_server_run_once(http_server_t *s, int timeout_ms)
+{
+    return loop_turn(s, timeout_ms < 0 ? 0 : timeout_ms);
+}
+
+int http_server_adopt(http_server_t *s, int fd)
+{
+    struct sockaddr_storage sa;
+    socklen_t sl = sizeof sa;
+    memset(&sa, 0, sizeof sa);
+    if (getpeername(fd, (struct sockaddr *)&sa, &sl) != 0)
+        sa.ss_family = AF_UNSPEC;
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    return conn_add(s, fd, &sa);
 }
 
 /* ---- setup -------------------------------------------------------------- */
@@ -938,9 +1313,25 @@ static int listen_on(const char *addr, char *bound, size_t blen, char *err)
     }
     struct sockaddr_storage sa;
     socklen_t sl = sizeof sa;
+    char ip[INET6_ADDRSTRLEN];
     getsockname(fd, (struct sockaddr *)&sa, &sl);
-    format_peer(&sa, bound, blen);
+    format_peer(&sa, bound, blen, ip, sizeof ip);
     return fd;
+}
+
+/* "Allow: DELETE, GET, ...\r\n" from the allowed-methods mask. */
+static void format_allow_header(uint64_t methods, char *out, size_t len)
+{
+    size_t o = (size_t)snprintf(out, len, "Allow:");
+    const char *sep = " ";
+    for (int m = 0; m < 64 && o < len; m++) {
+        if (!(methods & (1ull << m)))
+            continue;
+        o += (size_t)snprintf(out + o, len - o, "%s%s", sep, http_method_str((enum http_method)m));
+        sep = ", ";
+    }
+    if (o < len)
+        snprintf(out + o, len - o, "\r\n");
 }
 
 http_server_t *http_server_new(const http_server_config_t *cfg, char *err)
@@ -952,12 +1343,32 @@ http_server_t *http_server_new(const http_server_config_t *cfg, char *err)
         return NULL;
     }
     s->cfg = *cfg;
-    s->epfd = s->listen_fd = s->signal_fd = -1;
+    http_server_config_t *c = &s->cfg;
+    if (!c->max_header_bytes)
+        c->max_header_bytes = HTTP_DEFAULT_MAX_HEADER_BYTES;
+    if (c->max_header_bytes > HTTP_MAX_HEADER_BYTES_CEILING)
+        c->max_header_bytes = HTTP_MAX_HEADER_BYTES_CEILING;
+    if (!c->max_body_bytes)
+        c->max_body_bytes = HTTP_DEFAULT_MAX_BODY_BYTES;
+    if (!c->max_conns)
+        c->max_conns = HTTP_DEFAULT_MAX_CONNS;
+    if (!c->idle_timeout_ms)
+        c->idle_timeout_ms = HTTP_DEFAULT_IDLE_TIMEOUT_MS;
+    if (!c->header_timeout_ms)
+        c->header_timeout_ms = HTTP_DEFAULT_HEADER_TIMEOUT_MS;
+    if (!c->body_timeout_ms)
+        c->body_timeout_ms = HTTP_DEFAULT_BODY_TIMEOUT_MS;
+    if (!c->allowed_methods)
+        c->allowed_methods = DEFAULT_ALLOWED_METHODS;
+    format_allow_header(c->allowed_methods, s->allow_header, sizeof s->allow_header);
+    s->epfd = s->listen_fd = s->signal_fd = s->spare_fd = -1;
     s->rbuf = malloc(READ_CHUNK_BYTES);
-    s->timers[TL_IDLE].duration_ms = HTTP_IDLE_TIMEOUT_MS;
-    s->timers[TL_REQUEST].duration_ms = HTTP_REQUEST_TIMEOUT_MS;
+    s->timers[TL_IDLE].duration_ms = c->idle_timeout_ms;
+    s->timers[TL_HEADER].duration_ms = c->header_timeout_ms;
+    s->timers[TL_BODY].duration_ms = c->body_timeout_ms;
     s->timers[TL_WRITE].duration_ms = HTTP_WRITE_TIMEOUT_MS;
-    s->timers[TL_PARKED].duration_ms = cfg->wait_timeout_ms;
+    s->timers[TL_PARKED].duration_ms = c->wait_timeout_ms;
+    s->timers[TL_LINGER].duration_ms = LINGER_MS;
     s->settings.on_message_begin = on_message_begin;
     s->settings.on_url = on_url;
     s->settings.on_header_field = on_header_field;
@@ -971,23 +1382,29 @@ http_server_t *http_server_new(const http_server_config_t *cfg, char *err)
         http_server_free(s);
         return NULL;
     }
-    s->listen_fd = listen_on(cfg->addr, s->address, sizeof s->address, err);
-    if (s->listen_fd < 0) {
-        http_server_free(s);
-        return NULL;
-    }
-    sigset_t mask;
-    sigemptyset(&mask);
-    sigaddset(&mask, SIGTERM);
-    sigaddset(&mask, SIGINT);
-    sigprocmask(SIG_BLOCK, &mask, NULL);
     signal(SIGPIPE, SIG_IGN);
-    s->signal_fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
-    if (s->signal_fd < 0 || epoll_set(s, EPOLL_CTL_ADD, s->listen_fd, EPOLLIN, &listen_tag) != 0 ||
-        epoll_set(s, EPOLL_CTL_ADD, s->signal_fd, EPOLLIN, &signal_tag) != 0) {
-        snprintf(err, 256, "cannot set up the event loop: %s", strerror(errno));
-        http_server_free(s);
-        return NULL;
+    if (!cfg->addr) {
+        snprintf(s->address, sizeof s->address, "none");
+    } else {
+        s->listen_fd = listen_on(cfg->addr, s->address, sizeof s->address, err);
+        if (s->listen_fd < 0) {
+            http_server_free(s);
+            return NULL;
+        }
+        s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        sigset_t mask;
+        sigemptyset(&mask);
+        sigaddset(&mask, SIGTERM);
+        sigaddset(&mask, SIGINT);
+        sigprocmask(SIG_BLOCK, &mask, NULL);
+        s->signal_fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+        if (s->signal_fd < 0 ||
+            epoll_set(s, EPOLL_CTL_ADD, s->listen_fd, EPOLLIN, &listen_tag) != 0 ||
+            epoll_set(s, EPOLL_CTL_ADD, s->signal_fd, EPOLLIN, &signal_tag) != 0) {
+            snprintf(err, 256, "cannot set up the event loop: %s", strerror(errno));
+            http_server_free(s);
+            return NULL;
+        }
     }
     if (cfg->notify_fd >= 0 && cfg->on_notify &&
         epoll_set(s, EPOLL_CTL_ADD, cfg->notify_fd, EPOLLIN, &notify_tag) != 0) {
@@ -1015,8 +1432,11 @@ void http_server_free(http_server_t *s)
     while (s->conns)
         conn_close(s->conns);
     drain_resumes(s);
+    free_closed(s);
     if (s->listen_fd >= 0)
         close(s->listen_fd);
+    if (s->spare_fd >= 0)
+        close(s->spare_fd);
     if (s->signal_fd >= 0)
         close(s->signal_fd);
     if (s->epfd >= 0)

@@ -12,9 +12,21 @@
  *
  * Costs by design: a parked request holds its socket and its connection
  * struct (a few hundred bytes); request buffers are released as soon as the
- * handler has run. Timeouts live in one FIFO list per kind (idle, request,
- * write, parked): every entry of a list has the same duration, so deadlines
- * are in insertion order and checking one is O(1).
+ * handler has run. Timeouts live in one FIFO list per kind (idle, header,
+ * body, write, parked, linger): every entry of a list has the same
+ * duration, so deadlines are in insertion order and checking one is O(1).
+ *
+ * Hostile input: the server refuses, before any handler runs and then
+ * closes the connection, a head over max_header_bytes (431), a body over
+ * max_body_bytes (413), a head or body that is too slow (408), a method
+ * outside allowed_methods (405, with Allow) or unknown (501), a transfer
+ * coding other than a single "chunked" (501), an HTTP version other than
+ * 1.x (505), and the request-smuggling shapes: Content-Length with
+ * Transfer-Encoding, repeated or malformed Content-Length, obs-fold,
+ * whitespace before a header's colon, a missing or repeated Host in
+ * HTTP/1.1, control bytes in the target (400). Past max_conns a new
+ * connection gets 503 at once. The body of each of these answers comes
+ * from the configured error renderer.
  */
 #ifndef DISCO_SERVER_HTTP_H
 #define DISCO_SERVER_HTTP_H
@@ -23,18 +35,35 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Limits on what a client may send. */
-#define HTTP_MAX_HEADER_BYTES (16 * 1024) /* request line + headers: 431 */
-#define HTTP_MAX_BODY_BYTES (1024 * 1024) /* 413 */
+#include "util/buf.h"
+
+/*
+ * Limits and timeouts. The DEFAULT_ values apply when the matching field of
+ * http_server_config_t is 0; `disco serve` passes its flags (same defaults).
+ */
+/* Request line + headers, counted as raw bytes: beyond it, 431. */
+#define HTTP_DEFAULT_MAX_HEADER_BYTES (16 * 1024)
+/* libhttp-parser refuses heads over 80 KiB on its own; stay below it so the
+ * configured limit is the one that answers. */
+#define HTTP_MAX_HEADER_BYTES_CEILING (64 * 1024)
+/* A request body (after chunked decoding): beyond it, 413. */
+#define HTTP_DEFAULT_MAX_BODY_BYTES (64 * 1024)
+/* Open connections, parked ones included; past it a new connection gets an
+ * immediate 503 and is closed. */
+#define HTTP_DEFAULT_MAX_CONNS 32768
 /* Keep-alive connections idle longer than Go's 90 s client pool timeout, so a
  * member never sends a request on a socket disco is closing. */
-#define HTTP_IDLE_TIMEOUT_MS (120 * 1000)
-/* From a request's first byte to its last (slow-sender bound). */
-#define HTTP_REQUEST_TIMEOUT_MS (15 * 1000)
+#define HTTP_DEFAULT_IDLE_TIMEOUT_MS (120 * 1000)
+/* From a request's first byte to the end of its headers (slowloris): 408. */
+#define HTTP_DEFAULT_HEADER_TIMEOUT_MS (10 * 1000)
+/* From the end of the headers to the end of the body: 408. */
+#define HTTP_DEFAULT_BODY_TIMEOUT_MS (15 * 1000)
 /* How long a client may take to read an answer. */
 #define HTTP_WRITE_TIMEOUT_MS (30 * 1000)
 /* On SIGTERM: how long open connections get to finish. */
 #define HTTP_SHUTDOWN_GRACE_MS (5 * 1000)
+/* Retry-After (seconds) on the 503 past the connection limit. */
+#define HTTP_BUSY_RETRY_AFTER_S 1
 
 typedef struct http_server http_server_t;
 typedef struct http_conn http_conn_t;
@@ -51,7 +80,10 @@ typedef struct http_request {
     size_t body_len;
     const char *content_type; /* "" if absent */
     const char *host;         /* "" if absent */
-    const char *peer;         /* the client's address, for logs and limits */
+    const char *peer;         /* the client's "address:port", for logs */
+    const char *peer_addr;    /* the client's IP address alone, for limits: "192.0.2.1",
+                                 "2001:db8::1" (IPv4-mapped IPv6 shown as IPv4); "" when the
+                                 socket has none (a socketpair) */
     http_conn_t *conn;
 } http_request_t;
 
@@ -76,11 +108,39 @@ enum http_park_end {
 };
 typedef void (*http_park_fn)(http_conn_t *c, void *ctx, enum http_park_end why);
 
+/*
+ * Renders the answer to a request the server refuses on its own, before or
+ * instead of the handler: 400 (malformed), 405 (method not allowed), 408
+ * (too slow), 413, 431, 500, 501 (method or transfer coding not
+ * implemented), 503 (past the connection limit), 505. `cause` says why in
+ * one line. The renderer appends the body to `body` and sets
+ * r->content_type and, if it wants, r->has_etcd_index/etcd_index; the server
+ * adds Allow, Retry-After and Connection itself. Runs on the loop thread.
+ */
+typedef void (*http_error_fn)(void *ctx, int status, const char *cause, buf_t *body,
+                              http_reply_t *r);
+
 typedef struct http_server_config {
-    const char *addr;         /* "host:port", ":port" or "[v6]:port" */
+    /* "host:port", ":port" or "[v6]:port". NULL: no listening socket and no
+     * signal handling, for the test seam below. */
+    const char *addr;
     uint64_t wait_timeout_ms; /* parked requests end after this */
+    /* Limits; 0 means the HTTP_DEFAULT_ value. */
+    size_t max_header_bytes; /* capped at HTTP_MAX_HEADER_BYTES_CEILING */
+    size_t max_body_bytes;
+    size_t max_conns;
+    uint64_t idle_timeout_ms;
+    uint64_t header_timeout_ms;
+    uint64_t body_timeout_ms;
+    /* Methods a request may use: bit (1 << enum http_method). Others get 405
+     * with an Allow header listing these; a method libhttp-parser does not
+     * know gets 501. 0: GET, HEAD, PUT, POST, DELETE. */
+    uint64_t allowed_methods;
     http_handler_fn handler;
     void *handler_ctx;
+    /* Error answers (see http_error_fn); NULL: one line of plain text. */
+    http_error_fn render_error;
+    void *render_error_ctx;
     /* Called on every loop turn with the wall clock; returns the next
      * wall-clock instant it wants to run at (0: no wish). Drives TTLs. */
     int64_t (*tick)(void *ctx, int64_t now_ns);
@@ -105,6 +165,17 @@ const char *http_server_address(const http_server_t *srv);
  */
 int http_server_run(http_server_t *srv);
 void http_server_free(http_server_t *srv);
+
+/*
+ * Test seam, for fuzzing (tests/fuzz) and tests that need no sockets: with
+ * cfg->addr NULL the server has no listening socket; http_server_adopt()
+ * hands it an already connected stream socket (e.g. one end of a
+ * socketpair), which it owns from then on (closed on failure too), and
+ * http_server_run_once() runs one loop turn: timers, then events for at most
+ * `timeout_ms` (0: only what is ready). Both return 0 or -errno.
+ */
+int http_server_adopt(http_server_t *srv, int fd);
+int http_server_run_once(http_server_t *srv, int timeout_ms);
 
 /* Open connections and parked requests right now. */
 size_t http_server_connection_count(const http_server_t *srv);
