@@ -30,8 +30,10 @@ struct held_reply {
     uint64_t index; /* the state this answer shows */
     enum metrics_endpoint ep;
     char method[16];
-    http_reply_t reply; /* body points to `body` */
-    char body[];
+    /* body and extra_headers point into `data` (a handler's buffers are gone
+     * when the answer leaves); content_type is always a static string */
+    http_reply_t reply;
+    char data[];
 };
 
 api_t *api_new(registry_t *reg, store_t *store, const api_config_t *cfg)
@@ -44,6 +46,17 @@ api_t *api_new(registry_t *reg, store_t *store, const api_config_t *cfg)
     api->min_age_ns = (int64_t)cfg->min_age_ms * NS_PER_MS;
     api->gc_every_ns = (int64_t)cfg->gc_every_ms * NS_PER_MS;
     api->metrics = metrics_new();
+    api->max_key_bytes = cfg->max_key_bytes ? cfg->max_key_bytes : API_DEFAULT_MAX_KEY_BYTES;
+    api->max_value_bytes =
+        cfg->max_value_bytes ? cfg->max_value_bytes : API_DEFAULT_MAX_VALUE_BYTES;
+    if (cfg->new_rate_per_s) {
+        api->new_limit = ratelimit_new(cfg->new_rate_per_s, cfg->new_burst ? cfg->new_burst : 1,
+                                       API_NEW_RATE_MAX_ADDRESSES);
+        if (!api->new_limit) {
+            api_free(api);
+            return NULL;
+        }
+    }
     if (cfg->host_prefix && *cfg->host_prefix) {
         size_t n = strlen(cfg->host_prefix);
         while (n > 0 && cfg->host_prefix[n - 1] == '/')
@@ -62,6 +75,7 @@ void api_free(api_t *api)
     if (!api)
         return;
     metrics_free(api->metrics);
+    ratelimit_free(api->new_limit);
     free(api->host_prefix);
     free(api);
 }
@@ -123,7 +137,8 @@ void api_send(api_t *api, http_conn_t *c, enum metrics_endpoint ep, const char *
               const http_reply_t *r)
 {
     if (must_hold(api, ep, r)) {
-        held_reply_t *h = malloc(sizeof *h + r->body_len + 1);
+        size_t hlen = r->extra_headers ? strlen(r->extra_headers) : 0;
+        held_reply_t *h = malloc(sizeof *h + r->body_len + 1 + hlen + 1);
         if (h) {
             h->next = NULL;
             h->api = api;
@@ -133,9 +148,14 @@ void api_send(api_t *api, http_conn_t *c, enum metrics_endpoint ep, const char *
             snprintf(h->method, sizeof h->method, "%s", method);
             h->reply = *r;
             if (r->body_len)
-                memcpy(h->body, r->body, r->body_len);
-            h->body[r->body_len] = '\0';
-            h->reply.body = h->body;
+                memcpy(h->data, r->body, r->body_len);
+            h->data[r->body_len] = '\0';
+            h->reply.body = h->data;
+            if (r->extra_headers) {
+                char *headers = h->data + r->body_len + 1;
+                memcpy(headers, r->extra_headers, hlen + 1);
+                h->reply.extra_headers = headers;
+            }
             if (api->held_tail)
                 api->held_tail->next = h;
             else
@@ -211,6 +231,18 @@ void api_send_v2_error(api_t *api, http_conn_t *c, enum metrics_endpoint ep, con
         r.extra_headers = "Allow: GET, HEAD, PUT, POST, DELETE\r\n";
     api_send(api, c, ep, method, &r);
     buf_free(&body);
+}
+
+void api_render_error(void *ctx, int status, const char *cause, buf_t *body, http_reply_t *r)
+{
+    api_t *api = ctx;
+    uint64_t index = registry_index(api->reg);
+    /* 300 says "the service failed, retry"; anything else was the request */
+    bool service_failed = status == 500 || status == 503;
+    v2json_error(body, service_failed ? REG_E_INTERNAL : REG_E_INVALID_FIELD, cause, index);
+    r->content_type = "application/json";
+    r->has_etcd_index = true;
+    r->etcd_index = index;
 }
 
 /* Any "." or ".." segment: refused rather than resolved, so a URL names

@@ -9,6 +9,7 @@
 #ifndef DISCO_API_API_H
 #define DISCO_API_API_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "registry/registry.h"
@@ -25,9 +26,26 @@ typedef struct api_config {
      * its creation, by a sweep every gc_every_ms (0: never). */
     uint64_t min_age_ms;
     uint64_t gc_every_ms;
+    /* Longest key below a token (bytes after "/<token>", decoded) and
+     * longest value a write may carry: 400 errorCode 209 beyond them.
+     * 0: API_DEFAULT_MAX_KEY_BYTES / API_DEFAULT_MAX_VALUE_BYTES. */
+    size_t max_key_bytes;
+    size_t max_value_bytes;
+    /* /new per client address (IPv6 per /64): a token bucket refilled at
+     * new_rate_per_s with room for new_burst; 429 with Retry-After beyond.
+     * new_rate_per_s 0: no limit. */
+    uint32_t new_rate_per_s;
+    uint32_t new_burst;
 } api_config_t;
 
-/* Returns NULL when out of memory. `reg` and `store` are not owned. */
+#define API_DEFAULT_MAX_KEY_BYTES 1024
+#define API_DEFAULT_MAX_VALUE_BYTES (8 * 1024)
+/* Client addresses whose /new budget is remembered (fixed memory, about
+ * 64 bytes each); the least recently seen is forgotten first. */
+#define API_NEW_RATE_MAX_ADDRESSES 16384
+
+/* Returns NULL when out of memory. `reg` and `store` (NULL: nothing is
+ * kept, answers never wait) are not owned. */
 api_t *api_new(registry_t *reg, store_t *store, const api_config_t *cfg);
 void api_free(api_t *api);
 /* Lets /metrics report connection counts (optional). */
@@ -38,6 +56,12 @@ void api_handle(void *ctx, const http_request_t *req);
 /* The server's tick: expires TTLs and sweeps old tokens; returns the next
  * wall-clock instant due. */
 int64_t api_tick(void *ctx, int64_t now_ns);
+/* The server's render_error (http_error_fn): its own refusals (400, 405,
+ * 408, 413, 431, 501, 503, 505) as etcd JSON errors with the current
+ * index, because a discovery client reads every answer on its paths as etcd
+ * JSON: errorCode 300 when the service failed (500, 503: retry), 209 when
+ * the request did. `ctx` is the api_t. */
+void api_render_error(void *ctx, int status, const char *cause, buf_t *body, http_reply_t *r);
 /* The server's on_notify: the store made more changes durable; answers
  * that waited for them go out. */
 void api_on_durable(void *ctx);

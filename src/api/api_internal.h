@@ -9,6 +9,7 @@
 #include "api/api.h"
 #include "api/metrics.h"
 #include "util/buf.h"
+#include "util/ratelimit.h"
 
 /* An answer waiting until the store has made the state it shows durable. */
 typedef struct held_reply held_reply_t;
@@ -22,6 +23,8 @@ struct api {
     int64_t min_age_ns, gc_every_ns;
     int64_t next_gc_ns;
     held_reply_t *held_head, *held_tail; /* FIFO, non-decreasing index */
+    size_t max_key_bytes, max_value_bytes;
+    ratelimit_t *new_limit; /* NULL: /new is not rate limited */
 };
 
 /* Whether a write may start now (the store has room and commits work);

@@ -6,6 +6,7 @@
  * (`curl .../new?size=3`), not by etcd members, and discovery.etcd.io did
  * the same.
  */
+#include <arpa/inet.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,9 +64,47 @@ static bool host_is_sane(const char *h)
     return true;
 }
 
+/* The rate-limit key of a client: its IPv4 address, or the /64 of its
+ * IPv6 address (one host usually holds a whole /64). No address (a local
+ * socket): one shared key. */
+static size_t client_key(const char *addr, unsigned char key[16])
+{
+    if (inet_pton(AF_INET, addr, key) == 1)
+        return 4;
+    if (inet_pton(AF_INET6, addr, key) == 1)
+        return 8;
+    return 0;
+}
+
+/* Takes one /new from the client's budget; if it is spent, answers 429
+ * with Retry-After and returns false. */
+static bool take_new_budget(api_t *api, const http_request_t *req)
+{
+    if (!api->new_limit)
+        return true;
+    unsigned char key[16];
+    size_t key_len = client_key(req->peer_addr, key);
+    uint64_t wait_ms = ratelimit_take(api->new_limit, key, key_len, time_mono_ms());
+    if (wait_ms == 0)
+        return true;
+    unsigned long long retry_s = (wait_ms + 999) / 1000;
+    char headers[64], msg[128];
+    snprintf(headers, sizeof headers, "Retry-After: %llu\r\n", retry_s);
+    snprintf(msg, sizeof msg, "too many new tokens from your address; retry in %llu s\n", retry_s);
+    http_reply_t r = {.status = 429,
+                      .content_type = "text/plain; charset=utf-8",
+                      .extra_headers = headers,
+                      .body = msg,
+                      .body_len = strlen(msg)};
+    api_send(api, req->conn, METRICS_NEW, req->method_name, &r);
+    return false;
+}
+
 void discovery_new(api_t *api, const http_request_t *req)
 {
     const char *method = req->method_name;
+    if (!take_new_budget(api, req))
+        return;
     form_t f;
     form_init(&f);
     if (strncmp(req->content_type, "application/x-www-form-urlencoded", 33) == 0)

@@ -12,6 +12,7 @@
  * `stream` are not supported (400 and ignored respectively).
  */
 #include <http_parser.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -263,6 +264,39 @@ static bool in_config(const char *key)
     return rest && strncmp(rest, "/_config", 8) == 0 && (rest[8] == '\0' || rest[8] == '/');
 }
 
+/* Bytes of `key` below its token: "m1/x" of "/_etcd/registry/tok/m1/x";
+ * the whole key when it is not under a token. */
+static size_t key_bytes_below_token(const char *key)
+{
+    static const char prefix[] = REGISTRY_PREFIX "/";
+    if (strncmp(key, prefix, sizeof prefix - 1) != 0)
+        return strlen(key);
+    const char *rest = strchr(key + sizeof prefix - 1, '/');
+    return rest ? strlen(rest + 1) : 0;
+}
+
+/* The configured size limits on keys and values, and no NUL byte hidden in
+ * a form body (C strings would cut the value there). Answers 400
+ * errorCode 209 naming the limit and returns false when one is broken. */
+static bool within_limits(api_t *api, const http_request_t *req, const char *key,
+                          enum metrics_endpoint ep, bool form_body)
+{
+    char cause[160];
+    size_t kb = key_bytes_below_token(key);
+    if (kb > api->max_key_bytes) {
+        snprintf(cause, sizeof cause,
+                 "the key is %zu bytes below its token; the limit is %zu (--max-key-bytes)", kb,
+                 api->max_key_bytes);
+    } else if (form_body && memchr(req->body, '\0', req->body_len)) {
+        snprintf(cause, sizeof cause, "a NUL byte in the form body");
+    } else {
+        return true;
+    }
+    api_send_v2_error(api, req->conn, ep, req->method_name, 400, REG_E_INVALID_FIELD, cause,
+                      registry_index(api->reg));
+    return false;
+}
+
 void v2keys_handle(api_t *api, const http_request_t *req, const char *key, enum metrics_endpoint ep,
                    bool config_read_only)
 {
@@ -273,10 +307,14 @@ void v2keys_handle(api_t *api, const http_request_t *req, const char *key, enum 
                           registry_index(api->reg));
         return;
     }
+    bool form_body = (m == HTTP_PUT || m == HTTP_POST) && is_form_content(req->content_type);
+    if (!within_limits(api, req, key, ep, form_body))
+        return;
     form_t f;
     form_init(&f);
     int rc = 0;
-    if ((m == HTTP_PUT || m == HTTP_POST) && is_form_content(req->content_type))
+    char cause[160];
+    if (form_body)
         rc = form_parse(&f, req->body, req->body_len); /* body values win: parse first */
     if (rc == 0)
         rc = form_parse(&f, req->query, req->query_len);
@@ -288,6 +326,12 @@ void v2keys_handle(api_t *api, const http_request_t *req, const char *key, enum 
         api_send_v2_error(api, req->conn, ep, req->method_name, 0, 210, f.error, 0);
     } else if (!parse_params(&f, m, &p, &perr)) {
         api_send_v2_error(api, req->conn, ep, req->method_name, 0, perr.code, perr.cause, 0);
+    } else if ((m == HTTP_PUT || m == HTTP_POST) && strlen(p.value) > api->max_value_bytes) {
+        snprintf(cause, sizeof cause,
+                 "the value is %zu bytes; the limit is %zu (--max-value-bytes)", strlen(p.value),
+                 api->max_value_bytes);
+        api_send_v2_error(api, req->conn, ep, req->method_name, 400, REG_E_INVALID_FIELD, cause,
+                          registry_index(api->reg));
     } else if (config_read_only && m != HTTP_GET && m != HTTP_HEAD && in_config(key)) {
         api_send_v2_error(api, req->conn, ep, req->method_name, 0, 107,
                           "a token's _config is read-only here; tokens are made with /new",
