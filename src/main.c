@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 
 #include "api/api.h"
@@ -44,6 +45,39 @@ static int make_dirs(const char *path)
     if (mkdir(tmp, 0700) != 0 && errno != EEXIST)
         return -errno;
     return 0;
+}
+
+/* Descriptors kept aside from connections: listening socket, epoll,
+ * signalfd, the store's files and eventfd, logs, a spare for accept(). */
+#define FD_RESERVE 64
+/* Go's http.Transport closes idle connections after 90 s. */
+#define GO_CLIENT_IDLE_TIMEOUT_MS (90 * 1000)
+
+/*
+ * Raises the open-files limit so that --max-conns connections fit; if the
+ * hard limit is lower, lowers max_conns to what fits, with a warning.
+ */
+static void fit_connection_limit(uint64_t *max_conns)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    rlim_t want = (rlim_t)*max_conns + FD_RESERVE;
+    if (rl.rlim_cur < want) {
+        rlim_t before = rl.rlim_cur;
+        rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= want ? want : rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+            rl.rlim_cur = before;
+    }
+    if (rl.rlim_cur < want) {
+        uint64_t fit =
+            rl.rlim_cur > 2 * FD_RESERVE ? (uint64_t)rl.rlim_cur - FD_RESERVE : FD_RESERVE;
+        log_warn("the open-files limit (%llu) is too low for --max-conns %llu; serving at most "
+                 "%llu connections (raise it with ulimit -n or LimitNOFILE=)",
+                 (unsigned long long)rl.rlim_cur, (unsigned long long)*max_conns,
+                 (unsigned long long)fit);
+        *max_conns = fit;
+    }
 }
 
 /* --host default when --addr names a host: http://HOST:PORT. */
@@ -87,6 +121,8 @@ static int cmd_serve(int argc, char **argv)
         return 1;
     }
     registry_t *reg = registry_new(store);
+    if (reg)
+        registry_set_max_keys(reg, (size_t)cfg.max_keys_per_token);
     if (!reg || store_load(store, reg, err) != 0) {
         log_error("%s", reg ? err : "out of memory at startup");
         registry_free(reg);
@@ -96,17 +132,34 @@ static int cmd_serve(int argc, char **argv)
     char *derived = cfg.host ? NULL : derive_host(cfg.addr);
     api_config_t acfg = {.host_prefix = cfg.host ? cfg.host : derived,
                          .min_age_ms = cfg.minage_ms,
-                         .gc_every_ms = cfg.gcfreq_ms};
+                         .gc_every_ms = cfg.gcfreq_ms,
+                         .max_key_bytes = (size_t)cfg.max_key_bytes,
+                         .max_value_bytes = (size_t)cfg.max_value_bytes,
+                         .new_rate_per_s = (uint32_t)cfg.new_rate_per_s,
+                         .new_burst = (uint32_t)cfg.new_burst};
     api_t *api = api_new(reg, store, &acfg);
     if (!api) {
         log_error("out of memory at startup");
         return 1;
     }
+    fit_connection_limit(&cfg.max_conns);
+    if (cfg.idle_timeout_ms <= GO_CLIENT_IDLE_TIMEOUT_MS)
+        log_warn("--idle-timeout %llums is not above Go's 90s: an etcd member may send its "
+                 "registration on a connection disco is closing, and that PUT is not retried",
+                 (unsigned long long)cfg.idle_timeout_ms);
     http_server_config_t scfg = {
         .addr = cfg.addr,
         .wait_timeout_ms = cfg.wait_timeout_ms,
+        .max_header_bytes = (size_t)cfg.max_header_bytes,
+        .max_body_bytes = (size_t)cfg.max_body_bytes,
+        .max_conns = (size_t)cfg.max_conns,
+        .idle_timeout_ms = cfg.idle_timeout_ms,
+        .header_timeout_ms = cfg.header_timeout_ms,
+        .body_timeout_ms = cfg.body_timeout_ms,
         .handler = api_handle,
         .handler_ctx = api,
+        .render_error = api_render_error,
+        .render_error_ctx = api,
         .tick = api_tick,
         .tick_ctx = api,
         .notify_fd = store_notify_fd(store),
@@ -124,6 +177,15 @@ static int cmd_serve(int argc, char **argv)
              in_memory ? "none" : cfg.data_dir,
              acfg.host_prefix ? acfg.host_prefix : "http://<Host header>",
              (unsigned long long)cfg.wait_timeout_ms);
+    log_info("limits: head %llu B, body %llu B, key %llu B, value %llu B, %llu keys a token, "
+             "%llu connections, /new %llu/s burst %llu an address (0: off); timeouts: head "
+             "%llums, body %llums, idle %llums",
+             (unsigned long long)cfg.max_header_bytes, (unsigned long long)cfg.max_body_bytes,
+             (unsigned long long)cfg.max_key_bytes, (unsigned long long)cfg.max_value_bytes,
+             (unsigned long long)cfg.max_keys_per_token, (unsigned long long)cfg.max_conns,
+             (unsigned long long)cfg.new_rate_per_s, (unsigned long long)cfg.new_burst,
+             (unsigned long long)cfg.header_timeout_ms, (unsigned long long)cfg.body_timeout_ms,
+             (unsigned long long)cfg.idle_timeout_ms);
     rc = http_server_run(srv);
     size_t tokens = registry_token_count(reg);
     http_server_free(srv);

@@ -3,6 +3,8 @@
  */
 #include "util/config.h"
 
+#include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +33,37 @@ const char config_serve_usage[] =
     "  --wait-timeout DUR   how long a watch (wait=true) is held before it is\n"
     "                       answered with an empty 200, as etcd's client expects\n"
     "                       (DISC_WAIT_TIMEOUT, default " CONFIG_DEFAULT_WAIT_TIMEOUT ")\n"
+    "\n"
+    "Limits on what clients may send and hold (past one, a clear answer):\n"
+    "  --max-header-bytes SIZE  request line + headers, 1KiB-64KiB; 431 beyond\n"
+    "                       (DISC_MAX_HEADER_BYTES, default " CONFIG_DEFAULT_MAX_HEADER_BYTES ")\n"
+    "  --max-body-bytes SIZE    a request body; 413 beyond\n"
+    "                       (DISC_MAX_BODY_BYTES, default " CONFIG_DEFAULT_MAX_BODY_BYTES ")\n"
+    "  --max-key-bytes SIZE     a key below its token; 400 (errorCode 209) beyond\n"
+    "                       (DISC_MAX_KEY_BYTES, default " CONFIG_DEFAULT_MAX_KEY_BYTES ")\n"
+    "  --max-value-bytes SIZE   a value; 400 (errorCode 209) beyond\n"
+    "                       (DISC_MAX_VALUE_BYTES, default " CONFIG_DEFAULT_MAX_VALUE_BYTES ")\n"
+    "  --max-keys-per-token N   keys one token may hold; 403 (errorCode 103) beyond\n"
+    "                       (DISC_MAX_KEYS_PER_TOKEN, default " CONFIG_DEFAULT_MAX_KEYS_PER_TOKEN
+    ")\n"
+    "  --max-conns N        open connections, parked watches included; a new\n"
+    "                       connection past it gets 503 and is closed\n"
+    "                       (DISC_MAX_CONNS, default " CONFIG_DEFAULT_MAX_CONNS ")\n"
+    "  --new-rate N         /new per client address (IPv6: per /64), tokens a\n"
+    "                       second; 429 with Retry-After beyond; 0 no limit\n"
+    "                       (DISC_NEW_RATE, default " CONFIG_DEFAULT_NEW_RATE ")\n"
+    "  --new-burst N        /new a client address may make at once\n"
+    "                       (DISC_NEW_BURST, default " CONFIG_DEFAULT_NEW_BURST ")\n"
+    "  --header-timeout DUR a request's headers must arrive within this of its\n"
+    "                       first byte; 408 and close beyond\n"
+    "                       (DISC_HEADER_TIMEOUT, default " CONFIG_DEFAULT_HEADER_TIMEOUT ")\n"
+    "  --body-timeout DUR   a request's body must arrive within this of its\n"
+    "                       headers; 408 and close beyond\n"
+    "                       (DISC_BODY_TIMEOUT, default " CONFIG_DEFAULT_BODY_TIMEOUT ")\n"
+    "  --idle-timeout DUR   an idle keep-alive connection is closed after this;\n"
+    "                       keep it above 90s, Go's client idle timeout\n"
+    "                       (DISC_IDLE_TIMEOUT, default " CONFIG_DEFAULT_IDLE_TIMEOUT ")\n"
+    "\n"
     "  --version            print the version\n"
     "  --help               this text\n"
     "\n"
@@ -63,23 +96,99 @@ static const char *env_or(const char *name, const char *def)
     return v && *v ? v : def;
 }
 
+/* A whole number of things ("32768"), no sign, no suffix. */
+static int parse_count(const char *s, uint64_t *out)
+{
+    if (!s || *s < '0' || *s > '9')
+        return -1;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || *end)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+enum value_kind { V_STRING, V_DURATION, V_SIZE, V_COUNT };
+
+/* One setting: its flag, variable, default, kind, bounds (inclusive, for
+ * numbers) and where it goes. The help text says the same. */
+typedef struct option {
+    const char *flag;
+    const char *env;
+    const char *def;
+    enum value_kind kind;
+    uint64_t min, max;
+    size_t offset;    /* in serve_config_t */
+    const char *want; /* for the error message */
+} option_t;
+
+#define NUM(field) offsetof(serve_config_t, field)
+
+static const option_t options[] = {
+    {"addr", "DISC_ADDR", CONFIG_DEFAULT_ADDR, V_STRING, 0, 0, NUM(addr), NULL},
+    {"host", "DISC_HOST", NULL, V_STRING, 0, 0, NUM(host), NULL},
+    {"data-dir", "DISC_DATA_DIR", CONFIG_DEFAULT_DATA_DIR, V_STRING, 0, 0, NUM(data_dir), NULL},
+    {"wait-timeout", "DISC_WAIT_TIMEOUT", CONFIG_DEFAULT_WAIT_TIMEOUT, V_DURATION, 1, UINT64_MAX,
+     NUM(wait_timeout_ms), "a positive duration like 60s"},
+    {"minage", "DISC_MINAGE", CONFIG_DEFAULT_MINAGE, V_DURATION, 0, UINT64_MAX, NUM(minage_ms),
+     "a duration like 168h"},
+    {"gcfreq", "DISC_GCFREQ", CONFIG_DEFAULT_GCFREQ, V_DURATION, 0, UINT64_MAX, NUM(gcfreq_ms),
+     "a duration like 5m, or 0"},
+    {"map-size", "DISC_MAP_SIZE", CONFIG_DEFAULT_MAP_SIZE, V_SIZE, 1u << 20, UINT64_MAX,
+     NUM(map_size_bytes), "a size of at least 1MiB, like 8GiB"},
+    {"max-header-bytes", "DISC_MAX_HEADER_BYTES", CONFIG_DEFAULT_MAX_HEADER_BYTES, V_SIZE,
+     CONFIG_MIN_HEADER_BYTES, CONFIG_MAX_HEADER_BYTES, NUM(max_header_bytes),
+     "a size from 1KiB to 64KiB"},
+    {"max-body-bytes", "DISC_MAX_BODY_BYTES", CONFIG_DEFAULT_MAX_BODY_BYTES, V_SIZE,
+     CONFIG_MIN_BODY_BYTES, CONFIG_MAX_BODY_BYTES, NUM(max_body_bytes),
+     "a size from 1KiB to 64MiB"},
+    {"max-key-bytes", "DISC_MAX_KEY_BYTES", CONFIG_DEFAULT_MAX_KEY_BYTES, V_SIZE, 1, 1u << 20,
+     NUM(max_key_bytes), "a size from 1 to 1MiB"},
+    {"max-value-bytes", "DISC_MAX_VALUE_BYTES", CONFIG_DEFAULT_MAX_VALUE_BYTES, V_SIZE, 1,
+     CONFIG_MAX_BODY_BYTES, NUM(max_value_bytes), "a size from 1 to 64MiB"},
+    {"max-conns", "DISC_MAX_CONNS", CONFIG_DEFAULT_MAX_CONNS, V_COUNT, 1, 1u << 24, NUM(max_conns),
+     "a whole number from 1 to 16777216"},
+    {"max-keys-per-token", "DISC_MAX_KEYS_PER_TOKEN", CONFIG_DEFAULT_MAX_KEYS_PER_TOKEN, V_COUNT, 1,
+     1u << 24, NUM(max_keys_per_token), "a whole number from 1 to 16777216"},
+    {"new-rate", "DISC_NEW_RATE", CONFIG_DEFAULT_NEW_RATE, V_COUNT, 0, 1000000, NUM(new_rate_per_s),
+     "a whole number of tokens per second (0: no limit)"},
+    {"new-burst", "DISC_NEW_BURST", CONFIG_DEFAULT_NEW_BURST, V_COUNT, 1, 1000000, NUM(new_burst),
+     "a whole number from 1"},
+    {"header-timeout", "DISC_HEADER_TIMEOUT", CONFIG_DEFAULT_HEADER_TIMEOUT, V_DURATION, 1,
+     UINT64_MAX, NUM(header_timeout_ms), "a positive duration like 10s"},
+    {"body-timeout", "DISC_BODY_TIMEOUT", CONFIG_DEFAULT_BODY_TIMEOUT, V_DURATION, 1, UINT64_MAX,
+     NUM(body_timeout_ms), "a positive duration like 15s"},
+    {"idle-timeout", "DISC_IDLE_TIMEOUT", CONFIG_DEFAULT_IDLE_TIMEOUT, V_DURATION, 1, UINT64_MAX,
+     NUM(idle_timeout_ms), "a positive duration like 120s"},
+};
+enum { N_OPTIONS = sizeof options / sizeof options[0] };
+
+static int set_option(const option_t *o, const char *v, serve_config_t *cfg, char *err)
+{
+    char *field = (char *)cfg + o->offset;
+    if (o->kind == V_STRING) {
+        memcpy(field, &v, sizeof v);
+        return 0;
+    }
+    uint64_t n = 0;
+    int rc = o->kind == V_DURATION ? time_parse_duration_ms(v, &n)
+             : o->kind == V_SIZE   ? config_parse_size(v, &n)
+                                   : parse_count(v, &n);
+    if (rc != 0 || n < o->min || n > o->max) {
+        snprintf(err, 256, "bad --%s \"%s\": want %s", o->flag, v, o->want);
+        return -1;
+    }
+    memcpy(field, &n, sizeof n);
+    return 0;
+}
+
 int config_parse_serve(int argc, char **argv, serve_config_t *cfg, char *err)
 {
-    static const struct {
-        const char *flag;
-        const char *env;
-    } opts[] = {{"addr", "DISC_ADDR"},         {"host", "DISC_HOST"},
-                {"data-dir", "DISC_DATA_DIR"}, {"wait-timeout", "DISC_WAIT_TIMEOUT"},
-                {"minage", "DISC_MINAGE"},     {"gcfreq", "DISC_GCFREQ"},
-                {"map-size", "DISC_MAP_SIZE"}};
-    enum { N_OPTS = sizeof opts / sizeof opts[0] };
-    const char *defaults[N_OPTS] = {CONFIG_DEFAULT_ADDR,     NULL,
-                                    CONFIG_DEFAULT_DATA_DIR, CONFIG_DEFAULT_WAIT_TIMEOUT,
-                                    CONFIG_DEFAULT_MINAGE,   CONFIG_DEFAULT_GCFREQ,
-                                    CONFIG_DEFAULT_MAP_SIZE};
-    const char *val[N_OPTS];
-    for (int j = 0; j < N_OPTS; j++)
-        val[j] = env_or(opts[j].env, defaults[j]);
+    const char *val[N_OPTIONS];
+    for (int j = 0; j < N_OPTIONS; j++)
+        val[j] = env_or(options[j].env, options[j].def);
     /* An empty DISC_DATA_DIR means "memory only", like --data-dir "". */
     if (getenv("DISC_DATA_DIR") && !*getenv("DISC_DATA_DIR"))
         val[2] = "";
@@ -102,8 +211,8 @@ int config_parse_serve(int argc, char **argv, serve_config_t *cfg, char *err)
         const char *eq = strchr(name, '=');
         size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
         int k = -1;
-        for (int j = 0; j < N_OPTS; j++)
-            if (strlen(opts[j].flag) == nlen && strncmp(opts[j].flag, name, nlen) == 0)
+        for (int j = 0; j < N_OPTIONS; j++)
+            if (strlen(options[j].flag) == nlen && strncmp(options[j].flag, name, nlen) == 0)
                 k = j;
         if (k < 0) {
             snprintf(err, 256, "unknown flag \"%s\" (see disco serve --help)", a);
@@ -114,31 +223,15 @@ int config_parse_serve(int argc, char **argv, serve_config_t *cfg, char *err)
         } else if (i + 1 < argc) {
             val[k] = argv[++i];
         } else {
-            snprintf(err, 256, "flag --%s needs a value", opts[k].flag);
+            snprintf(err, 256, "flag --%s needs a value", options[k].flag);
             return -1;
         }
     }
-    cfg->addr = val[0];
-    cfg->host = val[1] && *val[1] ? val[1] : NULL;
-    cfg->data_dir = val[2];
-    if (time_parse_duration_ms(val[3], &cfg->wait_timeout_ms) != 0 || cfg->wait_timeout_ms == 0) {
-        snprintf(err, 256, "bad --wait-timeout \"%s\": want a positive duration like 60s", val[3]);
-        return -1;
-    }
-    if (time_parse_duration_ms(val[4], &cfg->minage_ms) != 0) {
-        snprintf(err, 256, "bad --minage \"%s\": want a duration like 168h", val[4]);
-        return -1;
-    }
-    if (time_parse_duration_ms(val[5], &cfg->gcfreq_ms) != 0) {
-        snprintf(err, 256, "bad --gcfreq \"%s\": want a duration like 5m, or 0", val[5]);
-        return -1;
-    }
-    if (config_parse_size(val[6], &cfg->map_size_bytes) != 0 ||
-        cfg->map_size_bytes < ((uint64_t)1 << 20)) {
-        snprintf(err, 256, "bad --map-size \"%s\": want a size of at least 1MiB, like 8GiB",
-                 val[6]);
-        return -1;
-    }
+    for (int j = 0; j < N_OPTIONS; j++)
+        if (set_option(&options[j], val[j], cfg, err) != 0)
+            return -1;
+    if (cfg->host && !*cfg->host)
+        cfg->host = NULL;
     if (cfg->host && strncmp(cfg->host, "http://", 7) != 0 &&
         strncmp(cfg->host, "https://", 8) != 0) {
         snprintf(err, 256, "bad --host \"%s\": want a URL prefix like https://disco.example",
