@@ -16,7 +16,12 @@ Public API (other test files import it; keep it stable):
                 (extras: peer_port=, client_port=, data_dir= to restart a member as it was)
     http(method, url, body=None, headers=None, timeout=10) -> (status, headers, body)
     (extras: etcdctl(endpoint, *args, timeout=10) -> (rc, stdout, stderr),
-             wait_until(predicate, timeout, interval, what), StopWaiting)
+             wait_until(predicate, timeout, interval, what), StopWaiting,
+             disco_wrapper() -> [argv prefix])
+
+Environment: DISCO_BIN (the binary), DISCO_WRAPPER (a command put before it,
+e.g. "valgrind --error-exitcode=99 --leak-check=full"; `make valgrind` uses it;
+start_disco then waits DISCO_WRAPPED_HEALTH_TIMEOUT_S for a slow start).
 
 Every Proc is also registered with atexit, so a crashed test run still stops
 what it started.
@@ -26,6 +31,7 @@ import atexit
 import http.client as _httpclient
 import itertools
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -38,6 +44,7 @@ ETCD_BIN = os.environ.get("ETCD_BIN", "/usr/bin/etcd")
 ETCDCTL_BIN = os.environ.get("ETCDCTL_BIN", "/usr/bin/etcdctl")
 
 DISCO_HEALTH_TIMEOUT_S = 10.0
+DISCO_WRAPPED_HEALTH_TIMEOUT_S = 60.0
 ETCD_HEALTH_TIMEOUT_S = 20.0
 POLL_INTERVAL_S = 0.1
 
@@ -220,6 +227,11 @@ def disco_bin():
     return os.environ.get("DISCO_BIN", DEFAULT_DISCO_BIN)
 
 
+def disco_wrapper():
+    """The argv prefix from DISCO_WRAPPER (e.g. valgrind and its flags), or []."""
+    return shlex.split(os.environ.get("DISCO_WRAPPER", ""))
+
+
 def start_disco(workdir, extra_args=(), wait_timeout="5s"):
     """Start `disco serve` on a free loopback port and wait until GET /health is 200.
 
@@ -232,12 +244,14 @@ def start_disco(workdir, extra_args=(), wait_timeout="5s"):
     base_url = "http://%s:%d" % (LOOPBACK, port)
     extra = [str(a).replace("{base_url}", base_url).replace("{port}", str(port))
              for a in extra_args]
-    argv = [binary, "serve",
-            "--addr", "%s:%d" % (LOOPBACK, port),
-            "--data-dir", os.path.join(workdir, "disco-data"),
-            "--wait-timeout", wait_timeout] + extra
+    wrapper = disco_wrapper()
+    argv = wrapper + [binary, "serve",
+                      "--addr", "%s:%d" % (LOOPBACK, port),
+                      "--data-dir", os.path.join(workdir, "disco-data"),
+                      "--wait-timeout", wait_timeout] + extra
     proc = Proc(argv, _log_path(workdir, "disco"), name="disco:%d" % port)
-    _wait_healthy(proc, base_url + "/health", DISCO_HEALTH_TIMEOUT_S,
+    _wait_healthy(proc, base_url + "/health",
+                  DISCO_WRAPPED_HEALTH_TIMEOUT_S if wrapper else DISCO_HEALTH_TIMEOUT_S,
                   lambda status, body: status == 200)
     return proc, base_url
 
