@@ -170,12 +170,23 @@ static int by_key(const void *a, const void *b)
                   reg_node_name(*(const reg_node_t *const *)b));
 }
 
-static void put_node(buf_t *b, const reg_node_t *n, bool with_children, bool recursive, bool sorted,
-                     int64_t now_ns);
+/*
+ * A listing walks down the tree carrying one key buffer: it holds the
+ * current node's key, and a child's key is that plus "/" and its name, so
+ * no key is built from the root twice.
+ */
+typedef struct render {
+    buf_t *out;
+    buf_t key;
+    bool recursive, sorted;
+    int64_t now_ns;
+} render_t;
 
-/* The visible children of a directory, in creation order or by key. */
-static void put_children(buf_t *b, const reg_node_t *dir, bool recursive, bool sorted,
-                         int64_t now_ns)
+static void put_node(render_t *r, const reg_node_t *n, bool with_children);
+
+/* The visible children of a directory (r->key holds its key), in creation
+ * order or by key. */
+static void put_children(render_t *r, const reg_node_t *dir)
 {
     size_t count = 0;
     for (const reg_node_t *c = reg_node_first_child(dir); c; c = reg_node_next_sibling(c))
@@ -185,35 +196,38 @@ static void put_children(buf_t *b, const reg_node_t *dir, bool recursive, bool s
     const reg_node_t *stack_list[16];
     const reg_node_t **list = count <= 16 ? stack_list : malloc(count * sizeof *list);
     if (!list) {
-        b->failed = true;
+        r->out->failed = true;
         return;
     }
     size_t i = 0;
     for (const reg_node_t *c = reg_node_first_child(dir); c; c = reg_node_next_sibling(c))
         if (!reg_node_is_hidden(c))
             list[i++] = c;
-    if (sorted)
+    if (r->sorted)
         qsort(list, count, sizeof *list, by_key);
-    buf_puts(b, ",\"nodes\":[");
+    size_t dir_len = r->key.len;
+    buf_puts(r->out, ",\"nodes\":[");
     for (i = 0; i < count; i++) {
         if (i)
-            buf_putc(b, ',');
-        put_node(b, list[i], recursive, recursive, sorted, now_ns);
+            buf_putc(r->out, ',');
+        buf_truncate(&r->key, dir_len);
+        buf_putc(&r->key, '/');
+        buf_puts(&r->key, reg_node_name(list[i]));
+        put_node(r, list[i], r->recursive);
     }
-    buf_putc(b, ']');
+    buf_truncate(&r->key, dir_len);
+    buf_putc(r->out, ']');
     if (list != stack_list)
         free(list);
 }
 
-static void put_node(buf_t *b, const reg_node_t *n, bool with_children, bool recursive, bool sorted,
-                     int64_t now_ns)
+/* One node; r->key holds its key. */
+static void put_node(render_t *r, const reg_node_t *n, bool with_children)
 {
-    buf_t key = BUF_INIT;
-    reg_node_put_key(n, &key);
-    if (buf_failed(&key))
+    buf_t *b = r->out;
+    if (buf_failed(&r->key))
         b->failed = true;
-    put_key(b, buf_cstr(&key));
-    buf_free(&key);
+    put_key(b, buf_cstr(&r->key));
     const char *v = reg_node_value(n);
     if (v) {
         buf_puts(b, ",\"value\":");
@@ -222,18 +236,22 @@ static void put_node(buf_t *b, const reg_node_t *n, bool with_children, bool rec
         buf_puts(b, ",\"dir\":true");
     }
     int64_t exp = reg_node_expire_ns(n);
-    put_expiry(b, exp, time_ttl_left_s(exp, now_ns));
+    put_expiry(b, exp, time_ttl_left_s(exp, r->now_ns));
     if (!v && with_children)
-        put_children(b, n, recursive, sorted, now_ns);
+        put_children(r, n);
     put_indexes(b, reg_node_modified_index(n), reg_node_created_index(n));
     buf_putc(b, '}');
 }
 
 void v2json_get(buf_t *b, const reg_node_t *n, bool recursive, bool sorted, int64_t now_ns)
 {
+    render_t r = {
+        .out = b, .key = BUF_INIT, .recursive = recursive, .sorted = sorted, .now_ns = now_ns};
+    reg_node_put_key(n, &r.key);
     buf_puts(b, "{\"action\":\"get\",\"node\":");
     /* The node asked for always lists its children; deeper levels only
      * when recursive (etcd's loadInternalNode then Repr). */
-    put_node(b, n, true, recursive, sorted, now_ns);
+    put_node(&r, n, true);
     buf_puts(b, "}\n");
+    buf_free(&r.key);
 }

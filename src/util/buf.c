@@ -190,6 +190,14 @@ void buf_put_json_string(buf_t *b, const char *str, size_t len)
     buf_putc(b, '"');
 }
 
+void buf_truncate(buf_t *b, size_t len)
+{
+    if (len < b->len) {
+        b->len = len;
+        b->data[len] = '\0';
+    }
+}
+
 void buf_consume(buf_t *b, size_t n)
 {
     if (n >= b->len) {

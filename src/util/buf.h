@@ -46,6 +46,8 @@ void buf_put_i64(buf_t *b, int64_t v);
  * by \ufffd. Byte-for-byte equality with etcd's answers depends on it.
  */
 void buf_put_json_string(buf_t *b, const char *s, size_t len);
+/* Keeps the first `len` bytes (len <= b->len). */
+void buf_truncate(buf_t *b, size_t len);
 /* Drops the first n bytes (n <= len). */
 void buf_consume(buf_t *b, size_t n);
 /* Returns a NUL-terminated view of the contents ("" when empty). */
