@@ -420,8 +420,23 @@ def main():
     print(report)
     if not args.quick:
         with open(args.out, "w") as f:
-            f.write(report)
+            f.write(report + kept_history(args.out))
     return 0
+
+
+HISTORY_MARKER = "## Before and after"
+
+
+def kept_history(path):
+    """The hand-written section of RESULTS.md (profiling notes with before
+    and after figures), carried over from the previous file."""
+    try:
+        with open(path) as f:
+            old = f.read()
+    except OSError:
+        return ""
+    at = old.find(HISTORY_MARKER)
+    return "\n" + old[at:] if at >= 0 else ""
 
 
 if __name__ == "__main__":
