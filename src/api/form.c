@@ -117,9 +117,12 @@ static char *unescape(const char *s, size_t len, bool plus_is_space, char *err_o
     return out;
 }
 
-/* "%00" would decode to a NUL that C strings (and keys) cannot carry. */
-static bool has_escaped_nul(const char *s, size_t len)
+/* A NUL byte, raw or as "%00", which C strings (and keys) cannot carry:
+ * kept, it would silently cut a value or key short. */
+static bool has_nul(const char *s, size_t len)
 {
+    if (memchr(s, '\0', len))
+        return true;
     for (size_t i = 0; i + 2 < len; i++)
         if (s[i] == '%' && s[i + 1] == '0' && s[i + 2] == '0')
             return true;
@@ -159,7 +162,7 @@ int form_parse(form_t *f, const char *s, size_t len)
             set_error(f, "invalid semicolon separator in query", true);
             continue;
         }
-        if (has_escaped_nul(pair, plen)) {
+        if (has_nul(pair, plen)) {
             set_error(f, "invalid NUL byte in form value", false);
             continue;
         }
@@ -212,7 +215,7 @@ char *form_unescape_path(const char *s, size_t len, int *bad_escape)
         *bad_escape = *err ? 1 : 0;
         return NULL;
     }
-    if (has_escaped_nul(s, len)) { /* it would cut the key short */
+    if (has_nul(s, len)) { /* it would cut the key short */
         free(out);
         *bad_escape = 1;
         return NULL;

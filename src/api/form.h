@@ -6,6 +6,8 @@
  * pairs, a pair without '=' has an empty value, '+' is a space, a ';' or a
  * bad %-escape is an error (Go's own message is kept as the error text),
  * and body parameters come before query parameters when a name repeats.
+ * Unlike Go, a NUL byte (raw or %00) is an error too: C strings cannot
+ * carry it.
  */
 #ifndef DISCO_API_FORM_H
 #define DISCO_API_FORM_H
@@ -42,8 +44,8 @@ bool form_has(const form_t *f, const char *name);
 
 /*
  * Percent-decodes a URL path ('+' stays '+'). Returns a new NUL-terminated
- * string, or NULL with *bad_escape set (1) on a malformed escape or an
- * embedded NUL, or unset (0) when out of memory.
+ * string, or NULL with *bad_escape set (1) on a malformed escape or a NUL
+ * byte (raw or %00), or unset (0) when out of memory.
  */
 char *form_unescape_path(const char *s, size_t len, int *bad_escape);
 
