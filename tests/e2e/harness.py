@@ -70,7 +70,7 @@ def free_port():
     raise RuntimeError("could not find a free loopback port")
 
 
-def _clean_env():
+def clean_env():
     """The environment for child processes: no ETCD_*/ETCDCTL_*/DISC_* settings and no
     HTTP proxies leaking in from the caller's shell."""
     env = {}
@@ -100,7 +100,7 @@ class Proc:
             stdin=subprocess.DEVNULL,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
-            env=env if env is not None else _clean_env(),
+            env=env if env is not None else clean_env(),
             cwd=cwd,
             # its own process group (pgid == pid), so stop() also reaches what a
             # wrapper (DISCO_BIN=strace/valgrind/a script) started
@@ -345,7 +345,7 @@ def http(method, url, body=None, headers=None, timeout=10):
 def etcdctl(endpoint, *args, timeout=10):
     """Run `etcdctl --endpoints <endpoint> ARGS` with the v3 API.
     Returns (rc, stdout, stderr) as str; rc is None if it did not finish in time."""
-    env = _clean_env()
+    env = clean_env()
     env["ETCDCTL_API"] = "3"
     argv = [ETCDCTL_BIN, "--endpoints", endpoint,
             "--dial-timeout", "%ds" % max(1, int(timeout / 2)),

@@ -79,18 +79,6 @@ def metric(base, name):
     return float(m.group(1)) if m else None
 
 
-def disco_env():
-    env = {}
-    for k, v in os.environ.items():
-        ku = k.upper()
-        if ku.startswith(("ETCD_", "ETCDCTL_", "DISC_")):
-            continue
-        if ku in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
-            continue
-        env[k] = v
-    return env
-
-
 def file_digests(directory):
     """{name: sha256 of bytes} of every file directly in directory."""
     out = {}
@@ -205,7 +193,7 @@ class DurabilityCase(unittest.TestCase):
                 "--data-dir", data_dir, "--wait-timeout", "5s"]
         t0 = time.monotonic()
         p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, env=disco_env())
+                             stderr=subprocess.STDOUT, env=harness.clean_env())
         try:
             out, _ = p.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
