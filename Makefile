@@ -4,7 +4,11 @@
 #   make          build build/disco
 #   make run      install dependencies, build, serve on 127.0.0.1:8087
 #   make check    install dependencies, build, run every test (plain build,
-#                 then the ASan+UBSan build)
+#                 then the ASan+UBSan build, then the e2e suites under
+#                 valgrind), then each fuzz target for CHECK_FUZZ_SECONDS
+#   make fuzz     build the libFuzzer targets (clang) and run each for
+#                 FUZZ_SECONDS; fails on any crash, leak or sanitizer report
+#   make valgrind the e2e suites with every disco under valgrind memcheck
 #   make bench    disco vs a real etcd 3.4 in the same run (bench/README.md)
 #   make format   clang-format the sources
 
@@ -12,13 +16,18 @@ BUILD      ?= build
 SAN_BUILD  ?= build-asan
 JOBS       ?= $(shell nproc)
 ADDR       ?= 127.0.0.1:8087
+FUZZ_BUILD ?= build-fuzz
+FUZZ_SECONDS       ?= 120
+CHECK_FUZZ_SECONDS ?= 40
+FUZZ_TARGETS = fuzz_http fuzz_form fuzz_v2
 
 # Debian packages: build tools, libraries, and the real etcd the tests use.
 DEPS = build-essential cmake pkg-config python3 clang-format \
        libhttp-parser-dev uthash-dev liblmdb-dev libcmocka-dev \
-       etcd-server etcd-client
+       etcd-server etcd-client \
+       clang libclang-rt-14-dev valgrind
 
-.PHONY: all deps run check test test-asan bench format clean
+.PHONY: all deps run check test test-asan fuzz-build fuzz check-fuzz valgrind bench format clean
 
 all: $(BUILD)/disco
 
@@ -52,6 +61,23 @@ test-asan:
 check: deps
 	$(MAKE) test
 	$(MAKE) test-asan
+	$(MAKE) valgrind
+	$(MAKE) check-fuzz
+
+# libFuzzer needs clang; the whole tree is built instrumented in FUZZ_BUILD.
+fuzz-build:
+	@cmake -S . -B $(FUZZ_BUILD) -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DDISCO_FUZZ=ON >/dev/null
+	@cmake --build $(FUZZ_BUILD) -j $(JOBS) --target $(FUZZ_TARGETS)
+
+fuzz: fuzz-build
+	tests/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+check-fuzz: fuzz-build
+	tests/fuzz/run.sh $(FUZZ_BUILD) $(CHECK_FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+valgrind: all
+	tests/valgrind/run.sh $(BUILD)
 
 BENCH_DEPS = wrk nginx-light
 bench: deps all
@@ -66,6 +92,6 @@ format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
 
 clean:
-	rm -rf $(BUILD) $(SAN_BUILD)
+	rm -rf $(BUILD) $(SAN_BUILD) $(FUZZ_BUILD)
 
 FORCE:
