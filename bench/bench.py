@@ -419,8 +419,9 @@ def main():
         machine(), table(results, args.rounds))
     print(report)
     if not args.quick:
+        history = kept_history(args.out)  # read before "w" truncates the file
         with open(args.out, "w") as f:
-            f.write(report + kept_history(args.out))
+            f.write(report + history)
     return 0
 
 
