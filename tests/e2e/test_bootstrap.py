@@ -43,7 +43,21 @@ TOKEN_RE = re.compile(r"[0-9a-f]{32}")
 # The discovery service under test (switchable)
 # --------------------------------------------------------------------------
 
-class DiscoService:
+class _Service:
+    """What both discovery services share: a process and the v2 token form."""
+
+    def create_v2_token(self, test, name, size):
+        """PUT /v2/keys/_etcd/registry/<name>/_config/size value=N; returns the discovery URL."""
+        durl = "%s/v2/keys/_etcd/registry/%s" % (self.base_url, name)
+        status, _, body = harness.http("PUT", durl + "/_config/size", {"value": str(size)})
+        test.assertEqual(status, 201, "PUT %s/_config/size answered %d: %r" % (durl, status, body))
+        return durl
+
+    def alive(self):
+        return self.proc.alive()
+
+
+class DiscoService(_Service):
     """disco serve, started with --host <base_url> so /new prints a reachable URL."""
     kind = "disco"
 
@@ -61,18 +75,8 @@ class DiscoService:
                          "GET /new body must be exactly <host>/<token>")
         return text
 
-    def create_v2_token(self, test, name, size):
-        """PUT /v2/keys/_etcd/registry/<name>/_config/size value=N; returns the discovery URL."""
-        durl = "%s/v2/keys/_etcd/registry/%s" % (self.base_url, name)
-        status, _, body = harness.http("PUT", durl + "/_config/size", {"value": str(size)})
-        test.assertEqual(status, 201, "PUT %s/_config/size answered %d: %r" % (durl, status, body))
-        return durl
 
-    def alive(self):
-        return self.proc.alive()
-
-
-class EtcdReferenceService:
+class EtcdReferenceService(_Service):
     """A real etcd v2 store as the discovery service (for developing the tests)."""
     kind = "etcd"
 
@@ -81,15 +85,6 @@ class EtcdReferenceService:
 
     def new_token(self, test, size):
         return self.create_v2_token(test, uuid.uuid4().hex, size)
-
-    def create_v2_token(self, test, name, size):
-        durl = "%s/v2/keys/_etcd/registry/%s" % (self.base_url, name)
-        status, _, body = harness.http("PUT", durl + "/_config/size", {"value": str(size)})
-        test.assertEqual(status, 201, "PUT %s/_config/size answered %d: %r" % (durl, status, body))
-        return durl
-
-    def alive(self):
-        return self.proc.alive()
 
 
 SERVICES = {"disco": DiscoService, "etcd": EtcdReferenceService}
