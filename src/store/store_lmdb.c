@@ -45,6 +45,7 @@
 #include "store/store.h"
 #include "util/buf.h"
 #include "util/log.h"
+#include "util/timeutil.h"
 
 #define FORMAT_TAG "disco-registry-1"
 #define LOCK_FILE "disco.lock"
@@ -273,13 +274,6 @@ static void wake_loop(lmdb_store_t *ls)
     (void)n; /* a full counter still wakes the loop */
 }
 
-static uint64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 static void *writer_main(void *arg)
 {
     lmdb_store_t *ls = arg;
@@ -335,10 +329,10 @@ static void *writer_main(void *arg)
             retry = NULL;
             wake_loop(ls);
             /* Exact near the limit, estimated when there is plenty of room. */
-            if (mono_ms() - last_measure_ms >= MEASURE_EVERY_MS ||
+            if (time_mono_ms() - last_measure_ms >= MEASURE_EVERY_MS ||
                 atomic_load(&ls->free_bytes) < 4 * reserve_bytes(ls, 0)) {
                 atomic_store(&ls->free_bytes, measure_free(ls));
-                last_measure_ms = mono_ms();
+                last_measure_ms = time_mono_ms();
             } else {
                 /* Until the next measure, count what this commit used (its
                  * records and the copied pages) so the estimate never lags
