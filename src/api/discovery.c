@@ -107,7 +107,7 @@ void discovery_new(api_t *api, const http_request_t *req)
         return;
     form_t f;
     form_init(&f);
-    if (strncmp(req->content_type, "application/x-www-form-urlencoded", 33) == 0)
+    if (form_is_urlencoded(req->content_type))
         form_parse(&f, req->body, req->body_len);
     form_parse(&f, req->query, req->query_len);
     const char *sv = form_get(&f, "size");

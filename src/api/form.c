@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 void form_init(form_t *f)
 {
@@ -191,6 +192,15 @@ int form_parse(form_t *f, const char *s, size_t len)
         }
     }
     return 0;
+}
+
+bool form_is_urlencoded(const char *ct)
+{
+    static const char form[] = "application/x-www-form-urlencoded";
+    size_t n = strcspn(ct, ";");
+    while (n > 0 && (ct[n - 1] == ' ' || ct[n - 1] == '\t'))
+        n--;
+    return n == sizeof form - 1 && strncasecmp(ct, form, n) == 0;
 }
 
 const char *form_get(const form_t *f, const char *name)

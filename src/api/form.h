@@ -38,6 +38,12 @@ void form_free(form_t *f);
  */
 int form_parse(form_t *f, const char *s, size_t len);
 
+/*
+ * Whether a Content-Type names an urlencoded form (Go's ParseForm reads a
+ * body only then): the media type, case-insensitive, parameters ignored.
+ */
+bool form_is_urlencoded(const char *content_type);
+
 /* The first value of `name`, or NULL when absent. */
 const char *form_get(const form_t *f, const char *name);
 bool form_has(const form_t *f, const char *name);

@@ -15,7 +15,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include "api/api_internal.h"
 #include "api/form.h"
@@ -57,15 +56,6 @@ static bool get_bool(const form_t *f, const char *name, bool *out)
     const char *v = form_get(f, name);
     *out = false;
     return !v || form_parse_bool(v, out);
-}
-
-static bool is_form_content(const char *ct)
-{
-    static const char form[] = "application/x-www-form-urlencoded";
-    size_t n = strcspn(ct, ";");
-    while (n > 0 && (ct[n - 1] == ' ' || ct[n - 1] == '\t'))
-        n--;
-    return n == sizeof form - 1 && strncasecmp(ct, form, n) == 0;
 }
 
 /* etcd's parseKeyRequest, check by check. Returns false with *err set. */
@@ -307,7 +297,7 @@ void v2keys_handle(api_t *api, const http_request_t *req, const char *key, enum 
                           registry_index(api->reg));
         return;
     }
-    bool form_body = (m == HTTP_PUT || m == HTTP_POST) && is_form_content(req->content_type);
+    bool form_body = (m == HTTP_PUT || m == HTTP_POST) && form_is_urlencoded(req->content_type);
     if (!within_limits(api, req, key, ep, form_body))
         return;
     form_t f;

@@ -354,6 +354,20 @@ static void test_unescape_path(void **state)
     free(out);
 }
 
+/* Go reads a body as a form only for this media type, parameters aside. */
+static void test_is_urlencoded(void **state)
+{
+    (void)state;
+    assert_true(form_is_urlencoded("application/x-www-form-urlencoded"));
+    assert_true(form_is_urlencoded("Application/X-WWW-Form-Urlencoded"));
+    assert_true(form_is_urlencoded("application/x-www-form-urlencoded; charset=utf-8"));
+    assert_true(form_is_urlencoded("application/x-www-form-urlencoded ;charset=utf-8"));
+    assert_false(form_is_urlencoded("application/x-www-form-urlencodedXYZ"));
+    assert_false(form_is_urlencoded("application/json"));
+    assert_false(form_is_urlencoded("multipart/form-data"));
+    assert_false(form_is_urlencoded(""));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -370,6 +384,7 @@ int main(void)
         cmocka_unit_test(test_parse_bool),
         cmocka_unit_test(test_parse_u64),
         cmocka_unit_test(test_unescape_path),
+        cmocka_unit_test(test_is_urlencoded),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
