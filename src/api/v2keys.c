@@ -242,18 +242,6 @@ static void handle_watch(api_t *api, const http_request_t *req, const char *key,
 
 /* ---- the handler -------------------------------------------------------- */
 
-/* Is `key` inside a token's _config directory (or the directory itself)? */
-static bool in_config(const char *key)
-{
-    static const char prefix[] = REGISTRY_PREFIX "/";
-    if (strncmp(key, prefix, sizeof prefix - 1) != 0)
-        return false;
-    const char *rest = strchr(key + sizeof prefix - 1, '/');
-    while (rest && rest[0] == '/' && rest[1] == '/')
-        rest++;
-    return rest && strncmp(rest, "/_config", 8) == 0 && (rest[8] == '\0' || rest[8] == '/');
-}
-
 /* Bytes of `key` below its token: "m1/x" of "/_etcd/registry/tok/m1/x";
  * the whole key when it is not under a token. */
 static size_t key_bytes_below_token(const char *key)
@@ -322,7 +310,7 @@ void v2keys_handle(api_t *api, const http_request_t *req, const char *key, enum 
                  api->max_value_bytes);
         api_send_v2_error(api, req->conn, ep, req->method_name, 400, REG_E_INVALID_FIELD, cause,
                           registry_index(api->reg));
-    } else if (config_read_only && m != HTTP_GET && m != HTTP_HEAD && in_config(key)) {
+    } else if (config_read_only && m != HTTP_GET && m != HTTP_HEAD && registry_key_in_config(key)) {
         api_send_v2_error(api, req->conn, ep, req->method_name, 0, 107,
                           "a token's _config is read-only here; tokens are made with /new",
                           registry_index(api->reg));

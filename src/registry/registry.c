@@ -1146,6 +1146,16 @@ static reg_token_t *lookup_token(registry_t *reg, const char *clean, const char 
     return t;
 }
 
+bool registry_key_in_config(const char *key)
+{
+    char *clean = clean_key(key);
+    const char *name, *rest;
+    size_t len;
+    bool in = clean && split_token(clean, &name, &len, &rest) && rest_in_config(rest);
+    free(clean);
+    return in;
+}
+
 /* The writes a token refuses: its directory, and _config once it exists. */
 static bool write_forbidden(registry_t *reg, const char *rest, const char *clean, reg_result_t *out)
 {
@@ -1156,7 +1166,7 @@ static bool write_forbidden(registry_t *reg, const char *rest, const char *clean
         buf_free(&b);
         return true;
     }
-    if (strcmp(rest, "/_config") == 0 || has_prefix(rest, "/_config/")) {
+    if (rest_in_config(rest)) {
         if (strcmp(rest, "/_config/size") == 0) {
             fail(reg, out, REG_E_NODE_EXIST, clean); /* the size never changes */
         } else {

@@ -179,6 +179,12 @@ void registry_set_max_keys(registry_t *reg, size_t max_keys_per_token);
 bool registry_valid_token_name(const char *name, size_t len);
 
 /*
+ * Whether `key` (a full v2 key, cleaned here) is a token's _config
+ * directory or lies below it: the part of a token clients may not write.
+ */
+bool registry_key_in_config(const char *key);
+
+/*
  * Creates token `name` with cluster size `size` (a "set" event of
  * <token>/_config/size). Fails with REG_E_NODE_EXIST if the token exists.
  */

@@ -979,6 +979,24 @@ class DiscoOnlyTest(unittest.TestCase):
         self.assertEqual(st, 201, body)
         return token
 
+
+    def test_config_is_read_only_on_the_token_surface(self):
+        """On /<token>/..., every write under _config is refused with 107
+        (slashes doubled or trailing alike) and the size stays; members can
+        still be written there."""
+        token = self.new_token()
+        for method, path in (("PUT", "_config/size"), ("PUT", "_config//size"),
+                             ("PUT", "_config/"), ("DELETE", "_config/size"),
+                             ("POST", "_config")):
+            st, h, body = harness.http(method, "%s/%s/%s" % (self.base, token, path),
+                                       {"value": "9"})
+            what = "%s /<token>/%s" % (method, path)
+            self.assertEqual(st, 400, "%s: %d %r" % (what, st, body))
+            self.assertEqual(self.etcd_error(st, h, body, what)["errorCode"], 107, what)
+        st, _, body = harness.http("GET", self.url(token, "_config/size"))
+        self.assertEqual((st, json.loads(body)["node"]["value"]), (200, "3"))
+        st, _, body = harness.http("PUT", "%s/%s/m2" % (self.base, token), {"value": "x"})
+        self.assertEqual(st, 201, body)
     def test_write_into_missing_token_is_404_100(self):
         token = secrets.token_hex(16)
         for method, path, form in (("PUT", "m1", {"value": MEMBER1}),

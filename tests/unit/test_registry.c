@@ -1821,6 +1821,20 @@ static void test_old_history_is_fetched_from_the_store(void **state)
     store_close(st);
 }
 
+/* The part of a token clients may not write, whatever the slashes. */
+static void test_key_in_config(void **state)
+{
+    (void)state;
+    assert_true(registry_key_in_config(K("_config")));
+    assert_true(registry_key_in_config(K("_config/")));
+    assert_true(registry_key_in_config(K("_config/size")));
+    assert_true(registry_key_in_config(TOKDIR "//_config//size"));
+    assert_false(registry_key_in_config(K("_configx")));
+    assert_false(registry_key_in_config(K("a/_config")));
+    assert_false(registry_key_in_config(TOKDIR));
+    assert_false(registry_key_in_config("/_config/size"));
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup_token, teardown_registry)
 
 int main(void)
@@ -1861,6 +1875,7 @@ int main(void)
         T(test_raise_index),
         T(test_key_limit_per_token),
         cmocka_unit_test(test_old_history_is_fetched_from_the_store),
+        cmocka_unit_test(test_key_in_config),
         T(test_sweep_tokens),
         cmocka_unit_test(test_free_with_parked_waiters),
         cmocka_unit_test(test_action_names),
