@@ -70,6 +70,16 @@ def wrk(url, seconds, conns=64, script=None, env=None):
     return rps, int(m.group(1)) if m else 0, total
 
 
+def wrk_medians(what, disco_runs, etcd_runs):
+    """Median req/s of each side's wrk runs; a run with any non-2xx answer
+    is a failed benchmark, not a figure."""
+    for name, runs in (("disco", disco_runs), ("etcd", etcd_runs)):
+        if any(r[1] for r in runs):
+            raise RuntimeError("%s answered non-2xx during the %s run: %r" % (name, what, runs))
+    return (statistics.median(r[0] for r in disco_runs),
+            statistics.median(r[0] for r in etcd_runs))
+
+
 def alternate(rounds, run_a, run_b):
     a, b = [], []
     for i in range(rounds):
@@ -160,11 +170,7 @@ def bench_get(servers, rounds, seconds, results):
             ceiling = statistics.median(wrk(nurl + "/", seconds)[0] for _ in range(rounds))
         finally:
             nginx.stop()
-    for name, runs in (("disco", a), ("etcd", b)):
-        if any(r[1] for r in runs):
-            raise RuntimeError("%s answered non-2xx during the GET run: %r" % (name, runs))
-    d = statistics.median(r[0] for r in a)
-    e = statistics.median(r[0] for r in b)
+    d, e = wrk_medians("GET", a, b)
     results.append(("GET 3-member listing, 64 conns (req/s)", d, e, d / e,
                     "nginx ceiling %.0f; disco at %.0f%% of it" % (ceiling, 100 * d / ceiling)
                     if ceiling else "nginx not available"))
@@ -199,11 +205,7 @@ def bench_put(servers, rounds, seconds, results):
 
     a, b = alternate(rounds, lambda i: run(servers.disco_url, i),
                      lambda i: run(servers.etcd_url, i))
-    for name, runs in (("disco", a), ("etcd", b)):
-        if any(r[1] for r in runs):
-            raise RuntimeError("%s answered non-2xx during the PUT run: %r" % (name, runs))
-    d = statistics.median(r[0] for r in a)
-    e = statistics.median(r[0] for r in b)
+    d, e = wrk_medians("PUT", a, b)
     results.append(("durable PUT prevExist=false, 64 conns (req/s)", d, e, d / e,
                     "fresh keys over %d tokens; every 201 fsynced" % tokens))
 
