@@ -90,7 +90,7 @@ struct registry {
     reg_event_t *fetched; /* the last event read back from the store */
 };
 
-/* Events kept in memory once they are durable: enough for members that
+/* Events kept in memory once the store can read them back: enough for members that
  * watch what just happened; older history is read back from the store. */
 #define RECENT_EVENTS 4096
 
@@ -639,19 +639,19 @@ static void ring_drop_front(registry_t *reg)
     reg->ring_len--;
 }
 
-/* Frees durable events beyond the recent window (none without a store:
- * then memory is the only copy). */
-static void ring_trim(registry_t *reg, uint64_t durable)
+/* Frees events beyond the recent window that the store can read back
+ * (none without a store: then memory is the only copy). */
+static void ring_trim(registry_t *reg, uint64_t readable)
 {
     while (reg->store && reg->ring_len > RECENT_EVENTS &&
-           (!reg->ring[reg->ring_head] || reg->ring[reg->ring_head]->index <= durable))
+           (!reg->ring[reg->ring_head] || reg->ring[reg->ring_head]->index <= readable))
         ring_drop_front(reg);
 }
 
 /*
  * Makes room for the event with `index` (above every event held): slots for
  * any skipped indexes (events removed before a replay) stay empty. A long
- * gap past durable events restarts the window. 0 or -ENOMEM.
+ * gap past events the store can read back restarts the window. 0 or -ENOMEM.
  */
 static int ring_reserve(registry_t *reg, uint64_t index)
 {
@@ -659,15 +659,15 @@ static int ring_reserve(registry_t *reg, uint64_t index)
         reg->ring_base = index;
     if (index < reg->ring_base)
         return -EINVAL;
-    uint64_t durable = reg->store ? store_durable_index(reg->store) : 0;
+    uint64_t readable = reg->store ? store_readable_index(reg->store) : 0;
     while (reg->store && reg->ring_len &&
            index - reg->ring_base >= (uint64_t)reg->ring_cap + RECENT_EVENTS &&
-           (!reg->ring[reg->ring_head] || reg->ring[reg->ring_head]->index <= durable))
+           (!reg->ring[reg->ring_head] || reg->ring[reg->ring_head]->index <= readable))
         ring_drop_front(reg);
     if (reg->ring_len == 0)
         reg->ring_base = index;
     if (index - reg->ring_base > ((uint64_t)1 << 32))
-        return -ENOMEM; /* a window that large means durable events are stuck */
+        return -ENOMEM; /* a window that large means the store is stuck */
     size_t need = (size_t)(index - reg->ring_base) + 1;
     if (need > reg->ring_cap) {
         size_t cap = reg->ring_cap ? reg->ring_cap : 64;
@@ -1122,7 +1122,7 @@ static void commit(registry_t *reg, reg_event_t *ev, reg_result_t *out)
     out->index = ev->index;
     out->event = ev;
     notify(reg, t, ev);
-    ring_trim(reg, reg->store ? store_durable_index(reg->store) : 0);
+    ring_trim(reg, reg->store ? store_readable_index(reg->store) : 0);
 }
 
 /* ---- operations --------------------------------------------------------- */
@@ -1590,7 +1590,7 @@ int registry_replay(registry_t *reg, reg_event_t *ev)
     history_append(t, ev->index);
     ring_push(reg, ev);
     reg->index = ev->index;
-    /* Everything replayed is durable: keep only the recent window. */
+    /* Everything replayed came from the store: keep only the recent window. */
     ring_trim(reg, UINT64_MAX);
     return 0;
 }

@@ -11,13 +11,14 @@
  * Implementations:
  *   - store_memory: keeps nothing; for tests, fuzzing and `--data-dir ""`;
  *   - store_lmdb: the embedded default; group commit on a writer thread,
- *     fsync per commit. The HTTP layer holds each answer until the store
- *     reports the index it reflects as durable;
+ *     one fdatasync of a write-ahead log per commit, moved into LMDB in
+ *     bulk. The HTTP layer holds each answer until the store reports the
+ *     index it reflects as durable;
  *   - (planned) an etcd store, where the commit is an etcd transaction.
  *
  * Contract for every implementation: store_append() never blocks the event
- * loop; changes are made durable in index order; store_durable_index() only
- * grows.
+ * loop; changes are made durable in index order; store_durable_index() and
+ * store_readable_index() only grow.
  */
 #ifndef DISCO_STORE_STORE_H
 #define DISCO_STORE_STORE_H
@@ -43,6 +44,10 @@ struct store_ops {
     reg_event_t *(*fetch)(struct store *st, uint64_t index);
     /* The highest index known to be durable. */
     uint64_t (*durable_index)(struct store *st);
+    /* The highest index up to which fetch() finds every event that exists.
+     * It may trail durable_index: a store can make events durable in one
+     * place (a log) before it files them where fetch() reads. */
+    uint64_t (*readable_index)(struct store *st);
     /* A file descriptor that becomes readable when the durable index moves
      * (-1: it never lags), and the call that drains it. */
     int (*notify_fd)(struct store *st);
@@ -80,6 +85,10 @@ static inline reg_event_t *store_fetch(store_t *st, uint64_t index)
 static inline uint64_t store_durable_index(store_t *st)
 {
     return st->ops->durable_index(st);
+}
+static inline uint64_t store_readable_index(store_t *st)
+{
+    return st->ops->readable_index(st);
 }
 static inline int store_notify_fd(store_t *st)
 {

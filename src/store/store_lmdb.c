@@ -1,26 +1,41 @@
 /*
  * store_lmdb.c - the embedded durable store: the registry's event log in
- * LMDB, written by one writer thread with group commit.
+ * LMDB, fed through a write-ahead log by one writer thread.
  *
  * Layout of the data directory:
  *   disco.lock   flock()ed by the running disco; holds its PID
- *   data.mdb     LMDB data: "meta" (format, last_index) and "events"
- *                (8-byte big-endian index -> codec record)
+ *   disco.wal    the write-ahead log (wal.h), preallocated
+ *   data.mdb     LMDB data: "meta" (format, last_index, wal_gen) and
+ *                "events" (8-byte big-endian index -> codec record)
  *   lock.mdb     LMDB's reader table
  *
- * Durability: the event loop thread encodes each event and queues it; the
- * writer takes everything queued, writes it in one transaction and commits
- * (LMDB fsyncs the data file before the commit returns). Only then does it
- * publish the new durable index and wake the loop through an eventfd; the
- * loop releases the answers that waited for it. So a 2xx leaves only after
- * its change is on disk, and many concurrent writes share one fsync.
+ * Durability: the event loop thread encodes each event and queues it. The
+ * writer takes everything queued, writes it as one frame of the log and
+ * fdatasyncs it: one synchronous write per batch, however many writes it
+ * holds. Only then does it publish the new durable index and wake the loop
+ * through an eventfd; the loop releases the answers that waited for it. So
+ * a 2xx leaves only after its change is on disk.
+ *
+ * Checkpoints: every CHECKPOINT_MS (or when the log is half full) the writer
+ * files everything logged since the last checkpoint into LMDB in one
+ * transaction, which also records the log's next generation. Once that
+ * commit is durable the log restarts under that generation, which makes the
+ * old frames dead. At startup, frames of the generation LMDB names are
+ * applied to LMDB before anything is read: they are exactly the writes
+ * acknowledged since the last checkpoint. Applying a frame twice is
+ * harmless (a put writes the same record under the same index, a removal
+ * deletes what may already be gone), so a crash at any point loses nothing
+ * that was acknowledged. A batch too large for the log, or a log that
+ * cannot be written, goes straight into LMDB (LMDB syncs its own commit).
  *
  * Space: LMDB fails a transaction when its map or the disk is full. A
  * failed commit cannot be taken back from the in-memory registry, so disco
  * refuses new writes early instead: the writer measures free space after
- * every commit (and every second when idle) and store_writable() says no
- * while less than a safety reserve is left. If a commit fails anyway, the
- * writer keeps the batch and retries every second; nothing is dropped.
+ * every checkpoint (and every second when idle) and store_writable() says
+ * no while less than a safety reserve is left, counting what is logged but
+ * not yet in LMDB. If a checkpoint fails anyway, logged writes stay in the
+ * log (durable) and the checkpoint is retried every second; a batch that
+ * fits nowhere is kept and retried. Nothing is dropped.
  */
 #include <dirent.h>
 #include <endian.h>
@@ -43,12 +58,14 @@
 
 #include "store/codec.h"
 #include "store/store.h"
+#include "store/wal.h"
 #include "util/buf.h"
 #include "util/log.h"
 #include "util/timeutil.h"
 
 #define FORMAT_TAG "disco-registry-1"
 #define LOCK_FILE "disco.lock"
+#define WAL_FILE "disco.wal"
 /* Refuse writes when less than this is free (map or disk), plus twice
  * what is queued: room for the copy-on-write pages of the next commits. */
 #define RESERVE_MIN_BYTES ((size_t)512 * 1024)
@@ -57,6 +74,13 @@
 /* Free space is measured after a commit at most this often (and every
  * second when idle): the measure walks LMDB's freelist and calls statvfs. */
 #define MEASURE_EVERY_MS 100
+/* The log is a sixteenth of the map, within these bounds. */
+#define WAL_MIN_BYTES ((size_t)256 * 1024)
+#define WAL_MAX_BYTES ((size_t)64 << 20)
+/* Logged writes move into LMDB at least this often. Longer means fewer,
+ * larger LMDB commits; the events not yet there stay in the registry's
+ * memory (store_readable_index), and startup replays at most this much. */
+#define CHECKPOINT_MS 250
 
 typedef struct op {
     struct op *next;
@@ -65,7 +89,24 @@ typedef struct op {
     buf_t record;      /* put: the encoded event */
     uint64_t *indexes; /* removal: the token's event indexes */
     size_t n_indexes;
+    size_t bytes; /* what it adds to queued_bytes */
 } op_t;
+
+/* The writer thread's own state. */
+typedef struct writer {
+    wal_t *wal;
+    uint64_t wal_gen;      /* generation of the frames being written */
+    op_t *logged;          /* in the log, not yet in LMDB, in order */
+    op_t **logged_tail;    /* where the next logged batch goes */
+    uint64_t logged_max;   /* highest index among them */
+    uint64_t logged_since; /* time_mono_ms() of the first of them */
+    op_t *retry;           /* a batch that is neither logged nor in LMDB */
+    uint64_t dropped_max;  /* puts of wr->retry dropped with their token */
+    uint64_t next_try_ms;  /* no commit attempt before this after a failure */
+    uint64_t last_measure_ms;
+    bool wal_failing; /* the last log write failed (logged once) */
+    buf_t frame;
+} writer_t;
 
 typedef struct lmdb_store {
     store_t base;
@@ -77,14 +118,16 @@ typedef struct lmdb_store {
     MDB_txn *read_txn; /* loop thread: a reset read transaction for fetch */
     size_t map_bytes;
     size_t page_bytes;
+    writer_t wr;
     /* shared with the writer thread, under `mu` */
     pthread_mutex_t mu;
     pthread_cond_t cv;
     op_t *head, *tail;
-    size_t queued_bytes;
+    size_t queued_bytes; /* queued, logged or being retried: not in LMDB yet */
     bool stopping;
     /* published by the writer */
     _Atomic uint64_t durable_index;
+    _Atomic uint64_t readable_index;
     _Atomic size_t free_bytes;
     _Atomic bool commit_failing;
     bool full; /* loop thread only: writes refused until room is back */
@@ -97,6 +140,23 @@ static void op_free(op_t *op)
     buf_free(&op->record);
     free(op->indexes);
     free(op);
+}
+
+static void ops_free(op_t *ops)
+{
+    while (ops) {
+        op_t *next = ops->next;
+        op_free(ops);
+        ops = next;
+    }
+}
+
+static size_t ops_bytes(const op_t *ops)
+{
+    size_t n = 0;
+    for (; ops; ops = ops->next)
+        n += ops->bytes;
+    return n;
 }
 
 static void index_key(uint64_t index, unsigned char out[8])
@@ -147,44 +207,84 @@ static size_t reserve_bytes(const lmdb_store_t *ls, size_t queued)
     return RESERVE_MIN_BYTES + ls->map_bytes / RESERVE_MAP_FRACTION + 2 * queued;
 }
 
-/* ---- the writer thread -------------------------------------------------- */
+/* ---- LMDB records ------------------------------------------------------- */
 
-static int write_batch(lmdb_store_t *ls, op_t *batch, uint64_t *max_index)
+static int put_event(MDB_txn *txn, MDB_dbi dbi, uint64_t index, const void *rec, size_t len)
+{
+    unsigned char kb[8];
+    index_key(index, kb);
+    MDB_val k = {8, kb}, v = {len, (void *)rec};
+    return mdb_put(txn, dbi, &k, &v, 0);
+}
+
+/* Deleting what is already gone is fine: removals may be applied twice. */
+static int del_event(MDB_txn *txn, MDB_dbi dbi, uint64_t index)
+{
+    unsigned char kb[8];
+    index_key(index, kb);
+    MDB_val k = {8, kb};
+    int rc = mdb_del(txn, dbi, &k, NULL);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+/* A big-endian u64 under `name` in meta; 0 when absent. */
+static uint64_t get_meta_u64(MDB_txn *txn, MDB_dbi dbi, const char *name)
+{
+    MDB_val k = {strlen(name), (void *)name}, v;
+    uint64_t be = 0;
+    if (mdb_get(txn, dbi, &k, &v) == 0 && v.mv_size == 8)
+        memcpy(&be, v.mv_data, 8);
+    return be64toh(be);
+}
+
+static int put_meta_u64(MDB_txn *txn, MDB_dbi dbi, const char *name, uint64_t value)
+{
+    unsigned char vb[8];
+    index_key(value, vb);
+    MDB_val k = {strlen(name), (void *)name}, v = {8, vb};
+    return mdb_put(txn, dbi, &k, &v, 0);
+}
+
+/* Keeps meta's last_index at least `index`: indexes never repeat, even
+ * after the events that used them are removed. */
+static int raise_last_index(lmdb_store_t *ls, MDB_txn *txn, uint64_t index)
+{
+    if (index <= get_meta_u64(txn, ls->dbi_meta, "last_index"))
+        return 0;
+    return put_meta_u64(txn, ls->dbi_meta, "last_index", index);
+}
+
+/*
+ * Writes `ops` into LMDB in one transaction and commits it (LMDB syncs
+ * before returning). With `wal_gen` not 0, the same commit records it as
+ * the log's next generation. *max_index is the highest index put.
+ */
+static int write_batch(lmdb_store_t *ls, const op_t *ops, uint64_t wal_gen, uint64_t *max_index)
 {
     MDB_txn *txn;
     int rc = mdb_txn_begin(ls->env, NULL, 0, &txn);
     if (rc != 0)
         return rc;
     *max_index = 0;
-    for (op_t *op = batch; op && rc == 0; op = op->next) {
-        unsigned char kb[8];
-        MDB_val k = {8, kb};
+    for (const op_t *op = ops; op && rc == 0; op = op->next) {
         if (op->is_removal) {
-            for (size_t i = 0; i < op->n_indexes && rc == 0; i++) {
-                index_key(op->indexes[i], kb);
-                rc = mdb_del(txn, ls->dbi_events, &k, NULL);
-                if (rc == MDB_NOTFOUND)
-                    rc = 0;
-            }
+            for (size_t i = 0; i < op->n_indexes && rc == 0; i++)
+                rc = del_event(txn, ls->dbi_events, op->indexes[i]);
         } else {
-            index_key(op->index, kb);
-            MDB_val v = {op->record.len, op->record.data};
-            rc = mdb_put(txn, ls->dbi_events, &k, &v, 0);
+            rc = put_event(txn, ls->dbi_events, op->index, op->record.data, op->record.len);
             if (op->index > *max_index)
                 *max_index = op->index;
         }
     }
-    if (rc == 0 && *max_index) {
-        unsigned char vb[8];
-        index_key(*max_index, vb);
-        MDB_val k = {10, "last_index"}, v = {8, vb};
-        rc = mdb_put(txn, ls->dbi_meta, &k, &v, 0);
-    }
+    if (rc == 0)
+        rc = raise_last_index(ls, txn, *max_index);
+    if (rc == 0 && wal_gen)
+        rc = put_meta_u64(txn, ls->dbi_meta, "wal_gen", wal_gen);
     if (rc != 0) {
         mdb_txn_abort(txn);
         return rc;
     }
-    return mdb_txn_commit(txn); /* fsyncs */
+    return mdb_txn_commit(txn);
 }
 
 /* Keys deleted per transaction when removals must make room on their own. */
@@ -199,15 +299,15 @@ static bool covers(const op_t *removal, uint64_t index)
 }
 
 /*
- * After a batch failed with a full map: commits its token removals on their
- * own, a few keys per transaction (deleting copies B-tree pages too, so one
- * big removal may not fit either), and drops the puts of events that a
- * committed removal covers (their token is gone). Returns what is left to
- * retry; *dropped_max is raised to the highest index dropped.
+ * After a commit failed with a full map: commits the token removals in
+ * `ops` on their own, a few keys per transaction (deleting copies B-tree
+ * pages too, so one big removal may not fit either), and drops the puts of
+ * events that a committed removal covers (their token is gone). Returns
+ * what is left; *dropped_max is raised to the highest index dropped.
  */
-static op_t *commit_removals_first(lmdb_store_t *ls, op_t *batch, uint64_t *dropped_max)
+static op_t *commit_removals_first(lmdb_store_t *ls, op_t *ops, uint64_t *dropped_max)
 {
-    for (op_t *op = batch; op; op = op->next) {
+    for (op_t *op = ops; op; op = op->next) {
         if (!op->is_removal)
             continue;
         bool ok = true;
@@ -218,14 +318,8 @@ static op_t *commit_removals_first(lmdb_store_t *ls, op_t *batch, uint64_t *drop
                 break;
             }
             int rc = 0;
-            for (size_t j = i; rc == 0 && j < op->n_indexes && j < i + REMOVAL_CHUNK_KEYS; j++) {
-                unsigned char kb[8];
-                MDB_val k = {8, kb};
-                index_key(op->indexes[j], kb);
-                rc = mdb_del(txn, ls->dbi_events, &k, NULL);
-                if (rc == MDB_NOTFOUND)
-                    rc = 0;
-            }
+            for (size_t j = i; rc == 0 && j < op->n_indexes && j < i + REMOVAL_CHUNK_KEYS; j++)
+                rc = del_event(txn, ls->dbi_events, op->indexes[j]);
             if (rc == 0)
                 rc = mdb_txn_commit(txn);
             else
@@ -233,27 +327,27 @@ static op_t *commit_removals_first(lmdb_store_t *ls, op_t *batch, uint64_t *drop
             ok = rc == 0;
         }
         if (ok)
-            op->index = UINT64_MAX; /* mark: committed (deletes are idempotent) */
+            op->index = UINT64_MAX; /* mark: committed */
     }
     /* Rebuild the list without committed removals and the puts they cover. */
     size_t n = 0;
-    for (op_t *op = batch; op; op = op->next)
+    for (op_t *op = ops; op; op = op->next)
         n++;
-    op_t **ops = malloc(n * sizeof *ops);
-    if (!ops)
-        return batch; /* everything is retried; deleting twice is harmless */
+    op_t **all = malloc(n * sizeof *all);
+    if (!all)
+        return ops; /* everything is retried; deleting twice is harmless */
     n = 0;
-    for (op_t *op = batch; op; op = op->next)
-        ops[n++] = op;
+    for (op_t *op = ops; op; op = op->next)
+        all[n++] = op;
     op_t *keep = NULL, **tail = &keep;
     for (size_t i = 0; i < n; i++) {
-        op_t *op = ops[i];
+        op_t *op = all[i];
         bool drop = op->is_removal && op->index == UINT64_MAX;
         for (size_t j = 0; !drop && !op->is_removal && j < n; j++)
-            drop = ops[j]->is_removal && ops[j]->index == UINT64_MAX && covers(ops[j], op->index);
+            drop = all[j]->is_removal && all[j]->index == UINT64_MAX && covers(all[j], op->index);
         if (drop && !op->is_removal && op->index > *dropped_max)
             *dropped_max = op->index;
-        ops[i] = drop ? op : NULL; /* what remains in ops[] is freed below */
+        all[i] = drop ? op : NULL; /* what remains in all[] is freed below */
         if (!drop) {
             *tail = op;
             tail = &op->next;
@@ -261,11 +355,100 @@ static op_t *commit_removals_first(lmdb_store_t *ls, op_t *batch, uint64_t *drop
     }
     *tail = NULL;
     for (size_t i = 0; i < n; i++)
-        if (ops[i])
-            op_free(ops[i]);
-    free(ops);
+        if (all[i])
+            op_free(all[i]);
+    free(all);
     return keep;
 }
+
+/* ---- log frames ----------------------------------------------------------- */
+
+/*
+ * A frame's payload is the batch's ops in order, little-endian:
+ *   'P' u64 index, u32 length, the codec record     (a put)
+ *   'R' u32 count, count x u64 index                 (a token removal)
+ */
+static void put_le(buf_t *b, uint64_t v, int bytes)
+{
+    unsigned char x[8];
+    for (int i = 0; i < bytes; i++)
+        x[i] = (unsigned char)(v >> (8 * i));
+    buf_append(b, x, (size_t)bytes);
+}
+
+static uint64_t get_le(const unsigned char *p, int bytes)
+{
+    uint64_t v = 0;
+    for (int i = bytes - 1; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}
+
+static void encode_ops(buf_t *out, const op_t *ops)
+{
+    for (const op_t *op = ops; op; op = op->next) {
+        if (op->is_removal) {
+            buf_putc(out, 'R');
+            put_le(out, op->n_indexes, 4);
+            for (size_t i = 0; i < op->n_indexes; i++)
+                put_le(out, op->indexes[i], 8);
+        } else {
+            buf_putc(out, 'P');
+            put_le(out, op->index, 8);
+            put_le(out, op->record.len, 4);
+            buf_append(out, op->record.data, op->record.len);
+        }
+    }
+}
+
+/* Startup: applies logged frames to one LMDB transaction. */
+typedef struct replay {
+    lmdb_store_t *ls;
+    MDB_txn *txn;
+    int mdb_rc; /* the LMDB error that stopped it, if any */
+    uint64_t max_index;
+    size_t frames, ops;
+} replay_t;
+
+static int apply_frame(void *ctx, const unsigned char *p, size_t len)
+{
+    replay_t *r = ctx;
+    const unsigned char *end = p + len;
+    while (p < end) {
+        int rc;
+        unsigned char tag = *p++;
+        if (tag == 'P' && end - p >= 12) {
+            uint64_t index = get_le(p, 8);
+            size_t n = (size_t)get_le(p + 8, 4);
+            p += 12;
+            if ((size_t)(end - p) < n)
+                return -EINVAL;
+            rc = put_event(r->txn, r->ls->dbi_events, index, p, n);
+            p += n;
+            if (index > r->max_index)
+                r->max_index = index;
+        } else if (tag == 'R' && end - p >= 4) {
+            size_t n = (size_t)get_le(p, 4);
+            p += 4;
+            if ((size_t)(end - p) / 8 < n)
+                return -EINVAL;
+            rc = 0;
+            for (size_t i = 0; i < n && rc == 0; i++, p += 8)
+                rc = del_event(r->txn, r->ls->dbi_events, get_le(p, 8));
+        } else {
+            return -EINVAL;
+        }
+        if (rc != 0) {
+            r->mdb_rc = rc;
+            return 1;
+        }
+        r->ops++;
+    }
+    r->frames++;
+    return 0;
+}
+
+/* ---- the writer thread -------------------------------------------------- */
 
 static void wake_loop(lmdb_store_t *ls)
 {
@@ -274,117 +457,248 @@ static void wake_loop(lmdb_store_t *ls)
     (void)n; /* a full counter still wakes the loop */
 }
 
-static void *writer_main(void *arg)
+static void raise_atomic(_Atomic uint64_t *v, uint64_t to)
 {
-    lmdb_store_t *ls = arg;
-    uint64_t last_measure_ms = 0;
-    op_t *retry = NULL; /* a batch whose commit failed */
-    size_t retry_bytes = 0;
-    uint64_t dropped_max = 0; /* highest index of puts dropped with their token */
-    pthread_mutex_lock(&ls->mu);
-    for (;;) {
-        while (!ls->head && !retry && !ls->stopping) {
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_sec += 1;
-            if (pthread_cond_timedwait(&ls->cv, &ls->mu, &ts) == ETIMEDOUT) {
-                pthread_mutex_unlock(&ls->mu);
-                atomic_store(&ls->free_bytes, measure_free(ls)); /* space may be back */
-                pthread_mutex_lock(&ls->mu);
-            }
-        }
-        if (ls->stopping && !ls->head && !retry)
-            break;
-        /* Take everything queued, after a batch that is being retried. */
-        op_t *batch = retry, *taken = ls->head;
-        size_t taken_bytes = ls->queued_bytes;
-        ls->head = ls->tail = NULL;
-        if (batch) {
-            op_t *t = batch;
-            while (t->next)
-                t = t->next;
-            t->next = taken;
-        } else {
-            batch = taken;
-        }
-        bool stopping = ls->stopping;
-        pthread_mutex_unlock(&ls->mu);
+    if (to > atomic_load(v))
+        atomic_store(v, to);
+}
 
-        uint64_t max_index = 0;
-        int rc = batch ? write_batch(ls, batch, &max_index) : 0;
+/* Everything up to `index` is durable: answers waiting for it may go. */
+static void publish_durable(lmdb_store_t *ls, uint64_t index)
+{
+    raise_atomic(&ls->durable_index, index);
+    wake_loop(ls);
+}
+
+/* `bytes` of ops left the queue's account (they are in LMDB or dropped). */
+static void release_bytes(lmdb_store_t *ls, size_t bytes)
+{
+    pthread_mutex_lock(&ls->mu);
+    ls->queued_bytes -= bytes;
+    pthread_mutex_unlock(&ls->mu);
+}
+
+/* After a commit of `bytes` of records: exact near the limit, estimated
+ * when there is plenty of room. */
+static void update_free(lmdb_store_t *ls, size_t bytes)
+{
+    writer_t *wr = &ls->wr;
+    if (time_mono_ms() - wr->last_measure_ms >= MEASURE_EVERY_MS ||
+        atomic_load(&ls->free_bytes) < 4 * reserve_bytes(ls, 0)) {
+        atomic_store(&ls->free_bytes, measure_free(ls));
+        wr->last_measure_ms = time_mono_ms();
+    } else {
+        /* Until the next measure, count what this commit used (its records
+         * and the copied pages) so the estimate never lags behind a burst. */
+        size_t used = 2 * bytes + ls->page_bytes;
+        size_t before = atomic_load(&ls->free_bytes);
+        atomic_store(&ls->free_bytes, before > used ? before - used : 0);
+    }
+}
+
+static void note_failure(lmdb_store_t *ls, const char *what, const char *why)
+{
+    writer_t *wr = &ls->wr;
+    if (!atomic_load(&ls->commit_failing))
+        log_error("store: %s in %s: %s; writes are refused and it is retried every second", what,
+                  ls->dir, why);
+    atomic_store(&ls->commit_failing, true);
+    wr->next_try_ms = time_mono_ms() + RETRY_MS;
+}
+
+/*
+ * Files everything logged into LMDB with one commit that also moves the log
+ * to its next generation, then restarts the log. On a full map, commits the
+ * removals among them first and tries once more. true when done.
+ */
+static bool checkpoint(lmdb_store_t *ls)
+{
+    writer_t *wr = &ls->wr;
+    for (int attempt = 0; wr->logged && attempt < 2; attempt++) {
+        uint64_t max_index;
+        int rc = write_batch(ls, wr->logged, wr->wal_gen + 1, &max_index);
         if (rc == 0) {
-            if (atomic_load(&ls->commit_failing))
-                log_info("store: commits work again in %s", ls->dir);
-            atomic_store(&ls->commit_failing, false);
-            while (batch) {
-                op_t *next = batch->next;
-                op_free(batch);
-                batch = next;
+            wal_restart(wr->wal, ++wr->wal_gen);
+            size_t bytes = ops_bytes(wr->logged);
+            ops_free(wr->logged);
+            wr->logged = NULL;
+            raise_atomic(&ls->readable_index, wr->logged_max);
+            release_bytes(ls, bytes);
+            update_free(ls, bytes);
+            return true;
+        }
+        note_failure(ls, "moving logged writes into LMDB failed", mdb_strerror(rc));
+        if (rc != MDB_MAP_FULL)
+            break;
+        /* The puts dropped here were logged, so already acknowledged. */
+        uint64_t dropped = 0;
+        size_t before = ops_bytes(wr->logged);
+        wr->logged = commit_removals_first(ls, wr->logged, &dropped);
+        release_bytes(ls, before - ops_bytes(wr->logged));
+        for (wr->logged_tail = &wr->logged; *wr->logged_tail;)
+            wr->logged_tail = &(*wr->logged_tail)->next;
+    }
+    atomic_store(&ls->free_bytes, measure_free(ls));
+    return wr->logged == NULL;
+}
+
+/*
+ * Makes `batch` durable: as one log frame, or straight into LMDB when it
+ * cannot be logged (larger than the log, or the log fails). When neither
+ * works the batch waits in wr->retry, in front of everything queued.
+ */
+static void keep_batch(lmdb_store_t *ls, op_t *batch)
+{
+    writer_t *wr = &ls->wr;
+    uint64_t max_index = 0;
+    for (const op_t *op = batch; op; op = op->next)
+        if (!op->is_removal && op->index > max_index)
+            max_index = op->index;
+    buf_reset(&wr->frame);
+    encode_ops(&wr->frame, batch);
+    size_t len = wr->frame.len;
+    bool loggable = !buf_failed(&wr->frame) && len <= wal_capacity(wr->wal);
+    if (loggable && len > wal_room(wr->wal))
+        checkpoint(ls); /* makes room when it works */
+    if (loggable && len <= wal_room(wr->wal)) {
+        int rc = wal_append(wr->wal, wr->frame.data, len);
+        if (rc == 0 && wr->wal_failing) {
+            wr->wal_failing = false;
+            log_info("store: %s/" WAL_FILE " can be written again", ls->dir);
+        }
+        if (rc == 0) {
+            if (!wr->logged) {
+                wr->logged_since = time_mono_ms();
+                wr->logged_tail = &wr->logged;
             }
-            if (dropped_max > max_index)
-                max_index = dropped_max;
-            dropped_max = 0;
-            if (max_index)
-                atomic_store(&ls->durable_index, max_index);
-            retry = NULL;
-            wake_loop(ls);
-            /* Exact near the limit, estimated when there is plenty of room. */
-            if (time_mono_ms() - last_measure_ms >= MEASURE_EVERY_MS ||
-                atomic_load(&ls->free_bytes) < 4 * reserve_bytes(ls, 0)) {
-                atomic_store(&ls->free_bytes, measure_free(ls));
-                last_measure_ms = time_mono_ms();
-            } else {
-                /* Until the next measure, count what this commit used (its
-                 * records and the copied pages) so the estimate never lags
-                 * behind a burst of writes. */
-                size_t used = 2 * (taken_bytes + retry_bytes) + ls->page_bytes;
-                size_t before = atomic_load(&ls->free_bytes);
-                atomic_store(&ls->free_bytes, before > used ? before - used : 0);
-            }
-            pthread_mutex_lock(&ls->mu);
-            ls->queued_bytes -= taken_bytes + retry_bytes;
-            retry_bytes = 0;
-        } else {
-            if (!atomic_load(&ls->commit_failing))
-                log_error("store: commit failed in %s: %s; writes are refused and the batch is "
-                          "retried every second",
-                          ls->dir, mdb_strerror(rc));
-            atomic_store(&ls->commit_failing, true);
-            if (rc == MDB_MAP_FULL)
-                batch = commit_removals_first(ls, batch, &dropped_max);
+            *wr->logged_tail = batch;
+            while (*wr->logged_tail)
+                wr->logged_tail = &(*wr->logged_tail)->next;
+            if (max_index > wr->logged_max)
+                wr->logged_max = max_index;
+            publish_durable(ls, max_index);
+            return;
+        }
+        if (!wr->wal_failing)
+            log_warn("store: cannot write %s/" WAL_FILE ": %s; committing to LMDB directly",
+                     ls->dir, strerror(-rc));
+        wr->wal_failing = true;
+    }
+    /* Straight into LMDB, after what is logged: order matters. */
+    if (wr->logged && !checkpoint(ls)) {
+        wr->retry = batch;
+        return;
+    }
+    uint64_t committed_max;
+    int rc = write_batch(ls, batch, 0, &committed_max);
+    if (rc == 0) {
+        size_t bytes = ops_bytes(batch);
+        ops_free(batch);
+        raise_atomic(&ls->readable_index, committed_max);
+        publish_durable(ls, committed_max > wr->dropped_max ? committed_max : wr->dropped_max);
+        wr->dropped_max = 0;
+        release_bytes(ls, bytes);
+        update_free(ls, bytes);
+        wr->retry = NULL;
+        return;
+    }
+    note_failure(ls, "a commit failed", mdb_strerror(rc));
+    if (rc == MDB_MAP_FULL) {
+        /* Dropped puts are not durable, and earlier ones in the batch may
+         * not be either: they are published once the rest is committed. */
+        size_t before = ops_bytes(batch);
+        batch = commit_removals_first(ls, batch, &wr->dropped_max);
+        release_bytes(ls, before - ops_bytes(batch));
+        if (!batch) {
+            publish_durable(ls, wr->dropped_max);
+            wr->dropped_max = 0;
+        }
+    }
+    atomic_store(&ls->free_bytes, measure_free(ls));
+    wr->retry = batch;
+}
+
+static bool checkpoint_due(const writer_t *wr, uint64_t now)
+{
+    return wr->logged && now >= wr->next_try_ms &&
+           (now - wr->logged_since >= CHECKPOINT_MS ||
+            wal_room(wr->wal) < wal_capacity(wr->wal) / 2);
+}
+
+/* With `mu` held: waits until there is something to do. Measures free
+ * space when idle for a second: room may come back from outside. */
+static void wait_for_work(lmdb_store_t *ls)
+{
+    writer_t *wr = &ls->wr;
+    for (;;) {
+        uint64_t now = time_mono_ms();
+        if (ls->stopping || (ls->head && !wr->retry) || checkpoint_due(wr, now) ||
+            (wr->retry && now >= wr->next_try_ms))
+            return;
+        uint64_t wake = now + 1000;
+        if (wr->retry && wr->next_try_ms < wake)
+            wake = wr->next_try_ms;
+        if (wr->logged) {
+            uint64_t at = wr->logged_since + CHECKPOINT_MS;
+            at = at > wr->next_try_ms ? at : wr->next_try_ms;
+            wake = at < wake ? at : wake;
+        }
+        struct timespec ts = {(time_t)(wake / 1000), (long)(wake % 1000) * 1000000L};
+        if (pthread_cond_timedwait(&ls->cv, &ls->mu, &ts) == ETIMEDOUT && !ls->head &&
+            !wr->logged && !wr->retry) {
+            pthread_mutex_unlock(&ls->mu);
             atomic_store(&ls->free_bytes, measure_free(ls));
-            retry = batch;
-            retry_bytes += taken_bytes;
-            if (!retry) {
-                /* The removals were all there was, and they are committed:
-                 * every op taken so far is resolved. */
-                if (dropped_max > atomic_load(&ls->durable_index))
-                    atomic_store(&ls->durable_index, dropped_max);
-                dropped_max = 0;
-                atomic_store(&ls->commit_failing, false);
-                log_info("store: removals made room in %s", ls->dir);
-                wake_loop(ls);
-                pthread_mutex_lock(&ls->mu);
-                ls->queued_bytes -= retry_bytes;
-                retry_bytes = 0;
-                continue; /* with the lock held, as the loop expects */
-            }
-            if (stopping) {
-                log_error("store: stopping with %zu bytes not committed", retry_bytes);
-                while (retry) {
-                    op_t *next = retry->next;
-                    op_free(retry);
-                    retry = next;
-                }
-                pthread_mutex_lock(&ls->mu);
-                break;
-            }
-            struct timespec ts = {RETRY_MS / 1000, (RETRY_MS % 1000) * 1000000L};
-            nanosleep(&ts, NULL);
             pthread_mutex_lock(&ls->mu);
         }
     }
-    pthread_mutex_unlock(&ls->mu);
+}
+
+static void *writer_main(void *arg)
+{
+    lmdb_store_t *ls = arg;
+    writer_t *wr = &ls->wr;
+    for (;;) {
+        pthread_mutex_lock(&ls->mu);
+        wait_for_work(ls);
+        bool stopping = ls->stopping;
+        op_t *batch = NULL;
+        if (!wr->retry) { /* a batch being retried goes first, alone */
+            batch = ls->head;
+            ls->head = ls->tail = NULL;
+        }
+        pthread_mutex_unlock(&ls->mu);
+
+        uint64_t now = time_mono_ms();
+        if (wr->retry && (stopping || now >= wr->next_try_ms)) {
+            batch = wr->retry;
+            wr->retry = NULL;
+        }
+        if (batch)
+            keep_batch(ls, batch);
+        if (wr->logged && (stopping || checkpoint_due(wr, now)))
+            checkpoint(ls);
+        if (!wr->retry && !wr->logged && atomic_load(&ls->commit_failing)) {
+            atomic_store(&ls->commit_failing, false);
+            log_info("store: commits work again in %s", ls->dir);
+        }
+        if (stopping) {
+            pthread_mutex_lock(&ls->mu);
+            bool more = ls->head && !wr->retry;
+            pthread_mutex_unlock(&ls->mu);
+            if (!more)
+                break;
+        }
+    }
+    if (wr->retry) {
+        log_error("store: stopping with %zu bytes not committed (never acknowledged)",
+                  ops_bytes(wr->retry));
+        ops_free(wr->retry);
+        wr->retry = NULL;
+    }
+    if (wr->logged)
+        log_warn("store: stopping with writes only in %s/" WAL_FILE
+                 "; they move into LMDB at the next start",
+                 ls->dir);
     return NULL;
 }
 
@@ -392,6 +706,7 @@ static void *writer_main(void *arg)
 
 static void enqueue(lmdb_store_t *ls, op_t *op, size_t bytes)
 {
+    op->bytes = bytes;
     pthread_mutex_lock(&ls->mu);
     if (ls->tail)
         ls->tail->next = op;
@@ -461,6 +776,11 @@ static uint64_t lmdb_durable_index(store_t *st)
     return atomic_load(&((lmdb_store_t *)st)->durable_index);
 }
 
+static uint64_t lmdb_readable_index(store_t *st)
+{
+    return atomic_load(&((lmdb_store_t *)st)->readable_index);
+}
+
 static int lmdb_notify_fd(store_t *st)
 {
     return ((lmdb_store_t *)st)->event_fd;
@@ -506,11 +826,11 @@ static void lmdb_close(store_t *st)
         pthread_mutex_unlock(&ls->mu);
         pthread_join(ls->writer, NULL);
     }
-    while (ls->head) {
-        op_t *next = ls->head->next;
-        op_free(ls->head);
-        ls->head = next;
-    }
+    ops_free(ls->head);
+    ops_free(ls->wr.logged); /* still in the log when their checkpoint failed */
+    ops_free(ls->wr.retry);
+    wal_close(ls->wr.wal);
+    buf_free(&ls->wr.frame);
     if (ls->read_txn)
         mdb_txn_abort(ls->read_txn);
     if (ls->env)
@@ -595,12 +915,8 @@ static int lmdb_load(store_t *st, registry_t *reg, char *err)
         result = -1;
     }
     mdb_cursor_close(cur);
-    MDB_val lk = {10, "last_index"}, lv;
-    if (result == 0 && mdb_get(txn, ls->dbi_meta, &lk, &lv) == 0 && lv.mv_size == 8) {
-        uint64_t last;
-        memcpy(&last, lv.mv_data, 8);
-        registry_raise_index(reg, be64toh(last));
-    }
+    if (result == 0)
+        registry_raise_index(reg, get_meta_u64(txn, ls->dbi_meta, "last_index"));
     mdb_txn_abort(txn);
     if (result == 0) {
         /* Replay touched every page of the map; they are a read-only shared
@@ -608,6 +924,7 @@ static int lmdb_load(store_t *st, registry_t *reg, char *err)
          * (they stay in the page cache and fault back in when read). */
         release_map_pages(ls);
         atomic_store(&ls->durable_index, registry_index(reg));
+        atomic_store(&ls->readable_index, registry_index(reg));
         log_info("store: loaded %zu events, %zu tokens, index %llu from %s", n,
                  registry_token_count(reg), (unsigned long long)registry_index(reg), ls->dir);
     }
@@ -620,6 +937,7 @@ static const struct store_ops lmdb_ops = {
     .remove_token = lmdb_remove_token,
     .fetch = lmdb_fetch,
     .durable_index = lmdb_durable_index,
+    .readable_index = lmdb_readable_index,
     .notify_fd = lmdb_notify_fd,
     .drain_notify = lmdb_drain_notify,
     .writable = lmdb_writable,
@@ -684,7 +1002,8 @@ static bool dir_is_fresh(const char *dir, bool *has_data)
             continue;
         if (strcmp(e->d_name, "data.mdb") == 0)
             *has_data = true;
-        else if (strcmp(e->d_name, "lock.mdb") != 0)
+        else if (strcmp(e->d_name, "lock.mdb") != 0 && strcmp(e->d_name, WAL_FILE) != 0 &&
+                 strcmp(e->d_name, WAL_FILE ".new") != 0)
             fresh = false;
     }
     closedir(d);
@@ -745,6 +1064,59 @@ static int open_env(lmdb_store_t *ls, bool has_data, char *err)
     return 0;
 }
 
+/*
+ * Opens the write-ahead log (creating it on first use) and moves what it
+ * holds into LMDB: the frames of the generation LMDB names are the writes
+ * acknowledged after the last checkpoint. The same commit moves the log to
+ * a generation never used before, so no frame is ever applied after a
+ * newer state, whatever is left in the file.
+ */
+static int open_log(lmdb_store_t *ls, char *err)
+{
+    writer_t *wr = &ls->wr;
+    size_t bytes = ls->map_bytes / 16;
+    bytes = bytes < WAL_MIN_BYTES ? WAL_MIN_BYTES : bytes > WAL_MAX_BYTES ? WAL_MAX_BYTES : bytes;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/" WAL_FILE, ls->dir);
+    wr->wal = wal_open(path, bytes, err);
+    if (!wr->wal)
+        return -1;
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(ls->env, NULL, 0, &txn);
+    if (rc != 0) {
+        snprintf(err, 256, "cannot open the store in %s: %s", ls->dir, mdb_strerror(rc));
+        return -1;
+    }
+    uint64_t gen = get_meta_u64(txn, ls->dbi_meta, "wal_gen");
+    replay_t r = {.ls = ls, .txn = txn};
+    int wrc = wal_replay(wr->wal, gen, apply_frame, &r);
+    rc = r.mdb_rc;
+    if (wrc == 0 && rc == 0)
+        rc = raise_last_index(ls, txn, r.max_index);
+    if (wrc == 0 && rc == 0)
+        rc = put_meta_u64(txn, ls->dbi_meta, "wal_gen", gen + 1);
+    if (wrc == 0 && rc == 0)
+        rc = mdb_txn_commit(txn);
+    else
+        mdb_txn_abort(txn);
+    if (wrc < 0) {
+        snprintf(err, 256, "cannot apply %.150s: %s", path,
+                 wrc == -EINVAL ? "a frame is malformed (not disco's, or damaged)"
+                                : strerror(-wrc));
+        return -1;
+    }
+    if (rc != 0) {
+        snprintf(err, 256, "cannot apply %.150s to the store: %s%s", path, mdb_strerror(rc),
+                 rc == MDB_MAP_FULL ? " (raise --map-size)" : "");
+        return -1;
+    }
+    wal_restart(wr->wal, gen + 1);
+    wr->wal_gen = gen + 1;
+    if (r.frames)
+        log_info("store: applied %zu logged batches (%zu writes) from %s", r.frames, r.ops, path);
+    return 0;
+}
+
 store_t *store_lmdb_open(const char *dir, const store_lmdb_options_t *opt, char *err)
 {
     lmdb_store_t *ls = calloc(1, sizeof *ls);
@@ -756,7 +1128,11 @@ store_t *store_lmdb_open(const char *dir, const store_lmdb_options_t *opt, char 
     ls->lock_fd = ls->event_fd = -1;
     ls->map_bytes = opt && opt->map_size_bytes ? opt->map_size_bytes : STORE_LMDB_DEFAULT_MAP_BYTES;
     pthread_mutex_init(&ls->mu, NULL);
-    pthread_cond_init(&ls->cv, NULL);
+    pthread_condattr_t ca; /* the writer's deadlines are time_mono_ms() */
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&ls->cv, &ca);
+    pthread_condattr_destroy(&ca);
     ls->dir = strdup(dir);
     bool has_data = false;
     bool had_lock_file = file_exists(dir, LOCK_FILE), had_lmdb_lock = file_exists(dir, "lock.mdb");
@@ -772,6 +1148,8 @@ store_t *store_lmdb_open(const char *dir, const store_lmdb_options_t *opt, char 
         /* err says who holds it; leave its files alone */
     } else if (open_env(ls, has_data, err) != 0) {
         refused = true; /* corrupt or foreign: undo only what we added */
+    } else if (open_log(ls, err) != 0) {
+        /* err says why; the log and the data are left as they are */
     } else {
         ls->event_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
         atomic_store(&ls->free_bytes, measure_free(ls));

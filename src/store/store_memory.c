@@ -102,6 +102,7 @@ static const struct store_ops memory_ops = {
     .remove_token = memory_remove_token,
     .fetch = memory_fetch,
     .durable_index = memory_durable_index,
+    .readable_index = memory_durable_index,
     .notify_fd = memory_notify_fd,
     .drain_notify = memory_drain_notify,
     .writable = memory_writable,

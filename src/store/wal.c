@@ -1,0 +1,248 @@
+/*
+ * wal.c - the write-ahead log file; see wal.h.
+ *
+ * A frame on disk, little-endian:
+ *   u32 magic   "DWAL"
+ *   u32 length  of the payload
+ *   u64 gen     the log's generation when the frame was written
+ *   u32 crc     CRC-32C of length, gen and the payload
+ *   u32 zero
+ *   payload
+ */
+#include "store/wal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "util/crc32c.h"
+
+#define MAGIC 0x4c415744u /* "DWAL" read as a little-endian u32 */
+#define FILL_CHUNK (1 << 20)
+
+struct wal {
+    int fd;
+    size_t size; /* of the file */
+    size_t end;  /* where the next frame goes */
+    uint64_t gen;
+};
+
+static void put_u32(unsigned char *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static void put_u64(unsigned char *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static uint32_t get_u32(const unsigned char *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static uint64_t get_u64(const unsigned char *p)
+{
+    return (uint64_t)get_u32(p) | (uint64_t)get_u32(p + 4) << 32;
+}
+
+/* The checksum covers the length and generation fields and the payload. */
+static uint32_t frame_crc(const unsigned char *head, const void *payload, size_t len)
+{
+    return crc32c(crc32c(0, head + 4, 12), payload, len);
+}
+
+/* Writes zeros over the whole file and syncs it, directory entry too. */
+static int fill_new(int fd, const char *path, size_t bytes)
+{
+    char *zeros = calloc(1, FILL_CHUNK);
+    if (!zeros)
+        return -ENOMEM;
+    int rc = 0;
+    for (size_t off = 0; rc == 0 && off < bytes;) {
+        size_t n = bytes - off < FILL_CHUNK ? bytes - off : FILL_CHUNK;
+        ssize_t w = pwrite(fd, zeros, n, (off_t)off);
+        if (w < 0)
+            rc = -errno;
+        else
+            off += (size_t)w;
+    }
+    free(zeros);
+    if (rc == 0 && fsync(fd) != 0)
+        rc = -errno;
+    if (rc == 0) {
+        /* The file's name must survive a crash as well as its blocks. */
+        char dir[4096];
+        snprintf(dir, sizeof dir, "%s", path);
+        char *slash = strrchr(dir, '/');
+        if (slash)
+            *slash = '\0';
+        int dfd = open(slash ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd >= 0) {
+            if (fsync(dfd) != 0)
+                rc = -errno;
+            close(dfd);
+        }
+    }
+    return rc;
+}
+
+wal_t *wal_open(const char *path, size_t bytes, char *err)
+{
+    if (bytes < 2 * WAL_FRAME_OVERHEAD) {
+        snprintf(err, 256, "write-ahead log size %zu is too small", bytes);
+        return NULL;
+    }
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    if (fd < 0 && errno == ENOENT) {
+        /* Fill under a temporary name, so a crash never leaves a short log. */
+        char tmp[4096];
+        snprintf(tmp, sizeof tmp, "%s.new", path);
+        fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        int rc = fd < 0 ? -errno : fill_new(fd, tmp, bytes);
+        if (rc == 0 && rename(tmp, path) != 0)
+            rc = -errno;
+        if (rc != 0) {
+            snprintf(err, 256, "cannot create the write-ahead log %.150s: %s", path, strerror(-rc));
+            if (fd >= 0)
+                close(fd);
+            unlink(tmp);
+            return NULL;
+        }
+    }
+    struct stat sb;
+    if (fd < 0 || fstat(fd, &sb) != 0) {
+        snprintf(err, 256, "cannot open the write-ahead log %.150s: %s", path, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return NULL;
+    }
+    if ((size_t)sb.st_size < 2 * WAL_FRAME_OVERHEAD) {
+        snprintf(err, 256, "the write-ahead log %.150s is damaged (%lld bytes)", path,
+                 (long long)sb.st_size);
+        close(fd);
+        return NULL;
+    }
+    wal_t *w = calloc(1, sizeof *w);
+    if (!w) {
+        snprintf(err, 256, "out of memory");
+        close(fd);
+        return NULL;
+    }
+    w->fd = fd;
+    w->size = (size_t)sb.st_size;
+    return w;
+}
+
+int wal_replay(wal_t *w, uint64_t gen,
+               int (*fn)(void *ctx, const unsigned char *payload, size_t len), void *ctx)
+{
+    unsigned char *payload = NULL;
+    size_t cap = 0;
+    int rc = 0;
+    for (size_t off = 0; off + WAL_FRAME_OVERHEAD <= w->size;) {
+        unsigned char head[WAL_FRAME_OVERHEAD];
+        ssize_t n = pread(w->fd, head, sizeof head, (off_t)off);
+        if (n < 0) {
+            rc = -errno;
+            break;
+        }
+        if ((size_t)n < sizeof head || get_u32(head) != MAGIC || get_u64(head + 8) != gen)
+            break;
+        size_t len = get_u32(head + 4);
+        if (len > w->size - off - WAL_FRAME_OVERHEAD)
+            break;
+        if (len > cap) {
+            unsigned char *p = realloc(payload, len);
+            if (!p) {
+                rc = -ENOMEM;
+                break;
+            }
+            payload = p;
+            cap = len;
+        }
+        n = len ? pread(w->fd, payload, len, (off_t)(off + WAL_FRAME_OVERHEAD)) : 0;
+        if (n < 0) {
+            rc = -errno;
+            break;
+        }
+        if ((size_t)n != len || frame_crc(head, payload, len) != get_u32(head + 16))
+            break;
+        rc = fn(ctx, payload, len);
+        if (rc != 0)
+            break;
+        off += WAL_FRAME_OVERHEAD + len;
+    }
+    free(payload);
+    return rc;
+}
+
+void wal_restart(wal_t *w, uint64_t gen)
+{
+    w->gen = gen;
+    w->end = 0;
+}
+
+size_t wal_room(const wal_t *w)
+{
+    size_t left = w->size - w->end;
+    return left >= WAL_FRAME_OVERHEAD ? left - WAL_FRAME_OVERHEAD : 0;
+}
+
+size_t wal_capacity(const wal_t *w)
+{
+    return w->size - WAL_FRAME_OVERHEAD;
+}
+
+int wal_append(wal_t *w, const void *payload, size_t len)
+{
+    if (len > UINT32_MAX || w->size - w->end < WAL_FRAME_OVERHEAD + len)
+        return -ENOSPC;
+    unsigned char head[WAL_FRAME_OVERHEAD];
+    put_u32(head, MAGIC);
+    put_u32(head + 4, (uint32_t)len);
+    put_u64(head + 8, w->gen);
+    put_u32(head + 16, frame_crc(head, payload, len));
+    put_u32(head + 20, 0);
+    struct iovec iov[2] = {{head, sizeof head}, {(void *)payload, len}};
+    size_t want = sizeof head + len, done = 0;
+    while (done < want) {
+        /* pwritev rarely writes short on a regular file; finish if it does. */
+        ssize_t n;
+        if (done == 0) {
+            n = pwritev(w->fd, iov, 2, (off_t)w->end);
+        } else if (done < sizeof head) {
+            struct iovec rest[2] = {{head + done, sizeof head - done}, {(void *)payload, len}};
+            n = pwritev(w->fd, rest, 2, (off_t)(w->end + done));
+        } else {
+            n = pwrite(w->fd, (const unsigned char *)payload + (done - sizeof head), want - done,
+                       (off_t)(w->end + done));
+        }
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        done += (size_t)n;
+    }
+    if (fdatasync(w->fd) != 0)
+        return -errno;
+    w->end += want;
+    return 0;
+}
+
+void wal_close(wal_t *w)
+{
+    if (!w)
+        return;
+    close(w->fd);
+    free(w);
+}

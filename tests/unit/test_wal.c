@@ -1,0 +1,239 @@
+/*
+ * test_wal.c - store/wal.h, the write-ahead log file, and util/crc32c.h.
+ *
+ * What the store's crash safety rests on: a replay returns exactly the
+ * frames appended under one generation, in order, and stops at a torn
+ * frame, at a frame of another generation, and at the end of the file.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <errno.h>
+
+#include "store/wal.h"
+#include "util/crc32c.h"
+
+#define LOG_BYTES 4096
+
+typedef struct seen {
+    size_t n;
+    char payload[16][64];
+    size_t len[16];
+} seen_t;
+
+static int collect(void *ctx, const unsigned char *p, size_t len)
+{
+    seen_t *s = ctx;
+    assert_true(s->n < 16);
+    memcpy(s->payload[s->n], p, len < 64 ? len : 64); /* enough to compare */
+    s->len[s->n] = len;
+    s->n++;
+    return 0;
+}
+
+static int stop_at_second(void *ctx, const unsigned char *p, size_t len)
+{
+    seen_t *s = ctx;
+    collect(ctx, p, len);
+    return s->n == 2 ? 42 : 0;
+}
+
+/* A fresh directory per test, removed by teardown. */
+typedef struct fixture {
+    char dir[64];
+    char path[96];
+} fixture_t;
+
+static int setup(void **state)
+{
+    fixture_t *f = calloc(1, sizeof *f);
+    snprintf(f->dir, sizeof f->dir, "/tmp/disco-test-wal-XXXXXX");
+    if (!f || !mkdtemp(f->dir))
+        return -1;
+    snprintf(f->path, sizeof f->path, "%s/log", f->dir);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fixture_t *f = *state;
+    unlink(f->path);
+    rmdir(f->dir);
+    free(f);
+    return 0;
+}
+
+static wal_t *open_log(fixture_t *f)
+{
+    char err[256] = "";
+    wal_t *w = wal_open(f->path, LOG_BYTES, err);
+    if (!w)
+        fail_msg("wal_open: %s", err);
+    return w;
+}
+
+static void append_str(wal_t *w, const char *s)
+{
+    assert_int_equal(wal_append(w, s, strlen(s)), 0);
+}
+
+static void test_crc32c_known_values(void **state)
+{
+    (void)state;
+    /* The standard check value of CRC-32C, and continuation in pieces. */
+    assert_int_equal(crc32c(0, "123456789", 9), 0xe3069283u);
+    assert_int_equal(crc32c(crc32c(0, "1234", 4), "56789", 5), 0xe3069283u);
+    assert_int_equal(crc32c(0, "", 0), 0);
+}
+
+static void test_new_log_is_preallocated_and_empty(void **state)
+{
+    fixture_t *f = *state;
+    wal_t *w = open_log(f);
+    struct stat sb;
+    assert_int_equal(stat(f->path, &sb), 0);
+    assert_int_equal(sb.st_size, LOG_BYTES);
+    assert_true((size_t)sb.st_blocks * 512 >= LOG_BYTES); /* blocks exist, not a hole */
+    seen_t s = {0};
+    assert_int_equal(wal_replay(w, 0, collect, &s), 0);
+    assert_int_equal(s.n, 0); /* zeros are no frame, even for generation 0 */
+    wal_close(w);
+}
+
+static void test_frames_come_back_in_order_after_reopen(void **state)
+{
+    fixture_t *f = *state;
+    wal_t *w = open_log(f);
+    wal_restart(w, 7);
+    append_str(w, "one");
+    append_str(w, "");
+    append_str(w, "three");
+    wal_close(w);
+
+    w = open_log(f);
+    seen_t s = {0};
+    assert_int_equal(wal_replay(w, 7, collect, &s), 0);
+    assert_int_equal(s.n, 3);
+    assert_memory_equal(s.payload[0], "one", 3);
+    assert_int_equal(s.len[1], 0);
+    assert_memory_equal(s.payload[2], "three", 5);
+    seen_t other = {0};
+    assert_int_equal(wal_replay(w, 6, collect, &other), 0);
+    assert_int_equal(other.n, 0);
+    wal_close(w);
+}
+
+static void test_torn_frame_ends_the_replay(void **state)
+{
+    fixture_t *f = *state;
+    wal_t *w = open_log(f);
+    wal_restart(w, 1);
+    append_str(w, "kept");
+    append_str(w, "torn");
+    append_str(w, "after");
+    wal_close(w);
+    /* Damage one payload byte of the second frame. */
+    FILE *fp = fopen(f->path, "r+b");
+    assert_non_null(fp);
+    fseek(fp, (long)(WAL_FRAME_OVERHEAD + 4 + WAL_FRAME_OVERHEAD + 1), SEEK_SET);
+    fputc('X', fp);
+    fclose(fp);
+
+    w = open_log(f);
+    seen_t s = {0};
+    assert_int_equal(wal_replay(w, 1, collect, &s), 0);
+    assert_int_equal(s.n, 1);
+    assert_memory_equal(s.payload[0], "kept", 4);
+    wal_close(w);
+}
+
+static void test_restart_makes_old_frames_dead(void **state)
+{
+    fixture_t *f = *state;
+    wal_t *w = open_log(f);
+    wal_restart(w, 1);
+    append_str(w, "old-a");
+    append_str(w, "old-b");
+    append_str(w, "old-c");
+    wal_restart(w, 2);
+    append_str(w, "new-a"); /* same length as old-a: old-b follows it */
+    seen_t s = {0};
+    assert_int_equal(wal_replay(w, 2, collect, &s), 0);
+    assert_int_equal(s.n, 1);
+    assert_memory_equal(s.payload[0], "new-a", 5);
+    /* Generation 1's first frame is overwritten: nothing of it is found. */
+    seen_t old = {0};
+    assert_int_equal(wal_replay(w, 1, collect, &old), 0);
+    assert_int_equal(old.n, 0);
+    wal_close(w);
+}
+
+static void test_room_and_full_log(void **state)
+{
+    fixture_t *f = *state;
+    wal_t *w = open_log(f);
+    wal_restart(w, 3);
+    assert_int_equal(wal_capacity(w), LOG_BYTES - WAL_FRAME_OVERHEAD);
+    assert_int_equal(wal_room(w), wal_capacity(w));
+    char big[900];
+    memset(big, 'b', sizeof big);
+    size_t frames = 0;
+    while (wal_room(w) >= sizeof big) {
+        assert_int_equal(wal_append(w, big, sizeof big), 0);
+        frames++;
+    }
+    assert_int_equal(frames, LOG_BYTES / (sizeof big + WAL_FRAME_OVERHEAD));
+    assert_int_equal(wal_append(w, big, sizeof big), -ENOSPC);
+    /* A payload that fills the log exactly still fits. */
+    size_t room = wal_room(w);
+    assert_true(room > 0 && room < sizeof big);
+    assert_int_equal(wal_append(w, big, room), 0);
+    assert_int_equal(wal_room(w), 0);
+    assert_int_equal(wal_append(w, big, 0), -ENOSPC);
+    wal_close(w);
+
+    w = open_log(f);
+    seen_t s = {0};
+    assert_int_equal(wal_replay(w, 3, stop_at_second, &s), 42); /* fn's result stops it */
+    assert_int_equal(s.n, 2);
+    wal_close(w);
+}
+
+static void test_existing_file_keeps_its_size(void **state)
+{
+    fixture_t *f = *state;
+    wal_close(open_log(f));
+    char err[256] = "";
+    wal_t *w = wal_open(f->path, 2 * LOG_BYTES, err);
+    assert_non_null(w);
+    assert_int_equal(wal_capacity(w), LOG_BYTES - WAL_FRAME_OVERHEAD);
+    wal_close(w);
+    /* A file too short to hold a frame is refused, not reset. */
+    assert_int_equal(truncate(f->path, 10), 0);
+    assert_null(wal_open(f->path, LOG_BYTES, err));
+    assert_non_null(strstr(err, "damaged"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_crc32c_known_values),
+        cmocka_unit_test_setup_teardown(test_new_log_is_preallocated_and_empty, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_frames_come_back_in_order_after_reopen, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_torn_frame_ends_the_replay, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_restart_makes_old_frames_dead, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_room_and_full_log, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_existing_file_keeps_its_size, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
