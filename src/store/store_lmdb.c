@@ -1078,7 +1078,7 @@ static int open_log(lmdb_store_t *ls, char *err)
     bytes = bytes < WAL_MIN_BYTES ? WAL_MIN_BYTES : bytes > WAL_MAX_BYTES ? WAL_MAX_BYTES : bytes;
     char path[4096];
     snprintf(path, sizeof path, "%s/" WAL_FILE, ls->dir);
-    wr->wal = wal_open(path, bytes, err);
+    wr->wal = wal_open(path, bytes, 0, err);
     if (!wr->wal)
         return -1;
     MDB_txn *txn;

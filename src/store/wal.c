@@ -8,6 +8,7 @@
  *   u32 crc     CRC-32C of length, gen and the payload
  *   u32 zero
  *   payload
+ *   zeros up to the next multiple of WAL_ALIGN
  */
 #include "store/wal.h"
 
@@ -17,7 +18,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/uio.h>
 #include <unistd.h>
 
 #include "util/crc32c.h"
@@ -26,11 +26,19 @@
 #define FILL_CHUNK (1 << 20)
 
 struct wal {
-    int fd;
-    size_t size; /* of the file */
-    size_t end;  /* where the next frame goes */
+    int fd;        /* buffered: replay reads, and writes when not direct */
+    int direct_fd; /* O_DIRECT | O_DSYNC, or -1 */
+    size_t size;   /* of the file, a multiple of WAL_ALIGN */
+    size_t end;    /* where the next frame goes */
     uint64_t gen;
+    unsigned char *block; /* aligned staging buffer for one frame */
+    size_t block_cap;
 };
+
+static size_t align_up(size_t n)
+{
+    return (n + WAL_ALIGN - 1) / WAL_ALIGN * WAL_ALIGN;
+}
 
 static void put_u32(unsigned char *p, uint32_t v)
 {
@@ -95,9 +103,10 @@ static int fill_new(int fd, const char *path, size_t bytes)
     return rc;
 }
 
-wal_t *wal_open(const char *path, size_t bytes, char *err)
+wal_t *wal_open(const char *path, size_t bytes, unsigned flags, char *err)
 {
-    if (bytes < 2 * WAL_FRAME_OVERHEAD) {
+    bytes = bytes / WAL_ALIGN * WAL_ALIGN;
+    if (bytes < 2 * WAL_ALIGN) {
         snprintf(err, 256, "write-ahead log size %zu is too small", bytes);
         return NULL;
     }
@@ -125,7 +134,7 @@ wal_t *wal_open(const char *path, size_t bytes, char *err)
             close(fd);
         return NULL;
     }
-    if ((size_t)sb.st_size < 2 * WAL_FRAME_OVERHEAD) {
+    if ((size_t)sb.st_size < 2 * WAL_ALIGN) {
         snprintf(err, 256, "the write-ahead log %.150s is damaged (%lld bytes)", path,
                  (long long)sb.st_size);
         close(fd);
@@ -137,20 +146,22 @@ wal_t *wal_open(const char *path, size_t bytes, char *err)
         close(fd);
         return NULL;
     }
+    w->size = (size_t)sb.st_size / WAL_ALIGN * WAL_ALIGN;
     w->fd = fd;
-    w->size = (size_t)sb.st_size;
+    w->direct_fd = flags & WAL_NO_DIRECT ? -1 : open(path, O_RDWR | O_CLOEXEC | O_DIRECT | O_DSYNC);
     return w;
 }
 
 int wal_replay(wal_t *w, uint64_t gen,
                int (*fn)(void *ctx, const unsigned char *payload, size_t len), void *ctx)
 {
+    int fd = w->fd;
     unsigned char *payload = NULL;
     size_t cap = 0;
     int rc = 0;
     for (size_t off = 0; off + WAL_FRAME_OVERHEAD <= w->size;) {
         unsigned char head[WAL_FRAME_OVERHEAD];
-        ssize_t n = pread(w->fd, head, sizeof head, (off_t)off);
+        ssize_t n = pread(fd, head, sizeof head, (off_t)off);
         if (n < 0) {
             rc = -errno;
             break;
@@ -169,7 +180,7 @@ int wal_replay(wal_t *w, uint64_t gen,
             payload = p;
             cap = len;
         }
-        n = len ? pread(w->fd, payload, len, (off_t)(off + WAL_FRAME_OVERHEAD)) : 0;
+        n = len ? pread(fd, payload, len, (off_t)(off + WAL_FRAME_OVERHEAD)) : 0;
         if (n < 0) {
             rc = -errno;
             break;
@@ -179,7 +190,7 @@ int wal_replay(wal_t *w, uint64_t gen,
         rc = fn(ctx, payload, len);
         if (rc != 0)
             break;
-        off += WAL_FRAME_OVERHEAD + len;
+        off += align_up(WAL_FRAME_OVERHEAD + len);
     }
     free(payload);
     return rc;
@@ -206,26 +217,30 @@ int wal_append(wal_t *w, const void *payload, size_t len)
 {
     if (len > UINT32_MAX || w->size - w->end < WAL_FRAME_OVERHEAD + len)
         return -ENOSPC;
-    unsigned char head[WAL_FRAME_OVERHEAD];
+    /* The frame goes out as whole aligned blocks from one aligned buffer:
+     * header, payload, zeros to the block's end. */
+    size_t want = align_up(WAL_FRAME_OVERHEAD + len);
+    if (want > w->block_cap) {
+        void *p;
+        if (posix_memalign(&p, WAL_ALIGN, want) != 0)
+            return -ENOMEM;
+        free(w->block);
+        w->block = p;
+        w->block_cap = want;
+    }
+    unsigned char *head = w->block;
     put_u32(head, MAGIC);
     put_u32(head + 4, (uint32_t)len);
     put_u64(head + 8, w->gen);
     put_u32(head + 16, frame_crc(head, payload, len));
     put_u32(head + 20, 0);
-    struct iovec iov[2] = {{head, sizeof head}, {(void *)payload, len}};
-    size_t want = sizeof head + len, done = 0;
-    while (done < want) {
-        /* pwritev rarely writes short on a regular file; finish if it does. */
-        ssize_t n;
-        if (done == 0) {
-            n = pwritev(w->fd, iov, 2, (off_t)w->end);
-        } else if (done < sizeof head) {
-            struct iovec rest[2] = {{head + done, sizeof head - done}, {(void *)payload, len}};
-            n = pwritev(w->fd, rest, 2, (off_t)(w->end + done));
-        } else {
-            n = pwrite(w->fd, (const unsigned char *)payload + (done - sizeof head), want - done,
-                       (off_t)(w->end + done));
-        }
+    memcpy(head + WAL_FRAME_OVERHEAD, payload, len);
+    memset(head + WAL_FRAME_OVERHEAD + len, 0, want - WAL_FRAME_OVERHEAD - len);
+    for (size_t done = 0; done < want;) {
+        /* Short writes are rare on a regular file; finish if one happens
+         * (the rest stays block-aligned as long as the kernel keeps it). */
+        int fd = w->direct_fd >= 0 ? w->direct_fd : w->fd;
+        ssize_t n = pwrite(fd, head + done, want - done, (off_t)(w->end + done));
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -233,7 +248,7 @@ int wal_append(wal_t *w, const void *payload, size_t len)
         }
         done += (size_t)n;
     }
-    if (fdatasync(w->fd) != 0)
+    if (w->direct_fd < 0 && fdatasync(w->fd) != 0)
         return -errno;
     w->end += want;
     return 0;
@@ -244,5 +259,8 @@ void wal_close(wal_t *w)
     if (!w)
         return;
     close(w->fd);
+    if (w->direct_fd >= 0)
+        close(w->direct_fd);
+    free(w->block);
     free(w);
 }
