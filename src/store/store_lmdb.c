@@ -82,30 +82,32 @@
  * memory (store_readable_index), and startup replays at most this much. */
 #define CHECKPOINT_MS 250
 
-typedef struct op {
-    struct op *next;
-    bool is_removal;
-    uint64_t index;    /* put: the event's index */
-    buf_t record;      /* put: the encoded event */
-    uint64_t *indexes; /* removal: the token's event indexes */
-    size_t n_indexes;
-    size_t bytes; /* what it adds to queued_bytes */
-} op_t;
+/*
+ * Queued writes are kept encoded, in the very bytes a log frame carries
+ * (see "log frames" below), appended to chunks: the loop thread allocates
+ * nothing per write, the writer logs a chunk as it is and later files it
+ * into LMDB by decoding it, with the code that replays the log at startup.
+ */
+typedef struct chunk {
+    struct chunk *next;
+    buf_t ops;          /* encoded entries */
+    uint64_t max_index; /* the highest index put, 0 if none */
+    size_t bytes;       /* what it adds to queued_bytes */
+} chunk_t;
 
 /* The writer thread's own state. */
 typedef struct writer {
     wal_t *wal;
     uint64_t wal_gen;      /* generation of the frames being written */
-    op_t *logged;          /* in the log, not yet in LMDB, in order */
-    op_t **logged_tail;    /* where the next logged batch goes */
+    chunk_t *logged;       /* in the log, not yet in LMDB, in order */
+    chunk_t **logged_tail; /* where the next logged chunk goes */
     uint64_t logged_max;   /* highest index among them */
     uint64_t logged_since; /* time_mono_ms() of the first of them */
-    op_t *retry;           /* a batch that is neither logged nor in LMDB */
+    chunk_t *retry;        /* a batch that is neither logged nor in LMDB */
     uint64_t dropped_max;  /* puts of wr->retry dropped with their token */
     uint64_t next_try_ms;  /* no commit attempt before this after a failure */
     uint64_t last_measure_ms;
     bool wal_failing; /* the last log write failed (logged once) */
-    buf_t frame;
 } writer_t;
 
 typedef struct lmdb_store {
@@ -122,7 +124,7 @@ typedef struct lmdb_store {
     /* shared with the writer thread, under `mu` */
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    op_t *head, *tail;
+    chunk_t *queued;     /* the loop appends here; the writer takes it whole */
     size_t queued_bytes; /* queued, logged or being retried: not in LMDB yet */
     bool stopping;
     /* published by the writer */
@@ -135,27 +137,21 @@ typedef struct lmdb_store {
     bool writer_started;
 } lmdb_store_t;
 
-static void op_free(op_t *op)
+static void chunks_free(chunk_t *c)
 {
-    buf_free(&op->record);
-    free(op->indexes);
-    free(op);
-}
-
-static void ops_free(op_t *ops)
-{
-    while (ops) {
-        op_t *next = ops->next;
-        op_free(ops);
-        ops = next;
+    while (c) {
+        chunk_t *next = c->next;
+        buf_free(&c->ops);
+        free(c);
+        c = next;
     }
 }
 
-static size_t ops_bytes(const op_t *ops)
+static size_t chunks_bytes(const chunk_t *c)
 {
     size_t n = 0;
-    for (; ops; ops = ops->next)
-        n += ops->bytes;
+    for (; c; c = c->next)
+        n += c->bytes;
     return n;
 }
 
@@ -254,120 +250,24 @@ static int raise_last_index(lmdb_store_t *ls, MDB_txn *txn, uint64_t index)
     return put_meta_u64(txn, ls->dbi_meta, "last_index", index);
 }
 
-/*
- * Writes `ops` into LMDB in one transaction and commits it (LMDB syncs
- * before returning). With `wal_gen` not 0, the same commit records it as
- * the log's next generation. *max_index is the highest index put.
- */
-static int write_batch(lmdb_store_t *ls, const op_t *ops, uint64_t wal_gen, uint64_t *max_index)
-{
-    MDB_txn *txn;
-    int rc = mdb_txn_begin(ls->env, NULL, 0, &txn);
-    if (rc != 0)
-        return rc;
-    *max_index = 0;
-    for (const op_t *op = ops; op && rc == 0; op = op->next) {
-        if (op->is_removal) {
-            for (size_t i = 0; i < op->n_indexes && rc == 0; i++)
-                rc = del_event(txn, ls->dbi_events, op->indexes[i]);
-        } else {
-            rc = put_event(txn, ls->dbi_events, op->index, op->record.data, op->record.len);
-            if (op->index > *max_index)
-                *max_index = op->index;
-        }
-    }
-    if (rc == 0)
-        rc = raise_last_index(ls, txn, *max_index);
-    if (rc == 0 && wal_gen)
-        rc = put_meta_u64(txn, ls->dbi_meta, "wal_gen", wal_gen);
-    if (rc != 0) {
-        mdb_txn_abort(txn);
-        return rc;
-    }
-    return mdb_txn_commit(txn);
-}
-
-/* Keys deleted per transaction when removals must make room on their own. */
-#define REMOVAL_CHUNK_KEYS 32
-
-static bool covers(const op_t *removal, uint64_t index)
-{
-    for (size_t i = 0; i < removal->n_indexes; i++)
-        if (removal->indexes[i] == index)
-            return true;
-    return false;
-}
-
-/*
- * After a commit failed with a full map: commits the token removals in
- * `ops` on their own, a few keys per transaction (deleting copies B-tree
- * pages too, so one big removal may not fit either), and drops the puts of
- * events that a committed removal covers (their token is gone). Returns
- * what is left; *dropped_max is raised to the highest index dropped.
- */
-static op_t *commit_removals_first(lmdb_store_t *ls, op_t *ops, uint64_t *dropped_max)
-{
-    for (op_t *op = ops; op; op = op->next) {
-        if (!op->is_removal)
-            continue;
-        bool ok = true;
-        for (size_t i = 0; ok && i < op->n_indexes; i += REMOVAL_CHUNK_KEYS) {
-            MDB_txn *txn;
-            if (mdb_txn_begin(ls->env, NULL, 0, &txn) != 0) {
-                ok = false;
-                break;
-            }
-            int rc = 0;
-            for (size_t j = i; rc == 0 && j < op->n_indexes && j < i + REMOVAL_CHUNK_KEYS; j++)
-                rc = del_event(txn, ls->dbi_events, op->indexes[j]);
-            if (rc == 0)
-                rc = mdb_txn_commit(txn);
-            else
-                mdb_txn_abort(txn);
-            ok = rc == 0;
-        }
-        if (ok)
-            op->index = UINT64_MAX; /* mark: committed */
-    }
-    /* Rebuild the list without committed removals and the puts they cover. */
-    size_t n = 0;
-    for (op_t *op = ops; op; op = op->next)
-        n++;
-    op_t **all = malloc(n * sizeof *all);
-    if (!all)
-        return ops; /* everything is retried; deleting twice is harmless */
-    n = 0;
-    for (op_t *op = ops; op; op = op->next)
-        all[n++] = op;
-    op_t *keep = NULL, **tail = &keep;
-    for (size_t i = 0; i < n; i++) {
-        op_t *op = all[i];
-        bool drop = op->is_removal && op->index == UINT64_MAX;
-        for (size_t j = 0; !drop && !op->is_removal && j < n; j++)
-            drop = all[j]->is_removal && all[j]->index == UINT64_MAX && covers(all[j], op->index);
-        if (drop && !op->is_removal && op->index > *dropped_max)
-            *dropped_max = op->index;
-        all[i] = drop ? op : NULL; /* what remains in all[] is freed below */
-        if (!drop) {
-            *tail = op;
-            tail = &op->next;
-        }
-    }
-    *tail = NULL;
-    for (size_t i = 0; i < n; i++)
-        if (all[i])
-            op_free(all[i]);
-    free(all);
-    return keep;
-}
-
 /* ---- log frames ----------------------------------------------------------- */
 
 /*
- * A frame's payload is the batch's ops in order, little-endian:
+ * A frame's payload, and a chunk, is a run of entries, little-endian:
  *   'P' u64 index, u32 length, the codec record     (a put)
  *   'R' u32 count, count x u64 index                 (a token removal)
  */
+typedef struct entry {
+    bool is_removal;
+    uint64_t index;               /* put */
+    const unsigned char *record;  /* put */
+    size_t record_len;            /* put */
+    const unsigned char *indexes; /* removal: count x u64 */
+    size_t n_indexes;             /* removal */
+    const unsigned char *start;   /* the whole entry, encoded */
+    size_t len;
+} entry_t;
+
 static void put_le(buf_t *b, uint64_t v, int bytes)
 {
     unsigned char x[8];
@@ -384,24 +284,62 @@ static uint64_t get_le(const unsigned char *p, int bytes)
     return v;
 }
 
-static void encode_ops(buf_t *out, const op_t *ops)
+/* Decodes the entry at *p (before `end`) and moves *p past it. 0, or
+ * -EINVAL when the bytes are not an entry. */
+static int next_entry(const unsigned char **p, const unsigned char *end, entry_t *e)
 {
-    for (const op_t *op = ops; op; op = op->next) {
-        if (op->is_removal) {
-            buf_putc(out, 'R');
-            put_le(out, op->n_indexes, 4);
-            for (size_t i = 0; i < op->n_indexes; i++)
-                put_le(out, op->indexes[i], 8);
-        } else {
-            buf_putc(out, 'P');
-            put_le(out, op->index, 8);
-            put_le(out, op->record.len, 4);
-            buf_append(out, op->record.data, op->record.len);
-        }
+    const unsigned char *q = *p;
+    size_t left = (size_t)(end - q);
+    memset(e, 0, sizeof *e);
+    e->start = q;
+    if (left >= 13 && q[0] == 'P') {
+        e->index = get_le(q + 1, 8);
+        e->record_len = (size_t)get_le(q + 9, 4);
+        e->record = q + 13;
+        if (left - 13 < e->record_len)
+            return -EINVAL;
+        e->len = 13 + e->record_len;
+    } else if (left >= 5 && q[0] == 'R') {
+        e->is_removal = true;
+        e->n_indexes = (size_t)get_le(q + 1, 4);
+        e->indexes = q + 5;
+        if ((left - 5) / 8 < e->n_indexes)
+            return -EINVAL;
+        e->len = 5 + 8 * e->n_indexes;
+    } else {
+        return -EINVAL;
     }
+    *p = q + e->len;
+    return 0;
 }
 
-/* Startup: applies logged frames to one LMDB transaction. */
+/* Applies a run of entries to `txn`, counting into *max_index and *n_ops.
+ * 0, -EINVAL for malformed bytes, or an LMDB error (positive). */
+static int apply_entries(lmdb_store_t *ls, MDB_txn *txn, const unsigned char *p, size_t len,
+                         uint64_t *max_index, size_t *n_ops)
+{
+    const unsigned char *end = p + len;
+    while (p < end) {
+        entry_t e;
+        if (next_entry(&p, end, &e) != 0)
+            return -EINVAL;
+        int rc = 0;
+        if (e.is_removal) {
+            for (size_t i = 0; i < e.n_indexes && rc == 0; i++)
+                rc = del_event(txn, ls->dbi_events, get_le(e.indexes + 8 * i, 8));
+        } else {
+            rc = put_event(txn, ls->dbi_events, e.index, e.record, e.record_len);
+            if (e.index > *max_index)
+                *max_index = e.index;
+        }
+        if (rc != 0)
+            return rc;
+        (*n_ops)++;
+    }
+    return 0;
+}
+
+/* Startup: applies the logged frames to one LMDB transaction. */
 typedef struct replay {
     lmdb_store_t *ls;
     MDB_txn *txn;
@@ -413,39 +351,126 @@ typedef struct replay {
 static int apply_frame(void *ctx, const unsigned char *p, size_t len)
 {
     replay_t *r = ctx;
-    const unsigned char *end = p + len;
-    while (p < end) {
-        int rc;
-        unsigned char tag = *p++;
-        if (tag == 'P' && end - p >= 12) {
-            uint64_t index = get_le(p, 8);
-            size_t n = (size_t)get_le(p + 8, 4);
-            p += 12;
-            if ((size_t)(end - p) < n)
-                return -EINVAL;
-            rc = put_event(r->txn, r->ls->dbi_events, index, p, n);
-            p += n;
-            if (index > r->max_index)
-                r->max_index = index;
-        } else if (tag == 'R' && end - p >= 4) {
-            size_t n = (size_t)get_le(p, 4);
-            p += 4;
-            if ((size_t)(end - p) / 8 < n)
-                return -EINVAL;
-            rc = 0;
-            for (size_t i = 0; i < n && rc == 0; i++, p += 8)
-                rc = del_event(r->txn, r->ls->dbi_events, get_le(p, 8));
-        } else {
-            return -EINVAL;
-        }
-        if (rc != 0) {
-            r->mdb_rc = rc;
-            return 1;
-        }
-        r->ops++;
+    int rc = apply_entries(r->ls, r->txn, p, len, &r->max_index, &r->ops);
+    if (rc > 0) {
+        r->mdb_rc = rc;
+        return 1;
     }
-    r->frames++;
-    return 0;
+    if (rc == 0)
+        r->frames++;
+    return rc;
+}
+
+/* ---- LMDB commits --------------------------------------------------------- */
+
+/*
+ * Files `chunks` into LMDB in one transaction and commits it (LMDB syncs
+ * before returning). With `wal_gen` not 0, the same commit records it as
+ * the log's next generation. *max_index is the highest index put.
+ */
+static int write_batch(lmdb_store_t *ls, const chunk_t *chunks, uint64_t wal_gen,
+                       uint64_t *max_index)
+{
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(ls->env, NULL, 0, &txn);
+    if (rc != 0)
+        return rc;
+    *max_index = 0;
+    size_t n_ops = 0;
+    for (const chunk_t *c = chunks; c && rc == 0; c = c->next)
+        rc = apply_entries(ls, txn, (const unsigned char *)c->ops.data, c->ops.len, max_index,
+                           &n_ops);
+    if (rc < 0)
+        rc = MDB_CORRUPTED; /* our own bytes: cannot happen */
+    if (rc == 0)
+        rc = raise_last_index(ls, txn, *max_index);
+    if (rc == 0 && wal_gen)
+        rc = put_meta_u64(txn, ls->dbi_meta, "wal_gen", wal_gen);
+    if (rc != 0) {
+        mdb_txn_abort(txn);
+        return rc;
+    }
+    return mdb_txn_commit(txn);
+}
+
+/* Keys deleted per transaction when removals must make room on their own. */
+#define REMOVAL_CHUNK_KEYS 32
+
+/* Commits one removal entry on its own, a few keys per transaction. */
+static bool commit_removal(lmdb_store_t *ls, const entry_t *e)
+{
+    for (size_t i = 0; i < e->n_indexes; i += REMOVAL_CHUNK_KEYS) {
+        MDB_txn *txn;
+        if (mdb_txn_begin(ls->env, NULL, 0, &txn) != 0)
+            return false;
+        int rc = 0;
+        for (size_t j = i; rc == 0 && j < e->n_indexes && j < i + REMOVAL_CHUNK_KEYS; j++)
+            rc = del_event(txn, ls->dbi_events, get_le(e->indexes + 8 * j, 8));
+        rc = rc == 0 ? mdb_txn_commit(txn) : (mdb_txn_abort(txn), rc);
+        if (rc != 0)
+            return false;
+    }
+    return true;
+}
+
+static bool removal_covers(const entry_t *e, uint64_t index)
+{
+    for (size_t i = 0; i < e->n_indexes; i++)
+        if (get_le(e->indexes + 8 * i, 8) == index)
+            return true;
+    return false;
+}
+
+/*
+ * After a commit failed with a full map: commits the token removals in
+ * `c` on their own (deleting copies B-tree pages too, so one big removal
+ * may not fit either) and rewrites `c` without them and without the puts
+ * of events they cover (their token is gone). *dropped_max is raised to
+ * the highest index dropped. Memory failures leave `c` as it was: applying
+ * a removal twice is harmless.
+ */
+static void commit_removals_first(lmdb_store_t *ls, chunk_t *c, uint64_t *dropped_max)
+{
+    const unsigned char *p = (const unsigned char *)c->ops.data, *end = p + c->ops.len;
+    size_t n = 0, n_done = 0;
+    entry_t *all = NULL;
+    for (const unsigned char *q = p; q < end; n++) {
+        entry_t e;
+        if (next_entry(&q, end, &e) != 0)
+            return;
+    }
+    all = malloc((n ? n : 1) * sizeof *all);
+    bool *done = calloc(n ? n : 1, sizeof *done);
+    buf_t kept = BUF_INIT;
+    if (!all || !done)
+        goto out;
+    for (size_t i = 0; i < n; i++) {
+        next_entry(&p, end, &all[i]);
+        if (all[i].is_removal && commit_removal(ls, &all[i])) {
+            done[i] = true;
+            n_done++;
+        }
+    }
+    if (n_done == 0)
+        goto out;
+    for (size_t i = 0; i < n; i++) {
+        bool drop = done[i];
+        for (size_t j = 0; !drop && !all[i].is_removal && j < n; j++)
+            drop = done[j] && removal_covers(&all[j], all[i].index);
+        if (!drop)
+            buf_append(&kept, all[i].start, all[i].len);
+        else if (!all[i].is_removal && all[i].index > *dropped_max)
+            *dropped_max = all[i].index;
+    }
+    if (!buf_failed(&kept)) {
+        buf_free(&c->ops);
+        c->ops = kept;
+        kept = (buf_t)BUF_INIT;
+    }
+out:
+    buf_free(&kept);
+    free(all);
+    free(done);
 }
 
 /* ---- the writer thread -------------------------------------------------- */
@@ -519,8 +544,8 @@ static bool checkpoint(lmdb_store_t *ls)
         int rc = write_batch(ls, wr->logged, wr->wal_gen + 1, &max_index);
         if (rc == 0) {
             wal_restart(wr->wal, ++wr->wal_gen);
-            size_t bytes = ops_bytes(wr->logged);
-            ops_free(wr->logged);
+            size_t bytes = chunks_bytes(wr->logged);
+            chunks_free(wr->logged);
             wr->logged = NULL;
             raise_atomic(&ls->readable_index, wr->logged_max);
             release_bytes(ls, bytes);
@@ -532,36 +557,27 @@ static bool checkpoint(lmdb_store_t *ls)
             break;
         /* The puts dropped here were logged, so already acknowledged. */
         uint64_t dropped = 0;
-        size_t before = ops_bytes(wr->logged);
-        wr->logged = commit_removals_first(ls, wr->logged, &dropped);
-        release_bytes(ls, before - ops_bytes(wr->logged));
-        for (wr->logged_tail = &wr->logged; *wr->logged_tail;)
-            wr->logged_tail = &(*wr->logged_tail)->next;
+        for (chunk_t *c = wr->logged; c; c = c->next)
+            commit_removals_first(ls, c, &dropped);
     }
     atomic_store(&ls->free_bytes, measure_free(ls));
     return wr->logged == NULL;
 }
 
 /*
- * Makes `batch` durable: as one log frame, or straight into LMDB when it
- * cannot be logged (larger than the log, or the log fails). When neither
- * works the batch waits in wr->retry, in front of everything queued.
+ * Makes the chunk `c` durable: as one log frame, or straight into LMDB when
+ * it cannot be logged (larger than the log, or the log fails). When neither
+ * works it waits in wr->retry, in front of everything queued.
  */
-static void keep_batch(lmdb_store_t *ls, op_t *batch)
+static void keep_batch(lmdb_store_t *ls, chunk_t *c)
 {
     writer_t *wr = &ls->wr;
-    uint64_t max_index = 0;
-    for (const op_t *op = batch; op; op = op->next)
-        if (!op->is_removal && op->index > max_index)
-            max_index = op->index;
-    buf_reset(&wr->frame);
-    encode_ops(&wr->frame, batch);
-    size_t len = wr->frame.len;
-    bool loggable = !buf_failed(&wr->frame) && len <= wal_capacity(wr->wal);
+    size_t len = c->ops.len;
+    bool loggable = len <= wal_capacity(wr->wal);
     if (loggable && len > wal_room(wr->wal))
         checkpoint(ls); /* makes room when it works */
     if (loggable && len <= wal_room(wr->wal)) {
-        int rc = wal_append(wr->wal, wr->frame.data, len);
+        int rc = wal_append(wr->wal, c->ops.data, len);
         if (rc == 0 && wr->wal_failing) {
             wr->wal_failing = false;
             log_info("store: %s/" WAL_FILE " can be written again", ls->dir);
@@ -571,12 +587,11 @@ static void keep_batch(lmdb_store_t *ls, op_t *batch)
                 wr->logged_since = time_mono_ms();
                 wr->logged_tail = &wr->logged;
             }
-            *wr->logged_tail = batch;
-            while (*wr->logged_tail)
-                wr->logged_tail = &(*wr->logged_tail)->next;
-            if (max_index > wr->logged_max)
-                wr->logged_max = max_index;
-            publish_durable(ls, max_index);
+            *wr->logged_tail = c;
+            wr->logged_tail = &c->next;
+            if (c->max_index > wr->logged_max)
+                wr->logged_max = c->max_index;
+            publish_durable(ls, c->max_index);
             return;
         }
         if (!wr->wal_failing)
@@ -586,36 +601,29 @@ static void keep_batch(lmdb_store_t *ls, op_t *batch)
     }
     /* Straight into LMDB, after what is logged: order matters. */
     if (wr->logged && !checkpoint(ls)) {
-        wr->retry = batch;
+        wr->retry = c;
         return;
     }
     uint64_t committed_max;
-    int rc = write_batch(ls, batch, 0, &committed_max);
+    int rc = write_batch(ls, c, 0, &committed_max);
     if (rc == 0) {
-        size_t bytes = ops_bytes(batch);
-        ops_free(batch);
-        raise_atomic(&ls->readable_index, committed_max);
-        publish_durable(ls, committed_max > wr->dropped_max ? committed_max : wr->dropped_max);
+        /* Puts dropped with their token on an earlier attempt count too,
+         * now that everything before and after them is durable. */
+        uint64_t top = c->max_index > wr->dropped_max ? c->max_index : wr->dropped_max;
+        release_bytes(ls, c->bytes);
+        update_free(ls, c->bytes);
+        chunks_free(c);
+        raise_atomic(&ls->readable_index, top);
+        publish_durable(ls, top);
         wr->dropped_max = 0;
-        release_bytes(ls, bytes);
-        update_free(ls, bytes);
         wr->retry = NULL;
         return;
     }
     note_failure(ls, "a commit failed", mdb_strerror(rc));
-    if (rc == MDB_MAP_FULL) {
-        /* Dropped puts are not durable, and earlier ones in the batch may
-         * not be either: they are published once the rest is committed. */
-        size_t before = ops_bytes(batch);
-        batch = commit_removals_first(ls, batch, &wr->dropped_max);
-        release_bytes(ls, before - ops_bytes(batch));
-        if (!batch) {
-            publish_durable(ls, wr->dropped_max);
-            wr->dropped_max = 0;
-        }
-    }
+    if (rc == MDB_MAP_FULL)
+        commit_removals_first(ls, c, &wr->dropped_max);
     atomic_store(&ls->free_bytes, measure_free(ls));
-    wr->retry = batch;
+    wr->retry = c;
 }
 
 static bool checkpoint_due(const writer_t *wr, uint64_t now)
@@ -632,7 +640,7 @@ static void wait_for_work(lmdb_store_t *ls)
     writer_t *wr = &ls->wr;
     for (;;) {
         uint64_t now = time_mono_ms();
-        if (ls->stopping || (ls->head && !wr->retry) || checkpoint_due(wr, now) ||
+        if (ls->stopping || (ls->queued && !wr->retry) || checkpoint_due(wr, now) ||
             (wr->retry && now >= wr->next_try_ms))
             return;
         uint64_t wake = now + 1000;
@@ -644,7 +652,7 @@ static void wait_for_work(lmdb_store_t *ls)
             wake = at < wake ? at : wake;
         }
         struct timespec ts = {(time_t)(wake / 1000), (long)(wake % 1000) * 1000000L};
-        if (pthread_cond_timedwait(&ls->cv, &ls->mu, &ts) == ETIMEDOUT && !ls->head &&
+        if (pthread_cond_timedwait(&ls->cv, &ls->mu, &ts) == ETIMEDOUT && !ls->queued &&
             !wr->logged && !wr->retry) {
             pthread_mutex_unlock(&ls->mu);
             atomic_store(&ls->free_bytes, measure_free(ls));
@@ -661,10 +669,10 @@ static void *writer_main(void *arg)
         pthread_mutex_lock(&ls->mu);
         wait_for_work(ls);
         bool stopping = ls->stopping;
-        op_t *batch = NULL;
+        chunk_t *batch = NULL;
         if (!wr->retry) { /* a batch being retried goes first, alone */
-            batch = ls->head;
-            ls->head = ls->tail = NULL;
+            batch = ls->queued;
+            ls->queued = NULL;
         }
         pthread_mutex_unlock(&ls->mu);
 
@@ -683,7 +691,7 @@ static void *writer_main(void *arg)
         }
         if (stopping) {
             pthread_mutex_lock(&ls->mu);
-            bool more = ls->head && !wr->retry;
+            bool more = ls->queued && !wr->retry;
             pthread_mutex_unlock(&ls->mu);
             if (!more)
                 break;
@@ -691,8 +699,8 @@ static void *writer_main(void *arg)
     }
     if (wr->retry) {
         log_error("store: stopping with %zu bytes not committed (never acknowledged)",
-                  ops_bytes(wr->retry));
-        ops_free(wr->retry);
+                  wr->retry->ops.len);
+        chunks_free(wr->retry);
         wr->retry = NULL;
     }
     if (wr->logged)
@@ -704,53 +712,77 @@ static void *writer_main(void *arg)
 
 /* ---- the interface, on the loop thread ---------------------------------- */
 
-static void enqueue(lmdb_store_t *ls, op_t *op, size_t bytes)
+/*
+ * With `mu` held: the chunk the loop appends to, started if the writer took
+ * the last one. NULL when out of memory.
+ */
+static chunk_t *queue_chunk(lmdb_store_t *ls)
 {
-    op->bytes = bytes;
-    pthread_mutex_lock(&ls->mu);
-    if (ls->tail)
-        ls->tail->next = op;
-    else
-        ls->head = op;
-    ls->tail = op;
+    if (!ls->queued)
+        ls->queued = calloc(1, sizeof *ls->queued);
+    return ls->queued;
+}
+
+/* With `mu` held: after appending an entry of `bytes` from `at` on, makes
+ * it count, or takes it back if memory ran out while encoding it. */
+static int entry_done(lmdb_store_t *ls, chunk_t *c, size_t at, size_t bytes)
+{
+    if (buf_failed(&c->ops)) {
+        buf_truncate(&c->ops, at);
+        c->ops.failed = false; /* what came before is intact */
+        return -ENOMEM;
+    }
+    c->bytes += bytes;
     ls->queued_bytes += bytes;
     pthread_cond_signal(&ls->cv);
-    pthread_mutex_unlock(&ls->mu);
+    return 0;
 }
 
 static int lmdb_append(store_t *st, const reg_event_t *ev)
 {
     lmdb_store_t *ls = (lmdb_store_t *)st;
-    op_t *op = calloc(1, sizeof *op);
-    if (!op)
-        return -ENOMEM;
-    op->index = ev->index;
-    codec_encode_event(&op->record, ev);
-    if (buf_failed(&op->record)) {
-        op_free(op);
-        return -ENOMEM;
+    pthread_mutex_lock(&ls->mu);
+    chunk_t *c = queue_chunk(ls);
+    int rc = -ENOMEM;
+    if (c) {
+        size_t at = c->ops.len;
+        buf_putc(&c->ops, 'P');
+        put_le(&c->ops, ev->index, 8);
+        put_le(&c->ops, 0, 4); /* the record's length, known below */
+        size_t rec_at = c->ops.len;
+        codec_encode_event(&c->ops, ev);
+        if (!buf_failed(&c->ops)) {
+            size_t n = c->ops.len - rec_at;
+            for (int i = 0; i < 4; i++)
+                c->ops.data[rec_at - 4 + i] = (char)(n >> (8 * i));
+        }
+        rc = entry_done(ls, c, at, c->ops.len - at + 64);
+        if (rc == 0 && ev->index > c->max_index)
+            c->max_index = ev->index;
     }
-    enqueue(ls, op, op->record.len + 64);
-    return 0;
+    pthread_mutex_unlock(&ls->mu);
+    return rc;
 }
 
 static int lmdb_remove_token(store_t *st, const char *name, const uint64_t *indexes, size_t n)
 {
     (void)name;
     lmdb_store_t *ls = (lmdb_store_t *)st;
-    op_t *op = calloc(1, sizeof *op);
-    if (!op)
-        return -ENOMEM;
-    op->is_removal = true;
-    op->indexes = malloc((n ? n : 1) * sizeof *op->indexes);
-    if (!op->indexes) {
-        free(op);
-        return -ENOMEM;
+    if (n > UINT32_MAX)
+        return -E2BIG;
+    pthread_mutex_lock(&ls->mu);
+    chunk_t *c = queue_chunk(ls);
+    int rc = -ENOMEM;
+    if (c) {
+        size_t at = c->ops.len;
+        buf_putc(&c->ops, 'R');
+        put_le(&c->ops, n, 4);
+        for (size_t i = 0; i < n; i++)
+            put_le(&c->ops, indexes[i], 8);
+        rc = entry_done(ls, c, at, 64 * (n + 1));
     }
-    memcpy(op->indexes, indexes, n * sizeof *indexes);
-    op->n_indexes = n;
-    enqueue(ls, op, 64 * (n + 1));
-    return 0;
+    pthread_mutex_unlock(&ls->mu);
+    return rc;
 }
 
 static reg_event_t *lmdb_fetch(store_t *st, uint64_t index)
@@ -826,11 +858,10 @@ static void lmdb_close(store_t *st)
         pthread_mutex_unlock(&ls->mu);
         pthread_join(ls->writer, NULL);
     }
-    ops_free(ls->head);
-    ops_free(ls->wr.logged); /* still in the log when their checkpoint failed */
-    ops_free(ls->wr.retry);
+    chunks_free(ls->queued);
+    chunks_free(ls->wr.logged); /* still in the log when their checkpoint failed */
+    chunks_free(ls->wr.retry);
     wal_close(ls->wr.wal);
-    buf_free(&ls->wr.frame);
     if (ls->read_txn)
         mdb_txn_abort(ls->read_txn);
     if (ls->env)
