@@ -573,9 +573,9 @@ static void keep_batch(lmdb_store_t *ls, chunk_t *c)
 {
     writer_t *wr = &ls->wr;
     size_t len = c->ops.len;
-    bool loggable = len <= wal_capacity(wr->wal);
+    bool loggable = len <= wal_capacity(wr->wal), checkpointed = true;
     if (loggable && len > wal_room(wr->wal))
-        checkpoint(ls); /* makes room when it works */
+        checkpointed = checkpoint(ls); /* makes room when it works */
     if (loggable && len <= wal_room(wr->wal)) {
         int rc = wal_append(wr->wal, c->ops.data, len);
         if (rc == 0 && wr->wal_failing) {
@@ -600,7 +600,7 @@ static void keep_batch(lmdb_store_t *ls, chunk_t *c)
         wr->wal_failing = true;
     }
     /* Straight into LMDB, after what is logged: order matters. */
-    if (wr->logged && !checkpoint(ls)) {
+    if (wr->logged && (!checkpointed || !checkpoint(ls))) {
         wr->retry = c;
         return;
     }
