@@ -185,6 +185,13 @@ void discovery_metrics(api_t *api, const http_request_t *req)
         .connections = api->srv ? http_server_connection_count(api->srv) : 0,
         .index = registry_index(api->reg),
     };
+    if (api->store) {
+        store_stats_t st;
+        store_stats(api->store, &st);
+        g.store_log_frames = st.log_frames;
+        g.store_checkpoints = st.checkpoints;
+        g.store_direct_commits = st.direct_commits;
+    }
     buf_t body = BUF_INIT;
     metrics_render(api->metrics, &g, &body);
     http_reply_t r = {.status = buf_failed(&body) ? 500 : 200,

@@ -101,6 +101,13 @@ static void gauge(buf_t *out, const char *name, const char *help, uint64_t v)
     buf_putc(out, '\n');
 }
 
+static void counter(buf_t *out, const char *name, const char *help, uint64_t v)
+{
+    buf_printf(out, "# HELP %s %s\n# TYPE %s counter\n%s ", name, help, name, name);
+    buf_put_u64(out, v);
+    buf_putc(out, '\n');
+}
+
 void metrics_render(const metrics_t *m, const metrics_gauges_t *g, buf_t *out)
 {
     for (int ep = 0; ep < METRICS_ENDPOINT_COUNT; ep++) {
@@ -116,11 +123,15 @@ void metrics_render(const metrics_t *m, const metrics_gauges_t *g, buf_t *out)
             buf_putc(out, '\n');
         }
     }
-    buf_puts(out, "# HELP disco_tokens_removed_total Tokens removed because they reached the "
-                  "minimum age.\n# TYPE disco_tokens_removed_total counter\n"
-                  "disco_tokens_removed_total ");
-    buf_put_u64(out, m->tokens_removed);
-    buf_putc(out, '\n');
+    counter(out, "disco_tokens_removed_total",
+            "Tokens removed because they reached the minimum age.", m->tokens_removed);
+    counter(out, "disco_store_log_frames_total",
+            "Batches of writes made durable as one write-ahead log frame.", g->store_log_frames);
+    counter(out, "disco_store_checkpoints_total", "Moves of logged writes into the data file.",
+            g->store_checkpoints);
+    counter(out, "disco_store_direct_commits_total",
+            "Batches committed straight to the data file (too large for the log, or it failed).",
+            g->store_direct_commits);
     gauge(out, "disco_tokens", "Tokens in the registry.", g->tokens);
     gauge(out, "disco_parked_waits", "Long-poll watches waiting for an event.", g->parked_waits);
     gauge(out, "disco_connections", "Open client connections.", g->connections);

@@ -38,6 +38,8 @@ typedef struct metrics_gauges {
     size_t parked_waits;
     size_t connections;
     uint64_t index;
+    /* the store's own counters (store_stats_t) */
+    uint64_t store_log_frames, store_checkpoints, store_direct_commits;
 } metrics_gauges_t;
 
 void metrics_render(const metrics_t *m, const metrics_gauges_t *g, buf_t *out);

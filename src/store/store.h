@@ -30,6 +30,14 @@
 
 struct store;
 
+/* Counters a store keeps about its own work (for /metrics); a store that
+ * does not do a kind of work leaves its counter at 0. */
+typedef struct store_stats {
+    uint64_t log_frames;     /* batches made durable as one log frame */
+    uint64_t checkpoints;    /* moves of logged batches into the main store */
+    uint64_t direct_commits; /* batches committed straight to the main store */
+} store_stats_t;
+
 struct store_ops {
     /* Startup: replays everything kept into `reg` (empty). 0, or -1 with a
      * one-line reason in `err` (256 bytes). */
@@ -55,6 +63,8 @@ struct store_ops {
     /* Whether a new write should be accepted now: false when the disk or
      * the store's map is nearly full, or commits are failing. */
     bool (*writable)(struct store *st);
+    /* Fills `out`; loop thread. */
+    void (*stats)(struct store *st, store_stats_t *out);
     /* Flushes what is queued and releases everything. */
     void (*close)(struct store *st);
     /* A short name for logs ("memory", "lmdb", "etcd"). */
@@ -101,6 +111,10 @@ static inline void store_drain_notify(store_t *st)
 static inline bool store_writable(store_t *st)
 {
     return st->ops->writable(st);
+}
+static inline void store_stats(store_t *st, store_stats_t *out)
+{
+    st->ops->stats(st, out);
 }
 static inline void store_close(store_t *st)
 {

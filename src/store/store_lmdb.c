@@ -132,6 +132,7 @@ typedef struct lmdb_store {
     _Atomic uint64_t readable_index;
     _Atomic size_t free_bytes;
     _Atomic bool commit_failing;
+    _Atomic uint64_t n_log_frames, n_checkpoints, n_direct_commits;
     bool full; /* loop thread only: writes refused until room is back */
     pthread_t writer;
     bool writer_started;
@@ -544,6 +545,7 @@ static bool checkpoint(lmdb_store_t *ls)
         int rc = write_batch(ls, wr->logged, wr->wal_gen + 1, &max_index);
         if (rc == 0) {
             wal_restart(wr->wal, ++wr->wal_gen);
+            atomic_fetch_add(&ls->n_checkpoints, 1);
             size_t bytes = chunks_bytes(wr->logged);
             chunks_free(wr->logged);
             wr->logged = NULL;
@@ -587,6 +589,7 @@ static void keep_batch(lmdb_store_t *ls, chunk_t *c)
                 wr->logged_since = time_mono_ms();
                 wr->logged_tail = &wr->logged;
             }
+            atomic_fetch_add(&ls->n_log_frames, 1);
             *wr->logged_tail = c;
             wr->logged_tail = &c->next;
             if (c->max_index > wr->logged_max)
@@ -610,6 +613,7 @@ static void keep_batch(lmdb_store_t *ls, chunk_t *c)
         /* Puts dropped with their token on an earlier attempt count too,
          * now that everything before and after them is durable. */
         uint64_t top = c->max_index > wr->dropped_max ? c->max_index : wr->dropped_max;
+        atomic_fetch_add(&ls->n_direct_commits, 1);
         release_bytes(ls, c->bytes);
         update_free(ls, c->bytes);
         chunks_free(c);
@@ -848,6 +852,14 @@ static bool lmdb_writable(store_t *st)
     return !ls->full;
 }
 
+static void lmdb_stats(store_t *st, store_stats_t *out)
+{
+    lmdb_store_t *ls = (lmdb_store_t *)st;
+    out->log_frames = atomic_load(&ls->n_log_frames);
+    out->checkpoints = atomic_load(&ls->n_checkpoints);
+    out->direct_commits = atomic_load(&ls->n_direct_commits);
+}
+
 static void lmdb_close(store_t *st)
 {
     lmdb_store_t *ls = (lmdb_store_t *)st;
@@ -972,6 +984,7 @@ static const struct store_ops lmdb_ops = {
     .notify_fd = lmdb_notify_fd,
     .drain_notify = lmdb_drain_notify,
     .writable = lmdb_writable,
+    .stats = lmdb_stats,
     .close = lmdb_close,
     .name = "lmdb",
 };

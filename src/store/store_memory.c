@@ -96,6 +96,12 @@ static void memory_close(store_t *st)
     free(ms);
 }
 
+static void memory_stats(store_t *st, store_stats_t *out)
+{
+    (void)st;
+    *out = (store_stats_t){0}; /* nothing is logged or committed */
+}
+
 static const struct store_ops memory_ops = {
     .load = memory_load,
     .append = memory_append,
@@ -106,6 +112,7 @@ static const struct store_ops memory_ops = {
     .notify_fd = memory_notify_fd,
     .drain_notify = memory_drain_notify,
     .writable = memory_writable,
+    .stats = memory_stats,
     .close = memory_close,
     .name = "memory",
 };
