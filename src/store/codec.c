@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util/le.h"
 #include "util/timeutil.h"
 
 enum {
@@ -19,18 +20,13 @@ enum {
 
 static void put_u64(buf_t *b, uint64_t v)
 {
-    unsigned char x[8];
-    for (int i = 0; i < 8; i++)
-        x[i] = (unsigned char)(v >> (8 * i));
-    buf_append(b, x, 8);
+    buf_put_le(b, v, 8);
 }
 
 static void put_str(buf_t *b, const char *s)
 {
     size_t n = strlen(s);
-    unsigned char x[4] = {(unsigned char)n, (unsigned char)(n >> 8), (unsigned char)(n >> 16),
-                          (unsigned char)(n >> 24)};
-    buf_append(b, x, 4);
+    buf_put_le(b, n, 4);
     buf_append(b, s, n);
 }
 
@@ -69,9 +65,7 @@ static uint64_t get_u64(reader_t *r)
         r->bad = true;
         return 0;
     }
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--)
-        v = (v << 8) | r->p[i];
+    uint64_t v = le_load(r->p, 8);
     r->p += 8;
     return v;
 }
@@ -82,8 +76,7 @@ static char *get_str(reader_t *r)
         r->bad = true;
         return NULL;
     }
-    size_t n =
-        (size_t)r->p[0] | (size_t)r->p[1] << 8 | (size_t)r->p[2] << 16 | (size_t)r->p[3] << 24;
+    size_t n = (size_t)le_load(r->p, 4);
     r->p += 4;
     if ((size_t)(r->end - r->p) < n || memchr(r->p, '\0', n)) {
         r->bad = true;

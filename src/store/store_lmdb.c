@@ -60,6 +60,7 @@
 #include "store/store.h"
 #include "store/wal.h"
 #include "util/buf.h"
+#include "util/le.h"
 #include "util/log.h"
 #include "util/timeutil.h"
 
@@ -269,22 +270,6 @@ typedef struct entry {
     size_t len;
 } entry_t;
 
-static void put_le(buf_t *b, uint64_t v, int bytes)
-{
-    unsigned char x[8];
-    for (int i = 0; i < bytes; i++)
-        x[i] = (unsigned char)(v >> (8 * i));
-    buf_append(b, x, (size_t)bytes);
-}
-
-static uint64_t get_le(const unsigned char *p, int bytes)
-{
-    uint64_t v = 0;
-    for (int i = bytes - 1; i >= 0; i--)
-        v = v << 8 | p[i];
-    return v;
-}
-
 /* Decodes the entry at *p (before `end`) and moves *p past it. 0, or
  * -EINVAL when the bytes are not an entry. */
 static int next_entry(const unsigned char **p, const unsigned char *end, entry_t *e)
@@ -294,15 +279,15 @@ static int next_entry(const unsigned char **p, const unsigned char *end, entry_t
     memset(e, 0, sizeof *e);
     e->start = q;
     if (left >= 13 && q[0] == 'P') {
-        e->index = get_le(q + 1, 8);
-        e->record_len = (size_t)get_le(q + 9, 4);
+        e->index = le_load(q + 1, 8);
+        e->record_len = (size_t)le_load(q + 9, 4);
         e->record = q + 13;
         if (left - 13 < e->record_len)
             return -EINVAL;
         e->len = 13 + e->record_len;
     } else if (left >= 5 && q[0] == 'R') {
         e->is_removal = true;
-        e->n_indexes = (size_t)get_le(q + 1, 4);
+        e->n_indexes = (size_t)le_load(q + 1, 4);
         e->indexes = q + 5;
         if ((left - 5) / 8 < e->n_indexes)
             return -EINVAL;
@@ -327,7 +312,7 @@ static int apply_entries(lmdb_store_t *ls, MDB_txn *txn, const unsigned char *p,
         int rc = 0;
         if (e.is_removal) {
             for (size_t i = 0; i < e.n_indexes && rc == 0; i++)
-                rc = del_event(txn, ls->dbi_events, get_le(e.indexes + 8 * i, 8));
+                rc = del_event(txn, ls->dbi_events, le_load(e.indexes + 8 * i, 8));
         } else {
             rc = put_event(txn, ls->dbi_events, e.index, e.record, e.record_len);
             if (e.index > *max_index)
@@ -406,7 +391,7 @@ static bool commit_removal(lmdb_store_t *ls, const entry_t *e)
             return false;
         int rc = 0;
         for (size_t j = i; rc == 0 && j < e->n_indexes && j < i + REMOVAL_CHUNK_KEYS; j++)
-            rc = del_event(txn, ls->dbi_events, get_le(e->indexes + 8 * j, 8));
+            rc = del_event(txn, ls->dbi_events, le_load(e->indexes + 8 * j, 8));
         rc = rc == 0 ? mdb_txn_commit(txn) : (mdb_txn_abort(txn), rc);
         if (rc != 0)
             return false;
@@ -417,7 +402,7 @@ static bool commit_removal(lmdb_store_t *ls, const entry_t *e)
 static bool removal_covers(const entry_t *e, uint64_t index)
 {
     for (size_t i = 0; i < e->n_indexes; i++)
-        if (get_le(e->indexes + 8 * i, 8) == index)
+        if (le_load(e->indexes + 8 * i, 8) == index)
             return true;
     return false;
 }
@@ -751,14 +736,12 @@ static int lmdb_append(store_t *st, const reg_event_t *ev)
     if (c) {
         size_t at = c->ops.len;
         buf_putc(&c->ops, 'P');
-        put_le(&c->ops, ev->index, 8);
-        put_le(&c->ops, 0, 4); /* the record's length, known below */
+        buf_put_le(&c->ops, ev->index, 8);
+        buf_put_le(&c->ops, 0, 4); /* the record's length, known below */
         size_t rec_at = c->ops.len;
         codec_encode_event(&c->ops, ev);
         if (!buf_failed(&c->ops)) {
-            size_t n = c->ops.len - rec_at;
-            for (int i = 0; i < 4; i++)
-                c->ops.data[rec_at - 4 + i] = (char)(n >> (8 * i));
+            le_store((unsigned char *)c->ops.data + rec_at - 4, c->ops.len - rec_at, 4);
         }
         rc = entry_done(ls, c, at, c->ops.len - at + 64);
         if (rc == 0 && ev->index > c->max_index)
@@ -780,9 +763,9 @@ static int lmdb_remove_token(store_t *st, const char *name, const uint64_t *inde
     if (c) {
         size_t at = c->ops.len;
         buf_putc(&c->ops, 'R');
-        put_le(&c->ops, n, 4);
+        buf_put_le(&c->ops, n, 4);
         for (size_t i = 0; i < n; i++)
-            put_le(&c->ops, indexes[i], 8);
+            buf_put_le(&c->ops, indexes[i], 8);
         rc = entry_done(ls, c, at, 64 * (n + 1));
     }
     pthread_mutex_unlock(&ls->mu);

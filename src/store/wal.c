@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "util/crc32c.h"
+#include "util/le.h"
 
 #define MAGIC 0x4c415744u /* "DWAL" read as a little-endian u32 */
 #define FILL_CHUNK (1 << 20)
@@ -38,28 +39,6 @@ struct wal {
 static size_t align_up(size_t n)
 {
     return (n + WAL_ALIGN - 1) / WAL_ALIGN * WAL_ALIGN;
-}
-
-static void put_u32(unsigned char *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (unsigned char)(v >> (8 * i));
-}
-
-static void put_u64(unsigned char *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (unsigned char)(v >> (8 * i));
-}
-
-static uint32_t get_u32(const unsigned char *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static uint64_t get_u64(const unsigned char *p)
-{
-    return (uint64_t)get_u32(p) | (uint64_t)get_u32(p + 4) << 32;
 }
 
 /* The checksum covers the length and generation fields and the payload. */
@@ -166,9 +145,9 @@ int wal_replay(wal_t *w, uint64_t gen,
             rc = -errno;
             break;
         }
-        if ((size_t)n < sizeof head || get_u32(head) != MAGIC || get_u64(head + 8) != gen)
+        if ((size_t)n < sizeof head || le_load(head, 4) != MAGIC || le_load(head + 8, 8) != gen)
             break;
-        size_t len = get_u32(head + 4);
+        size_t len = (size_t)le_load(head + 4, 4);
         if (len > w->size - off - WAL_FRAME_OVERHEAD)
             break;
         if (len > cap) {
@@ -185,7 +164,7 @@ int wal_replay(wal_t *w, uint64_t gen,
             rc = -errno;
             break;
         }
-        if ((size_t)n != len || frame_crc(head, payload, len) != get_u32(head + 16))
+        if ((size_t)n != len || frame_crc(head, payload, len) != le_load(head + 16, 4))
             break;
         rc = fn(ctx, payload, len);
         if (rc != 0)
@@ -229,11 +208,11 @@ int wal_append(wal_t *w, const void *payload, size_t len)
         w->block_cap = want;
     }
     unsigned char *head = w->block;
-    put_u32(head, MAGIC);
-    put_u32(head + 4, (uint32_t)len);
-    put_u64(head + 8, w->gen);
-    put_u32(head + 16, frame_crc(head, payload, len));
-    put_u32(head + 20, 0);
+    le_store(head, MAGIC, 4);
+    le_store(head + 4, len, 4);
+    le_store(head + 8, w->gen, 8);
+    le_store(head + 16, frame_crc(head, payload, len), 4);
+    le_store(head + 20, 0, 4);
     memcpy(head + WAL_FRAME_OVERHEAD, payload, len);
     memset(head + WAL_FRAME_OVERHEAD + len, 0, want - WAL_FRAME_OVERHEAD - len);
     for (size_t done = 0; done < want;) {

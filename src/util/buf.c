@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util/le.h"
+
 void buf_init(buf_t *b)
 {
     *b = (buf_t)BUF_INIT;
@@ -113,6 +115,13 @@ void buf_put_i64(buf_t *b, int64_t v)
     } else {
         buf_put_u64(b, (uint64_t)v);
     }
+}
+
+void buf_put_le(buf_t *b, uint64_t v, int bytes)
+{
+    unsigned char x[8];
+    le_store(x, v, bytes);
+    buf_append(b, x, (size_t)bytes);
 }
 
 /* Length of the valid UTF-8 sequence at s (1..4), or 0 when invalid. */

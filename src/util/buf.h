@@ -39,6 +39,8 @@ void buf_putc(buf_t *b, char c);
 void buf_printf(buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void buf_put_u64(buf_t *b, uint64_t v);
 void buf_put_i64(buf_t *b, int64_t v);
+/* Appends the low `bytes` (1..8) bytes of `v`, little-endian (util/le.h). */
+void buf_put_le(buf_t *b, uint64_t v, int bytes);
 /*
  * Appends `s` as a JSON string literal, quotes included, escaped exactly as
  * Go's encoding/json does (etcd's encoder): <, > and & as \u003c.., control

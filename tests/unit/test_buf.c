@@ -1,6 +1,6 @@
 /*
  * test_buf.c - util/buf.h (JSON string escaping, integers, the buffer
- * itself) and util/timeutil.h (RFC 3339 timestamps, Go durations).
+ * itself), util/le.h and util/timeutil.h (RFC 3339 timestamps, Go durations).
  *
  * The JSON escaping must equal Go's encoding/json byte for byte, as built
  * into Debian's etcd 3.4.23 (go1.19.8): <>& as \u003c \u003e \u0026, \n \r \t
@@ -18,6 +18,7 @@
 #include <cmocka.h>
 
 #include "util/buf.h"
+#include "util/le.h"
 #include "util/timeutil.h"
 
 /* Renders s[0..len) as a JSON string and compares the whole buffer. */
@@ -322,6 +323,24 @@ static void test_duration_rejects_valid_go_forms(void **state)
     check_duration("2000\xce\xbcs", 2);
 }
 
+static void test_little_endian_round_trip(void **state)
+{
+    (void)state;
+    buf_t b = BUF_INIT;
+    buf_put_le(&b, 0x0102030405060708ull, 8);
+    buf_put_le(&b, 0xa1b2c3d4ull, 4);
+    buf_put_le(&b, 0xffffull << 16 | 0x7f, 1); /* only the low byte */
+    assert_int_equal(b.len, 13);
+    assert_memory_equal(b.data, "\x08\x07\x06\x05\x04\x03\x02\x01\xd4\xc3\xb2\xa1\x7f", 13);
+    const unsigned char *p = (const unsigned char *)b.data;
+    assert_int_equal(le_load(p, 8), 0x0102030405060708ull);
+    assert_int_equal(le_load(p + 8, 4), 0xa1b2c3d4ull);
+    unsigned char x[8];
+    le_store(x, UINT64_MAX - 1, 8);
+    assert_int_equal(le_load(x, 8), UINT64_MAX - 1);
+    buf_free(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -342,6 +361,7 @@ int main(void)
         cmocka_unit_test(test_duration_accepts_non_go_numbers),
         cmocka_unit_test(test_duration_fraction_rounding),
         cmocka_unit_test(test_duration_rejects_valid_go_forms),
+        cmocka_unit_test(test_little_endian_round_trip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
