@@ -22,7 +22,8 @@
  *      socket until each watch has its answer or TIMEOUT_S (default 60)
  *      passes. Prints one line:
  *        answered=K of=N last_ms=L first_ms=F put_ms=P put_status=S
- *      with times in milliseconds from the PUT. Exits 0 when all N answered.
+ *      with times in milliseconds from the PUT; then waits for stdin to
+ *      close before it closes the connections. Exits 0 when all N answered.
  *
  * A watch is answered when its event body has arrived whole: the status
  * line says 200, the bytes `"action"` have come (they are in the event JSON
@@ -235,7 +236,8 @@ int main(int argc, char **argv)
         int n = epoll_wait(ep, events, MAX_EVENTS, -1);
         for (int i = 0; i < n; i++) {
             if (events[i].data.ptr == &stdin_tag)
-                go = true;
+                go = read(STDIN_FILENO, buf, READ_BUF_BYTES) >= 0 ||
+                     errno != EINTR; /* a line or EOF */
             else
                 watch_read(ep, events[i].data.ptr, buf);
         }
@@ -291,6 +293,11 @@ int main(int argc, char **argv)
     }
     printf("answered=%ld of=%ld last_ms=%.3f first_ms=%.3f put_ms=%.3f put_status=%d\n", answered,
            count, last_ms, first_ms, put_ms, put_status);
+    fflush(stdout);
+    /* The connections stay open until stdin closes, so that the caller can
+     * look at the server before a wave of closes reaches it. */
+    while (read(STDIN_FILENO, buf, READ_BUF_BYTES) > 0 || errno == EINTR)
+        ;
     if (early)
         fprintf(stderr, "waiters: %ld watches ended before the PUT\n", early);
     if (failed)
