@@ -383,9 +383,12 @@ static void conn_write_now(http_conn_t *c, const char *data, size_t len)
     conn_flush(c);
 }
 
+/* Queues the parsing of pipelined bytes that waited (`pending`) for the
+ * next loop turn. Without such bytes there is nothing to resume: a woken
+ * parked request costs no second visit. */
 static void schedule_resume(http_conn_t *c)
 {
-    if (c->resume_queued || c->fd < 0)
+    if (c->resume_queued || c->fd < 0 || c->pending.len == 0)
         return;
     c->resume_queued = true;
     c->resume_next = c->srv->resume_head;
@@ -1193,7 +1196,7 @@ static void conn_event(http_conn_t *c, uint32_t events)
         conn_flush(c);
         if (c->fd < 0)
             return;
-        if (c->pending.len && !c->parked)
+        if (!c->parked)
             schedule_resume(c);
     }
     if (events & (EPOLLIN | EPOLLRDHUP))
