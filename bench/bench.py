@@ -249,30 +249,39 @@ def settle_parked(proc, base, n, is_disco):
         time.sleep(2.0)  # etcd has no gauge; give its goroutines time to park
 
 
-def bench_park(workdir, counts, results):
-    """Each count on a fresh pair of servers: RSS growth of a process that
-    already freed memory says little (etcd's even went negative)."""
+def park_once(workdir, n):
+    """One fresh pair of servers: RSS growth of a process that already freed
+    memory says little (etcd's even went negative). Returns {name: (bytes
+    per parked watch, ms from the PUT to the last answer)}."""
+    per = {}
+    servers = Servers(tempfile.mkdtemp(prefix="park-", dir=workdir))
+    try:
+        for name, proc, base in servers.both():
+            token = "benchpark%d" % n
+            make_token(base, token)
+            time.sleep(1.0)
+            before = rss_kib(proc.pid)
+            waiters = start_waiters(base, token, n)
+            try:
+                settle_parked(proc, base, n, name == "disco")
+                during = rss_kib(proc.pid)
+                per[name] = ((during - before) * 1024.0 / n, release_waiters(waiters, n))
+            finally:
+                if waiters.poll() is None:
+                    waiters.kill()
+                    waiters.wait()
+    finally:
+        servers.stop()
+    return per
+
+
+def bench_park(workdir, counts, rounds, results):
+    """Each count `rounds` times, each on a fresh pair (disco then etcd):
+    medians of both figures."""
     for n in counts:
-        per = {}
-        servers = Servers(tempfile.mkdtemp(prefix="park-", dir=workdir))
-        try:
-            for name, proc, base in servers.both():
-                token = "benchpark%d" % n
-                make_token(base, token)
-                time.sleep(1.0)
-                before = rss_kib(proc.pid)
-                waiters = start_waiters(base, token, n)
-                try:
-                    settle_parked(proc, base, n, name == "disco")
-                    during = rss_kib(proc.pid)
-                    per[name] = ((during - before) * 1024.0 / n, release_waiters(waiters, n))
-                finally:
-                    if waiters.poll() is None:
-                        waiters.kill()
-                        waiters.wait()
-        finally:
-            servers.stop()
-        d, e = per["disco"], per["etcd"]
+        runs = [park_once(workdir, n) for _ in range(rounds)]
+        d = [statistics.median(r["disco"][k] for r in runs) for k in (0, 1)]
+        e = [statistics.median(r["etcd"][k] for r in runs) for k in (0, 1)]
         results.append(("parked watch, %d clients: server bytes each" % n, d[0], e[0],
                         d[0] / e[0], "RSS growth of a fresh server"))
         results.append(("parked watch, %d clients: ms from PUT to last answer" % n, d[1], e[1],
@@ -388,7 +397,7 @@ def main():
         finally:
             servers.stop()
         if "park" in only:
-            bench_park(workdir, [c for c in counts if c < hard - 500], results)
+            bench_park(workdir, [c for c in counts if c < hard - 500], args.rounds, results)
         if "bigstore" in only:
             bench_bigstore(workdir, tokens, results)
     finally:
