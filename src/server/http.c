@@ -438,36 +438,31 @@ void http_reply(http_conn_t *c, const http_reply_t *r)
 struct http_prepared {
     unsigned refs;
     http_reply_t reply; /* body and extra_headers point into `bytes` */
-    size_t len;         /* the formatted answer: bytes[0..len) */
-    char bytes[];       /* the answer, NUL, the body, NUL, the extra headers, NUL */
+    size_t len;         /* the formatted answer, body last: bytes[0..len) */
+    char bytes[];       /* the answer, NUL, the extra headers, NUL */
 };
 
 http_prepared_t *http_prepare(const http_reply_t *r)
 {
-    buf_t head = BUF_INIT;
-    format_reply(&head, r, false, false, false);
+    buf_t answer = BUF_INIT;
+    format_reply(&answer, r, false, false, false);
     size_t hlen = r->extra_headers ? strlen(r->extra_headers) : 0;
     http_prepared_t *p = NULL;
-    if (!buf_failed(&head))
-        p = malloc(sizeof *p + head.len + 1 + r->body_len + 1 + hlen + 1);
+    if (!buf_failed(&answer))
+        p = malloc(sizeof *p + answer.len + 1 + hlen + 1);
     if (p) {
         p->refs = 1;
         p->reply = *r;
-        p->len = head.len;
-        char *at = p->bytes;
-        memcpy(at, head.data, head.len + 1);
-        at += head.len + 1;
-        if (r->body_len)
-            memcpy(at, r->body, r->body_len);
-        at[r->body_len] = '\0';
-        p->reply.body = at;
-        at += r->body_len + 1;
+        p->len = answer.len;
+        memcpy(p->bytes, answer.data, answer.len + 1);
+        p->reply.body = p->bytes + answer.len - r->body_len; /* the answer ends with it */
         if (r->extra_headers) {
-            memcpy(at, r->extra_headers, hlen + 1);
-            p->reply.extra_headers = at;
+            char *headers = p->bytes + answer.len + 1;
+            memcpy(headers, r->extra_headers, hlen + 1);
+            p->reply.extra_headers = headers;
         }
     }
-    buf_free(&head);
+    buf_free(&answer);
     return p;
 }
 

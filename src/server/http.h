@@ -188,9 +188,10 @@ void http_reply_simple(http_conn_t *c, int status, const char *content_type, con
 /*
  * An answer formatted once for many connections: one event wakes N parked
  * watches whose answers are the same bytes. http_prepare() copies `r` (body
- * and extra headers included) and formats it as an HTTP/1.1 keep-alive
- * answer to a GET; the result holds one reference, and whoever shares it
- * takes one more with http_prepared_ref(). Returns NULL when out of memory.
+ * and extra headers included; content_type stays a pointer to the static
+ * string it always is) and formats it as an HTTP/1.1 keep-alive answer to
+ * a GET; the result holds one reference, and whoever shares it takes one
+ * more with http_prepared_ref(). Returns NULL when out of memory.
  */
 typedef struct http_prepared http_prepared_t;
 http_prepared_t *http_prepare(const http_reply_t *r);
