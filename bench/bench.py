@@ -13,8 +13,9 @@ Workloads:
            tokens, wrk, 1 thread, 64 connections (every 2xx is on disk).
   park     N long-poll watches parked on one token (N = 10000 and the most
            one client process can hold, 19000): server memory per parked
-           watch from RSS, and the time from one PUT until the last client
-           has its answer.
+           watch from RSS, and the time from sending one PUT until the last
+           watch has its answer, measured by build/bench/disco-waiters (C,
+           epoll) so that the client's own reading does not count.
   form     time for 3 real etcd members to form a cluster through each.
   bigstore RSS and startup time of disco with 1,000,000 tokens of 3 members
            (disco only: loading that into etcd's v2 store takes hours).
@@ -28,9 +29,7 @@ import os
 import platform
 import re
 import resource
-import selectors
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,7 @@ import harness  # noqa: E402  (process helpers shared with the e2e tests)
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 MKSTORE = os.environ.get("DISCO_MKSTORE", os.path.join(REPO, "build", "bench", "disco-mkstore"))
+WAITERS = os.environ.get("DISCO_WAITERS", os.path.join(REPO, "build", "bench", "disco-waiters"))
 
 
 # ---- helpers -------------------------------------------------------------
@@ -210,52 +210,33 @@ def bench_put(servers, rounds, seconds, results):
                     "fresh keys over %d tokens; every 201 fsynced" % tokens))
 
 
-def park_watchers(base, token, n, timeout_s=60):
-    """Opens n connections, each parking a recursive watch on `token`.
-    Returns (selector, sockets)."""
+def start_waiters(base, token, n, timeout_s=60):
+    """Starts build/bench/disco-waiters parking n watches on `token` and
+    waits until it has sent them all; it then waits for "go" on stdin."""
     host, port = base[len("http://"):].split(":")
-    req = ("GET /v2/keys/_etcd/registry/%s?recursive=true&wait=true HTTP/1.1\r\n"
-           "Host: %s:%s\r\n\r\n" % (token, host, port)).encode()
-    sel = selectors.DefaultSelector()
-    socks = []
-    deadline = time.monotonic() + timeout_s
-    for i in range(n):
-        if time.monotonic() > deadline:
-            raise RuntimeError("could not open %d connections in time" % n)
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        # Several loopback source addresses keep clear of one address's
-        # ephemeral port range.
-        s.bind(("127.0.0.%d" % (1 + i % 8), 0))
-        s.connect((host, int(port)))
-        s.sendall(req)
-        s.setblocking(False)
-        sel.register(s, selectors.EVENT_READ, bytearray())
-        socks.append(s)
-    return sel, socks
+    proc = subprocess.Popen([WAITERS, host, port, str(n), token, str(timeout_s)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    if line.strip() != "sent %d" % n:
+        proc.kill()
+        proc.wait()
+        raise RuntimeError("disco-waiters could not park %d watches: %r" % (n, line))
+    return proc
 
 
-def wait_answers(sel, n, timeout_s):
-    """Reads until n sockets have an event body; returns seconds taken."""
-    start = time.monotonic()
-    done = 0
-    deadline = start + timeout_s
-    while done < n and time.monotonic() < deadline:
-        for key, _ in sel.select(timeout=0.5):
-            buf = key.data
-            try:
-                chunk = key.fileobj.recv(65536)
-            except BlockingIOError:
-                continue
-            if not chunk:
-                sel.unregister(key.fileobj)
-                continue
-            buf += chunk
-            if b'"action"' in buf:
-                done += 1
-                sel.unregister(key.fileobj)
-    if done < n:
-        raise RuntimeError("only %d of %d watchers answered in %ds" % (done, n, timeout_s))
-    return time.monotonic() - start
+def release_waiters(proc, n, timeout_s=60):
+    """Tells disco-waiters to send its PUT; returns the milliseconds from
+    the PUT until the last of the n watches had its answer."""
+    try:
+        out, _ = proc.communicate("go\n", timeout=timeout_s + 30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+    fields = dict(f.split("=", 1) for f in out.split())
+    if proc.returncode != 0 or int(fields.get("answered", -1)) != n:
+        raise RuntimeError("disco-waiters: %r (exit %d)" % (out, proc.returncode))
+    return float(fields["last_ms"])
 
 
 def settle_parked(proc, base, n, is_disco):
@@ -268,38 +249,43 @@ def settle_parked(proc, base, n, is_disco):
         time.sleep(2.0)  # etcd has no gauge; give its goroutines time to park
 
 
-def bench_park(workdir, counts, results):
-    """Each count on a fresh pair of servers: RSS growth of a process that
-    already freed memory says little (etcd's even went negative)."""
+def park_once(workdir, n):
+    """One fresh pair of servers: RSS growth of a process that already freed
+    memory says little (etcd's even went negative). Returns {name: (bytes
+    per parked watch, ms from the PUT to the last answer)}."""
+    per = {}
+    servers = Servers(tempfile.mkdtemp(prefix="park-", dir=workdir))
+    try:
+        for name, proc, base in servers.both():
+            token = "benchpark%d" % n
+            make_token(base, token)
+            time.sleep(1.0)
+            before = rss_kib(proc.pid)
+            waiters = start_waiters(base, token, n)
+            try:
+                settle_parked(proc, base, n, name == "disco")
+                during = rss_kib(proc.pid)
+                per[name] = ((during - before) * 1024.0 / n, release_waiters(waiters, n))
+            finally:
+                if waiters.poll() is None:
+                    waiters.kill()
+                    waiters.wait()
+    finally:
+        servers.stop()
+    return per
+
+
+def bench_park(workdir, counts, rounds, results):
+    """Each count `rounds` times, each on a fresh pair (disco then etcd):
+    medians of both figures."""
     for n in counts:
-        per = {}
-        servers = Servers(tempfile.mkdtemp(prefix="park-", dir=workdir))
-        try:
-            for name, proc, base in servers.both():
-                token = "benchpark%d" % n
-                make_token(base, token)
-                time.sleep(1.0)
-                before = rss_kib(proc.pid)
-                sel, socks = park_watchers(base, token, n)
-                try:
-                    settle_parked(proc, base, n, name == "disco")
-                    during = rss_kib(proc.pid)
-                    t0 = time.monotonic()
-                    put_form(base, "/v2/keys/_etcd/registry/%s/wake" % token,
-                             "m=http://127.0.0.1:1")
-                    wait_answers(sel, n, 60)
-                    per[name] = ((during - before) * 1024.0 / n, (time.monotonic() - t0) * 1000.0)
-                finally:
-                    for sock in socks:
-                        sock.close()
-                    sel.close()
-        finally:
-            servers.stop()
-        d, e = per["disco"], per["etcd"]
+        runs = [park_once(workdir, n) for _ in range(rounds)]
+        d = [statistics.median(r["disco"][k] for r in runs) for k in (0, 1)]
+        e = [statistics.median(r["etcd"][k] for r in runs) for k in (0, 1)]
         results.append(("parked watch, %d clients: server bytes each" % n, d[0], e[0],
                         d[0] / e[0], "RSS growth of a fresh server"))
         results.append(("parked watch, %d clients: ms from PUT to last answer" % n, d[1], e[1],
-                        d[1] / e[1], "PUT answer included"))
+                        d[1] / e[1], "from sending the PUT; C client, epoll"))
 
 
 def bench_form(servers, rounds, results):
@@ -411,7 +397,7 @@ def main():
         finally:
             servers.stop()
         if "park" in only:
-            bench_park(workdir, [c for c in counts if c < hard - 500], results)
+            bench_park(workdir, [c for c in counts if c < hard - 500], args.rounds, results)
         if "bigstore" in only:
             bench_bigstore(workdir, tokens, results)
     finally:

@@ -29,9 +29,12 @@ struct held_reply {
     http_conn_t *conn;
     uint64_t index; /* the state this answer shows */
     enum metrics_endpoint ep;
-    char method[16];
-    /* body and extra_headers point into `data` (a handler's buffers are gone
-     * when the answer leaves); content_type is always a static string */
+    const char *method; /* static: http_method_str()'s or a literal */
+    /* An answer shared with other connections (one reference), or NULL and
+     * the answer is `reply`, whose body and extra_headers point into `data`
+     * (a handler's buffers are gone when the answer leaves); content_type
+     * is always a static string. */
+    http_prepared_t *prepared;
     http_reply_t reply;
     char data[];
 };
@@ -75,6 +78,7 @@ void api_free(api_t *api)
     if (!api)
         return;
     metrics_free(api->metrics);
+    http_prepared_unref(api->watch_answer);
     ratelimit_free(api->new_limit);
     free(api->host_prefix);
     free(api);
@@ -99,6 +103,12 @@ static void held_unlink(api_t *api, held_reply_t *h)
         api->held_tail = prev;
 }
 
+static void held_free(held_reply_t *h)
+{
+    http_prepared_unref(h->prepared);
+    free(h);
+}
+
 static void on_held_end(http_conn_t *c, void *ctx, enum http_park_end why)
 {
     held_reply_t *h = ctx;
@@ -117,7 +127,7 @@ static void on_held_end(http_conn_t *c, void *ctx, enum http_park_end why)
                           "the store has not confirmed this change yet; retry",
                           registry_index(api->reg));
     }
-    free(h);
+    held_free(h);
 }
 
 /*
@@ -125,51 +135,91 @@ static void on_held_end(http_conn_t *c, void *ctx, enum http_park_end why)
  * index; it may leave only once the store has made that index durable.
  * With group commit that is the next commit, a millisecond or so away.
  */
-static bool must_hold(api_t *api, enum metrics_endpoint ep, const http_reply_t *r)
+static bool must_hold(api_t *api, enum metrics_endpoint ep, int status)
 {
     /* A 5xx shows no state: it never waits. */
-    if (ep == METRICS_HEALTH || !api->store || r->status >= 500)
+    if (ep == METRICS_HEALTH || !api->store || status >= 500)
         return false;
     return store_durable_index(api->store) < registry_index(api->reg);
+}
+
+/* A held answer with room for `data_bytes`, or NULL when out of memory. */
+static held_reply_t *held_new(api_t *api, http_conn_t *c, enum metrics_endpoint ep,
+                              const char *method, size_t data_bytes)
+{
+    held_reply_t *h = malloc(sizeof *h + data_bytes);
+    if (!h)
+        return NULL;
+    h->next = NULL;
+    h->api = api;
+    h->conn = c;
+    h->index = registry_index(api->reg);
+    h->ep = ep;
+    h->method = method;
+    h->prepared = NULL;
+    return h;
+}
+
+/* Queues `h` behind the answers already waiting and parks its request. */
+static void held_push(api_t *api, held_reply_t *h)
+{
+    if (api->held_tail)
+        api->held_tail->next = h;
+    else
+        api->held_head = h;
+    api->held_tail = h;
+    http_park(h->conn, on_held_end, h);
+}
+
+static void hold_failed(api_t *api, http_conn_t *c, enum metrics_endpoint ep, const char *method)
+{
+    log_warn("out of memory holding an answer; answering 503");
+    api_send_v2_error(api, c, ep, method, 503, 300, "out of memory; retry", 0);
 }
 
 void api_send(api_t *api, http_conn_t *c, enum metrics_endpoint ep, const char *method,
               const http_reply_t *r)
 {
-    if (must_hold(api, ep, r)) {
+    if (must_hold(api, ep, r->status)) {
         size_t hlen = r->extra_headers ? strlen(r->extra_headers) : 0;
-        held_reply_t *h = malloc(sizeof *h + r->body_len + 1 + hlen + 1);
-        if (h) {
-            h->next = NULL;
-            h->api = api;
-            h->conn = c;
-            h->index = registry_index(api->reg);
-            h->ep = ep;
-            snprintf(h->method, sizeof h->method, "%s", method);
-            h->reply = *r;
-            if (r->body_len)
-                memcpy(h->data, r->body, r->body_len);
-            h->data[r->body_len] = '\0';
-            h->reply.body = h->data;
-            if (r->extra_headers) {
-                char *headers = h->data + r->body_len + 1;
-                memcpy(headers, r->extra_headers, hlen + 1);
-                h->reply.extra_headers = headers;
-            }
-            if (api->held_tail)
-                api->held_tail->next = h;
-            else
-                api->held_head = h;
-            api->held_tail = h;
-            http_park(c, on_held_end, h);
+        held_reply_t *h = held_new(api, c, ep, method, r->body_len + 1 + hlen + 1);
+        if (!h) {
+            hold_failed(api, c, ep, method);
             return;
         }
-        log_warn("out of memory holding an answer; answering 503");
-        api_send_v2_error(api, c, ep, method, 503, 300, "out of memory; retry", 0);
+        h->reply = *r;
+        if (r->body_len)
+            memcpy(h->data, r->body, r->body_len);
+        h->data[r->body_len] = '\0';
+        h->reply.body = h->data;
+        if (r->extra_headers) {
+            char *headers = h->data + r->body_len + 1;
+            memcpy(headers, r->extra_headers, hlen + 1);
+            h->reply.extra_headers = headers;
+        }
+        held_push(api, h);
         return;
     }
     metrics_count(api->metrics, ep, r->status, method);
     http_reply(c, r);
+}
+
+void api_send_prepared(api_t *api, http_conn_t *c, enum metrics_endpoint ep, const char *method,
+                       http_prepared_t *p)
+{
+    int status = http_prepared_reply(p)->status;
+    if (must_hold(api, ep, status)) {
+        held_reply_t *h = held_new(api, c, ep, method, 0);
+        if (!h) {
+            hold_failed(api, c, ep, method);
+            return;
+        }
+        h->prepared = http_prepared_ref(p);
+        held_push(api, h);
+        return;
+    }
+    metrics_count(api->metrics, ep, status, method);
+    http_reply_prepared(c, p);
 }
 
 void api_on_durable(void *ctx)
@@ -182,9 +232,14 @@ void api_on_durable(void *ctx)
         api->held_head = h->next;
         if (!api->held_head)
             api->held_tail = NULL;
-        metrics_count(api->metrics, h->ep, h->reply.status, h->method);
-        http_reply(h->conn, &h->reply);
-        free(h);
+        if (h->prepared) {
+            metrics_count(api->metrics, h->ep, http_prepared_reply(h->prepared)->status, h->method);
+            http_reply_prepared(h->conn, h->prepared);
+        } else {
+            metrics_count(api->metrics, h->ep, h->reply.status, h->method);
+            http_reply(h->conn, &h->reply);
+        }
+        held_free(h);
     }
 }
 

@@ -165,22 +165,46 @@ static void send_result(api_t *api, const http_request_t *req, enum metrics_endp
 
 /* ---- watches ---------------------------------------------------------- */
 
-static void send_event(parked_watch_t *pw, const reg_event_t *ev)
+/*
+ * The whole HTTP answer to a watch that `ev` answers, for X-Etcd-Index
+ * `etcd_index`. One event wakes every watcher of a token at once, and those
+ * that began at the same index get the same bytes, so the last answer is
+ * kept (api->watch_answer) and shared. NULL when out of memory.
+ */
+static http_prepared_t *watch_answer(api_t *api, const reg_event_t *ev, uint64_t etcd_index)
 {
+    if (api->watch_answer && api->watch_answer_index == ev->index &&
+        api->watch_answer_etcd_index == etcd_index)
+        return api->watch_answer;
     const char *data;
     size_t len;
-    if (!v2json_event_wire((reg_event_t *)ev, &data, &len)) {
+    if (!v2json_event_wire((reg_event_t *)ev, &data, &len))
+        return NULL;
+    http_reply_t r = {.status = 200,
+                      .content_type = "application/json",
+                      .has_etcd_index = true,
+                      .etcd_index = etcd_index,
+                      .body = data,
+                      .body_len = len};
+    http_prepared_t *p = http_prepare(&r);
+    if (!p)
+        return NULL;
+    http_prepared_unref(api->watch_answer);
+    api->watch_answer = p;
+    api->watch_answer_index = ev->index;
+    api->watch_answer_etcd_index = etcd_index;
+    return p;
+}
+
+static void send_event(parked_watch_t *pw, const reg_event_t *ev)
+{
+    http_prepared_t *p = watch_answer(pw->api, ev, pw->w.start_index);
+    if (!p) {
         api_send_v2_error(pw->api, pw->conn, pw->ep, "GET", 0, 300, "out of memory",
                           pw->w.start_index);
         return;
     }
-    http_reply_t r = {.status = 200,
-                      .content_type = "application/json",
-                      .has_etcd_index = true,
-                      .etcd_index = pw->w.start_index,
-                      .body = data,
-                      .body_len = len};
-    api_send(pw->api, pw->conn, pw->ep, "GET", &r);
+    api_send_prepared(pw->api, pw->conn, pw->ep, "GET", p);
 }
 
 static void send_empty(parked_watch_t *pw)

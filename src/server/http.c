@@ -345,32 +345,74 @@ static void format_reply(buf_t *o, const http_reply_t *r, bool is_head, bool clo
         buf_append(o, r->body, r->body_len);
 }
 
-static void append_reply(http_conn_t *c, const http_reply_t *r)
+static bool is_http10(const http_conn_t *c)
 {
-    format_reply(&c->out, r, c->is_head, c->close_after_write,
-                 c->parser.http_major == 1 && c->parser.http_minor == 0);
+    return c->parser.http_major == 1 && c->parser.http_minor == 0;
 }
 
+static void append_reply(http_conn_t *c, const http_reply_t *r)
+{
+    format_reply(&c->out, r, c->is_head, c->close_after_write, is_http10(c));
+}
+
+/*
+ * Writes `data` now if nothing is queued before it, so that bytes shared
+ * by many connections are not copied for each; what the socket does not
+ * take at once is queued in `out` like any answer. conn_flush() then does
+ * the bookkeeping (EPOLLOUT, timers, close after write), and meets again
+ * any error the direct send met.
+ */
+static void conn_write_now(http_conn_t *c, const char *data, size_t len)
+{
+    size_t sent = 0;
+    if (c->out.len == c->out_off) {
+        ssize_t n;
+        do
+            n = send(c->fd, data, len, MSG_NOSIGNAL);
+        while (n < 0 && errno == EINTR);
+        if (n > 0)
+            sent = (size_t)n;
+    }
+    if (sent < len)
+        buf_append(&c->out, data + sent, len - sent);
+    if (buf_failed(&c->out)) {
+        log_warn("out of memory writing an answer to %s; closing", c->peer);
+        conn_close(c);
+        return;
+    }
+    conn_flush(c);
+}
+
+/* Queues the parsing of pipelined bytes that waited (`pending`) for the
+ * next loop turn. Without such bytes there is nothing to resume: a woken
+ * parked request costs no second visit. */
 static void schedule_resume(http_conn_t *c)
 {
-    if (c->resume_queued || c->fd < 0)
+    if (c->resume_queued || c->fd < 0 || c->pending.len == 0)
         return;
     c->resume_queued = true;
     c->resume_next = c->srv->resume_head;
     c->srv->resume_head = c;
 }
 
-void http_reply(http_conn_t *c, const http_reply_t *r)
+/* What every answer does first. Returns whether the request was parked,
+ * or -1 when it must not be answered (already answered, or closed). */
+static int reply_begin(http_conn_t *c)
 {
     if (c->replied || c->fd < 0)
-        return;
+        return -1;
     c->replied = true;
     bool was_parked = c->parked;
     c->parked = false;
     c->park_fn = NULL;
     if (!c->keep_alive || c->srv->stopping)
         c->close_after_write = true;
-    append_reply(c, r);
+    return was_parked;
+}
+
+/* What every answer does once it is queued in `out`. */
+static void reply_end(http_conn_t *c, bool was_parked)
+{
     if (buf_failed(&c->out)) {
         log_warn("out of memory writing an answer to %s; closing", c->peer);
         conn_close(c);
@@ -381,6 +423,80 @@ void http_reply(http_conn_t *c, const http_reply_t *r)
          * any pipelined bytes on the next loop turn, outside this stack. */
         schedule_resume(c);
         conn_flush(c);
+    }
+}
+
+void http_reply(http_conn_t *c, const http_reply_t *r)
+{
+    int was_parked = reply_begin(c);
+    if (was_parked < 0)
+        return;
+    append_reply(c, r);
+    reply_end(c, was_parked);
+}
+
+struct http_prepared {
+    unsigned refs;
+    http_reply_t reply; /* body and extra_headers point into `bytes` */
+    size_t len;         /* the formatted answer, body last: bytes[0..len) */
+    char bytes[];       /* the answer, NUL, the extra headers, NUL */
+};
+
+http_prepared_t *http_prepare(const http_reply_t *r)
+{
+    buf_t answer = BUF_INIT;
+    format_reply(&answer, r, false, false, false);
+    size_t hlen = r->extra_headers ? strlen(r->extra_headers) : 0;
+    http_prepared_t *p = NULL;
+    if (!buf_failed(&answer))
+        p = malloc(sizeof *p + answer.len + 1 + hlen + 1);
+    if (p) {
+        p->refs = 1;
+        p->reply = *r;
+        p->len = answer.len;
+        memcpy(p->bytes, answer.data, answer.len + 1);
+        p->reply.body = p->bytes + answer.len - r->body_len; /* the answer ends with it */
+        if (r->extra_headers) {
+            char *headers = p->bytes + answer.len + 1;
+            memcpy(headers, r->extra_headers, hlen + 1);
+            p->reply.extra_headers = headers;
+        }
+    }
+    buf_free(&answer);
+    return p;
+}
+
+http_prepared_t *http_prepared_ref(http_prepared_t *p)
+{
+    p->refs++;
+    return p;
+}
+
+void http_prepared_unref(http_prepared_t *p)
+{
+    if (p && --p->refs == 0)
+        free(p);
+}
+
+const http_reply_t *http_prepared_reply(const http_prepared_t *p)
+{
+    return &p->reply;
+}
+
+void http_reply_prepared(http_conn_t *c, const http_prepared_t *p)
+{
+    int was_parked = reply_begin(c);
+    if (was_parked < 0)
+        return;
+    if (c->is_head || c->close_after_write || is_http10(c)) {
+        append_reply(c, &p->reply); /* not the shape it was formatted for */
+        reply_end(c, was_parked);
+    } else if (was_parked) {
+        schedule_resume(c);
+        conn_write_now(c, p->bytes, p->len);
+    } else {
+        buf_append(&c->out, p->bytes, p->len); /* written with what follows */
+        reply_end(c, false);
     }
 }
 
@@ -1075,7 +1191,7 @@ static void conn_event(http_conn_t *c, uint32_t events)
         conn_flush(c);
         if (c->fd < 0)
             return;
-        if (c->pending.len && !c->parked)
+        if (!c->parked)
             schedule_resume(c);
     }
     if (events & (EPOLLIN | EPOLLRDHUP))

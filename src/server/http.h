@@ -186,6 +186,30 @@ void http_reply(http_conn_t *c, const http_reply_t *r);
 void http_reply_simple(http_conn_t *c, int status, const char *content_type, const char *body,
                        size_t body_len);
 /*
+ * An answer formatted once for many connections: one event wakes N parked
+ * watches whose answers are the same bytes. http_prepare() copies `r` (body
+ * and extra headers included; content_type stays a pointer to the static
+ * string it always is) and formats it as an HTTP/1.1 keep-alive answer to
+ * a GET; the result holds one reference, and whoever shares it takes one
+ * more with http_prepared_ref(). Returns NULL when out of memory.
+ */
+typedef struct http_prepared http_prepared_t;
+http_prepared_t *http_prepare(const http_reply_t *r);
+http_prepared_t *http_prepared_ref(http_prepared_t *p);
+/* Drops a reference; the last one frees it. NULL is fine. */
+void http_prepared_unref(http_prepared_t *p);
+/* The reply it was made from (its body and headers now live in `p`). */
+const http_reply_t *http_prepared_reply(const http_prepared_t *p);
+/*
+ * Answers the connection's current request with `p`, exactly as
+ * http_reply(c, <the reply p was made from>) would. A woken parked request
+ * with nothing else queued is written straight from the shared bytes (only
+ * what the socket does not take at once is copied); a request of another
+ * shape (HEAD, HTTP/1.0, "Connection: close") gets its own formatting. The
+ * caller keeps its reference.
+ */
+void http_reply_prepared(http_conn_t *c, const http_prepared_t *p);
+/*
  * Parks the current request: `on_end` fires once if it ends otherwise than
  * by http_reply (see enum http_park_end). The wait timeout starts now, also
  * when an already parked request is parked again with a new owner.
