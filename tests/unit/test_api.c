@@ -74,6 +74,11 @@ static bool ts_writable(store_t *st)
     (void)st;
     return true;
 }
+static void ts_stats(store_t *st, store_stats_t *out)
+{
+    (void)st;
+    *out = (store_stats_t){0};
+}
 static void ts_close(store_t *st)
 {
     (void)st;
@@ -85,9 +90,11 @@ static const struct store_ops test_store_ops = {
     .remove_token = ts_remove_token,
     .fetch = ts_fetch,
     .durable_index = ts_durable_index,
+    .readable_index = ts_durable_index, /* nothing is ever read back */
     .notify_fd = ts_notify_fd,
     .drain_notify = ts_drain_notify,
     .writable = ts_writable,
+    .stats = ts_stats,
     .close = ts_close,
     .name = "test",
 };
