@@ -675,6 +675,47 @@ static void reply_error_and_close(http_conn_t *c, int status, const char *cause)
     conn_flush(c);
 }
 
+/*
+ * Finds the path and the query (length 0: none) of a request target.
+ * The usual origin-form ("/path?query#fragment") is split by hand:
+ * libhttp-parser has already checked it byte by byte, with the same state
+ * machine http_parser_parse_url runs, while it read the request line, so
+ * only the first '?' and '#' matter, as they do to http_parser_parse_url.
+ * Other forms (absolute-form, '*') go to http_parser_parse_url. Returns
+ * false when the target is malformed or has no path.
+ */
+static bool split_target(const char *url, size_t len, size_t *path_off, size_t *path_len,
+                         size_t *query_off, size_t *query_len)
+{
+    *query_off = *query_len = 0;
+    if (len > 0 && url[0] == '/') {
+        size_t i = 0;
+        while (i < len && url[i] != '?' && url[i] != '#')
+            i++;
+        *path_off = 0;
+        *path_len = i;
+        if (i < len && url[i] == '?') {
+            size_t q = ++i;
+            while (i < len && url[i] != '#')
+                i++;
+            *query_off = q;
+            *query_len = i - q;
+        }
+        return true;
+    }
+    struct http_parser_url u;
+    http_parser_url_init(&u);
+    if (len == 0 || http_parser_parse_url(url, len, 0, &u) != 0 || !(u.field_set & (1 << UF_PATH)))
+        return false;
+    *path_off = u.field_data[UF_PATH].off;
+    *path_len = u.field_data[UF_PATH].len;
+    if (u.field_set & (1 << UF_QUERY)) {
+        *query_off = u.field_data[UF_QUERY].off;
+        *query_len = u.field_data[UF_QUERY].len;
+    }
+    return true;
+}
+
 static void dispatch(http_conn_t *c)
 {
     http_server_t *s = c->srv;
@@ -683,23 +724,17 @@ static void dispatch(http_conn_t *c)
         reply_error_and_close(c, 500, "out of memory");
         return;
     }
-    struct http_parser_url u;
-    http_parser_url_init(&u);
-    const char *url = buf_cstr(&c->url);
-    if (c->url.len == 0 || http_parser_parse_url(url, c->url.len, 0, &u) != 0 ||
-        !(u.field_set & (1 << UF_PATH))) {
+    size_t path_off, plen, query_off, qlen;
+    if (!split_target(buf_cstr(&c->url), c->url.len, &path_off, &plen, &query_off, &qlen)) {
         reply_error_and_close(c, 400, "malformed request target");
         return;
     }
     /* Split in place: path and query become NUL-terminated strings. */
     char *base = c->url.data;
-    size_t plen = u.field_data[UF_PATH].len;
-    char *path = base + u.field_data[UF_PATH].off;
+    char *path = base + path_off;
     char *query = "";
-    size_t qlen = 0;
-    if (u.field_set & (1 << UF_QUERY)) {
-        query = base + u.field_data[UF_QUERY].off;
-        qlen = u.field_data[UF_QUERY].len;
+    if (qlen) {
+        query = base + query_off;
         query[qlen] = '\0';
     }
     path[plen] = '\0';
