@@ -320,7 +320,12 @@ static void conn_flush(http_conn_t *c)
 static void format_reply(buf_t *o, const http_reply_t *r, bool is_head, bool close,
                          bool http10_keep_alive)
 {
-    buf_printf(o, "HTTP/1.1 %d %s\r\n", r->status, http_status_text(r->status));
+    /* Pieces, not printf: this runs for every answer. */
+    buf_puts(o, "HTTP/1.1 ");
+    buf_put_u64(o, (uint64_t)(unsigned)r->status);
+    buf_putc(o, ' ');
+    buf_puts(o, http_status_text(r->status));
+    buf_puts(o, "\r\n");
     if (r->content_type) {
         buf_puts(o, "Content-Type: ");
         buf_puts(o, r->content_type);
