@@ -222,8 +222,10 @@ bool form_is_urlencoded(const char *ct)
 
 const char *form_get(const form_t *f, const char *name)
 {
+    /* The first byte rules out most names without a call: a v2 request
+     * looks up about fifteen names, most of them absent. */
     for (size_t i = 0; i < f->n; i++)
-        if (strcmp(f->params[i].name, name) == 0)
+        if (f->params[i].name[0] == name[0] && strcmp(f->params[i].name, name) == 0)
             return f->params[i].value;
     return NULL;
 }
@@ -255,11 +257,11 @@ bool form_parse_bool(const char *s, bool *out)
     static const char *const yes[] = {"1", "t", "T", "TRUE", "true", "True"};
     static const char *const no[] = {"0", "f", "F", "FALSE", "false", "False"};
     for (size_t i = 0; i < 6; i++) {
-        if (strcmp(s, yes[i]) == 0) {
+        if (s[0] == yes[i][0] && strcmp(s, yes[i]) == 0) {
             *out = true;
             return true;
         }
-        if (strcmp(s, no[i]) == 0) {
+        if (s[0] == no[i][0] && strcmp(s, no[i]) == 0) {
             *out = false;
             return true;
         }
