@@ -254,19 +254,22 @@ char *form_unescape_path(const char *s, size_t len, int *bad_escape)
 
 bool form_parse_bool(const char *s, bool *out)
 {
-    static const char *const yes[] = {"1", "t", "T", "TRUE", "true", "True"};
-    static const char *const no[] = {"0", "f", "F", "FALSE", "false", "False"};
-    for (size_t i = 0; i < 6; i++) {
-        if (s[0] == yes[i][0] && strcmp(s, yes[i]) == 0) {
-            *out = true;
-            return true;
-        }
-        if (s[0] == no[i][0] && strcmp(s, no[i]) == 0) {
-            *out = false;
-            return true;
-        }
+    /* The twelve spellings, by first byte: 1 t T TRUE true True, 0 f F
+     * FALSE false False. Every v2 request parses six of these. */
+    const char *rest = s + 1;
+    bool ok;
+    switch (s[0]) {
+    case '1':
+    case '0': ok = *rest == '\0'; break;
+    case 't': ok = *rest == '\0' || strcmp(rest, "rue") == 0; break;
+    case 'T': ok = *rest == '\0' || strcmp(rest, "rue") == 0 || strcmp(rest, "RUE") == 0; break;
+    case 'f': ok = *rest == '\0' || strcmp(rest, "alse") == 0; break;
+    case 'F': ok = *rest == '\0' || strcmp(rest, "alse") == 0 || strcmp(rest, "ALSE") == 0; break;
+    default: ok = false; break;
     }
-    return false;
+    if (ok)
+        *out = s[0] == '1' || s[0] == 't' || s[0] == 'T';
+    return ok;
 }
 
 bool form_parse_u64(const char *s, uint64_t *out)
