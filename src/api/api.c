@@ -49,6 +49,7 @@ api_t *api_new(registry_t *reg, store_t *store, const api_config_t *cfg)
     api->min_age_ns = (int64_t)cfg->min_age_ms * NS_PER_MS;
     api->gc_every_ns = (int64_t)cfg->gc_every_ms * NS_PER_MS;
     api->metrics = metrics_new();
+    api->listings = listing_cache_new();
     api->max_key_bytes = cfg->max_key_bytes ? cfg->max_key_bytes : API_DEFAULT_MAX_KEY_BYTES;
     api->max_value_bytes =
         cfg->max_value_bytes ? cfg->max_value_bytes : API_DEFAULT_MAX_VALUE_BYTES;
@@ -66,7 +67,8 @@ api_t *api_new(registry_t *reg, store_t *store, const api_config_t *cfg)
             n--; /* "https://x/" and "https://x" print the same URL */
         api->host_prefix = strndup(cfg->host_prefix, n);
     }
-    if (!api->metrics || (cfg->host_prefix && *cfg->host_prefix && !api->host_prefix)) {
+    if (!api->metrics || !api->listings ||
+        (cfg->host_prefix && *cfg->host_prefix && !api->host_prefix)) {
         api_free(api);
         return NULL;
     }
@@ -79,6 +81,7 @@ void api_free(api_t *api)
         return;
     metrics_free(api->metrics);
     http_prepared_unref(api->watch_answer);
+    listing_cache_free(api->listings);
     ratelimit_free(api->new_limit);
     free(api->host_prefix);
     free(api);

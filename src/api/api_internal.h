@@ -7,6 +7,7 @@
 #include <stdbool.h>
 
 #include "api/api.h"
+#include "api/listing_cache.h"
 #include "api/metrics.h"
 #include "util/buf.h"
 #include "util/ratelimit.h"
@@ -24,7 +25,8 @@ struct api {
     int64_t next_gc_ns;
     held_reply_t *held_head, *held_tail; /* FIFO, non-decreasing index */
     size_t max_key_bytes, max_value_bytes;
-    ratelimit_t *new_limit; /* NULL: /new is not rate limited */
+    ratelimit_t *new_limit;    /* NULL: /new is not rate limited */
+    listing_cache_t *listings; /* rendered GET answers (api/listing_cache.h) */
     /* The last watch answer (one reference): the N watchers one event wakes
      * share it. It shows event `watch_answer_index` with X-Etcd-Index
      * `watch_answer_etcd_index`. */

@@ -14,11 +14,19 @@ void form_init(form_t *f)
     memset(f, 0, sizeof *f);
 }
 
+/* The decoded names and values of one form_parse call, each NUL-terminated:
+ * one allocation, whatever the number of pairs. */
+struct form_text {
+    form_text_t *next;
+    char data[];
+};
+
 void form_free(form_t *f)
 {
-    for (size_t i = 0; i < f->n; i++) {
-        free(f->params[i].name);
-        free(f->params[i].value);
+    while (f->texts) {
+        form_text_t *t = f->texts;
+        f->texts = t->next;
+        free(t);
     }
     free(f->params);
     free(f->error);
@@ -84,14 +92,13 @@ static void go_quote(char *out, size_t cap, const char *s, size_t len)
 }
 
 /*
- * Go's url.unescape. On a bad escape returns NULL and writes Go's message
- * into err_out (which must hold 64 bytes).
+ * Go's url.unescape into `out` (room for len + 1 bytes), NUL-terminated,
+ * with the decoded length in *out_len. On a bad escape returns false and
+ * writes Go's message into err_out (which must hold 64 bytes).
  */
-static char *unescape(const char *s, size_t len, bool plus_is_space, char *err_out)
+static bool unescape_into(const char *s, size_t len, bool plus_is_space, char *out, size_t *out_len,
+                          char *err_out)
 {
-    char *out = malloc(len + 1);
-    if (!out)
-        return NULL;
     size_t o = 0;
     for (size_t i = 0; i < len; i++) {
         char c = s[i];
@@ -103,8 +110,7 @@ static char *unescape(const char *s, size_t len, bool plus_is_space, char *err_o
                 char quoted[32];
                 go_quote(quoted, sizeof quoted, s + i, el);
                 snprintf(err_out, 64, "invalid URL escape %s", quoted);
-                free(out);
-                return NULL;
+                return false;
             }
             out[o++] = (char)(hi * 16 + lo);
             i += 2;
@@ -115,7 +121,8 @@ static char *unescape(const char *s, size_t len, bool plus_is_space, char *err_o
         }
     }
     out[o] = '\0';
-    return out;
+    *out_len = o;
+    return true;
 }
 
 /* A NUL byte, raw or as "%00", which C strings (and keys) cannot carry:
@@ -130,7 +137,7 @@ static bool has_nul(const char *s, size_t len)
     return false;
 }
 
-static int add_param(form_t *f, char *name, char *value)
+static int add_param(form_t *f, const char *name, const char *value)
 {
     if (f->n == f->cap) {
         size_t cap = f->cap ? f->cap * 2 : 8;
@@ -148,6 +155,20 @@ static int add_param(form_t *f, char *name, char *value)
 
 int form_parse(form_t *f, const char *s, size_t len)
 {
+    if (len == 0)
+        return 0;
+    /* A pair decodes to at most its own length plus one byte (the '='
+     * becomes the name's NUL, and the value gets a NUL), or plus two when
+     * it has no '='. */
+    size_t pairs = 1;
+    for (const char *amp = s; (amp = memchr(amp, '&', (size_t)(s + len - amp))); amp++)
+        pairs++;
+    form_text_t *text = malloc(sizeof *text + len + 2 * pairs);
+    if (!text)
+        return -ENOMEM;
+    text->next = f->texts;
+    f->texts = text;
+    char *out = text->data;
     size_t i = 0;
     while (i < len) {
         size_t start = i;
@@ -169,27 +190,23 @@ int form_parse(form_t *f, const char *s, size_t len)
         }
         const char *eq = memchr(pair, '=', plen);
         size_t nlen = eq ? (size_t)(eq - pair) : plen;
-        char err[64] = "";
-        char *name = unescape(pair, nlen, true, err);
-        if (!name) {
-            if (!*err)
-                return -ENOMEM;
+        char err[64];
+        char *name = out;
+        size_t name_len, value_len = 0;
+        if (!unescape_into(pair, nlen, true, name, &name_len, err)) {
             set_error(f, err, false);
             continue;
         }
-        char *value = eq ? unescape(eq + 1, plen - nlen - 1, true, err) : strdup("");
-        if (!value) {
-            free(name);
-            if (!*err)
-                return -ENOMEM;
+        char *value = name + name_len + 1;
+        if (!eq) {
+            *value = '\0';
+        } else if (!unescape_into(eq + 1, plen - nlen - 1, true, value, &value_len, err)) {
             set_error(f, err, false);
             continue;
         }
-        if (add_param(f, name, value) != 0) {
-            free(name);
-            free(value);
+        out = value + value_len + 1;
+        if (add_param(f, name, value) != 0)
             return -ENOMEM;
-        }
     }
     return 0;
 }
@@ -205,8 +222,10 @@ bool form_is_urlencoded(const char *ct)
 
 const char *form_get(const form_t *f, const char *name)
 {
+    /* The first byte rules out most names without a call: a v2 request
+     * looks up about fifteen names, most of them absent. */
     for (size_t i = 0; i < f->n; i++)
-        if (strcmp(f->params[i].name, name) == 0)
+        if (f->params[i].name[0] == name[0] && strcmp(f->params[i].name, name) == 0)
             return f->params[i].value;
     return NULL;
 }
@@ -218,14 +237,14 @@ bool form_has(const form_t *f, const char *name)
 
 char *form_unescape_path(const char *s, size_t len, int *bad_escape)
 {
-    char err[64] = "";
+    char err[64];
     *bad_escape = 0;
-    char *out = unescape(s, len, false, err);
-    if (!out) {
-        *bad_escape = *err ? 1 : 0;
+    char *out = malloc(len + 1);
+    if (!out)
         return NULL;
-    }
-    if (has_nul(s, len)) { /* it would cut the key short */
+    size_t out_len;
+    /* A NUL would cut the key short. */
+    if (!unescape_into(s, len, false, out, &out_len, err) || has_nul(s, len)) {
         free(out);
         *bad_escape = 1;
         return NULL;
@@ -235,19 +254,22 @@ char *form_unescape_path(const char *s, size_t len, int *bad_escape)
 
 bool form_parse_bool(const char *s, bool *out)
 {
-    static const char *const yes[] = {"1", "t", "T", "TRUE", "true", "True"};
-    static const char *const no[] = {"0", "f", "F", "FALSE", "false", "False"};
-    for (size_t i = 0; i < 6; i++) {
-        if (strcmp(s, yes[i]) == 0) {
-            *out = true;
-            return true;
-        }
-        if (strcmp(s, no[i]) == 0) {
-            *out = false;
-            return true;
-        }
+    /* The twelve spellings, by first byte: 1 t T TRUE true True, 0 f F
+     * FALSE false False. Every v2 request parses six of these. */
+    const char *rest = s + 1;
+    bool ok;
+    switch (s[0]) {
+    case '1':
+    case '0': ok = *rest == '\0'; break;
+    case 't': ok = *rest == '\0' || strcmp(rest, "rue") == 0; break;
+    case 'T': ok = *rest == '\0' || strcmp(rest, "rue") == 0 || strcmp(rest, "RUE") == 0; break;
+    case 'f': ok = *rest == '\0' || strcmp(rest, "alse") == 0; break;
+    case 'F': ok = *rest == '\0' || strcmp(rest, "alse") == 0 || strcmp(rest, "ALSE") == 0; break;
+    default: ok = false; break;
     }
-    return false;
+    if (ok)
+        *out = s[0] == '1' || s[0] == 't' || s[0] == 'T';
+    return ok;
 }
 
 bool form_parse_u64(const char *s, uint64_t *out)

@@ -16,15 +16,19 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Decoded names and values point into the form's text blocks. */
 typedef struct form_param {
-    char *name;
-    char *value;
+    const char *name;
+    const char *value;
 } form_param_t;
+
+typedef struct form_text form_text_t; /* private */
 
 typedef struct form {
     form_param_t *params;
     size_t n, cap;
-    char *error; /* first decoding error (Go's text), or NULL */
+    char *error;        /* first decoding error (Go's text), or NULL */
+    form_text_t *texts; /* one block of decoded text per form_parse call */
 } form_t;
 
 void form_init(form_t *f);

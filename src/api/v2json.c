@@ -180,6 +180,7 @@ typedef struct render {
     buf_t key;
     bool recursive, sorted;
     int64_t now_ns;
+    bool shows_ttl; /* a node with a TTL was rendered */
 } render_t;
 
 static void put_node(render_t *r, const reg_node_t *n, bool with_children);
@@ -236,6 +237,8 @@ static void put_node(render_t *r, const reg_node_t *n, bool with_children)
         buf_puts(b, ",\"dir\":true");
     }
     int64_t exp = reg_node_expire_ns(n);
+    if (exp)
+        r->shows_ttl = true;
     put_expiry(b, exp, time_ttl_left_s(exp, r->now_ns));
     if (!v && with_children)
         put_children(r, n);
@@ -243,7 +246,7 @@ static void put_node(render_t *r, const reg_node_t *n, bool with_children)
     buf_putc(b, '}');
 }
 
-void v2json_get(buf_t *b, const reg_node_t *n, bool recursive, bool sorted, int64_t now_ns)
+bool v2json_get(buf_t *b, const reg_node_t *n, bool recursive, bool sorted, int64_t now_ns)
 {
     render_t r = {
         .out = b, .key = BUF_INIT, .recursive = recursive, .sorted = sorted, .now_ns = now_ns};
@@ -254,4 +257,5 @@ void v2json_get(buf_t *b, const reg_node_t *n, bool recursive, bool sorted, int6
     put_node(&r, n, true);
     buf_puts(b, "}\n");
     buf_free(&r.key);
+    return r.shows_ttl;
 }

@@ -35,7 +35,11 @@ void v2json_event(buf_t *b, const reg_event_t *ev, bool no_value);
  */
 bool v2json_event_wire(reg_event_t *ev, const char **data, size_t *len);
 
-/* {"action":"get","node":{...}}\n for a read of a live node. */
-void v2json_get(buf_t *b, const reg_node_t *n, bool recursive, bool sorted, int64_t now_ns);
+/*
+ * {"action":"get","node":{...}}\n for a read of a live node. Returns whether
+ * the answer shows a TTL: then it depends on `now_ns` (the seconds left),
+ * not only on the tree.
+ */
+bool v2json_get(buf_t *b, const reg_node_t *n, bool recursive, bool sorted, int64_t now_ns);
 
 #endif

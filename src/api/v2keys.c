@@ -18,6 +18,7 @@
 
 #include "api/api_internal.h"
 #include "api/form.h"
+#include "api/listing_cache.h"
 #include "api/v2json.h"
 #include "util/timeutil.h"
 
@@ -126,6 +127,25 @@ static bool parse_params(const form_t *f, int method, v2_params_t *p, param_erro
     return true;
 }
 
+/*
+ * The body of a get's answer: from the listing cache while the node's token
+ * is unchanged, else rendered into `body` and kept for the next poll unless
+ * it shows a TTL (seconds left change with the clock). Sets body->failed
+ * when out of memory.
+ */
+static void get_body(api_t *api, const reg_result_t *res, const v2_params_t *p, buf_t *body,
+                     const char **data, size_t *len)
+{
+    unsigned variant = (p->recursive ? 1u : 0u) | (p->sorted ? 2u : 0u);
+    if (listing_cache_find(api->listings, res->node, variant, res->stamp, data, len))
+        return;
+    bool shows_ttl = v2json_get(body, res->node, p->recursive, p->sorted, res->now_ns);
+    if (!shows_ttl && !buf_failed(body))
+        listing_cache_store(api->listings, res->node, variant, res->stamp, body->data, body->len);
+    *data = body->data;
+    *len = body->len;
+}
+
 static void send_result(api_t *api, const http_request_t *req, enum metrics_endpoint ep,
                         reg_result_t *res, const v2_params_t *p)
 {
@@ -135,6 +155,8 @@ static void send_result(api_t *api, const http_request_t *req, enum metrics_endp
         return;
     }
     buf_t body = BUF_INIT;
+    const char *data = NULL;
+    size_t len = 0;
     int status = 200;
     if (res->event) {
         const reg_event_t *ev = res->event;
@@ -144,8 +166,10 @@ static void send_result(api_t *api, const http_request_t *req, enum metrics_endp
                         (ev->action == REG_ACT_SET || ev->action == REG_ACT_CAS ||
                          ev->action == REG_ACT_CREATE || ev->action == REG_ACT_UPDATE);
         v2json_event(&body, ev, no_value);
+        data = body.data;
+        len = body.len;
     } else {
-        v2json_get(&body, res->node, p->recursive, p->sorted, res->now_ns);
+        get_body(api, res, p, &body, &data, &len);
     }
     if (buf_failed(&body)) {
         buf_free(&body);
@@ -157,8 +181,8 @@ static void send_result(api_t *api, const http_request_t *req, enum metrics_endp
                       .content_type = "application/json",
                       .has_etcd_index = true,
                       .etcd_index = res->index,
-                      .body = body.data,
-                      .body_len = body.len};
+                      .body = data,
+                      .body_len = len};
     api_send(api, req->conn, ep, req->method_name, &r);
     buf_free(&body);
 }

@@ -88,6 +88,9 @@ struct registry {
     size_t ring_cap, ring_head, ring_len;
     uint64_t ring_base;
     reg_event_t *fetched; /* the last event read back from the store */
+    /* A write failed half-way (out of memory): some tree may hold a change
+     * no event records, so gets give no stamps any more. */
+    bool has_unrecorded_change;
 };
 
 /* Events kept in memory once the store can read them back: enough for members that
@@ -1104,8 +1107,11 @@ static void commit(registry_t *reg, reg_event_t *ev, reg_result_t *out)
         mark_removed_watchers(reg, t, ev);
     /* Room first, so that nothing below can fail after the tree changed. */
     int rc = record_room(reg, ev);
-    if (rc == 0)
+    if (rc == 0) {
         rc = apply_event(reg, ev, &t);
+        if (rc != 0)
+            reg->has_unrecorded_change = true;
+    }
     if (rc == 0) {
         history_append(t, ev->index);
         ring_push(reg, ev);
@@ -1269,6 +1275,8 @@ void registry_get(registry_t *reg, const char *key, int64_t now_ns, reg_result_t
         out->index = reg->index;
         out->node = n;
         out->now_ns = now_ns;
+        if (t->n_events && !reg->has_unrecorded_change)
+            out->stamp = t->events[t->n_events - 1];
     }
     free(clean);
 }
@@ -1581,8 +1589,11 @@ int registry_replay(registry_t *reg, reg_event_t *ev)
 {
     reg_token_t *t = NULL;
     int rc = ev->index > reg->index ? record_room(reg, ev) : -EINVAL;
-    if (rc == 0)
+    if (rc == 0) {
         rc = apply_event(reg, ev, &t);
+        if (rc != 0)
+            reg->has_unrecorded_change = true;
+    }
     if (rc != 0) {
         reg_event_free(ev);
         return rc;

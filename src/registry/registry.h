@@ -134,6 +134,9 @@ typedef struct reg_result {
     const reg_event_t *event;
     const reg_node_t *node;
     int64_t now_ns;
+    /* For a get: a stamp of the state of the node's token (see
+     * registry_get); 0 when there is none. */
+    uint64_t stamp;
 } reg_result_t;
 
 void reg_result_clear(reg_result_t *r);
@@ -191,7 +194,19 @@ bool registry_key_in_config(const char *key);
 void registry_create_token(registry_t *reg, const char *name, unsigned size, int64_t now_ns,
                            reg_result_t *out);
 
-/* etcd v2 store operations; see etcd's v2 store for the exact semantics. */
+/*
+ * etcd v2 store operations; see etcd's v2 store for the exact semantics.
+ *
+ * A get also sets out->stamp: the index of the last event of the node's
+ * token. Every change to a token's tree is an event of that token with a new
+ * index, and indexes are never reused, so two gets of one node (the same
+ * pointer) that return the same nonzero stamp show the same subtree, apart
+ * from TTLs, which count down with the clock. This lets an answer rendered
+ * once be served until the token changes. The stamp is 0 (no promise) for a
+ * token without events, and for good once a write has failed half-way for
+ * lack of memory, since that may leave a change in a tree that no event
+ * records.
+ */
 void registry_get(registry_t *reg, const char *key, int64_t now_ns, reg_result_t *out);
 void registry_create(registry_t *reg, const char *key, bool is_dir, const char *value, bool unique,
                      reg_ttl_t ttl, int64_t now_ns, reg_result_t *out);

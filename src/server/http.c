@@ -154,6 +154,10 @@ struct http_server {
     } timers[TL_COUNT];
     http_conn_t *resume_head;
     http_conn_t *closed_head;
+    /* The monotonic clock as of the current loop turn, read once per turn
+     * rather than on every timer change (three per request): deadlines run
+     * from it, at most one turn's work early. */
+    uint64_t now_ms;
     uint64_t last_reject_log_ms;
     size_t rejected_since_log;
     bool stopping;
@@ -236,7 +240,7 @@ static void timer_link(http_conn_t *c, enum timer_list tl)
 {
     http_server_t *s = c->srv;
     c->tl = tl;
-    c->deadline_ms = time_mono_ms() + s->timers[tl].duration_ms;
+    c->deadline_ms = s->now_ms + s->timers[tl].duration_ms;
     c->tprev = s->timers[tl].tail;
     c->tnext = NULL;
     if (c->tprev)
@@ -320,7 +324,12 @@ static void conn_flush(http_conn_t *c)
 static void format_reply(buf_t *o, const http_reply_t *r, bool is_head, bool close,
                          bool http10_keep_alive)
 {
-    buf_printf(o, "HTTP/1.1 %d %s\r\n", r->status, http_status_text(r->status));
+    /* Pieces, not printf: this runs for every answer. */
+    buf_puts(o, "HTTP/1.1 ");
+    buf_put_u64(o, (uint64_t)(unsigned)r->status);
+    buf_putc(o, ' ');
+    buf_puts(o, http_status_text(r->status));
+    buf_puts(o, "\r\n");
     if (r->content_type) {
         buf_puts(o, "Content-Type: ");
         buf_puts(o, r->content_type);
@@ -791,6 +800,47 @@ static void reply_error_and_close(http_conn_t *c, int status, const char *cause)
     conn_flush(c);
 }
 
+/*
+ * Finds the path and the query (length 0: none) of a request target.
+ * The usual origin-form ("/path?query#fragment") is split by hand:
+ * libhttp-parser has already checked it byte by byte, with the same state
+ * machine http_parser_parse_url runs, while it read the request line, so
+ * only the first '?' and '#' matter, as they do to http_parser_parse_url.
+ * Other forms (absolute-form, '*') go to http_parser_parse_url. Returns
+ * false when the target is malformed or has no path.
+ */
+static bool split_target(const char *url, size_t len, size_t *path_off, size_t *path_len,
+                         size_t *query_off, size_t *query_len)
+{
+    *query_off = *query_len = 0;
+    if (len > 0 && url[0] == '/') {
+        size_t i = 0;
+        while (i < len && url[i] != '?' && url[i] != '#')
+            i++;
+        *path_off = 0;
+        *path_len = i;
+        if (i < len && url[i] == '?') {
+            size_t q = ++i;
+            while (i < len && url[i] != '#')
+                i++;
+            *query_off = q;
+            *query_len = i - q;
+        }
+        return true;
+    }
+    struct http_parser_url u;
+    http_parser_url_init(&u);
+    if (len == 0 || http_parser_parse_url(url, len, 0, &u) != 0 || !(u.field_set & (1 << UF_PATH)))
+        return false;
+    *path_off = u.field_data[UF_PATH].off;
+    *path_len = u.field_data[UF_PATH].len;
+    if (u.field_set & (1 << UF_QUERY)) {
+        *query_off = u.field_data[UF_QUERY].off;
+        *query_len = u.field_data[UF_QUERY].len;
+    }
+    return true;
+}
+
 static void dispatch(http_conn_t *c)
 {
     http_server_t *s = c->srv;
@@ -799,23 +849,17 @@ static void dispatch(http_conn_t *c)
         reply_error_and_close(c, 500, "out of memory");
         return;
     }
-    struct http_parser_url u;
-    http_parser_url_init(&u);
-    const char *url = buf_cstr(&c->url);
-    if (c->url.len == 0 || http_parser_parse_url(url, c->url.len, 0, &u) != 0 ||
-        !(u.field_set & (1 << UF_PATH))) {
+    size_t path_off, plen, query_off, qlen;
+    if (!split_target(buf_cstr(&c->url), c->url.len, &path_off, &plen, &query_off, &qlen)) {
         reply_error_and_close(c, 400, "malformed request target");
         return;
     }
     /* Split in place: path and query become NUL-terminated strings. */
     char *base = c->url.data;
-    size_t plen = u.field_data[UF_PATH].len;
-    char *path = base + u.field_data[UF_PATH].off;
+    char *path = base + path_off;
     char *query = "";
-    size_t qlen = 0;
-    if (u.field_set & (1 << UF_QUERY)) {
-        query = base + u.field_data[UF_QUERY].off;
-        qlen = u.field_data[UF_QUERY].len;
+    if (qlen) {
+        query = base + query_off;
         query[qlen] = '\0';
     }
     path[plen] = '\0';
@@ -1289,7 +1333,7 @@ static void begin_shutdown(http_server_t *s)
 static int loop_turn(http_server_t *s, int max_wait_ms)
 {
     struct epoll_event events[MAX_EVENTS];
-    uint64_t now = time_mono_ms();
+    uint64_t now = s->now_ms = time_mono_ms();
     int64_t wake_ns = s->cfg.tick ? s->cfg.tick(s->cfg.tick_ctx, time_wall_ns()) : 0;
     expire_timers(s, now);
     drain_resumes(s);
@@ -1300,6 +1344,7 @@ static int loop_turn(http_server_t *s, int max_wait_ms)
     int n = epoll_wait(s->epfd, events, MAX_EVENTS, wait_ms);
     if (n < 0)
         return errno == EINTR ? 0 : -errno;
+    s->now_ms = time_mono_ms();
     for (int i = 0; i < n; i++) {
         void *p = events[i].data.ptr;
         if (p == &listen_tag) {
@@ -1361,6 +1406,7 @@ int http_server_adopt(http_server_t *s, int fd)
         close(fd);
         return -e;
     }
+    s->now_ms = time_mono_ms(); /* called between loop turns */
     return conn_add(s, fd, &sa);
 }
 
@@ -1458,6 +1504,7 @@ http_server_t *http_server_new(const http_server_config_t *cfg, char *err)
         snprintf(err, 256, "out of memory");
         return NULL;
     }
+    s->now_ms = time_mono_ms();
     s->cfg = *cfg;
     http_server_config_t *c = &s->cfg;
     if (!c->max_header_bytes)

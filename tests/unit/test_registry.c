@@ -1835,6 +1835,89 @@ static void test_key_in_config(void **state)
     assert_false(registry_key_in_config("/_config/size"));
 }
 
+/* ---- get stamps ------------------------------------------------------- */
+
+/* The stamp a get of `key` returns (asserting the get succeeds). */
+static uint64_t stamp_of(registry_t *reg, const char *key)
+{
+    reg_result_t r;
+    registry_get(reg, key, T0, &r);
+    if (r.err != REG_OK)
+        fail_msg("get %s: error %d", key, (int)r.err);
+    uint64_t stamp = r.stamp;
+    reg_result_clear(&r);
+    return stamp;
+}
+
+/* A get's stamp is the index of its token's last event: it moves with every
+ * change in the token (create, set, update, delete, expire) and with
+ * nothing else (reads, refused writes, other tokens). */
+static void test_get_stamp_follows_the_token(void **state)
+{
+    registry_t *reg = *state;
+    reg_result_t r;
+    assert_int_equal(stamp_of(reg, TOKDIR), 1);
+    assert_int_equal(stamp_of(reg, SIZE_KEY), 1);
+
+    uint64_t i = put(reg, K("m1"), "a");
+    assert_int_equal(stamp_of(reg, TOKDIR), i);
+    assert_int_equal(stamp_of(reg, TOKDIR), i); /* a read changes nothing */
+    assert_int_equal(stamp_of(reg, K("m1")), i);
+
+    /* Another token's changes leave this one's stamp alone. */
+    registry_create_token(reg, "other", 3, T0, &r);
+    assert_int_equal(r.err, REG_OK);
+    uint64_t other = r.index;
+    reg_result_clear(&r);
+    put(reg, REGISTRY_PREFIX "/other/x", "y");
+    assert_int_equal(stamp_of(reg, TOKDIR), i);
+    assert_int_equal(stamp_of(reg, REGISTRY_PREFIX "/other"), other + 1);
+
+    /* A refused write is no change. */
+    registry_create(reg, K("m1"), false, "b", false, NO_TTL, T0, &r);
+    assert_int_equal(r.err, REG_E_NODE_EXIST);
+    reg_result_clear(&r);
+    assert_int_equal(stamp_of(reg, TOKDIR), i);
+
+    registry_set(reg, K("m1"), false, "b", NO_TTL, T0, &r);
+    assert_int_equal(r.err, REG_OK);
+    reg_result_clear(&r);
+    assert_int_equal(stamp_of(reg, TOKDIR), registry_index(reg));
+
+    registry_update(reg, K("m1"), "c", NO_TTL, T0, &r);
+    assert_int_equal(r.err, REG_OK);
+    reg_result_clear(&r);
+    assert_int_equal(stamp_of(reg, TOKDIR), registry_index(reg));
+
+    /* A deeper change moves the stamp of every node of the token. */
+    put(reg, K("d/x"), "x");
+    assert_int_equal(stamp_of(reg, TOKDIR), registry_index(reg));
+    assert_int_equal(stamp_of(reg, K("m1")), registry_index(reg));
+
+    registry_delete(reg, K("m1"), false, false, T0, &r);
+    assert_int_equal(r.err, REG_OK);
+    reg_result_clear(&r);
+    assert_int_equal(stamp_of(reg, TOKDIR), registry_index(reg));
+
+    registry_create(reg, K("d/t"), false, "t", false, ttl_of(10), T0, &r);
+    assert_int_equal(r.err, REG_OK);
+    reg_result_clear(&r);
+    uint64_t before_expiry = registry_index(reg);
+    assert_int_equal(stamp_of(reg, TOKDIR), before_expiry);
+    assert_int_equal(registry_expire(reg, T0 + 10 * SEC), 0);
+    assert_int_equal(registry_index(reg), before_expiry + 1);
+    assert_int_equal(stamp_of(reg, TOKDIR), before_expiry + 1);
+    assert_int_equal(stamp_of(reg, REGISTRY_PREFIX "/other"), other + 1);
+
+    /* A removed and recreated token: stamps only grow, so none repeats. */
+    uint64_t last = registry_index(reg);
+    assert_int_equal(registry_sweep_tokens(reg, T0 + 1, 10), 2);
+    registry_create_token(reg, "tok", 3, T0 + 2, &r);
+    assert_int_equal(r.err, REG_OK);
+    reg_result_clear(&r);
+    assert_true(stamp_of(reg, TOKDIR) > last);
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup_token, teardown_registry)
 
 int main(void)
@@ -1877,6 +1960,7 @@ int main(void)
         cmocka_unit_test(test_old_history_is_fetched_from_the_store),
         cmocka_unit_test(test_key_in_config),
         T(test_sweep_tokens),
+        T(test_get_stamp_follows_the_token),
         cmocka_unit_test(test_free_with_parked_waiters),
         cmocka_unit_test(test_action_names),
     };

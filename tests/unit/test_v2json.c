@@ -328,7 +328,8 @@ static const char CAPTURE_LISTING_3_PREFIX[] =
     ",{\"key\":\"/_etcd/registry/tok2/f300e4e68af0f023\","
     "\"value\":\"m3=http://127.0.0.1:23380\",\"modif";
 
-static void check_get(registry_t *reg, const char *key, bool recursive, bool sorted, int64_t now_ns,
+/* Checks a get's answer; returns whether v2json_get said it shows a TTL. */
+static bool check_get(registry_t *reg, const char *key, bool recursive, bool sorted, int64_t now_ns,
                       const char *want, uint64_t want_index)
 {
     reg_result_t r;
@@ -337,10 +338,11 @@ static void check_get(registry_t *reg, const char *key, bool recursive, bool sor
     assert_non_null(r.node);
     assert_int_equal(r.index, want_index);
     buf_t b = BUF_INIT;
-    v2json_get(&b, r.node, recursive, sorted, r.now_ns);
+    bool shows_ttl = v2json_get(&b, r.node, recursive, sorted, r.now_ns);
     assert_buf(&b, want);
     buf_free(&b);
     reg_result_clear(&r);
+    return shows_ttl;
 }
 
 /* Renders a registry event through the cached wire form. */
@@ -413,7 +415,8 @@ static void test_capture_bootstrap(void **state)
     check_wire(r.event, CAPTURE_CREATE_M1);
     reg_result_clear(&r);
 
-    check_get(reg, TOK2, false, false, T0, CAPTURE_LISTING_1, 5);
+    /* Nothing here has a TTL: the answer depends on the tree alone. */
+    assert_false(check_get(reg, TOK2, false, false, T0, CAPTURE_LISTING_1, 5));
 
     /* Step 6: the directory watch from X-Etcd-Index+1 parks, then the second
      * member's create answers it; X-Etcd-Index is 5 (when the wait began). */
@@ -588,34 +591,40 @@ static void test_listing_ttl(void **state)
     "{\"key\":\"/_etcd/registry/t/ttl/c\",\"value\":\"v\",\"modifiedIndex\":3,\"createdIndex\":3}"
     /* 8.75 s left: ttl rounds up to 9. Field order: key dir expiration ttl
      * nodes modifiedIndex createdIndex. */
-    check_get(reg, TT "/ttl", false, false, T0 + 1500 * MS,
-              "{\"action\":\"get\",\"node\":{\"key\":\"/_etcd/registry/t/ttl\",\"dir\":true,"
-              "\"expiration\":\"2023-11-14T22:13:30.25Z\",\"ttl\":9,\"nodes\":[" CNODE "],"
-              "\"modifiedIndex\":2,\"createdIndex\":2}}\n",
-              4);
+    assert_true(
+        check_get(reg, TT "/ttl", false, false, T0 + 1500 * MS,
+                  "{\"action\":\"get\",\"node\":{\"key\":\"/_etcd/registry/t/ttl\",\"dir\":true,"
+                  "\"expiration\":\"2023-11-14T22:13:30.25Z\",\"ttl\":9,\"nodes\":[" CNODE "],"
+                  "\"modifiedIndex\":2,\"createdIndex\":2}}\n",
+                  4));
     /* Exactly 1 s left: 1. */
-    check_get(reg, TT "/ttl", false, false, T0 + 9250 * MS,
-              "{\"action\":\"get\",\"node\":{\"key\":\"/_etcd/registry/t/ttl\",\"dir\":true,"
-              "\"expiration\":\"2023-11-14T22:13:30.25Z\",\"ttl\":1,\"nodes\":[" CNODE "],"
-              "\"modifiedIndex\":2,\"createdIndex\":2}}\n",
-              4);
+    assert_true(
+        check_get(reg, TT "/ttl", false, false, T0 + 9250 * MS,
+                  "{\"action\":\"get\",\"node\":{\"key\":\"/_etcd/registry/t/ttl\",\"dir\":true,"
+                  "\"expiration\":\"2023-11-14T22:13:30.25Z\",\"ttl\":1,\"nodes\":[" CNODE "],"
+                  "\"modifiedIndex\":2,\"createdIndex\":2}}\n",
+                  4));
     /* A file: key value expiration ttl modifiedIndex createdIndex. */
-    check_get(reg, TT "/k", false, false, T0 + 1 * MS,
-              "{\"action\":\"get\",\"node\":{\"key\":\"/_etcd/registry/t/"
-              "k\",\"value\":\"\\u003cv\\u003e\","
-              "\"expiration\":\"2023-11-14T22:13:30Z\",\"ttl\":10,\"modifiedIndex\":4,"
-              "\"createdIndex\":4}}\n",
-              4);
+    assert_true(check_get(reg, TT "/k", false, false, T0 + 1 * MS,
+                          "{\"action\":\"get\",\"node\":{\"key\":\"/_etcd/registry/t/"
+                          "k\",\"value\":\"\\u003cv\\u003e\","
+                          "\"expiration\":\"2023-11-14T22:13:30Z\",\"ttl\":10,\"modifiedIndex\":4,"
+                          "\"createdIndex\":4}}\n",
+                          4));
     /* Inside a listing, children carry their own expiration. */
-    check_get(reg, TT, false, false, T0 + 2 * NS_PER_SEC,
-              "{\"action\":\"get\",\"node\":{\"key\":\"/_etcd/registry/t\",\"dir\":true,\"nodes\":["
-              "{\"key\":\"/_etcd/registry/t/"
-              "ttl\",\"dir\":true,\"expiration\":\"2023-11-14T22:13:30.25Z\","
-              "\"ttl\":9,\"modifiedIndex\":2,\"createdIndex\":2},"
-              "{\"key\":\"/_etcd/registry/t/k\",\"value\":\"\\u003cv\\u003e\","
-              "\"expiration\":\"2023-11-14T22:13:30Z\",\"ttl\":8,\"modifiedIndex\":4,"
-              "\"createdIndex\":4}],\"modifiedIndex\":1,\"createdIndex\":1}}\n",
-              4);
+    assert_true(check_get(
+        reg, TT, false, false, T0 + 2 * NS_PER_SEC,
+        "{\"action\":\"get\",\"node\":{\"key\":\"/_etcd/registry/t\",\"dir\":true,\"nodes\":["
+        "{\"key\":\"/_etcd/registry/t/"
+        "ttl\",\"dir\":true,\"expiration\":\"2023-11-14T22:13:30.25Z\","
+        "\"ttl\":9,\"modifiedIndex\":2,\"createdIndex\":2},"
+        "{\"key\":\"/_etcd/registry/t/k\",\"value\":\"\\u003cv\\u003e\","
+        "\"expiration\":\"2023-11-14T22:13:30Z\",\"ttl\":8,\"modifiedIndex\":4,"
+        "\"createdIndex\":4}],\"modifiedIndex\":1,\"createdIndex\":1}}\n",
+        4));
+    /* A TTL only below what is shown does not count. */
+    assert_false(check_get(reg, TT "/ttl/c", false, false, T0,
+                           "{\"action\":\"get\",\"node\":" CNODE "}\n", 4));
 #undef CNODE
     registry_free(reg);
 }
