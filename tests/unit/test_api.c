@@ -21,11 +21,10 @@
 
 #include "api/api.h"
 #include "registry/registry.h"
+#include "server_pair.h"
 #include "store/store.h"
 #include "util/timeutil.h"
 
-#define SETTLED_TURNS 3
-#define MAX_TURNS 1000
 #define WATCH_TOK                                                                                  \
     "GET /v2/keys/_etcd/registry/tok?recursive=true&wait=true HTTP/1.1\r\nHost: x\r\n\r\n"
 
@@ -155,45 +154,11 @@ static int teardown(void **state)
     return 0;
 }
 
-static int connect_client(world_t *w)
-{
-    int sv[2];
-    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv), 0);
-    assert_int_equal(http_server_adopt(w->srv, sv[1]), 0);
-    return sv[0];
-}
-
-/* Sends `req` (may be NULL), runs the server and appends what comes back
- * to `out` until nothing moves for a few turns. */
-static void exchange(world_t *w, int fd, const char *req, buf_t *out)
-{
-    size_t len = req ? strlen(req) : 0, sent = 0;
-    char tmp[4096];
-    for (int turn = 0, still = 0; turn < MAX_TURNS && still < SETTLED_TURNS; turn++) {
-        bool moved = false;
-        if (sent < len) {
-            ssize_t n = send(fd, req + sent, len - sent, MSG_DONTWAIT | MSG_NOSIGNAL);
-            if (n > 0) {
-                sent += (size_t)n;
-                moved = true;
-            }
-        }
-        assert_int_equal(http_server_run_once(w->srv, 0), 0);
-        ssize_t n;
-        while ((n = recv(fd, tmp, sizeof tmp, MSG_DONTWAIT)) > 0) {
-            buf_append(out, tmp, (size_t)n);
-            moved = true;
-        }
-        still = moved ? 0 : still + 1;
-    }
-    assert_false(buf_failed(out));
-}
-
 static int open_watch(world_t *w)
 {
-    int fd = connect_client(w);
+    int fd = sp_connect(w->srv, 0);
     buf_t out = BUF_INIT;
-    exchange(w, fd, WATCH_TOK, &out);
+    sp_exchange(w->srv, fd, WATCH_TOK, &out);
     assert_int_equal(out.len, 0); /* parked */
     return fd;
 }
@@ -208,9 +173,9 @@ static int put(world_t *w, const char *key, const char *value)
              "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: %zu\r\n\r\n"
              "value=%s",
              key, strlen("value=") + strlen(value), value);
-    int fd = connect_client(w);
+    int fd = sp_connect(w->srv, 0);
     buf_t out = BUF_INIT;
-    exchange(w, fd, req, &out);
+    sp_exchange(w->srv, fd, req, &out);
     assert_int_equal(out.len, 0); /* held until durable */
     return fd;
 }
@@ -234,7 +199,7 @@ static void expected_answer(buf_t *b, uint64_t etcd_index, const char *name, con
 static void assert_answer(world_t *w, int fd, const buf_t *want)
 {
     buf_t got = BUF_INIT;
-    exchange(w, fd, NULL, &got);
+    sp_exchange(w->srv, fd, NULL, &got);
     assert_int_equal(got.len, want->len);
     assert_memory_equal(got.data, want->data, want->len);
     buf_free(&got);
@@ -255,7 +220,7 @@ static void test_woken_watchers_wait_for_durable_then_share(void **state)
     int writer = put(w, "tok/m1", "x");
     buf_t none = BUF_INIT;
     for (int i = 0; i < N; i++) {
-        exchange(w, fds[i], NULL, &none);
+        sp_exchange(w->srv, fds[i], NULL, &none);
         assert_int_equal(none.len, 0);
     }
     make_durable(w);
@@ -266,7 +231,7 @@ static void test_woken_watchers_wait_for_durable_then_share(void **state)
         close(fds[i]);
     }
     buf_t put_answer = BUF_INIT;
-    exchange(w, writer, NULL, &put_answer);
+    sp_exchange(w->srv, writer, NULL, &put_answer);
     assert_memory_equal(put_answer.data, "HTTP/1.1 201 Created\r\n", 22);
     close(writer);
     buf_free(&want);
@@ -310,7 +275,7 @@ static void test_client_gone_while_held(void **state)
     int writer = put(w, "tok/m3", "v");
     close(leaves);
     buf_t none = BUF_INIT;
-    exchange(w, stays, NULL, &none); /* the server sees the close */
+    sp_exchange(w->srv, stays, NULL, &none); /* the server sees the close */
     assert_int_equal(none.len, 0);
     make_durable(w);
     buf_t want = BUF_INIT;
@@ -334,9 +299,9 @@ static void test_history_answer(void **state)
              "GET /v2/keys/_etcd/registry/tok/m4?wait=true&waitIndex=%llu HTTP/1.1\r\n"
              "Host: x\r\n\r\n",
              (unsigned long long)index);
-    int fd = connect_client(w);
+    int fd = sp_connect(w->srv, 0);
     buf_t got = BUF_INIT, want = BUF_INIT;
-    exchange(w, fd, req, &got);
+    sp_exchange(w->srv, fd, req, &got);
     expected_answer(&want, index, "m4", "h", index);
     assert_int_equal(got.len, want.len);
     assert_memory_equal(got.data, want.data, want.len);

@@ -21,10 +21,8 @@
 #include <cmocka.h>
 
 #include "server/http.h"
+#include "server_pair.h"
 
-/* Loop turns without progress before an exchange counts as settled. */
-#define SETTLED_TURNS 3
-#define MAX_TURNS 100000
 #define MAX_PARKED 8
 
 static const char json_body[] = "{\"action\":\"set\",\"node\":{\"key\":\"/k\",\"value\":\"v\"}}\n";
@@ -97,50 +95,12 @@ static int teardown(void **state)
     return 0;
 }
 
-/* A new connection; returns the client's end (non-blocking). With
- * `sndbuf_bytes`, the server's end gets that small a send buffer. */
-static int connect_client(http_server_t *srv, int sndbuf_bytes)
-{
-    int sv[2];
-    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv), 0);
-    if (sndbuf_bytes)
-        setsockopt(sv[1], SOL_SOCKET, SO_SNDBUF, &sndbuf_bytes, sizeof sndbuf_bytes);
-    assert_int_equal(http_server_adopt(srv, sv[1]), 0);
-    return sv[0];
-}
-
-/* Sends `req` (may be NULL) and runs the server, reading what comes back
- * into `out`, until nothing moves for a few turns. */
-static void exchange(http_server_t *srv, int fd, const char *req, buf_t *out)
-{
-    size_t len = req ? strlen(req) : 0, sent = 0;
-    char tmp[16384];
-    for (int turn = 0, still = 0; turn < MAX_TURNS && still < SETTLED_TURNS; turn++) {
-        bool moved = false;
-        if (sent < len) {
-            ssize_t n = send(fd, req + sent, len - sent, MSG_DONTWAIT | MSG_NOSIGNAL);
-            if (n > 0) {
-                sent += (size_t)n;
-                moved = true;
-            }
-        }
-        assert_int_equal(http_server_run_once(srv, 0), 0);
-        ssize_t n;
-        while ((n = recv(fd, tmp, sizeof tmp, MSG_DONTWAIT)) > 0) {
-            buf_append(out, tmp, (size_t)n);
-            moved = true;
-        }
-        still = moved ? 0 : still + 1;
-    }
-    assert_false(buf_failed(out));
-}
-
 /* What the server answers `req` on a fresh connection in `mode`. */
 static void answer_of(http_server_t *srv, const char *req, enum answer_mode mode, buf_t *out)
 {
     T.mode = mode;
-    int fd = connect_client(srv, 0);
-    exchange(srv, fd, req, out);
+    int fd = sp_connect(srv, 0);
+    sp_exchange(srv, fd, req, out);
     close(fd);
 }
 
@@ -187,12 +147,12 @@ static void test_prepared_keeps_extra_headers(void **state)
     http_prepared_t *p = http_prepare(&T.reply);
     assert_non_null(p);
     memset(headers, 'x', sizeof headers - 1); /* the caller's copy is gone */
-    int fd = connect_client(srv, 0);
-    exchange(srv, fd, "GET /park HTTP/1.1\r\nHost: x\r\n\r\n", &got);
+    int fd = sp_connect(srv, 0);
+    sp_exchange(srv, fd, "GET /park HTTP/1.1\r\nHost: x\r\n\r\n", &got);
     assert_int_equal(got.len, 0);
     http_reply_prepared(T.parked[0], p);
     http_prepared_unref(p);
-    exchange(srv, fd, NULL, &got);
+    sp_exchange(srv, fd, NULL, &got);
     assert_same_bytes(&want, &got);
     assert_non_null(strstr(got.data, "Retry-After: 5\r\n"));
     close(fd);
@@ -228,8 +188,8 @@ static void test_prepared_wakes_parked(void **state)
     }
     T.mode = ANSWER_REPLY; /* for the pipelined "/now" */
     for (size_t i = 0; i < N; i++) {
-        fds[i] = connect_client(srv, 0);
-        exchange(srv, fds[i], parked[i][0], &got[i]);
+        fds[i] = sp_connect(srv, 0);
+        sp_exchange(srv, fds[i], parked[i][0], &got[i]);
         assert_int_equal(got[i].len, 0);
     }
     assert_int_equal(T.n_parked, N);
@@ -239,7 +199,7 @@ static void test_prepared_wakes_parked(void **state)
         http_reply_prepared(T.parked[i], p);
     http_prepared_unref(p);
     for (size_t i = 0; i < N; i++) {
-        exchange(srv, fds[i], NULL, &got[i]);
+        sp_exchange(srv, fds[i], NULL, &got[i]);
         assert_same_bytes(&want[i], &got[i]);
         close(fds[i]);
         buf_free(&want[i]);
@@ -264,14 +224,14 @@ static void test_prepared_partial_write(void **state)
     answer_of(srv, shapes[0], ANSWER_REPLY, &want);
     assert_true(want.len > big);
 
-    int fd = connect_client(srv, 4096);
-    exchange(srv, fd, "GET /park HTTP/1.1\r\nHost: x\r\n\r\n", &got);
+    int fd = sp_connect(srv, 4096);
+    sp_exchange(srv, fd, "GET /park HTTP/1.1\r\nHost: x\r\n\r\n", &got);
     http_prepared_t *p = http_prepare(&T.reply);
     assert_non_null(p);
     http_reply_prepared(T.parked[0], p);
     http_prepared_unref(p);
     free(body);
-    exchange(srv, fd, NULL, &got);
+    sp_exchange(srv, fd, NULL, &got);
     assert_same_bytes(&want, &got);
     close(fd);
     buf_free(&want);

@@ -23,6 +23,7 @@
 #include "api/v2json.h"
 #include "registry/registry.h"
 #include "server/http.h"
+#include "server_pair.h"
 #include "util/buf.h"
 #include "util/timeutil.h"
 
@@ -163,14 +164,7 @@ static int setup_world(void **state)
     w->srv = http_server_new(&scfg, err);
     if (!w->srv)
         return -1;
-    int sv[2];
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) != 0)
-        return -1;
-    if (http_server_adopt(w->srv, sv[1]) != 0) {
-        close(sv[0]);
-        return -1;
-    }
-    w->fd = sv[0];
+    w->fd = sp_connect(w->srv, 0);
     return 0;
 }
 
@@ -200,33 +194,22 @@ static void exchange(world_t *w, const char *method, const char *target, const c
                             method, target, strlen(form), form)
                  : snprintf(req, sizeof req, "%s %s HTTP/1.1\r\nHost: t\r\n\r\n", method, target);
     assert_true(n > 0 && (size_t)n < sizeof req);
-    assert_int_equal(send(w->fd, req, (size_t)n, MSG_NOSIGNAL), n);
     buf_t in = BUF_INIT;
-    char tmp[4096];
-    for (int turn = 0; turn < 1000; turn++) {
-        assert_int_equal(http_server_run_once(w->srv, 10), 0);
-        ssize_t got = recv(w->fd, tmp, sizeof tmp, MSG_DONTWAIT);
-        if (got > 0)
-            buf_append(&in, tmp, (size_t)got);
-        const char *text = buf_cstr(&in);
-        const char *end = strstr(text, "\r\n\r\n");
-        const char *cl = strstr(text, "Content-Length: ");
-        if (!end || !cl || cl > end)
-            continue;
-        size_t blen = strtoul(cl + 16, NULL, 10);
-        size_t head = (size_t)(end + 4 - text);
-        if (in.len < head + blen)
-            continue;
-        assert_int_equal(in.len, head + blen); /* one answer, nothing more */
-        int status = atoi(text + 9);
-        if (status != want_status)
-            fail_msg("%s %s: want %d, got %d: %s", method, target, want_status, status, text);
-        buf_reset(body);
-        buf_append(body, end + 4, blen);
-        buf_free(&in);
-        return;
-    }
-    fail_msg("%s %s: no complete answer", method, target);
+    sp_exchange(w->srv, w->fd, req, &in);
+    const char *text = buf_cstr(&in);
+    const char *end = strstr(text, "\r\n\r\n");
+    const char *cl = strstr(text, "Content-Length: ");
+    if (!end || !cl || cl > end)
+        fail_msg("%s %s: no complete answer: %s", method, target, text);
+    size_t blen = strtoul(cl + 16, NULL, 10);
+    size_t head = (size_t)(end + 4 - text);
+    assert_int_equal(in.len, head + blen); /* one answer, nothing more */
+    int status = atoi(text + 9);
+    if (status != want_status)
+        fail_msg("%s %s: want %d, got %d: %s", method, target, want_status, status, text);
+    buf_reset(body);
+    buf_append(body, end + 4, blen);
+    buf_free(&in);
 }
 
 /* The listing a fresh render of the tree gives right now. */
