@@ -128,15 +128,7 @@ static int setup(void **state)
     reg_result_clear(&res);
     api_config_t acfg = {.host_prefix = "http://disco.test"};
     w->api = api_new(w->reg, &w->store.base, &acfg);
-    http_server_config_t scfg = {.addr = NULL,
-                                 .wait_timeout_ms = 60 * 1000,
-                                 .handler = api_handle,
-                                 .handler_ctx = w->api,
-                                 .render_error = api_render_error,
-                                 .render_error_ctx = w->api,
-                                 .notify_fd = -1};
-    char err[256];
-    w->srv = http_server_new(&scfg, err);
+    w->srv = sp_api_server(w->api);
     if (!w->reg || !w->api || !w->srv)
         return -1;
     make_durable(w);

@@ -153,15 +153,7 @@ static int setup_world(void **state)
     w->api = api_new(w->reg, NULL, &acfg);
     if (!w->api)
         return -1;
-    http_server_config_t scfg = {.addr = NULL,
-                                 .wait_timeout_ms = 60 * 1000,
-                                 .handler = api_handle,
-                                 .handler_ctx = w->api,
-                                 .render_error = api_render_error,
-                                 .render_error_ctx = w->api,
-                                 .notify_fd = -1};
-    char err[256];
-    w->srv = http_server_new(&scfg, err);
+    w->srv = sp_api_server(w->api);
     if (!w->srv)
         return -1;
     w->fd = sp_connect(w->srv, 0);

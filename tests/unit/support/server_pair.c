@@ -17,6 +17,21 @@
 #define SETTLED_TURNS 3
 #define MAX_TURNS 100000
 
+http_server_t *sp_api_server(api_t *api)
+{
+    if (!api)
+        return NULL;
+    http_server_config_t cfg = {.addr = NULL,
+                                .wait_timeout_ms = 60 * 1000,
+                                .handler = api_handle,
+                                .handler_ctx = api,
+                                .render_error = api_render_error,
+                                .render_error_ctx = api,
+                                .notify_fd = -1};
+    char err[256];
+    return http_server_new(&cfg, err);
+}
+
 int sp_connect(http_server_t *srv, int sndbuf_bytes)
 {
     int sv[2];

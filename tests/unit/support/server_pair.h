@@ -6,8 +6,13 @@
 #ifndef DISCO_TEST_SERVER_PAIR_H
 #define DISCO_TEST_SERVER_PAIR_H
 
+#include "api/api.h"
 #include "server/http.h"
 #include "util/buf.h"
+
+/* An in-process server (no listening socket) that hands every request to
+ * `api`, with a 60 s wait timeout. NULL when it cannot be built. */
+http_server_t *sp_api_server(api_t *api);
 
 /* A new connection to `srv`; returns the client's end (non-blocking).
  * With `sndbuf_bytes` > 0 the server's end gets that small a send buffer.
