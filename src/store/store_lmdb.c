@@ -105,7 +105,6 @@ typedef struct writer {
     uint64_t logged_max;   /* highest index among them */
     uint64_t logged_since; /* time_mono_ms() of the first of them */
     chunk_t *retry;        /* a batch that is neither logged nor in LMDB */
-    uint64_t dropped_max;  /* puts of wr->retry dropped with their token */
     uint64_t next_try_ms;  /* no commit attempt before this after a failure */
     uint64_t last_measure_ms;
     bool wal_failing; /* the last log write failed (logged once) */
@@ -411,11 +410,12 @@ static bool removal_covers(const entry_t *e, uint64_t index)
  * After a commit failed with a full map: commits the token removals in
  * `c` on their own (deleting copies B-tree pages too, so one big removal
  * may not fit either) and rewrites `c` without them and without the puts
- * of events they cover (their token is gone). *dropped_max is raised to
- * the highest index dropped. Memory failures leave `c` as it was: applying
+ * of events they cover (their token is gone). c->max_index stays: once
+ * the chunk is kept, the dropped puts count as done too (nobody can read
+ * them). Memory failures leave `c` as it was: applying
  * a removal twice is harmless.
  */
-static void commit_removals_first(lmdb_store_t *ls, chunk_t *c, uint64_t *dropped_max)
+static void commit_removals_first(lmdb_store_t *ls, chunk_t *c)
 {
     const unsigned char *p = (const unsigned char *)c->ops.data, *end = p + c->ops.len;
     size_t n = 0, n_done = 0;
@@ -445,8 +445,6 @@ static void commit_removals_first(lmdb_store_t *ls, chunk_t *c, uint64_t *droppe
             drop = done[j] && removal_covers(&all[j], all[i].index);
         if (!drop)
             buf_append(&kept, all[i].start, all[i].len);
-        else if (!all[i].is_removal && all[i].index > *dropped_max)
-            *dropped_max = all[i].index;
     }
     if (!buf_failed(&kept)) {
         buf_free(&c->ops);
@@ -542,10 +540,8 @@ static bool checkpoint(lmdb_store_t *ls)
         note_failure(ls, "moving logged writes into LMDB failed", mdb_strerror(rc));
         if (rc != MDB_MAP_FULL)
             break;
-        /* The puts dropped here were logged, so already acknowledged. */
-        uint64_t dropped = 0;
         for (chunk_t *c = wr->logged; c; c = c->next)
-            commit_removals_first(ls, c, &dropped);
+            commit_removals_first(ls, c);
     }
     atomic_store(&ls->free_bytes, measure_free(ls));
     return wr->logged == NULL;
@@ -595,22 +591,19 @@ static void keep_batch(lmdb_store_t *ls, chunk_t *c)
     uint64_t committed_max;
     int rc = write_batch(ls, c, 0, &committed_max);
     if (rc == 0) {
-        /* Puts dropped with their token on an earlier attempt count too,
-         * now that everything before and after them is durable. */
-        uint64_t top = c->max_index > wr->dropped_max ? c->max_index : wr->dropped_max;
+        uint64_t top = c->max_index; /* dropped puts (see below) included */
         atomic_fetch_add(&ls->n_direct_commits, 1);
         release_bytes(ls, c->bytes);
         update_free(ls, c->bytes);
         chunks_free(c);
         raise_atomic(&ls->readable_index, top);
         publish_durable(ls, top);
-        wr->dropped_max = 0;
         wr->retry = NULL;
         return;
     }
     note_failure(ls, "a commit failed", mdb_strerror(rc));
     if (rc == MDB_MAP_FULL)
-        commit_removals_first(ls, c, &wr->dropped_max);
+        commit_removals_first(ls, c);
     atomic_store(&ls->free_bytes, measure_free(ls));
     wr->retry = c;
 }
