@@ -11,7 +11,7 @@
  * Implementations:
  *   - store_memory: keeps nothing; for tests, fuzzing and `--data-dir ""`;
  *   - store_lmdb: the embedded default; group commit on a writer thread,
- *     one fdatasync of a write-ahead log per commit, moved into LMDB in
+ *     one synchronous write-ahead log write per batch, moved into LMDB in
  *     bulk. The HTTP layer holds each answer until the store reports the
  *     index it reflects as durable;
  *   - (planned) an etcd store, where the commit is an etcd transaction.

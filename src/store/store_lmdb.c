@@ -10,9 +10,9 @@
  *   lock.mdb     LMDB's reader table
  *
  * Durability: the event loop thread encodes each event and queues it. The
- * writer takes everything queued, writes it as one frame of the log and
- * fdatasyncs it: one synchronous write per batch, however many writes it
- * holds. Only then does it publish the new durable index and wake the loop
+ * writer takes everything queued and writes it as one frame of the log,
+ * synchronously (wal.h): one synchronous write per batch, however many
+ * writes it holds. Only then does it publish the new durable index and wake the loop
  * through an eventfd; the loop releases the answers that waited for it. So
  * a 2xx leaves only after its change is on disk.
  *

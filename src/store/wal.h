@@ -1,6 +1,6 @@
 /*
  * wal.h - a write-ahead log in one preallocated file: each append is one
- * frame made durable by a single fdatasync.
+ * frame made durable by a single synchronous write.
  *
  * Why: an LMDB commit syncs twice (the data pages, then the meta page) and
  * rewrites B-tree pages; appending a checksummed frame to a file whose
@@ -10,9 +10,10 @@
  *
  * Where the file system allows it, frames are written with O_DIRECT |
  * O_DSYNC: one request that is durable when write() returns, which costs
- * this machine's kernel about half the CPU time and latency of a buffered
- * write followed by fdatasync. Otherwise (tmpfs, for one) the log falls
- * back to exactly that.
+ * the kernel about half the CPU time and latency of a buffered write
+ * followed by fdatasync (measured on the machine of bench/RESULTS.md).
+ * Where O_DIRECT is refused (tmpfs before Linux 6.6, some network file
+ * systems) the log falls back to exactly that.
  *
  * Frames are written from the start of the file, one after the other, each
  * starting at a multiple of WAL_ALIGN (what O_DIRECT needs) and tagged with
