@@ -47,8 +47,8 @@ static uint32_t frame_crc(const unsigned char *head, const void *payload, size_t
     return crc32c(crc32c(0, head + 4, 12), payload, len);
 }
 
-/* Writes zeros over the whole file and syncs it, directory entry too. */
-static int fill_new(int fd, const char *path, size_t bytes)
+/* Writes zeros over the whole file and syncs it. */
+static int fill_new(int fd, size_t bytes)
 {
     char *zeros = calloc(1, FILL_CHUNK);
     if (!zeros)
@@ -65,20 +65,24 @@ static int fill_new(int fd, const char *path, size_t bytes)
     free(zeros);
     if (rc == 0 && fsync(fd) != 0)
         rc = -errno;
-    if (rc == 0) {
-        /* The file's name must survive a crash as well as its blocks. */
-        char dir[4096];
-        snprintf(dir, sizeof dir, "%s", path);
-        char *slash = strrchr(dir, '/');
-        if (slash)
-            *slash = '\0';
-        int dfd = open(slash ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (dfd >= 0) {
-            if (fsync(dfd) != 0)
-                rc = -errno;
-            close(dfd);
-        }
-    }
+    return rc;
+}
+
+/* Syncs the directory holding `path`, so that a name just given survives
+ * a power loss: frames acknowledged in the file are no use under a name
+ * the next start does not look for. */
+static int sync_parent_dir(const char *path)
+{
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash)
+        *slash = '\0';
+    int dfd = open(slash ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        return -errno;
+    int rc = fsync(dfd) != 0 ? -errno : 0;
+    close(dfd);
     return rc;
 }
 
@@ -95,9 +99,11 @@ wal_t *wal_open(const char *path, size_t bytes, unsigned flags, char *err)
         char tmp[4096];
         snprintf(tmp, sizeof tmp, "%s.new", path);
         fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-        int rc = fd < 0 ? -errno : fill_new(fd, tmp, bytes);
+        int rc = fd < 0 ? -errno : fill_new(fd, bytes);
         if (rc == 0 && rename(tmp, path) != 0)
             rc = -errno;
+        if (rc == 0)
+            rc = sync_parent_dir(path);
         if (rc != 0) {
             snprintf(err, 256, "cannot create the write-ahead log %.150s: %s", path, strerror(-rc));
             if (fd >= 0)
