@@ -12,6 +12,7 @@
  */
 #include "api/api.h"
 
+#include <assert.h>
 #include <http_parser.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,9 +25,9 @@
 #include "util/timeutil.h"
 
 struct held_reply {
-    held_reply_t *next;
+    held_reply_t *next, *prev;
     api_t *api;
-    http_conn_t *conn;
+    http_req_t req;
     uint64_t index; /* the state this answer shows */
     enum metrics_endpoint ep;
     const char *method; /* static: http_method_str()'s or a literal */
@@ -94,16 +95,15 @@ void api_set_server(api_t *api, http_server_t *srv)
 
 static void held_unlink(api_t *api, held_reply_t *h)
 {
-    held_reply_t **pp = &api->held_head, *prev = NULL;
-    while (*pp && *pp != h) {
-        prev = *pp;
-        pp = &(*pp)->next;
-    }
-    if (!*pp)
-        return;
-    *pp = h->next;
-    if (api->held_tail == h)
-        api->held_tail = prev;
+    if (h->prev)
+        h->prev->next = h->next;
+    else
+        api->held_head = h->next;
+    if (h->next)
+        h->next->prev = h->prev;
+    else
+        api->held_tail = h->prev;
+    h->next = h->prev = NULL;
 }
 
 static void held_free(held_reply_t *h)
@@ -112,7 +112,12 @@ static void held_free(held_reply_t *h)
     free(h);
 }
 
-static void on_held_end(http_conn_t *c, void *ctx, enum http_park_end why)
+/*
+ * The server ends a held answer's request: the client went away (drop the
+ * answer), the wait timeout passed (503: not confirmed in time), or the
+ * server is stopping (keep waiting).
+ */
+static void on_held_end(http_req_t c, void *ctx, enum http_park_end why)
 {
     held_reply_t *h = ctx;
     api_t *api = h->api;
@@ -120,7 +125,7 @@ static void on_held_end(http_conn_t *c, void *ctx, enum http_park_end why)
         /* The change is applied and its commit is moments away: answering
          * 503 now would make a member give up on a registration that does
          * land. Keep waiting; the shutdown grace period bounds it. */
-        http_park(c, on_held_end, h);
+        http_park(c, HTTP_PARK_HOLD, on_held_end, h);
         return;
     }
     held_unlink(api, h);
@@ -147,15 +152,15 @@ static bool must_hold(api_t *api, enum metrics_endpoint ep, int status)
 }
 
 /* A held answer with room for `data_bytes`, or NULL when out of memory. */
-static held_reply_t *held_new(api_t *api, http_conn_t *c, enum metrics_endpoint ep,
+static held_reply_t *held_new(api_t *api, http_req_t c, enum metrics_endpoint ep,
                               const char *method, size_t data_bytes)
 {
     held_reply_t *h = malloc(sizeof *h + data_bytes);
     if (!h)
         return NULL;
-    h->next = NULL;
+    h->next = h->prev = NULL;
     h->api = api;
-    h->conn = c;
+    h->req = c;
     h->index = registry_index(api->reg);
     h->ep = ep;
     h->method = method;
@@ -166,21 +171,22 @@ static held_reply_t *held_new(api_t *api, http_conn_t *c, enum metrics_endpoint 
 /* Queues `h` behind the answers already waiting and parks its request. */
 static void held_push(api_t *api, held_reply_t *h)
 {
+    h->prev = api->held_tail;
     if (api->held_tail)
         api->held_tail->next = h;
     else
         api->held_head = h;
     api->held_tail = h;
-    http_park(h->conn, on_held_end, h);
+    http_park(h->req, HTTP_PARK_HOLD, on_held_end, h);
 }
 
-static void hold_failed(api_t *api, http_conn_t *c, enum metrics_endpoint ep, const char *method)
+static void hold_failed(api_t *api, http_req_t c, enum metrics_endpoint ep, const char *method)
 {
     log_warn("out of memory holding an answer; answering 503");
     api_send_v2_error(api, c, ep, method, 503, 300, "out of memory; retry", 0);
 }
 
-void api_send(api_t *api, http_conn_t *c, enum metrics_endpoint ep, const char *method,
+void api_send(api_t *api, http_req_t c, enum metrics_endpoint ep, const char *method,
               const http_reply_t *r)
 {
     if (must_hold(api, ep, r->status)) {
@@ -207,7 +213,7 @@ void api_send(api_t *api, http_conn_t *c, enum metrics_endpoint ep, const char *
     http_reply(c, r);
 }
 
-void api_send_prepared(api_t *api, http_conn_t *c, enum metrics_endpoint ep, const char *method,
+void api_send_prepared(api_t *api, http_req_t c, enum metrics_endpoint ep, const char *method,
                        http_prepared_t *p)
 {
     int status = http_prepared_reply(p)->status;
@@ -232,21 +238,24 @@ void api_on_durable(void *ctx)
     uint64_t durable = store_durable_index(api->store);
     while (api->held_head && api->held_head->index <= durable) {
         held_reply_t *h = api->held_head;
-        api->held_head = h->next;
-        if (!api->held_head)
-            api->held_tail = NULL;
+        held_unlink(api, h);
+        /* Live: a held answer whose request ended was unlinked then
+         * (on_held_end), so its handle cannot be stale here. */
+        int rc;
         if (h->prepared) {
             metrics_count(api->metrics, h->ep, http_prepared_reply(h->prepared)->status, h->method);
-            http_reply_prepared(h->conn, h->prepared);
+            rc = http_reply_prepared(h->req, h->prepared);
         } else {
             metrics_count(api->metrics, h->ep, h->reply.status, h->method);
-            http_reply(h->conn, &h->reply);
+            rc = http_reply(h->req, &h->reply);
         }
+        assert(rc == 0);
+        (void)rc;
         held_free(h);
     }
 }
 
-bool api_check_writable(api_t *api, http_conn_t *c, enum metrics_endpoint ep, const char *method)
+bool api_check_writable(api_t *api, http_req_t c, enum metrics_endpoint ep, const char *method)
 {
     if (!api->store || store_writable(api->store))
         return true;
@@ -269,7 +278,7 @@ bool api_check_writable(api_t *api, http_conn_t *c, enum metrics_endpoint ep, co
     return false;
 }
 
-void api_send_v2_error(api_t *api, http_conn_t *c, enum metrics_endpoint ep, const char *method,
+void api_send_v2_error(api_t *api, http_req_t c, enum metrics_endpoint ep, const char *method,
                        int status, int code, const char *cause, uint64_t index)
 {
     buf_t body = BUF_INIT;
@@ -325,13 +334,13 @@ static void route_keys(api_t *api, const http_request_t *req, const char *raw, s
     int bad = 0;
     char *decoded = form_unescape_path(raw, len, &bad);
     if (!decoded) {
-        api_send_v2_error(api, req->conn, ep, req->method_name, 0, bad ? 209 : 300,
+        api_send_v2_error(api, req->handle, ep, req->method_name, 0, bad ? 209 : 300,
                           bad ? "the path has a malformed %-escape or a NUL byte" : "out of memory",
                           registry_index(api->reg));
         return;
     }
     if (has_dot_segment(decoded)) {
-        api_send_v2_error(api, req->conn, ep, req->method_name, 0, 209,
+        api_send_v2_error(api, req->handle, ep, req->method_name, 0, 209,
                           "the path must not contain \".\" or \"..\" segments",
                           registry_index(api->reg));
         free(decoded);
@@ -341,7 +350,7 @@ static void route_keys(api_t *api, const http_request_t *req, const char *raw, s
     char *key = malloc(pl + dl + 2);
     if (!key) {
         free(decoded);
-        api_send_v2_error(api, req->conn, ep, req->method_name, 0, 300, "out of memory",
+        api_send_v2_error(api, req->handle, ep, req->method_name, 0, 300, "out of memory",
                           registry_index(api->reg));
         return;
     }

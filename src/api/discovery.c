@@ -20,7 +20,7 @@
 #define DEFAULT_SIZE 3
 #define TOKEN_BYTES 16 /* 32 hex characters */
 
-static void send_text(api_t *api, http_conn_t *c, enum metrics_endpoint ep, const char *method,
+static void send_text(api_t *api, http_req_t c, enum metrics_endpoint ep, const char *method,
                       int status, const char *text)
 {
     http_reply_t r = {.status = status,
@@ -96,7 +96,7 @@ static bool take_new_budget(api_t *api, const http_request_t *req)
                       .extra_headers = headers,
                       .body = msg,
                       .body_len = strlen(msg)};
-    api_send(api, req->conn, METRICS_NEW, req->method_name, &r);
+    api_send(api, req->handle, METRICS_NEW, req->method_name, &r);
     return false;
 }
 
@@ -115,7 +115,7 @@ void discovery_new(api_t *api, const http_request_t *req)
     char msg[160];
     if (f.error) {
         snprintf(msg, sizeof msg, "bad query: %s\n", f.error);
-        send_text(api, req->conn, METRICS_NEW, method, 400, msg);
+        send_text(api, req->handle, METRICS_NEW, method, 400, msg);
         form_free(&f);
         return;
     }
@@ -123,12 +123,12 @@ void discovery_new(api_t *api, const http_request_t *req)
         (!form_parse_u64(sv, &size) || size < REGISTRY_MIN_SIZE || size > REGISTRY_MAX_SIZE)) {
         snprintf(msg, sizeof msg, "size must be a whole number from %d to %d\n", REGISTRY_MIN_SIZE,
                  REGISTRY_MAX_SIZE);
-        send_text(api, req->conn, METRICS_NEW, method, 400, msg);
+        send_text(api, req->handle, METRICS_NEW, method, 400, msg);
         form_free(&f);
         return;
     }
     form_free(&f);
-    if (!api_check_writable(api, req->conn, METRICS_NEW, method))
+    if (!api_check_writable(api, req->handle, METRICS_NEW, method))
         return;
 
     buf_t prefix = BUF_INIT;
@@ -138,7 +138,7 @@ void discovery_new(api_t *api, const http_request_t *req)
         buf_puts(&prefix, "http://");
         buf_puts(&prefix, req->host);
     } else {
-        send_text(api, req->conn, METRICS_NEW, method, 400,
+        send_text(api, req->handle, METRICS_NEW, method, 400,
                   "no usable Host header: start disco with --host to set the URL prefix\n");
         return;
     }
@@ -155,7 +155,7 @@ void discovery_new(api_t *api, const http_request_t *req)
         registry_create_token(api->reg, token, (unsigned)size, time_wall_ns(), &res);
     }
     if (res.err) {
-        send_text(api, req->conn, METRICS_NEW, method, 503,
+        send_text(api, req->handle, METRICS_NEW, method, 503,
                   "cannot create a token right now; try again\n");
     } else {
         buf_putc(&prefix, '/');
@@ -164,7 +164,7 @@ void discovery_new(api_t *api, const http_request_t *req)
                           .content_type = "text/plain; charset=utf-8",
                           .body = prefix.data,
                           .body_len = prefix.len};
-        api_send(api, req->conn, METRICS_NEW, method, &r);
+        api_send(api, req->handle, METRICS_NEW, method, &r);
     }
     reg_result_clear(&res);
     buf_free(&prefix);
@@ -173,7 +173,7 @@ void discovery_new(api_t *api, const http_request_t *req)
 void discovery_health(api_t *api, const http_request_t *req)
 {
     bool ok = !api->store || store_writable(api->store);
-    send_text(api, req->conn, METRICS_HEALTH, req->method_name, ok ? 200 : 503,
+    send_text(api, req->handle, METRICS_HEALTH, req->method_name, ok ? 200 : 503,
               ok ? "OK" : "store unavailable");
 }
 
@@ -198,7 +198,7 @@ void discovery_metrics(api_t *api, const http_request_t *req)
                       .content_type = "text/plain; version=0.0.4; charset=utf-8",
                       .body = body.data,
                       .body_len = buf_failed(&body) ? 0 : body.len};
-    http_reply(req->conn, &r);
+    http_reply(req->handle, &r);
     buf_free(&body);
 }
 
@@ -206,7 +206,7 @@ void discovery_robots(api_t *api, const http_request_t *req)
 {
     (void)api;
     static const char robots[] = "User-agent: *\nDisallow: /\n";
-    http_reply_simple(req->conn, 200, "text/plain; charset=utf-8", robots, sizeof robots - 1);
+    http_reply_simple(req->handle, 200, "text/plain; charset=utf-8", robots, sizeof robots - 1);
 }
 
 void discovery_index_page(api_t *api, const http_request_t *req)
@@ -223,5 +223,5 @@ void discovery_index_page(api_t *api, const http_request_t *req)
         "<p>The etcd v2 keys form works too: "
         "<code>--discovery=http://HOST/v2/keys/_etcd/registry/&lt;token&gt;</code>.</p>\n"
         "</body></html>\n";
-    http_reply_simple(req->conn, 200, "text/html; charset=utf-8", page, sizeof page - 1);
+    http_reply_simple(req->handle, 200, "text/html; charset=utf-8", page, sizeof page - 1);
 }

@@ -26,7 +26,7 @@
 typedef struct parked_watch {
     reg_waiter_t w;
     api_t *api;
-    http_conn_t *conn;
+    http_req_t req;
     enum metrics_endpoint ep;
 } parked_watch_t;
 
@@ -150,7 +150,7 @@ static void send_result(api_t *api, const http_request_t *req, enum metrics_endp
                         reg_result_t *res, const v2_params_t *p)
 {
     if (res->err) {
-        api_send_v2_error(api, req->conn, ep, req->method_name, 0, res->err, res->cause,
+        api_send_v2_error(api, req->handle, ep, req->method_name, 0, res->err, res->cause,
                           res->index);
         return;
     }
@@ -173,7 +173,7 @@ static void send_result(api_t *api, const http_request_t *req, enum metrics_endp
     }
     if (buf_failed(&body)) {
         buf_free(&body);
-        api_send_v2_error(api, req->conn, ep, req->method_name, 0, 300, "out of memory",
+        api_send_v2_error(api, req->handle, ep, req->method_name, 0, 300, "out of memory",
                           res->index);
         return;
     }
@@ -183,7 +183,7 @@ static void send_result(api_t *api, const http_request_t *req, enum metrics_endp
                       .etcd_index = res->index,
                       .body = data,
                       .body_len = len};
-    api_send(api, req->conn, ep, req->method_name, &r);
+    api_send(api, req->handle, ep, req->method_name, &r);
     buf_free(&body);
 }
 
@@ -224,11 +224,11 @@ static void send_event(parked_watch_t *pw, const reg_event_t *ev)
 {
     http_prepared_t *p = watch_answer(pw->api, ev, pw->w.start_index);
     if (!p) {
-        api_send_v2_error(pw->api, pw->conn, pw->ep, "GET", 0, 300, "out of memory",
+        api_send_v2_error(pw->api, pw->req, pw->ep, "GET", 0, 300, "out of memory",
                           pw->w.start_index);
         return;
     }
-    api_send_prepared(pw->api, pw->conn, pw->ep, "GET", p);
+    api_send_prepared(pw->api, pw->req, pw->ep, "GET", p);
 }
 
 static void send_empty(parked_watch_t *pw)
@@ -238,7 +238,7 @@ static void send_empty(parked_watch_t *pw)
                       .content_type = "application/json",
                       .has_etcd_index = true,
                       .etcd_index = pw->w.start_index};
-    api_send(pw->api, pw->conn, pw->ep, "GET", &r);
+    api_send(pw->api, pw->req, pw->ep, "GET", &r);
 }
 
 static void on_watch_event(reg_waiter_t *w, const reg_event_t *ev)
@@ -251,7 +251,7 @@ static void on_watch_event(reg_waiter_t *w, const reg_event_t *ev)
     free(pw);
 }
 
-static void on_park_end(http_conn_t *c, void *ctx, enum http_park_end why)
+static void on_park_end(http_req_t c, void *ctx, enum http_park_end why)
 {
     parked_watch_t *pw = ctx;
     (void)c;
@@ -266,12 +266,12 @@ static void handle_watch(api_t *api, const http_request_t *req, const char *key,
 {
     parked_watch_t *pw = calloc(1, sizeof *pw);
     if (!pw) {
-        api_send_v2_error(api, req->conn, ep, req->method_name, 0, 300, "out of memory",
+        api_send_v2_error(api, req->handle, ep, req->method_name, 0, 300, "out of memory",
                           registry_index(api->reg));
         return;
     }
     pw->api = api;
-    pw->conn = req->conn;
+    pw->req = req->handle;
     pw->ep = ep;
     reg_result_t res;
     registry_watch(api->reg, key, p->recursive, p->wait_index, &pw->w, on_watch_event, pw, &res);
@@ -283,7 +283,7 @@ static void handle_watch(api_t *api, const http_request_t *req, const char *key,
         send_event(pw, res.event);
         free(pw);
     } else {
-        http_park(req->conn, on_park_end, pw);
+        http_park(req->handle, HTTP_PARK_WATCH, on_park_end, pw);
     }
     reg_result_clear(&res);
 }
@@ -318,7 +318,7 @@ static bool within_limits(api_t *api, const http_request_t *req, const char *key
     } else {
         return true;
     }
-    api_send_v2_error(api, req->conn, ep, req->method_name, 400, REG_E_INVALID_FIELD, cause,
+    api_send_v2_error(api, req->handle, ep, req->method_name, 400, REG_E_INVALID_FIELD, cause,
                       registry_index(api->reg));
     return false;
 }
@@ -328,7 +328,7 @@ void v2keys_handle(api_t *api, const http_request_t *req, const char *key, enum 
 {
     int m = req->method;
     if (m != HTTP_GET && m != HTTP_HEAD && m != HTTP_PUT && m != HTTP_POST && m != HTTP_DELETE) {
-        api_send_v2_error(api, req->conn, ep, req->method_name, 405, 209,
+        api_send_v2_error(api, req->handle, ep, req->method_name, 405, 209,
                           "method not allowed: use GET, HEAD, PUT, POST or DELETE",
                           registry_index(api->reg));
         return;
@@ -347,25 +347,25 @@ void v2keys_handle(api_t *api, const http_request_t *req, const char *key, enum 
     v2_params_t p;
     param_error_t perr;
     if (rc != 0) {
-        api_send_v2_error(api, req->conn, ep, req->method_name, 0, 300, "out of memory", 0);
+        api_send_v2_error(api, req->handle, ep, req->method_name, 0, 300, "out of memory", 0);
     } else if (f.error) {
-        api_send_v2_error(api, req->conn, ep, req->method_name, 0, 210, f.error, 0);
+        api_send_v2_error(api, req->handle, ep, req->method_name, 0, 210, f.error, 0);
     } else if (!parse_params(&f, m, &p, &perr)) {
-        api_send_v2_error(api, req->conn, ep, req->method_name, 0, perr.code, perr.cause, 0);
+        api_send_v2_error(api, req->handle, ep, req->method_name, 0, perr.code, perr.cause, 0);
     } else if ((m == HTTP_PUT || m == HTTP_POST) && strlen(p.value) > api->max_value_bytes) {
         snprintf(cause, sizeof cause,
                  "the value is %zu bytes; the limit is %zu (--max-value-bytes)", strlen(p.value),
                  api->max_value_bytes);
-        api_send_v2_error(api, req->conn, ep, req->method_name, 400, REG_E_INVALID_FIELD, cause,
+        api_send_v2_error(api, req->handle, ep, req->method_name, 400, REG_E_INVALID_FIELD, cause,
                           registry_index(api->reg));
     } else if (config_read_only && m != HTTP_GET && m != HTTP_HEAD && registry_key_in_config(key)) {
-        api_send_v2_error(api, req->conn, ep, req->method_name, 0, 107,
+        api_send_v2_error(api, req->handle, ep, req->method_name, 0, 107,
                           "a token's _config is read-only here; tokens are made with /new",
                           registry_index(api->reg));
     } else if (p.wait) {
         handle_watch(api, req, key, ep, &p);
     } else if (m != HTTP_GET && m != HTTP_HEAD &&
-               !api_check_writable(api, req->conn, ep, req->method_name)) {
+               !api_check_writable(api, req->handle, ep, req->method_name)) {
         /* answered 503 */
     } else {
         reg_result_t res;

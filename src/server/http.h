@@ -66,9 +66,26 @@
 #define HTTP_BUSY_RETRY_AFTER_S 1
 
 typedef struct http_server http_server_t;
-typedef struct http_conn http_conn_t;
 
-/* A complete request. Valid only during the handler call. */
+/*
+ * A request as whoever answers it holds it: a generation-checked handle,
+ * not a pointer into the connection. A handle stays valid from the
+ * handler call until the request is answered (http_reply*) or its
+ * connection ends; after that every call with it does nothing and returns
+ * -ESTALE, so an answer that outlives its client cannot touch freed
+ * memory. A holder that parks a request is always told when it ends
+ * otherwise (http_park_fn), like libuv's close callback. HTTP/1.1 has one
+ * request in flight per connection; an HTTP/2 stream will be one more
+ * request on the same connection.
+ */
+typedef struct http_req {
+    http_server_t *srv;
+    uint32_t slot;
+    uint32_t gen;
+} http_req_t;
+
+/* A complete request. The struct is valid only during the handler call;
+ * `handle` until the request is answered or ends. */
 typedef struct http_request {
     int method;              /* enum http_method from http_parser.h */
     const char *method_name; /* "GET", ... */
@@ -84,7 +101,7 @@ typedef struct http_request {
     const char *peer_addr;    /* the client's IP address alone, for limits: "192.0.2.1",
                                  "2001:db8::1" (IPv4-mapped IPv6 shown as IPv4); "" when the
                                  socket has none (a socketpair) */
-    http_conn_t *conn;
+    http_req_t handle;
 } http_request_t;
 
 typedef struct http_reply {
@@ -102,11 +119,25 @@ typedef void (*http_handler_fn)(void *ctx, const http_request_t *req);
 
 /* Why a parked request ends without a reply from its owner. */
 enum http_park_end {
-    HTTP_PARK_TIMEOUT,  /* the wait timeout passed: the owner must reply now */
-    HTTP_PARK_SHUTDOWN, /* the server is stopping: the owner must reply now */
-    HTTP_PARK_CLOSED,   /* the client went away: the owner must not reply */
+    HTTP_PARK_TIMEOUT,  /* the wait timeout passed: the owner must reply now, or park
+                           the request again (a fresh wait), else it is closed */
+    HTTP_PARK_SHUTDOWN, /* the server is stopping: the owner must reply now or park
+                           again (the shutdown grace period bounds it) */
+    HTTP_PARK_CLOSED,   /* the connection ended: the owner must drop the handle (a
+                           reply with it would do nothing) */
 };
-typedef void (*http_park_fn)(http_conn_t *c, void *ctx, enum http_park_end why);
+/*
+ * What a parked request waits for, which decides what a client that
+ * half-closes (shutdown(SHUT_WR), a FIN) gets:
+ *   HTTP_PARK_WATCH: an answer not decided yet (a long-poll): the client
+ *     stopped asking, so the request ends (HTTP_PARK_CLOSED), as Go's
+ *     server cancels a request whose client closed;
+ *   HTTP_PARK_HOLD: an answer decided and waiting to be allowed out (a
+ *     write not yet durable): it is still written, then the connection
+ *     closes.
+ */
+enum http_park_kind { HTTP_PARK_WATCH, HTTP_PARK_HOLD };
+typedef void (*http_park_fn)(http_req_t req, void *ctx, enum http_park_end why);
 
 /*
  * Renders the answer to a request the server refuses on its own, before or
@@ -141,6 +172,9 @@ typedef struct http_server_config {
     /* Error answers (see http_error_fn); NULL: one line of plain text. */
     http_error_fn render_error;
     void *render_error_ctx;
+    /* SIGHUP (reload): NULL logs that there is nothing to reload. */
+    void (*on_reload)(void *ctx);
+    void *reload_ctx;
     /* Called on every loop turn with the wall clock; returns the next
      * wall-clock instant it wants to run at (0: no wish). Drives TTLs. */
     int64_t (*tick)(void *ctx, int64_t now_ns);
@@ -158,6 +192,9 @@ typedef struct http_server_config {
 http_server_t *http_server_new(const http_server_config_t *cfg, char *err);
 /* The bound address as "host:port" (useful with port 0). */
 const char *http_server_address(const http_server_t *srv);
+/* The server's event loop, for other descriptors and timers to join. */
+struct loop;
+struct loop *http_server_loop(http_server_t *srv);
 /*
  * Runs until SIGTERM or SIGINT, then stops accepting, ends parked requests
  * (HTTP_PARK_SHUTDOWN), lets answers drain for up to HTTP_SHUTDOWN_GRACE_MS
@@ -180,11 +217,17 @@ int http_server_run_once(http_server_t *srv, int timeout_ms);
 /* Open connections and parked requests right now. */
 size_t http_server_connection_count(const http_server_t *srv);
 
-/* Answers the connection's current request. */
-void http_reply(http_conn_t *c, const http_reply_t *r);
+/*
+ * Answers `req` (0) or does nothing when the handle is stale (-ESTALE:
+ * answered already, or its connection ended). The answer is shaped for
+ * the request as it arrived: no body for HEAD, HTTP/1.0 keep-alive rules,
+ * "Connection: close" when the client asked for it, the server is
+ * stopping or the client half-closed.
+ */
+int http_reply(http_req_t req, const http_reply_t *r);
 /* Shorthand for a small text or JSON answer. */
-void http_reply_simple(http_conn_t *c, int status, const char *content_type, const char *body,
-                       size_t body_len);
+int http_reply_simple(http_req_t req, int status, const char *content_type, const char *body,
+                      size_t body_len);
 /*
  * An answer formatted once for many connections: one event wakes N parked
  * watches whose answers are the same bytes. http_prepare() copies `r` (body
@@ -201,20 +244,24 @@ void http_prepared_unref(http_prepared_t *p);
 /* The reply it was made from (its body and headers now live in `p`). */
 const http_reply_t *http_prepared_reply(const http_prepared_t *p);
 /*
- * Answers the connection's current request with `p`, exactly as
- * http_reply(c, <the reply p was made from>) would. A woken parked request
- * with nothing else queued is written straight from the shared bytes (only
- * what the socket does not take at once is copied); a request of another
- * shape (HEAD, HTTP/1.0, "Connection: close") gets its own formatting. The
- * caller keeps its reference.
+ * Answers `req` with `p`, exactly as http_reply(req, <the reply p was made
+ * from>) would. A woken parked request with nothing else queued is written
+ * straight from the shared bytes (only what the socket does not take at
+ * once is copied); a request of another shape (HEAD, HTTP/1.0, "Connection:
+ * close") gets its own formatting. The caller keeps its reference. 0 or
+ * -ESTALE, as http_reply.
  */
-void http_reply_prepared(http_conn_t *c, const http_prepared_t *p);
+int http_reply_prepared(http_req_t req, const http_prepared_t *p);
 /*
- * Parks the current request: `on_end` fires once if it ends otherwise than
- * by http_reply (see enum http_park_end). The wait timeout starts now, also
- * when an already parked request is parked again with a new owner.
+ * Parks `req` (during its handler call, or again from its park callback):
+ * `on_end` fires once if it ends otherwise than by a reply (see enum
+ * http_park_end); `kind` says what a half-closing client gets. The wait
+ * timeout starts now, also when a parked request is parked again with a
+ * new owner. 0 or -ESTALE.
  */
-void http_park(http_conn_t *c, http_park_fn on_end, void *ctx);
+int http_park(http_req_t req, enum http_park_kind kind, http_park_fn on_end, void *ctx);
+/* Whether `req` may still be answered. */
+bool http_req_is_live(http_req_t req);
 
 /* The standard reason phrase of a status code. */
 const char *http_status_text(int status);

@@ -32,13 +32,13 @@ enum answer_mode { ANSWER_REPLY, ANSWER_PREPARED };
 
 static struct {
     enum answer_mode mode;
-    http_reply_t reply;              /* the answer to "/now" */
-    http_conn_t *parked[MAX_PARKED]; /* requests to "/park", in arrival order */
+    http_reply_t reply;            /* the answer to "/now" */
+    http_req_t parked[MAX_PARKED]; /* requests to "/park", in arrival order */
     size_t n_parked;
     size_t park_ends;
 } T;
 
-static void on_park_end(http_conn_t *c, void *ctx, enum http_park_end why)
+static void on_park_end(http_req_t c, void *ctx, enum http_park_end why)
 {
     (void)c;
     (void)ctx;
@@ -46,7 +46,7 @@ static void on_park_end(http_conn_t *c, void *ctx, enum http_park_end why)
     T.park_ends++;
 }
 
-static void answer(http_conn_t *c, enum answer_mode mode)
+static void answer(http_req_t c, enum answer_mode mode)
 {
     if (mode == ANSWER_REPLY) {
         http_reply(c, &T.reply);
@@ -63,10 +63,10 @@ static void handler(void *ctx, const http_request_t *req)
     (void)ctx;
     if (strcmp(req->path, "/park") == 0) {
         assert_true(T.n_parked < MAX_PARKED);
-        T.parked[T.n_parked++] = req->conn;
-        http_park(req->conn, on_park_end, NULL);
+        T.parked[T.n_parked++] = req->handle;
+        http_park(req->handle, HTTP_PARK_WATCH, on_park_end, NULL);
     } else {
-        answer(req->conn, T.mode);
+        answer(req->handle, T.mode);
     }
 }
 

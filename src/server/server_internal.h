@@ -1,0 +1,223 @@
+/*
+ * server_internal.h - what the files of server/ share; not an interface.
+ *
+ *   server.c     listener, accept and the connection limit, signals,
+ *                graceful stop, the loop's hooks, the test seam
+ *   conn.c       a connection: transport, buffers, timeouts, output,
+ *                half-close, linger, close
+ *   http1.c      HTTP/1.1 framing on top of libhttp-parser: limits,
+ *                refusals, one request at a time, dispatch to the handler
+ *   request.c    request slots: the handles (http_req_t) answers go through,
+ *                parking, answering
+ *   prepared.c   formatting an answer; answers shared by many requests
+ *
+ * Ownership: the server owns its connections; a connection owns its
+ * transport and at most one request slot (HTTP/1.1 answers in order, so
+ * one request is in flight); a slot is owned by the request's handler or
+ * park owner through its handle until it is answered or its connection
+ * ends, when the owner is told (HTTP_PARK_CLOSED).
+ */
+#ifndef DISCO_SERVER_SERVER_INTERNAL_H
+#define DISCO_SERVER_SERVER_INTERNAL_H
+
+#include <arpa/inet.h>
+#include <http_parser.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "loop/loop.h"
+#include "server/http.h"
+#include "server/transport.h"
+#include "util/buf.h"
+
+#define READ_CHUNK_BYTES (64 * 1024)
+/* Pipelined bytes held while a request is parked or answers back up. */
+#define MAX_PENDING_BYTES (64 * 1024)
+/* Stop taking pipelined requests while this much output is unsent. */
+#define MAX_UNSENT_BYTES (1024 * 1024)
+/* After a last answer and our FIN, how long (and how many bytes) the
+ * client's remaining input is read and dropped before the socket closes.
+ * Closing with unread input would send a reset, which can destroy the
+ * answer before the client reads it (a 413 while the body still flows). */
+#define LINGER_MS (2 * 1000)
+#define LINGER_MAX_BYTES (1024 * 1024)
+/* No request slot. */
+#define REQ_NONE UINT32_MAX
+
+enum timer_list {
+    TL_NONE = -1,
+    TL_IDLE,
+    TL_HEADER,
+    TL_BODY,
+    TL_WRITE,
+    TL_PARKED,
+    TL_LINGER,
+    TL_COUNT
+};
+
+/* Which header a value belongs to, while the parser streams it. */
+enum hdr_slot { HDR_OTHER, HDR_CONTENT_TYPE, HDR_HOST, HDR_EXPECT, HDR_TRANSFER_ENCODING };
+
+typedef struct http_conn http_conn_t;
+
+enum req_state {
+    REQ_FREE,     /* on the free list */
+    REQ_HANDLING, /* its handler is running */
+    REQ_PARKED,   /* waiting for its owner to answer */
+};
+
+/*
+ * One request in flight. Everything an answer's shape depends on is
+ * copied here when the request is dispatched, because the connection's
+ * parser moves on (or is reset) before a parked answer is written.
+ */
+typedef struct req_slot {
+    uint32_t gen; /* bumped each time the slot is freed: old handles go stale */
+    uint8_t state;
+    uint8_t park_kind; /* enum http_park_kind */
+    bool is_head;
+    bool is_http10;
+    bool keep_alive;
+    uint32_t next_free;
+    http_conn_t *conn;
+    http_park_fn park_fn; /* NULL while the owner is being told of an end */
+    void *park_ctx;
+} req_slot_t;
+
+struct http_conn {
+    loop_io_t io; /* first: the loop hands it back */
+    transport_t tp;
+    http_server_t *srv;
+    http_parser parser;
+    /* timers */
+    enum timer_list tl;
+    uint64_t deadline_ms;
+    http_conn_t *tnext, *tprev;
+    /* the request being read */
+    buf_t url, body, content_type, host, expect, transfer_encoding;
+    char hname[32]; /* the current header name, lower-cased, if short */
+    size_t hname_len;
+    enum hdr_slot hslot;
+    bool in_value;
+    unsigned host_headers, te_headers;
+    size_t trailer_bytes;
+    /* The bytes being fed to the parser start here; `last_nonblank` is the
+     * last byte before them that is not a space or tab (obs-fold check). */
+    const char *feed_base;
+    char last_nonblank;
+    int parse_error_status;        /* decided in a parser callback */
+    const char *parse_error_cause; /* a static string, or NULL */
+    bool message_done;
+    bool in_request;   /* bytes of a request have arrived */
+    bool headers_done; /* ... and all of its headers */
+    bool keep_alive;   /* of the request just parsed */
+    /* the request in flight (a slot index), or REQ_NONE */
+    uint32_t req;
+    /* bytes received but not yet parsed */
+    buf_t pending;
+    /* output */
+    buf_t out;
+    size_t out_off;
+    bool close_after_write;
+    bool lingering; /* answered, FIN sent: input is dropped until EOF */
+    size_t lingered_bytes;
+    bool read_eof;   /* the client half-closed: no more requests will come */
+    bool rdhup_seen; /* EPOLLRDHUP reported while reading is paused */
+    bool want_write; /* EPOLLOUT wanted */
+    bool read_paused;
+    bool closed;
+    /* queued to resume parsing `pending` on the next loop turn */
+    bool resume_queued;
+    http_conn_t *resume_next;
+    /* closed, freed at the end of the loop turn */
+    http_conn_t *closed_next;
+    /* all connections */
+    http_conn_t *next, *prev;
+    char peer[64];
+    char peer_addr[INET6_ADDRSTRLEN];
+};
+
+struct http_server {
+    http_server_config_t cfg;
+    loop_t *loop;
+    loop_io_t listen_io, notify_io;
+    int spare_fd; /* closed to make room for accept() when out of descriptors */
+    char address[80];
+    char *rbuf;
+    char allow_header[200]; /* "Allow: GET, ...\r\n" */
+    http_parser_settings settings;
+    http_conn_t *conns;
+    size_t n_conns;
+    struct {
+        http_conn_t *head, *tail;
+        uint64_t duration_ms;
+    } timers[TL_COUNT];
+    http_conn_t *resume_head;
+    http_conn_t *closed_head;
+    /* request slots: handles index them */
+    req_slot_t *slots;
+    uint32_t n_slots, free_slot;
+    uint64_t last_reject_log_ms;
+    size_t rejected_since_log;
+    bool stopping;
+    uint64_t stop_deadline_ms;
+};
+
+/* ---- request.c ---- */
+/* A slot for a request on `c`, or REQ_NONE when out of memory. */
+uint32_t req_slot_new(http_server_t *s, http_conn_t *c);
+/* The slot a handle names, or NULL when the handle is stale. */
+req_slot_t *req_slot_of(http_req_t h);
+http_req_t req_handle(http_server_t *s, uint32_t slot);
+/* Frees a slot (its handles go stale); clears the connection's link. */
+void req_slot_free(http_server_t *s, uint32_t slot);
+/* Tells the owner of `c`'s parked request that it ended (`why`), if there
+ * is one; after a CLOSED end the slot is freed. */
+void req_end_parked(http_conn_t *c, enum http_park_end why);
+void req_slots_free_all(http_server_t *s);
+
+/* ---- prepared.c ---- */
+/* The status line, headers and (unless `is_head`) body of an answer. */
+void format_reply(buf_t *o, const http_reply_t *r, bool is_head, bool close,
+                  bool http10_keep_alive);
+/* The preformatted bytes of `p` (a keep-alive HTTP/1.1 answer to a GET). */
+const char *prepared_bytes(const http_prepared_t *p, size_t *len);
+
+/* ---- conn.c ---- */
+int conn_add(http_server_t *s, int fd, const struct sockaddr_storage *sa);
+void conn_close(http_conn_t *c);
+void conn_flush(http_conn_t *c);
+void conn_write_now(http_conn_t *c, const char *data, size_t len);
+void conn_update_timer(http_conn_t *c);
+/* The same, with a fresh deadline even when the state is unchanged. */
+void conn_restart_timer(http_conn_t *c);
+void conn_update_events(http_conn_t *c);
+void conn_schedule_resume(http_conn_t *c);
+/* Whether `c` has a request waiting for its owner. */
+bool conn_is_parked(const http_conn_t *c);
+/* After the request in flight on `c` is answered or ends: what comes next
+ * (close after a half-close, resume pipelined bytes). */
+void conn_request_done(http_conn_t *c, bool was_parked);
+void conn_drain_resumes(http_server_t *s);
+void conn_free_closed(http_server_t *s);
+/* Runs the deadlines due at `now_ms`; returns the next one (0: none). */
+uint64_t conn_expire_timers(http_server_t *s, uint64_t now_ms);
+void format_peer(const struct sockaddr_storage *sa, char *out, size_t len, char *addr,
+                 size_t addr_len);
+
+/* ---- http1.c ---- */
+void http1_init_settings(http_parser_settings *settings);
+void http1_init_conn(http_conn_t *c);
+/* Feeds bytes to the parser and handles each complete request; keeps what
+ * must wait in `pending`. */
+void http1_feed(http_conn_t *c, const char *data, size_t len);
+/* Answers a request the server refuses itself, then closes the connection. */
+void http1_refuse(http_conn_t *c, int status, const char *cause);
+/* The answer to such a refusal, rendered by the configured renderer. */
+void http1_render_error(http_server_t *s, int status, const char *cause, buf_t *body,
+                        http_reply_t *r);
+/* Empties the request buffers (keeping small ones when `keep`). */
+void http1_request_reset(http_conn_t *c, bool keep);
+
+#endif
