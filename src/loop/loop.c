@@ -10,6 +10,7 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -42,7 +43,8 @@ struct loop {
     loop_io_t signal_io;
     loop_signal_fn on_signal;
     void *signal_ctx;
-    bool in_turn; /* no re-entry */
+    bool in_turn;     /* no re-entry */
+    pthread_t thread; /* the one that runs the loop */
 };
 
 loop_t *loop_new(void)
@@ -57,7 +59,13 @@ loop_t *loop_new(void)
         return NULL;
     }
     loop->now_ms = time_mono_ms();
+    loop->thread = pthread_self();
     return loop;
+}
+
+bool loop_on_thread(const loop_t *loop)
+{
+    return pthread_equal(loop->thread, pthread_self()) != 0;
 }
 
 void loop_free(loop_t *loop)
@@ -165,6 +173,7 @@ static void run_turn_ends(loop_t *loop)
 int loop_run_once(loop_t *loop, int max_wait_ms)
 {
     assert(!loop->in_turn);
+    assert(loop_on_thread(loop));
     loop->in_turn = true;
     uint64_t now = loop->now_ms = time_mono_ms();
     uint64_t next = now + LOOP_MAX_WAIT_MS;

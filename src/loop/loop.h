@@ -18,6 +18,7 @@
 #ifndef DISCO_LOOP_LOOP_H
 #define DISCO_LOOP_LOOP_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/epoll.h>
@@ -72,6 +73,10 @@ int loop_watch_signals(loop_t *loop, const int *signals, size_t n, loop_signal_f
 uint64_t loop_now_ms(const loop_t *loop);
 /* Reads the clock again (for work done between turns). */
 void loop_update_clock(loop_t *loop);
+
+/* Whether the caller runs on the loop's thread (the one that made it):
+ * for assert()s in code that must never run elsewhere. */
+bool loop_on_thread(const loop_t *loop);
 
 /* One turn; waits at most `max_wait_ms` (-1: until the next deadline, and
  * at most a second). 0 or -errno when epoll fails. */

@@ -100,6 +100,7 @@ bool http_req_is_live(http_req_t h)
 
 int http_reply(http_req_t h, const http_reply_t *r)
 {
+    assert(!h.srv || loop_on_thread(h.srv->loop)); /* loop thread only */
     req_slot_t *q = req_slot_of(h);
     if (!q)
         return -ESTALE;
@@ -128,7 +129,7 @@ int http_reply_prepared(http_req_t h, const http_prepared_t *p)
     if (!q)
         return -ESTALE;
     http_conn_t *c = q->conn;
-    if (q->is_head || !q->keep_alive || q->is_http10 || c->srv->stopping)
+    if (q->is_head || !q->keep_alive || q->is_http10 || c->close_after_write || c->srv->stopping)
         return http_reply(h, http_prepared_reply(p)); /* not the shape it was made for */
     assert(c && !c->closed && c->req == h.slot);
     bool was_parked = q->state == REQ_PARKED;
@@ -149,6 +150,7 @@ int http_reply_prepared(http_req_t h, const http_prepared_t *p)
 
 int http_park(http_req_t h, enum http_park_kind kind, http_park_fn on_end, void *ctx)
 {
+    assert(!h.srv || loop_on_thread(h.srv->loop)); /* loop thread only */
     req_slot_t *q = req_slot_of(h);
     if (!q)
         return -ESTALE;
