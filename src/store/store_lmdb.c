@@ -5,8 +5,8 @@
  * Layout of the data directory:
  *   disco.lock   flock()ed by the running disco; holds its PID
  *   disco.wal    the write-ahead log (wal.h), preallocated
- *   data.mdb     LMDB data: "meta" (format, last_index, wal_gen) and
- *                "events" (8-byte big-endian index -> codec record)
+ *   data.mdb     LMDB data: "meta" (format, last_index, wal_gen, wal_salt)
+ *                and "events" (8-byte big-endian index -> codec record)
  *   lock.mdb     LMDB's reader table
  *
  * Durability: the event loop thread encodes each event and queues it. The
@@ -18,7 +18,8 @@
  *
  * Checkpoints: every CHECKPOINT_MS (or when the log is half full) the writer
  * files everything logged since the last checkpoint into LMDB in one
- * transaction, which also records the log's next generation. Once that
+ * transaction, which also records the log's next generation and a new
+ * random salt for it (wal.h: frames are chained from the salt). Once that
  * commit is durable the log restarts under that generation, which makes the
  * old frames dead. At startup, frames of the generation LMDB names are
  * applied to LMDB before anything is read: they are exactly the writes
@@ -28,12 +29,18 @@
  * that was acknowledged. A batch too large for the log, or a log that
  * cannot be written, goes straight into LMDB (LMDB syncs its own commit).
  *
+ * Format: meta's "format" names the on-disk format. Format 1 (disco up to
+ * f71921c) had an unchained, unsalted log; a data dir of format 1 has its
+ * log replayed with the format-1 reader once at startup, and the commit
+ * that files it into LMDB also records format 2 with a new generation and
+ * salt. A crash before that commit leaves format 1 as it was.
+ *
  * Space: LMDB fails a transaction when its map or the disk is full. A
  * failed commit cannot be taken back from the in-memory registry, so disco
  * refuses new writes early instead: the writer measures free space after
  * every checkpoint (and every second when idle) and store_writable() says
- * no while less than a safety reserve is left, counting what is logged but
- * not yet in LMDB. If a checkpoint fails anyway, logged writes stay in the
+ * no while it is not above the reserve that the accepted writes not yet in
+ * LMDB need to get there (space.h). If a checkpoint fails anyway, logged writes stay in the
  * log (durable) and the checkpoint is retried every second; a batch that
  * fits nowhere is kept and retried. Nothing is dropped.
  */
@@ -51,6 +58,7 @@
 #include <sys/eventfd.h>
 #include <sys/file.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <time.h>
@@ -64,7 +72,8 @@
 #include "util/log.h"
 #include "util/timeutil.h"
 
-#define FORMAT_TAG "disco-registry-1"
+#define FORMAT_TAG "disco-registry-2"
+#define FORMAT1_TAG "disco-registry-1" /* read once, then upgraded */
 #define LOCK_FILE "disco.lock"
 #define WAL_FILE "disco.wal"
 /* Refuse writes when less than this is free (map or disk), plus twice
@@ -100,6 +109,7 @@ typedef struct chunk {
 typedef struct writer {
     wal_t *wal;
     uint64_t wal_gen;      /* generation of the frames being written */
+    uint64_t wal_salt;     /* and its salt */
     chunk_t *logged;       /* in the log, not yet in LMDB, in order */
     chunk_t **logged_tail; /* where the next logged chunk goes */
     uint64_t logged_max;   /* highest index among them */
@@ -118,6 +128,7 @@ typedef struct lmdb_store {
     MDB_env *env;
     MDB_dbi dbi_meta, dbi_events;
     MDB_txn *read_txn; /* loop thread: a reset read transaction for fetch */
+    bool is_format1;   /* opened at format 1: open_log() upgrades it */
     size_t map_bytes;
     size_t page_bytes;
     writer_t wr;
@@ -160,6 +171,24 @@ static void index_key(uint64_t index, unsigned char out[8])
 {
     uint64_t be = htobe64(index);
     memcpy(out, &be, 8);
+}
+
+/*
+ * A new log salt: random, so that no two generations share one, even when
+ * a generation number comes back (a data.mdb restored from a backup).
+ * Falls back on the clocks and the PID when the kernel gives no random
+ * bytes (a salt only has to differ from the last ones, not be secret from
+ * this host).
+ */
+static uint64_t new_salt(void)
+{
+    uint64_t salt = 0;
+    if (getrandom(&salt, sizeof salt, GRND_NONBLOCK) != (ssize_t)sizeof salt) {
+        static _Atomic uint64_t counter;
+        salt = (time_mono_ms() << 20) ^ (uint64_t)time_wall_ns() ^ ((uint64_t)getpid() << 40) ^
+               atomic_fetch_add(&counter, 1);
+    }
+    return salt;
 }
 
 /* ---- space ---------------------------------------------------------- */
@@ -350,10 +379,11 @@ static int apply_frame(void *ctx, const unsigned char *p, size_t len)
 
 /*
  * Files `chunks` into LMDB in one transaction and commits it (LMDB syncs
- * before returning). With `wal_gen` not 0, the same commit records it as
- * the log's next generation. *max_index is the highest index put.
+ * before returning). With `wal_gen` not 0, the same commit records it and
+ * `wal_salt` as the log's next generation. *max_index is the highest index
+ * put.
  */
-static int write_batch(lmdb_store_t *ls, const chunk_t *chunks, uint64_t wal_gen,
+static int write_batch(lmdb_store_t *ls, const chunk_t *chunks, uint64_t wal_gen, uint64_t wal_salt,
                        uint64_t *max_index)
 {
     MDB_txn *txn;
@@ -371,6 +401,8 @@ static int write_batch(lmdb_store_t *ls, const chunk_t *chunks, uint64_t wal_gen
         rc = raise_last_index(ls, txn, *max_index);
     if (rc == 0 && wal_gen)
         rc = put_meta_u64(txn, ls->dbi_meta, "wal_gen", wal_gen);
+    if (rc == 0 && wal_gen)
+        rc = put_meta_u64(txn, ls->dbi_meta, "wal_salt", wal_salt);
     if (rc != 0) {
         mdb_txn_abort(txn);
         return rc;
@@ -524,10 +556,11 @@ static bool checkpoint(lmdb_store_t *ls)
 {
     writer_t *wr = &ls->wr;
     for (int attempt = 0; wr->logged && attempt < 2; attempt++) {
-        uint64_t max_index;
-        int rc = write_batch(ls, wr->logged, wr->wal_gen + 1, &max_index);
+        uint64_t max_index, salt = new_salt();
+        int rc = write_batch(ls, wr->logged, wr->wal_gen + 1, salt, &max_index);
         if (rc == 0) {
-            wal_restart(wr->wal, ++wr->wal_gen);
+            wr->wal_salt = salt;
+            wal_restart(wr->wal, ++wr->wal_gen, salt);
             atomic_fetch_add(&ls->n_checkpoints, 1);
             size_t bytes = chunks_bytes(wr->logged);
             chunks_free(wr->logged);
@@ -589,7 +622,7 @@ static void keep_batch(lmdb_store_t *ls, chunk_t *c)
         return;
     }
     uint64_t committed_max;
-    int rc = write_batch(ls, c, 0, &committed_max);
+    int rc = write_batch(ls, c, 0, 0, &committed_max);
     if (rc == 0) {
         uint64_t top = c->max_index; /* dropped puts (see below) included */
         atomic_fetch_add(&ls->n_direct_commits, 1);
@@ -610,8 +643,10 @@ static void keep_batch(lmdb_store_t *ls, chunk_t *c)
 
 static bool checkpoint_due(const writer_t *wr, uint64_t now)
 {
+    /* `now` may be older than logged_since (taken before the batch was
+     * logged): that is not due, not an unsigned wrap-around. */
     return wr->logged && now >= wr->next_try_ms &&
-           (now - wr->logged_since >= CHECKPOINT_MS ||
+           ((now >= wr->logged_since && now - wr->logged_since >= CHECKPOINT_MS) ||
             wal_room(wr->wal) < wal_capacity(wr->wal) / 2);
 }
 
@@ -1057,13 +1092,16 @@ static int open_env(lmdb_store_t *ls, bool has_data, char *err)
         snprintf(err, 256, "cannot open the store in %s: %s", ls->dir, mdb_strerror(rc));
         return -1;
     }
-    /* An existing data file must already hold our format tag. */
+    /* An existing data file must already hold our format tag, or format 1's
+     * (upgraded by open_log()). */
     unsigned flags = has_data ? 0 : MDB_CREATE;
     rc = mdb_dbi_open(txn, "meta", flags, &ls->dbi_meta);
     MDB_val fk = {6, "format"}, fv;
     if (rc == 0 && has_data) {
         rc = mdb_get(txn, ls->dbi_meta, &fk, &fv);
-        if (rc == 0 &&
+        ls->is_format1 = rc == 0 && fv.mv_size == strlen(FORMAT1_TAG) &&
+                         memcmp(fv.mv_data, FORMAT1_TAG, fv.mv_size) == 0;
+        if (rc == 0 && !ls->is_format1 &&
             (fv.mv_size != strlen(FORMAT_TAG) || memcmp(fv.mv_data, FORMAT_TAG, fv.mv_size) != 0))
             rc = MDB_INCOMPATIBLE;
     } else if (rc == 0) {
@@ -1086,10 +1124,12 @@ static int open_env(lmdb_store_t *ls, bool has_data, char *err)
 
 /*
  * Opens the write-ahead log (creating it on first use) and moves what it
- * holds into LMDB: the frames of the generation LMDB names are the writes
- * acknowledged after the last checkpoint. The same commit moves the log to
- * a generation never used before, so no frame is ever applied after a
- * newer state, whatever is left in the file.
+ * holds into LMDB: the frames of the generation and salt LMDB names are the
+ * writes acknowledged after the last checkpoint. The same commit moves the
+ * log to a generation never used before, with a new salt, so no frame is
+ * ever applied after a newer state, whatever is left in the file. A data
+ * dir of format 1 has its log read with that format's reader, and the same
+ * commit records the current format: the upgrade is one atomic step.
  */
 static int open_log(lmdb_store_t *ls, char *err)
 {
@@ -1108,13 +1148,21 @@ static int open_log(lmdb_store_t *ls, char *err)
         return -1;
     }
     uint64_t gen = get_meta_u64(txn, ls->dbi_meta, "wal_gen");
+    uint64_t salt = get_meta_u64(txn, ls->dbi_meta, "wal_salt"), next_salt = new_salt();
     replay_t r = {.ls = ls, .txn = txn};
-    int wrc = wal_replay(wr->wal, gen, apply_frame, &r);
+    int wrc = ls->is_format1 ? wal_replay_format1(wr->wal, gen, apply_frame, &r)
+                             : wal_replay(wr->wal, gen, salt, apply_frame, &r);
     rc = r.mdb_rc;
     if (wrc == 0 && rc == 0)
         rc = raise_last_index(ls, txn, r.max_index);
     if (wrc == 0 && rc == 0)
         rc = put_meta_u64(txn, ls->dbi_meta, "wal_gen", gen + 1);
+    if (wrc == 0 && rc == 0)
+        rc = put_meta_u64(txn, ls->dbi_meta, "wal_salt", next_salt);
+    if (wrc == 0 && rc == 0 && ls->is_format1) {
+        MDB_val fk = {6, "format"}, fv = {strlen(FORMAT_TAG), FORMAT_TAG};
+        rc = mdb_put(txn, ls->dbi_meta, &fk, &fv, 0);
+    }
     if (wrc == 0 && rc == 0)
         rc = mdb_txn_commit(txn);
     else
@@ -1130,10 +1178,16 @@ static int open_log(lmdb_store_t *ls, char *err)
                  rc == MDB_MAP_FULL ? " (raise --map-size)" : "");
         return -1;
     }
-    wal_restart(wr->wal, gen + 1);
+    wal_restart(wr->wal, gen + 1, next_salt);
     wr->wal_gen = gen + 1;
+    wr->wal_salt = next_salt;
     if (r.frames)
         log_info("store: applied %zu logged batches (%zu writes) from %s", r.frames, r.ops, path);
+    if (ls->is_format1)
+        log_info("store: upgraded %s from on-disk format " FORMAT1_TAG " to " FORMAT_TAG
+                 " (log frames chained and salted)",
+                 ls->dir);
+    ls->is_format1 = false;
     return 0;
 }
 
