@@ -926,7 +926,7 @@ static void release_map_pages(lmdb_store_t *ls)
     fclose(f);
 }
 
-static int lmdb_load(store_t *st, registry_t *reg, char *err)
+static int lmdb_load(store_t *st, const store_replay_sink_t *sink, char *err)
 {
     lmdb_store_t *ls = (lmdb_store_t *)st;
     MDB_txn *txn;
@@ -939,6 +939,7 @@ static int lmdb_load(store_t *st, registry_t *reg, char *err)
     rc = mdb_cursor_open(txn, ls->dbi_events, &cur);
     MDB_val k, v;
     size_t n = 0;
+    uint64_t top = 0; /* the highest index replayed, then ever used */
     int result = 0;
     while (rc == 0 && (rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) == 0) {
         reg_event_t *ev = codec_decode_event(v.mv_data, v.mv_size);
@@ -954,7 +955,7 @@ static int lmdb_load(store_t *st, registry_t *reg, char *err)
             result = -1;
             break;
         }
-        int r = registry_replay(reg, ev);
+        int r = sink->replay(sink->ctx, ev);
         if (r != 0) {
             snprintf(err, 256, "the store in %s is corrupt: event %llu does not apply (%s)",
                      ls->dir, (unsigned long long)key_index,
@@ -962,6 +963,7 @@ static int lmdb_load(store_t *st, registry_t *reg, char *err)
             result = -1;
             break;
         }
+        top = key_index;
         n++;
     }
     if (result == 0 && rc != MDB_NOTFOUND && rc != 0) {
@@ -969,18 +971,21 @@ static int lmdb_load(store_t *st, registry_t *reg, char *err)
         result = -1;
     }
     mdb_cursor_close(cur);
-    if (result == 0)
-        registry_raise_index(reg, get_meta_u64(txn, ls->dbi_meta, "last_index"));
+    if (result == 0) {
+        uint64_t last = get_meta_u64(txn, ls->dbi_meta, "last_index");
+        top = last > top ? last : top;
+        sink->raise_index(sink->ctx, top);
+    }
     mdb_txn_abort(txn);
     if (result == 0) {
         /* Replay touched every page of the map; they are a read-only shared
          * mapping of the data file, so let them go from our resident set
          * (they stay in the page cache and fault back in when read). */
         release_map_pages(ls);
-        atomic_store(&ls->durable_index, registry_index(reg));
-        atomic_store(&ls->readable_index, registry_index(reg));
-        log_info("store: loaded %zu events, %zu tokens, index %llu from %s", n,
-                 registry_token_count(reg), (unsigned long long)registry_index(reg), ls->dir);
+        atomic_store(&ls->durable_index, top);
+        atomic_store(&ls->readable_index, top);
+        log_info("store: loaded %zu events, index %llu from %s", n, (unsigned long long)top,
+                 ls->dir);
     }
     return result;
 }
