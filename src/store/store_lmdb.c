@@ -37,12 +37,13 @@
  *
  * Space: LMDB fails a transaction when its map or the disk is full. A
  * failed commit cannot be taken back from the in-memory registry, so disco
- * refuses new writes early instead: the writer measures free space after
- * every checkpoint (and every second when idle) and store_writable() says
- * no while it is not above the reserve that the accepted writes not yet in
- * LMDB need to get there (space.h). If a checkpoint fails anyway, logged writes stay in the
- * log (durable) and the checkpoint is retried every second; a batch that
- * fits nowhere is kept and retried. Nothing is dropped.
+ * refuses new writes early instead: the writer measures free space (LMDB's
+ * public page counts and statvfs) after every commit and every second when
+ * idle, and store_writable() says no while it is not above the reserve the
+ * accepted writes not yet in LMDB need to get there, in bytes (space.h).
+ * If a checkpoint fails anyway, logged writes stay in the log (durable) and
+ * the checkpoint is retried every second; a batch that fits nowhere is kept
+ * and retried. Nothing is dropped.
  */
 #include <dirent.h>
 #include <endian.h>
@@ -65,6 +66,7 @@
 #include <unistd.h>
 
 #include "store/codec.h"
+#include "store/space.h"
 #include "store/store.h"
 #include "store/wal.h"
 #include "util/buf.h"
@@ -76,14 +78,7 @@
 #define FORMAT1_TAG "disco-registry-1" /* read once, then upgraded */
 #define LOCK_FILE "disco.lock"
 #define WAL_FILE "disco.wal"
-/* Refuse writes when less than this is free (map or disk), plus twice
- * what is queued: room for the copy-on-write pages of the next commits. */
-#define RESERVE_MIN_BYTES ((size_t)512 * 1024)
-#define RESERVE_MAP_FRACTION 20 /* 1/20 = 5% of the map */
 #define RETRY_MS 1000
-/* Free space is measured after a commit at most this often (and every
- * second when idle): the measure walks LMDB's freelist and calls statvfs. */
-#define MEASURE_EVERY_MS 100
 /* The log is a sixteenth of the map, within these bounds. */
 #define WAL_MIN_BYTES ((size_t)256 * 1024)
 #define WAL_MAX_BYTES ((size_t)64 << 20)
@@ -116,8 +111,7 @@ typedef struct writer {
     uint64_t logged_since; /* time_mono_ms() of the first of them */
     chunk_t *retry;        /* a batch that is neither logged nor in LMDB */
     uint64_t next_try_ms;  /* no commit attempt before this after a failure */
-    uint64_t last_measure_ms;
-    bool wal_failing; /* the last log write failed (logged once) */
+    bool wal_failing;      /* the last log write failed (logged once) */
 } writer_t;
 
 typedef struct lmdb_store {
@@ -193,44 +187,31 @@ static uint64_t new_salt(void)
 
 /* ---- space ---------------------------------------------------------- */
 
-/* Free bytes in the map (never-used pages + the freelist) and on disk. */
+/* Free bytes in the map, as far as the disk has room for them (space.h).
+ * Writer thread (or before it starts): no commit runs meanwhile. A measure
+ * that fails says 0: writes are refused rather than risked. */
 static size_t measure_free(lmdb_store_t *ls)
 {
-    MDB_envinfo info;
     MDB_txn *txn;
-    size_t free_pages = 0;
-    if (mdb_env_info(ls->env, &info) != 0 || mdb_txn_begin(ls->env, NULL, MDB_RDONLY, &txn) != 0)
+    if (mdb_txn_begin(ls->env, NULL, MDB_RDONLY, &txn) != 0)
         return 0;
-    size_t map_pages = info.me_mapsize / ls->page_bytes;
-    size_t used_high = info.me_last_pgno + 1;
-    free_pages = map_pages > used_high ? map_pages - used_high : 0;
-    MDB_cursor *cur;
-    if (mdb_cursor_open(txn, 0 /* the freelist */, &cur) == 0) {
-        MDB_val k, v;
-        while (mdb_cursor_get(cur, &k, &v, MDB_NEXT) == 0) {
-            size_t n;
-            memcpy(&n, v.mv_data, sizeof n); /* first word: page count */
-            free_pages += n;
-        }
-        mdb_cursor_close(cur);
-    }
+    MDB_dbi dbis[] = {ls->dbi_meta, ls->dbi_events};
+    store_space_t sp = {0};
+    int rc = store_space_count(txn, dbis, sizeof dbis / sizeof dbis[0], &sp);
     mdb_txn_abort(txn);
-    size_t map_free = free_pages * ls->page_bytes;
+    if (rc != 0)
+        return 0;
     struct statvfs vfs;
-    if (statvfs(ls->dir, &vfs) == 0) {
-        size_t disk_free = (size_t)vfs.f_bavail * vfs.f_frsize;
-        /* Pages never used yet need disk blocks; reused ones do not. */
-        size_t fresh = map_pages > used_high ? (map_pages - used_high) * ls->page_bytes : 0;
-        if (disk_free < fresh)
-            map_free -= fresh - disk_free;
-    }
-    return map_free;
+    if (statvfs(ls->dir, &vfs) == 0)
+        sp.disk_free_bytes = (size_t)vfs.f_bavail * vfs.f_frsize;
+    return store_space_free_bytes(&sp);
 }
 
-/* Free bytes below which writes are refused, with `queued` bytes pending. */
-static size_t reserve_bytes(const lmdb_store_t *ls, size_t queued)
+/* Free bytes below which writes are refused, with `pending` bytes of
+ * accepted writes not in LMDB yet. */
+static size_t reserve_bytes(const lmdb_store_t *ls, size_t pending)
 {
-    return RESERVE_MIN_BYTES + ls->map_bytes / RESERVE_MAP_FRACTION + 2 * queued;
+    return store_space_reserve_bytes(pending, ls->page_bytes);
 }
 
 /* ---- LMDB records ------------------------------------------------------- */
@@ -519,22 +500,11 @@ static void release_bytes(lmdb_store_t *ls, size_t bytes)
     pthread_mutex_unlock(&ls->mu);
 }
 
-/* After a commit of `bytes` of records: exact near the limit, estimated
- * when there is plenty of room. */
-static void update_free(lmdb_store_t *ls, size_t bytes)
+/* After every commit: a measure costs a few mdb_stat() calls and one
+ * statvfs(), nothing next to the commit's own sync. */
+static void update_free(lmdb_store_t *ls)
 {
-    writer_t *wr = &ls->wr;
-    if (time_mono_ms() - wr->last_measure_ms >= MEASURE_EVERY_MS ||
-        atomic_load(&ls->free_bytes) < 4 * reserve_bytes(ls, 0)) {
-        atomic_store(&ls->free_bytes, measure_free(ls));
-        wr->last_measure_ms = time_mono_ms();
-    } else {
-        /* Until the next measure, count what this commit used (its records
-         * and the copied pages) so the estimate never lags behind a burst. */
-        size_t used = 2 * bytes + ls->page_bytes;
-        size_t before = atomic_load(&ls->free_bytes);
-        atomic_store(&ls->free_bytes, before > used ? before - used : 0);
-    }
+    atomic_store(&ls->free_bytes, measure_free(ls));
 }
 
 static void note_failure(lmdb_store_t *ls, const char *what, const char *why)
@@ -566,8 +536,10 @@ static bool checkpoint(lmdb_store_t *ls)
             chunks_free(wr->logged);
             wr->logged = NULL;
             raise_atomic(&ls->readable_index, wr->logged_max);
+            /* Free space first: the reserve must not shrink by what this
+             * commit filed before free space shows what it took. */
+            update_free(ls);
             release_bytes(ls, bytes);
-            update_free(ls, bytes);
             return true;
         }
         note_failure(ls, "moving logged writes into LMDB failed", mdb_strerror(rc));
@@ -626,8 +598,8 @@ static void keep_batch(lmdb_store_t *ls, chunk_t *c)
     if (rc == 0) {
         uint64_t top = c->max_index; /* dropped puts (see below) included */
         atomic_fetch_add(&ls->n_direct_commits, 1);
+        update_free(ls);
         release_bytes(ls, c->bytes);
-        update_free(ls, c->bytes);
         chunks_free(c);
         raise_atomic(&ls->readable_index, top);
         publish_durable(ls, top);
@@ -854,11 +826,15 @@ static bool lmdb_writable(store_t *st)
      * so writes do not flap between refused and accepted. */
     if (ls->full && free_now > reserve + reserve / 2) {
         ls->full = false;
-        log_info("store: room again in %s; writes accepted", ls->dir);
+        log_info("store: room again in %s (%zu bytes free, %zu reserved for %zu bytes of "
+                 "writes not yet in LMDB); writes accepted",
+                 ls->dir, free_now, reserve, queued);
     } else if (!ls->full && free_now <= reserve) {
         ls->full = true;
-        log_warn("store: %s is nearly full (%zu bytes free); writes refused until room returns",
-                 ls->dir, free_now);
+        log_warn("store: %s is nearly full: %zu bytes free, not above the %zu bytes reserved "
+                 "for committing %zu bytes of accepted writes not yet in LMDB; writes refused "
+                 "until room returns",
+                 ls->dir, free_now, reserve, queued);
     }
     return !ls->full;
 }
