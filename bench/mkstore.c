@@ -29,6 +29,16 @@ static void wait_durable(store_t *st, registry_t *reg, uint64_t lag)
     }
 }
 
+static int replay_into_registry(void *reg, reg_event_t *ev)
+{
+    return registry_replay(reg, ev);
+}
+
+static void raise_registry_index(void *reg, uint64_t index)
+{
+    registry_raise_index(reg, index);
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 4) {
@@ -46,7 +56,8 @@ int main(int argc, char **argv)
         return 1;
     }
     registry_t *reg = registry_new(st);
-    if (!reg || store_load(st, reg, err) != 0) {
+    store_replay_sink_t sink = {replay_into_registry, raise_registry_index, reg};
+    if (!reg || store_load(st, &sink, err) != 0) {
         fprintf(stderr, "mkstore: %s\n", reg ? err : "out of memory");
         return 1;
     }

@@ -92,6 +92,17 @@ static char *derive_host(const char *addr)
     return h;
 }
 
+/* The store hands its events back through these at startup (store.h). */
+static int replay_into_registry(void *reg, reg_event_t *ev)
+{
+    return registry_replay(reg, ev);
+}
+
+static void raise_registry_index(void *reg, uint64_t index)
+{
+    registry_raise_index(reg, index);
+}
+
 static int cmd_serve(int argc, char **argv)
 {
     serve_config_t cfg;
@@ -123,7 +134,8 @@ static int cmd_serve(int argc, char **argv)
     registry_t *reg = registry_new(store);
     if (reg)
         registry_set_max_keys(reg, (size_t)cfg.max_keys_per_token);
-    if (!reg || store_load(store, reg, err) != 0) {
+    store_replay_sink_t sink = {replay_into_registry, raise_registry_index, reg};
+    if (!reg || store_load(store, &sink, err) != 0) {
         log_error("%s", reg ? err : "out of memory at startup");
         registry_free(reg);
         store_close(store);

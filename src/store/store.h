@@ -26,9 +26,28 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+/* For reg_event_t only: the store knows events, never the registry that
+ * applies them (load() hands them to a callback). */
 #include "registry/registry.h"
 
 struct store;
+
+/*
+ * Where load() hands back what a store keeps. Both calls happen on the
+ * calling thread, during load() only.
+ */
+typedef struct store_replay_sink {
+    /* Each kept event, in index order. Takes ownership of `ev` (also when
+     * it fails). 0 to go on, or -errno to stop the load: -EINVAL when the
+     * event does not follow the ones before it (the store is corrupt),
+     * -ENOMEM. */
+    int (*replay)(void *ctx, reg_event_t *ev);
+    /* Once, after the last event: the highest index the store ever used,
+     * at least that of every event replayed. Indexes never repeat, even
+     * after the events that used them are removed. */
+    void (*raise_index)(void *ctx, uint64_t index);
+    void *ctx;
+} store_replay_sink_t;
 
 /* Counters a store keeps about its own work (for /metrics); a store that
  * does not do a kind of work leaves its counter at 0. */
@@ -39,9 +58,9 @@ typedef struct store_stats {
 } store_stats_t;
 
 struct store_ops {
-    /* Startup: replays everything kept into `reg` (empty). 0, or -1 with a
-     * one-line reason in `err` (256 bytes). */
-    int (*load)(struct store *st, registry_t *reg, char *err);
+    /* Startup: hands everything kept to `sink` (see above). 0, or -1 with
+     * a one-line reason in `err` (256 bytes). */
+    int (*load)(struct store *st, const store_replay_sink_t *sink, char *err);
     /* Queues `ev` (already applied in memory) to be kept. 0 or -errno. */
     int (*append)(struct store *st, const reg_event_t *ev);
     /* Queues the removal of a token and the events at `indexes`. 0 or -errno. */
@@ -75,9 +94,9 @@ typedef struct store {
     const struct store_ops *ops;
 } store_t;
 
-static inline int store_load(store_t *st, registry_t *reg, char *err)
+static inline int store_load(store_t *st, const store_replay_sink_t *sink, char *err)
 {
-    return st->ops->load(st, reg, err);
+    return st->ops->load(st, sink, err);
 }
 static inline int store_append(store_t *st, const reg_event_t *ev)
 {

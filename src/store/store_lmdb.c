@@ -5,8 +5,8 @@
  * Layout of the data directory:
  *   disco.lock   flock()ed by the running disco; holds its PID
  *   disco.wal    the write-ahead log (wal.h), preallocated
- *   data.mdb     LMDB data: "meta" (format, last_index, wal_gen) and
- *                "events" (8-byte big-endian index -> codec record)
+ *   data.mdb     LMDB data: "meta" (format, last_index, wal_gen, wal_salt)
+ *                and "events" (8-byte big-endian index -> codec record)
  *   lock.mdb     LMDB's reader table
  *
  * Durability: the event loop thread encodes each event and queues it. The
@@ -18,7 +18,8 @@
  *
  * Checkpoints: every CHECKPOINT_MS (or when the log is half full) the writer
  * files everything logged since the last checkpoint into LMDB in one
- * transaction, which also records the log's next generation. Once that
+ * transaction, which also records the log's next generation and a new
+ * random salt for it (wal.h: frames are chained from the salt). Once that
  * commit is durable the log restarts under that generation, which makes the
  * old frames dead. At startup, frames of the generation LMDB names are
  * applied to LMDB before anything is read: they are exactly the writes
@@ -28,14 +29,21 @@
  * that was acknowledged. A batch too large for the log, or a log that
  * cannot be written, goes straight into LMDB (LMDB syncs its own commit).
  *
+ * Format: meta's "format" names the on-disk format. Format 1 (disco up to
+ * f71921c) had an unchained, unsalted log; a data dir of format 1 has its
+ * log replayed with the format-1 reader once at startup, and the commit
+ * that files it into LMDB also records format 2 with a new generation and
+ * salt. A crash before that commit leaves format 1 as it was.
+ *
  * Space: LMDB fails a transaction when its map or the disk is full. A
  * failed commit cannot be taken back from the in-memory registry, so disco
- * refuses new writes early instead: the writer measures free space after
- * every checkpoint (and every second when idle) and store_writable() says
- * no while less than a safety reserve is left, counting what is logged but
- * not yet in LMDB. If a checkpoint fails anyway, logged writes stay in the
- * log (durable) and the checkpoint is retried every second; a batch that
- * fits nowhere is kept and retried. Nothing is dropped.
+ * refuses new writes early instead: the writer measures free space (LMDB's
+ * public page counts and statvfs) after every commit and every second when
+ * idle, and store_writable() says no while it is not above the reserve the
+ * accepted writes not yet in LMDB need to get there, in bytes (space.h).
+ * If a checkpoint fails anyway, logged writes stay in the log (durable) and
+ * the checkpoint is retried every second; a batch that fits nowhere is kept
+ * and retried. Nothing is dropped.
  */
 #include <dirent.h>
 #include <endian.h>
@@ -51,12 +59,14 @@
 #include <sys/eventfd.h>
 #include <sys/file.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "store/codec.h"
+#include "store/space.h"
 #include "store/store.h"
 #include "store/wal.h"
 #include "util/buf.h"
@@ -64,17 +74,11 @@
 #include "util/log.h"
 #include "util/timeutil.h"
 
-#define FORMAT_TAG "disco-registry-1"
+#define FORMAT_TAG "disco-registry-2"
+#define FORMAT1_TAG "disco-registry-1" /* read once, then upgraded */
 #define LOCK_FILE "disco.lock"
 #define WAL_FILE "disco.wal"
-/* Refuse writes when less than this is free (map or disk), plus twice
- * what is queued: room for the copy-on-write pages of the next commits. */
-#define RESERVE_MIN_BYTES ((size_t)512 * 1024)
-#define RESERVE_MAP_FRACTION 20 /* 1/20 = 5% of the map */
 #define RETRY_MS 1000
-/* Free space is measured after a commit at most this often (and every
- * second when idle): the measure walks LMDB's freelist and calls statvfs. */
-#define MEASURE_EVERY_MS 100
 /* The log is a sixteenth of the map, within these bounds. */
 #define WAL_MIN_BYTES ((size_t)256 * 1024)
 #define WAL_MAX_BYTES ((size_t)64 << 20)
@@ -100,14 +104,14 @@ typedef struct chunk {
 typedef struct writer {
     wal_t *wal;
     uint64_t wal_gen;      /* generation of the frames being written */
+    uint64_t wal_salt;     /* and its salt */
     chunk_t *logged;       /* in the log, not yet in LMDB, in order */
     chunk_t **logged_tail; /* where the next logged chunk goes */
     uint64_t logged_max;   /* highest index among them */
     uint64_t logged_since; /* time_mono_ms() of the first of them */
     chunk_t *retry;        /* a batch that is neither logged nor in LMDB */
     uint64_t next_try_ms;  /* no commit attempt before this after a failure */
-    uint64_t last_measure_ms;
-    bool wal_failing; /* the last log write failed (logged once) */
+    bool wal_failing;      /* the last log write failed (logged once) */
 } writer_t;
 
 typedef struct lmdb_store {
@@ -118,6 +122,7 @@ typedef struct lmdb_store {
     MDB_env *env;
     MDB_dbi dbi_meta, dbi_events;
     MDB_txn *read_txn; /* loop thread: a reset read transaction for fetch */
+    bool is_format1;   /* opened at format 1: open_log() upgrades it */
     size_t map_bytes;
     size_t page_bytes;
     writer_t wr;
@@ -162,46 +167,51 @@ static void index_key(uint64_t index, unsigned char out[8])
     memcpy(out, &be, 8);
 }
 
-/* ---- space ---------------------------------------------------------- */
-
-/* Free bytes in the map (never-used pages + the freelist) and on disk. */
-static size_t measure_free(lmdb_store_t *ls)
+/*
+ * A new log salt: random, so that no two generations share one, even when
+ * a generation number comes back (a data.mdb restored from a backup).
+ * Falls back on the clocks and the PID when the kernel gives no random
+ * bytes (a salt only has to differ from the last ones, not be secret from
+ * this host).
+ */
+static uint64_t new_salt(void)
 {
-    MDB_envinfo info;
-    MDB_txn *txn;
-    size_t free_pages = 0;
-    if (mdb_env_info(ls->env, &info) != 0 || mdb_txn_begin(ls->env, NULL, MDB_RDONLY, &txn) != 0)
-        return 0;
-    size_t map_pages = info.me_mapsize / ls->page_bytes;
-    size_t used_high = info.me_last_pgno + 1;
-    free_pages = map_pages > used_high ? map_pages - used_high : 0;
-    MDB_cursor *cur;
-    if (mdb_cursor_open(txn, 0 /* the freelist */, &cur) == 0) {
-        MDB_val k, v;
-        while (mdb_cursor_get(cur, &k, &v, MDB_NEXT) == 0) {
-            size_t n;
-            memcpy(&n, v.mv_data, sizeof n); /* first word: page count */
-            free_pages += n;
-        }
-        mdb_cursor_close(cur);
+    uint64_t salt = 0;
+    if (getrandom(&salt, sizeof salt, GRND_NONBLOCK) != (ssize_t)sizeof salt) {
+        static _Atomic uint64_t counter;
+        salt = (time_mono_ms() << 20) ^ (uint64_t)time_wall_ns() ^ ((uint64_t)getpid() << 40) ^
+               atomic_fetch_add(&counter, 1);
     }
-    mdb_txn_abort(txn);
-    size_t map_free = free_pages * ls->page_bytes;
-    struct statvfs vfs;
-    if (statvfs(ls->dir, &vfs) == 0) {
-        size_t disk_free = (size_t)vfs.f_bavail * vfs.f_frsize;
-        /* Pages never used yet need disk blocks; reused ones do not. */
-        size_t fresh = map_pages > used_high ? (map_pages - used_high) * ls->page_bytes : 0;
-        if (disk_free < fresh)
-            map_free -= fresh - disk_free;
-    }
-    return map_free;
+    return salt;
 }
 
-/* Free bytes below which writes are refused, with `queued` bytes pending. */
-static size_t reserve_bytes(const lmdb_store_t *ls, size_t queued)
+/* ---- space ---------------------------------------------------------- */
+
+/* Free bytes in the map, as far as the disk has room for them (space.h).
+ * Writer thread (or before it starts): no commit runs meanwhile. A measure
+ * that fails says 0: writes are refused rather than risked. */
+static size_t measure_free(lmdb_store_t *ls)
 {
-    return RESERVE_MIN_BYTES + ls->map_bytes / RESERVE_MAP_FRACTION + 2 * queued;
+    MDB_txn *txn;
+    if (mdb_txn_begin(ls->env, NULL, MDB_RDONLY, &txn) != 0)
+        return 0;
+    MDB_dbi dbis[] = {ls->dbi_meta, ls->dbi_events};
+    store_space_t sp = {0};
+    int rc = store_space_count(txn, dbis, sizeof dbis / sizeof dbis[0], &sp);
+    mdb_txn_abort(txn);
+    if (rc != 0)
+        return 0;
+    struct statvfs vfs;
+    if (statvfs(ls->dir, &vfs) == 0)
+        sp.disk_free_bytes = (size_t)vfs.f_bavail * vfs.f_frsize;
+    return store_space_free_bytes(&sp);
+}
+
+/* Free bytes below which writes are refused, with `pending` bytes of
+ * accepted writes not in LMDB yet. */
+static size_t reserve_bytes(const lmdb_store_t *ls, size_t pending)
+{
+    return store_space_reserve_bytes(pending, ls->page_bytes);
 }
 
 /* ---- LMDB records ------------------------------------------------------- */
@@ -350,10 +360,11 @@ static int apply_frame(void *ctx, const unsigned char *p, size_t len)
 
 /*
  * Files `chunks` into LMDB in one transaction and commits it (LMDB syncs
- * before returning). With `wal_gen` not 0, the same commit records it as
- * the log's next generation. *max_index is the highest index put.
+ * before returning). With `wal_gen` not 0, the same commit records it and
+ * `wal_salt` as the log's next generation. *max_index is the highest index
+ * put.
  */
-static int write_batch(lmdb_store_t *ls, const chunk_t *chunks, uint64_t wal_gen,
+static int write_batch(lmdb_store_t *ls, const chunk_t *chunks, uint64_t wal_gen, uint64_t wal_salt,
                        uint64_t *max_index)
 {
     MDB_txn *txn;
@@ -371,6 +382,8 @@ static int write_batch(lmdb_store_t *ls, const chunk_t *chunks, uint64_t wal_gen
         rc = raise_last_index(ls, txn, *max_index);
     if (rc == 0 && wal_gen)
         rc = put_meta_u64(txn, ls->dbi_meta, "wal_gen", wal_gen);
+    if (rc == 0 && wal_gen)
+        rc = put_meta_u64(txn, ls->dbi_meta, "wal_salt", wal_salt);
     if (rc != 0) {
         mdb_txn_abort(txn);
         return rc;
@@ -487,22 +500,11 @@ static void release_bytes(lmdb_store_t *ls, size_t bytes)
     pthread_mutex_unlock(&ls->mu);
 }
 
-/* After a commit of `bytes` of records: exact near the limit, estimated
- * when there is plenty of room. */
-static void update_free(lmdb_store_t *ls, size_t bytes)
+/* After every commit: a measure costs a few mdb_stat() calls and one
+ * statvfs(), nothing next to the commit's own sync. */
+static void update_free(lmdb_store_t *ls)
 {
-    writer_t *wr = &ls->wr;
-    if (time_mono_ms() - wr->last_measure_ms >= MEASURE_EVERY_MS ||
-        atomic_load(&ls->free_bytes) < 4 * reserve_bytes(ls, 0)) {
-        atomic_store(&ls->free_bytes, measure_free(ls));
-        wr->last_measure_ms = time_mono_ms();
-    } else {
-        /* Until the next measure, count what this commit used (its records
-         * and the copied pages) so the estimate never lags behind a burst. */
-        size_t used = 2 * bytes + ls->page_bytes;
-        size_t before = atomic_load(&ls->free_bytes);
-        atomic_store(&ls->free_bytes, before > used ? before - used : 0);
-    }
+    atomic_store(&ls->free_bytes, measure_free(ls));
 }
 
 static void note_failure(lmdb_store_t *ls, const char *what, const char *why)
@@ -524,17 +526,20 @@ static bool checkpoint(lmdb_store_t *ls)
 {
     writer_t *wr = &ls->wr;
     for (int attempt = 0; wr->logged && attempt < 2; attempt++) {
-        uint64_t max_index;
-        int rc = write_batch(ls, wr->logged, wr->wal_gen + 1, &max_index);
+        uint64_t max_index, salt = new_salt();
+        int rc = write_batch(ls, wr->logged, wr->wal_gen + 1, salt, &max_index);
         if (rc == 0) {
-            wal_restart(wr->wal, ++wr->wal_gen);
+            wr->wal_salt = salt;
+            wal_restart(wr->wal, ++wr->wal_gen, salt);
             atomic_fetch_add(&ls->n_checkpoints, 1);
             size_t bytes = chunks_bytes(wr->logged);
             chunks_free(wr->logged);
             wr->logged = NULL;
             raise_atomic(&ls->readable_index, wr->logged_max);
+            /* Free space first: the reserve must not shrink by what this
+             * commit filed before free space shows what it took. */
+            update_free(ls);
             release_bytes(ls, bytes);
-            update_free(ls, bytes);
             return true;
         }
         note_failure(ls, "moving logged writes into LMDB failed", mdb_strerror(rc));
@@ -589,12 +594,12 @@ static void keep_batch(lmdb_store_t *ls, chunk_t *c)
         return;
     }
     uint64_t committed_max;
-    int rc = write_batch(ls, c, 0, &committed_max);
+    int rc = write_batch(ls, c, 0, 0, &committed_max);
     if (rc == 0) {
         uint64_t top = c->max_index; /* dropped puts (see below) included */
         atomic_fetch_add(&ls->n_direct_commits, 1);
+        update_free(ls);
         release_bytes(ls, c->bytes);
-        update_free(ls, c->bytes);
         chunks_free(c);
         raise_atomic(&ls->readable_index, top);
         publish_durable(ls, top);
@@ -610,8 +615,10 @@ static void keep_batch(lmdb_store_t *ls, chunk_t *c)
 
 static bool checkpoint_due(const writer_t *wr, uint64_t now)
 {
+    /* `now` may be older than logged_since (taken before the batch was
+     * logged): that is not due, not an unsigned wrap-around. */
     return wr->logged && now >= wr->next_try_ms &&
-           (now - wr->logged_since >= CHECKPOINT_MS ||
+           ((now >= wr->logged_since && now - wr->logged_since >= CHECKPOINT_MS) ||
             wal_room(wr->wal) < wal_capacity(wr->wal) / 2);
 }
 
@@ -819,11 +826,15 @@ static bool lmdb_writable(store_t *st)
      * so writes do not flap between refused and accepted. */
     if (ls->full && free_now > reserve + reserve / 2) {
         ls->full = false;
-        log_info("store: room again in %s; writes accepted", ls->dir);
+        log_info("store: room again in %s (%zu bytes free, %zu reserved for %zu bytes of "
+                 "writes not yet in LMDB); writes accepted",
+                 ls->dir, free_now, reserve, queued);
     } else if (!ls->full && free_now <= reserve) {
         ls->full = true;
-        log_warn("store: %s is nearly full (%zu bytes free); writes refused until room returns",
-                 ls->dir, free_now);
+        log_warn("store: %s is nearly full: %zu bytes free, not above the %zu bytes reserved "
+                 "for committing %zu bytes of accepted writes not yet in LMDB; writes refused "
+                 "until room returns",
+                 ls->dir, free_now, reserve, queued);
     }
     return !ls->full;
 }
@@ -891,7 +902,7 @@ static void release_map_pages(lmdb_store_t *ls)
     fclose(f);
 }
 
-static int lmdb_load(store_t *st, registry_t *reg, char *err)
+static int lmdb_load(store_t *st, const store_replay_sink_t *sink, char *err)
 {
     lmdb_store_t *ls = (lmdb_store_t *)st;
     MDB_txn *txn;
@@ -904,6 +915,7 @@ static int lmdb_load(store_t *st, registry_t *reg, char *err)
     rc = mdb_cursor_open(txn, ls->dbi_events, &cur);
     MDB_val k, v;
     size_t n = 0;
+    uint64_t top = 0; /* the highest index replayed, then ever used */
     int result = 0;
     while (rc == 0 && (rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) == 0) {
         reg_event_t *ev = codec_decode_event(v.mv_data, v.mv_size);
@@ -919,7 +931,7 @@ static int lmdb_load(store_t *st, registry_t *reg, char *err)
             result = -1;
             break;
         }
-        int r = registry_replay(reg, ev);
+        int r = sink->replay(sink->ctx, ev);
         if (r != 0) {
             snprintf(err, 256, "the store in %s is corrupt: event %llu does not apply (%s)",
                      ls->dir, (unsigned long long)key_index,
@@ -927,6 +939,7 @@ static int lmdb_load(store_t *st, registry_t *reg, char *err)
             result = -1;
             break;
         }
+        top = key_index;
         n++;
     }
     if (result == 0 && rc != MDB_NOTFOUND && rc != 0) {
@@ -934,18 +947,21 @@ static int lmdb_load(store_t *st, registry_t *reg, char *err)
         result = -1;
     }
     mdb_cursor_close(cur);
-    if (result == 0)
-        registry_raise_index(reg, get_meta_u64(txn, ls->dbi_meta, "last_index"));
+    if (result == 0) {
+        uint64_t last = get_meta_u64(txn, ls->dbi_meta, "last_index");
+        top = last > top ? last : top;
+        sink->raise_index(sink->ctx, top);
+    }
     mdb_txn_abort(txn);
     if (result == 0) {
         /* Replay touched every page of the map; they are a read-only shared
          * mapping of the data file, so let them go from our resident set
          * (they stay in the page cache and fault back in when read). */
         release_map_pages(ls);
-        atomic_store(&ls->durable_index, registry_index(reg));
-        atomic_store(&ls->readable_index, registry_index(reg));
-        log_info("store: loaded %zu events, %zu tokens, index %llu from %s", n,
-                 registry_token_count(reg), (unsigned long long)registry_index(reg), ls->dir);
+        atomic_store(&ls->durable_index, top);
+        atomic_store(&ls->readable_index, top);
+        log_info("store: loaded %zu events, index %llu from %s", n, (unsigned long long)top,
+                 ls->dir);
     }
     return result;
 }
@@ -1057,13 +1073,16 @@ static int open_env(lmdb_store_t *ls, bool has_data, char *err)
         snprintf(err, 256, "cannot open the store in %s: %s", ls->dir, mdb_strerror(rc));
         return -1;
     }
-    /* An existing data file must already hold our format tag. */
+    /* An existing data file must already hold our format tag, or format 1's
+     * (upgraded by open_log()). */
     unsigned flags = has_data ? 0 : MDB_CREATE;
     rc = mdb_dbi_open(txn, "meta", flags, &ls->dbi_meta);
     MDB_val fk = {6, "format"}, fv;
     if (rc == 0 && has_data) {
         rc = mdb_get(txn, ls->dbi_meta, &fk, &fv);
-        if (rc == 0 &&
+        ls->is_format1 = rc == 0 && fv.mv_size == strlen(FORMAT1_TAG) &&
+                         memcmp(fv.mv_data, FORMAT1_TAG, fv.mv_size) == 0;
+        if (rc == 0 && !ls->is_format1 &&
             (fv.mv_size != strlen(FORMAT_TAG) || memcmp(fv.mv_data, FORMAT_TAG, fv.mv_size) != 0))
             rc = MDB_INCOMPATIBLE;
     } else if (rc == 0) {
@@ -1086,10 +1105,12 @@ static int open_env(lmdb_store_t *ls, bool has_data, char *err)
 
 /*
  * Opens the write-ahead log (creating it on first use) and moves what it
- * holds into LMDB: the frames of the generation LMDB names are the writes
- * acknowledged after the last checkpoint. The same commit moves the log to
- * a generation never used before, so no frame is ever applied after a
- * newer state, whatever is left in the file.
+ * holds into LMDB: the frames of the generation and salt LMDB names are the
+ * writes acknowledged after the last checkpoint. The same commit moves the
+ * log to a generation never used before, with a new salt, so no frame is
+ * ever applied after a newer state, whatever is left in the file. A data
+ * dir of format 1 has its log read with that format's reader, and the same
+ * commit records the current format: the upgrade is one atomic step.
  */
 static int open_log(lmdb_store_t *ls, char *err)
 {
@@ -1108,13 +1129,21 @@ static int open_log(lmdb_store_t *ls, char *err)
         return -1;
     }
     uint64_t gen = get_meta_u64(txn, ls->dbi_meta, "wal_gen");
+    uint64_t salt = get_meta_u64(txn, ls->dbi_meta, "wal_salt"), next_salt = new_salt();
     replay_t r = {.ls = ls, .txn = txn};
-    int wrc = wal_replay(wr->wal, gen, apply_frame, &r);
+    int wrc = ls->is_format1 ? wal_replay_format1(wr->wal, gen, apply_frame, &r)
+                             : wal_replay(wr->wal, gen, salt, apply_frame, &r);
     rc = r.mdb_rc;
     if (wrc == 0 && rc == 0)
         rc = raise_last_index(ls, txn, r.max_index);
     if (wrc == 0 && rc == 0)
         rc = put_meta_u64(txn, ls->dbi_meta, "wal_gen", gen + 1);
+    if (wrc == 0 && rc == 0)
+        rc = put_meta_u64(txn, ls->dbi_meta, "wal_salt", next_salt);
+    if (wrc == 0 && rc == 0 && ls->is_format1) {
+        MDB_val fk = {6, "format"}, fv = {strlen(FORMAT_TAG), FORMAT_TAG};
+        rc = mdb_put(txn, ls->dbi_meta, &fk, &fv, 0);
+    }
     if (wrc == 0 && rc == 0)
         rc = mdb_txn_commit(txn);
     else
@@ -1130,10 +1159,16 @@ static int open_log(lmdb_store_t *ls, char *err)
                  rc == MDB_MAP_FULL ? " (raise --map-size)" : "");
         return -1;
     }
-    wal_restart(wr->wal, gen + 1);
+    wal_restart(wr->wal, gen + 1, next_salt);
     wr->wal_gen = gen + 1;
+    wr->wal_salt = next_salt;
     if (r.frames)
         log_info("store: applied %zu logged batches (%zu writes) from %s", r.frames, r.ops, path);
+    if (ls->is_format1)
+        log_info("store: upgraded %s from on-disk format " FORMAT1_TAG " to " FORMAT_TAG
+                 " (log frames chained and salted)",
+                 ls->dir);
+    ls->is_format1 = false;
     return 0;
 }
 

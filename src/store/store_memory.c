@@ -19,9 +19,9 @@ typedef struct memory_store {
     size_t cap;
 } memory_store_t;
 
-static int memory_load(store_t *st, registry_t *reg, char *err)
+static int memory_load(store_t *st, const store_replay_sink_t *sink, char *err)
 {
-    (void)st, (void)reg, (void)err;
+    (void)st, (void)sink, (void)err;
     return 0;
 }
 

@@ -1,19 +1,25 @@
 /*
  * wal.c - the write-ahead log file; see wal.h.
  *
- * A frame on disk, little-endian:
- *   u32 magic   "DWAL"
+ * A frame on disk (format 2), little-endian:
+ *   u32 magic   "DWL2"
  *   u32 length  of the payload
  *   u64 gen     the log's generation when the frame was written
- *   u32 crc     CRC-32C of length, gen and the payload
+ *   u32 crc     CRC-32C of length, gen and the payload, continued from the
+ *               chain value: the previous frame's crc, or for the first
+ *               frame of a generation CRC-32C of its salt (8 bytes, LE)
  *   u32 zero
  *   payload
  *   zeros up to the next multiple of WAL_ALIGN
+ *
+ * Format 1 (disco before the chain) had the magic "DWAL" and each crc
+ * started from 0; it is only read (wal_replay_format1).
  */
 #include "store/wal.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,7 +29,8 @@
 #include "util/crc32c.h"
 #include "util/le.h"
 
-#define MAGIC 0x4c415744u /* "DWAL" read as a little-endian u32 */
+#define MAGIC 0x324c5744u         /* "DWL2" read as a little-endian u32 */
+#define MAGIC_FORMAT1 0x4c415744u /* "DWAL" */
 #define FILL_CHUNK (1 << 20)
 
 struct wal {
@@ -32,6 +39,7 @@ struct wal {
     size_t size;   /* of the file, a multiple of WAL_ALIGN */
     size_t end;    /* where the next frame goes */
     uint64_t gen;
+    uint32_t chain;       /* seed of the next frame's crc: the last one written */
     unsigned char *block; /* aligned staging buffer for one frame */
     size_t block_cap;
 };
@@ -41,10 +49,19 @@ static size_t align_up(size_t n)
     return (n + WAL_ALIGN - 1) / WAL_ALIGN * WAL_ALIGN;
 }
 
-/* The checksum covers the length and generation fields and the payload. */
-static uint32_t frame_crc(const unsigned char *head, const void *payload, size_t len)
+/* The checksum covers the length and generation fields and the payload,
+ * continued from `seed`. */
+static uint32_t frame_crc(uint32_t seed, const unsigned char *head, const void *payload, size_t len)
 {
-    return crc32c(crc32c(0, head + 4, 12), payload, len);
+    return crc32c(crc32c(seed, head + 4, 12), payload, len);
+}
+
+/* The seed of a generation's first frame. */
+static uint32_t salt_seed(uint64_t salt)
+{
+    unsigned char b[8];
+    le_store(b, salt, 8);
+    return crc32c(0, b, sizeof b);
 }
 
 /* Writes zeros over the whole file and syncs it. */
@@ -137,8 +154,11 @@ wal_t *wal_open(const char *path, size_t bytes, unsigned flags, char *err)
     return w;
 }
 
-int wal_replay(wal_t *w, uint64_t gen,
-               int (*fn)(void *ctx, const unsigned char *payload, size_t len), void *ctx)
+/* Replays frames with `magic` and generation `gen`; with `chained`, each
+ * frame's crc continues from the one before it, the first from `seed`;
+ * otherwise every crc starts from `seed`. */
+static int replay_frames(wal_t *w, uint32_t magic, uint64_t gen, bool chained, uint32_t seed,
+                         int (*fn)(void *ctx, const unsigned char *payload, size_t len), void *ctx)
 {
     int fd = w->fd;
     unsigned char *payload = NULL;
@@ -151,7 +171,7 @@ int wal_replay(wal_t *w, uint64_t gen,
             rc = -errno;
             break;
         }
-        if ((size_t)n < sizeof head || le_load(head, 4) != MAGIC || le_load(head + 8, 8) != gen)
+        if ((size_t)n < sizeof head || le_load(head, 4) != magic || le_load(head + 8, 8) != gen)
             break;
         size_t len = (size_t)le_load(head + 4, 4);
         if (len > w->size - off - WAL_FRAME_OVERHEAD)
@@ -170,8 +190,11 @@ int wal_replay(wal_t *w, uint64_t gen,
             rc = -errno;
             break;
         }
-        if ((size_t)n != len || frame_crc(head, payload, len) != le_load(head + 16, 4))
+        uint32_t crc = (size_t)n == len ? frame_crc(seed, head, payload, len) : 0;
+        if ((size_t)n != len || crc != le_load(head + 16, 4))
             break;
+        if (chained)
+            seed = crc;
         rc = fn(ctx, payload, len);
         if (rc != 0)
             break;
@@ -181,9 +204,22 @@ int wal_replay(wal_t *w, uint64_t gen,
     return rc;
 }
 
-void wal_restart(wal_t *w, uint64_t gen)
+int wal_replay(wal_t *w, uint64_t gen, uint64_t salt,
+               int (*fn)(void *ctx, const unsigned char *payload, size_t len), void *ctx)
+{
+    return replay_frames(w, MAGIC, gen, true, salt_seed(salt), fn, ctx);
+}
+
+int wal_replay_format1(wal_t *w, uint64_t gen,
+                       int (*fn)(void *ctx, const unsigned char *payload, size_t len), void *ctx)
+{
+    return replay_frames(w, MAGIC_FORMAT1, gen, false, 0, fn, ctx);
+}
+
+void wal_restart(wal_t *w, uint64_t gen, uint64_t salt)
 {
     w->gen = gen;
+    w->chain = salt_seed(salt);
     w->end = 0;
 }
 
@@ -217,7 +253,8 @@ int wal_append(wal_t *w, const void *payload, size_t len)
     le_store(head, MAGIC, 4);
     le_store(head + 4, len, 4);
     le_store(head + 8, w->gen, 8);
-    le_store(head + 16, frame_crc(head, payload, len), 4);
+    uint32_t crc = frame_crc(w->chain, head, payload, len);
+    le_store(head + 16, crc, 4);
     le_store(head + 20, 0, 4);
     memcpy(head + WAL_FRAME_OVERHEAD, payload, len);
     memset(head + WAL_FRAME_OVERHEAD + len, 0, want - WAL_FRAME_OVERHEAD - len);
@@ -235,6 +272,9 @@ int wal_append(wal_t *w, const void *payload, size_t len)
     }
     if (w->direct_fd < 0 && fdatasync(w->fd) != 0)
         return -errno;
+    /* Only a frame known durable extends the chain: after a failure the
+     * next frame replaces this one, chained to the frame before it. */
+    w->chain = crc;
     w->end += want;
     return 0;
 }

@@ -22,6 +22,11 @@ What is checked (the contract; see docs/decisions.md and PROTOCOL.md section 2):
               refused and left untouched.
   6. full store: a full map answers 503/errorCode 300, keeps serving reads and
               waits, loses nothing, and recovers by itself when old tokens go.
+  7. small disk: on a disk with a few MiB free (a tmpfs of 24 MiB; needs root
+              to mount it, skipped otherwise) writes are taken while the free
+              space is above the reserve for what is pending (not a share of
+              --map-size), refused with 503 once it is not, and taken again when
+              room returns; the log says the reserved figure in bytes.
 """
 
 import functools
@@ -864,6 +869,107 @@ class TestFullStore(DurabilityCase):
         nodes, _ = self.listing(base, "recovered")
         self.assertEqual(len([k for k in nodes if "/m" in k]), 5)
         self.term(proc)
+
+
+# --------------------------------------------------------------------------
+# 7. small disk: the reserve is what pending writes need, not 5% of the map
+# --------------------------------------------------------------------------
+
+SMALL_DISK_MIB = 24
+
+
+class TestSmallDisk(DurabilityCase):
+
+    def mount_small_disk(self):
+        """A tmpfs of SMALL_DISK_MIB at workdir/mnt; the data dir is a symlink into
+        it (the test's logs stay outside).  Skips when mounting is not allowed."""
+        mnt = os.path.join(self.workdir, "mnt")
+        os.makedirs(mnt)
+        if os.geteuid() != 0:
+            self.skipTest("mounting a small tmpfs needs root")
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%dm" % SMALL_DISK_MIB,
+                            "disco-test", mnt], capture_output=True, text=True)
+        if r.returncode != 0:
+            self.skipTest("cannot mount a tmpfs here: %s" % r.stderr.strip())
+
+        def unmount():
+            for p in self.procs:  # nothing may hold files in it
+                p.stop(timeout=5)
+            if subprocess.run(["umount", mnt]).returncode != 0:
+                subprocess.run(["umount", "-l", mnt])
+        self.addCleanup(unmount)
+        os.makedirs(os.path.join(mnt, "data"))
+        os.symlink(os.path.join(mnt, "data"), self.data_dir)
+        return mnt
+
+    @staticmethod
+    def disk_free(path):
+        st = os.statvfs(path)
+        return st.f_bavail * st.f_frsize
+
+    @with_logs
+    def test_writes_taken_while_the_reserve_fits_refused_when_not(self):
+        mnt = self.mount_small_disk()
+        # A 256 MiB map: a 16 MiB log, so about 8 MiB stay free on the disk,
+        # far less than 5% of the map (12.8 MiB), plenty for a few writes.
+        proc, base = self.start(("--map-size", "256MiB"))
+        free0 = self.disk_free(mnt)
+        self.assertLess(free0, 12 << 20, "test setup: the disk has too much room")
+        tok = self.make_v2_token(base, "small-disk", 3)
+        acked = {}
+        for i in range(20):
+            st, _, b = http("PUT", reg_url(base, tok, "m%d" % i), form(value="v%d" % i))
+            self.assertEqual(st, 201, "write %d with %d bytes free on the disk: %d %r"
+                             % (i, free0, st, b))
+            acked["m%d" % i] = "v%d" % i
+        self.assertEqual(http("GET", base + "/health")[0], 200)
+
+        # Take the disk's room away but 128 KiB: less than any reserve.
+        filler = os.path.join(mnt, "filler")
+        with open(filler, "wb") as f:
+            left = self.disk_free(mnt) - (128 << 10)
+            chunk = b"\0" * (1 << 20)
+            while left > 0:
+                n = min(left, len(chunk))
+                f.write(chunk[:n])
+                left -= n
+        got = {}
+
+        def refused():
+            st, _, b = http("PUT", reg_url(base, tok, "late"), form(value="x"))
+            got["last"] = (st, b)
+            if st in (200, 201):
+                acked["late"] = "x"
+            return st == 503
+        harness.wait_until(refused, 10, interval=0.3, what="writes refused on a full disk")
+        st, b = got["last"]
+        self.assertEqual(js(b).get("errorCode"), 300, b)
+        self.assertEqual(http("GET", base + "/health")[0], 503)
+        m = re.search(r"nearly full: (\d+) bytes free, not above the (\d+) bytes reserved",
+                      proc.log())
+        self.assertIsNotNone(m, "no log line with the reserved figure")
+        self.assertLess(int(m.group(2)), 4 << 20, "the reserve is not what pending writes need")
+        sys.stderr.write("[%s bytes free, %s reserved] " % (m.group(1), m.group(2)))
+        nodes, _ = self.listing(base, tok)  # reads go on
+        for k, v in acked.items():
+            self.assertEqual(nodes["/_etcd/registry/%s/%s" % (tok, k)]["value"], v)
+
+        # Room returns: writes are taken again, by themselves.
+        os.unlink(filler)
+
+        def taken():
+            st, _, b = http("PUT", reg_url(base, tok, "after"), form(value="y"))
+            got["last"] = (st, b)
+            return st in (200, 201)
+        harness.wait_until(taken, 10, interval=0.3, what="writes taken again with room back")
+        self.assertIn("room again", proc.log())
+        self.term(proc)
+        proc, base = self.start(("--map-size", "256MiB"))
+        nodes, _ = self.listing(base, tok)
+        for k, v in list(acked.items()) + [("after", "y")]:
+            self.assertEqual(nodes["/_etcd/registry/%s/%s" % (tok, k)]["value"], v)
+        self.term(proc)
+        self.assertFalse(self.deferred, self.deferred)
 
 
 if __name__ == "__main__":

@@ -35,9 +35,9 @@ typedef struct test_store {
     uint64_t durable;
 } test_store_t;
 
-static int ts_load(store_t *st, registry_t *reg, char *err)
+static int ts_load(store_t *st, const store_replay_sink_t *sink, char *err)
 {
-    (void)st, (void)reg, (void)err;
+    (void)st, (void)sink, (void)err;
     return 0;
 }
 static int ts_append(store_t *st, const reg_event_t *ev)
