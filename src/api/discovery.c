@@ -6,6 +6,8 @@
  * (`curl .../new?size=3`), not by etcd members, and discovery.etcd.io did
  * the same.
  */
+#include "api/discovery.h"
+
 #include <arpa/inet.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -11,6 +11,8 @@
  * Deliberate differences, documented in docs/decisions.md: `refresh` and
  * `stream` are not supported (400 and ignored respectively).
  */
+#include "api/v2keys.h"
+
 #include <http_parser.h>
 #include <stdio.h>
 #include <stdlib.h>
