@@ -9,6 +9,7 @@
 #include "api/discovery.h"
 
 #include <arpa/inet.h>
+#include <http_parser.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -102,10 +103,28 @@ static bool take_new_budget(api_t *api, const http_request_t *req)
     return false;
 }
 
+/* GET, PUT and POST make a token; any other method (HEAD included: link
+ * prefetchers and probes send it) answers 405 and makes none. Returns
+ * false when it answered. */
+static bool new_method_allowed(api_t *api, const http_request_t *req)
+{
+    int m = req->method;
+    if (m == HTTP_GET || m == HTTP_PUT || m == HTTP_POST)
+        return true;
+    static const char msg[] = "method not allowed: /new makes a token on GET, PUT or POST\n";
+    http_reply_t r = {.status = 405,
+                      .content_type = "text/plain; charset=utf-8",
+                      .extra_headers = "Allow: GET, PUT, POST\r\n",
+                      .body = msg,
+                      .body_len = sizeof msg - 1};
+    api_send(api, req->conn, METRICS_NEW, req->method_name, &r);
+    return false;
+}
+
 void discovery_new(api_t *api, const http_request_t *req)
 {
     const char *method = req->method_name;
-    if (!take_new_budget(api, req))
+    if (!new_method_allowed(api, req) || !take_new_budget(api, req))
         return;
     form_t f;
     form_init(&f);

@@ -94,6 +94,32 @@ class Servers(unittest.TestCase):
         return st, obj["errorCode"], obj["message"], obj["cause"]
 
 
+class TestNewMethods(Servers):
+    """Issue 7: only GET, PUT and POST make a token on /new."""
+
+    def test_other_methods_answer_405_and_make_nothing(self):
+        before = tokens_gauge(self.base)
+        for method in ("HEAD", "DELETE"):
+            with self.subTest(method):
+                st, h, body = harness.http(method, self.base + "/new?size=3")
+                self.assertEqual(st, 405, body)
+                self.assertEqual(h.get("allow"), "GET, PUT, POST")
+                self.assertEqual(h.get("content-type"), "text/plain; charset=utf-8")
+                if method != "HEAD":
+                    self.assertTrue(body.endswith(b"\n") and body.count(b"\n") == 1, body)
+                    self.assertIn(b"GET, PUT or POST", body)
+        self.assertEqual(tokens_gauge(self.base), before, "a refused method made a token")
+
+    def test_get_put_post_make_a_token(self):
+        before = tokens_gauge(self.base)
+        for method in ("GET", "PUT", "POST"):
+            with self.subTest(method):
+                st, _, body = harness.http(method, self.base + "/new?size=3")
+                self.assertEqual(st, 200, body)
+                self.assertRegex(body.decode(), r"^http://.*/[0-9a-f]{32}$")
+        self.assertEqual(tokens_gauge(self.base), before + 3)
+
+
 class TestUncleanPaths(Servers):
     """Issue 11: a path with an empty segment is redirected, as etcd's Go
     ServeMux does, and never writes the key it would name once cleaned."""
