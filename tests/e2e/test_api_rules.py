@@ -182,5 +182,70 @@ class TestUncleanPaths(Servers):
                 self.assertEqual(json.loads(body)["errorCode"], 209)
 
 
+class TestTokenDirectoryWrites(Servers):
+    """Issue 11: writes on a token's directory answer what etcd answers."""
+
+    REFUSED_BY_ETCD = [
+        ("PUT", "", {"value": "x"}),
+        ("PUT", "?dir=true", None),
+        ("PUT", "?prevExist=true", {"value": "x"}),
+        ("PUT", "?prevExist=false", {"value": "x"}),
+        ("PUT", "?prevExist=false&dir=true", None),
+        ("PUT", "?prevValue=x", {"value": "y"}),
+        ("PUT", "?prevIndex=1", {"value": "y"}),
+        ("PUT", "/", {"value": "x"}),
+        ("DELETE", "", None),
+        ("DELETE", "?dir=true", None),
+        ("DELETE", "?prevValue=x", None),
+        ("DELETE", "?prevIndex=1", None),
+        ("DELETE", "/?dir=true", None),
+    ]
+    ALLOWED_BY_ETCD = [
+        ("PUT", "?dir=true&prevExist=true", None),
+        ("PUT", "?prevExist=true", {"value": ""}),
+        ("DELETE", "?recursive=true", None),
+        ("DELETE", "?dir=true&recursive=true", None),
+    ]
+
+    def test_refusals_match_etcd(self):
+        token = secrets.token_hex(8)
+        self.make_token(token)
+        for method, query, form in self.REFUSED_BY_ETCD:
+            with self.subTest(method=method, query=query):
+                e, d = self.both(method, reg_path(token) + query, form)
+                self.assertGreaterEqual(e[0], 400, "etcd changed? %r" % (e,))
+                self.assertEqual(self.error_of(d), self.error_of(e))
+        for base in (self.etcd_url, self.base):
+            self.assert_token_intact(base, token)
+
+    def test_what_etcd_allows_disco_refuses_403_107(self):
+        for method, query, form in self.ALLOWED_BY_ETCD:
+            with self.subTest(method=method, query=query):
+                token = secrets.token_hex(8)
+                self.make_token(token)
+                e, d = self.both(method, reg_path(token) + query, form)
+                self.assertEqual(e[0], 200, "etcd changed? %r" % (e,))
+                st, code, message, cause = self.error_of(d)
+                self.assertEqual((st, code, message), (403, 107, "Root is read only"), d)
+                self.assertIn("/_etcd/registry/%s is a token directory" % token, cause)
+                self.assert_token_intact(self.base, token)
+
+    def test_token_surface(self):
+        token = secrets.token_hex(8)
+        self.make_token(token)
+        for method, query, form, status, code in (
+                ("PUT", "", {"value": "x"}, 403, 102),
+                ("PUT", "?dir=true", None, 403, 102),
+                ("DELETE", "", None, 403, 102),
+                ("DELETE", "?dir=true", None, 403, 108),
+                ("DELETE", "?recursive=true", None, 403, 107),
+                ("DELETE", "?dir=true&recursive=true", None, 403, 107)):
+            with self.subTest(method=method, query=query):
+                st, h, body = harness.http(method, "%s/%s%s" % (self.base, token, query), form)
+                self.assertEqual(h.get("content-type"), "application/json", body)
+                self.assertEqual((st, json.loads(body)["errorCode"]), (status, code), body)
+        self.assert_token_intact(self.base, token)
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
