@@ -79,21 +79,27 @@ static size_t client_key(const char *addr, unsigned char key[16])
     return 0;
 }
 
-/* Takes one /new from the client's budget; if it is spent, answers 429
- * with Retry-After and returns false. */
-static bool take_new_budget(api_t *api, const http_request_t *req)
+uint64_t discovery_take_new_budget(api_t *api, const http_request_t *req)
 {
     if (!api->new_limit)
-        return true;
+        return 0;
     unsigned char key[16];
     size_t key_len = client_key(req->peer_addr, key);
     uint64_t wait_ms = ratelimit_take(api->new_limit, key, key_len, time_mono_ms());
-    if (wait_ms == 0)
+    return (wait_ms + 999) / 1000;
+}
+
+/* Takes one token from the client's budget; if it is spent, answers 429
+ * with Retry-After and returns false. */
+static bool take_new_budget(api_t *api, const http_request_t *req)
+{
+    uint64_t retry_s = discovery_take_new_budget(api, req);
+    if (retry_s == 0)
         return true;
-    unsigned long long retry_s = (wait_ms + 999) / 1000;
     char headers[64], msg[128];
-    snprintf(headers, sizeof headers, "Retry-After: %llu\r\n", retry_s);
-    snprintf(msg, sizeof msg, "too many new tokens from your address; retry in %llu s\n", retry_s);
+    snprintf(headers, sizeof headers, "Retry-After: %llu\r\n", (unsigned long long)retry_s);
+    snprintf(msg, sizeof msg, "too many new tokens from your address; retry in %llu s\n",
+             (unsigned long long)retry_s);
     http_reply_t r = {.status = 429,
                       .content_type = "text/plain; charset=utf-8",
                       .extra_headers = headers,

@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "api/api_internal.h"
+#include "api/discovery.h"
 #include "api/form.h"
 #include "api/listing_cache.h"
 #include "api/v2json.h"
@@ -402,6 +403,57 @@ static bool refuse_token_dir_write(api_t *api, const http_request_t *req, const 
     return true;
 }
 
+/*
+ * A write that would create a token (a set or create of <token>/_config/size
+ * of a token that does not exist) takes from the same per-address budget as
+ * /new; when it is spent, answers 429 with Retry-After in etcd JSON,
+ * errorCode 300 ("retry later"), and returns true. Member writes never
+ * take from it.
+ */
+static bool refuse_token_over_budget(api_t *api, const http_request_t *req, const char *key,
+                                     enum metrics_endpoint ep, const v2_params_t *p)
+{
+    static const char size_key[] = "/_config/size";
+    token_key_t tk;
+    bool compare = p->prev_index > 0 || *p->prev_value;
+    if (req->method != HTTP_PUT || p->prev_exist == 1 || compare || !split_token_key(key, &tk) ||
+        tk.rest_len != sizeof size_key - 1 || strncmp(tk.rest, size_key, tk.rest_len) != 0)
+        return false;
+    reg_result_t res;
+    registry_get(api->reg, key, time_wall_ns(), &res);
+    bool exists = res.err != REG_E_KEY_NOT_FOUND;
+    reg_result_clear(&res);
+    if (exists)
+        return false; /* refused or answered by the registry: 412/105 */
+    uint64_t retry_s = discovery_take_new_budget(api, req);
+    if (retry_s == 0)
+        return false;
+    char headers[64], cause[128];
+    snprintf(headers, sizeof headers, "Retry-After: %llu\r\n", (unsigned long long)retry_s);
+    snprintf(cause, sizeof cause,
+             "too many new tokens from your address (--new-rate); retry in %llu s",
+             (unsigned long long)retry_s);
+    uint64_t index = registry_index(api->reg);
+    buf_t body = BUF_INIT;
+    v2json_error(&body, REG_E_INTERNAL, cause, index);
+    if (buf_failed(&body)) {
+        buf_free(&body);
+        api_send_v2_error(api, req->conn, ep, req->method_name, 0, REG_E_INTERNAL, "out of memory",
+                          index);
+        return true;
+    }
+    http_reply_t r = {.status = 429,
+                      .content_type = "application/json",
+                      .has_etcd_index = true,
+                      .etcd_index = index,
+                      .extra_headers = headers,
+                      .body = body.data,
+                      .body_len = body.len};
+    api_send(api, req->conn, ep, req->method_name, &r);
+    buf_free(&body);
+    return true;
+}
+
 void v2keys_handle(api_t *api, const http_request_t *req, const char *key, enum metrics_endpoint ep,
                    bool config_read_only)
 {
@@ -443,7 +495,8 @@ void v2keys_handle(api_t *api, const http_request_t *req, const char *key, enum 
                           registry_index(api->reg));
     } else if (p.wait) {
         handle_watch(api, req, key, ep, &p);
-    } else if (refuse_token_dir_write(api, req, key, ep, &p)) {
+    } else if (refuse_token_dir_write(api, req, key, ep, &p) ||
+               refuse_token_over_budget(api, req, key, ep, &p)) {
         /* answered */
     } else if (m != HTTP_GET && m != HTTP_HEAD &&
                !api_check_writable(api, req->conn, ep, req->method_name)) {

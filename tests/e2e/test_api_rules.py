@@ -247,5 +247,63 @@ class TestTokenDirectoryWrites(Servers):
         self.assert_token_intact(self.base, token)
 
 
+class TestTokenBudget(unittest.TestCase):
+    """Issue 11: a token made through the v2 keys path takes from the same
+    per-address budget as /new; member writes do not."""
+
+    disco = None
+
+    @classmethod
+    def setUpClass(cls):
+        cls.workdir = tempfile.mkdtemp(prefix="disco-api-budget-")
+        cls.disco, cls.base = harness.start_disco(
+            cls.workdir, ("--new-rate", str(NEW_RATE), "--new-burst", str(NEW_BURST)))
+
+    @classmethod
+    def tearDownClass(cls):
+        if cls.disco:
+            cls.disco.stop()
+        shutil.rmtree(cls.workdir, ignore_errors=True)
+
+    def test_v2_token_creation_is_rate_limited(self):
+        attempts = 12
+        started = time.monotonic()
+        made, limited = [], None
+        for _ in range(attempts):
+            token = secrets.token_hex(8)
+            st, h, body = harness.http("PUT", self.base + reg_path(token, "_config/size"),
+                                       {"value": "3"})
+            if st == 201:
+                made.append(token)
+            else:
+                limited = (st, h, body)
+        elapsed = time.monotonic() - started
+        # the bucket refills NEW_RATE a second while the loop runs
+        self.assertLessEqual(len(made), NEW_BURST + NEW_RATE * (int(elapsed) + 1),
+                             "v2 token creation bypasses the /new budget")
+        self.assertIsNotNone(limited)
+        st, h, body = limited
+        self.assertEqual(st, 429, body)
+        self.assertGreaterEqual(int(h.get("retry-after", "0")), 1)
+        self.assertEqual(h.get("content-type"), "application/json")
+        self.assertIn("x-etcd-index", h)
+        obj = json.loads(body)
+        self.assertEqual(obj["errorCode"], 300)
+        self.assertIn("too many new tokens", obj["cause"])
+        # the same budget: /new is limited now too
+        st, _, body = harness.http("GET", self.base + "/new")
+        self.assertEqual(st, 429, body)
+        # member writes and reads never take from it
+        self.assertTrue(made)
+        for i in range(2 * NEW_BURST):
+            st, _, body = harness.http("PUT", self.base + reg_path(made[0], "m%d" % i),
+                                       {"value": MEMBER1})
+            self.assertEqual(st, 201, body)
+        # a second write of an existing token's size is 412/105, not 429
+        st, _, body = harness.http("PUT", self.base + reg_path(made[0], "_config/size"),
+                                   {"value": "3"})
+        self.assertEqual((st, json.loads(body)["errorCode"]), (412, 105), body)
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
