@@ -60,11 +60,13 @@ class Servers(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        for p in (cls.disco, cls.etcd):
-            if p:
-                p.stop()
+        rc = cls.disco.stop() if cls.disco else 0
+        if cls.etcd:
+            cls.etcd.stop()
         cls.disco = cls.etcd = None
         shutil.rmtree(cls.workdir, ignore_errors=True)
+        if rc != 0:
+            raise AssertionError("disco did not stop cleanly: exit %r" % rc)
 
     def both(self, method, path, form=None):
         """The same request to etcd and disco: ((st, h, body), (st, h, body))."""
@@ -261,9 +263,11 @@ class TestTokenBudget(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        if cls.disco:
-            cls.disco.stop()
+        rc = cls.disco.stop() if cls.disco else 0
+        cls.disco = None
         shutil.rmtree(cls.workdir, ignore_errors=True)
+        if rc != 0:
+            raise AssertionError("disco did not stop cleanly: exit %r" % rc)
 
     def test_v2_token_creation_is_rate_limited(self):
         attempts = 12
