@@ -2,10 +2,12 @@
 # what a fresh Debian 12 machine lacks and names the common tasks.
 #
 #   make          build build/disco
-#   make run      install dependencies, build, serve on 127.0.0.1:8087
-#   make check    install dependencies, build, run every test (plain build,
-#                 then the ASan+UBSan build, then the e2e suites under
-#                 valgrind), then each fuzz target for CHECK_FUZZ_SECONDS
+#   make run      install what building and serving need (RUN_DEPS), build,
+#                 serve on 127.0.0.1:8087
+#   make check    install RUN_DEPS and the test tools (CHECK_DEPS), build,
+#                 run every test (plain build, then the ASan+UBSan build,
+#                 then the e2e suites under valgrind), then each fuzz
+#                 target for CHECK_FUZZ_SECONDS
 #   make fuzz     build the libFuzzer targets (clang) and run each for
 #                 FUZZ_SECONDS; fails on any crash, leak or sanitizer report
 #   make valgrind the e2e suites with every disco under valgrind memcheck
@@ -21,18 +23,19 @@ FUZZ_SECONDS       ?= 120
 CHECK_FUZZ_SECONDS ?= 40
 FUZZ_TARGETS = fuzz_http fuzz_form fuzz_v2
 
-# Debian packages: build tools, libraries, and the real etcd the tests use.
-DEPS = build-essential cmake pkg-config python3 clang-format \
-       libhttp-parser-dev uthash-dev liblmdb-dev libcmocka-dev \
-       etcd-server etcd-client \
-       clang libclang-rt-14-dev valgrind
+# Debian packages. RUN_DEPS build and serve; CHECK_DEPS only test (cmocka
+# unit tests, python3 e2e suites against a real etcd, clang for the fuzz
+# targets, valgrind, clang-format). `make run` installs RUN_DEPS only;
+# `make check` installs both.
+RUN_DEPS   = build-essential cmake pkg-config \
+             libhttp-parser-dev uthash-dev liblmdb-dev
+CHECK_DEPS = python3 clang-format libcmocka-dev \
+             etcd-server etcd-client \
+             clang libclang-rt-14-dev valgrind
 
-.PHONY: all deps run check test test-asan fuzz-build fuzz check-fuzz valgrind bench format clean
-
-all: $(BUILD)/disco
-
-deps:
-	@missing=$$(for p in $(DEPS); do \
+# Installs the Debian packages in $(1) that are not installed yet.
+define install_missing
+	@missing=$$(for p in $(1); do \
 	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; \
 	  done); \
 	if [ -n "$$missing" ]; then \
@@ -41,12 +44,25 @@ deps:
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+endef
+
+.PHONY: all deps deps-run deps-check run check test test-asan fuzz-build fuzz check-fuzz valgrind bench format clean
+
+all: $(BUILD)/disco
+
+deps: deps-check
+
+deps-run:
+	$(call install_missing,$(RUN_DEPS))
+
+deps-check:
+	$(call install_missing,$(RUN_DEPS) $(CHECK_DEPS))
 
 $(BUILD)/disco: FORCE
 	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 	@cmake --build $(BUILD) -j $(JOBS)
 
-run: deps all
+run: deps-run all
 	./$(BUILD)/disco serve --addr $(ADDR)
 
 test: all
@@ -58,7 +74,7 @@ test-asan:
 	cd $(SAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure
 
-check: deps
+check: deps-check
 	$(MAKE) test
 	$(MAKE) test-asan
 	$(MAKE) valgrind
@@ -80,7 +96,7 @@ valgrind: all
 	tests/valgrind/run.sh $(BUILD)
 
 BENCH_DEPS = wrk nginx-light
-bench: deps all
+bench: deps-check all
 	@missing=$$(for p in $(BENCH_DEPS); do \
 	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; \
 	  done); \

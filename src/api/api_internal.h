@@ -50,19 +50,4 @@ void api_send_prepared(api_t *api, http_req_t c, enum metrics_endpoint ep, const
 void api_send_v2_error(api_t *api, http_req_t c, enum metrics_endpoint ep, const char *method,
                        int status, int code, const char *cause, uint64_t index);
 
-/*
- * The etcd v2 keys handler, for both surfaces. `key` is the full, decoded v2
- * key. With `config_read_only` (the /<token> surface), writes under a
- * token's _config are refused.
- */
-void v2keys_handle(api_t *api, const http_request_t *req, const char *key, enum metrics_endpoint ep,
-                   bool config_read_only);
-
-/* The discovery.etcd.io endpoints. */
-void discovery_new(api_t *api, const http_request_t *req);
-void discovery_health(api_t *api, const http_request_t *req);
-void discovery_metrics(api_t *api, const http_request_t *req);
-void discovery_robots(api_t *api, const http_request_t *req);
-void discovery_index_page(api_t *api, const http_request_t *req);
-
 #endif

@@ -6,7 +6,10 @@
  * (`curl .../new?size=3`), not by etcd members, and discovery.etcd.io did
  * the same.
  */
+#include "api/discovery.h"
+
 #include <arpa/inet.h>
+#include <http_parser.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,21 +79,27 @@ static size_t client_key(const char *addr, unsigned char key[16])
     return 0;
 }
 
-/* Takes one /new from the client's budget; if it is spent, answers 429
- * with Retry-After and returns false. */
-static bool take_new_budget(api_t *api, const http_request_t *req)
+uint64_t discovery_take_new_budget(api_t *api, const http_request_t *req)
 {
     if (!api->new_limit)
-        return true;
+        return 0;
     unsigned char key[16];
     size_t key_len = client_key(req->peer_addr, key);
     uint64_t wait_ms = ratelimit_take(api->new_limit, key, key_len, time_mono_ms());
-    if (wait_ms == 0)
+    return (wait_ms + 999) / 1000;
+}
+
+/* Takes one token from the client's budget; if it is spent, answers 429
+ * with Retry-After and returns false. */
+static bool take_new_budget(api_t *api, const http_request_t *req)
+{
+    uint64_t retry_s = discovery_take_new_budget(api, req);
+    if (retry_s == 0)
         return true;
-    unsigned long long retry_s = (wait_ms + 999) / 1000;
     char headers[64], msg[128];
-    snprintf(headers, sizeof headers, "Retry-After: %llu\r\n", retry_s);
-    snprintf(msg, sizeof msg, "too many new tokens from your address; retry in %llu s\n", retry_s);
+    snprintf(headers, sizeof headers, "Retry-After: %llu\r\n", (unsigned long long)retry_s);
+    snprintf(msg, sizeof msg, "too many new tokens from your address; retry in %llu s\n",
+             (unsigned long long)retry_s);
     http_reply_t r = {.status = 429,
                       .content_type = "text/plain; charset=utf-8",
                       .extra_headers = headers,
@@ -100,10 +109,28 @@ static bool take_new_budget(api_t *api, const http_request_t *req)
     return false;
 }
 
+/* GET, PUT and POST make a token; any other method (HEAD included: link
+ * prefetchers and probes send it) answers 405 and makes none. Returns
+ * false when it answered. */
+static bool new_method_allowed(api_t *api, const http_request_t *req)
+{
+    int m = req->method;
+    if (m == HTTP_GET || m == HTTP_PUT || m == HTTP_POST)
+        return true;
+    static const char msg[] = "method not allowed: /new makes a token on GET, PUT or POST\n";
+    http_reply_t r = {.status = 405,
+                      .content_type = "text/plain; charset=utf-8",
+                      .extra_headers = "Allow: GET, PUT, POST\r\n",
+                      .body = msg,
+                      .body_len = sizeof msg - 1};
+    api_send(api, req->handle, METRICS_NEW, req->method_name, &r);
+    return false;
+}
+
 void discovery_new(api_t *api, const http_request_t *req)
 {
     const char *method = req->method_name;
-    if (!take_new_budget(api, req))
+    if (!new_method_allowed(api, req) || !take_new_budget(api, req))
         return;
     form_t f;
     form_init(&f);

@@ -11,12 +11,16 @@
  * Deliberate differences, documented in docs/decisions.md: `refresh` and
  * `stream` are not supported (400 and ignored respectively).
  */
+#include "api/v2keys.h"
+
+#include <assert.h>
 #include <http_parser.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "api/api_internal.h"
+#include "api/discovery.h"
 #include "api/form.h"
 #include "api/listing_cache.h"
 #include "api/v2json.h"
@@ -323,6 +327,133 @@ static bool within_limits(api_t *api, const http_request_t *req, const char *key
     return false;
 }
 
+/* A full v2 key split at its token: "/_etcd/registry/<name><rest>". */
+typedef struct token_key {
+    const char *name;
+    size_t name_len;
+    const char *rest; /* "" for the token directory, "/_config/size", ... */
+    size_t rest_len;  /* without trailing slashes */
+} token_key_t;
+
+static bool split_token_key(const char *key, token_key_t *tk)
+{
+    static const char prefix[] = REGISTRY_PREFIX "/";
+    if (strncmp(key, prefix, sizeof prefix - 1) != 0)
+        return false;
+    tk->name = key + sizeof prefix - 1;
+    tk->name_len = strcspn(tk->name, "/");
+    tk->rest = tk->name + tk->name_len;
+    tk->rest_len = strlen(tk->rest);
+    while (tk->rest_len > 0 && tk->rest[tk->rest_len - 1] == '/')
+        tk->rest_len--;
+    return tk->name_len > 0;
+}
+
+/*
+ * A PUT or DELETE of an existing token's directory. etcd refuses most of
+ * them, and disco answers those exactly as etcd does: a value, a dir=true
+ * set, a compare or a non-recursive delete of a directory is 403 errorCode
+ * 102 (not a file), prevExist=false 412/105, a dir=true delete of a
+ * non-empty directory 403/108. What etcd allows (a recursive delete, an
+ * update without a value) disco still refuses, since a token ends only by
+ * age, with 403 errorCode 107 (docs/decisions.md). Returns false, having
+ * answered nothing, for any other request.
+ */
+static bool refuse_token_dir_write(api_t *api, const http_request_t *req, const char *key,
+                                   enum metrics_endpoint ep, const v2_params_t *p)
+{
+    int m = req->method;
+    token_key_t tk;
+    if ((m != HTTP_PUT && m != HTTP_DELETE) || !split_token_key(key, &tk) || tk.rest_len != 0)
+        return false;
+    reg_result_t res;
+    registry_get(api->reg, key, time_wall_ns(), &res);
+    if (res.err) {
+        reg_result_clear(&res); /* an unknown token: the operation says 404 itself */
+        return false;
+    }
+    /* A token directory always holds its _config. */
+    assert(reg_node_is_dir(res.node) && reg_node_child_count(res.node) > 0);
+    buf_t cause = BUF_INIT;
+    reg_node_put_key(res.node, &cause);
+    reg_result_clear(&res);
+    bool compare = p->prev_index > 0 || *p->prev_value;
+    int status = 0, code = REG_E_NOT_FILE;
+    if (m == HTTP_PUT && p->prev_exist == 0) {
+        code = REG_E_NODE_EXIST;
+    } else if (m == HTTP_PUT && p->prev_exist == 1 && !compare && !*p->value) {
+        code = 0; /* etcd: an update of the directory's TTL */
+    } else if (m == HTTP_DELETE && !compare && p->recursive) {
+        code = 0; /* etcd: removes the token */
+    } else if (m == HTTP_DELETE && !compare && p->dir) {
+        code = REG_E_DIR_NOT_EMPTY;
+    }
+    if (code == 0) {
+        status = 403;
+        code = REG_E_ROOT_READ_ONLY;
+        buf_puts(&cause, " is a token directory; it is removed only when the token expires");
+    }
+    if (buf_failed(&cause))
+        api_send_v2_error(api, req->handle, ep, req->method_name, 0, REG_E_INTERNAL,
+                          "out of memory", registry_index(api->reg));
+    else
+        api_send_v2_error(api, req->handle, ep, req->method_name, status, code, buf_cstr(&cause),
+                          registry_index(api->reg));
+    buf_free(&cause);
+    return true;
+}
+
+/*
+ * A write that would create a token (a set or create of <token>/_config/size
+ * of a token that does not exist) takes from the same per-address budget as
+ * /new; when it is spent, answers 429 with Retry-After in etcd JSON,
+ * errorCode 300 ("retry later"), and returns true. Member writes never
+ * take from it.
+ */
+static bool refuse_token_over_budget(api_t *api, const http_request_t *req, const char *key,
+                                     enum metrics_endpoint ep, const v2_params_t *p)
+{
+    static const char size_key[] = "/_config/size";
+    token_key_t tk;
+    bool compare = p->prev_index > 0 || *p->prev_value;
+    if (req->method != HTTP_PUT || p->prev_exist == 1 || compare || !split_token_key(key, &tk) ||
+        tk.rest_len != sizeof size_key - 1 || strncmp(tk.rest, size_key, tk.rest_len) != 0)
+        return false;
+    reg_result_t res;
+    registry_get(api->reg, key, time_wall_ns(), &res);
+    bool exists = res.err != REG_E_KEY_NOT_FOUND;
+    reg_result_clear(&res);
+    if (exists)
+        return false; /* refused or answered by the registry: 412/105 */
+    uint64_t retry_s = discovery_take_new_budget(api, req);
+    if (retry_s == 0)
+        return false;
+    char headers[64], cause[128];
+    snprintf(headers, sizeof headers, "Retry-After: %llu\r\n", (unsigned long long)retry_s);
+    snprintf(cause, sizeof cause,
+             "too many new tokens from your address (--new-rate); retry in %llu s",
+             (unsigned long long)retry_s);
+    uint64_t index = registry_index(api->reg);
+    buf_t body = BUF_INIT;
+    v2json_error(&body, REG_E_INTERNAL, cause, index);
+    if (buf_failed(&body)) {
+        buf_free(&body);
+        api_send_v2_error(api, req->handle, ep, req->method_name, 0, REG_E_INTERNAL,
+                          "out of memory", index);
+        return true;
+    }
+    http_reply_t r = {.status = 429,
+                      .content_type = "application/json",
+                      .has_etcd_index = true,
+                      .etcd_index = index,
+                      .extra_headers = headers,
+                      .body = body.data,
+                      .body_len = body.len};
+    api_send(api, req->handle, ep, req->method_name, &r);
+    buf_free(&body);
+    return true;
+}
+
 void v2keys_handle(api_t *api, const http_request_t *req, const char *key, enum metrics_endpoint ep,
                    bool config_read_only)
 {
@@ -364,6 +495,9 @@ void v2keys_handle(api_t *api, const http_request_t *req, const char *key, enum 
                           registry_index(api->reg));
     } else if (p.wait) {
         handle_watch(api, req, key, ep, &p);
+    } else if (refuse_token_dir_write(api, req, key, ep, &p) ||
+               refuse_token_over_budget(api, req, key, ep, &p)) {
+        /* answered */
     } else if (m != HTTP_GET && m != HTTP_HEAD &&
                !api_check_writable(api, req->handle, ep, req->method_name)) {
         /* answered 503 */

@@ -1,0 +1,204 @@
+/*
+ * serve.c - `disco serve`: opens the store, replays it into the registry,
+ * and runs the HTTP server until SIGTERM. Flags and environment are parsed
+ * by util/config; the request handling lives in api/.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+
+#include "api/api.h"
+#include "cmd/cmd.h"
+#include "registry/registry.h"
+#include "server/http.h"
+#include "store/store.h"
+#include "util/config.h"
+#include "util/log.h"
+
+/* mkdir -p */
+static int make_dirs(const char *path)
+{
+    char tmp[4096];
+    if (snprintf(tmp, sizeof tmp, "%s", path) >= (int)sizeof tmp)
+        return -ENAMETOOLONG;
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(tmp, 0700) != 0 && errno != EEXIST)
+            return -errno;
+        *p = '/';
+    }
+    if (mkdir(tmp, 0700) != 0 && errno != EEXIST)
+        return -errno;
+    return 0;
+}
+
+/* Descriptors kept aside from connections: listening socket, epoll,
+ * signalfd, the store's files and eventfd, logs, a spare for accept(). */
+#define FD_RESERVE 64
+/* Go's http.Transport closes idle connections after 90 s. */
+#define GO_CLIENT_IDLE_TIMEOUT_MS (90 * 1000)
+
+/*
+ * Raises the open-files limit so that --max-conns connections fit; if the
+ * hard limit is lower, lowers max_conns to what fits, with a warning.
+ */
+static void fit_connection_limit(uint64_t *max_conns)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    rlim_t want = (rlim_t)*max_conns + FD_RESERVE;
+    if (rl.rlim_cur < want) {
+        rlim_t before = rl.rlim_cur;
+        rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= want ? want : rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+            rl.rlim_cur = before;
+    }
+    if (rl.rlim_cur < want) {
+        uint64_t fit =
+            rl.rlim_cur > 2 * FD_RESERVE ? (uint64_t)rl.rlim_cur - FD_RESERVE : FD_RESERVE;
+        log_warn("the open-files limit (%llu) is too low for --max-conns %llu; serving at most "
+                 "%llu connections (raise it with ulimit -n or LimitNOFILE=)",
+                 (unsigned long long)rl.rlim_cur, (unsigned long long)*max_conns,
+                 (unsigned long long)fit);
+        *max_conns = fit;
+    }
+}
+
+/* --host default when --addr names a host: http://HOST:PORT. */
+static char *derive_host(const char *addr)
+{
+    if (addr[0] == ':')
+        return NULL; /* all interfaces: use each request's Host header */
+    size_t n = strlen(addr) + 8;
+    char *h = malloc(n);
+    if (h)
+        snprintf(h, n, "http://%s", addr);
+    return h;
+}
+
+/* The store hands its events back through these at startup (store.h). */
+static int replay_into_registry(void *reg, reg_event_t *ev)
+{
+    return registry_replay(reg, ev);
+}
+
+static void raise_registry_index(void *reg, uint64_t index)
+{
+    registry_raise_index(reg, index);
+}
+
+int cmd_serve(int argc, char **argv)
+{
+    serve_config_t cfg;
+    char err[256];
+    if (config_parse_serve(argc, argv, &cfg, err) != 0) {
+        fprintf(stderr, "disco serve: %s\n", err);
+        return 2;
+    }
+    if (cfg.help) {
+        fputs(config_serve_usage, stdout);
+        return 0;
+    }
+    if (cfg.version) {
+        printf("disco %s\n", DISCO_VERSION);
+        return 0;
+    }
+    bool in_memory = cfg.data_dir[0] == '\0';
+    int rc = in_memory ? 0 : make_dirs(cfg.data_dir);
+    if (rc != 0) {
+        log_error("cannot create data dir %s: %s", cfg.data_dir, strerror(-rc));
+        return 1;
+    }
+    store_lmdb_options_t sopt = {.map_size_bytes = (size_t)cfg.map_size_bytes};
+    store_t *store = in_memory ? store_memory_new() : store_lmdb_open(cfg.data_dir, &sopt, err);
+    if (!store) {
+        log_error("%s", in_memory ? "out of memory at startup" : err);
+        return 1;
+    }
+    registry_t *reg = registry_new(store);
+    if (reg)
+        registry_set_max_keys(reg, (size_t)cfg.max_keys_per_token);
+    store_replay_sink_t sink = {replay_into_registry, raise_registry_index, reg};
+    if (!reg || store_load(store, &sink, err) != 0) {
+        log_error("%s", reg ? err : "out of memory at startup");
+        registry_free(reg);
+        store_close(store);
+        return 1;
+    }
+    char *derived = cfg.host ? NULL : derive_host(cfg.addr);
+    api_config_t acfg = {.host_prefix = cfg.host ? cfg.host : derived,
+                         .min_age_ms = cfg.minage_ms,
+                         .gc_every_ms = cfg.gcfreq_ms,
+                         .max_key_bytes = (size_t)cfg.max_key_bytes,
+                         .max_value_bytes = (size_t)cfg.max_value_bytes,
+                         .new_rate_per_s = (uint32_t)cfg.new_rate_per_s,
+                         .new_burst = (uint32_t)cfg.new_burst};
+    api_t *api = api_new(reg, store, &acfg);
+    if (!api) {
+        log_error("out of memory at startup");
+        return 1;
+    }
+    fit_connection_limit(&cfg.max_conns);
+    if (cfg.idle_timeout_ms <= GO_CLIENT_IDLE_TIMEOUT_MS)
+        log_warn("--idle-timeout %llums is not above Go's 90s: an etcd member may send its "
+                 "registration on a connection disco is closing, and that PUT is not retried",
+                 (unsigned long long)cfg.idle_timeout_ms);
+    http_server_config_t scfg = {
+        .addr = cfg.addr,
+        .wait_timeout_ms = cfg.wait_timeout_ms,
+        .max_header_bytes = (size_t)cfg.max_header_bytes,
+        .max_body_bytes = (size_t)cfg.max_body_bytes,
+        .max_conns = (size_t)cfg.max_conns,
+        .idle_timeout_ms = cfg.idle_timeout_ms,
+        .header_timeout_ms = cfg.header_timeout_ms,
+        .body_timeout_ms = cfg.body_timeout_ms,
+        .handler = api_handle,
+        .handler_ctx = api,
+        .render_error = api_render_error,
+        .render_error_ctx = api,
+        .tick = api_tick,
+        .tick_ctx = api,
+        .notify_fd = store_notify_fd(store),
+        .on_notify = api_on_durable,
+    };
+    http_server_t *srv = http_server_new(&scfg, err);
+    if (!srv) {
+        log_error("%s", err);
+        return 1;
+    }
+    api_set_server(api, srv);
+    log_info("disco %s serving on %s (store: %s; data dir: %s; /new prints %s; wait timeout: "
+             "%llums)",
+             DISCO_VERSION, http_server_address(srv), store_name(store),
+             in_memory ? "none" : cfg.data_dir,
+             acfg.host_prefix ? acfg.host_prefix : "http://<Host header>",
+             (unsigned long long)cfg.wait_timeout_ms);
+    log_info("limits: head %llu B, body %llu B, key %llu B, value %llu B, %llu keys a token, "
+             "%llu connections, /new %llu/s burst %llu an address (0: off); timeouts: head "
+             "%llums, body %llums, idle %llums",
+             (unsigned long long)cfg.max_header_bytes, (unsigned long long)cfg.max_body_bytes,
+             (unsigned long long)cfg.max_key_bytes, (unsigned long long)cfg.max_value_bytes,
+             (unsigned long long)cfg.max_keys_per_token, (unsigned long long)cfg.max_conns,
+             (unsigned long long)cfg.new_rate_per_s, (unsigned long long)cfg.new_burst,
+             (unsigned long long)cfg.header_timeout_ms, (unsigned long long)cfg.body_timeout_ms,
+             (unsigned long long)cfg.idle_timeout_ms);
+    rc = http_server_run(srv);
+    size_t tokens = registry_token_count(reg);
+    http_server_free(srv);
+    store_close(store); /* commits what is queued before the registry goes */
+    api_free(api);
+    registry_free(reg);
+    free(derived);
+    if (rc != 0) {
+        log_error("event loop failed: %s", strerror(-rc));
+        return 1;
+    }
+    log_info("disco stopped cleanly (%zu tokens in the registry)", tokens);
+    return 0;
+}
