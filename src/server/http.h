@@ -10,16 +10,21 @@
  * parked, later pipelined requests on that connection wait their turn, so
  * answers always leave in request order.
  *
- * Costs by design: a parked request holds its socket and its connection
- * struct (a few hundred bytes); request buffers are released as soon as the
- * handler has run. Timeouts live in one FIFO list per kind (idle, header,
+ * Requests are named by handles (http_req_t), never by connection
+ * pointers: an answer that arrives after its client is gone does nothing,
+ * and whoever parked a request is told when it ends otherwise.
+ *
+ * Costs by design: a parked request holds its socket, its connection
+ * struct (a few hundred bytes) and a request slot (48 bytes); request
+ * buffers are released as soon as the handler has run. Timeouts live in one FIFO list per kind (idle, header,
  * body, write, parked, linger): every entry of a list has the same
  * duration, so deadlines are in insertion order and checking one is O(1).
  *
  * Hostile input: the server refuses, before any handler runs and then
  * closes the connection, a head over max_header_bytes (431), a body over
  * max_body_bytes (413), a head or body that is too slow (408), a method
- * outside allowed_methods (405, with Allow) or unknown (501), a transfer
+ * outside allowed_methods (405, with Allow) or unknown (501), a request
+ * line that is no request line (a TLS ClientHello: 400), a transfer
  * coding other than a single "chunked" (501), an HTTP version other than
  * 1.x (505), and the request-smuggling shapes: Content-Length with
  * Transfer-Encoding, repeated or malformed Content-Length, obs-fold,
