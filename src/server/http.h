@@ -15,7 +15,7 @@
  * and whoever parked a request is told when it ends otherwise.
  *
  * Costs by design: a parked request holds its socket, its connection
- * struct (a few hundred bytes) and a request slot (48 bytes); request
+ * struct (a few hundred bytes) and a request slot (40 bytes); request
  * buffers are released as soon as the handler has run. Timeouts live in one FIFO list per kind (idle, header,
  * body, write, parked, linger): every entry of a list has the same
  * duration, so deadlines are in insertion order and checking one is O(1).
