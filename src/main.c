@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 
 #include "api/api.h"
+#include "backend/backend.h"
 #include "registry/registry.h"
 #include "server/http.h"
 #include "store/store.h"
@@ -120,12 +121,17 @@ static int cmd_serve(int argc, char **argv)
         log_error("%s", in_memory ? "out of memory at startup" : err);
         return 1;
     }
-    registry_t *reg = registry_new(store);
-    if (reg)
+    backend_t *backend = backend_local_new(store);
+    registry_t *reg = backend ? registry_new_with_backend(backend) : NULL;
+    if (reg) {
         registry_set_max_keys(reg, (size_t)cfg.max_keys_per_token);
-    if (!reg || store_load(store, reg, err) != 0) {
+        registry_set_max_events(reg, (size_t)cfg.max_events_per_token);
+    }
+    if (!reg || backend_load(backend, reg, err) != 0) {
         log_error("%s", reg ? err : "out of memory at startup");
         registry_free(reg);
+        if (backend)
+            backend_close(backend);
         store_close(store);
         return 1;
     }
@@ -177,12 +183,14 @@ static int cmd_serve(int argc, char **argv)
              in_memory ? "none" : cfg.data_dir,
              acfg.host_prefix ? acfg.host_prefix : "http://<Host header>",
              (unsigned long long)cfg.wait_timeout_ms);
-    log_info("limits: head %llu B, body %llu B, key %llu B, value %llu B, %llu keys a token, "
-             "%llu connections, /new %llu/s burst %llu an address (0: off); timeouts: head "
+    log_info("limits: head %llu B, body %llu B, key %llu B, value %llu B, %llu keys and %llu "
+             "events a token, %llu connections, /new %llu/s burst %llu an address (0: off); "
+             "timeouts: head "
              "%llums, body %llums, idle %llums",
              (unsigned long long)cfg.max_header_bytes, (unsigned long long)cfg.max_body_bytes,
              (unsigned long long)cfg.max_key_bytes, (unsigned long long)cfg.max_value_bytes,
-             (unsigned long long)cfg.max_keys_per_token, (unsigned long long)cfg.max_conns,
+             (unsigned long long)cfg.max_keys_per_token,
+             (unsigned long long)cfg.max_events_per_token, (unsigned long long)cfg.max_conns,
              (unsigned long long)cfg.new_rate_per_s, (unsigned long long)cfg.new_burst,
              (unsigned long long)cfg.header_timeout_ms, (unsigned long long)cfg.body_timeout_ms,
              (unsigned long long)cfg.idle_timeout_ms);
@@ -192,6 +200,7 @@ static int cmd_serve(int argc, char **argv)
     store_close(store); /* commits what is queued before the registry goes */
     api_free(api);
     registry_free(reg);
+    backend_close(backend);
     free(derived);
     if (rc != 0) {
         log_error("event loop failed: %s", strerror(-rc));
