@@ -108,7 +108,7 @@ static void create_or_set(registry_t *reg, const char *key, bool is_dir, const c
         }
         reg_node_t *c = reg_node_child(dir, seg, (size_t)(p - seg));
         if (!c)
-            break; /* created by apply_event */
+            break; /* the rest is made by apply_change() */
         if (!c->is_dir) {
             reg_fail_at(reg, out, REG_E_NOT_DIR, c);
             free(clean);

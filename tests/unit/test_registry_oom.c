@@ -383,9 +383,44 @@ OOM_TEST(watch_history)
 OOM_TEST(watch_park)
 OOM_TEST(get)
 
+/* The first token of a registry also makes the token table (uthash's):
+ * that allocation failing must not exit the process or leave a token. */
+static void test_oom_first_token(void **state)
+{
+    (void)state;
+    for (unsigned long n = 1; n <= MAX_ALLOCS_PER_OP; n++) {
+        registry_t *reg = registry_new(NULL);
+        assert_non_null(reg);
+        reg_result_t r;
+        failalloc_arm(n);
+        registry_create_token(reg, "first", 3, T0, &r);
+        bool hit = failalloc_disarm();
+        if (r.err == REG_OK) {
+            assert_int_equal(registry_index(reg), 1);
+            assert_int_equal(registry_token_count(reg), 1);
+        } else {
+            assert_int_equal(r.err, REG_E_INTERNAL);
+            assert_int_equal(registry_index(reg), 0);
+            assert_int_equal(registry_token_count(reg), 0);
+            reg_result_clear(&r);
+            registry_create_token(reg, "first", 3, T0, &r);
+            assert_int_equal(r.err, REG_OK);
+        }
+        reg_result_clear(&r);
+        registry_get(reg, REGISTRY_PREFIX "/first/_config/size", T0, &r);
+        assert_int_equal(r.err, REG_OK);
+        reg_result_clear(&r);
+        registry_free(reg);
+        if (!hit)
+            return;
+    }
+    fail_msg("creating a token made more than %d allocations", MAX_ALLOCS_PER_OP);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_oom_first_token),
         cmocka_unit_test(test_oom_create_token),
         cmocka_unit_test(test_oom_create_token_by_write),
         cmocka_unit_test(test_oom_create_with_new_dirs),
