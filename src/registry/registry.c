@@ -379,7 +379,10 @@ void reg_commit(registry_t *reg, reg_event_t *ev, reg_result_t *out)
     if (rc != 0) {
         assert(rc == -ENOMEM); /* operations validate before they commit */
         reg_event_free(ev);
-        reg_fail_nomem(reg, out);
+        if (rc == -ENOMEM)
+            reg_fail_nomem(reg, out);
+        else
+            reg_fail(reg, out, REG_E_INTERNAL, "the change does not fit the tree");
         return;
     }
     /* From here on nothing can fail. */
