@@ -216,9 +216,10 @@ int64_t registry_expire(registry_t *reg, int64_t now_ns);
 /*
  * Startup: re-applies an event read back from the backend, in index order,
  * without telling the backend or any watcher. Not bounded by
- * registry_set_max_events() (a store kept under a higher bound loads whole). Takes ownership of
- * `ev` (also on failure). Returns 0, -EINVAL if the event does not follow the registry (out of
- * order, or it does not fit the tree: a corrupt log), or -ENOMEM.
+ * registry_set_max_events(): a store kept under a higher bound loads whole.
+ * Takes ownership of `ev` (also on failure). Returns 0, -EINVAL if the
+ * event does not follow the registry (out of order, or it does not fit the
+ * tree: a corrupt log), or -ENOMEM; on error the registry is as before.
  */
 int registry_replay(registry_t *reg, reg_event_t *ev);
 
