@@ -383,6 +383,40 @@ OOM_TEST(watch_history)
 OOM_TEST(watch_park)
 OOM_TEST(get)
 
+/* A recursive delete that fails must not leave its mark on the watchers
+ * below the directory: the next, unrelated change must wake none of them. */
+static void test_oom_failed_dir_delete_wakes_nobody(void **state)
+{
+    (void)state;
+    for (unsigned long n = 1; n <= MAX_ALLOCS_PER_OP; n++) {
+        world_build();
+        /* "tok" then holds 8 events, so the delete's must grow its history:
+         * an allocation after the directory's watchers are found. */
+        for (int i = 0; i < 3; i++) {
+            reg_result_t r;
+            registry_set(W.reg, KEY("f"), false, "v", NO_TTL, T0, &r);
+            ok_or_die(&r);
+        }
+        failalloc_arm(n);
+        bool ok = op_delete_dir_recursive();
+        bool hit = failalloc_disarm();
+        if (!ok) {
+            reg_result_t r;
+            registry_set(W.reg, KEY("unrelated"), false, "v", NO_TTL, T0 + SEC, &r);
+            assert_int_equal(r.err, REG_OK);
+            reg_result_clear(&r);
+            if (W.fired != 0)
+                fail_msg("allocation %lu failed in the delete; the next change woke %d watchers", n,
+                         W.fired);
+            assert_int_equal(registry_waiter_count(W.reg), 2);
+        }
+        world_free();
+        if (!hit)
+            return;
+    }
+    fail_msg("the delete made more than %d allocations", MAX_ALLOCS_PER_OP);
+}
+
 /* The first token of a registry also makes the token table (uthash's):
  * that allocation failing must not exit the process or leave a token. */
 static void test_oom_first_token(void **state)
@@ -421,6 +455,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_oom_first_token),
+        cmocka_unit_test(test_oom_failed_dir_delete_wakes_nobody),
         cmocka_unit_test(test_oom_create_token),
         cmocka_unit_test(test_oom_create_token_by_write),
         cmocka_unit_test(test_oom_create_with_new_dirs),
