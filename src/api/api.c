@@ -32,13 +32,13 @@ struct held_reply {
     char data[];
 };
 
-api_t *api_new(registry_t *reg, store_t *store, const api_config_t *cfg)
+api_t *api_new(registry_t *reg, backend_t *backend, const api_config_t *cfg)
 {
     api_t *api = calloc(1, sizeof *api);
     if (!api)
         return NULL;
     api->reg = reg;
-    api->store = store;
+    api->backend = backend;
     api->min_age_ns = (int64_t)cfg->min_age_ms * NS_PER_MS;
     api->gc_every_ns = (int64_t)cfg->gc_every_ms * NS_PER_MS;
     api->metrics = metrics_new();
@@ -138,9 +138,9 @@ static void on_held_end(http_req_t c, void *ctx, enum http_park_end why)
 static bool must_hold(api_t *api, enum metrics_endpoint ep, int status)
 {
     /* A 5xx shows no state: it never waits. */
-    if (ep == METRICS_HEALTH || !api->store || status >= 500)
+    if (ep == METRICS_HEALTH || !api->backend || status >= 500)
         return false;
-    return store_durable_index(api->store) < registry_index(api->reg);
+    return backend_durable_index(api->backend) < registry_index(api->reg);
 }
 
 /* A held answer with room for `data_bytes`, or NULL when out of memory. */
@@ -226,8 +226,8 @@ void api_send_prepared(api_t *api, http_req_t c, enum metrics_endpoint ep, const
 void api_on_durable(void *ctx)
 {
     api_t *api = ctx;
-    store_drain_notify(api->store);
-    uint64_t durable = store_durable_index(api->store);
+    backend_drain_notify(api->backend);
+    uint64_t durable = backend_durable_index(api->backend);
     while (api->held_head && api->held_head->index <= durable) {
         held_reply_t *h = api->held_head;
         held_unlink(api, h);
@@ -249,7 +249,7 @@ void api_on_durable(void *ctx)
 
 bool api_check_writable(api_t *api, http_req_t c, enum metrics_endpoint ep, const char *method)
 {
-    if (!api->store || store_writable(api->store))
+    if (!api->backend || backend_writable(api->backend))
         return true;
     if (ep == METRICS_NEW) {
         static const char msg[] = "the store is full or failing: no new tokens until it "

@@ -12,9 +12,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "backend/backend.h"
 #include "registry/registry.h"
 #include "server/http.h"
-#include "store/store.h"
 
 typedef struct api api_t;
 
@@ -44,9 +44,9 @@ typedef struct api_config {
  * 64 bytes each); the least recently seen is forgotten first. */
 #define API_NEW_RATE_MAX_ADDRESSES 16384
 
-/* Returns NULL when out of memory. `reg` and `store` (NULL: nothing is
- * kept, answers never wait) are not owned. */
-api_t *api_new(registry_t *reg, store_t *store, const api_config_t *cfg);
+/* Returns NULL when out of memory. `reg` and `backend` (where changes
+ * become final; NULL: nothing is kept, answers never wait) are not owned. */
+api_t *api_new(registry_t *reg, backend_t *backend, const api_config_t *cfg);
 void api_free(api_t *api);
 /* Lets /metrics report connection counts (optional). */
 void api_set_server(api_t *api, http_server_t *srv);

@@ -17,7 +17,7 @@ typedef struct held_reply held_reply_t;
 
 struct api {
     registry_t *reg;
-    store_t *store;
+    backend_t *backend; /* NULL: nothing is kept */
     metrics_t *metrics;
     http_server_t *srv;
     char *host_prefix; /* NULL: from the Host header */

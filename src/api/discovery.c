@@ -199,7 +199,7 @@ void discovery_new(api_t *api, const http_request_t *req)
 
 void discovery_health(api_t *api, const http_request_t *req)
 {
-    bool ok = !api->store || store_writable(api->store);
+    bool ok = !api->backend || backend_writable(api->backend);
     send_text(api, req->handle, METRICS_HEALTH, req->method_name, ok ? 200 : 503,
               ok ? "OK" : "store unavailable");
 }
@@ -212,9 +212,9 @@ void discovery_metrics(api_t *api, const http_request_t *req)
         .connections = api->srv ? http_server_connection_count(api->srv) : 0,
         .index = registry_index(api->reg),
     };
-    if (api->store) {
-        store_stats_t st;
-        store_stats(api->store, &st);
+    if (api->backend) {
+        backend_stats_t st;
+        backend_stats(api->backend, &st);
         g.store_log_frames = st.log_frames;
         g.store_checkpoints = st.checkpoints;
         g.store_direct_commits = st.direct_commits;

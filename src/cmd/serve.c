@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 
 #include "api/api.h"
+#include "backend/backend.h"
 #include "cmd/cmd.h"
 #include "registry/registry.h"
 #include "server/http.h"
@@ -82,17 +83,6 @@ static char *derive_host(const char *addr)
     return h;
 }
 
-/* The store hands its events back through these at startup (store.h). */
-static int replay_into_registry(void *reg, reg_event_t *ev)
-{
-    return registry_replay(reg, ev);
-}
-
-static void raise_registry_index(void *reg, uint64_t index)
-{
-    registry_raise_index(reg, index);
-}
-
 int cmd_serve(int argc, char **argv)
 {
     serve_config_t cfg;
@@ -121,13 +111,17 @@ int cmd_serve(int argc, char **argv)
         log_error("%s", in_memory ? "out of memory at startup" : err);
         return 1;
     }
-    registry_t *reg = registry_new(store);
-    if (reg)
+    backend_t *backend = backend_local_new(store);
+    registry_t *reg = backend ? registry_new_with_backend(backend) : NULL;
+    if (reg) {
         registry_set_max_keys(reg, (size_t)cfg.max_keys_per_token);
-    store_replay_sink_t sink = {replay_into_registry, raise_registry_index, reg};
-    if (!reg || store_load(store, &sink, err) != 0) {
+        registry_set_max_events(reg, (size_t)cfg.max_events_per_token);
+    }
+    if (!reg || backend_load(backend, reg, err) != 0) {
         log_error("%s", reg ? err : "out of memory at startup");
         registry_free(reg);
+        if (backend)
+            backend_close(backend);
         store_close(store);
         return 1;
     }
@@ -139,7 +133,7 @@ int cmd_serve(int argc, char **argv)
                          .max_value_bytes = (size_t)cfg.max_value_bytes,
                          .new_rate_per_s = (uint32_t)cfg.new_rate_per_s,
                          .new_burst = (uint32_t)cfg.new_burst};
-    api_t *api = api_new(reg, store, &acfg);
+    api_t *api = api_new(reg, backend, &acfg);
     if (!api) {
         log_error("out of memory at startup");
         return 1;
@@ -164,7 +158,7 @@ int cmd_serve(int argc, char **argv)
         .render_error_ctx = api,
         .tick = api_tick,
         .tick_ctx = api,
-        .notify_fd = store_notify_fd(store),
+        .notify_fd = backend_notify_fd(backend),
         .on_notify = api_on_durable,
     };
     http_server_t *srv = http_server_new(&scfg, err);
@@ -179,12 +173,13 @@ int cmd_serve(int argc, char **argv)
              in_memory ? "none" : cfg.data_dir,
              acfg.host_prefix ? acfg.host_prefix : "http://<Host header>",
              (unsigned long long)cfg.wait_timeout_ms);
-    log_info("limits: head %llu B, body %llu B, key %llu B, value %llu B, %llu keys a token, "
-             "%llu connections, /new %llu/s burst %llu an address (0: off); timeouts: head "
-             "%llums, body %llums, idle %llums",
+    log_info("limits: head %llu B, body %llu B, key %llu B, value %llu B, %llu keys and %llu "
+             "events a token, %llu connections, /new %llu/s burst %llu an address (0: off); "
+             "timeouts: head %llums, body %llums, idle %llums",
              (unsigned long long)cfg.max_header_bytes, (unsigned long long)cfg.max_body_bytes,
              (unsigned long long)cfg.max_key_bytes, (unsigned long long)cfg.max_value_bytes,
-             (unsigned long long)cfg.max_keys_per_token, (unsigned long long)cfg.max_conns,
+             (unsigned long long)cfg.max_keys_per_token,
+             (unsigned long long)cfg.max_events_per_token, (unsigned long long)cfg.max_conns,
              (unsigned long long)cfg.new_rate_per_s, (unsigned long long)cfg.new_burst,
              (unsigned long long)cfg.header_timeout_ms, (unsigned long long)cfg.body_timeout_ms,
              (unsigned long long)cfg.idle_timeout_ms);
@@ -194,6 +189,7 @@ int cmd_serve(int argc, char **argv)
     store_close(store); /* commits what is queued before the registry goes */
     api_free(api);
     registry_free(reg);
+    backend_close(backend);
     free(derived);
     if (rc != 0) {
         log_error("event loop failed: %s", strerror(-rc));

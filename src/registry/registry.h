@@ -20,9 +20,18 @@
  * Keys passed in are full v2 keys ("/_etcd/registry/tok/id"), already
  * percent-decoded; the registry cleans them (duplicate and trailing slashes).
  *
- * Every mutation becomes one reg_event_t with the next global index. The
- * event is applied to the tree, appended to the token's history, handed to
- * the store (durability) and then to the matching parked watchers.
+ * Every mutation becomes one reg_event_t with the next global index.
+ * Everything recording it needs is reserved first (memory, the history and
+ * ring slots, the backend's queue: see backend/backend.h); only then is it
+ * applied to the tree, appended to the token's history and handed to the
+ * matching parked watchers, steps that cannot fail. So a change that fails
+ * for lack of memory, or that the backend does not take, leaves the
+ * registry exactly as it was (REG_E_INTERNAL).
+ *
+ * Bounds: a token holds at most registry_set_max_keys() keys and
+ * registry_set_max_events() events over its whole life, so that its
+ * history is whole (a watch can replay from any index of the token) and a
+ * watch's scan of it takes bounded time.
  */
 #ifndef DISCO_REGISTRY_REGISTRY_H
 #define DISCO_REGISTRY_REGISTRY_H
@@ -31,6 +40,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "registry/event.h"
 #include "util/buf.h"
 
 #define REGISTRY_PREFIX "/_etcd/registry"
@@ -38,6 +48,7 @@
 #define REGISTRY_MAX_TOKEN_BYTES 64
 
 struct store;
+struct backend;
 
 /* etcd v2 error codes the registry produces (see api/v2json.h for texts). */
 enum reg_errcode {
@@ -53,49 +64,6 @@ enum reg_errcode {
     REG_E_INVALID_FIELD = 209,
     REG_E_INTERNAL = 300, /* out of memory or store failure */
 };
-
-enum reg_action {
-    REG_ACT_GET,
-    REG_ACT_CREATE,
-    REG_ACT_SET,
-    REG_ACT_UPDATE,
-    REG_ACT_CAS,
-    REG_ACT_DELETE,
-    REG_ACT_CAD,
-    REG_ACT_EXPIRE,
-};
-
-/* etcd's action name ("create", "compareAndSwap", ...). */
-const char *reg_action_name(enum reg_action action);
-
-/* A node as an event carries it: a snapshot, independent of the live tree. */
-typedef struct reg_snap {
-    char *key;   /* full key, owned */
-    char *value; /* owned; NULL for directories and for delete/expire nodes */
-    bool is_dir;
-    uint64_t created_index;
-    uint64_t modified_index;
-    int64_t expire_ns; /* wall-clock expiry; 0 = permanent */
-    int64_t ttl_s;     /* seconds left when the event happened (0 = none) */
-} reg_snap_t;
-
-/* One change of the registry. The registry keeps recent events in memory
- * and reads older ones back from the store (see store.h). */
-typedef struct reg_event {
-    enum reg_action action;
-    uint64_t index;  /* global index of this change == node.modified_index */
-    int64_t wall_ns; /* when it happened */
-    reg_snap_t node;
-    bool has_prev;
-    reg_snap_t prev;
-    /* The rendered v2 JSON answer for this event, cached by whoever renders
-     * it first (see api/v2json.h); freed with the event. */
-    char *wire;
-    size_t wire_len;
-} reg_event_t;
-
-/* Frees an event that is not owned by a registry (e.g. a decoded one). */
-void reg_event_free(reg_event_t *ev);
 
 /* A live node of a token's tree; read it through the accessors below. */
 typedef struct reg_node reg_node_t;
@@ -150,9 +118,15 @@ typedef struct reg_ttl {
 typedef struct registry registry_t;
 
 /*
- * Creates an empty registry whose writes go to `store` (not owned; may be
- * NULL for a purely in-memory registry, as in unit tests and fuzzing).
- * Returns NULL when out of memory.
+ * Creates an empty registry whose writes go to `backend` (not owned; NULL
+ * for a purely in-memory registry, as in unit tests and fuzzing). Returns
+ * NULL when out of memory. The registry belongs to the calling thread: every
+ * call must come from it (asserted in debug builds).
+ */
+registry_t *registry_new_with_backend(struct backend *backend);
+/*
+ * The same over a local `store` (not owned; NULL: in memory only): the
+ * registry makes and owns a local backend (backend_local_new) for it.
  */
 registry_t *registry_new(struct store *store);
 /* Frees everything; parked watchers are dropped without a callback. */
@@ -170,6 +144,17 @@ size_t registry_waiter_count(const registry_t *reg);
  */
 #define REGISTRY_DEFAULT_MAX_KEYS 2048
 void registry_set_max_keys(registry_t *reg, size_t max_keys_per_token);
+
+/*
+ * Bounds the events one token may hold over its life (its creation
+ * included): a write past it is refused with REG_E_TOO_MANY_KEYS and a
+ * cause naming --max-events-per-token. Expiries and the token's removal
+ * are never refused. A bootstrap makes a few events per member; the bound
+ * is what keeps a watch's scan of a token's history short (docs/decisions.md).
+ * Default REGISTRY_DEFAULT_MAX_EVENTS.
+ */
+#define REGISTRY_DEFAULT_MAX_EVENTS 10000
+void registry_set_max_events(registry_t *reg, size_t max_events_per_token);
 
 /* The bounds of a token size. */
 #define REGISTRY_MIN_SIZE 1
@@ -203,9 +188,8 @@ void registry_create_token(registry_t *reg, const char *name, unsigned size, int
  * pointer) that return the same nonzero stamp show the same subtree, apart
  * from TTLs, which count down with the clock. This lets an answer rendered
  * once be served until the token changes. The stamp is 0 (no promise) for a
- * token without events, and for good once a write has failed half-way for
- * lack of memory, since that may leave a change in a tree that no event
- * records.
+ * token without events. (A write that fails changes nothing, so no tree
+ * holds a change that no event records.)
  */
 void registry_get(registry_t *reg, const char *key, int64_t now_ns, reg_result_t *out);
 void registry_create(registry_t *reg, const char *key, bool is_dir, const char *value, bool unique,
@@ -230,10 +214,12 @@ void registry_compare_and_delete(registry_t *reg, const char *key, const char *p
 int64_t registry_expire(registry_t *reg, int64_t now_ns);
 
 /*
- * Startup: re-applies an event read back from the store, in index order,
- * without telling the store or any watcher. Takes ownership of `ev` (also
- * on failure). Returns 0, -EINVAL if the event does not follow the registry
- * (out of order, or it does not fit the tree: a corrupt log), or -ENOMEM.
+ * Startup: re-applies an event read back from the backend, in index order,
+ * without telling the backend or any watcher. Not bounded by
+ * registry_set_max_events(): a store kept under a higher bound loads whole.
+ * Takes ownership of `ev` (also on failure). Returns 0, -EINVAL if the
+ * event does not follow the registry (out of order, or it does not fit the
+ * tree: a corrupt log), or -ENOMEM; on error the registry is as before.
  */
 int registry_replay(registry_t *reg, reg_event_t *ev);
 
@@ -247,9 +233,9 @@ void registry_raise_index(registry_t *reg, uint64_t index);
 /*
  * Removes up to `max_tokens` tokens created before `cutoff_ns`, oldest
  * first, with all their keys and history; each removal is passed to the
- * store, and watchers parked on a removed token get on_event(w, NULL).
- * Returns how many were removed; fewer than `max_tokens` means none older
- * than the cutoff is left.
+ * backend first (one it refuses stops the sweep, to be tried again), and watchers parked on a
+ * removed token get on_event(w, NULL). Returns how many were removed; fewer than `max_tokens` means
+ * none older than the cutoff is left.
  */
 size_t registry_sweep_tokens(registry_t *reg, int64_t cutoff_ns, size_t max_tokens);
 

@@ -11,7 +11,7 @@
 
 #include <stddef.h>
 
-#include "registry/registry.h"
+#include "registry/event.h"
 #include "util/buf.h"
 
 #define CODEC_VERSION 1

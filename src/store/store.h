@@ -28,7 +28,7 @@
 
 /* For reg_event_t only: the store knows events, never the registry that
  * applies them (load() hands them to a callback). */
-#include "registry/registry.h"
+#include "registry/event.h"
 
 struct store;
 

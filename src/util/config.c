@@ -46,6 +46,11 @@ const char config_serve_usage[] =
     "  --max-keys-per-token N   keys one token may hold; 403 (errorCode 103) beyond\n"
     "                       (DISC_MAX_KEYS_PER_TOKEN, default " CONFIG_DEFAULT_MAX_KEYS_PER_TOKEN
     ")\n"
+    "  --max-events-per-token N  changes one token's history may hold (its whole\n"
+    "                       life: watches replay from any index); 403 (errorCode 103)\n"
+    "                       beyond; expiries are never refused\n"
+    "                       (DISC_MAX_EVENTS_PER_TOKEN, "
+    "default " CONFIG_DEFAULT_MAX_EVENTS_PER_TOKEN ")\n"
     "  --max-conns N        open connections, parked watches included; a new\n"
     "                       connection past it gets 503 and is closed\n"
     "                       (DISC_MAX_CONNS, default " CONFIG_DEFAULT_MAX_CONNS ")\n"
@@ -67,7 +72,8 @@ const char config_serve_usage[] =
     "  --version            print the version\n"
     "  --help               this text\n"
     "\n"
-    "Durations are Go-style: 300ms, 30s, 5m, 168h.\n";
+    "Durations are Go-style: 300ms, 30s, 5m, 168h; each has a range, and a value\n"
+    "out of it stops disco at startup with exit code 2.\n";
 
 int config_parse_size(const char *s, uint64_t *out_bytes)
 {
@@ -125,17 +131,19 @@ typedef struct option {
 } option_t;
 
 #define NUM(field) offsetof(serve_config_t, field)
+#define HOUR_MS (3600ULL * 1000)
+#define DAY_MS (24 * HOUR_MS)
 
 static const option_t options[] = {
     {"addr", "DISC_ADDR", CONFIG_DEFAULT_ADDR, V_STRING, 0, 0, NUM(addr), NULL},
     {"host", "DISC_HOST", NULL, V_STRING, 0, 0, NUM(host), NULL},
     {"data-dir", "DISC_DATA_DIR", CONFIG_DEFAULT_DATA_DIR, V_STRING, 0, 0, NUM(data_dir), NULL},
-    {"wait-timeout", "DISC_WAIT_TIMEOUT", CONFIG_DEFAULT_WAIT_TIMEOUT, V_DURATION, 1, UINT64_MAX,
-     NUM(wait_timeout_ms), "a positive duration like 60s"},
-    {"minage", "DISC_MINAGE", CONFIG_DEFAULT_MINAGE, V_DURATION, 0, UINT64_MAX, NUM(minage_ms),
-     "a duration like 168h"},
-    {"gcfreq", "DISC_GCFREQ", CONFIG_DEFAULT_GCFREQ, V_DURATION, 0, UINT64_MAX, NUM(gcfreq_ms),
-     "a duration like 5m, or 0"},
+    {"wait-timeout", "DISC_WAIT_TIMEOUT", CONFIG_DEFAULT_WAIT_TIMEOUT, V_DURATION, 1, DAY_MS,
+     NUM(wait_timeout_ms), "a duration from 1ms to 24h, like 60s"},
+    {"minage", "DISC_MINAGE", CONFIG_DEFAULT_MINAGE, V_DURATION, 0, CONFIG_MAX_MINAGE_MS,
+     NUM(minage_ms), "a duration from 0 to 87600h (10 years), like 168h"},
+    {"gcfreq", "DISC_GCFREQ", CONFIG_DEFAULT_GCFREQ, V_DURATION, 0, CONFIG_MAX_GCFREQ_MS,
+     NUM(gcfreq_ms), "a duration up to 8760h (a year) like 5m, or 0 (never)"},
     {"map-size", "DISC_MAP_SIZE", CONFIG_DEFAULT_MAP_SIZE, V_SIZE, 1u << 20, UINT64_MAX,
      NUM(map_size_bytes), "a size of at least 1MiB, like 8GiB"},
     {"max-header-bytes", "DISC_MAX_HEADER_BYTES", CONFIG_DEFAULT_MAX_HEADER_BYTES, V_SIZE,
@@ -152,18 +160,26 @@ static const option_t options[] = {
      "a whole number from 1 to 16777216"},
     {"max-keys-per-token", "DISC_MAX_KEYS_PER_TOKEN", CONFIG_DEFAULT_MAX_KEYS_PER_TOKEN, V_COUNT, 1,
      1u << 24, NUM(max_keys_per_token), "a whole number from 1 to 16777216"},
+    {"max-events-per-token", "DISC_MAX_EVENTS_PER_TOKEN", CONFIG_DEFAULT_MAX_EVENTS_PER_TOKEN,
+     V_COUNT, 1, 1u << 24, NUM(max_events_per_token), "a whole number from 1 to 16777216"},
     {"new-rate", "DISC_NEW_RATE", CONFIG_DEFAULT_NEW_RATE, V_COUNT, 0, 1000000, NUM(new_rate_per_s),
      "a whole number of tokens per second (0: no limit)"},
     {"new-burst", "DISC_NEW_BURST", CONFIG_DEFAULT_NEW_BURST, V_COUNT, 1, 1000000, NUM(new_burst),
      "a whole number from 1"},
-    {"header-timeout", "DISC_HEADER_TIMEOUT", CONFIG_DEFAULT_HEADER_TIMEOUT, V_DURATION, 1,
-     UINT64_MAX, NUM(header_timeout_ms), "a positive duration like 10s"},
-    {"body-timeout", "DISC_BODY_TIMEOUT", CONFIG_DEFAULT_BODY_TIMEOUT, V_DURATION, 1, UINT64_MAX,
-     NUM(body_timeout_ms), "a positive duration like 15s"},
-    {"idle-timeout", "DISC_IDLE_TIMEOUT", CONFIG_DEFAULT_IDLE_TIMEOUT, V_DURATION, 1, UINT64_MAX,
-     NUM(idle_timeout_ms), "a positive duration like 120s"},
+    {"header-timeout", "DISC_HEADER_TIMEOUT", CONFIG_DEFAULT_HEADER_TIMEOUT, V_DURATION, 1, HOUR_MS,
+     NUM(header_timeout_ms), "a duration from 1ms to 1h, like 10s"},
+    {"body-timeout", "DISC_BODY_TIMEOUT", CONFIG_DEFAULT_BODY_TIMEOUT, V_DURATION, 1, HOUR_MS,
+     NUM(body_timeout_ms), "a duration from 1ms to 1h, like 15s"},
+    {"idle-timeout", "DISC_IDLE_TIMEOUT", CONFIG_DEFAULT_IDLE_TIMEOUT, V_DURATION, 1, DAY_MS,
+     NUM(idle_timeout_ms), "a duration from 1ms to 24h, like 120s"},
 };
 enum { N_OPTIONS = sizeof options / sizeof options[0] };
+
+/* Durations become int64_t nanoseconds (timers, the sweep's cutoff): every
+ * bound above must keep that multiplication from overflowing. */
+_Static_assert(CONFIG_MAX_MINAGE_MS <= INT64_MAX / 1000000, "minage fits int64 ns");
+_Static_assert(CONFIG_MAX_GCFREQ_MS <= INT64_MAX / 1000000, "gcfreq fits int64 ns");
+_Static_assert(DAY_MS <= INT64_MAX / 1000000, "timeouts fit int64 ns");
 
 static int set_option(const option_t *o, const char *v, serve_config_t *cfg, char *err)
 {

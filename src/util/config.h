@@ -22,6 +22,8 @@
 #define CONFIG_DEFAULT_MAX_VALUE_BYTES "8KiB"
 #define CONFIG_DEFAULT_MAX_CONNS "32768"
 #define CONFIG_DEFAULT_MAX_KEYS_PER_TOKEN "2048"
+/* Keep in step with REGISTRY_DEFAULT_MAX_EVENTS (docs/decisions.md). */
+#define CONFIG_DEFAULT_MAX_EVENTS_PER_TOKEN "10000"
 #define CONFIG_DEFAULT_NEW_RATE "10"
 #define CONFIG_DEFAULT_NEW_BURST "20"
 #define CONFIG_DEFAULT_HEADER_TIMEOUT "10s"
@@ -32,26 +34,31 @@
 #define CONFIG_MAX_HEADER_BYTES (64 * 1024) /* libhttp-parser stops at 80 KiB */
 #define CONFIG_MIN_BODY_BYTES (1024)
 #define CONFIG_MAX_BODY_BYTES (64 * 1024 * 1024)
+/* Longest --minage and --gcfreq: 10 years and 1 year. Anything longer is a
+ * typo; the bounds also keep their nanoseconds inside int64_t. */
+#define CONFIG_MAX_MINAGE_MS (87600ULL * 3600 * 1000)
+#define CONFIG_MAX_GCFREQ_MS (8760ULL * 3600 * 1000)
 
 typedef struct serve_config {
-    const char *addr;            /* --addr, DISC_ADDR */
-    const char *host;            /* --host, DISC_HOST; NULL: derived (see docs) */
-    const char *data_dir;        /* --data-dir, DISC_DATA_DIR */
-    uint64_t wait_timeout_ms;    /* --wait-timeout, DISC_WAIT_TIMEOUT */
-    uint64_t minage_ms;          /* --minage, DISC_MINAGE */
-    uint64_t gcfreq_ms;          /* --gcfreq, DISC_GCFREQ */
-    uint64_t map_size_bytes;     /* --map-size, DISC_MAP_SIZE */
-    uint64_t max_header_bytes;   /* --max-header-bytes, DISC_MAX_HEADER_BYTES */
-    uint64_t max_body_bytes;     /* --max-body-bytes, DISC_MAX_BODY_BYTES */
-    uint64_t max_key_bytes;      /* --max-key-bytes, DISC_MAX_KEY_BYTES */
-    uint64_t max_value_bytes;    /* --max-value-bytes, DISC_MAX_VALUE_BYTES */
-    uint64_t max_conns;          /* --max-conns, DISC_MAX_CONNS */
-    uint64_t max_keys_per_token; /* --max-keys-per-token, DISC_MAX_KEYS_PER_TOKEN */
-    uint64_t new_rate_per_s;     /* --new-rate, DISC_NEW_RATE; 0: unlimited */
-    uint64_t new_burst;          /* --new-burst, DISC_NEW_BURST */
-    uint64_t header_timeout_ms;  /* --header-timeout, DISC_HEADER_TIMEOUT */
-    uint64_t body_timeout_ms;    /* --body-timeout, DISC_BODY_TIMEOUT */
-    uint64_t idle_timeout_ms;    /* --idle-timeout, DISC_IDLE_TIMEOUT */
+    const char *addr;              /* --addr, DISC_ADDR */
+    const char *host;              /* --host, DISC_HOST; NULL: derived (see docs) */
+    const char *data_dir;          /* --data-dir, DISC_DATA_DIR */
+    uint64_t wait_timeout_ms;      /* --wait-timeout, DISC_WAIT_TIMEOUT */
+    uint64_t minage_ms;            /* --minage, DISC_MINAGE */
+    uint64_t gcfreq_ms;            /* --gcfreq, DISC_GCFREQ */
+    uint64_t map_size_bytes;       /* --map-size, DISC_MAP_SIZE */
+    uint64_t max_header_bytes;     /* --max-header-bytes, DISC_MAX_HEADER_BYTES */
+    uint64_t max_body_bytes;       /* --max-body-bytes, DISC_MAX_BODY_BYTES */
+    uint64_t max_key_bytes;        /* --max-key-bytes, DISC_MAX_KEY_BYTES */
+    uint64_t max_value_bytes;      /* --max-value-bytes, DISC_MAX_VALUE_BYTES */
+    uint64_t max_conns;            /* --max-conns, DISC_MAX_CONNS */
+    uint64_t max_keys_per_token;   /* --max-keys-per-token, DISC_MAX_KEYS_PER_TOKEN */
+    uint64_t max_events_per_token; /* --max-events-per-token, DISC_MAX_EVENTS_PER_TOKEN */
+    uint64_t new_rate_per_s;       /* --new-rate, DISC_NEW_RATE; 0: unlimited */
+    uint64_t new_burst;            /* --new-burst, DISC_NEW_BURST */
+    uint64_t header_timeout_ms;    /* --header-timeout, DISC_HEADER_TIMEOUT */
+    uint64_t body_timeout_ms;      /* --body-timeout, DISC_BODY_TIMEOUT */
+    uint64_t idle_timeout_ms;      /* --idle-timeout, DISC_IDLE_TIMEOUT */
     bool help;
     bool version;
 } serve_config_t;

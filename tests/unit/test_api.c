@@ -102,6 +102,7 @@ static const struct store_ops test_store_ops = {
 
 typedef struct world {
     test_store_t store;
+    backend_t *backend; /* over `store` */
     registry_t *reg;
     api_t *api;
     http_server_t *srv;
@@ -120,14 +121,17 @@ static int setup(void **state)
     if (!w)
         return -1;
     w->store.base.ops = &test_store_ops;
-    w->reg = registry_new(&w->store.base);
+    w->backend = backend_local_new(&w->store.base);
+    if (!w->backend)
+        return -1;
+    w->reg = registry_new_with_backend(w->backend);
     reg_result_t res;
     registry_create_token(w->reg, "tok", 3, time_wall_ns(), &res);
     reg_result_clear(&res);
     registry_create_token(w->reg, "other", 3, time_wall_ns(), &res);
     reg_result_clear(&res);
     api_config_t acfg = {.host_prefix = "http://disco.test"};
-    w->api = api_new(w->reg, &w->store.base, &acfg);
+    w->api = api_new(w->reg, w->backend, &acfg);
     w->srv = sp_api_server(w->api);
     if (!w->reg || !w->api || !w->srv)
         return -1;
@@ -142,6 +146,7 @@ static int teardown(void **state)
     http_server_free(w->srv);
     api_free(w->api);
     registry_free(w->reg);
+    backend_close(w->backend);
     free(w);
     return 0;
 }

@@ -1767,6 +1767,176 @@ static void test_key_limit_per_token(void **state)
     reg_result_clear(&r);
 }
 
+/* A store whose append can be made to fail (a full queue, no memory). */
+static void count_event(reg_waiter_t *w, const reg_event_t *ev)
+{
+    (void)ev;
+    (*(int *)w->ctx)++;
+}
+
+typedef struct refusing_store {
+    store_t base;
+    store_t *inner; /* a memory store for everything else */
+    bool refuse;
+    uint64_t appended; /* highest index taken */
+} refusing_store_t;
+
+static const struct store_ops refusing_ops;
+
+static int refusing_append(store_t *st, const reg_event_t *ev)
+{
+    refusing_store_t *rs = (refusing_store_t *)st;
+    if (rs->refuse)
+        return -ENOMEM;
+    rs->appended = ev->index;
+    return store_append(rs->inner, ev);
+}
+static int refusing_remove_token(store_t *st, const char *name, const uint64_t *ix, size_t n)
+{
+    return store_remove_token(((refusing_store_t *)st)->inner, name, ix, n);
+}
+static reg_event_t *refusing_fetch(store_t *st, uint64_t index)
+{
+    return store_fetch(((refusing_store_t *)st)->inner, index);
+}
+static uint64_t refusing_durable_index(store_t *st)
+{
+    return ((refusing_store_t *)st)->appended;
+}
+static int refusing_notify_fd(store_t *st)
+{
+    (void)st;
+    return -1;
+}
+static void refusing_drain(store_t *st)
+{
+    (void)st;
+}
+static bool refusing_writable(store_t *st)
+{
+    (void)st;
+    return true;
+}
+static void refusing_stats(store_t *st, store_stats_t *out)
+{
+    (void)st;
+    memset(out, 0, sizeof *out);
+}
+static void refusing_close(store_t *st)
+{
+    store_close(((refusing_store_t *)st)->inner);
+}
+static const struct store_ops refusing_ops = {
+    .append = refusing_append,
+    .remove_token = refusing_remove_token,
+    .fetch = refusing_fetch,
+    .durable_index = refusing_durable_index,
+    .readable_index = refusing_durable_index,
+    .notify_fd = refusing_notify_fd,
+    .drain_notify = refusing_drain,
+    .writable = refusing_writable,
+    .stats = refusing_stats,
+    .close = refusing_close,
+    .name = "refusing",
+};
+
+/* A change the store did not take is not made: it is refused (300), the
+ * index stays, the tree and the history do not show it and no watcher
+ * hears of it. Otherwise it could be acknowledged when a later change
+ * raises the durable index past it, and be lost at the next start. */
+static void test_a_change_the_store_refuses_is_not_made(void **state)
+{
+    (void)state;
+    refusing_store_t rs = {.base = {&refusing_ops}, .inner = store_memory_new()};
+    assert_non_null(rs.inner);
+    registry_t *reg = registry_new(&rs.base);
+    assert_non_null(reg);
+    reg_result_t r;
+    registry_create_token(reg, "tok", 3, T0, &r);
+    assert_int_equal(r.err, REG_OK);
+    reg_result_clear(&r);
+    reg_waiter_t w;
+    int fired = 0;
+    registry_watch(reg, K("m"), false, 0, &w, count_event, &fired, &r);
+    assert_null(r.event);
+    reg_result_clear(&r);
+
+    rs.refuse = true;
+    registry_set(reg, K("m"), false, "lost", NO_TTL, T0, &r);
+    assert_int_equal(r.err, REG_E_INTERNAL);
+    assert_int_equal(r.index, 1);
+    reg_result_clear(&r);
+    registry_create_token(reg, "tok2", 3, T0, &r);
+    assert_int_equal(r.err, REG_E_INTERNAL);
+    reg_result_clear(&r);
+    assert_int_equal(registry_index(reg), 1);
+    assert_int_equal(registry_token_count(reg), 1);
+    assert_int_equal(fired, 0);
+    registry_get(reg, K("m"), T0, &r);
+    assert_int_equal(r.err, REG_E_KEY_NOT_FOUND);
+    reg_result_clear(&r);
+
+    /* The next change takes the next index; the refused one never existed. */
+    rs.refuse = false;
+    registry_set(reg, K("m"), false, "kept", NO_TTL, T0, &r);
+    assert_int_equal(r.err, REG_OK);
+    assert_int_equal(r.index, 2);
+    reg_result_clear(&r);
+    assert_int_equal(fired, 1);
+    assert_int_equal(rs.appended, 2);
+    registry_free(reg);
+    store_close(&rs.base);
+}
+
+/* One token's history is bounded: past --max-events-per-token a write is
+ * refused like the keys limit (403/103), naming the flag; the history stays
+ * whole (a watch from the token's first index still works); expiries and
+ * the token's removal are never refused. */
+static void test_events_per_token_are_bounded(void **state)
+{
+    registry_t *reg = *state; /* "tok": 1 event */
+    registry_set_max_events(reg, 4);
+    reg_result_t r;
+    reg_ttl_t ttl = {true, 5};
+    registry_set(reg, K("a"), false, "1", ttl, T0, &r); /* 2 */
+    expect_ok(&r, REG_ACT_SET, K("a"), 2);
+    reg_result_clear(&r);
+    registry_set(reg, K("a"), false, "2", ttl, T0, &r); /* 3 */
+    reg_result_clear(&r);
+    registry_set(reg, K("b"), false, "1", NO_TTL, T0, &r); /* 4: the last allowed */
+    expect_ok(&r, REG_ACT_SET, K("b"), 4);
+    reg_result_clear(&r);
+    registry_set(reg, K("b"), false, "2", NO_TTL, T0, &r);
+    expect_err_prefix(&r, REG_E_TOO_MANY_KEYS, "token tok holds 4 events", 4);
+    reg_result_clear(&r);
+    registry_set(reg, K("b"), false, "2", NO_TTL, T0, &r);
+    assert_non_null(strstr(r.cause, "--max-events-per-token"));
+    reg_result_clear(&r);
+    registry_delete(reg, K("b"), false, false, T0, &r);
+    assert_int_equal(r.err, REG_E_TOO_MANY_KEYS);
+    reg_result_clear(&r);
+    /* another token is not affected */
+    registry_create_token(reg, "other", 3, T0, &r);
+    assert_int_equal(r.err, REG_OK);
+    reg_result_clear(&r);
+    registry_set(reg, REGISTRY_PREFIX "/other/x", false, "1", NO_TTL, T0, &r);
+    assert_int_equal(r.err, REG_OK);
+    reg_result_clear(&r);
+    /* an expiry still happens */
+    registry_expire(reg, T0 + 10 * SEC);
+    registry_get(reg, K("a"), T0 + 10 * SEC, &r);
+    assert_int_equal(r.err, REG_E_KEY_NOT_FOUND);
+    reg_result_clear(&r);
+    /* the whole history is still there */
+    reg_waiter_t w;
+    registry_watch(reg, TOKDIR, true, 1, &w, NULL, NULL, &r);
+    assert_non_null(r.event);
+    assert_int_equal(r.event->index, 1);
+    reg_result_clear(&r);
+    /* and the token still goes when it is old enough */
+    assert_int_equal(registry_sweep_tokens(reg, T0 + 1, 10), 2);
+}
+
 /* Old history is read back from the store: more events than the registry
  * keeps in memory, then watches that must find early ones. */
 static void test_old_history_is_fetched_from_the_store(void **state)
@@ -1780,6 +1950,7 @@ static void test_old_history_is_fetched_from_the_store(void **state)
     assert_int_equal(r.err, REG_OK);
     reg_result_clear(&r);
     registry_set_max_keys(reg, 100000);
+    registry_set_max_events(reg, 100000);
     char key[96], value[32];
     for (int i = 0; i < 10000; i++) {
         snprintf(key, sizeof key, REGISTRY_PREFIX "/big/k%05d", i);
@@ -1958,6 +2129,8 @@ int main(void)
         T(test_raise_index),
         T(test_key_limit_per_token),
         cmocka_unit_test(test_old_history_is_fetched_from_the_store),
+        cmocka_unit_test(test_a_change_the_store_refuses_is_not_made),
+        T(test_events_per_token_are_bounded),
         cmocka_unit_test(test_key_in_config),
         T(test_sweep_tokens),
         T(test_get_stamp_follows_the_token),

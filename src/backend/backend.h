@@ -1,0 +1,166 @@
+/*
+ * backend.h - the seam between the registry and durability.
+ *
+ * The registry (registry/registry.h) is the in-memory authority that
+ * validates v2 operations and turns each into one reg_event_t; a backend
+ * makes those events durable, hands them back at startup and reads old ones
+ * back for watches. The registry talks only to this interface.
+ *
+ * Two shapes fit it:
+ *
+ *   local (backend_local.c, the only one built today): over a store_t
+ *     (store/store.h: LMDB with a write-ahead log, or memory). The registry
+ *     assigns the index, reserves everything the change needs, proposes the
+ *     event (the store queues an encoded copy: the only step that may fail),
+ *     then applies it to the tree, which cannot fail any more. The store's
+ *     writer thread makes it durable later; answers wait for
+ *     durable_index() to reach their index (api.c).
+ *
+ *   etcd (planned; see ../shared/docs/ETCD-BACKEND.md): several disco
+ *     processes in front of one etcd cluster. propose() sends the event as a
+ *     guarded transaction (it succeeds only if etcd's revision for the
+ *     token is still what this process last saw), and the registry applies
+ *     the event when etcd's watch delivers it back, in etcd's order, on the
+ *     loop thread via notify_fd(); indexes come from etcd revisions. TTLs
+ *     become leases, with one sweeper elected among the processes. The
+ *     calls below say what each does there.
+ *
+ * Threading: every call is made on the registry's loop thread and none
+ * blocks it (work that blocks happens on the backend's own threads).
+ */
+#ifndef DISCO_BACKEND_BACKEND_H
+#define DISCO_BACKEND_BACKEND_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "registry/event.h"
+
+struct backend;
+struct registry;
+struct store;
+
+/* Counters a backend keeps about its own work (for /metrics); a backend
+ * that does not do a kind of work leaves its counter at 0. */
+typedef struct backend_stats {
+    uint64_t log_frames;     /* batches made durable as one log frame */
+    uint64_t checkpoints;    /* moves of logged batches into the main store */
+    uint64_t direct_commits; /* batches committed straight to the main store */
+} backend_stats_t;
+
+struct backend_ops {
+    /*
+     * Startup: replays everything kept into `reg` (empty) through
+     * registry_replay(). 0, or -1 with a one-line reason in `err` (256
+     * bytes). etcd: a range read of the keyspace at one revision, then a
+     * watch from the next revision.
+     */
+    int (*load)(struct backend *be, struct registry *reg, char *err);
+    /*
+     * Takes a validated change. `ev` is borrowed: the backend copies what
+     * it keeps before returning. 0, or -errno with nothing taken (the
+     * registry then refuses the change, and applies nothing).
+     *   local: the store queues the encoded event; the registry applies it
+     *     right after (applies_on_propose), so the change is visible before
+     *     it is durable, and answers wait for durable_index().
+     *   etcd: a guarded transaction is sent; nothing is applied until the
+     *     watch delivers it (applies_on_propose false); a lost guard means
+     *     another process changed the token first, and the client's request
+     *     is validated again against the newer tree.
+     */
+    int (*propose)(struct backend *be, const reg_event_t *ev);
+    /* Removes a token by age with the events at `indexes` (its history).
+     * 0 or -errno (nothing done; the sweep tries again later). etcd: one
+     * delete of the token's key range, issued only by the elected sweeper. */
+    int (*remove_token)(struct backend *be, const char *name, const uint64_t *indexes, size_t n);
+    /* Reads back the event at `index` (a new event the caller frees with
+     * reg_event_free), or NULL if there is none. Only events up to
+     * readable_index() need to be found: the registry keeps newer ones in
+     * memory. etcd: a revision read of the event's key. */
+    reg_event_t *(*fetch)(struct backend *be, uint64_t index);
+    /* The highest index known durable: answers up to it may go. Only grows.
+     * etcd: the revision of the last write this process saw committed. */
+    uint64_t (*durable_index)(struct backend *be);
+    /* The highest index up to which fetch() finds every event that exists;
+     * may trail durable_index(). Only grows. */
+    uint64_t (*readable_index)(struct backend *be);
+    /* A descriptor that becomes readable when the durable index moves (or,
+     * etcd, when watched changes arrive), -1 if it never lags; and the call
+     * that drains it. */
+    int (*notify_fd)(struct backend *be);
+    void (*drain_notify)(struct backend *be);
+    /* Whether new writes should be accepted now: false when the disk or the
+     * map is nearly full, or commits are failing (etcd: no quorum). */
+    bool (*writable)(struct backend *be);
+    void (*stats)(struct backend *be, backend_stats_t *out);
+    /* Flushes what is queued and releases everything, the backend too. */
+    void (*close)(struct backend *be);
+    /* Whether the registry applies a change as soon as propose() took it
+     * (local), rather than when the backend delivers it back (etcd). */
+    bool applies_on_propose;
+    /* A short name for logs ("memory", "lmdb", "etcd"). */
+    const char *name;
+};
+
+typedef struct backend {
+    const struct backend_ops *ops;
+} backend_t;
+
+static inline int backend_load(backend_t *be, struct registry *reg, char *err)
+{
+    return be->ops->load(be, reg, err);
+}
+static inline int backend_propose(backend_t *be, const reg_event_t *ev)
+{
+    return be->ops->propose(be, ev);
+}
+static inline int backend_remove_token(backend_t *be, const char *name, const uint64_t *indexes,
+                                       size_t n)
+{
+    return be->ops->remove_token(be, name, indexes, n);
+}
+static inline reg_event_t *backend_fetch(backend_t *be, uint64_t index)
+{
+    return be->ops->fetch(be, index);
+}
+static inline uint64_t backend_durable_index(backend_t *be)
+{
+    return be->ops->durable_index(be);
+}
+static inline uint64_t backend_readable_index(backend_t *be)
+{
+    return be->ops->readable_index(be);
+}
+static inline int backend_notify_fd(backend_t *be)
+{
+    return be->ops->notify_fd(be);
+}
+static inline void backend_drain_notify(backend_t *be)
+{
+    be->ops->drain_notify(be);
+}
+static inline bool backend_writable(backend_t *be)
+{
+    return be->ops->writable(be);
+}
+static inline void backend_stats(backend_t *be, backend_stats_t *out)
+{
+    be->ops->stats(be, out);
+}
+static inline void backend_close(backend_t *be)
+{
+    be->ops->close(be);
+}
+static inline const char *backend_name(const backend_t *be)
+{
+    return be->ops->name;
+}
+
+/*
+ * The local backend over `store` (not owned: backend_close() frees only the
+ * backend; the caller closes the store after). NULL when out of memory.
+ */
+backend_t *backend_local_new(struct store *store);
+
+#endif
