@@ -153,7 +153,7 @@ void registry_set_max_keys(registry_t *reg, size_t max_keys_per_token);
  * is what keeps a watch's scan of a token's history short (docs/decisions.md).
  * Default REGISTRY_DEFAULT_MAX_EVENTS.
  */
-#define REGISTRY_DEFAULT_MAX_EVENTS 10000
+#define REGISTRY_DEFAULT_MAX_EVENTS 5000
 void registry_set_max_events(registry_t *reg, size_t max_events_per_token);
 
 /* The bounds of a token size. */

@@ -29,7 +29,7 @@ static void test_defaults(void **state)
     assert_int_equal(config_parse_serve(0, NULL, &cfg, err), 0);
     assert_int_equal(cfg.minage_ms, 168ULL * 3600 * 1000);
     assert_int_equal(cfg.gcfreq_ms, 5ULL * 60 * 1000);
-    assert_int_equal(cfg.max_events_per_token, 10000);
+    assert_int_equal(cfg.max_events_per_token, 5000);
 }
 
 /* Every duration ends up in nanoseconds in an int64_t somewhere: a value
