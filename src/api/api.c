@@ -1,12 +1,11 @@
 /*
- * api.c - the api's lifetime (api_new/api_free), the shared reply helpers
- * that hold an answer until the state it shows is durable and count every
- * answer in the metrics, the server's error renderer and its tick.
- * Routing lives in router.c, the handlers in discovery.c and v2keys.c.
+ * api.c - the api's lifetime (api_new/api_free), the server's error
+ * renderer and its tick. Routing lives in router.c, the handlers in
+ * discovery.c and v2keys.c, the reply helpers (answers held until durable,
+ * metrics counted) in reply.c.
  */
 #include "api/api.h"
 
-#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,22 +14,6 @@
 #include "api/v2json.h"
 #include "util/log.h"
 #include "util/timeutil.h"
-
-struct held_reply {
-    held_reply_t *next, *prev;
-    api_t *api;
-    http_req_t req;
-    uint64_t index; /* the state this answer shows */
-    enum metrics_endpoint ep;
-    const char *method; /* static: http_method_str()'s or a literal */
-    /* An answer shared with other connections (one reference), or NULL and
-     * the answer is `reply`, whose body and extra_headers point into `data`
-     * (a handler's buffers are gone when the answer leaves); content_type
-     * is always a static string. */
-    http_prepared_t *prepared;
-    http_reply_t reply;
-    char data[];
-};
 
 api_t *api_new(registry_t *reg, backend_t *backend, const api_config_t *cfg)
 {
@@ -83,213 +66,6 @@ void api_free(api_t *api)
 void api_set_server(api_t *api, http_server_t *srv)
 {
     api->srv = srv;
-}
-
-static void held_unlink(api_t *api, held_reply_t *h)
-{
-    if (h->prev)
-        h->prev->next = h->next;
-    else
-        api->held_head = h->next;
-    if (h->next)
-        h->next->prev = h->prev;
-    else
-        api->held_tail = h->prev;
-    h->next = h->prev = NULL;
-}
-
-static void held_free(held_reply_t *h)
-{
-    http_prepared_unref(h->prepared);
-    free(h);
-}
-
-/*
- * The server ends a held answer's request: the client went away (drop the
- * answer), the wait timeout passed (503: not confirmed in time), or the
- * server is stopping (keep waiting).
- */
-static void on_held_end(http_req_t c, void *ctx, enum http_park_end why)
-{
-    held_reply_t *h = ctx;
-    api_t *api = h->api;
-    if (why == HTTP_PARK_SHUTDOWN) {
-        /* The change is applied and its commit is moments away: answering
-         * 503 now would make a member give up on a registration that does
-         * land. Keep waiting; the shutdown grace period bounds it. */
-        http_park(c, HTTP_PARK_HOLD, on_held_end, h);
-        return;
-    }
-    held_unlink(api, h);
-    if (why != HTTP_PARK_CLOSED) {
-        /* Not confirmed in time: a retryable 5xx, never a false success. */
-        api_send_v2_error(api, c, h->ep, h->method, 503, 300,
-                          "the store has not confirmed this change yet; retry",
-                          registry_index(api->reg));
-    }
-    held_free(h);
-}
-
-/*
- * Every answer on a discovery path shows the registry as of its current
- * index; it may leave only once the store has made that index durable.
- * With group commit that is the next commit, a millisecond or so away.
- */
-static bool must_hold(api_t *api, enum metrics_endpoint ep, int status)
-{
-    /* A 5xx shows no state: it never waits. */
-    if (ep == METRICS_HEALTH || !api->backend || status >= 500)
-        return false;
-    return backend_durable_index(api->backend) < registry_index(api->reg);
-}
-
-/* A held answer with room for `data_bytes`, or NULL when out of memory. */
-static held_reply_t *held_new(api_t *api, http_req_t c, enum metrics_endpoint ep,
-                              const char *method, size_t data_bytes)
-{
-    held_reply_t *h = malloc(sizeof *h + data_bytes);
-    if (!h)
-        return NULL;
-    h->next = h->prev = NULL;
-    h->api = api;
-    h->req = c;
-    h->index = registry_index(api->reg);
-    h->ep = ep;
-    h->method = method;
-    h->prepared = NULL;
-    return h;
-}
-
-/* Queues `h` behind the answers already waiting and parks its request. */
-static void held_push(api_t *api, held_reply_t *h)
-{
-    h->prev = api->held_tail;
-    if (api->held_tail)
-        api->held_tail->next = h;
-    else
-        api->held_head = h;
-    api->held_tail = h;
-    http_park(h->req, HTTP_PARK_HOLD, on_held_end, h);
-}
-
-static void hold_failed(api_t *api, http_req_t c, enum metrics_endpoint ep, const char *method)
-{
-    log_warn("out of memory holding an answer; answering 503");
-    api_send_v2_error(api, c, ep, method, 503, 300, "out of memory; retry", 0);
-}
-
-void api_send(api_t *api, http_req_t c, enum metrics_endpoint ep, const char *method,
-              const http_reply_t *r)
-{
-    if (must_hold(api, ep, r->status)) {
-        size_t hlen = r->extra_headers ? strlen(r->extra_headers) : 0;
-        held_reply_t *h = held_new(api, c, ep, method, r->body_len + 1 + hlen + 1);
-        if (!h) {
-            hold_failed(api, c, ep, method);
-            return;
-        }
-        h->reply = *r;
-        if (r->body_len)
-            memcpy(h->data, r->body, r->body_len);
-        h->data[r->body_len] = '\0';
-        h->reply.body = h->data;
-        if (r->extra_headers) {
-            char *headers = h->data + r->body_len + 1;
-            memcpy(headers, r->extra_headers, hlen + 1);
-            h->reply.extra_headers = headers;
-        }
-        held_push(api, h);
-        return;
-    }
-    metrics_count(api->metrics, ep, r->status, method);
-    http_reply(c, r);
-}
-
-void api_send_prepared(api_t *api, http_req_t c, enum metrics_endpoint ep, const char *method,
-                       http_prepared_t *p)
-{
-    int status = http_prepared_reply(p)->status;
-    if (must_hold(api, ep, status)) {
-        held_reply_t *h = held_new(api, c, ep, method, 0);
-        if (!h) {
-            hold_failed(api, c, ep, method);
-            return;
-        }
-        h->prepared = http_prepared_ref(p);
-        held_push(api, h);
-        return;
-    }
-    metrics_count(api->metrics, ep, status, method);
-    http_reply_prepared(c, p);
-}
-
-void api_on_durable(void *ctx)
-{
-    api_t *api = ctx;
-    backend_drain_notify(api->backend);
-    uint64_t durable = backend_durable_index(api->backend);
-    while (api->held_head && api->held_head->index <= durable) {
-        held_reply_t *h = api->held_head;
-        held_unlink(api, h);
-        /* Live: a held answer whose request ended was unlinked then
-         * (on_held_end), so its handle cannot be stale here. */
-        int rc;
-        if (h->prepared) {
-            metrics_count(api->metrics, h->ep, http_prepared_reply(h->prepared)->status, h->method);
-            rc = http_reply_prepared(h->req, h->prepared);
-        } else {
-            metrics_count(api->metrics, h->ep, h->reply.status, h->method);
-            rc = http_reply(h->req, &h->reply);
-        }
-        assert(rc == 0);
-        (void)rc;
-        held_free(h);
-    }
-}
-
-bool api_check_writable(api_t *api, http_req_t c, enum metrics_endpoint ep, const char *method)
-{
-    if (!api->backend || backend_writable(api->backend))
-        return true;
-    if (ep == METRICS_NEW) {
-        static const char msg[] = "the store is full or failing: no new tokens until it "
-                                  "recovers; retry later\n";
-        http_reply_t r = {.status = 503,
-                          .content_type = "text/plain; charset=utf-8",
-                          .extra_headers = "Retry-After: 5\r\n",
-                          .body = msg,
-                          .body_len = sizeof msg - 1};
-        metrics_count(api->metrics, ep, 503, method);
-        http_reply(c, &r);
-    } else {
-        api_send_v2_error(api, c, ep, method, 503, 300,
-                          "the store is full or failing: writes are refused until it recovers; "
-                          "retry later",
-                          registry_index(api->reg));
-    }
-    return false;
-}
-
-void api_send_v2_error(api_t *api, http_req_t c, enum metrics_endpoint ep, const char *method,
-                       int status, int code, const char *cause, uint64_t index)
-{
-    buf_t body = BUF_INIT;
-    v2json_error(&body, code, cause, index);
-    http_reply_t r = {.status = status ? status : v2json_error_status(code),
-                      .content_type = "application/json",
-                      .has_etcd_index = true,
-                      .etcd_index = index,
-                      .body = body.data,
-                      .body_len = body.len};
-    if (buf_failed(&body)) {
-        r.status = 500;
-        r.body = NULL;
-        r.body_len = 0;
-    }
-    if (status == 405)
-        r.extra_headers = "Allow: GET, HEAD, PUT, POST, DELETE\r\n";
-    api_send(api, c, ep, method, &r);
-    buf_free(&body);
 }
 
 void api_render_error(void *ctx, int status, const char *cause, buf_t *body, http_reply_t *r)

@@ -9,6 +9,7 @@
 #include "api/api.h"
 #include "api/listing_cache.h"
 #include "api/metrics.h"
+#include "api/reply.h"
 #include "util/buf.h"
 #include "util/ratelimit.h"
 
@@ -33,21 +34,5 @@ struct api {
     http_prepared_t *watch_answer;
     uint64_t watch_answer_index, watch_answer_etcd_index;
 };
-
-/* Whether a write may start now (the store has room and commits work);
- * if not, answers 503 in etcd JSON and returns false. */
-bool api_check_writable(api_t *api, http_req_t c, enum metrics_endpoint ep, const char *method);
-
-/* Sends `r` and counts it under `ep`, once the state it shows is durable.
- * `method` is a static string (http_method_str()'s or a literal). */
-void api_send(api_t *api, http_req_t c, enum metrics_endpoint ep, const char *method,
-              const http_reply_t *r);
-/* The same with an answer shared by many connections; a held answer takes
- * its own reference, the caller keeps its own. */
-void api_send_prepared(api_t *api, http_req_t c, enum metrics_endpoint ep, const char *method,
-                       http_prepared_t *p);
-/* An etcd JSON error answer (status from the code unless `status` != 0). */
-void api_send_v2_error(api_t *api, http_req_t c, enum metrics_endpoint ep, const char *method,
-                       int status, int code, const char *cause, uint64_t index);
 
 #endif
