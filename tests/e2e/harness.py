@@ -15,6 +15,10 @@ Public API (other test files import it; keep it stable):
     start_etcd_member(workdir, name, discovery_url, extra_args=()) -> (Proc, peer_url, client_url)
                 (extras: peer_port=, client_port=, data_dir= to restart a member as it was)
     http(method, url, body=None, headers=None, timeout=10) -> (status, headers, body)
+    class RawConn: one raw loopback TCP connection read strictly (see parse_answer):
+                request(), send(), read_answer(is_head), shutdown_write(),
+                read_to_eof(timeout), close()
+    parse_answer(data, is_head) -> (Answer, rest) | None; raises AnswerFormatError
     (extras: etcdctl(endpoint, *args, timeout=10) -> (rc, stdout, stderr),
              wait_until(predicate, timeout, interval, what), StopWaiting,
              disco_wrapper() -> [argv prefix])
@@ -357,3 +361,176 @@ def etcdctl(endpoint, *args, timeout=10):
         return None, (e.stdout or b"").decode("utf-8", "replace"), \
             (e.stderr or b"").decode("utf-8", "replace")
     return cp.returncode, cp.stdout.decode("utf-8", "replace"), cp.stderr.decode("utf-8", "replace")
+
+
+# ---- raw connections, read strictly --------------------------------------
+
+class AnswerFormatError(AssertionError):
+    """Bytes from the server that are not a well-formed HTTP/1.1 answer (or
+    not the answer the request calls for): the stream is desynchronised."""
+
+
+class Answer:
+    """One HTTP answer as it came off the wire: status, reason, headers
+    ({lower-case name: value}; a repeated name raises), body, and the raw
+    head (status line and headers, without the blank line)."""
+
+    def __init__(self, status, reason, headers, body, head):
+        self.status, self.reason, self.headers = status, reason, headers
+        self.body, self.head = body, head
+
+    def __repr__(self):
+        return "Answer(%d %s, %r, %r)" % (self.status, self.reason, self.headers,
+                                          self.body[:300])
+
+
+# A header line: a token, a colon, one optional space, a value of visible
+# bytes and spaces. disco writes "Name: value" and nothing else.
+_TCHARS = frozenset(b"!#$%&'*+-.^_`|~0123456789"
+                    b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def parse_answer(data, is_head):
+    """Parses one answer from the front of `data` (bytes).
+
+    Strict on purpose: a status line "HTTP/1.1 NNN Reason", header lines
+    "Name: value", each final answer framed by exactly one Content-Length
+    (no chunked answers: disco never sends them), and for a HEAD request
+    (`is_head`) no body at all, whatever Content-Length says. An interim
+    100 Continue is returned like any answer (no body, no length).
+    Returns (Answer, rest) or None when `data` holds only a prefix of an
+    answer; raises AnswerFormatError on anything else."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        if not b"HTTP/1.1 ".startswith(data[:9]):
+            raise AnswerFormatError("not an HTTP/1.1 answer: %r" % data[:200])
+        if len(data) > 64 * 1024:
+            raise AnswerFormatError("an answer head over 64 KiB: %r" % data[:200])
+        return None
+    head = data[:end]
+    lines = head.split(b"\r\n")
+    status_line = lines[0]
+    parts = status_line.split(b" ", 2)
+    if (len(parts) < 3 or parts[0] != b"HTTP/1.1" or len(parts[1]) != 3
+            or not parts[1].isdigit()):
+        raise AnswerFormatError("bad status line %r (stream: %r)" % (status_line, data[:200]))
+    status = int(parts[1])
+    if not 100 <= status <= 599:
+        raise AnswerFormatError("status out of range: %r" % status_line)
+    headers = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep or not name or any(ch not in _TCHARS for ch in name):
+            raise AnswerFormatError("bad header line %r in %r" % (line, head[:300]))
+        if value.startswith(b" "):
+            value = value[1:]
+        if any(ch < 0x20 or ch == 0x7f for ch in value):
+            raise AnswerFormatError("control byte in header %r" % line)
+        key = name.decode("ascii").lower()
+        if key in headers:
+            raise AnswerFormatError("header %s repeated in %r" % (key, head[:300]))
+        headers[key] = value.decode("latin-1")
+    rest = data[end + 4:]
+    if status == 100:
+        return Answer(status, parts[2].decode("latin-1"), headers, b"", head), rest
+    if "transfer-encoding" in headers:
+        raise AnswerFormatError("a Transfer-Encoding answer: %r" % head[:300])
+    cl = headers.get("content-length")
+    if cl is None or not cl.isdigit():
+        raise AnswerFormatError("no valid Content-Length in %r" % head[:300])
+    n = 0 if is_head else int(cl)
+    if len(rest) < n:
+        return None
+    return Answer(status, parts[2].decode("latin-1"), headers, rest[:n], head), rest[n:]
+
+
+class RawConn:
+    """One TCP connection to a loopback disco, written and read by hand so a
+    test controls every byte: pipelining, HEAD, HTTP/1.0, half-close. Every
+    read is strict (parse_answer) and bounded by `timeout` seconds."""
+
+    def __init__(self, base_url, timeout=10.0):
+        u = urllib.parse.urlsplit(base_url)
+        if u.hostname not in _LOOPBACK_HOSTS:
+            raise ValueError("refusing non-loopback host in %r" % base_url)
+        self.hostport = "%s:%d" % (u.hostname, u.port)
+        self.timeout = timeout
+        self.sock = socket.create_connection((u.hostname, u.port), timeout=timeout)
+        self.buf = b""
+
+    @staticmethod
+    def format_request(method, path, body=b"", headers=(), version="HTTP/1.1", host="x"):
+        """The bytes of one request; a body goes as a url-encoded form."""
+        head = "%s %s %s\r\n" % (method, path, version)
+        if host is not None:
+            head += "Host: %s\r\n" % host
+        for h in headers:
+            head += h + "\r\n"
+        if isinstance(body, str):
+            body = body.encode()
+        if body:
+            head += ("Content-Type: application/x-www-form-urlencoded\r\n"
+                     "Content-Length: %d\r\n" % len(body))
+        return head.encode() + b"\r\n" + body
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def request(self, method, path, body=b"", headers=(), version="HTTP/1.1"):
+        self.send(self.format_request(method, path, body, headers, version, self.hostport))
+
+    def shutdown_write(self):
+        """Half-closes: the server sees EOF, the connection can still be read."""
+        self.sock.shutdown(socket.SHUT_WR)
+
+    def _fill(self, deadline):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout("no complete answer in time (have %r)" % self.buf[:200])
+        self.sock.settimeout(left)
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("the server closed the connection without an answer "
+                                  "(have %r)" % self.buf[:200])
+        self.buf += chunk
+
+    def read_answer(self, is_head=False, timeout=None):
+        """The next final answer (an interim 100 is skipped). Raises
+        ConnectionError if the server closes first, socket.timeout after
+        `timeout` s (default: the connection's), AnswerFormatError on a
+        malformed stream."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            got = parse_answer(self.buf, is_head)
+            if got is None:
+                self._fill(deadline)
+                continue
+            answer, self.buf = got
+            if answer.status != 100:
+                return answer
+
+    def read_to_eof(self, timeout=None):
+        """Everything up to the server's close (a reset counts as a close),
+        after what was already buffered. Raises socket.timeout when the
+        server keeps the connection open past `timeout` s."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise socket.timeout("the server did not close within the time (have %r)"
+                                     % self.buf[:200])
+            self.sock.settimeout(left)
+            try:
+                chunk = self.sock.recv(65536)
+            except ConnectionResetError:
+                chunk = b""
+            if not chunk:
+                data, self.buf = self.buf, b""
+                return data
+            self.buf += chunk
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
