@@ -7,7 +7,8 @@ fuzz_http gets the requests real etcd 3.4 members sent to a discovery URL
 /work/shared/data/etcd34-discovery-capture.log), re-aimed at the fuzz
 world's token "tok", one file each and one file with the whole exchange
 pipelined, plus a few hand-written shapes (chunked body, /new, HEAD,
-Expect: 100-continue). fuzz_v2 and fuzz_form get the same member flow in
+Expect: 100-continue, held answers, HTTP/1.0 keep-alive, watches that
+time out, half-closes, a TLS ClientHello). fuzz_v2 and fuzz_form get the same member flow in
 their own input formats (see the comments at the top of each target).
 """
 import ast
@@ -50,6 +51,22 @@ def raw(method, target, hdrs, body):
     return head.encode() + b"\r\n" + body
 
 
+def tls_client_hello():
+    """A real TLS client's first flight (made in memory): what a TLS client
+    sends to the plain-HTTP port."""
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname="disco.test")
+    try:
+        tls.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return outgoing.read()
+
+
 def main():
     reqs = captured_requests()
     for i, (method, target, hdrs, body) in enumerate(reqs):
@@ -76,6 +93,36 @@ def main():
           raw("PUT", "/v2/keys/_etcd/registry/tok/t?prevValue=1",
               dict(form, **{"Content-Length": "7"}), b"value=2") +
           raw("DELETE", "/v2/keys/_etcd/registry/tok/t?prevIndex=5", host, b""))
+
+    # The request lifecycle: answers held until the (lagging) store catches
+    # up, HEAD and HTTP/1.0 answers among them, watches reaching the short
+    # wait timeout while the world writes token "bg", and half-closes. An
+    # input whose last byte is odd half-closes at once; else it waits for
+    # its answers first (see fuzz_http.c).
+    reg = "/v2/keys/_etcd/registry/"
+    put = lambda target, body: raw("PUT", target, dict(form, **{"Content-Length": str(len(body))}),
+                                   body)
+    write("fuzz_http", "held-head-get",
+          put(reg + "tok/h", b"value=v1") + raw("HEAD", reg + "tok/h", host, b"") +
+          raw("GET", reg + "tok/h", host, b"") + raw("HEAD", "/tok", host, b""))
+    write("fuzz_http", "http10-keep-alive",
+          put(reg + "tok/k", b"value=v2") +
+          b"HEAD /tok/k HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+          b"GET /tok/k HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+          b"GET /tok HTTP/1.0\r\n\r\n")
+    write("fuzz_http", "watch-timeout",
+          raw("GET", reg + "tok/_config/size?wait=true", host, b"") +
+          raw("HEAD", "/tok/_config/size", host, b""))
+    write("fuzz_http", "watch-bg-events",
+          raw("GET", reg + "bg?wait=true&recursive=true", host, b"") +
+          raw("GET", reg + "bg/k?wait=true", host, b"") + raw("HEAD", reg + "bg/k", host, b""))
+    write("fuzz_http", "half-close-held", put(reg + "tok/q", b"value=1") +
+          put("/tok/r", b"value=1"))
+    write("fuzz_http", "combined",
+          put(reg + "tok/c", b"value=v1") + raw("HEAD", reg + "tok/c", host, b"") +
+          raw("GET", reg + "tok/c", host, b"") + raw("GET", reg + "tok/c?wait=true", host, b"") +
+          raw("GET", reg + "tok/c", host, b""))
+    write("fuzz_http", "tls-client-hello", tls_client_hello())
 
     # fuzz_v2: ctl byte (kind | surface << 3 | jump << 5), "path\nquery\nbody", NUL between.
     def rec(kind, surface, jump, path, query=b"", body=b""):
