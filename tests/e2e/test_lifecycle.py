@@ -12,8 +12,8 @@ Load loops are bounded in count and in time.
 
 import json
 import os
+import shutil
 import signal
-import socket
 import ssl
 import sys
 import tempfile
@@ -117,6 +117,7 @@ class LifecycleCase(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         cls.proc.stop()
+        shutil.rmtree(cls.workdir, ignore_errors=True)
 
     def assert_alive(self):
         if not self.proc.alive():
