@@ -46,13 +46,20 @@ def event_json(answer):
 
 
 class Writer(threading.Thread):
-    """Keeps writes in flight: PUTs to one key on one kept-alive connection,
-    back to back, until stopped (or `max_writes`). Every answer is checked
-    to be 200 or 201 with an event; anything else is kept in `errors`."""
+    """Keeps writes in flight: PUTs on one kept-alive connection, back to
+    back, until stopped (or `max_writes`). A token's history is bounded
+    (--max-events-per-token), so the writer moves to a token of its own
+    every ROTATE_EVERY writes: "<prefix>0", "<prefix>1", ...; `token` is the
+    one it writes now. Every answer is checked to be 200 or 201 with an
+    event; anything else is kept in `errors`."""
 
-    def __init__(self, base, key, max_writes=20000):
+    ROTATE_EVERY = 500
+
+    def __init__(self, base, prefix, max_writes=20000):
         super().__init__(daemon=True)
-        self.base, self.key, self.max_writes = base, key, max_writes
+        self.base, self.prefix, self.max_writes = base, prefix, max_writes
+        self.token = prefix + "0"
+        make_token(base, self.token)
         self.stop_event = threading.Event()
         self.statuses = {}
         self.errors = []
@@ -64,7 +71,15 @@ class Writer(threading.Thread):
             for i in range(self.max_writes):
                 if self.stop_event.is_set():
                     break
-                conn.request("PUT", self.key, body="value=v%d" % i)
+                if i and i % self.ROTATE_EVERY == 0:
+                    token = "%s%d" % (self.prefix, i // self.ROTATE_EVERY)
+                    conn.request("PUT", REGISTRY + token + "/_config/size", body="value=3")
+                    a = conn.read_answer()
+                    if a.status != 201:
+                        self.errors.append("making token %s: %r" % (token, a))
+                        break
+                    self.token = token
+                conn.request("PUT", REGISTRY + self.token + "/w", body="value=v%d" % i)
                 a = conn.read_answer()
                 self.statuses[a.status] = self.statuses.get(a.status, 0) + 1
                 if a.status not in (200, 201):
@@ -86,8 +101,9 @@ class Writer(threading.Thread):
         return sum(self.statuses.values())
 
 
-def start_writers(test, base, token, n):
-    writers = [Writer(base, REGISTRY + token + "/w%d" % i) for i in range(n)]
+def start_writers(test, base, prefix, n):
+    """`n` writers on tokens of their own, named from `prefix`."""
+    writers = [Writer(base, "%sw%d-" % (prefix, i)) for i in range(n)]
     for w in writers:
         w.start()
         test.addCleanup(w.stop)
@@ -154,7 +170,8 @@ class Watcher(threading.Thread):
     """Re-parks one watch after another on a kept-alive connection until
     stopped. Each answer must be a 200 with an event, or (the wait timeout)
     a 200 with an empty body and X-Etcd-Index. A connection closed without
-    an answer is recorded, and the watcher reconnects while disco lives."""
+    an answer is recorded, and the watcher reconnects while disco lives.
+    `path` is the watch's target, or a function that gives it anew."""
 
     def __init__(self, case, path, wait_s):
         super().__init__(daemon=True)
@@ -180,7 +197,7 @@ class Watcher(threading.Thread):
 
     def _watch_on(self, conn):
         while not self.stop_event.is_set():
-            conn.request("GET", self.path)
+            conn.request("GET", self.path() if callable(self.path) else self.path)
             try:
                 a = conn.read_answer(timeout=self.wait_s + 10 * SLOW)
             except ConnectionError:
@@ -219,10 +236,12 @@ class TestWatchTimeoutsWhileWritesAreInFlight(LifecycleCase):
         token = "watchload"
         make_token(self.base, token)
         writers = start_writers(self, self.base, token, self.WRITERS)
+        first = writers[0]
         watchers = []
         for i in range(self.WATCHERS):
             if i % 2:  # woken by the next write (a shared answer, held)
-                path = REGISTRY + token + "?wait=true&recursive=true"
+                def path():
+                    return REGISTRY + first.token + "?wait=true&recursive=true"
             else:  # never written: ends at the wait timeout (an empty answer, held)
                 path = REGISTRY + token + "/quiet%d?wait=true" % i
             w = Watcher(self, path, self.WAIT_S)
