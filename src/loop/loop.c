@@ -164,6 +164,19 @@ void loop_update_clock(loop_t *loop)
     loop->now_ms = time_mono_ms();
 }
 
+/* Runs every timer source; returns the earliest instant one asks for, at
+ * most LOOP_MAX_WAIT_MS from `now`. */
+static uint64_t run_timers(loop_t *loop, uint64_t now)
+{
+    uint64_t next = now + LOOP_MAX_WAIT_MS;
+    for (size_t i = 0; i < loop->n_timers; i++) {
+        uint64_t want = loop->timers[i].fn.timer(loop->timers[i].ctx, now);
+        if (want && want < next)
+            next = want;
+    }
+    return next;
+}
+
 static void run_turn_ends(loop_t *loop)
 {
     for (size_t i = 0; i < loop->n_turn_ends; i++)
@@ -176,13 +189,12 @@ int loop_run_once(loop_t *loop, int max_wait_ms)
     assert(loop_on_thread(loop));
     loop->in_turn = true;
     uint64_t now = loop->now_ms = time_mono_ms();
-    uint64_t next = now + LOOP_MAX_WAIT_MS;
-    for (size_t i = 0; i < loop->n_timers; i++) {
-        uint64_t want = loop->timers[i].fn.timer(loop->timers[i].ctx, now);
-        if (want && want < next)
-            next = want;
-    }
+    run_timers(loop, now);
     run_turn_ends(loop);
+    /* The end-of-turn work may have set deadlines (a pipelined request
+     * parked): ask again, so the wait ends in time for them. Nothing is
+     * due a second time, so this only reads the sources' next instants. */
+    uint64_t next = run_timers(loop, now);
     int wait_ms = next > now ? (int)(next - now) : 0;
     if (max_wait_ms >= 0 && max_wait_ms < wait_ms)
         wait_ms = max_wait_ms;

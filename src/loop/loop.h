@@ -6,7 +6,8 @@
  * store's "durable" signal and later any outgoing connection register here.
  *
  * A turn: the clock is read once; every timer source runs what is due and
- * says when it next wants to run; end-of-turn work runs; epoll waits until
+ * says when it next wants to run; end-of-turn work runs, and the sources
+ * are asked again (that work may have set deadlines); epoll waits until
  * the earliest deadline (or the caller's bound); each ready descriptor's
  * callback runs; end-of-turn work runs again. Work deferred to the end of a
  * turn (freeing closed connections, parsing bytes that waited) therefore

@@ -110,7 +110,11 @@ void reg_waiter_unlink(registry_t *reg, reg_waiter_t *w)
 
 void reg_notify(registry_t *reg, reg_token_t *t, const reg_event_t *ev)
 {
-    /* Detach first: a callback may unwatch or close other connections. */
+    /* Detach first, then call: a callback answers its own request and may
+     * unwatch itself. It must not end other watchers' requests (close their
+     * connections): their waiters are on `fire`, and ending a request frees
+     * its waiter. The server guarantees it: an answer frees the request's
+     * slot before any write, so a failed write closes nobody else. */
     reg_waiter_t *fire = NULL, **tail = &fire;
     for (reg_waiter_t *w = t->waiters; w;) {
         reg_waiter_t *next = w->next;

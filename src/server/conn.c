@@ -146,16 +146,24 @@ void conn_flush(http_conn_t *c)
 {
     if (c->closed)
         return;
+    bool moved = false;
     while (c->out_off < c->out.len) {
         ssize_t n = transport_send(&c->tp, c->out.data + c->out_off, c->out.len - c->out_off);
         if (n > 0) {
             c->out_off += (size_t)n;
+            moved = true;
         } else if (n == -EAGAIN) {
             if (!c->want_write) {
                 c->want_write = true;
                 conn_update_events(c);
             }
-            conn_update_timer(c);
+            /* The write timeout runs between two writes that move bytes
+             * (as nginx's send_timeout): a client reading a long backlog
+             * slowly is not cut off, one that reads nothing is. */
+            if (moved && c->tl == TL_WRITE)
+                conn_restart_timer(c);
+            else
+                conn_update_timer(c);
             return;
         } else {
             conn_close(c);
@@ -423,11 +431,8 @@ static void conn_read_eof(http_conn_t *c)
 {
     c->read_eof = true;
     conn_update_events(c);
-    if (c->in_request && c->req == REQ_NONE) {
-        /* a request cut short can never complete */
-        http1_request_reset(c, false);
-        c->in_request = false;
-    }
+    /* A request cut short by the EOF stays half-parsed: bytes of it may
+     * still wait in `pending`, and it is dropped with the connection. */
     conn_finish_after_eof(c);
 }
 
@@ -468,16 +473,18 @@ static void conn_on_ready(loop_io_t *io, uint32_t events)
         return;
     }
     if ((events & EPOLLRDHUP) && c->read_paused) {
-        /* The client stopped sending while its bytes wait unread behind a
-         * parked request. A watch's client is gone; a held answer is still
-         * owed, and the EOF is met when reading resumes. */
-        if (conn_is_parked(c) && c->srv->slots[c->req].park_kind == HTTP_PARK_HOLD) {
-            c->rdhup_seen = true; /* level-triggered: stop asking */
-            conn_update_events(c);
+        /* The client stopped sending while its bytes wait unread (behind a
+         * parked request, or behind answers it has not read yet). A parked
+         * watch's client is gone. Otherwise answers are still owed: stop
+         * asking for RDHUP (level-triggered) and meet the EOF when reading
+         * resumes, after what waits has been answered. */
+        if (conn_is_parked(c) && c->srv->slots[c->req].park_kind == HTTP_PARK_WATCH) {
+            conn_close(c);
             return;
         }
-        conn_close(c);
-        return;
+        c->rdhup_seen = true;
+        conn_update_events(c);
+        events &= ~(uint32_t)EPOLLRDHUP;
     }
     if (events & EPOLLOUT) {
         conn_flush(c);

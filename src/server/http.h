@@ -16,9 +16,9 @@
  *
  * Costs by design: a parked request holds its socket, its connection
  * struct (a few hundred bytes) and a request slot (40 bytes); request
- * buffers are released as soon as the handler has run. Timeouts live in one FIFO list per kind (idle, header,
- * body, write, parked, linger): every entry of a list has the same
- * duration, so deadlines are in insertion order and checking one is O(1).
+ * buffers are released as soon as the handler has run. Timeouts live in one FIFO list per kind
+ * (idle, header, body, write, parked, linger): every entry of a list has the same duration, so
+ * deadlines are in insertion order and checking one is O(1).
  *
  * Hostile input: the server refuses, before any handler runs and then
  * closes the connection, a head over max_header_bytes (431), a body over
@@ -63,7 +63,7 @@
 #define HTTP_DEFAULT_HEADER_TIMEOUT_MS (10 * 1000)
 /* From the end of the headers to the end of the body: 408. */
 #define HTTP_DEFAULT_BODY_TIMEOUT_MS (15 * 1000)
-/* How long a client may take to read an answer. */
+/* How long a client may go without reading any of its pending answers. */
 #define HTTP_WRITE_TIMEOUT_MS (30 * 1000)
 /* On SIGTERM: how long open connections get to finish. */
 #define HTTP_SHUTDOWN_GRACE_MS (5 * 1000)
@@ -226,8 +226,10 @@ size_t http_server_connection_count(const http_server_t *srv);
  * Answers `req` (0) or does nothing when the handle is stale (-ESTALE:
  * answered already, or its connection ended). The answer is shaped for
  * the request as it arrived: no body for HEAD, HTTP/1.0 keep-alive rules,
- * "Connection: close" when the client asked for it, the server is
- * stopping or the client half-closed.
+ * "Connection: close" when the client asked for it or the server is
+ * stopping. After a client half-closes, the connection closes once every
+ * request it sent has been answered (the answers do not say so: more of
+ * them may follow).
  */
 int http_reply(http_req_t req, const http_reply_t *r);
 /* Shorthand for a small text or JSON answer. */

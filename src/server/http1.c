@@ -289,6 +289,8 @@ void http1_refuse(http_conn_t *c, int status, const char *cause)
      * instead of the answer a handler failed to give (its slot is gone). */
     assert(c->req == REQ_NONE);
     c->close_after_write = true;
+    c->in_request = false; /* nothing more is parsed: the stream is not trusted */
+    buf_free(&c->pending);
     bool is_head = c->headers_done && c->parser.method == HTTP_HEAD;
     bool is_http10 = c->parser.http_major == 1 && c->parser.http_minor == 0;
     format_reply(&c->out, &r, is_head, true, is_http10);
@@ -469,13 +471,19 @@ static char last_nonblank(const char *data, size_t n, char prev)
  */
 void http1_feed(http_conn_t *c, const char *data, size_t len)
 {
-    while (len > 0 && !c->lingering && !c->closed) {
-        if (c->req != REQ_NONE || c->out.len - c->out_off > MAX_UNSENT_BYTES) {
+    /* Nothing after a closing answer (a refusal, or the last request before
+     * a stop) starts another request. */
+    while (len > 0 && !c->lingering && !c->closed && !(c->close_after_write && !c->in_request)) {
+        /* Bytes that waited go first: new bytes queue behind them, so a
+         * request is never parsed ahead of one that arrived earlier. */
+        if (c->req != REQ_NONE || c->out.len - c->out_off > MAX_UNSENT_BYTES || c->pending.len) {
             buf_append(&c->pending, data, len);
             if (c->pending.len > MAX_PENDING_BYTES && !c->read_paused) {
                 c->read_paused = true; /* EPOLLRDHUP still reports a close */
                 conn_update_events(c);
             }
+            if (c->req == REQ_NONE)
+                conn_schedule_resume(c);
             return;
         }
         c->feed_base = data;

@@ -13,6 +13,7 @@ Load loops are bounded in count and in time.
 import json
 import os
 import shutil
+import socket
 import signal
 import ssl
 import sys
@@ -389,6 +390,44 @@ class HalfCloseCases:
         if data:
             (a,) = self.answers_in(data, [False])
             self.assertEqual((a.status, a.body), (200, b""), a)
+        self.assert_healthy()
+
+
+    def test_backed_up_answers_then_half_close(self):
+        # The client pipelines more requests than it reads, so answers back
+        # up (over 1 MiB unsent) and disco stops reading; then it half-closes.
+        # Every complete request is still answered, and no reset destroys
+        # what is on the wire.
+        token = "half4" + self.SUFFIX
+        make_token(self.base, token)
+        host, port = self.base[len("http://"):].rsplit(":", 1)
+        req = ("GET %s%s/_config/size HTTP/1.1\r\nHost: x\r\n\r\n"
+               % (REGISTRY, token)).encode()
+        data = req * 60000
+        c = socket.socket()
+        self.addCleanup(c.close)
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        c.connect((host, int(port)))
+        c.setblocking(False)
+        sent, deadline = 0, time.monotonic() + 10 * SLOW
+        while sent < len(data) and time.monotonic() < deadline:
+            try:
+                sent += c.send(data[sent:])
+            except BlockingIOError:
+                time.sleep(0.01)
+        complete = sent // len(req)
+        self.assertGreater(complete, 5000, "too few requests went out to back answers up")
+        c.setblocking(True)
+        c.shutdown(socket.SHUT_WR)
+        time.sleep(1.0)  # a slow reader: the FIN arrives while reading is paused
+        c.settimeout(10 * SLOW)
+        got = bytearray()
+        while True:
+            d = c.recv(1 << 20)  # a reset raises here
+            if not d:
+                break
+            got += d
+        self.assertEqual(got.count(b"HTTP/1.1 200 OK\r\n"), complete)
         self.assert_healthy()
 
 
