@@ -17,13 +17,9 @@ static bool write_forbidden(registry_t *reg, const char *rest, const char *clean
 
 void registry_get(registry_t *reg, const char *key, int64_t now_ns, reg_result_t *out)
 {
-    REG_ASSERT_OWNER(reg);
-    memset(out, 0, sizeof *out);
-    char *clean = reg_clean_key(key);
-    if (!clean) {
-        reg_fail_nomem(reg, out);
+    char *clean = reg_begin_op(reg, key, out);
+    if (!clean)
         return;
-    }
     const char *rest;
     reg_token_t *t = reg_lookup_token(reg, clean, &rest, out);
     reg_node_t *n = t ? reg_walk(reg, t, rest, out) : NULL;
@@ -52,12 +48,9 @@ static void create_or_set(registry_t *reg, const char *key, bool is_dir, const c
                           bool unique, enum reg_action action, reg_ttl_t ttl, int64_t now_ns,
                           reg_result_t *out)
 {
-    memset(out, 0, sizeof *out);
-    char *clean = reg_clean_key(key);
-    if (!clean) {
-        reg_fail_nomem(reg, out);
+    char *clean = reg_begin_op(reg, key, out);
+    if (!clean)
         return;
-    }
     uint64_t next = reg->index + 1;
     if (unique) {
         char *k = malloc(strlen(clean) + 24);
@@ -222,12 +215,9 @@ void reg_commit_change(registry_t *reg, reg_node_t *n, enum reg_action action, c
 void registry_update(registry_t *reg, const char *key, const char *value, reg_ttl_t ttl,
                      int64_t now_ns, reg_result_t *out)
 {
-    memset(out, 0, sizeof *out);
-    char *clean = reg_clean_key(key);
-    if (!clean) {
-        reg_fail_nomem(reg, out);
+    char *clean = reg_begin_op(reg, key, out);
+    if (!clean)
         return;
-    }
     reg_node_t *n = existing_for_write(reg, clean, out);
     if (n && n->is_dir && value && *value)
         reg_fail(reg, out, REG_E_NOT_FILE, clean);
@@ -278,12 +268,9 @@ void registry_compare_and_swap(registry_t *reg, const char *key, const char *pre
                                uint64_t prev_index, const char *value, reg_ttl_t ttl,
                                int64_t now_ns, reg_result_t *out)
 {
-    memset(out, 0, sizeof *out);
-    char *clean = reg_clean_key(key);
-    if (!clean) {
-        reg_fail_nomem(reg, out);
+    char *clean = reg_begin_op(reg, key, out);
+    if (!clean)
         return;
-    }
     reg_node_t *n = existing_for_write(reg, clean, out);
     if (n && compare_ok(reg, n, clean, prev_value ? prev_value : "", prev_index, out))
         reg_commit_change(reg, n, REG_ACT_CAS, value, expiry_of(ttl, now_ns), now_ns, out);
@@ -293,12 +280,9 @@ void registry_compare_and_swap(registry_t *reg, const char *key, const char *pre
 void registry_delete(registry_t *reg, const char *key, bool is_dir, bool recursive, int64_t now_ns,
                      reg_result_t *out)
 {
-    memset(out, 0, sizeof *out);
-    char *clean = reg_clean_key(key);
-    if (!clean) {
-        reg_fail_nomem(reg, out);
+    char *clean = reg_begin_op(reg, key, out);
+    if (!clean)
         return;
-    }
     if (recursive)
         is_dir = true;
     reg_node_t *n = existing_for_write(reg, clean, out);
@@ -314,12 +298,9 @@ void registry_delete(registry_t *reg, const char *key, bool is_dir, bool recursi
 void registry_compare_and_delete(registry_t *reg, const char *key, const char *prev_value,
                                  uint64_t prev_index, int64_t now_ns, reg_result_t *out)
 {
-    memset(out, 0, sizeof *out);
-    char *clean = reg_clean_key(key);
-    if (!clean) {
-        reg_fail_nomem(reg, out);
+    char *clean = reg_begin_op(reg, key, out);
+    if (!clean)
         return;
-    }
     reg_node_t *n = existing_for_write(reg, clean, out);
     if (n && compare_ok(reg, n, clean, prev_value ? prev_value : "", prev_index, out))
         reg_commit_change(reg, n, REG_ACT_CAD, NULL, 0, now_ns, out);

@@ -132,6 +132,10 @@ void reg_commit(registry_t *reg, reg_event_t *ev, reg_result_t *out);
 
 /* Go's path.Clean(path.Join("/", key)); a new string or NULL. */
 char *reg_clean_key(const char *key);
+/* What every operation on a key does first: checks the calling thread,
+ * clears `out`, and returns the cleaned key (the caller frees it), or NULL
+ * with `out` failed for lack of memory. */
+char *reg_begin_op(registry_t *reg, const char *key, reg_result_t *out);
 /* Splits a clean key into token name and the rest ("/a/b", or ""). */
 bool reg_split_token(const char *key, const char **name, size_t *name_len, const char **rest);
 /* Whether `rest` is "/_config" or below it. */

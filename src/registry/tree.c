@@ -49,6 +49,16 @@ char *reg_clean_key(const char *key)
     return out;
 }
 
+char *reg_begin_op(registry_t *reg, const char *key, reg_result_t *out)
+{
+    REG_ASSERT_OWNER(reg);
+    memset(out, 0, sizeof *out);
+    char *clean = reg_clean_key(key);
+    if (!clean)
+        reg_fail_nomem(reg, out);
+    return clean;
+}
+
 /*
  * Splits a clean key into its token name and the rest. Returns false when the
  * key is not inside a token (including the token-less prefix itself).

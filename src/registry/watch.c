@@ -155,14 +155,10 @@ void registry_unwatch_all(registry_t *reg, void (*cb)(reg_waiter_t *w))
 void registry_watch(registry_t *reg, const char *key, bool recursive, uint64_t wait_index,
                     reg_waiter_t *w, reg_waiter_cb on_event, void *ctx, reg_result_t *out)
 {
-    REG_ASSERT_OWNER(reg);
-    memset(out, 0, sizeof *out);
     memset(w, 0, sizeof *w);
-    char *clean = reg_clean_key(key);
-    if (!clean) {
-        reg_fail_nomem(reg, out);
+    char *clean = reg_begin_op(reg, key, out);
+    if (!clean)
         return;
-    }
     const char *rest;
     reg_token_t *t = reg_lookup_token(reg, clean, &rest, out);
     if (!t) {
