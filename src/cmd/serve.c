@@ -13,11 +13,13 @@
 #include "api/api.h"
 #include "backend/backend.h"
 #include "cmd/cmd.h"
+#include "loop/loop.h"
 #include "registry/registry.h"
 #include "server/http.h"
 #include "store/store.h"
 #include "util/config.h"
 #include "util/log.h"
+#include "util/sdnotify.h"
 
 /* mkdir -p */
 static int make_dirs(const char *path)
@@ -81,6 +83,42 @@ static char *derive_host(const char *addr)
     if (h)
         snprintf(h, n, "http://%s", addr);
     return h;
+}
+
+/*
+ * systemd's watchdog: WATCHDOG=1 every half of $WATCHDOG_USEC, sent from
+ * the event loop itself, so a loop that stops turning stops the pings and
+ * systemd restarts the service (WatchdogSec= in the unit).
+ */
+typedef struct watchdog {
+    uint64_t every_ms;
+    uint64_t next_ms; /* 0: ping on the first turn */
+} watchdog_t;
+
+static uint64_t watchdog_timer(void *ctx, uint64_t now_ms)
+{
+    watchdog_t *wd = ctx;
+    if (now_ms >= wd->next_ms) {
+        int rc = sdnotify_send("WATCHDOG=1");
+        if (rc != 0)
+            log_warn("systemd watchdog ping failed: %s", strerror(-rc));
+        wd->next_ms = now_ms + wd->every_ms;
+    }
+    return wd->next_ms;
+}
+
+static void notify(const char *state)
+{
+    int rc = sdnotify_send(state);
+    if (rc != 0)
+        log_warn("cannot notify systemd ($NOTIFY_SOCKET): %s", strerror(-rc));
+}
+
+/* http_server_config_t.on_stop: SIGTERM began the graceful stop. */
+static void notify_stopping(void *ctx)
+{
+    (void)ctx;
+    notify("STOPPING=1\nSTATUS=stopping: draining connections");
 }
 
 int cmd_serve(int argc, char **argv)
@@ -160,6 +198,7 @@ int cmd_serve(int argc, char **argv)
         .tick_ctx = api,
         .notify_fd = backend_notify_fd(backend),
         .on_notify = api_on_durable,
+        .on_stop = notify_stopping,
     };
     http_server_t *srv = http_server_new(&scfg, err);
     if (!srv) {
@@ -183,6 +222,14 @@ int cmd_serve(int argc, char **argv)
              (unsigned long long)cfg.new_rate_per_s, (unsigned long long)cfg.new_burst,
              (unsigned long long)cfg.header_timeout_ms, (unsigned long long)cfg.body_timeout_ms,
              (unsigned long long)cfg.idle_timeout_ms);
+    uint64_t watchdog_usec = sdnotify_watchdog_usec();
+    watchdog_t wd = {.every_ms = watchdog_usec / 2000};
+    if (watchdog_usec > 0 && wd.every_ms == 0)
+        wd.every_ms = 1;
+    if (wd.every_ms > 0 && loop_add_timer(http_server_loop(srv), watchdog_timer, &wd) != 0)
+        log_warn("out of memory arming the systemd watchdog; it will restart disco");
+    /* Listening, the store loaded: members may come. */
+    notify("READY=1\nSTATUS=serving");
     rc = http_server_run(srv);
     size_t tokens = registry_token_count(reg);
     http_server_free(srv);

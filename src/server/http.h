@@ -188,6 +188,11 @@ typedef struct http_server_config {
      * when it becomes readable. The store's "durable" signal. */
     int notify_fd;
     void (*on_notify)(void *ctx);
+    /* SIGTERM or SIGINT starts the graceful stop: called once, on the loop
+     * thread, before parked requests are ended (systemd's STOPPING=1).
+     * NULL: nothing. */
+    void (*on_stop)(void *ctx);
+    void *stop_ctx;
 } http_server_config_t;
 
 /*

@@ -158,6 +158,8 @@ static void on_signal(void *ctx, int signo)
         log_info("received %s; stopping: no new connections, parked waits answered, %zu "
                  "connections open",
                  strsignal(signo), s->n_conns);
+        if (s->cfg.on_stop)
+            s->cfg.on_stop(s->cfg.stop_ctx);
         begin_shutdown(s);
     }
 }
