@@ -13,6 +13,12 @@
 #   make valgrind the e2e suites with every disco under valgrind memcheck
 #   make bench    disco vs a real etcd 3.4 in the same run (bench/README.md)
 #   make format   clang-format the sources
+#   make install  build, then install into $(DESTDIR)$(PREFIX): bin/disco,
+#                 lib/systemd/system/disco.service, the DISC_* environment
+#                 file (etc/disco/disco.env; /etc with PREFIX=/usr) and the
+#                 man page (install-only: the same without building)
+#   make static   build-static/disco: fully static (glibc too), for hosts
+#                 with none of its libraries (Flatcar); check-static tests it
 
 BUILD      ?= build
 SAN_BUILD  ?= build-asan
@@ -31,7 +37,7 @@ RUN_DEPS   = build-essential cmake pkg-config \
              libhttp-parser-dev uthash-dev liblmdb-dev
 CHECK_DEPS = python3 clang-format libcmocka-dev \
              etcd-server etcd-client \
-             clang libclang-rt-14-dev valgrind
+             clang libclang-rt-14-dev valgrind systemd file
 
 # Installs the Debian packages in $(1) that are not installed yet.
 define install_missing
@@ -46,7 +52,12 @@ define install_missing
 	fi
 endef
 
-.PHONY: all deps deps-run deps-check run check test test-asan fuzz-build fuzz check-fuzz valgrind bench format clean
+PREFIX       ?= /usr/local
+DESTDIR      ?=
+STATIC_BUILD ?= build-static
+
+.PHONY: all deps deps-run deps-check run check test test-asan fuzz-build fuzz check-fuzz valgrind bench format clean \
+        install install-only static check-static
 
 all: $(BUILD)/disco
 
@@ -108,6 +119,23 @@ format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
 
 clean:
-	rm -rf $(BUILD) $(SAN_BUILD) $(FUZZ_BUILD)
+	rm -rf $(BUILD) $(SAN_BUILD) $(FUZZ_BUILD) $(STATIC_BUILD)
+
+install: all install-only
+
+# The unit is filled in here with the prefix installed to (CMakeLists.txt).
+install-only:
+	DESTDIR=$(DESTDIR) cmake --install $(BUILD) --prefix $(PREFIX)
+
+# Fully static: Debian ships libhttp_parser.a and liblmdb.a, and a static
+# glibc does not depend on the host's C library version (docs/operating.md).
+static:
+	@cmake -S . -B $(STATIC_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDISCO_STATIC=ON >/dev/null
+	@cmake --build $(STATIC_BUILD) -j $(JOBS) --target disco
+	@file $(STATIC_BUILD)/disco
+
+check-static: static
+	DISCO_STATIC_BIN=$(CURDIR)/$(STATIC_BUILD)/disco DISCO_BIN=$(CURDIR)/$(STATIC_BUILD)/disco \
+	  python3 tests/e2e/test_packaging.py -v StaticBuild
 
 FORCE:
