@@ -33,6 +33,13 @@ struct api {
      * `watch_answer_etcd_index`. */
     http_prepared_t *watch_answer;
     uint64_t watch_answer_index, watch_answer_etcd_index;
+    /* The request whose handler runs now and when it started (monotonic
+     * ns), for the latency histograms: an answer to it is timed; answers
+     * to others sent meanwhile (watches a write wakes) are not.
+     * is_handling is false between handler calls. */
+    bool is_handling;
+    http_req_t handling;
+    uint64_t handling_started_ns;
 };
 
 #endif

@@ -213,11 +213,14 @@ void discovery_metrics(api_t *api, const http_request_t *req)
         .index = registry_index(api->reg),
     };
     if (api->backend) {
-        backend_stats_t st;
+        backend_stats_t st = {0};
         backend_stats(api->backend, &st);
         g.store_log_frames = st.log_frames;
         g.store_checkpoints = st.checkpoints;
         g.store_direct_commits = st.direct_commits;
+        g.store_log_sync = st.log_sync;
+        g.store_checkpoint_sync = st.checkpoint_sync;
+        g.store_direct_sync = st.direct_sync;
     }
     buf_t body = BUF_INIT;
     metrics_render(api->metrics, &g, &body);

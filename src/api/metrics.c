@@ -7,6 +7,8 @@
  */
 #include "api/metrics.h"
 
+#include <assert.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -24,6 +26,16 @@ struct metrics {
     series_t series[MAX_SERIES];
     size_t n;
     uint64_t tokens_removed;
+    uint64_t registrations, tokens_completed;
+    histogram_t latency[METRICS_ENDPOINT_COUNT]; /* the loop thread writes them */
+};
+
+/* The `endpoint` label of disco_request_duration_seconds. */
+static const char *const latency_labels[METRICS_ENDPOINT_COUNT] = {
+    [METRICS_NEW] = "new",
+    [METRICS_HEALTH] = "health",
+    [METRICS_TOKEN] = "token",
+    [METRICS_V2_KEYS] = "v2_keys",
 };
 
 static const struct {
@@ -89,6 +101,22 @@ void metrics_count(metrics_t *m, enum metrics_endpoint ep, int status, const cha
     s->count = 1;
 }
 
+void metrics_observe(metrics_t *m, enum metrics_endpoint ep, uint64_t ns)
+{
+    assert(ep < METRICS_ENDPOINT_COUNT);
+    histogram_observe(&m->latency[ep], ns);
+}
+
+void metrics_count_registration(metrics_t *m)
+{
+    m->registrations++;
+}
+
+void metrics_count_completed_token(metrics_t *m)
+{
+    m->tokens_completed++;
+}
+
 void metrics_count_removed_tokens(metrics_t *m, uint64_t n)
 {
     m->tokens_removed += n;
@@ -105,6 +133,35 @@ static void counter(buf_t *out, const char *name, const char *help, uint64_t v)
 {
     buf_printf(out, "# HELP %s %s\n# TYPE %s counter\n%s ", name, help, name, name);
     buf_put_u64(out, v);
+    buf_putc(out, '\n');
+}
+
+static void histogram_head(buf_t *out, const char *name, const char *help)
+{
+    buf_printf(out, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+}
+
+/* One histogram's series under `label` ("endpoint=\"new\""). The count is
+ * the sum of the buckets read, so _count and the +Inf bucket agree even
+ * while the writer thread goes on. */
+static void histogram_series(buf_t *out, const char *name, const char *label, const histogram_t *h)
+{
+    uint64_t cumulative = 0;
+    for (size_t i = 0; i <= HISTOGRAM_BOUNDS; i++) {
+        cumulative += atomic_load_explicit(&h->bucket[i], memory_order_relaxed);
+        if (i < HISTOGRAM_BOUNDS)
+            buf_printf(out, "%s_bucket{%s,le=\"%g\"} ", name, label,
+                       (double)histogram_bounds_ns[i] / 1e9);
+        else
+            buf_printf(out, "%s_bucket{%s,le=\"+Inf\"} ", name, label);
+        buf_put_u64(out, cumulative);
+        buf_putc(out, '\n');
+    }
+    uint64_t sum_ns = atomic_load_explicit(&h->sum_ns, memory_order_relaxed);
+    buf_printf(out, "%s_sum{%s} %llu.%09llu\n%s_count{%s} ", name, label,
+               (unsigned long long)(sum_ns / 1000000000ULL),
+               (unsigned long long)(sum_ns % 1000000000ULL), name, label);
+    buf_put_u64(out, cumulative);
     buf_putc(out, '\n');
 }
 
@@ -125,6 +182,11 @@ void metrics_render(const metrics_t *m, const metrics_gauges_t *g, buf_t *out)
     }
     counter(out, "disco_tokens_removed_total",
             "Tokens removed because they reached the minimum age.", m->tokens_removed);
+    counter(out, "disco_registrations_total",
+            "Members registered: keys created directly below a token (not its _config).",
+            m->registrations);
+    counter(out, "disco_tokens_completed_total",
+            "Registrations that brought a token's members to its size.", m->tokens_completed);
     counter(out, "disco_store_log_frames_total",
             "Batches of writes made durable as one write-ahead log frame.", g->store_log_frames);
     counter(out, "disco_store_checkpoints_total", "Moves of logged writes into the data file.",
@@ -136,4 +198,32 @@ void metrics_render(const metrics_t *m, const metrics_gauges_t *g, buf_t *out)
     gauge(out, "disco_parked_waits", "Long-poll watches waiting for an event.", g->parked_waits);
     gauge(out, "disco_connections", "Open client connections.", g->connections);
     gauge(out, "disco_index", "The registry's global etcd index.", g->index);
+    buf_printf(out, "# HELP disco_parked_watches Long-poll watches waiting for an event, by "
+                    "protocol.\n# TYPE disco_parked_watches gauge\n"
+                    "disco_parked_watches{protocol=\"v2\"} ");
+    buf_put_u64(out, g->parked_waits);
+    buf_putc(out, '\n');
+
+    static const char lat[] = "disco_request_duration_seconds";
+    histogram_head(out, lat,
+                   "Time from a request's handler to its answer (a wait for the store "
+                   "included), by endpoint; long polls that parked are left out.");
+    for (int ep = 0; ep < METRICS_ENDPOINT_COUNT; ep++) {
+        char label[48];
+        snprintf(label, sizeof label, "endpoint=\"%s\"", latency_labels[ep]);
+        histogram_series(out, lat, label, &m->latency[ep]);
+    }
+    if (g->store_log_sync || g->store_checkpoint_sync || g->store_direct_sync) {
+        static const char sync[] = "disco_store_sync_duration_seconds";
+        histogram_head(out, sync,
+                       "Time the store's writer took to make a batch durable, by kind: a "
+                       "write-ahead log frame, a checkpoint into the data file, a direct "
+                       "commit.");
+        if (g->store_log_sync)
+            histogram_series(out, sync, "op=\"log\"", g->store_log_sync);
+        if (g->store_checkpoint_sync)
+            histogram_series(out, sync, "op=\"checkpoint\"", g->store_checkpoint_sync);
+        if (g->store_direct_sync)
+            histogram_series(out, sync, "op=\"direct\"", g->store_direct_sync);
+    }
 }

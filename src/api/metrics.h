@@ -3,7 +3,10 @@
  *
  * The three counters of discovery.etcd.io keep their names and labels
  * ({code,method}, method in lower case) so existing dashboards keep working;
- * disco adds its own under the disco_ prefix.
+ * disco adds its own under the disco_ prefix: latency histograms of the
+ * answers per endpoint and of the store's syncs (util/histogram.h).
+ *
+ * Loop thread only, except what the gauges point to (see there).
  */
 #ifndef DISCO_API_METRICS_H
 #define DISCO_API_METRICS_H
@@ -12,6 +15,7 @@
 #include <stdint.h>
 
 #include "util/buf.h"
+#include "util/histogram.h"
 
 enum metrics_endpoint {
     METRICS_NEW,     /* endpoint_new_requests_total */
@@ -29,6 +33,18 @@ void metrics_free(metrics_t *m);
 /* Counts one answered request. `method` is the HTTP method ("GET"). */
 void metrics_count(metrics_t *m, enum metrics_endpoint ep, int status, const char *method);
 
+/*
+ * Records how long one answer on `ep` took, from its handler's start to the
+ * moment it was handed to the server (a held answer's wait for the store
+ * included). Long polls that parked are not recorded: their time is the
+ * client's wait for a change, not disco's work.
+ */
+void metrics_observe(metrics_t *m, enum metrics_endpoint ep, uint64_t ns);
+
+/* Counts one member registration, one token brought to its size. */
+void metrics_count_registration(metrics_t *m);
+void metrics_count_completed_token(metrics_t *m);
+
 /* Counts tokens removed by age. */
 void metrics_count_removed_tokens(metrics_t *m, uint64_t n);
 
@@ -40,6 +56,9 @@ typedef struct metrics_gauges {
     uint64_t index;
     /* the store's own counters (store_stats_t) */
     uint64_t store_log_frames, store_checkpoints, store_direct_commits;
+    /* The store's sync durations (backend_stats_t); NULL: not rendered.
+     * Written by the store's writer thread while they are read. */
+    const histogram_t *store_log_sync, *store_checkpoint_sync, *store_direct_sync;
 } metrics_gauges_t;
 
 void metrics_render(const metrics_t *m, const metrics_gauges_t *g, buf_t *out);

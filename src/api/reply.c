@@ -17,6 +17,7 @@
 #include "api/api_internal.h"
 #include "api/v2json.h"
 #include "util/log.h"
+#include "util/timeutil.h"
 
 struct held_reply {
     held_reply_t *next, *prev;
@@ -24,7 +25,8 @@ struct held_reply {
     http_req_t req;
     uint64_t index; /* the state this answer shows */
     enum metrics_endpoint ep;
-    const char *method; /* static: http_method_str()'s or a literal */
+    const char *method;  /* static: http_method_str()'s or a literal */
+    uint64_t started_ns; /* its handler's start, or 0: not timed */
     /* An answer shared with other connections (one reference), or NULL and
      * the answer is `reply`, whose body and extra_headers point into `data`
      * (a handler's buffers are gone when the answer leaves); content_type
@@ -33,6 +35,29 @@ struct held_reply {
     http_reply_t reply;
     char data[];
 };
+
+/*
+ * When the handler of `c` started, if `c` is the request being handled now,
+ * else 0: an answer given later (a woken or timed-out long poll) is not
+ * timed, its time being the client's wait.
+ */
+static uint64_t answer_started_ns(const api_t *api, http_req_t c)
+{
+    if (!api->is_handling || api->handling.srv != c.srv || api->handling.slot != c.slot ||
+        api->handling.gen != c.gen)
+        return 0;
+    return api->handling_started_ns;
+}
+
+/* Every answer on a discovery path is counted here, and timed when it has
+ * a start. */
+static void count_answer(api_t *api, enum metrics_endpoint ep, int status, const char *method,
+                         uint64_t started_ns)
+{
+    metrics_count(api->metrics, ep, status, method);
+    if (started_ns)
+        metrics_observe(api->metrics, ep, histogram_now_ns() - started_ns);
+}
 
 static void held_unlink(api_t *api, held_reply_t *h)
 {
@@ -105,6 +130,7 @@ static held_reply_t *held_new(api_t *api, http_req_t c, enum metrics_endpoint ep
     h->index = registry_index(api->reg);
     h->ep = ep;
     h->method = method;
+    h->started_ns = answer_started_ns(api, c);
     h->prepared = NULL;
     return h;
 }
@@ -150,7 +176,7 @@ void api_send(api_t *api, http_req_t c, enum metrics_endpoint ep, const char *me
         held_push(api, h);
         return;
     }
-    metrics_count(api->metrics, ep, r->status, method);
+    count_answer(api, ep, r->status, method, answer_started_ns(api, c));
     http_reply(c, r);
 }
 
@@ -168,7 +194,7 @@ void api_send_prepared(api_t *api, http_req_t c, enum metrics_endpoint ep, const
         held_push(api, h);
         return;
     }
-    metrics_count(api->metrics, ep, status, method);
+    count_answer(api, ep, status, method, answer_started_ns(api, c));
     http_reply_prepared(c, p);
 }
 
@@ -184,10 +210,11 @@ void api_on_durable(void *ctx)
          * (on_held_end), so its handle cannot be stale here. */
         int rc;
         if (h->prepared) {
-            metrics_count(api->metrics, h->ep, http_prepared_reply(h->prepared)->status, h->method);
+            count_answer(api, h->ep, http_prepared_reply(h->prepared)->status, h->method,
+                         h->started_ns);
             rc = http_reply_prepared(h->req, h->prepared);
         } else {
-            metrics_count(api->metrics, h->ep, h->reply.status, h->method);
+            count_answer(api, h->ep, h->reply.status, h->method, h->started_ns);
             rc = http_reply(h->req, &h->reply);
         }
         assert(rc == 0);
@@ -208,7 +235,7 @@ bool api_check_writable(api_t *api, http_req_t c, enum metrics_endpoint ep, cons
                           .extra_headers = "Retry-After: 5\r\n",
                           .body = msg,
                           .body_len = sizeof msg - 1};
-        metrics_count(api->metrics, ep, 503, method);
+        count_answer(api, ep, 503, method, answer_started_ns(api, c));
         http_reply(c, &r);
     } else {
         api_send_v2_error(api, c, ep, method, 503, 300,
@@ -239,4 +266,52 @@ void api_send_v2_error(api_t *api, http_req_t c, enum metrics_endpoint ep, const
         r.extra_headers = "Allow: GET, HEAD, PUT, POST, DELETE\r\n";
     api_send(api, c, ep, method, &r);
     buf_free(&body);
+}
+
+/* The size in a token's _config/size, or 0 when it has none. */
+static uint64_t token_size(const reg_node_t *token)
+{
+    for (const reg_node_t *c = reg_node_first_child(token); c; c = reg_node_next_sibling(c)) {
+        if (strcmp(reg_node_name(c), "_config") != 0 || !reg_node_is_dir(c))
+            continue;
+        for (const reg_node_t *s = reg_node_first_child(c); s; s = reg_node_next_sibling(s)) {
+            const char *v = reg_node_value(s);
+            if (strcmp(reg_node_name(s), "size") == 0 && v)
+                return strtoull(v, NULL, 10);
+        }
+    }
+    return 0;
+}
+
+void api_note_write(api_t *api, const reg_event_t *ev)
+{
+    bool created = ev->action == REG_ACT_CREATE || (ev->action == REG_ACT_SET && !ev->has_prev);
+    static const char prefix[] = REGISTRY_PREFIX "/";
+    const char *key = ev->node.key;
+    if (!created || ev->node.is_dir || strncmp(key, prefix, sizeof prefix - 1) != 0)
+        return;
+    const char *token = key + sizeof prefix - 1;
+    const char *slash = strchr(token, '/');
+    if (!slash || slash == token || strchr(slash + 1, '/') || slash[1] == '_')
+        return; /* not a member: deeper, or _config and other hidden keys */
+    metrics_count_registration(api->metrics);
+
+    /* Rare (a few per token), so the token is looked up again rather than
+     * passed down from the write. */
+    char token_key[sizeof prefix + REGISTRY_MAX_TOKEN_BYTES];
+    size_t len = (size_t)(slash - key);
+    if (len >= sizeof token_key)
+        return;
+    memcpy(token_key, key, len);
+    token_key[len] = '\0';
+    reg_result_t res = {0};
+    registry_get(api->reg, token_key, time_wall_ns(), &res);
+    if (!res.err && res.node) {
+        uint64_t members = 0, size = token_size(res.node);
+        for (const reg_node_t *c = reg_node_first_child(res.node); c; c = reg_node_next_sibling(c))
+            members += !reg_node_is_hidden(c);
+        if (size > 0 && members == size)
+            metrics_count_completed_token(api->metrics);
+    }
+    reg_result_clear(&res);
 }

@@ -25,6 +25,14 @@ void api_send(api_t *api, http_req_t c, enum metrics_endpoint ep, const char *me
  * its own reference, the caller keeps its own. */
 void api_send_prepared(api_t *api, http_req_t c, enum metrics_endpoint ep, const char *method,
                        http_prepared_t *p);
+/*
+ * Counts what a successful write means for discovery: a new key directly
+ * below a token (not its _config) is a registration; one that brings the
+ * token's members to its size completes the token. `ev` is the write's
+ * event.
+ */
+void api_note_write(api_t *api, const reg_event_t *ev);
+
 /* An etcd JSON error answer (status from the code unless `status` != 0). */
 void api_send_v2_error(api_t *api, http_req_t c, enum metrics_endpoint ep, const char *method,
                        int status, int code, const char *cause, uint64_t index);

@@ -185,6 +185,10 @@ void api_handle(void *ctx, const http_request_t *req)
     api_t *api = ctx;
     const char *path = req->path;
     static const char keys[] = "/v2/keys";
+    /* For the latency histograms (reply.c). */
+    api->is_handling = true;
+    api->handling = req->handle;
+    api->handling_started_ns = histogram_now_ns();
     if (strcmp(path, "/") == 0) {
         discovery_index_page(api, req);
     } else if (strcmp(path, "/new") == 0) {
@@ -202,4 +206,5 @@ void api_handle(void *ctx, const http_request_t *req)
     } else {
         route_keys(api, req, "", path, req->path_len, REGISTRY_PREFIX, METRICS_TOKEN, true);
     }
+    api->is_handling = false;
 }

@@ -164,6 +164,7 @@ static void send_result(api_t *api, const http_request_t *req, enum metrics_endp
     int status = 200;
     if (res->event) {
         const reg_event_t *ev = res->event;
+        api_note_write(api, ev); /* registrations and completed tokens (metrics) */
         bool created = ev->action == REG_ACT_CREATE || (ev->action == REG_ACT_SET && !ev->has_prev);
         status = created ? 201 : 200;
         bool no_value = p->no_value_on_success &&

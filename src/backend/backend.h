@@ -37,6 +37,8 @@
 
 #include "registry/event.h"
 
+struct histogram; /* util/histogram.h */
+
 struct backend;
 struct registry;
 struct store;
@@ -47,6 +49,9 @@ typedef struct backend_stats {
     uint64_t log_frames;     /* batches made durable as one log frame */
     uint64_t checkpoints;    /* moves of logged batches into the main store */
     uint64_t direct_commits; /* batches committed straight to the main store */
+    /* Their durations (util/histogram.h), valid while the backend is; NULL
+     * when it does no such work. */
+    const struct histogram *log_sync, *checkpoint_sync, *direct_sync;
 } backend_stats_t;
 
 struct backend_ops {

@@ -75,6 +75,9 @@ static void local_stats(backend_t *be, backend_stats_t *out)
     out->log_frames = st.log_frames;
     out->checkpoints = st.checkpoints;
     out->direct_commits = st.direct_commits;
+    out->log_sync = st.log_sync;
+    out->checkpoint_sync = st.checkpoint_sync;
+    out->direct_sync = st.direct_sync;
 }
 static void local_close(backend_t *be)
 {

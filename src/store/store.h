@@ -30,6 +30,8 @@
  * applies them (load() hands them to a callback). */
 #include "registry/event.h"
 
+struct histogram; /* util/histogram.h */
+
 struct store;
 
 /*
@@ -55,6 +57,10 @@ typedef struct store_stats {
     uint64_t log_frames;     /* batches made durable as one log frame */
     uint64_t checkpoints;    /* moves of logged batches into the main store */
     uint64_t direct_commits; /* batches committed straight to the main store */
+    /* How long each of those took, the sync included; owned by the store,
+     * valid until store_close(), written by its writer thread. NULL: the
+     * store does no such work. */
+    const struct histogram *log_sync, *checkpoint_sync, *direct_sync;
 } store_stats_t;
 
 struct store_ops {

@@ -70,6 +70,7 @@
 #include "store/store.h"
 #include "store/wal.h"
 #include "util/buf.h"
+#include "util/histogram.h"
 #include "util/le.h"
 #include "util/log.h"
 #include "util/timeutil.h"
@@ -138,6 +139,8 @@ typedef struct lmdb_store {
     _Atomic size_t free_bytes;
     _Atomic bool commit_failing;
     _Atomic uint64_t n_log_frames, n_checkpoints, n_direct_commits;
+    /* Durations of the same, sync included (writer thread only writes). */
+    histogram_t log_sync, checkpoint_sync, direct_sync;
     bool full; /* loop thread only: writes refused until room is back */
     pthread_t writer;
     bool writer_started;
@@ -527,8 +530,10 @@ static bool checkpoint(lmdb_store_t *ls)
     writer_t *wr = &ls->wr;
     for (int attempt = 0; wr->logged && attempt < 2; attempt++) {
         uint64_t max_index, salt = new_salt();
+        uint64_t started_ns = histogram_now_ns();
         int rc = write_batch(ls, wr->logged, wr->wal_gen + 1, salt, &max_index);
         if (rc == 0) {
+            histogram_observe(&ls->checkpoint_sync, histogram_now_ns() - started_ns);
             wr->wal_salt = salt;
             wal_restart(wr->wal, ++wr->wal_gen, salt);
             atomic_fetch_add(&ls->n_checkpoints, 1);
@@ -565,12 +570,14 @@ static void keep_batch(lmdb_store_t *ls, chunk_t *c)
     if (loggable && len > wal_room(wr->wal))
         checkpointed = checkpoint(ls); /* makes room when it works */
     if (loggable && len <= wal_room(wr->wal)) {
+        uint64_t started_ns = histogram_now_ns();
         int rc = wal_append(wr->wal, c->ops.data, len);
         if (rc == 0 && wr->wal_failing) {
             wr->wal_failing = false;
             log_info("store: %s/" WAL_FILE " can be written again", ls->dir);
         }
         if (rc == 0) {
+            histogram_observe(&ls->log_sync, histogram_now_ns() - started_ns);
             if (!wr->logged) {
                 wr->logged_since = time_mono_ms();
                 wr->logged_tail = &wr->logged;
@@ -593,9 +600,10 @@ static void keep_batch(lmdb_store_t *ls, chunk_t *c)
         wr->retry = c;
         return;
     }
-    uint64_t committed_max;
+    uint64_t committed_max, started_ns = histogram_now_ns();
     int rc = write_batch(ls, c, 0, 0, &committed_max);
     if (rc == 0) {
+        histogram_observe(&ls->direct_sync, histogram_now_ns() - started_ns);
         uint64_t top = c->max_index; /* dropped puts (see below) included */
         atomic_fetch_add(&ls->n_direct_commits, 1);
         update_free(ls);
@@ -845,6 +853,9 @@ static void lmdb_stats(store_t *st, store_stats_t *out)
     out->log_frames = atomic_load(&ls->n_log_frames);
     out->checkpoints = atomic_load(&ls->n_checkpoints);
     out->direct_commits = atomic_load(&ls->n_direct_commits);
+    out->log_sync = &ls->log_sync;
+    out->checkpoint_sync = &ls->checkpoint_sync;
+    out->direct_sync = &ls->direct_sync;
 }
 
 static void lmdb_close(store_t *st)
