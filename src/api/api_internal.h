@@ -13,6 +13,9 @@
 #include "util/buf.h"
 #include "util/ratelimit.h"
 
+/* A request remembered for the access log (api/access_log.c). */
+typedef struct access_rec access_rec_t;
+
 /* An answer waiting until the store has made the state it shows durable. */
 typedef struct held_reply held_reply_t;
 
@@ -33,6 +36,12 @@ struct api {
      * `watch_answer_etcd_index`. */
     http_prepared_t *watch_answer;
     uint64_t watch_answer_index, watch_answer_etcd_index;
+    /* (token, client address) pairs seen, TOKEN_LOG_SEEN_SLOTS hashes
+     * (api/token_log.h); NULL: not kept. */
+    uint64_t *token_seen;
+    bool listens_on_all;  /* api_config_t.listens_on_all */
+    access_rec_t *access; /* by request slot; only with an access log */
+    size_t n_access;
 };
 
 #endif

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "api/access_log.h"
 #include "api/api_internal.h"
 #include "api/v2json.h"
 #include "util/log.h"
@@ -151,6 +152,7 @@ void api_send(api_t *api, http_req_t c, enum metrics_endpoint ep, const char *me
         return;
     }
     metrics_count(api->metrics, ep, r->status, method);
+    access_log_end(api, c, r->status, r->body_len);
     http_reply(c, r);
 }
 
@@ -169,6 +171,7 @@ void api_send_prepared(api_t *api, http_req_t c, enum metrics_endpoint ep, const
         return;
     }
     metrics_count(api->metrics, ep, status, method);
+    access_log_end(api, c, status, http_prepared_reply(p)->body_len);
     http_reply_prepared(c, p);
 }
 
@@ -184,10 +187,13 @@ void api_on_durable(void *ctx)
          * (on_held_end), so its handle cannot be stale here. */
         int rc;
         if (h->prepared) {
-            metrics_count(api->metrics, h->ep, http_prepared_reply(h->prepared)->status, h->method);
+            const http_reply_t *pr = http_prepared_reply(h->prepared);
+            metrics_count(api->metrics, h->ep, pr->status, h->method);
+            access_log_end(api, h->req, pr->status, pr->body_len);
             rc = http_reply_prepared(h->req, h->prepared);
         } else {
             metrics_count(api->metrics, h->ep, h->reply.status, h->method);
+            access_log_end(api, h->req, h->reply.status, h->reply.body_len);
             rc = http_reply(h->req, &h->reply);
         }
         assert(rc == 0);
@@ -209,6 +215,7 @@ bool api_check_writable(api_t *api, http_req_t c, enum metrics_endpoint ep, cons
                           .body = msg,
                           .body_len = sizeof msg - 1};
         metrics_count(api->metrics, ep, 503, method);
+        access_log_end(api, c, 503, r.body_len);
         http_reply(c, &r);
     } else {
         api_send_v2_error(api, c, ep, method, 503, 300,

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "api/access_log.h"
 #include "api/api_internal.h"
 #include "api/discovery.h"
 #include "api/form.h"
@@ -185,6 +186,7 @@ void api_handle(void *ctx, const http_request_t *req)
     api_t *api = ctx;
     const char *path = req->path;
     static const char keys[] = "/v2/keys";
+    access_log_begin(api, req);
     if (strcmp(path, "/") == 0) {
         discovery_index_page(api, req);
     } else if (strcmp(path, "/new") == 0) {

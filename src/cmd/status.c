@@ -344,7 +344,7 @@ static void explain_missing(const mj_value_t *doc, char *msg, size_t msg_len)
                         : strstr(cause, "never issued") ? "unknown (never issued)"
                         : strstr(cause, "not a token")  ? "malformed"
                                                         : "unknown or expired";
-    snprintf(msg, msg_len, "the token is %s: %s; make a new one (disco new)", which, cause);
+    snprintf(msg, msg_len, "the token is %s: %s", which, cause);
 }
 
 int cmd_status(int argc, char **argv)
