@@ -273,7 +273,10 @@ static int finish(const report_t *r, bool json, int code, const char *message)
         return code;
     }
     buf_t b = BUF_INIT;
-    buf_printf(&b, "{\"state\":\"%s\",\"exit_code\":%d,\"message\":", state_name(code), code);
+    const char *state = state_name(code);
+    if (code == CLI_EXIT_UNKNOWN_TOKEN && strncmp(message, "the token is expired", 20) == 0)
+        state = "expired";
+    buf_printf(&b, "{\"state\":\"%s\",\"exit_code\":%d,\"message\":", state, code);
     buf_put_json_string(&b, message, strlen(message));
     if (r) {
         buf_puts(&b, ",\"url\":");

@@ -174,6 +174,9 @@ class ExpiredToken(unittest.TestCase):
                                 stderr=subprocess.PIPE, timeout=20, env=harness.clean_env())
             self.assertEqual(cp.returncode, 6, cp.stderr)
             self.assertIn("expired", cp.stdout.decode())
+            cp = subprocess.run([harness.disco_bin(), "status", "--json", url],
+                                stdout=subprocess.PIPE, timeout=20, env=harness.clean_env())
+            self.assertEqual((cp.returncode, json.loads(cp.stdout)["state"]), (6, "expired"))
         finally:
             proc.stop()
             shutil.rmtree(tmp, ignore_errors=True)
