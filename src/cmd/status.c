@@ -343,10 +343,12 @@ static void explain_missing(const mj_value_t *doc, char *msg, size_t msg_len)
     const char *cause = mj_get_str(doc, "cause");
     if (!cause)
         cause = "";
-    const char *which = strstr(cause, "expired")        ? "expired"
-                        : strstr(cause, "never issued") ? "unknown (never issued)"
-                        : strstr(cause, "not a token")  ? "malformed"
-                                                        : "unknown or expired";
+    /* disco's causes (registry/tombstones.c); another server's are the
+     * bare key, which says neither */
+    const char *which = strstr(cause, ": this token expired")     ? "expired"
+                        : strstr(cause, ": this token was never") ? "unknown (never issued)"
+                        : strstr(cause, ": not a token")          ? "malformed"
+                                                                  : "unknown or expired";
     snprintf(msg, msg_len, "the token is %s: %s", which, cause);
 }
 

@@ -162,7 +162,10 @@ class CliTest(unittest.TestCase):
     def test_unknown_token_exit_6(self):
         rc, out, err = self.status(self.base + "/" + "0" * 32)
         self.assertEqual(rc, 6, out + err)
-        self.assertIn("unknown", out)
+        self.assertTrue(out.startswith("the token is unknown (never issued)"), out)
+        rc, out, err = self.status(self.base + "/bad%20token")
+        self.assertEqual(rc, 6, out + err)
+        self.assertTrue(out.startswith("the token is malformed"), out)
 
     def test_unreachable_server_exit_7(self):
         rc, out, err = self.status("http://127.0.0.1:%d/%s" % (harness.free_port(), "0" * 32))
