@@ -12,6 +12,8 @@ static const char usage[] =
     "\n"
     "commands:\n"
     "  serve      run the etcd cluster-discovery service (disco serve --help)\n"
+    "  new        make a discovery token and print its URL (disco new --help)\n"
+    "  status     what a token's members look like from here (disco status --help)\n"
     "  version    print the version\n"
     "  help       this text\n";
 
@@ -28,6 +30,10 @@ int main(int argc, char **argv)
     }
     if (strcmp(argv[1], "serve") == 0)
         return cmd_serve(argc - 2, argv + 2);
+    if (strcmp(argv[1], "new") == 0)
+        return cmd_new(argc - 2, argv + 2);
+    if (strcmp(argv[1], "status") == 0)
+        return cmd_status(argc - 2, argv + 2);
     fprintf(stderr, "disco: unknown command \"%s\"\n\n%s", argv[1], usage);
     return 2;
 }

@@ -10,7 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "api/access_log.h"
 #include "api/api_internal.h"
+#include "api/token_log.h"
 #include "api/v2json.h"
 #include "util/log.h"
 #include "util/timeutil.h"
@@ -22,10 +24,12 @@ api_t *api_new(registry_t *reg, backend_t *backend, const api_config_t *cfg)
         return NULL;
     api->reg = reg;
     api->backend = backend;
+    api->listens_on_all = cfg->listens_on_all;
     api->min_age_ns = (int64_t)cfg->min_age_ms * NS_PER_MS;
     api->gc_every_ns = (int64_t)cfg->gc_every_ms * NS_PER_MS;
     api->metrics = metrics_new();
     api->listings = listing_cache_new();
+    api->token_seen = calloc(TOKEN_LOG_SEEN_SLOTS, sizeof *api->token_seen);
     api->max_key_bytes = cfg->max_key_bytes ? cfg->max_key_bytes : API_DEFAULT_MAX_KEY_BYTES;
     api->max_value_bytes =
         cfg->max_value_bytes ? cfg->max_value_bytes : API_DEFAULT_MAX_VALUE_BYTES;
@@ -43,7 +47,7 @@ api_t *api_new(registry_t *reg, backend_t *backend, const api_config_t *cfg)
             n--; /* "https://x/" and "https://x" print the same URL */
         api->host_prefix = strndup(cfg->host_prefix, n);
     }
-    if (!api->metrics || !api->listings ||
+    if (!api->metrics || !api->listings || !api->token_seen ||
         (cfg->host_prefix && *cfg->host_prefix && !api->host_prefix)) {
         api_free(api);
         return NULL;
@@ -60,6 +64,8 @@ void api_free(api_t *api)
     listing_cache_free(api->listings);
     ratelimit_free(api->new_limit);
     free(api->host_prefix);
+    free(api->token_seen);
+    access_log_free(api);
     free(api);
 }
 

@@ -9,6 +9,7 @@
 #ifndef DISCO_API_API_H
 #define DISCO_API_API_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -36,6 +37,9 @@ typedef struct api_config {
      * new_rate_per_s 0: no limit. */
     uint32_t new_rate_per_s;
     uint32_t new_burst;
+    /* The server listens on every interface (0.0.0.0, [::]): /new warns
+     * when the prefix it prints is a loopback URL. */
+    bool listens_on_all;
 } api_config_t;
 
 #define API_DEFAULT_MAX_KEY_BYTES 1024
@@ -43,6 +47,10 @@ typedef struct api_config {
 /* Client addresses whose /new budget is remembered (fixed memory, about
  * 64 bytes each); the least recently seen is forgotten first. */
 #define API_NEW_RATE_MAX_ADDRESSES 16384
+
+/* Whether a URL prefix names a loopback host (localhost, 127.0.0.0/8,
+ * [::1]): a URL no other machine can reach. */
+bool api_prefix_is_loopback(const char *prefix);
 
 /* Returns NULL when out of memory. `reg` and `backend` (where changes
  * become final; NULL: nothing is kept, answers never wait) are not owned. */

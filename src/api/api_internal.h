@@ -13,6 +13,9 @@
 #include "util/buf.h"
 #include "util/ratelimit.h"
 
+/* A request remembered for the access log (api/access_log.c). */
+typedef struct access_rec access_rec_t;
+
 /* An answer waiting until the store has made the state it shows durable. */
 typedef struct held_reply held_reply_t;
 
@@ -40,6 +43,12 @@ struct api {
     bool is_handling;
     http_req_t handling;
     uint64_t handling_started_ns;
+    /* (token, client address) pairs seen, TOKEN_LOG_SEEN_SLOTS hashes
+     * (api/token_log.h); NULL: not kept. */
+    uint64_t *token_seen;
+    bool listens_on_all;  /* api_config_t.listens_on_all */
+    access_rec_t *access; /* by request slot; only with an access log */
+    size_t n_access;
 };
 
 #endif

@@ -13,10 +13,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/random.h>
 
+#include "api/access_log.h"
 #include "api/api_internal.h"
 #include "api/form.h"
+#include "api/token_log.h"
 #include "util/log.h"
 #include "util/timeutil.h"
 
@@ -77,6 +80,16 @@ static size_t client_key(const char *addr, unsigned char key[16])
     if (inet_pton(AF_INET6, addr, key) == 1)
         return 8;
     return 0;
+}
+
+bool api_prefix_is_loopback(const char *prefix)
+{
+    const char *h = strstr(prefix, "://");
+    h = h ? h + 3 : prefix;
+    size_t n = strcspn(h, ":/");
+    if (h[0] == '[')
+        return strncmp(h, "[::1]", 5) == 0;
+    return (n == 9 && strncasecmp(h, "localhost", 9) == 0) || strncmp(h, "127.", 4) == 0;
 }
 
 uint64_t discovery_take_new_budget(api_t *api, const http_request_t *req)
@@ -185,6 +198,12 @@ void discovery_new(api_t *api, const http_request_t *req)
         send_text(api, req->handle, METRICS_NEW, method, 503,
                   "cannot create a token right now; try again\n");
     } else {
+        token_log_created(api, req, token, (unsigned)size);
+        if (api->listens_on_all && api_prefix_is_loopback(buf_cstr(&prefix)))
+            log_warn("/new printed the loopback URL %s/%s (from %s) while disco listens on "
+                     "every interface: other machines cannot reach it; ask with the name "
+                     "members use, or start disco with --host",
+                     buf_cstr(&prefix), token, api->host_prefix ? "--host" : "the Host header");
         buf_putc(&prefix, '/');
         buf_puts(&prefix, token);
         http_reply_t r = {.status = 200,
@@ -228,20 +247,20 @@ void discovery_metrics(api_t *api, const http_request_t *req)
                       .content_type = "text/plain; version=0.0.4; charset=utf-8",
                       .body = body.data,
                       .body_len = buf_failed(&body) ? 0 : body.len};
+    access_log_end(api, req->handle, r.status, r.body_len);
     http_reply(req->handle, &r);
     buf_free(&body);
 }
 
 void discovery_robots(api_t *api, const http_request_t *req)
 {
-    (void)api;
     static const char robots[] = "User-agent: *\nDisallow: /\n";
+    access_log_end(api, req->handle, 200, sizeof robots - 1);
     http_reply_simple(req->handle, 200, "text/plain; charset=utf-8", robots, sizeof robots - 1);
 }
 
 void discovery_index_page(api_t *api, const http_request_t *req)
 {
-    (void)api;
     static const char page[] =
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>disco</title></head>\n"
         "<body>\n<h1>disco: etcd cluster discovery</h1>\n"
@@ -253,5 +272,6 @@ void discovery_index_page(api_t *api, const http_request_t *req)
         "<p>The etcd v2 keys form works too: "
         "<code>--discovery=http://HOST/v2/keys/_etcd/registry/&lt;token&gt;</code>.</p>\n"
         "</body></html>\n";
+    access_log_end(api, req->handle, 200, sizeof page - 1);
     http_reply_simple(req->handle, 200, "text/html; charset=utf-8", page, sizeof page - 1);
 }

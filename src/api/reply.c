@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "api/access_log.h"
 #include "api/api_internal.h"
 #include "api/v2json.h"
 #include "util/log.h"
@@ -177,6 +178,7 @@ void api_send(api_t *api, http_req_t c, enum metrics_endpoint ep, const char *me
         return;
     }
     count_answer(api, ep, r->status, method, answer_started_ns(api, c));
+    access_log_end(api, c, r->status, r->body_len);
     http_reply(c, r);
 }
 
@@ -195,6 +197,7 @@ void api_send_prepared(api_t *api, http_req_t c, enum metrics_endpoint ep, const
         return;
     }
     count_answer(api, ep, status, method, answer_started_ns(api, c));
+    access_log_end(api, c, status, http_prepared_reply(p)->body_len);
     http_reply_prepared(c, p);
 }
 
@@ -210,11 +213,13 @@ void api_on_durable(void *ctx)
          * (on_held_end), so its handle cannot be stale here. */
         int rc;
         if (h->prepared) {
-            count_answer(api, h->ep, http_prepared_reply(h->prepared)->status, h->method,
-                         h->started_ns);
+            const http_reply_t *pr = http_prepared_reply(h->prepared);
+            count_answer(api, h->ep, pr->status, h->method, h->started_ns);
+            access_log_end(api, h->req, pr->status, pr->body_len);
             rc = http_reply_prepared(h->req, h->prepared);
         } else {
             count_answer(api, h->ep, h->reply.status, h->method, h->started_ns);
+            access_log_end(api, h->req, h->reply.status, h->reply.body_len);
             rc = http_reply(h->req, &h->reply);
         }
         assert(rc == 0);
@@ -236,6 +241,7 @@ bool api_check_writable(api_t *api, http_req_t c, enum metrics_endpoint ep, cons
                           .body = msg,
                           .body_len = sizeof msg - 1};
         count_answer(api, ep, 503, method, answer_started_ns(api, c));
+        access_log_end(api, c, 503, r.body_len);
         http_reply(c, &r);
     } else {
         api_send_v2_error(api, c, ep, method, 503, 300,

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "api/access_log.h"
 #include "api/api_internal.h"
 #include "api/discovery.h"
 #include "api/form.h"
@@ -189,6 +190,7 @@ void api_handle(void *ctx, const http_request_t *req)
     api->is_handling = true;
     api->handling = req->handle;
     api->handling_started_ns = histogram_now_ns();
+    access_log_begin(api, req);
     if (strcmp(path, "/") == 0) {
         discovery_index_page(api, req);
     } else if (strcmp(path, "/new") == 0) {

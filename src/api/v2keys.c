@@ -23,6 +23,7 @@
 #include "api/discovery.h"
 #include "api/form.h"
 #include "api/listing_cache.h"
+#include "api/token_log.h"
 #include "api/v2json.h"
 #include "util/timeutil.h"
 
@@ -281,6 +282,7 @@ static void handle_watch(api_t *api, const http_request_t *req, const char *key,
     reg_result_t res;
     registry_watch(api->reg, key, p->recursive, p->wait_index, &pw->w, on_watch_event, pw, &res);
     if (res.err) {
+        token_log_v2(api, req, key, &res);
         send_result(api, req, ep, &res, p);
         free(pw);
     } else if (res.event) {
@@ -526,6 +528,7 @@ void v2keys_handle(api_t *api, const http_request_t *req, const char *key, enum 
         } else {
             registry_set(reg, key, p.dir, p.value, p.ttl, now, &res);
         }
+        token_log_v2(api, req, key, &res);
         send_result(api, req, ep, &res, &p);
         reg_result_clear(&res);
     }

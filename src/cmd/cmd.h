@@ -15,5 +15,11 @@
 
 /* `disco serve [flags]`: runs the service until SIGTERM (cmd/serve.c). */
 int cmd_serve(int argc, char **argv);
+/* `disco new [flags]`: asks a server for a token and prints its URL
+ * (cmd/new.c). */
+int cmd_new(int argc, char **argv);
+/* `disco status [flags] URL`: what a token's members look like from here;
+ * exit codes in cmd/cli_common.h (cmd/status.c). */
+int cmd_status(int argc, char **argv);
 
 #endif

@@ -50,7 +50,7 @@ static int make_dirs(const char *path)
  * Raises the open-files limit so that --max-conns connections fit; if the
  * hard limit is lower, lowers max_conns to what fits, with a warning.
  */
-static void fit_connection_limit(uint64_t *max_conns)
+static void fit_connection_limit(uint64_t *max_conns, bool asked)
 {
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
@@ -65,19 +65,31 @@ static void fit_connection_limit(uint64_t *max_conns)
     if (rl.rlim_cur < want) {
         uint64_t fit =
             rl.rlim_cur > 2 * FD_RESERVE ? (uint64_t)rl.rlim_cur - FD_RESERVE : FD_RESERVE;
-        log_warn("the open-files limit (%llu) is too low for --max-conns %llu; serving at most "
-                 "%llu connections (raise it with ulimit -n or LimitNOFILE=)",
-                 (unsigned long long)rl.rlim_cur, (unsigned long long)*max_conns,
-                 (unsigned long long)fit);
+        /* The default is a ceiling, not a request: fitting it to the host's
+         * limit is only worth a warning when the operator asked for more. */
+        log_msg(asked ? LOG_WARN : LOG_DEBUG,
+                "the open-files limit (%llu) is too low for --max-conns %llu; serving at most "
+                "%llu connections (raise it with ulimit -n or LimitNOFILE=)",
+                (unsigned long long)rl.rlim_cur, (unsigned long long)*max_conns,
+                (unsigned long long)fit);
         *max_conns = fit;
     }
 }
 
-/* --host default when --addr names a host: http://HOST:PORT. */
+/* Whether --addr listens on every interface: ":port", "0.0.0.0:port",
+ * "[::]:port". */
+static bool addr_is_wildcard(const char *addr)
+{
+    return addr[0] == ':' || strncmp(addr, "0.0.0.0:", 8) == 0 || strncmp(addr, "[::]:", 5) == 0;
+}
+
+/* --host default when --addr names a host: http://HOST:PORT. A wildcard
+ * address is no URL anyone can reach: each request's Host header then
+ * gives the prefix. */
 static char *derive_host(const char *addr)
 {
-    if (addr[0] == ':')
-        return NULL; /* all interfaces: use each request's Host header */
+    if (addr_is_wildcard(addr))
+        return NULL;
     size_t n = strlen(addr) + 8;
     char *h = malloc(n);
     if (h)
@@ -125,10 +137,14 @@ int cmd_serve(int argc, char **argv)
 {
     serve_config_t cfg;
     char err[256];
+    int rc;
     if (config_parse_serve(argc, argv, &cfg, err) != 0) {
         fprintf(stderr, "disco serve: %s\n", err);
         return 2;
     }
+    enum log_format lf = LOG_FORMAT_TEXT;
+    log_parse_format(cfg.log_format, &lf); /* checked by config_parse_serve */
+    log_set_format(lf);
     if (cfg.help) {
         fputs(config_serve_usage, stdout);
         return 0;
@@ -137,8 +153,12 @@ int cmd_serve(int argc, char **argv)
         printf("disco %s\n", DISCO_VERSION);
         return 0;
     }
+    if (cfg.access_log && (rc = log_access_open(cfg.access_log)) != 0) {
+        log_error("cannot open the access log %s: %s", cfg.access_log, strerror(-rc));
+        return 1;
+    }
     bool in_memory = cfg.data_dir[0] == '\0';
-    int rc = in_memory ? 0 : make_dirs(cfg.data_dir);
+    rc = in_memory ? 0 : make_dirs(cfg.data_dir);
     if (rc != 0) {
         log_error("cannot create data dir %s: %s", cfg.data_dir, strerror(-rc));
         return 1;
@@ -170,13 +190,18 @@ int cmd_serve(int argc, char **argv)
                          .max_key_bytes = (size_t)cfg.max_key_bytes,
                          .max_value_bytes = (size_t)cfg.max_value_bytes,
                          .new_rate_per_s = (uint32_t)cfg.new_rate_per_s,
-                         .new_burst = (uint32_t)cfg.new_burst};
+                         .new_burst = (uint32_t)cfg.new_burst,
+                         .listens_on_all = addr_is_wildcard(cfg.addr)};
+    if (cfg.host && acfg.listens_on_all && api_prefix_is_loopback(cfg.host))
+        log_warn("--host %s is a loopback URL but disco listens on every interface (--addr %s): "
+                 "tokens from /new will name a URL other machines cannot reach",
+                 cfg.host, cfg.addr);
     api_t *api = api_new(reg, backend, &acfg);
     if (!api) {
         log_error("out of memory at startup");
         return 1;
     }
-    fit_connection_limit(&cfg.max_conns);
+    fit_connection_limit(&cfg.max_conns, cfg.max_conns_set);
     if (cfg.idle_timeout_ms <= GO_CLIENT_IDLE_TIMEOUT_MS)
         log_warn("--idle-timeout %llums is not above Go's 90s: an etcd member may send its "
                  "registration on a connection disco is closing, and that PUT is not retried",
@@ -238,6 +263,7 @@ int cmd_serve(int argc, char **argv)
     registry_free(reg);
     backend_close(backend);
     free(derived);
+    log_access_close();
     if (rc != 0) {
         log_error("event loop failed: %s", strerror(-rc));
         return 1;

@@ -110,6 +110,7 @@ void registry_free(registry_t *reg)
         HASH_DEL(reg->tokens, t);
         reg_token_free(reg, t);
     }
+    reg_tombstones_free(reg);
     free(reg->heap);
     while (reg->ring_len)
         reg_ring_drop_front(reg);

@@ -105,6 +105,9 @@ typedef struct reg_result {
     /* For a get: a stamp of the state of the node's token (see
      * registry_get); 0 when there is none. */
     uint64_t stamp;
+    /* On REG_E_KEY_NOT_FOUND: the key's token does not exist (the cause is
+     * still etcd's, the key; registry_explain_missing_token says why). */
+    bool token_missing;
 } reg_result_t;
 
 void reg_result_clear(reg_result_t *r);
@@ -238,6 +241,32 @@ void registry_raise_index(registry_t *reg, uint64_t index);
  * none older than the cutoff is left.
  */
 size_t registry_sweep_tokens(registry_t *reg, int64_t cutoff_ns, size_t max_tokens);
+
+/*
+ * Tokens removed by age are remembered (name, creation and removal time) so
+ * that a request for one can be told it expired and when: at most this
+ * many, the oldest forgotten first, in memory only (registry/tombstones.c).
+ */
+#define REGISTRY_MAX_TOMBSTONES 16384
+
+/*
+ * Appends to `out` one sentence saying why token `name` (len bytes) does not
+ * exist: malformed (and what is wrong with it), expired (and when, from its
+ * tombstone) or never issued. For a cause after REG_E_KEY_NOT_FOUND with
+ * token_missing set.
+ */
+void registry_explain_missing_token(registry_t *reg, const char *name, size_t len, buf_t *out);
+
+/* A token at a glance, for logs and the CLI's questions. */
+typedef struct reg_token_summary {
+    unsigned size;      /* from _config/size; 0 when it cannot be read */
+    size_t members;     /* values directly in the token directory, hidden ones excluded */
+    int64_t created_ns; /* wall clock */
+} reg_token_summary_t;
+
+/* Fills `out` and returns true when token `name` (len bytes) exists. */
+bool registry_token_summary(registry_t *reg, const char *name, size_t len,
+                            reg_token_summary_t *out);
 
 /*
  * A parked watch. The caller owns the memory (typically embedded in a

@@ -103,8 +103,13 @@ struct registry {
     size_t ring_cap, ring_head, ring_len;
     uint64_t ring_base;
     reg_event_t *fetched; /* the last event read back from the backend */
-    pthread_t owner;      /* the thread that made the registry */
-    bool busy;            /* inside commit(): no re-entry */
+    /* Tokens removed by age (tombstones.c): a hash by name, and a ring of
+     * REGISTRY_MAX_TOMBSTONES slots, oldest overwritten first. */
+    struct reg_tombstone *tombstones;
+    struct reg_tombstone **tombstone_ring;
+    size_t tombstone_next;
+    pthread_t owner; /* the thread that made the registry */
+    bool busy;       /* inside commit(): no re-entry */
 };
 
 /* Events kept in memory once the backend can read them back: enough for
@@ -188,6 +193,14 @@ void reg_history_append(reg_token_t *t, uint64_t index);
 /* The event at `index`, borrowed (valid until the next call): from memory
  * when recent, else read back from the backend. NULL when there is none. */
 const reg_event_t *reg_event_at(registry_t *reg, uint64_t index);
+
+/* ---- tombstones.c ------------------------------------------------------- */
+
+typedef struct reg_tombstone reg_tombstone_t;
+/* Remembers that token `name` was removed by age (best effort: nothing is
+ * remembered when memory runs out). */
+void reg_tombstone_add(registry_t *reg, const char *name, int64_t created_ns, int64_t removed_ns);
+void reg_tombstones_free(registry_t *reg);
 
 /* ---- event.c ------------------------------------------------------------ */
 

@@ -10,6 +10,7 @@
 
 #include "registry/registry_internal.h"
 #include "util/buf.h"
+#include "util/log.h"
 #include "util/timeutil.h"
 
 bool registry_valid_token_name(const char *name, size_t len)
@@ -91,6 +92,7 @@ reg_token_t *reg_lookup_token(registry_t *reg, const char *clean, const char **r
     if (!t) {
         char *cause = strndup(clean, (size_t)(name + len - clean));
         reg_fail(reg, out, REG_E_KEY_NOT_FOUND, cause ? cause : clean);
+        out->token_missing = true;
         free(cause);
     }
     return t;
@@ -188,6 +190,14 @@ size_t registry_sweep_tokens(registry_t *reg, int64_t cutoff_ns, size_t max_toke
             reg_waiter_unlink(reg, w);
             w->on_event(w, NULL);
         }
+        reg_token_summary_t sum;
+        registry_token_summary(reg, t->name, strlen(t->name), &sum);
+        char created[40];
+        time_format_rfc3339nano(t->created_ns - t->created_ns % NS_PER_SEC, created);
+        log_info("token %s expired: removed by age (created %s; %zu of %u members "
+                 "registered)",
+                 t->name, created, sum.members, sum.size);
+        reg_tombstone_add(reg, t->name, t->created_ns, time_wall_ns());
         reg_token_remove(reg, t);
         removed++;
     }
@@ -199,4 +209,24 @@ void reg_token_remove(registry_t *reg, reg_token_t *t)
     HASH_DEL(reg->tokens, t);
     reg->n_tokens--;
     reg_token_free(reg, t);
+}
+
+bool registry_token_summary(registry_t *reg, const char *name, size_t len, reg_token_summary_t *out)
+{
+    REG_ASSERT_OWNER(reg);
+    memset(out, 0, sizeof *out);
+    reg_token_t *t = reg_find_token(reg, name, len);
+    if (!t)
+        return false;
+    out->created_ns = t->created_ns;
+    for (const reg_node_t *n = reg_node_first_child(t->dir); n; n = reg_node_next_sibling(n)) {
+        if (!reg_node_is_hidden(n) && !reg_node_is_dir(n))
+            out->members++;
+    }
+    const reg_node_t *cfg = reg_node_child(t->dir, "_config", 7);
+    const reg_node_t *sz = cfg ? reg_node_child(cfg, "size", 4) : NULL;
+    unsigned size;
+    if (sz && parse_size(reg_node_value(sz), &size))
+        out->size = size;
+    return true;
 }

@@ -69,6 +69,12 @@ const char config_serve_usage[] =
     "                       keep it above 90s, Go's client idle timeout\n"
     "                       (DISC_IDLE_TIMEOUT, default " CONFIG_DEFAULT_IDLE_TIMEOUT ")\n"
     "\n"
+    "Logs:\n"
+    "  --log-format FMT     text (default) or json: one JSON object per line\n"
+    "                       (DISC_LOG_FORMAT)\n"
+    "  --access-log FILE    one line per answer in Common Log Format, appended to\n"
+    "                       FILE, or \"-\" for stdout (DISC_ACCESS_LOG; default none)\n"
+    "\n"
     "  --version            print the version\n"
     "  --help               this text\n"
     "\n"
@@ -172,6 +178,8 @@ static const option_t options[] = {
      NUM(body_timeout_ms), "a duration from 1ms to 1h, like 15s"},
     {"idle-timeout", "DISC_IDLE_TIMEOUT", CONFIG_DEFAULT_IDLE_TIMEOUT, V_DURATION, 1, DAY_MS,
      NUM(idle_timeout_ms), "a duration from 1ms to 24h, like 120s"},
+    {"log-format", "DISC_LOG_FORMAT", "text", V_STRING, 0, 0, NUM(log_format), NULL},
+    {"access-log", "DISC_ACCESS_LOG", NULL, V_STRING, 0, 0, NUM(access_log), NULL},
 };
 enum { N_OPTIONS = sizeof options / sizeof options[0] };
 
@@ -203,8 +211,11 @@ static int set_option(const option_t *o, const char *v, serve_config_t *cfg, cha
 int config_parse_serve(int argc, char **argv, serve_config_t *cfg, char *err)
 {
     const char *val[N_OPTIONS];
-    for (int j = 0; j < N_OPTIONS; j++)
+    bool given[N_OPTIONS];
+    for (int j = 0; j < N_OPTIONS; j++) {
         val[j] = env_or(options[j].env, options[j].def);
+        given[j] = val[j] != options[j].def;
+    }
     /* An empty DISC_DATA_DIR means "memory only", like --data-dir "". */
     if (getenv("DISC_DATA_DIR") && !*getenv("DISC_DATA_DIR"))
         val[2] = "";
@@ -234,6 +245,7 @@ int config_parse_serve(int argc, char **argv, serve_config_t *cfg, char *err)
             snprintf(err, 256, "unknown flag \"%s\" (see disco serve --help)", a);
             return -1;
         }
+        given[k] = true;
         if (eq) {
             val[k] = eq + 1;
         } else if (i + 1 < argc) {
@@ -246,6 +258,15 @@ int config_parse_serve(int argc, char **argv, serve_config_t *cfg, char *err)
     for (int j = 0; j < N_OPTIONS; j++)
         if (set_option(&options[j], val[j], cfg, err) != 0)
             return -1;
+    for (int j = 0; j < N_OPTIONS; j++)
+        if (strcmp(options[j].flag, "max-conns") == 0)
+            cfg->max_conns_set = given[j];
+    if (strcmp(cfg->log_format, "text") != 0 && strcmp(cfg->log_format, "json") != 0) {
+        snprintf(err, 256, "bad --log-format \"%s\": want text or json", cfg->log_format);
+        return -1;
+    }
+    if (cfg->access_log && !*cfg->access_log)
+        cfg->access_log = NULL;
     if (cfg->host && !*cfg->host)
         cfg->host = NULL;
     if (cfg->host && strncmp(cfg->host, "http://", 7) != 0 &&

@@ -59,6 +59,9 @@ typedef struct serve_config {
     uint64_t header_timeout_ms;    /* --header-timeout, DISC_HEADER_TIMEOUT */
     uint64_t body_timeout_ms;      /* --body-timeout, DISC_BODY_TIMEOUT */
     uint64_t idle_timeout_ms;      /* --idle-timeout, DISC_IDLE_TIMEOUT */
+    const char *log_format;        /* --log-format, DISC_LOG_FORMAT: "text" or "json" */
+    const char *access_log;        /* --access-log, DISC_ACCESS_LOG: a file, "-" (stdout) or NULL */
+    bool max_conns_set;            /* --max-conns or DISC_MAX_CONNS was given */
     bool help;
     bool version;
 } serve_config_t;

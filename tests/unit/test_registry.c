@@ -25,6 +25,7 @@
 
 #include "registry/registry.h"
 #include "store/store.h"
+#include "util/log.h"
 #include "util/timeutil.h"
 
 #define T0 (1700000000LL * NS_PER_SEC)
@@ -1670,6 +1671,57 @@ static void test_raise_index(void **state)
     assert_int_equal(registry_index(reg), 150);
 }
 
+/* A token removed by age leaves a tombstone: a later 404 can say it expired
+ * and when; a well-formed name never seen says "never issued"; a malformed
+ * one says what is wrong. The tombstones are bounded (oldest forgotten). */
+static void test_tombstones_explain_missing_tokens(void **state)
+{
+    registry_t *reg = *state; /* "tok" created at T0 */
+    reg_result_t r;
+    registry_get(reg, REGISTRY_PREFIX "/gone", T0, &r);
+    assert_int_equal(r.err, REG_E_KEY_NOT_FOUND);
+    assert_true(r.token_missing);
+    assert_string_equal(r.cause, REGISTRY_PREFIX "/gone"); /* etcd's cause, unchanged */
+    reg_result_clear(&r);
+    registry_get(reg, K("nope"), T0, &r);
+    assert_false(r.token_missing); /* a key missing inside a live token */
+    reg_result_clear(&r);
+
+    buf_t b = BUF_INIT;
+    registry_explain_missing_token(reg, "tok", 3, &b);
+    assert_non_null(strstr(buf_cstr(&b), "never issued"));
+    buf_reset(&b);
+    assert_int_equal(registry_sweep_tokens(reg, T0 + 1, 10), 1);
+    registry_explain_missing_token(reg, "tok", 3, &b);
+    assert_non_null(strstr(buf_cstr(&b), "this token expired: it was removed at "));
+    assert_non_null(strstr(buf_cstr(&b), "created 2023-11-14T22:13:20Z"));
+    buf_reset(&b);
+    registry_explain_missing_token(reg, "a b", 3, &b);
+    assert_non_null(strstr(buf_cstr(&b), "not a token: byte 0x20 at position 2"));
+    buf_reset(&b);
+    registry_explain_missing_token(reg, "_x", 2, &b);
+    assert_non_null(strstr(buf_cstr(&b), "starts with '_'"));
+    buf_reset(&b);
+
+    /* The bound: REGISTRY_MAX_TOMBSTONES more removals forget "tok". */
+    log_set_level(LOG_WARN); /* one "expired" line per removal */
+    for (int i = 0; i < REGISTRY_MAX_TOMBSTONES; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "t%d", i);
+        registry_create_token(reg, name, 3, T0 + 10 * SEC, &r);
+        assert_int_equal(r.err, REG_OK);
+        reg_result_clear(&r);
+        assert_int_equal(registry_sweep_tokens(reg, T0 + 20 * SEC, 10), 1);
+    }
+    log_set_level(LOG_INFO);
+    registry_explain_missing_token(reg, "tok", 3, &b);
+    assert_non_null(strstr(buf_cstr(&b), "never issued"));
+    buf_reset(&b);
+    registry_explain_missing_token(reg, "t0", 2, &b);
+    assert_non_null(strstr(buf_cstr(&b), "expired"));
+    buf_free(&b);
+}
+
 static void test_sweep_tokens(void **state)
 {
     registry_t *reg = *state; /* "tok" created at T0, index 1 */
@@ -2133,6 +2185,7 @@ int main(void)
         T(test_events_per_token_are_bounded),
         cmocka_unit_test(test_key_in_config),
         T(test_sweep_tokens),
+        T(test_tombstones_explain_missing_tokens),
         T(test_get_stamp_follows_the_token),
         cmocka_unit_test(test_free_with_parked_waiters),
         cmocka_unit_test(test_action_names),

@@ -1,0 +1,129 @@
+/*
+ * token_log.c - token events as log lines, and the cause of a missing
+ * token explained; see token_log.h.
+ */
+#include "api/token_log.h"
+
+#include <http_parser.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/api_internal.h"
+#include "util/log.h"
+
+/* The token of a full v2 key and what follows it ("" or "/m1/..."). */
+static bool token_of(const char *key, const char **name, size_t *len, const char **rest)
+{
+    static const char prefix[] = REGISTRY_PREFIX "/";
+    if (strncmp(key, prefix, sizeof prefix - 1) != 0)
+        return false;
+    *name = key + sizeof prefix - 1;
+    *len = strcspn(*name, "/");
+    *rest = *name + *len;
+    return *len > 0;
+}
+
+/* Whether `rest` names a member: one segment, not hidden ("/m1", "/m1/"). */
+static bool is_member_key(const char *rest)
+{
+    if (rest[0] != '/' || rest[1] == '\0' || rest[1] == '_')
+        return false;
+    size_t n = strcspn(rest + 1, "/");
+    return rest[1 + n] == '\0' || strcmp(rest + 1 + n, "/") == 0;
+}
+
+static uint64_t pair_hash(const char *name, size_t len, const char *addr)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (unsigned char)name[i]) * 1099511628211ULL;
+    h = (h ^ 0xff) * 1099511628211ULL;
+    for (const char *p = addr; *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+    return h ? h : 1; /* 0 marks an empty slot */
+}
+
+/* Marks (token, client address) seen; returns whether it was already. */
+static bool seen_before(api_t *api, const char *name, size_t len, const char *addr)
+{
+    if (!api->token_seen)
+        return true; /* no table (out of memory at start): never claim "new" */
+    uint64_t h = pair_hash(name, len, addr);
+    uint64_t *slot = &api->token_seen[h % TOKEN_LOG_SEEN_SLOTS];
+    bool was = *slot == h;
+    *slot = h;
+    return was;
+}
+
+void token_log_created(api_t *api, const http_request_t *req, const char *token, unsigned size)
+{
+    (void)api;
+    log_info("token %s created: size %u, by %s", token, size, req->peer);
+}
+
+static void explain_missing(api_t *api, const http_request_t *req, const char *name, size_t len,
+                            reg_result_t *res)
+{
+    buf_t cause = BUF_INIT;
+    buf_printf(&cause, "%s/%.*s: ", REGISTRY_PREFIX, (int)len, name);
+    registry_explain_missing_token(api->reg, name, len, &cause);
+    if (buf_failed(&cause)) {
+        buf_free(&cause);
+        return;
+    }
+    free(res->cause);
+    res->cause = buf_steal(&cause);
+    log_info("%s %s from %s: %s", req->method_name, req->path, req->peer, res->cause);
+}
+
+static void log_write(api_t *api, const http_request_t *req, const char *name, size_t len,
+                      const char *rest, const reg_event_t *ev)
+{
+    reg_token_summary_t sum;
+    if (!registry_token_summary(api->reg, name, len, &sum))
+        return;
+    seen_before(api, name, len, req->peer_addr);
+    bool removal = ev->action == REG_ACT_DELETE || ev->action == REG_ACT_CAD;
+    if (strcmp(rest, "/_config/size") == 0 && !ev->has_prev && !removal) {
+        log_info("token %.*s created: size %u, by %s (v2 keys API)", (int)len, name, sum.size,
+                 req->peer);
+    } else if (is_member_key(rest) && removal) {
+        log_info("token %.*s: member %s deleted by %s (%zu of %u left)", (int)len, name, rest + 1,
+                 req->peer, sum.members, sum.size);
+    } else if (is_member_key(rest) && !ev->has_prev && !ev->node.is_dir) {
+        log_info("token %.*s: member registered, %zu of %u, by %s: %s", (int)len, name, sum.members,
+                 sum.size, req->peer, ev->node.value ? ev->node.value : "");
+        if (sum.size && sum.members == sum.size)
+            log_info("token %.*s complete: all %u members registered", (int)len, name, sum.size);
+        else if (sum.size && sum.members > sum.size)
+            log_info("token %.*s: %zu registered, more than its size %u (the extra ones are "
+                     "proxies)",
+                     (int)len, name, sum.members, sum.size);
+    }
+}
+
+static void log_read(api_t *api, const http_request_t *req, const char *name, size_t len)
+{
+    reg_token_summary_t sum;
+    if (seen_before(api, name, len, req->peer_addr) ||
+        !registry_token_summary(api->reg, name, len, &sum) || !sum.size || sum.members < sum.size)
+        return;
+    log_warn("token %.*s (complete, %zu of %u) read by a new address %s: a machine given a used "
+             "token joins as a proxy of these members, and fails if they are gone (a stale "
+             "token? make a new one for a new cluster)",
+             (int)len, name, sum.members, sum.size, req->peer);
+}
+
+void token_log_v2(api_t *api, const http_request_t *req, const char *key, reg_result_t *res)
+{
+    const char *name, *rest;
+    size_t len;
+    if (!token_of(key, &name, &len, &rest))
+        return;
+    if (res->err == REG_E_KEY_NOT_FOUND && res->token_missing)
+        explain_missing(api, req, name, len, res);
+    else if (!res->err && res->event && req->method != HTTP_GET)
+        log_write(api, req, name, len, rest, res->event);
+    else if (!res->err && res->node && (rest[0] == '\0' || strcmp(rest, "/") == 0))
+        log_read(api, req, name, len);
+}
