@@ -15,6 +15,7 @@
 #include "cmd/cmd.h"
 #include "registry/registry.h"
 #include "server/http.h"
+#include "server/transport_tls.h"
 #include "store/store.h"
 #include "util/config.h"
 #include "util/log.h"
@@ -71,16 +72,28 @@ static void fit_connection_limit(uint64_t *max_conns)
     }
 }
 
-/* --host default when --addr names a host: http://HOST:PORT. */
-static char *derive_host(const char *addr)
+/* --host default when --addr names a host: http://HOST:PORT, or
+ * https://HOST:PORT when --addr serves TLS. */
+static char *derive_host(const char *addr, bool is_tls)
 {
     if (addr[0] == ':')
         return NULL; /* all interfaces: use each request's Host header */
-    size_t n = strlen(addr) + 8;
+    size_t n = strlen(addr) + 9;
     char *h = malloc(n);
     if (h)
-        snprintf(h, n, "http://%s", addr);
+        snprintf(h, n, "%s://%s", is_tls ? "https" : "http", addr);
     return h;
+}
+
+/* SIGHUP: the TLS material again from the same paths; a failure keeps the
+ * old one. Open connections keep theirs either way. */
+static void reload_tls(void *ctx)
+{
+    char summary[256], err[256];
+    if (tls_ctx_reload(ctx, summary, err) == 0)
+        log_info("TLS reloaded: %s", summary);
+    else
+        log_error("TLS reload failed, still serving the previous certificate: %s", err);
 }
 
 int cmd_serve(int argc, char **argv)
@@ -125,7 +138,21 @@ int cmd_serve(int argc, char **argv)
         store_close(store);
         return 1;
     }
-    char *derived = cfg.host ? NULL : derive_host(cfg.addr);
+    tls_ctx_t *tls = NULL;
+    if (cfg.tls_cert) {
+        tls_files_t files = {.cert_path = cfg.tls_cert,
+                             .key_path = cfg.tls_key,
+                             .client_ca_path = cfg.tls_client_ca};
+        tls = tls_ctx_new(&files, err);
+        if (!tls) {
+            log_error("%s", err);
+            registry_free(reg);
+            backend_close(backend);
+            store_close(store);
+            return 1;
+        }
+    }
+    char *derived = cfg.host ? NULL : derive_host(cfg.addr, tls != NULL);
     api_config_t acfg = {.host_prefix = cfg.host ? cfg.host : derived,
                          .min_age_ms = cfg.minage_ms,
                          .gc_every_ms = cfg.gcfreq_ms,
@@ -160,6 +187,10 @@ int cmd_serve(int argc, char **argv)
         .tick_ctx = api,
         .notify_fd = backend_notify_fd(backend),
         .on_notify = api_on_durable,
+        .tls = tls,
+        .plain_addr = cfg.plain_addr,
+        .on_reload = tls ? reload_tls : NULL,
+        .reload_ctx = tls,
     };
     http_server_t *srv = http_server_new(&scfg, err);
     if (!srv) {
@@ -167,6 +198,13 @@ int cmd_serve(int argc, char **argv)
         return 1;
     }
     api_set_server(api, srv);
+    if (tls) {
+        char summary[256];
+        tls_ctx_describe(tls, summary, sizeof summary);
+        log_info("TLS on %s (TLS 1.2 and 1.3%s): %s; plain HTTP on %s", http_server_address(srv),
+                 tls_ctx_requires_client_cert(tls) ? ", client certificates required" : "", summary,
+                 http_server_plain_address(srv) ? http_server_plain_address(srv) : "none");
+    }
     log_info("disco %s serving on %s (store: %s; data dir: %s; /new prints %s; wait timeout: "
              "%llums)",
              DISCO_VERSION, http_server_address(srv), store_name(store),
@@ -190,6 +228,7 @@ int cmd_serve(int argc, char **argv)
     api_free(api);
     registry_free(reg);
     backend_close(backend);
+    tls_ctx_free(tls);
     free(derived);
     if (rc != 0) {
         log_error("event loop failed: %s", strerror(-rc));

@@ -188,6 +188,11 @@ typedef struct http_server_config {
      * when it becomes readable. The store's "durable" signal. */
     int notify_fd;
     void (*on_notify)(void *ctx);
+    /* TLS (server/transport_tls.h), owned by the caller and kept until
+     * http_server_free: with it, `addr` serves TLS only. NULL: plain. */
+    struct tls_ctx *tls;
+    /* With `tls`: a plaintext listener too ("host:port"), or NULL. */
+    const char *plain_addr;
 } http_server_config_t;
 
 /*
@@ -197,6 +202,8 @@ typedef struct http_server_config {
 http_server_t *http_server_new(const http_server_config_t *cfg, char *err);
 /* The bound address as "host:port" (useful with port 0). */
 const char *http_server_address(const http_server_t *srv);
+/* The plaintext listener's bound address beside TLS, or NULL when none. */
+const char *http_server_plain_address(const http_server_t *srv);
 /* The server's event loop, for other descriptors and timers to join. */
 struct loop;
 struct loop *http_server_loop(http_server_t *srv);

@@ -59,6 +59,10 @@ typedef struct serve_config {
     uint64_t header_timeout_ms;    /* --header-timeout, DISC_HEADER_TIMEOUT */
     uint64_t body_timeout_ms;      /* --body-timeout, DISC_BODY_TIMEOUT */
     uint64_t idle_timeout_ms;      /* --idle-timeout, DISC_IDLE_TIMEOUT */
+    const char *tls_cert;          /* --tls-cert, DISC_TLS_CERT; NULL: no TLS */
+    const char *tls_key;           /* --tls-key, DISC_TLS_KEY */
+    const char *tls_client_ca;     /* --tls-client-ca, DISC_TLS_CLIENT_CA; NULL: none */
+    const char *plain_addr;        /* --plain-addr, DISC_PLAIN_ADDR; NULL: none */
     bool help;
     bool version;
 } serve_config_t;
