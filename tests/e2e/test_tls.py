@@ -318,6 +318,17 @@ class TestTls(TlsTestCase):
         self.assertEqual(third.getresponse().read(), b"OK")
         self.assertEqual(serial_of(third), RELOADED_SERIAL)
 
+    def test_bad_material_stops_startup_with_the_reason(self):
+        argv = harness.disco_wrapper() + [
+            harness.disco_bin(), "serve", "--addr", "%s:%d" % (harness.LOOPBACK, harness.free_port()),
+            "--data-dir", "", "--tls-cert", pki("server.pem"), "--tls-key", pki("server2.key")]
+        proc = harness.Proc(argv, os.path.join(self.workdir, "bad.log"), name="disco-bad")
+        rc = proc.wait(harness.DISCO_WRAPPED_HEALTH_TIMEOUT_S)
+        proc.stop()
+        self.assertEqual(rc, 1, proc.log())
+        self.assertIn("cannot load the key", proc.log())
+        self.assertIn("mismatch", proc.log())
+
     def test_slow_handshake_is_cut_at_the_header_timeout(self):
         d = self.start(("--header-timeout", SLOW_HANDSHAKE_TIMEOUT))
         # the head of a TLS handshake record (a ClientHello), then its body a
