@@ -209,7 +209,9 @@ int cmd_serve(int argc, char **argv)
              "%llums)",
              DISCO_VERSION, http_server_address(srv), store_name(store),
              in_memory ? "none" : cfg.data_dir,
-             acfg.host_prefix ? acfg.host_prefix : "http://<Host header>",
+             acfg.host_prefix ? acfg.host_prefix
+             : tls            ? "https://<Host header> (http:// on the plain listener)"
+                              : "http://<Host header>",
              (unsigned long long)cfg.wait_timeout_ms);
     log_info("limits: head %llu B, body %llu B, key %llu B, value %llu B, %llu keys and %llu "
              "events a token, %llu connections, /new %llu/s burst %llu an address (0: off); "

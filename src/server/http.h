@@ -107,6 +107,7 @@ typedef struct http_request {
                                  "2001:db8::1" (IPv4-mapped IPv6 shown as IPv4); "" when the
                                  socket has none (a socketpair) */
     http_req_t handle;
+    bool is_tls; /* arrived over TLS: the URL the client used is https:// */
 } http_request_t;
 
 typedef struct http_reply {
