@@ -381,6 +381,8 @@ void format_peer(const struct sockaddr_storage *sa, char *out, size_t len, char 
     }
 }
 
+_Static_assert(READ_CHUNK_BYTES >= 16 * 1024, "a whole TLS record fits one read (transport_tls.h)");
+
 int conn_add(http_server_t *s, int fd, const struct sockaddr_storage *sa, struct tls_ctx *tls)
 {
     http_conn_t *c = calloc(1, sizeof *c);

@@ -41,6 +41,8 @@
 /* Ties resumed sessions to this service, which OpenSSL requires once
  * client certificates are verified. */
 #define SESSION_ID_CONTEXT "disco"
+/* The most plaintext one TLS record carries. */
+#define TLS_MAX_RECORD_PLAINTEXT_BYTES SSL3_RT_MAX_PLAIN_LENGTH
 /* The first byte of a TLS record that carries a handshake message. */
 #define TLS_RECORD_HANDSHAKE 0x16
 
@@ -304,6 +306,7 @@ static ssize_t tls_handshake(transport_t *t)
         }
     }
     ERR_clear_error();
+    errno = 0;
     int rc = SSL_accept(ssl);
     if (rc != 1)
         return tls_failure(t, ssl, rc, "handshake");
@@ -321,11 +324,14 @@ static ssize_t tls_recv(transport_t *t, char *buf, size_t len)
     }
     SSL *ssl = t->state;
     /* Fill the buffer as recv(2) would: SSL_read returns one record at a
-     * time, and a record already read from the socket would not wake
-     * epoll again. */
+     * time. Another record is read only while a whole one fits: a record
+     * split across calls would leave its rest inside OpenSSL, where epoll
+     * cannot see it (read-ahead is off, so nothing else is ever kept
+     * there). The connection reads READ_CHUNK_BYTES (64 KiB) at a time. */
     size_t got = 0;
-    while (got < len) {
+    while (got == 0 || len - got >= TLS_MAX_RECORD_PLAINTEXT_BYTES) {
         ERR_clear_error();
+        errno = 0;
         int chunk = len - got > INT_MAX ? INT_MAX : (int)(len - got);
         int n = SSL_read(ssl, buf + got, chunk);
         if (n > 0) {
@@ -353,6 +359,7 @@ static ssize_t tls_send(transport_t *t, const char *buf, size_t len)
     }
     SSL *ssl = t->state;
     ERR_clear_error();
+    errno = 0;
     int n = SSL_write(ssl, buf, len > INT_MAX ? INT_MAX : (int)len);
     if (n > 0) {
         t->wants = 0;

@@ -55,6 +55,9 @@ void tls_ctx_free(tls_ctx_t *ctx);
  * `fd`, which it owns from now on (closed by transport_close, or here on
  * failure). Returns 0, or -ENOMEM.
  *
+ * recv should be given at least 16 KiB (a whole record): with less, the
+ * rest of a record would wait inside OpenSSL, unseen by epoll.
+ *
  * recv's extra answer: -EPROTO when the client spoke plain HTTP instead
  * of TLS. The transport has then turned into a plain one (its ops are
  * the plain transport's), so that the caller can write a plain-HTTP

@@ -40,6 +40,9 @@ SLOW_HANDSHAKE_MAX_S = 8.0
 DRIBBLE_INTERVAL_S = 0.2
 DRIBBLE_MAX_BYTES = 60  # 12 s of dribbling: past the bound above
 
+ODD_RECORD_BYTES = 10000
+PARKED_PIPELINE_BYTES = 135000
+
 SERVER_SERIAL = "1001"
 RELOADED_SERIAL = "2002"
 
@@ -317,6 +320,82 @@ class TestTls(TlsTestCase):
         third.request("GET", "/health")
         self.assertEqual(third.getresponse().read(), b"OK")
         self.assertEqual(serial_of(third), RELOADED_SERIAL)
+
+    def test_large_bodies_and_pipelined_requests_over_tls(self):
+        d = self.start(("--max-value-bytes", "60KiB"))
+        token = https(d.port, "GET", "/new?size=3")[2].decode().rsplit("/", 1)[1]
+        key = "/v2/keys/_etcd/registry/%s/k" % token
+        ctx = client_context()
+        raw = socket.create_connection((harness.LOOPBACK, d.port), timeout=20)
+        s = ctx.wrap_socket(raw, server_hostname=harness.LOOPBACK)
+        self.addCleanup(s.close)
+        value = "v" * (60 * 1024)  # many TLS records, under --max-body-bytes
+        body = ("value=" + value).encode()
+        put = harness.RawConn.format_request("PUT", key, body,
+                                             host="127.0.0.1")
+        gets = harness.RawConn.format_request("GET", "/health", host="127.0.0.1") * 3000
+        s.sendall(put + gets)  # about 150 KiB in one go
+        data = b""
+        answers = []
+        deadline = time.monotonic() + 20
+        while len(answers) < 3001 and time.monotonic() < deadline:
+            got = harness.parse_answer(data, False)
+            if got is None:
+                chunk = s.recv(65536)
+                self.assertTrue(chunk, "closed after %d answers" % len(answers))
+                data += chunk
+                continue
+            answer, data = got
+            answers.append(answer)
+        self.assertEqual(len(answers), 3001)
+        self.assertEqual(answers[0].status, 201, answers[0])
+        self.assertTrue(all(a.status == 200 and a.body == b"OK" for a in answers[1:]))
+        status, _, got_body = https(d.port, "GET", key)
+        self.assertEqual(status, 200, got_body[:300])
+        self.assertEqual(json.loads(got_body)["node"]["value"], value)
+
+    def test_bytes_pipelined_behind_a_parked_watch_over_tls(self):
+        # Reading pauses while a watch is parked and more than 64 KiB waits
+        # behind it; once the watch is answered every request that waited
+        # must be answered too, the last bytes included.
+        d = self.start()
+        token = https(d.port, "GET", "/new?size=3")[2].decode().rsplit("/", 1)[1]
+        key = "/v2/keys/_etcd/registry/%s/k" % token
+        s = client_context().wrap_socket(
+            socket.create_connection((harness.LOOPBACK, d.port), timeout=20),
+            server_hostname=harness.LOOPBACK)
+        self.addCleanup(s.close)
+        watch = harness.RawConn.format_request("GET", key + "?wait=true", host="127.0.0.1")
+        # enough that reading pauses, ending inside the record that holds
+        # the 128 KiB mark: the server's second 64 KiB read splits it
+        one_get = harness.RawConn.format_request("GET", "/health", host="127.0.0.1")
+        n_gets = (PARKED_PIPELINE_BYTES - len(watch)) // len(one_get)
+        gets = one_get * n_gets
+        # records of an odd size, so that some straddle the server's reads
+        data = watch + gets
+        for i in range(0, len(data), ODD_RECORD_BYTES):
+            s.sendall(data[i:i + ODD_RECORD_BYTES])
+        time.sleep(0.3)  # let the server read until it pauses
+        conn = http.client.HTTPSConnection(harness.LOOPBACK, d.port, timeout=10,
+                                           context=client_context())
+        conn.request("PUT", key, body="value=x",
+                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+        self.assertEqual(conn.getresponse().status, 201)
+        conn.close()
+        data, answers = b"", []
+        deadline = time.monotonic() + 20
+        while len(answers) < n_gets + 1 and time.monotonic() < deadline:
+            got = harness.parse_answer(data, False)
+            if got is None:
+                chunk = s.recv(65536)
+                self.assertTrue(chunk, "closed after %d answers" % len(answers))
+                data += chunk
+                continue
+            answer, data = got
+            answers.append(answer)
+        self.assertEqual(len(answers), n_gets + 1)
+        self.assertEqual(answers[0].status, 200)
+        self.assertIn(b'"action":"set"', answers[0].body)
 
     def test_bad_material_stops_startup_with_the_reason(self):
         argv = harness.disco_wrapper() + [
