@@ -40,6 +40,19 @@
 
 /* ---- accept ------------------------------------------------------------- */
 
+/* One log line at most every REJECT_LOG_EVERY_MS for refused connections. */
+static void note_rejected(http_server_t *s)
+{
+    s->rejected_since_log++;
+    uint64_t now = loop_now_ms(s->loop);
+    if (now - s->last_reject_log_ms >= REJECT_LOG_EVERY_MS) {
+        log_warn("%zu connection(s) refused (503, or closed if TLS): %zu open, the limit",
+                 s->rejected_since_log, s->n_conns);
+        s->last_reject_log_ms = now;
+        s->rejected_since_log = 0;
+    }
+}
+
 /*
  * Past the connection limit: answers 503 at once and closes, so a client
  * (an etcd member retries 5xx with backoff) learns why instead of waiting
@@ -64,14 +77,7 @@ static void reject_busy(http_server_t *s, int fd)
     buf_free(&body);
     shutdown(fd, SHUT_WR);
     close(fd);
-    s->rejected_since_log++;
-    uint64_t now = loop_now_ms(s->loop);
-    if (now - s->last_reject_log_ms >= REJECT_LOG_EVERY_MS) {
-        log_warn("%zu connection(s) refused with 503: %zu open, the limit", s->rejected_since_log,
-                 s->n_conns);
-        s->last_reject_log_ms = now;
-        s->rejected_since_log = 0;
-    }
+    note_rejected(s);
 }
 
 /*
@@ -87,7 +93,7 @@ static void take_connection(http_server_t *s, int fd, const struct sockaddr_stor
             return;
         }
         close(fd);
-        s->rejected_since_log++;
+        note_rejected(s);
         return;
     }
     if (conn_add(s, fd, sa, tls) != 0)

@@ -397,6 +397,27 @@ class TestTls(TlsTestCase):
         self.assertEqual(answers[0].status, 200)
         self.assertIn(b'"action":"set"', answers[0].body)
 
+    def test_past_max_conns_a_tls_connection_is_closed(self):
+        d = self.start(("--max-conns", "2"))
+        held = []
+        for _ in range(2):
+            s = client_context().wrap_socket(
+                socket.create_connection((harness.LOOPBACK, d.port), timeout=10),
+                server_hostname=harness.LOOPBACK)
+            self.addCleanup(s.close)
+            held.append(s)
+        with self.assertRaises((ssl.SSLError, ConnectionResetError, ConnectionAbortedError,
+                                BrokenPipeError, OSError)):
+            s = client_context().wrap_socket(
+                socket.create_connection((harness.LOOPBACK, d.port), timeout=10),
+                server_hostname=harness.LOOPBACK)
+            s.close()
+        held[0].sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        self.assertTrue(held[0].recv(4096).startswith(b"HTTP/1.1 200 "))
+        held[0].close()
+        harness.wait_until(lambda: https(d.port, "GET", "/health")[0] == 200, 10,
+                           what="a free connection slot again")
+
     def test_bad_material_stops_startup_with_the_reason(self):
         argv = harness.disco_wrapper() + [
             harness.disco_bin(), "serve", "--addr", "%s:%d" % (harness.LOOPBACK, harness.free_port()),
