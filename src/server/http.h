@@ -225,6 +225,9 @@ void http_server_free(http_server_t *srv);
  * `timeout_ms` (0: only what is ready). Both return 0 or -errno.
  */
 int http_server_adopt(http_server_t *srv, int fd);
+/* The same for a connection whose client speaks TLS with `tls` (the fuzz
+ * target through the TLS transport). */
+int http_server_adopt_tls(http_server_t *srv, int fd, struct tls_ctx *tls);
 int http_server_run_once(http_server_t *srv, int timeout_ms);
 
 /* Open connections and parked requests right now. */

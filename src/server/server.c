@@ -261,6 +261,11 @@ int http_server_run_once(http_server_t *s, int timeout_ms)
 
 int http_server_adopt(http_server_t *s, int fd)
 {
+    return http_server_adopt_tls(s, fd, NULL);
+}
+
+int http_server_adopt_tls(http_server_t *s, int fd, struct tls_ctx *tls)
+{
     struct sockaddr_storage sa;
     socklen_t sl = sizeof sa;
     memset(&sa, 0, sizeof sa);
@@ -274,10 +279,10 @@ int http_server_adopt(http_server_t *s, int fd)
     }
     loop_update_clock(s->loop); /* called between loop turns */
     if (s->n_conns >= s->cfg.max_conns || s->stopping) {
-        reject_busy(s, fd);
+        take_connection(s, fd, &sa, tls); /* refuses it */
         return 0;
     }
-    return conn_add(s, fd, &sa, NULL);
+    return conn_add(s, fd, &sa, tls);
 }
 
 struct loop *http_server_loop(http_server_t *s)
