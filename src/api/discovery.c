@@ -175,7 +175,7 @@ void discovery_new(api_t *api, const http_request_t *req)
     if (api->host_prefix) {
         buf_puts(&prefix, api->host_prefix);
     } else if (host_is_sane(req->host)) {
-        buf_puts(&prefix, "http://");
+        buf_puts(&prefix, req->is_tls ? "https://" : "http://");
         buf_puts(&prefix, req->host);
     } else {
         send_text(api, req->handle, METRICS_NEW, method, 400,

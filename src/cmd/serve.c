@@ -16,6 +16,7 @@
 #include "loop/loop.h"
 #include "registry/registry.h"
 #include "server/http.h"
+#include "server/transport_tls.h"
 #include "store/store.h"
 #include "util/config.h"
 #include "util/log.h"
@@ -83,17 +84,17 @@ static bool addr_is_wildcard(const char *addr)
     return addr[0] == ':' || strncmp(addr, "0.0.0.0:", 8) == 0 || strncmp(addr, "[::]:", 5) == 0;
 }
 
-/* --host default when --addr names a host: http://HOST:PORT. A wildcard
- * address is no URL anyone can reach: each request's Host header then
- * gives the prefix. */
-static char *derive_host(const char *addr)
+/* --host default when --addr names a host: http://HOST:PORT, or
+ * https://HOST:PORT when --addr serves TLS. A wildcard address is no URL
+ * anyone can reach: each request's Host header then gives the prefix. */
+static char *derive_host(const char *addr, bool is_tls)
 {
     if (addr_is_wildcard(addr))
         return NULL;
-    size_t n = strlen(addr) + 8;
+    size_t n = strlen(addr) + 9;
     char *h = malloc(n);
     if (h)
-        snprintf(h, n, "http://%s", addr);
+        snprintf(h, n, "%s://%s", is_tls ? "https" : "http", addr);
     return h;
 }
 
@@ -131,6 +132,17 @@ static void notify_stopping(void *ctx)
 {
     (void)ctx;
     notify("STOPPING=1\nSTATUS=stopping: draining connections");
+}
+
+/* SIGHUP: the TLS material again from the same paths; a failure keeps the
+ * old one. Open connections keep theirs either way. */
+static void reload_tls(void *ctx)
+{
+    char summary[256], err[256];
+    if (tls_ctx_reload(ctx, summary, err) == 0)
+        log_info("TLS reloaded: %s", summary);
+    else
+        log_error("TLS reload failed, still serving the previous certificate: %s", err);
 }
 
 int cmd_serve(int argc, char **argv)
@@ -183,7 +195,21 @@ int cmd_serve(int argc, char **argv)
         store_close(store);
         return 1;
     }
-    char *derived = cfg.host ? NULL : derive_host(cfg.addr);
+    tls_ctx_t *tls = NULL;
+    if (cfg.tls_cert) {
+        tls_files_t files = {.cert_path = cfg.tls_cert,
+                             .key_path = cfg.tls_key,
+                             .client_ca_path = cfg.tls_client_ca};
+        tls = tls_ctx_new(&files, err);
+        if (!tls) {
+            log_error("%s", err);
+            registry_free(reg);
+            backend_close(backend);
+            store_close(store);
+            return 1;
+        }
+    }
+    char *derived = cfg.host ? NULL : derive_host(cfg.addr, tls != NULL);
     api_config_t acfg = {.host_prefix = cfg.host ? cfg.host : derived,
                          .min_age_ms = cfg.minage_ms,
                          .gc_every_ms = cfg.gcfreq_ms,
@@ -224,6 +250,10 @@ int cmd_serve(int argc, char **argv)
         .notify_fd = backend_notify_fd(backend),
         .on_notify = api_on_durable,
         .on_stop = notify_stopping,
+        .tls = tls,
+        .plain_addr = cfg.plain_addr,
+        .on_reload = tls ? reload_tls : NULL,
+        .reload_ctx = tls,
     };
     http_server_t *srv = http_server_new(&scfg, err);
     if (!srv) {
@@ -231,11 +261,20 @@ int cmd_serve(int argc, char **argv)
         return 1;
     }
     api_set_server(api, srv);
+    if (tls) {
+        char summary[256];
+        tls_ctx_describe(tls, summary, sizeof summary);
+        log_info("TLS on %s (TLS 1.2 and 1.3%s): %s; plain HTTP on %s", http_server_address(srv),
+                 tls_ctx_requires_client_cert(tls) ? ", client certificates required" : "", summary,
+                 http_server_plain_address(srv) ? http_server_plain_address(srv) : "none");
+    }
     log_info("disco %s serving on %s (store: %s; data dir: %s; /new prints %s; wait timeout: "
              "%llums)",
              DISCO_VERSION, http_server_address(srv), store_name(store),
              in_memory ? "none" : cfg.data_dir,
-             acfg.host_prefix ? acfg.host_prefix : "http://<Host header>",
+             acfg.host_prefix ? acfg.host_prefix
+             : tls            ? "https://<Host header> (http:// on the plain listener)"
+                              : "http://<Host header>",
              (unsigned long long)cfg.wait_timeout_ms);
     log_info("limits: head %llu B, body %llu B, key %llu B, value %llu B, %llu keys and %llu "
              "events a token, %llu connections, /new %llu/s burst %llu an address (0: off); "
@@ -262,6 +301,7 @@ int cmd_serve(int argc, char **argv)
     api_free(api);
     registry_free(reg);
     backend_close(backend);
+    tls_ctx_free(tls);
     free(derived);
     log_access_close();
     if (rc != 0) {

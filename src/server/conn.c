@@ -35,6 +35,7 @@
 #include <unistd.h>
 
 #include "server/server_internal.h"
+#include "server/transport_tls.h"
 #include "util/log.h"
 
 static void conn_on_ready(loop_io_t *io, uint32_t events);
@@ -106,8 +107,8 @@ void conn_update_timer(http_conn_t *c)
         want = TL_WRITE;
     else if (c->in_request && c->headers_done)
         want = TL_BODY;
-    else if (c->in_request || c->pending.len)
-        want = TL_HEADER;
+    else if (c->in_request || c->pending.len || c->tp.is_handshaking)
+        want = TL_HEADER; /* a TLS handshake counts as a slow head (slowloris) */
     else
         want = TL_IDLE;
     if (want == c->tl)
@@ -147,8 +148,13 @@ void conn_flush(http_conn_t *c)
     if (c->closed)
         return;
     bool moved = false;
+    uint32_t wants_before = c->tp.wants;
     while (c->out_off < c->out.len) {
         ssize_t n = transport_send(&c->tp, c->out.data + c->out_off, c->out.len - c->out_off);
+        if (c->tp.wants != wants_before) {
+            conn_update_events(c); /* TLS: a write that waits to read */
+            wants_before = c->tp.wants;
+        }
         if (n > 0) {
             c->out_off += (size_t)n;
             moved = true;
@@ -375,9 +381,9 @@ void format_peer(const struct sockaddr_storage *sa, char *out, size_t len, char 
     }
 }
 
-/* Takes a connected, non-blocking socket into the loop. Returns 0 or
- * -errno (the socket is closed then). */
-int conn_add(http_server_t *s, int fd, const struct sockaddr_storage *sa)
+_Static_assert(READ_CHUNK_BYTES >= 16 * 1024, "a whole TLS record fits one read (transport_tls.h)");
+
+int conn_add(http_server_t *s, int fd, const struct sockaddr_storage *sa, struct tls_ctx *tls)
 {
     http_conn_t *c = calloc(1, sizeof *c);
     if (!c) {
@@ -386,7 +392,12 @@ int conn_add(http_server_t *s, int fd, const struct sockaddr_storage *sa)
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one); /* fails on a socketpair */
-    transport_plain_init(&c->tp, fd);
+    if (!tls) {
+        transport_plain_init(&c->tp, fd);
+    } else if (transport_tls_init(&c->tp, fd, tls) != 0) {
+        free(c); /* the socket is closed */
+        return -ENOMEM;
+    }
     c->srv = s;
     c->tl = TL_NONE;
     c->req = REQ_NONE;
@@ -426,6 +437,20 @@ static void conn_linger_read(http_conn_t *c)
     }
 }
 
+/*
+ * A TLS handshake completed: the connection waits for its first request
+ * now (the idle timeout). This is where a connection whose ALPN chose
+ * "h2" will be handed to the HTTP/2 code; "h2" is not offered yet
+ * (transport_tls.c, alpn_offer), so every connection speaks HTTP/1.1.
+ */
+static void conn_handshake_done(http_conn_t *c)
+{
+    const char *alpn = transport_tls_alpn(&c->tp);
+    assert(!alpn || strcmp(alpn, "http/1.1") == 0);
+    (void)alpn;
+    conn_update_timer(c);
+}
+
 /* The client half-closed: nothing more will be read. */
 static void conn_read_eof(http_conn_t *c)
 {
@@ -444,7 +469,13 @@ static void conn_readable(http_conn_t *c)
         return;
     }
     for (int rounds = 0; rounds < 16 && !c->closed && !c->read_paused && !c->read_eof; rounds++) {
+        bool was_handshaking = c->tp.is_handshaking;
+        uint32_t wants_before = c->tp.wants;
         ssize_t n = transport_recv(&c->tp, s->rbuf, READ_CHUNK_BYTES);
+        if (c->tp.wants != wants_before)
+            conn_update_events(c);
+        if (was_handshaking && !c->tp.is_handshaking)
+            conn_handshake_done(c);
         if (n > 0) {
             http1_feed(c, s->rbuf, (size_t)n);
             if (!c->closed) {
@@ -457,6 +488,10 @@ static void conn_readable(http_conn_t *c)
             conn_read_eof(c);
             return;
         } else if (n == -EAGAIN) {
+            return;
+        } else if (n == -EPROTO) {
+            /* The transport is plain now: answer as nginx does. */
+            http1_refuse(c, 400, "The plain HTTP request was sent to HTTPS port");
             return;
         } else {
             conn_close(c);
@@ -486,6 +521,14 @@ static void conn_on_ready(loop_io_t *io, uint32_t events)
         conn_update_events(c);
         events &= ~(uint32_t)EPOLLRDHUP;
     }
+    /* A TLS transport may need the other direction for its own progress:
+     * a handshake (or a read) that waits to write, a write that waits to
+     * read. */
+    uint32_t tp_wants = c->tp.wants;
+    if ((events & EPOLLIN) && (tp_wants & EPOLLIN) && c->want_write)
+        events |= EPOLLOUT;
+    if ((events & EPOLLOUT) && (tp_wants & EPOLLOUT) && !c->want_write)
+        events |= EPOLLIN;
     if (events & EPOLLOUT) {
         conn_flush(c);
         if (c->closed)
@@ -510,6 +553,11 @@ uint64_t conn_expire_timers(http_server_t *s, uint64_t now_ms)
                 req_end_parked(c, HTTP_PARK_TIMEOUT);
                 if (!c->closed)
                     conn_update_timer(c);
+            } else if (tl == TL_HEADER && c->tp.is_handshaking) {
+                /* No answer can be read before the handshake: just close. */
+                log_debug("closing %s: the TLS handshake did not finish within %llu ms", c->peer,
+                          (unsigned long long)s->timers[TL_HEADER].duration_ms);
+                conn_close(c);
             } else if (tl == TL_HEADER) {
                 char why[96];
                 snprintf(why, sizeof why, "the request headers did not arrive within %llu ms",

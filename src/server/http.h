@@ -107,6 +107,7 @@ typedef struct http_request {
                                  "2001:db8::1" (IPv4-mapped IPv6 shown as IPv4); "" when the
                                  socket has none (a socketpair) */
     http_req_t handle;
+    bool is_tls; /* arrived over TLS: the URL the client used is https:// */
 } http_request_t;
 
 typedef struct http_reply {
@@ -193,6 +194,11 @@ typedef struct http_server_config {
      * NULL: nothing. */
     void (*on_stop)(void *ctx);
     void *stop_ctx;
+    /* TLS (server/transport_tls.h), owned by the caller and kept until
+     * http_server_free: with it, `addr` serves TLS only. NULL: plain. */
+    struct tls_ctx *tls;
+    /* With `tls`: a plaintext listener too ("host:port"), or NULL. */
+    const char *plain_addr;
 } http_server_config_t;
 
 /*
@@ -202,6 +208,8 @@ typedef struct http_server_config {
 http_server_t *http_server_new(const http_server_config_t *cfg, char *err);
 /* The bound address as "host:port" (useful with port 0). */
 const char *http_server_address(const http_server_t *srv);
+/* The plaintext listener's bound address beside TLS, or NULL when none. */
+const char *http_server_plain_address(const http_server_t *srv);
 /* The server's event loop, for other descriptors and timers to join. */
 struct loop;
 struct loop *http_server_loop(http_server_t *srv);
@@ -222,6 +230,9 @@ void http_server_free(http_server_t *srv);
  * `timeout_ms` (0: only what is ready). Both return 0 or -errno.
  */
 int http_server_adopt(http_server_t *srv, int fd);
+/* The same for a connection whose client speaks TLS with `tls` (the fuzz
+ * target through the TLS transport). */
+int http_server_adopt_tls(http_server_t *srv, int fd, struct tls_ctx *tls);
 int http_server_run_once(http_server_t *srv, int timeout_ms);
 
 /* Open connections and parked requests right now. */

@@ -390,6 +390,7 @@ static void dispatch(http_conn_t *c)
         .peer = c->peer,
         .peer_addr = c->peer_addr,
         .handle = req_handle(s, slot),
+        .is_tls = strcmp(c->tp.ops->name, "tls") == 0,
     };
     s->cfg.handler(s->cfg.handler_ctx, &req);
     if (c->closed)

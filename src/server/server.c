@@ -3,6 +3,9 @@
  * connection limit, signals, the loop's hooks (deadlines, the wall-clock
  * tick, end-of-turn work), graceful stop, and the test seam.
  *
+ * With TLS (cfg.tls) the main listener's connections speak TLS, and a
+ * second listener (cfg.plain_addr) may serve plain HTTP beside it.
+ *
  * The model is in http.h; connections are in conn.c, HTTP/1.1 framing in
  * http1.c, request handles in request.c.
  */
@@ -37,6 +40,19 @@
 
 /* ---- accept ------------------------------------------------------------- */
 
+/* One log line at most every REJECT_LOG_EVERY_MS for refused connections. */
+static void note_rejected(http_server_t *s)
+{
+    s->rejected_since_log++;
+    uint64_t now = loop_now_ms(s->loop);
+    if (now - s->last_reject_log_ms >= REJECT_LOG_EVERY_MS) {
+        log_warn("%zu connection(s) refused (503, or closed if TLS): %zu open, the limit",
+                 s->rejected_since_log, s->n_conns);
+        s->last_reject_log_ms = now;
+        s->rejected_since_log = 0;
+    }
+}
+
 /*
  * Past the connection limit: answers 503 at once and closes, so a client
  * (an etcd member retries 5xx with backoff) learns why instead of waiting
@@ -61,36 +77,37 @@ static void reject_busy(http_server_t *s, int fd)
     buf_free(&body);
     shutdown(fd, SHUT_WR);
     close(fd);
-    s->rejected_since_log++;
-    uint64_t now = loop_now_ms(s->loop);
-    if (now - s->last_reject_log_ms >= REJECT_LOG_EVERY_MS) {
-        log_warn("%zu connection(s) refused with 503: %zu open, the limit", s->rejected_since_log,
-                 s->n_conns);
-        s->last_reject_log_ms = now;
-        s->rejected_since_log = 0;
-    }
+    note_rejected(s);
 }
 
-/* Takes a connection, or answers it 503 past the limit. */
-static void take_connection(http_server_t *s, int fd, const struct sockaddr_storage *sa)
+/*
+ * Takes a connection, or answers it 503 past the limit. A TLS client
+ * could not read a plain 503: past the limit its socket is just closed.
+ */
+static void take_connection(http_server_t *s, int fd, const struct sockaddr_storage *sa,
+                            struct tls_ctx *tls)
 {
     if (s->n_conns >= s->cfg.max_conns || s->stopping) {
-        reject_busy(s, fd);
+        if (!tls) {
+            reject_busy(s, fd);
+            return;
+        }
+        close(fd);
+        note_rejected(s);
         return;
     }
-    if (conn_add(s, fd, sa) != 0)
+    if (conn_add(s, fd, sa, tls) != 0)
         log_warn("cannot take a connection: out of memory");
 }
 
-static void accept_all(loop_io_t *io, uint32_t events)
+/* Accepts what waits on the listener `lio`; its connections speak TLS
+ * with `tls` (NULL: plain). */
+static void accept_all_on(http_server_t *s, loop_io_t *lio, struct tls_ctx *tls)
 {
-    (void)events;
-    http_server_t *s = (http_server_t *)((char *)io - offsetof(http_server_t, listen_io));
     for (int i = 0; i < MAX_ACCEPTS_PER_TURN; i++) {
         struct sockaddr_storage sa;
         socklen_t sl = sizeof sa;
-        int fd =
-            accept4(s->listen_io.fd, (struct sockaddr *)&sa, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int fd = accept4(lio->fd, (struct sockaddr *)&sa, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno == EINTR || errno == ECONNABORTED)
                 continue;
@@ -99,9 +116,11 @@ static void accept_all(loop_io_t *io, uint32_t events)
                  * connection off the backlog and answer it 503, rather
                  * than let the listening socket wake the loop forever. */
                 close(s->spare_fd);
-                fd = accept4(s->listen_io.fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-                if (fd >= 0)
+                fd = accept4(lio->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+                if (fd >= 0 && !tls)
                     reject_busy(s, fd);
+                else if (fd >= 0)
+                    close(fd);
                 s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
                 return;
             }
@@ -109,19 +128,41 @@ static void accept_all(loop_io_t *io, uint32_t events)
                 log_warn("accept: %s", strerror(errno));
             return;
         }
-        take_connection(s, fd, &sa);
+        take_connection(s, fd, &sa, tls);
     }
+}
+
+/* The main listener: TLS when configured. */
+static void accept_all(loop_io_t *io, uint32_t events)
+{
+    (void)events;
+    http_server_t *s = (http_server_t *)((char *)io - offsetof(http_server_t, listen_io));
+    accept_all_on(s, io, s->cfg.tls);
+}
+
+/* The plaintext listener beside TLS (--plain-addr). */
+static void accept_all_plain(loop_io_t *io, uint32_t events)
+{
+    (void)events;
+    http_server_t *s = (http_server_t *)((char *)io - offsetof(http_server_t, plain_listen_io));
+    accept_all_on(s, io, NULL);
 }
 
 /* ---- stop and the loop's hooks ------------------------------------------ */
 
-static void stop_listening(http_server_t *s)
+static void stop_listener(http_server_t *s, loop_io_t *lio)
 {
-    int fd = s->listen_io.fd;
+    int fd = lio->fd;
     if (fd < 0)
         return;
-    loop_io_stop(s->loop, &s->listen_io);
+    loop_io_stop(s->loop, lio);
     close(fd);
+}
+
+static void stop_listening(http_server_t *s)
+{
+    stop_listener(s, &s->listen_io);
+    stop_listener(s, &s->plain_listen_io);
 }
 
 static void begin_shutdown(http_server_t *s)
@@ -222,6 +263,11 @@ int http_server_run_once(http_server_t *s, int timeout_ms)
 
 int http_server_adopt(http_server_t *s, int fd)
 {
+    return http_server_adopt_tls(s, fd, NULL);
+}
+
+int http_server_adopt_tls(http_server_t *s, int fd, struct tls_ctx *tls)
+{
     struct sockaddr_storage sa;
     socklen_t sl = sizeof sa;
     memset(&sa, 0, sizeof sa);
@@ -235,10 +281,10 @@ int http_server_adopt(http_server_t *s, int fd)
     }
     loop_update_clock(s->loop); /* called between loop turns */
     if (s->n_conns >= s->cfg.max_conns || s->stopping) {
-        reject_busy(s, fd);
+        take_connection(s, fd, &sa, tls); /* refuses it */
         return 0;
     }
-    return conn_add(s, fd, &sa);
+    return conn_add(s, fd, &sa, tls);
 }
 
 struct loop *http_server_loop(http_server_t *s)
@@ -341,7 +387,7 @@ http_server_t *http_server_new(const http_server_config_t *cfg, char *err)
         return NULL;
     }
     s->cfg = *cfg;
-    s->listen_io.fd = s->notify_io.fd = s->spare_fd = -1;
+    s->listen_io.fd = s->notify_io.fd = s->plain_listen_io.fd = s->spare_fd = -1;
     s->free_slot = REQ_NONE;
     http_server_config_t *c = &s->cfg;
     if (!c->max_header_bytes)
@@ -388,6 +434,16 @@ http_server_t *http_server_new(const http_server_config_t *cfg, char *err)
         int rc = loop_io_start(s->loop, &s->listen_io, fd, EPOLLIN, accept_all);
         if (rc != 0)
             close(fd);
+        if (rc == 0 && cfg->tls && cfg->plain_addr) {
+            fd = listen_on(cfg->plain_addr, s->plain_address, sizeof s->plain_address, err);
+            if (fd < 0) {
+                http_server_free(s);
+                return NULL;
+            }
+            rc = loop_io_start(s->loop, &s->plain_listen_io, fd, EPOLLIN, accept_all_plain);
+            if (rc != 0)
+                close(fd);
+        }
         s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
         static const int signals[] = {SIGTERM, SIGINT, SIGHUP};
         if (rc == 0)
@@ -413,6 +469,11 @@ http_server_t *http_server_new(const http_server_config_t *cfg, char *err)
 const char *http_server_address(const http_server_t *s)
 {
     return s->address;
+}
+
+const char *http_server_plain_address(const http_server_t *s)
+{
+    return s->plain_listen_io.fd >= 0 ? s->plain_address : NULL;
 }
 
 size_t http_server_connection_count(const http_server_t *s)

@@ -142,6 +142,9 @@ struct http_server {
     http_server_config_t cfg;
     loop_t *loop;
     loop_io_t listen_io, notify_io;
+    /* With TLS on listen_io: a plaintext listener too (--plain-addr). */
+    loop_io_t plain_listen_io;
+    char plain_address[80];
     int spare_fd; /* closed to make room for accept() when out of descriptors */
     char address[80];
     char *rbuf;
@@ -185,7 +188,9 @@ void format_reply(buf_t *o, const http_reply_t *r, bool is_head, bool close,
 const char *prepared_bytes(const http_prepared_t *p, size_t *len);
 
 /* ---- conn.c ---- */
-int conn_add(http_server_t *s, int fd, const struct sockaddr_storage *sa);
+/* Takes a connected, non-blocking socket; over TLS with `tls` (NULL:
+ * plain). 0, or -errno with the socket closed. */
+int conn_add(http_server_t *s, int fd, const struct sockaddr_storage *sa, struct tls_ctx *tls);
 void conn_close(http_conn_t *c);
 void conn_flush(http_conn_t *c);
 void conn_write_now(http_conn_t *c, const char *data, size_t len);

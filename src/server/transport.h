@@ -15,6 +15,7 @@
 #ifndef DISCO_SERVER_TRANSPORT_H
 #define DISCO_SERVER_TRANSPORT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -23,7 +24,10 @@ typedef struct transport transport_t;
 
 typedef struct transport_ops {
     /* Bytes received (> 0), 0 at the end of the peer's stream, -EAGAIN
-     * when nothing can be read now, or another -errno. */
+     * when nothing can be read now, or another -errno. -EPROTO: the peer
+     * speaks another protocol than the transport (plain HTTP to a TLS
+     * port); the transport has become a plain one, so that a refusal the
+     * peer can read may be written (transport_tls.h). */
     ssize_t (*recv)(transport_t *t, char *buf, size_t len);
     /* Bytes taken (> 0), -EAGAIN when none can be taken now, or another
      * -errno (the peer is gone: EPIPE, ECONNRESET). */
@@ -42,6 +46,9 @@ struct transport {
     /* Extra epoll events the transport needs for its own progress (0 for
      * plain TCP). */
     uint32_t wants;
+    /* A handshake is under way (TLS): no bytes yet, and the time it takes
+     * counts as reading a request head (the header timeout). */
+    bool is_handshaking;
     void *state; /* the transport's own (NULL for plain TCP) */
 };
 

@@ -59,5 +59,6 @@ void transport_plain_init(transport_t *t, int fd)
     t->ops = &plain_ops;
     t->fd = fd;
     t->wants = 0;
+    t->is_handshaking = false;
     t->state = NULL;
 }

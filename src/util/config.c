@@ -75,6 +75,14 @@ const char config_serve_usage[] =
     "  --access-log FILE    one line per answer in Common Log Format, appended to\n"
     "                       FILE, or \"-\" for stdout (DISC_ACCESS_LOG; default none)\n"
     "\n"
+    "TLS (HTTPS on --addr; SIGHUP reloads the files from the same paths):\n"
+    "  --tls-cert FILE      PEM certificate (and chain); with it --addr serves TLS\n"
+    "                       only, TLS 1.2 and 1.3 (DISC_TLS_CERT)\n"
+    "  --tls-key FILE       PEM private key of --tls-cert (DISC_TLS_KEY)\n"
+    "  --tls-client-ca FILE PEM CA bundle: a client without a certificate from it\n"
+    "                       is refused at the handshake (DISC_TLS_CLIENT_CA)\n"
+    "  --plain-addr ADDR    serve plain HTTP on ADDR as well (DISC_PLAIN_ADDR)\n"
+    "\n"
     "  --version            print the version\n"
     "  --help               this text\n"
     "\n"
@@ -180,6 +188,10 @@ static const option_t options[] = {
      NUM(idle_timeout_ms), "a duration from 1ms to 24h, like 120s"},
     {"log-format", "DISC_LOG_FORMAT", "text", V_STRING, 0, 0, NUM(log_format), NULL},
     {"access-log", "DISC_ACCESS_LOG", NULL, V_STRING, 0, 0, NUM(access_log), NULL},
+    {"tls-cert", "DISC_TLS_CERT", NULL, V_STRING, 0, 0, NUM(tls_cert), NULL},
+    {"tls-key", "DISC_TLS_KEY", NULL, V_STRING, 0, 0, NUM(tls_key), NULL},
+    {"tls-client-ca", "DISC_TLS_CLIENT_CA", NULL, V_STRING, 0, 0, NUM(tls_client_ca), NULL},
+    {"plain-addr", "DISC_PLAIN_ADDR", NULL, V_STRING, 0, 0, NUM(plain_addr), NULL},
 };
 enum { N_OPTIONS = sizeof options / sizeof options[0] };
 
@@ -269,6 +281,20 @@ int config_parse_serve(int argc, char **argv, serve_config_t *cfg, char *err)
         cfg->access_log = NULL;
     if (cfg->host && !*cfg->host)
         cfg->host = NULL;
+    const char **tls_strings[] = {&cfg->tls_cert, &cfg->tls_key, &cfg->tls_client_ca,
+                                  &cfg->plain_addr};
+    for (size_t j = 0; j < sizeof tls_strings / sizeof tls_strings[0]; j++)
+        if (*tls_strings[j] && !**tls_strings[j])
+            *tls_strings[j] = NULL; /* "" is unset, as for --host */
+    if (!cfg->tls_cert != !cfg->tls_key) {
+        snprintf(err, 256, "--tls-cert and --tls-key go together: give both, or neither");
+        return -1;
+    }
+    if (!cfg->tls_cert && (cfg->tls_client_ca || cfg->plain_addr)) {
+        snprintf(err, 256, "--%s needs --tls-cert and --tls-key",
+                 cfg->tls_client_ca ? "tls-client-ca" : "plain-addr");
+        return -1;
+    }
     if (cfg->host && strncmp(cfg->host, "http://", 7) != 0 &&
         strncmp(cfg->host, "https://", 8) != 0) {
         snprintf(err, 256, "bad --host \"%s\": want a URL prefix like https://disco.example",

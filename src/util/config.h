@@ -62,6 +62,10 @@ typedef struct serve_config {
     const char *log_format;        /* --log-format, DISC_LOG_FORMAT: "text" or "json" */
     const char *access_log;        /* --access-log, DISC_ACCESS_LOG: a file, "-" (stdout) or NULL */
     bool max_conns_set;            /* --max-conns or DISC_MAX_CONNS was given */
+    const char *tls_cert;          /* --tls-cert, DISC_TLS_CERT; NULL: no TLS */
+    const char *tls_key;           /* --tls-key, DISC_TLS_KEY */
+    const char *tls_client_ca;     /* --tls-client-ca, DISC_TLS_CLIENT_CA; NULL: none */
+    const char *plain_addr;        /* --plain-addr, DISC_PLAIN_ADDR; NULL: none */
     bool help;
     bool version;
 } serve_config_t;

@@ -97,6 +97,36 @@ static void test_max_events_per_token(void **state)
     assert_int_equal(cfg.max_events_per_token, 77);
 }
 
+/* TLS flags come as a whole: a certificate with its key; a client CA or a
+ * plain listener only beside TLS. */
+static void test_tls_flags_go_together(void **state)
+{
+    (void)state;
+    serve_config_t cfg;
+    char err[256] = "";
+    char *both[] = {"--tls-cert", "c.pem", "--tls-key=k.pem", "--plain-addr", ":80"};
+    assert_int_equal(config_parse_serve(5, both, &cfg, err), 0);
+    assert_string_equal(cfg.tls_cert, "c.pem");
+    assert_string_equal(cfg.tls_key, "k.pem");
+    assert_string_equal(cfg.plain_addr, ":80");
+    assert_null(cfg.tls_client_ca);
+    assert_int_equal(parse_one("--tls-cert", "c.pem", &cfg, err), -1);
+    assert_non_null(strstr(err, "--tls-key"));
+    assert_int_equal(parse_one("--tls-client-ca", "ca.pem", &cfg, err), -1);
+    assert_non_null(strstr(err, "--tls-client-ca needs --tls-cert"));
+    assert_int_equal(parse_one("--plain-addr", ":80", &cfg, err), -1);
+    assert_non_null(strstr(err, "--plain-addr needs --tls-cert"));
+    setenv("DISC_TLS_CERT", "c.pem", 1);
+    setenv("DISC_TLS_KEY", "k.pem", 1);
+    int rc = config_parse_serve(0, NULL, &cfg, err);
+    unsetenv("DISC_TLS_CERT");
+    unsetenv("DISC_TLS_KEY");
+    assert_int_equal(rc, 0);
+    assert_string_equal(cfg.tls_key, "k.pem");
+    assert_int_equal(config_parse_serve(0, NULL, &cfg, err), 0);
+    assert_null(cfg.tls_cert);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -105,6 +135,7 @@ int main(void)
         cmocka_unit_test(test_minage_bounds),
         cmocka_unit_test(test_env_is_checked_too),
         cmocka_unit_test(test_max_events_per_token),
+        cmocka_unit_test(test_tls_flags_go_together),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
