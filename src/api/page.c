@@ -613,8 +613,8 @@ static void put_usage(buf_t *out, const page_facts_t *f, const char *url_html,
     html_puts_escaped(out, f->token);
     buf_puts(out, " --discovery-endpoints=");
     buf_puts(out, host_port_html);
-    buf_puts(out, "</pre>\n<p>This server speaks the v2 protocol only; until it serves the "
-                  "v3 API, give etcd the v2 flag above.</p>\n");
+    buf_puts(out, "</pre>\n<p>This server speaks the v2 protocol only: give etcd the v2 "
+                  "flag above.</p>\n");
 }
 
 /*
