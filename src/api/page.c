@@ -358,7 +358,8 @@ static enum reg_errcode read_facts(api_t *api, const char *token, page_facts_t *
     /* Children are kept in creation order, which is createdIndex order;
      * sorting costs nothing on sorted input and keeps the page right if
      * that ever changes. */
-    qsort(f->rows, f->n_rows_kept, sizeof *f->rows, compare_rows);
+    if (f->n_rows_kept > 1) /* qsort wants a non-NULL array even for no rows */
+        qsort(f->rows, f->n_rows_kept, sizeof *f->rows, compare_rows);
 
     /* The size, and when it was set: the token's creation. */
     buf_puts(&key, "/_config/size");

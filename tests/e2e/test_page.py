@@ -19,6 +19,9 @@ script run. A screenshot of each state is kept under the build directory
 (<dir of DISCO_BIN>/test-artifacts/page/). The class skips, saying why, when
 no chromium is installed or it cannot start; it is bounded to
 CHROMIUM_BUDGET_S.
+
+DISCO_PAGE_KEEP=1 keeps the Chromium tests' directory (disco's and
+chromium's logs).
 """
 
 import atexit
@@ -48,7 +51,9 @@ JSON_ACCEPTS = [None, "*/*", "application/json", "text/html, application/json",
                 "text/html;q=0.5, */*;q=0.5", "application/json, text/html;q=0.9",
                 "text/html;q=0", "text/*", "text/html;q=bogus"]
 
-CHROMIUM_BUDGET_S = 60.0      # the whole Chromium class
+# The whole Chromium class; a disco under a wrapper (valgrind: `make
+# valgrind`) answers many times slower, and gets three times as long.
+CHROMIUM_BUDGET_S = 60.0 * (3 if harness.disco_wrapper() else 1)
 CHROMIUM_START_TIMEOUT_S = 20.0
 CDP_CALL_TIMEOUT_S = 15.0
 PAGE_WAIT_TIMEOUT_S = 15.0
@@ -222,7 +227,11 @@ def find_chromium():
 
 
 class CdpError(Exception):
-    pass
+    """Chromium answered a DevTools call with an error."""
+
+
+class BrowserGone(harness.StopWaiting):
+    """Chromium closed its end of the pipe: nothing more will come."""
 
 
 class Chromium:
@@ -264,6 +273,7 @@ class Chromium:
         atexit.register(self.stop)
         self._next_id = 0
         self._buf = b""
+        self.deadline = None  # monotonic instant no call may wait past
 
     def _send(self, msg):
         data = json.dumps(msg).encode() + b"\0"
@@ -280,12 +290,16 @@ class Chromium:
             if ready:
                 chunk = os.read(self._from_child, 65536)
                 if not chunk:
-                    raise CdpError("chromium closed its DevTools pipe (exited?)")
+                    raise BrowserGone("chromium closed its DevTools pipe (exited?)")
                 self._buf += chunk
         msg, self._buf = self._buf.split(b"\0", 1)
         return json.loads(msg)
 
     def call(self, method, params=None, session=None, timeout=CDP_CALL_TIMEOUT_S):
+        if self.deadline is not None:  # no call outlives the class's budget
+            timeout = min(timeout, self.deadline - time.monotonic())
+            if timeout <= 0:
+                raise TimeoutError("the Chromium tests used up their %.0f s" % CHROMIUM_BUDGET_S)
         self._next_id += 1
         msg = {"id": self._next_id, "method": method, "params": params or {}}
         if session:
@@ -360,6 +374,7 @@ class Tab:
         return r.get("result", {}).get("value")
 
     def wait_for(self, expression, what, timeout=PAGE_WAIT_TIMEOUT_S):
+        timeout = max(0.0, min(timeout, self.b.deadline - time.monotonic()))
         return harness.wait_until(lambda: self.eval(expression), timeout, interval=0.1,
                                   what=what)
 
@@ -403,10 +418,11 @@ class ChromiumPageTest(unittest.TestCase):
         # must keep polling.
         cls.disco, cls.base = harness.start_disco(cls.workdir, wait_timeout="1s")
         cls.browser = Chromium(binary, cls.workdir)
+        cls.browser.deadline = cls.started + CHROMIUM_BUDGET_S
         try:
             cls.browser.call("Browser.getVersion", timeout=CHROMIUM_START_TIMEOUT_S)
             cls.tab = Tab(cls.browser)
-        except (CdpError, TimeoutError, OSError) as e:
+        except (CdpError, BrowserGone, TimeoutError, OSError) as e:
             log = cls.browser.log()
             cls.browser.stop()
             cls.disco.stop()
@@ -418,7 +434,8 @@ class ChromiumPageTest(unittest.TestCase):
         cls.disco.stop()
         elapsed = time.monotonic() - cls.started
         sys.stderr.write("chromium tests: %.1f s\n" % elapsed)
-        shutil.rmtree(cls.workdir, ignore_errors=True)
+        if not os.environ.get("DISCO_PAGE_KEEP"):
+            shutil.rmtree(cls.workdir, ignore_errors=True)
         assert elapsed < CHROMIUM_BUDGET_S, "the Chromium tests took %.1f s" % elapsed
 
     def open(self, token):
