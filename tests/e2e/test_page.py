@@ -81,10 +81,12 @@ def register(base, token, member_id, value):
 # ---- JSON clients ----------------------------------------------------------
 
 def normalise(body, created):
-    """etcd's JSON with every index as an offset from the token's creation."""
+    """etcd's JSON with every index as an offset from the token's creation,
+    and children in key order (an unsorted etcd listing is in Go map order)."""
     def walk(x):
         if isinstance(x, dict):
             return {k: ("c+%d" % (v - created) if k in ("createdIndex", "modifiedIndex")
+                        else sorted(walk(v), key=lambda n: n["key"]) if k == "nodes"
                         else walk(v)) for k, v in x.items()}
         if isinstance(x, list):
             return [walk(v) for v in x]
