@@ -36,6 +36,9 @@
 /* Registrations shown in full; the registry bounds a token's keys anyway
  * (--max-keys-per-token), this bounds one answer whatever that flag says. */
 #define PAGE_MAX_ROWS 5000
+/* The first `size` rows are always kept: the members and when the last
+ * of them came are never cut off. */
+_Static_assert(REGISTRY_MAX_SIZE <= PAGE_MAX_ROWS, "a whole cluster fits in the rows kept");
 /* A long-poll that fails (server restarting, network gone) is retried
  * after a delay that doubles from the first to the last. */
 #define PAGE_RETRY_FIRST_MS 1000
