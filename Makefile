@@ -31,13 +31,15 @@ FUZZ_TARGETS = fuzz_http fuzz_form fuzz_v2 fuzz_tls
 
 # Debian packages. RUN_DEPS build and serve; CHECK_DEPS only test (cmocka
 # unit tests, python3 e2e suites against a real etcd, clang for the fuzz
-# targets, valgrind, clang-format). `make run` installs RUN_DEPS only;
+# targets, valgrind, clang-format, chromium for the token page). `make run`
+# installs RUN_DEPS only;
 # `make check` installs both.
 RUN_DEPS   = build-essential cmake pkg-config \
              libhttp-parser-dev uthash-dev liblmdb-dev libssl-dev
 CHECK_DEPS = python3 clang-format libcmocka-dev \
              etcd-server etcd-client \
-             clang libclang-rt-14-dev valgrind systemd file openssl
+             clang libclang-rt-14-dev valgrind systemd file openssl \
+             chromium
 
 # Installs the Debian packages in $(1) that are not installed yet.
 define install_missing

@@ -19,7 +19,9 @@
 #include "api/access_log.h"
 #include "api/api_internal.h"
 #include "api/form.h"
+#include "api/page.h"
 #include "api/token_log.h"
+#include "util/html.h"
 #include "util/log.h"
 #include "util/timeutil.h"
 
@@ -140,6 +142,46 @@ static bool new_method_allowed(api_t *api, const http_request_t *req)
     return false;
 }
 
+/*
+ * Answers a made token's URL (in `url`). Plain text, as discovery.etcd.io
+ * did; but the front page's form (a POST from a browser, which asks for
+ * HTML) is sent on to the token's page with 303 See Other, the body still
+ * the URL for a client that does not follow it. The Location is the
+ * page's path: the browser stays on the host it used.
+ */
+static void send_new_token_url(api_t *api, const http_request_t *req, buf_t *url, const char *token)
+{
+    buf_t location = BUF_INIT;
+    bool to_page = req->method == HTTP_POST && page_wants_html(req->accept);
+    if (to_page)
+        buf_printf(&location, "Location: /%s\r\n", token);
+    if (buf_failed(url) || buf_failed(&location)) {
+        send_text(api, req->handle, METRICS_NEW, req->method_name, 503,
+                  "out of memory; try again\n");
+    } else {
+        http_reply_t r = {.status = to_page ? 303 : 200,
+                          .content_type = "text/plain; charset=utf-8",
+                          .extra_headers = to_page ? buf_cstr(&location) : NULL,
+                          .body = url->data,
+                          .body_len = url->len};
+        api_send(api, req->handle, METRICS_NEW, req->method_name, &r);
+    }
+    buf_free(&location);
+}
+
+bool discovery_url_prefix(api_t *api, const http_request_t *req, buf_t *out)
+{
+    if (api->host_prefix) {
+        buf_puts(out, api->host_prefix);
+    } else if (host_is_sane(req->host)) {
+        buf_puts(out, req->is_tls ? "https://" : "http://");
+        buf_puts(out, req->host);
+    } else {
+        return false;
+    }
+    return true;
+}
+
 void discovery_new(api_t *api, const http_request_t *req)
 {
     const char *method = req->method_name;
@@ -172,12 +214,7 @@ void discovery_new(api_t *api, const http_request_t *req)
         return;
 
     buf_t prefix = BUF_INIT;
-    if (api->host_prefix) {
-        buf_puts(&prefix, api->host_prefix);
-    } else if (host_is_sane(req->host)) {
-        buf_puts(&prefix, req->is_tls ? "https://" : "http://");
-        buf_puts(&prefix, req->host);
-    } else {
+    if (!discovery_url_prefix(api, req, &prefix)) {
         send_text(api, req->handle, METRICS_NEW, method, 400,
                   "no usable Host header: start disco with --host to set the URL prefix\n");
         return;
@@ -206,11 +243,7 @@ void discovery_new(api_t *api, const http_request_t *req)
                      buf_cstr(&prefix), token, api->host_prefix ? "--host" : "the Host header");
         buf_putc(&prefix, '/');
         buf_puts(&prefix, token);
-        http_reply_t r = {.status = 200,
-                          .content_type = "text/plain; charset=utf-8",
-                          .body = prefix.data,
-                          .body_len = prefix.len};
-        api_send(api, req->handle, METRICS_NEW, method, &r);
+        send_new_token_url(api, req, &prefix, token);
     }
     reg_result_clear(&res);
     buf_free(&prefix);
@@ -259,19 +292,61 @@ void discovery_robots(api_t *api, const http_request_t *req)
     http_reply_simple(req->handle, 200, "text/plain; charset=utf-8", robots, sizeof robots - 1);
 }
 
+/*
+ * The front page: what this service is, the URL prefix its tokens really
+ * get (from --host or the Host header, as /new prints them), how to make a
+ * token with curl, and a form that makes one and opens its page.
+ */
 void discovery_index_page(api_t *api, const http_request_t *req)
 {
-    static const char page[] =
-        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>disco</title></head>\n"
-        "<body>\n<h1>disco: etcd cluster discovery</h1>\n"
-        "<p>This service helps the members of a new etcd cluster find each other.</p>\n"
-        "<p>Get a discovery URL for a cluster of 3 members:</p>\n"
-        "<pre>curl -s 'http://HOST/new?size=3'</pre>\n"
-        "<p>then start every member with <code>--discovery=&lt;that URL&gt;</code>. "
-        "A token bootstraps one cluster, once; members beyond the size become proxies.</p>\n"
-        "<p>The etcd v2 keys form works too: "
-        "<code>--discovery=http://HOST/v2/keys/_etcd/registry/&lt;token&gt;</code>.</p>\n"
-        "</body></html>\n";
-    access_log_end(api, req->handle, 200, sizeof page - 1);
-    http_reply_simple(req->handle, 200, "text/html; charset=utf-8", page, sizeof page - 1);
+    char nonce_buf[PAGE_NONCE_CHARS + 1];
+    const char *nonce = page_make_nonce(nonce_buf) ? nonce_buf : NULL;
+    buf_t prefix = BUF_INIT, body = BUF_INIT, headers = BUF_INIT;
+    bool has_prefix = discovery_url_prefix(api, req, &prefix);
+    buf_puts(&body, "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n"
+                    "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+                    "<title>disco: etcd cluster discovery</title>\n");
+    page_put_style(&body, nonce);
+    buf_puts(&body, "</head>\n<body>\n<h1>disco: etcd cluster discovery</h1>\n"
+                    "<p>This service helps the members of a new etcd cluster find each other. "
+                    "A token bootstraps one cluster, once; members beyond its size become "
+                    "proxies.</p>\n<h2>Make a token</h2>\n");
+    page_put_new_form(&body, DEFAULT_SIZE);
+    buf_puts(&body, "<p>or from a shell:</p>\n<pre id=\"curl\">curl -s &#39;");
+    if (has_prefix)
+        html_put_escaped(&body, prefix.data, prefix.len);
+    else
+        buf_puts(&body, "http://HOST");
+    buf_printf(&body, "/new?size=%d&#39;</pre>\n", DEFAULT_SIZE);
+    buf_puts(&body, "<p>Tokens made here look like <code id=\"prefix\">");
+    if (has_prefix)
+        html_put_escaped(&body, prefix.data, prefix.len);
+    else
+        buf_puts(&body, "http://HOST");
+    buf_puts(&body, "/&lt;token&gt;</code>; start every member with "
+                    "<code>--discovery=&lt;that URL&gt;</code>. Open the URL in a browser to "
+                    "see who has registered.</p>\n");
+    if (!has_prefix)
+        buf_puts(&body, "<p id=\"no-prefix\">This request had no usable Host header: start "
+                        "disco with <code>--host</code> to set the URL prefix.</p>\n");
+    buf_puts(&body, "<p>The etcd v2 keys form works too: "
+                    "<code>--discovery=&lt;prefix&gt;/v2/keys/_etcd/registry/&lt;token&gt;"
+                    "</code>.</p>\n</body></html>\n");
+    page_put_html_headers(&headers, nonce);
+    if (buf_failed(&prefix) || buf_failed(&body) || buf_failed(&headers)) {
+        static const char oom[] = "out of memory; try again\n";
+        access_log_end(api, req->handle, 503, sizeof oom - 1);
+        http_reply_simple(req->handle, 503, "text/plain; charset=utf-8", oom, sizeof oom - 1);
+    } else {
+        http_reply_t r = {.status = 200,
+                          .content_type = "text/html; charset=utf-8",
+                          .extra_headers = buf_cstr(&headers),
+                          .body = body.data,
+                          .body_len = body.len};
+        access_log_end(api, req->handle, 200, body.len);
+        http_reply(req->handle, &r);
+    }
+    buf_free(&prefix);
+    buf_free(&body);
+    buf_free(&headers);
 }

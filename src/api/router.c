@@ -9,6 +9,8 @@
  *                         /_etcd/registry/<token>)
  *   /<token>[/<key>]      the same registry as discovery.etcd.io showed it;
  *                         a token's _config is read-only there
+ *   /<token>              for a browser (Accept prefers text/html): the
+ *                         token's page (page.c); everyone else gets JSON
  *
  * The key part of a path is percent-decoded here, once, and handed to the
  * v2 handler as a full v2 key.
@@ -22,7 +24,9 @@
 #include "api/api_internal.h"
 #include "api/discovery.h"
 #include "api/form.h"
+#include "api/page.h"
 #include "api/v2keys.h"
+#include "util/html.h"
 
 /* Any "." or ".." segment: refused rather than resolved, so a URL names
  * exactly the key it shows. */
@@ -67,21 +71,6 @@ static void put_clean_escaped_path(buf_t *out, const char *path)
     }
 }
 
-/* Appends `s` with & < > " ' escaped as Go's html.EscapeString does. */
-static void put_html_escaped(buf_t *out, const char *s, size_t len)
-{
-    for (size_t i = 0; i < len; i++) {
-        switch (s[i]) {
-        case '&': buf_puts(out, "&amp;"); break;
-        case '<': buf_puts(out, "&lt;"); break;
-        case '>': buf_puts(out, "&gt;"); break;
-        case '"': buf_puts(out, "&#34;"); break;
-        case '\'': buf_puts(out, "&#39;"); break;
-        default: buf_putc(out, s[i]);
-        }
-    }
-}
-
 /*
  * Answers a path with an empty segment the way etcd does: its Go ServeMux
  * cleans the path and redirects, 301 with Location = the cleaned path plus
@@ -120,7 +109,7 @@ static void redirect_to_clean_path(api_t *api, const http_request_t *req, const 
     bool is_get = req->method == HTTP_GET || req->method == HTTP_HEAD;
     if (is_get) {
         buf_puts(&body, "<a href=\"");
-        put_html_escaped(&body, url.data, url.len);
+        html_put_escaped(&body, url.data, url.len);
         buf_puts(&body, "\">Moved Permanently</a>.\n\n");
     }
     if (buf_failed(&url) || buf_failed(&location) || buf_failed(&body)) {
@@ -205,6 +194,8 @@ void api_handle(void *ctx, const http_request_t *req)
                (path[sizeof keys - 1] == '/' || path[sizeof keys - 1] == '\0')) {
         route_keys(api, req, keys, path + sizeof keys - 1, req->path_len - (sizeof keys - 1), "",
                    METRICS_V2_KEYS, false);
+    } else if (page_is_token_page_request(req)) {
+        page_token(api, req); /* a browser asking for /<token> */
     } else {
         route_keys(api, req, "", path, req->path_len, REGISTRY_PREFIX, METRICS_TOKEN, true);
     }

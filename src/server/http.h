@@ -102,6 +102,7 @@ typedef struct http_request {
     size_t body_len;
     const char *content_type; /* "" if absent */
     const char *host;         /* "" if absent */
+    const char *accept;       /* every Accept header, joined by ", "; "" if absent */
     const char *peer;         /* the client's "address:port", for logs */
     const char *peer_addr;    /* the client's IP address alone, for limits: "192.0.2.1",
                                  "2001:db8::1" (IPv4-mapped IPv6 shown as IPv4); "" when the

@@ -111,7 +111,8 @@ static enum hdr_slot slot_of(const http_conn_t *c)
     } known[] = {{"content-type", HDR_CONTENT_TYPE},
                  {"host", HDR_HOST},
                  {"expect", HDR_EXPECT},
-                 {"transfer-encoding", HDR_TRANSFER_ENCODING}};
+                 {"transfer-encoding", HDR_TRANSFER_ENCODING},
+                 {"accept", HDR_ACCEPT}};
     for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
         if (c->hname_len == strlen(known[i].name) &&
             memcmp(c->hname, known[i].name, c->hname_len) == 0)
@@ -148,11 +149,14 @@ static int on_header_value(http_parser *p, const char *at, size_t len)
             c->host_headers++;
         else if (c->hslot == HDR_TRANSFER_ENCODING)
             c->te_headers++;
+        else if (c->hslot == HDR_ACCEPT && c->accept.len)
+            buf_puts(&c->accept, ", ");
     }
     buf_t *dst = c->hslot == HDR_CONTENT_TYPE        ? &c->content_type
                  : c->hslot == HDR_HOST              ? &c->host
                  : c->hslot == HDR_EXPECT            ? &c->expect
                  : c->hslot == HDR_TRANSFER_ENCODING ? &c->transfer_encoding
+                 : c->hslot == HDR_ACCEPT            ? &c->accept
                                                      : NULL;
     if (dst)
         buf_append(dst, at, len);
@@ -189,7 +193,7 @@ static int on_headers_complete(http_parser *p)
     if (!transfer_encoding_ok(c))
         return refuse(c, 501, "only \"Transfer-Encoding: chunked\" is supported");
     if (buf_failed(&c->url) || buf_failed(&c->content_type) || buf_failed(&c->host) ||
-        buf_failed(&c->expect) || buf_failed(&c->transfer_encoding))
+        buf_failed(&c->expect) || buf_failed(&c->transfer_encoding) || buf_failed(&c->accept))
         return refuse(c, 500, "out of memory");
     if (!(p->flags & F_CHUNKED) && p->content_length != ULLONG_MAX &&
         p->content_length > s->cfg.max_body_bytes)
@@ -238,6 +242,7 @@ void http1_request_reset(http_conn_t *c, bool keep)
     request_buf_done(&c->host, keep);
     request_buf_done(&c->expect, keep);
     request_buf_done(&c->transfer_encoding, keep);
+    request_buf_done(&c->accept, keep);
     c->message_done = false;
     c->in_request = false;
     c->headers_done = false;
@@ -347,7 +352,7 @@ static void dispatch(http_conn_t *c)
 {
     http_server_t *s = c->srv;
     if (buf_failed(&c->url) || buf_failed(&c->body) || buf_failed(&c->content_type) ||
-        buf_failed(&c->host)) {
+        buf_failed(&c->host) || buf_failed(&c->accept)) {
         http1_refuse(c, 500, "out of memory");
         return;
     }
@@ -387,6 +392,7 @@ static void dispatch(http_conn_t *c)
         .body_len = c->body.len,
         .content_type = buf_cstr(&c->content_type),
         .host = buf_cstr(&c->host),
+        .accept = buf_cstr(&c->accept),
         .peer = c->peer,
         .peer_addr = c->peer_addr,
         .handle = req_handle(s, slot),

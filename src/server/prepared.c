@@ -16,6 +16,7 @@ const char *http_status_text(int status)
     case 201: return "Created";
     case 204: return "No Content";
     case 301: return "Moved Permanently";
+    case 303: return "See Other";
     case 400: return "Bad Request";
     case 401: return "Unauthorized";
     case 403: return "Forbidden";

@@ -57,7 +57,14 @@ enum timer_list {
 };
 
 /* Which header a value belongs to, while the parser streams it. */
-enum hdr_slot { HDR_OTHER, HDR_CONTENT_TYPE, HDR_HOST, HDR_EXPECT, HDR_TRANSFER_ENCODING };
+enum hdr_slot {
+    HDR_OTHER,
+    HDR_CONTENT_TYPE,
+    HDR_HOST,
+    HDR_EXPECT,
+    HDR_TRANSFER_ENCODING,
+    HDR_ACCEPT
+};
 
 typedef struct http_conn http_conn_t;
 
@@ -96,6 +103,7 @@ struct http_conn {
     http_conn_t *tnext, *tprev;
     /* the request being read */
     buf_t url, body, content_type, host, expect, transfer_encoding;
+    buf_t accept;   /* every Accept header, joined by ", " as RFC 9110 5.3 allows */
     char hname[32]; /* the current header name, lower-cased, if short */
     size_t hname_len;
     enum hdr_slot hslot;
