@@ -28,10 +28,12 @@ FUZZ_TARGETS = fuzz_http fuzz_form fuzz_v2
 # targets, valgrind, clang-format). `make run` installs RUN_DEPS only;
 # `make check` installs both.
 RUN_DEPS   = build-essential cmake pkg-config \
-             libhttp-parser-dev uthash-dev liblmdb-dev
+             libhttp-parser-dev uthash-dev liblmdb-dev \
+             libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler
 CHECK_DEPS = python3 clang-format libcmocka-dev \
              etcd-server etcd-client \
-             clang libclang-rt-14-dev valgrind
+             clang libclang-rt-14-dev valgrind \
+             python3-etcd3 nghttp2-client
 
 # Installs the Debian packages in $(1) that are not installed yet.
 define install_missing

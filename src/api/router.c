@@ -9,6 +9,7 @@
  *                         /_etcd/registry/<token>)
  *   /<token>[/<key>]      the same registry as discovery.etcd.io showed it;
  *                         a token's _config is read-only there
+ *   gRPC (HTTP/2, content-type application/grpc): etcd's v3 API (v3.c)
  *
  * The key part of a path is percent-decoded here, once, and handed to the
  * v2 handler as a full v2 key.
@@ -22,6 +23,7 @@
 #include "api/discovery.h"
 #include "api/form.h"
 #include "api/v2keys.h"
+#include "api/v3.h"
 
 /* Any "." or ".." segment: refused rather than resolved, so a URL names
  * exactly the key it shows. */
@@ -175,7 +177,15 @@ static void route_keys(api_t *api, const http_request_t *req, const char *url_pr
     memcpy(key + pl, decoded, dl + 1);
     if (pl + dl == 0)
         strcpy(key, "/");
-    v2keys_handle(api, req, key, ep, config_read_only);
+    if ((req->method == HTTP_PUT || req->method == HTTP_POST) &&
+        v3_token_refuses_v2_member(api, key)) {
+        /* A token serves one kind of member (docs/decisions.md). */
+        api_send_v2_error(api, req->handle, ep, req->method_name, 403, 107,
+                          "the discovery token is used by v3 members; register with the v3 API",
+                          registry_index(api->reg));
+    } else {
+        v2keys_handle(api, req, key, ep, config_read_only);
+    }
     free(key);
     free(decoded);
 }
@@ -185,7 +195,9 @@ void api_handle(void *ctx, const http_request_t *req)
     api_t *api = ctx;
     const char *path = req->path;
     static const char keys[] = "/v2/keys";
-    if (strcmp(path, "/") == 0) {
+    if (v3_is_grpc(req)) {
+        v3_handle(api, req);
+    } else if (strcmp(path, "/") == 0) {
         discovery_index_page(api, req);
     } else if (strcmp(path, "/new") == 0) {
         discovery_new(api, req);

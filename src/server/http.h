@@ -107,6 +107,7 @@ typedef struct http_request {
                                  "2001:db8::1" (IPv4-mapped IPv6 shown as IPv4); "" when the
                                  socket has none (a socketpair) */
     http_req_t handle;
+    bool is_h2; /* an HTTP/2 stream (h2c on the same port, or TLS with ALPN h2) */
 } http_request_t;
 
 typedef struct http_reply {
@@ -117,6 +118,11 @@ typedef struct http_reply {
     const char *extra_headers; /* preformatted "Name: value\r\n" lines, or NULL */
     const char *body;
     size_t body_len;
+    /* HTTP/2 only (ignored on HTTP/1.1): preformatted "name: value\r\n"
+     * lines sent as trailers after the body (gRPC's grpc-status), or NULL.
+     * With no body they join the response headers in one HEADERS frame
+     * that ends the stream (gRPC's "trailers-only" answer). */
+    const char *trailers;
 } http_reply_t;
 
 /* Called for every complete request; must reply or park before returning. */
