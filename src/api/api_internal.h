@@ -33,6 +33,8 @@ struct api {
      * `watch_answer_etcd_index`. */
     http_prepared_t *watch_answer;
     uint64_t watch_answer_index, watch_answer_etcd_index;
+    /* v3 watch streams with messages waiting until durable (api/v3.c). */
+    struct v3_stream *v3_pending;
 };
 
 #endif

@@ -16,6 +16,7 @@
 
 #include "api/api_internal.h"
 #include "api/v2json.h"
+#include "api/v3.h"
 #include "util/log.h"
 
 struct held_reply {
@@ -200,6 +201,7 @@ void api_on_durable(void *ctx)
         (void)rc;
         held_free(h);
     }
+    v3_on_durable(api);
 }
 
 bool api_check_writable(api_t *api, http_req_t c, enum metrics_endpoint ep, const char *method)

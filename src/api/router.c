@@ -190,6 +190,12 @@ static void route_keys(api_t *api, const http_request_t *req, const char *url_pr
     free(decoded);
 }
 
+bool api_is_streaming(void *ctx, const char *path, const char *content_type)
+{
+    (void)ctx;
+    return v3_is_streaming(path, content_type);
+}
+
 void api_handle(void *ctx, const http_request_t *req)
 {
     api_t *api = ctx;

@@ -647,6 +647,422 @@ static void v3_put(api_t *api, const http_request_t *req, const uint8_t *msg, si
     etcdserverpb__put_request__free_unpacked(rq, NULL);
 }
 
+/* ---- Watch -------------------------------------------------------------- */
+
+/*
+ * A Watch call is one bidirectional stream holding any number of watches.
+ * Each watch is a registry waiter on its token (recursive on the token
+ * directory for a range, or on one key), re-armed after every event from
+ * the next revision: history first (start_revision in the past replays),
+ * then live events. Messages leave in order, each once the state it shows
+ * is durable: a stream queues them while the store lags (`out`), and
+ * v3_on_durable lets them out.
+ */
+typedef struct v3_stream v3_stream_t;
+
+typedef struct v3_watch {
+    reg_waiter_t w;
+    v3_stream_t *vs;
+    struct v3_watch *next;
+    int64_t id;
+    buf_t key, end;  /* the range, as bytes */
+    char *watch_key; /* the registry key its waiter watches, or NULL (no token) */
+    bool recursive;
+    uint64_t next_rev;
+    bool prev_kv, no_put, no_delete;
+} v3_watch_t;
+
+struct v3_stream {
+    api_t *api;
+    http_req_t req;
+    buf_t in; /* bytes of a message not yet whole */
+    v3_watch_t *watches;
+    int64_t next_id;
+    /* messages waiting until the store has made `out_index` durable */
+    buf_t out;
+    uint64_t out_index;
+    bool is_pending;
+    v3_stream_t *pending_next, *pending_prev;
+};
+
+static void pending_unlink(v3_stream_t *vs)
+{
+    if (!vs->is_pending)
+        return;
+    api_t *api = vs->api;
+    if (vs->pending_prev)
+        vs->pending_prev->pending_next = vs->pending_next;
+    else
+        api->v3_pending = vs->pending_next;
+    if (vs->pending_next)
+        vs->pending_next->pending_prev = vs->pending_prev;
+    vs->pending_next = vs->pending_prev = NULL;
+    vs->is_pending = false;
+}
+
+static void watch_free(v3_stream_t *vs, v3_watch_t *wt)
+{
+    registry_unwatch(vs->api->reg, &wt->w);
+    buf_free(&wt->key);
+    buf_free(&wt->end);
+    free(wt->watch_key);
+    free(wt);
+}
+
+/* Frees the stream and its watches; its request is answered or ended. */
+static void stream_free(v3_stream_t *vs)
+{
+    while (vs->watches) {
+        v3_watch_t *wt = vs->watches;
+        vs->watches = wt->next;
+        watch_free(vs, wt);
+    }
+    pending_unlink(vs);
+    buf_free(&vs->in);
+    buf_free(&vs->out);
+    free(vs);
+}
+
+static const http_reply_t grpc_head = {.status = 200, .content_type = "application/grpc"};
+
+/* Ends the call with a gRPC status, dropping what waits. */
+static void stream_end(v3_stream_t *vs, enum grpc_code code, const char *msg)
+{
+    buf_t t = BUF_INIT;
+    buf_printf(&t, "grpc-status: %d\r\ngrpc-message: ", (int)code);
+    put_grpc_message(&t, msg);
+    buf_puts(&t, "\r\n");
+    http_reply_t r = grpc_head;
+    r.trailers = buf_failed(&t) ? "grpc-status: 13\r\n" : buf_cstr(&t);
+    metrics_count(vs->api->metrics, METRICS_V3, 200, "POST");
+    http_reply(vs->req, &r);
+    buf_free(&t);
+    stream_free(vs);
+}
+
+/* Sends (or queues until durable) one message showing state `index`.
+ * Returns false when the stream ended (it is freed then). */
+static bool stream_queue(v3_stream_t *vs, const ProtobufCMessage *m, uint64_t index)
+{
+    size_t n = protobuf_c_message_get_packed_size(m);
+    size_t at = vs->out.len;
+    buf_reserve(&vs->out, GRPC_PREFIX_BYTES + n);
+    if (buf_failed(&vs->out)) {
+        stream_end(vs, GRPC_RESOURCE_EXHAUSTED, "disco: out of memory");
+        return false;
+    }
+    uint8_t prefix[GRPC_PREFIX_BYTES] = {0, (uint8_t)(n >> 24), (uint8_t)(n >> 16),
+                                         (uint8_t)(n >> 8), (uint8_t)n};
+    buf_append(&vs->out, prefix, sizeof prefix);
+    protobuf_c_message_pack(m, (uint8_t *)vs->out.data + at + GRPC_PREFIX_BYTES);
+    vs->out.len += n;
+    if (index > vs->out_index)
+        vs->out_index = index;
+    api_t *api = vs->api;
+    if (api->backend && backend_durable_index(api->backend) < vs->out_index) {
+        if (!vs->is_pending) {
+            vs->is_pending = true;
+            vs->pending_next = api->v3_pending;
+            if (api->v3_pending)
+                api->v3_pending->pending_prev = vs;
+            api->v3_pending = vs;
+        }
+        return true;
+    }
+    int rc = http_stream_send(vs->req, &grpc_head, vs->out.data, vs->out.len);
+    buf_reset(&vs->out);
+    if (rc == -ENOMEM) {
+        stream_end(vs, GRPC_RESOURCE_EXHAUSTED, "disco: out of memory");
+        return false;
+    }
+    return true;
+}
+
+void v3_on_durable(api_t *api)
+{
+    uint64_t durable = api->backend ? backend_durable_index(api->backend) : UINT64_MAX;
+    for (v3_stream_t *vs = api->v3_pending, *next; vs; vs = next) {
+        next = vs->pending_next;
+        if (vs->out_index > durable)
+            continue;
+        pending_unlink(vs);
+        int rc = http_stream_send(vs->req, &grpc_head, vs->out.data, vs->out.len);
+        buf_reset(&vs->out);
+        if (rc == -ENOMEM)
+            stream_end(vs, GRPC_RESOURCE_EXHAUSTED, "disco: out of memory");
+    }
+}
+
+static bool send_watch_response(v3_stream_t *vs, int64_t id, bool created, bool canceled,
+                                const char *reason, uint64_t index)
+{
+    Etcdserverpb__ResponseHeader hd;
+    fill_header(vs->api, &hd);
+    Etcdserverpb__WatchResponse resp = ETCDSERVERPB__WATCH_RESPONSE__INIT;
+    resp.header = &hd;
+    resp.watch_id = id;
+    resp.created = created;
+    resp.canceled = canceled;
+    resp.cancel_reason = (char *)(reason ? reason : "");
+    return stream_queue(vs, &resp.base, index);
+}
+
+static void fill_event_kv(Etcdserverpb__KeyValue *kv, const reg_snap_t *n, uint64_t index,
+                          bool is_delete)
+{
+    etcdserverpb__key_value__init(kv);
+    kv->key = (ProtobufCBinaryData){strlen(n->key), (uint8_t *)n->key};
+    if (is_delete) {
+        kv->mod_revision = (int64_t)index; /* as etcd: a tombstone's revision */
+        return;
+    }
+    kv->create_revision = (int64_t)n->created_index;
+    kv->mod_revision = (int64_t)n->modified_index;
+    kv->version = n->modified_index == n->created_index ? 1 : 2;
+    if (n->value)
+        kv->value = (ProtobufCBinaryData){strlen(n->value), (uint8_t *)n->value};
+}
+
+/* Sends event `ev` to watch `wt` if it is in its range. Returns false when
+ * the stream ended. */
+static bool watch_deliver(v3_watch_t *wt, const reg_event_t *ev)
+{
+    if (ev->node.is_dir)
+        return true; /* v3 has no directories */
+    bytes_t k = {(const uint8_t *)ev->node.key, strlen(ev->node.key)};
+    if (!in_range(k, (bytes_t){(const uint8_t *)wt->key.data, wt->key.len},
+                  (bytes_t){(const uint8_t *)wt->end.data, wt->end.len}))
+        return true;
+    bool is_delete =
+        ev->action == REG_ACT_DELETE || ev->action == REG_ACT_CAD || ev->action == REG_ACT_EXPIRE;
+    if ((is_delete && wt->no_delete) || (!is_delete && wt->no_put))
+        return true;
+    Etcdserverpb__KeyValue kv, prev;
+    fill_event_kv(&kv, &ev->node, ev->index, is_delete);
+    Etcdserverpb__Event e = ETCDSERVERPB__EVENT__INIT;
+    e.type =
+        is_delete ? ETCDSERVERPB__EVENT__EVENT_TYPE__DELETE : ETCDSERVERPB__EVENT__EVENT_TYPE__PUT;
+    e.kv = &kv;
+    if (wt->prev_kv && ev->has_prev && !ev->prev.is_dir) {
+        fill_event_kv(&prev, &ev->prev, ev->index, false);
+        e.prev_kv = &prev;
+    }
+    Etcdserverpb__Event *events[1] = {&e};
+    Etcdserverpb__ResponseHeader hd;
+    fill_header(wt->vs->api, &hd);
+    Etcdserverpb__WatchResponse resp = ETCDSERVERPB__WATCH_RESPONSE__INIT;
+    resp.header = &hd;
+    resp.watch_id = wt->id;
+    resp.n_events = 1;
+    resp.events = events;
+    return stream_queue(wt->vs, &resp.base, registry_index(wt->vs->api->reg));
+}
+
+static void on_watch_event(reg_waiter_t *w, const reg_event_t *ev);
+
+/* Replays history from wt->next_rev, then parks the waiter. Returns false
+ * when the stream ended. */
+static bool watch_pump(v3_watch_t *wt)
+{
+    if (!wt->watch_key)
+        return true; /* no such token: nothing will ever match */
+    for (;;) {
+        reg_result_t out = {0};
+        registry_watch(wt->vs->api->reg, wt->watch_key, wt->recursive, wt->next_rev, &wt->w,
+                       on_watch_event, wt, &out);
+        if (out.err != REG_OK) {
+            /* The token is gone (or its history unreadable): the watch
+             * cannot go on, as etcd cancels a compacted one. */
+            char reason[200];
+            snprintf(reason, sizeof reason, "disco: %s", out.cause ? out.cause : "watch ended");
+            reg_result_clear(&out);
+            return send_watch_response(wt->vs, wt->id, false, true, reason,
+                                       registry_index(wt->vs->api->reg));
+        }
+        const reg_event_t *ev = out.event;
+        if (!ev) {
+            reg_result_clear(&out);
+            return true; /* parked */
+        }
+        wt->next_rev = ev->index + 1;
+        bool live = watch_deliver(wt, ev);
+        reg_result_clear(&out);
+        if (!live)
+            return false;
+    }
+}
+
+static void on_watch_event(reg_waiter_t *w, const reg_event_t *ev)
+{
+    v3_watch_t *wt = w->ctx;
+    if (!ev) {
+        send_watch_response(wt->vs, wt->id, false, true, "disco: the token was removed",
+                            registry_index(wt->vs->api->reg));
+        return;
+    }
+    wt->next_rev = ev->index + 1;
+    if (watch_deliver(wt, ev))
+        watch_pump(wt); /* re-armed from the next revision */
+}
+
+static bool watch_create(v3_stream_t *vs, const Etcdserverpb__WatchCreateRequest *cr)
+{
+    api_t *api = vs->api;
+    int64_t id = vs->next_id;
+    if (cr->watch_id > 0) {
+        for (v3_watch_t *o = vs->watches; o; o = o->next)
+            if (o->id == cr->watch_id)
+                return send_watch_response(vs, cr->watch_id, true, true,
+                                           "etcdserver: duplicate watch ID",
+                                           registry_index(api->reg));
+        id = cr->watch_id;
+    }
+    v3_watch_t *wt = calloc(1, sizeof *wt);
+    if (!wt) {
+        stream_end(vs, GRPC_RESOURCE_EXHAUSTED, "disco: out of memory");
+        return false;
+    }
+    wt->vs = vs;
+    wt->id = id;
+    if (id >= vs->next_id)
+        vs->next_id = id + 1;
+    buf_append(&wt->key, cr->key.data, cr->key.len);
+    buf_append(&wt->end, cr->range_end.data, cr->range_end.len);
+    for (size_t i = 0; i < cr->n_filters; i++) {
+        if (cr->filters[i] == ETCDSERVERPB__WATCH_CREATE_REQUEST__FILTER_TYPE__NOPUT)
+            wt->no_put = true;
+        else if (cr->filters[i] == ETCDSERVERPB__WATCH_CREATE_REQUEST__FILTER_TYPE__NODELETE)
+            wt->no_delete = true;
+    }
+    wt->prev_kv = cr->prev_kv;
+    uint64_t now_rev = registry_index(api->reg);
+    wt->next_rev = cr->start_revision > 0 ? (uint64_t)cr->start_revision : now_rev + 1;
+    char token[REGISTRY_MAX_TOKEN_BYTES + 1];
+    bytes_t key = {cr->key.data, cr->key.len};
+    bool ok = true;
+    if (!memchr(key.data, 0, key.len) && token_of(key, token, sizeof token)) {
+        if (cr->range_end.len) {
+            buf_t dir = BUF_INIT;
+            buf_printf(&dir, "%s%s", TOKEN_KEY_PREFIX, token);
+            wt->watch_key = buf_steal(&dir);
+            wt->recursive = true;
+        } else {
+            wt->watch_key = strndup((const char *)key.data, key.len);
+        }
+        ok = wt->watch_key != NULL;
+    }
+    if (!ok || buf_failed(&wt->key) || buf_failed(&wt->end)) {
+        watch_free(vs, wt);
+        stream_end(vs, GRPC_RESOURCE_EXHAUSTED, "disco: out of memory");
+        return false;
+    }
+    wt->next = vs->watches;
+    vs->watches = wt;
+    /* `created` first, then history and live events. */
+    if (!send_watch_response(vs, id, true, false, NULL, now_rev))
+        return false;
+    return watch_pump(wt);
+}
+
+static bool watch_cancel(v3_stream_t *vs, int64_t id)
+{
+    for (v3_watch_t **p = &vs->watches; *p; p = &(*p)->next) {
+        if ((*p)->id != id)
+            continue;
+        v3_watch_t *wt = *p;
+        *p = wt->next;
+        watch_free(vs, wt);
+        return send_watch_response(vs, id, false, true, NULL, registry_index(vs->api->reg));
+    }
+    return true; /* an unknown id: ignored, as etcd does */
+}
+
+/* One WatchRequest. Returns false when the stream ended. */
+static bool watch_request(v3_stream_t *vs, const uint8_t *msg, size_t len)
+{
+    Etcdserverpb__WatchRequest *rq = etcdserverpb__watch_request__unpack(NULL, len, msg);
+    if (!rq) {
+        stream_end(vs, GRPC_INTERNAL, "grpc: error unmarshalling request");
+        return false;
+    }
+    bool live = true;
+    switch (rq->request_union_case) {
+    case ETCDSERVERPB__WATCH_REQUEST__REQUEST_UNION_CREATE_REQUEST:
+        live = watch_create(vs, rq->create_request);
+        break;
+    case ETCDSERVERPB__WATCH_REQUEST__REQUEST_UNION_CANCEL_REQUEST:
+        live = watch_cancel(vs, rq->cancel_request->watch_id);
+        break;
+    case ETCDSERVERPB__WATCH_REQUEST__REQUEST_UNION_PROGRESS_REQUEST:
+        live = send_watch_response(vs, -1, false, false, NULL, registry_index(vs->api->reg));
+        break;
+    default: break; /* an empty request: nothing to do */
+    }
+    etcdserverpb__watch_request__free_unpacked(rq, NULL);
+    return live;
+}
+
+static void on_watch_body(http_req_t req, void *ctx, const char *data, size_t len, bool end)
+{
+    (void)req;
+    v3_stream_t *vs = ctx;
+    if (end)
+        return; /* etcd keeps sending after the client closes its side */
+    buf_append(&vs->in, data, len);
+    if (buf_failed(&vs->in)) {
+        stream_end(vs, GRPC_RESOURCE_EXHAUSTED, "disco: out of memory");
+        return;
+    }
+    while (vs->in.len >= GRPC_PREFIX_BYTES) {
+        const uint8_t *b = (const uint8_t *)vs->in.data;
+        size_t mlen = (size_t)b[1] << 24 | (size_t)b[2] << 16 | (size_t)b[3] << 8 | b[4];
+        if (b[0] != 0) {
+            stream_end(vs, GRPC_UNIMPLEMENTED, "grpc: compressed messages are not supported");
+            return;
+        }
+        if (mlen > vs->api->max_value_bytes + 4096) {
+            stream_end(vs, GRPC_RESOURCE_EXHAUSTED, "grpc: received message larger than max");
+            return;
+        }
+        if (vs->in.len < GRPC_PREFIX_BYTES + mlen)
+            return;
+        if (!watch_request(vs, b + GRPC_PREFIX_BYTES, mlen))
+            return;
+        buf_consume(&vs->in, GRPC_PREFIX_BYTES + mlen);
+    }
+}
+
+static void on_watch_end(http_req_t req, void *ctx, enum http_park_end why)
+{
+    v3_stream_t *vs = ctx;
+    if (why == HTTP_PARK_CLOSED) {
+        stream_free(vs); /* the stream or its connection is gone */
+        return;
+    }
+    if (why == HTTP_PARK_TIMEOUT) {
+        http_park(req, HTTP_PARK_WATCH, on_watch_end, vs); /* a watch waits as long as it likes */
+        return;
+    }
+    stream_end(vs, GRPC_UNAVAILABLE, "disco: the server is stopping");
+}
+
+static void v3_watch(api_t *api, const http_request_t *req)
+{
+    v3_stream_t *vs = calloc(1, sizeof *vs);
+    if (!vs) {
+        send_error(api, req->handle, GRPC_RESOURCE_EXHAUSTED, "disco: out of memory");
+        return;
+    }
+    vs->api = api;
+    vs->req = req->handle;
+    http_park(req->handle, HTTP_PARK_WATCH, on_watch_end, vs);
+    if (http_stream_on_body(req->handle, on_watch_body, vs) != 0) {
+        /* Not a stream (the client sent its whole body at once): handle
+         * what came, and the call stays open for the events. */
+        on_watch_body(req->handle, vs, req->body, req->body_len, false);
+    }
+}
+
 /* ---- dispatch ----------------------------------------------------------- */
 
 bool v3_is_grpc(const http_request_t *req)
@@ -655,6 +1071,14 @@ bool v3_is_grpc(const http_request_t *req)
     return req->is_h2 && strncasecmp(req->content_type, ct, sizeof ct - 1) == 0 &&
            (req->content_type[sizeof ct - 1] == '\0' || req->content_type[sizeof ct - 1] == '+' ||
             req->content_type[sizeof ct - 1] == ';');
+}
+
+bool v3_is_streaming(const char *path, const char *content_type)
+{
+    http_request_t probe = {.content_type = content_type, .is_h2 = true};
+    return v3_is_grpc(&probe) && strcmp(path, "/etcdserverpb.KV/Range") != 0 &&
+           strcmp(path, "/etcdserverpb.KV/Put") != 0 &&
+           strcmp(path, "/etcdserverpb.Auth/Authenticate") != 0;
 }
 
 void v3_handle(api_t *api, const http_request_t *req)
@@ -671,6 +1095,10 @@ void v3_handle(api_t *api, const http_request_t *req)
     }
     if (strcmp(path, "/etcdserverpb.Auth/Authenticate") == 0) {
         send_error(api, h, GRPC_FAILED_PRECONDITION, ETCD_E_AUTH_NOT_ENABLED);
+        return;
+    }
+    if (strcmp(path, "/etcdserverpb.Watch/Watch") == 0) {
+        v3_watch(api, req);
         return;
     }
     bool is_range = strcmp(path, "/etcdserverpb.KV/Range") == 0;

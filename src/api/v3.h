@@ -21,6 +21,16 @@
 /* Whether `req` is a gRPC call (content-type application/grpc[+proto]). */
 bool v3_is_grpc(const http_request_t *req);
 
+/* Whether a request to `path` is a gRPC streaming call, handed over as
+ * soon as its headers are in (api_is_streaming): every gRPC method but the
+ * unary ones disco serves, so that Watch streams and unknown methods are
+ * answered without waiting for the client to end its side. */
+bool v3_is_streaming(const char *path, const char *content_type);
+
+/* The store made more of the registry durable: watch messages waiting
+ * for it go out (called from api_on_durable). */
+void v3_on_durable(api_t *api);
+
 /* Answers one gRPC call: at once, or once the state it shows is durable
  * (the stream's request is held until then, as v2 answers are). */
 void v3_handle(api_t *api, const http_request_t *req);

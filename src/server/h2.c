@@ -49,10 +49,17 @@ struct h2_stream {
     int method; /* enum http_method, -1 until :method is seen */
     size_t header_bytes;
     buf_t path, content_type, authority, body;
+    /* a streaming request: where its body goes, once the owner says */
+    bool streaming;
+    http_body_fn body_fn;
+    void *body_ctx;
     /* the answer: body bytes not yet taken by the session */
     buf_t resp;
     size_t resp_off;
-    char *trailers; /* "name: value\r\n" lines, owned, or NULL */
+    char *trailers;     /* "name: value\r\n" lines, owned, or NULL */
+    bool resp_started;  /* the response HEADERS are submitted */
+    bool resp_end;      /* the body is whole: trailers (or END_STREAM) follow it */
+    bool resp_deferred; /* the session waits for more body (NGHTTP2_ERR_DEFERRED) */
     h2_stream_t *next, *prev;
 };
 
@@ -143,6 +150,14 @@ static ssize_t read_answer(nghttp2_session *ng, int32_t stream_id, uint8_t *out,
     st->resp_off += n;
     if (st->resp_off < st->resp.len)
         return (ssize_t)n;
+    buf_reset(&st->resp); /* all taken: the buffer starts over */
+    st->resp_off = 0;
+    if (!st->resp_end) {
+        if (n)
+            return (ssize_t)n;
+        st->resp_deferred = true; /* h2_stream_send resumes it */
+        return NGHTTP2_ERR_DEFERRED;
+    }
     *flags |= NGHTTP2_DATA_FLAG_EOF;
     if (st->trailers) {
         nghttp2_nv nv[H2_MAX_RESPONSE_FIELDS];
@@ -163,6 +178,24 @@ void h2_reply(http_conn_t *c, int32_t stream_id, bool is_head, const http_reply_
         return; /* reset by the client meanwhile */
     /* Its slot was freed by the caller: the request is answered. */
     st->slot = REQ_NONE;
+    if (st->resp_started) {
+        /* A streamed answer: the rest of the body, then the trailers. */
+        buf_append(&st->resp, r->body, r->body_len);
+        free(st->trailers);
+        st->trailers = r->trailers ? strdup(r->trailers) : NULL;
+        if (buf_failed(&st->resp) || (r->trailers && !st->trailers)) {
+            log_warn("out of memory ending stream %d of %s; resetting it", (int)stream_id, c->peer);
+            nghttp2_submit_rst_stream(h->ng, NGHTTP2_FLAG_NONE, stream_id, NGHTTP2_INTERNAL_ERROR);
+        } else {
+            st->resp_end = true;
+            if (st->resp_deferred) {
+                st->resp_deferred = false;
+                nghttp2_session_resume_data(h->ng, stream_id);
+            }
+        }
+        h2_flush(c);
+        return;
+    }
 
     char status[8], index[24];
     snprintf(status, sizeof status, "%d", r->status);
@@ -198,6 +231,8 @@ void h2_reply(http_conn_t *c, int32_t stream_id, bool is_head, const http_reply_
         }
         free(st->trailers);
         st->trailers = trailers;
+        st->resp_end = true;
+        st->resp_started = true;
         nghttp2_data_provider dp = {.source.ptr = st, .read_callback = read_answer};
         rc = nghttp2_submit_response(h->ng, stream_id, nv, n, &dp);
     }
@@ -265,6 +300,7 @@ static void stream_dispatch(h2_conn_t *h, h2_stream_t *st)
     q->is_head = st->method == HTTP_HEAD;
     q->is_http10 = false;
     q->keep_alive = true;
+    q->park_kind = HTTP_PARK_WATCH;
     char *path = st->path.data;
     char *query = strchr(path, '?');
     size_t qlen = 0;
@@ -289,6 +325,7 @@ static void stream_dispatch(h2_conn_t *h, h2_stream_t *st)
         .peer_addr = c->peer_addr,
         .handle = req_handle(s, slot),
         .is_h2 = true,
+        .is_streaming = st->streaming,
     };
     s->cfg.handler(s->cfg.handler_ctx, &req);
     if (c->closed || h->dead)
@@ -374,6 +411,12 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t stream_id, 
     if (h->dead)
         return NGHTTP2_ERR_CALLBACK_FAILURE;
     h2_stream_t *st = stream_of(h, stream_id);
+    if (st && st->streaming) {
+        if (st->slot != REQ_NONE && st->body_fn)
+            st->body_fn(req_handle(h->c->srv, st->slot), st->body_ctx, (const char *)data, len,
+                        false);
+        return 0;
+    }
     if (!st || st->dispatched)
         return 0;
     if (st->body.len + len > h->c->srv->cfg.max_body_bytes) {
@@ -392,12 +435,29 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *
     h2_conn_t *h = user_data;
     if (h->dead)
         return NGHTTP2_ERR_CALLBACK_FAILURE;
-    if ((frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA) ||
-        !(frame->hd.flags & NGHTTP2_FLAG_END_STREAM))
+    if (frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA)
         return 0;
     h2_stream_t *st = stream_of(h, frame->hd.stream_id);
-    if (st && !st->dispatched)
+    if (!st)
+        return 0;
+    bool end = frame->hd.flags & NGHTTP2_FLAG_END_STREAM;
+    http_server_t *s = h->c->srv;
+    if (!st->dispatched && !end && frame->hd.type == NGHTTP2_HEADERS &&
+        frame->headers.cat == NGHTTP2_HCAT_REQUEST && s->cfg.is_streaming &&
+        !buf_failed(&st->path) && !buf_failed(&st->content_type) &&
+        s->cfg.is_streaming(s->cfg.handler_ctx, buf_cstr(&st->path), buf_cstr(&st->content_type))) {
+        st->streaming = true; /* handed over now; its body follows */
         stream_dispatch(h, st);
+        return 0;
+    }
+    if (!end)
+        return 0;
+    if (!st->dispatched) {
+        stream_dispatch(h, st);
+    } else if (st->streaming && st->slot != REQ_NONE && st->body_fn) {
+        /* The client closed its side of a streaming request. */
+        st->body_fn(req_handle(s, st->slot), st->body_ctx, "", 0, true);
+    }
     return 0;
 }
 
@@ -537,4 +597,48 @@ void h2_conn_closed(http_conn_t *c)
     if (!h->in_recv)
         h2_free(h);
     /* else h2_feed frees it when nghttp2_session_mem_recv returns */
+}
+
+int h2_stream_on_body(http_conn_t *c, int32_t stream_id, http_body_fn fn, void *ctx)
+{
+    h2_conn_t *h = c->h2;
+    h2_stream_t *st = h ? stream_of(h, stream_id) : NULL;
+    if (!st || !st->streaming)
+        return -EINVAL;
+    st->body_fn = fn;
+    st->body_ctx = ctx;
+    return 0;
+}
+
+int h2_stream_send(http_conn_t *c, int32_t stream_id, const http_reply_t *head, const char *data,
+                   size_t len)
+{
+    h2_conn_t *h = c->h2;
+    h2_stream_t *st = h ? stream_of(h, stream_id) : NULL;
+    if (!st || st->slot == REQ_NONE || st->resp_end)
+        return -EINVAL;
+    buf_append(&st->resp, data, len);
+    if (buf_failed(&st->resp))
+        return -ENOMEM;
+    if (!st->resp_started) {
+        if (!head)
+            return -EINVAL;
+        char status[8];
+        snprintf(status, sizeof status, "%d", head->status);
+        nghttp2_nv nv[2];
+        size_t n = 0;
+        nv[n++] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)status, 7, strlen(status), 0};
+        if (head->content_type)
+            nv[n++] = (nghttp2_nv){(uint8_t *)"content-type", (uint8_t *)head->content_type, 12,
+                                   strlen(head->content_type), 0};
+        nghttp2_data_provider dp = {.source.ptr = st, .read_callback = read_answer};
+        if (nghttp2_submit_response(h->ng, stream_id, nv, n, &dp) != 0)
+            return -ENOMEM;
+        st->resp_started = true;
+    } else if (st->resp_deferred) {
+        st->resp_deferred = false;
+        nghttp2_session_resume_data(h->ng, stream_id);
+    }
+    h2_flush(c);
+    return 0;
 }

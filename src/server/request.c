@@ -109,6 +109,23 @@ void req_slots_free_all(http_server_t *s)
     s->free_slot = REQ_NONE;
 }
 
+int http_stream_on_body(http_req_t h, http_body_fn on_body, void *ctx)
+{
+    req_slot_t *q = req_slot_of(h);
+    if (!q)
+        return -ESTALE;
+    return q->stream_id ? h2_stream_on_body(q->conn, q->stream_id, on_body, ctx) : -EINVAL;
+}
+
+int http_stream_send(http_req_t h, const http_reply_t *head, const char *data, size_t len)
+{
+    assert(!h.srv || loop_on_thread(h.srv->loop)); /* loop thread only */
+    req_slot_t *q = req_slot_of(h);
+    if (!q)
+        return -ESTALE;
+    return q->stream_id ? h2_stream_send(q->conn, q->stream_id, head, data, len) : -EINVAL;
+}
+
 bool http_req_is_live(http_req_t h)
 {
     return req_slot_of(h) != NULL;

@@ -254,6 +254,10 @@ void h2_flush(http_conn_t *c);
 bool h2_has_streams(const http_conn_t *c);
 /* Answers stream `stream_id` (its slot already freed by the caller). */
 void h2_reply(http_conn_t *c, int32_t stream_id, bool is_head, const http_reply_t *r);
+/* The streaming API (http.h) on stream `stream_id` of `c`. */
+int h2_stream_on_body(http_conn_t *c, int32_t stream_id, http_body_fn fn, void *ctx);
+int h2_stream_send(http_conn_t *c, int32_t stream_id, const http_reply_t *head, const char *data,
+                   size_t len);
 /* The connection is closing: every stream's owner is told (once) and the
  * session freed. */
 void h2_conn_closed(http_conn_t *c);
