@@ -681,6 +681,10 @@ struct v3_stream {
     /* messages waiting until the store has made `out_index` durable */
     buf_t out;
     uint64_t out_index;
+    /* Out of memory while a registry notification ran: its other waiters
+     * may still be called, so nothing is freed then; the stream ends on
+     * the next v3_on_durable (it is on the pending list) or client message. */
+    bool broken;
     bool is_pending;
     v3_stream_t *pending_next, *pending_prev;
 };
@@ -740,15 +744,39 @@ static void stream_end(v3_stream_t *vs, enum grpc_code code, const char *msg)
     stream_free(vs);
 }
 
+static void pending_link(v3_stream_t *vs)
+{
+    api_t *api = vs->api;
+    if (vs->is_pending)
+        return;
+    vs->is_pending = true;
+    vs->pending_next = api->v3_pending;
+    if (api->v3_pending)
+        api->v3_pending->pending_prev = vs;
+    api->v3_pending = vs;
+}
+
+/* Out of memory for a message: the stream cannot go on as etcd's would
+ * (a lost event), so it ends, later (see `broken`). */
+static void stream_break(v3_stream_t *vs)
+{
+    vs->broken = true;
+    vs->out_index = 0;
+    buf_free(&vs->out);
+    pending_link(vs);
+}
+
 /* Sends (or queues until durable) one message showing state `index`.
- * Returns false when the stream ended (it is freed then). */
+ * Returns false when the stream is broken (see stream_break). */
 static bool stream_queue(v3_stream_t *vs, const ProtobufCMessage *m, uint64_t index)
 {
+    if (vs->broken)
+        return false;
     size_t n = protobuf_c_message_get_packed_size(m);
     size_t at = vs->out.len;
     buf_reserve(&vs->out, GRPC_PREFIX_BYTES + n);
     if (buf_failed(&vs->out)) {
-        stream_end(vs, GRPC_RESOURCE_EXHAUSTED, "disco: out of memory");
+        stream_break(vs);
         return false;
     }
     uint8_t prefix[GRPC_PREFIX_BYTES] = {0, (uint8_t)(n >> 24), (uint8_t)(n >> 16),
@@ -760,19 +788,13 @@ static bool stream_queue(v3_stream_t *vs, const ProtobufCMessage *m, uint64_t in
         vs->out_index = index;
     api_t *api = vs->api;
     if (api->backend && backend_durable_index(api->backend) < vs->out_index) {
-        if (!vs->is_pending) {
-            vs->is_pending = true;
-            vs->pending_next = api->v3_pending;
-            if (api->v3_pending)
-                api->v3_pending->pending_prev = vs;
-            api->v3_pending = vs;
-        }
+        pending_link(vs);
         return true;
     }
     int rc = http_stream_send(vs->req, &grpc_head, vs->out.data, vs->out.len);
     buf_reset(&vs->out);
     if (rc == -ENOMEM) {
-        stream_end(vs, GRPC_RESOURCE_EXHAUSTED, "disco: out of memory");
+        stream_break(vs);
         return false;
     }
     return true;
@@ -786,6 +808,10 @@ void v3_on_durable(api_t *api)
         if (vs->out_index > durable)
             continue;
         pending_unlink(vs);
+        if (vs->broken) {
+            stream_end(vs, GRPC_RESOURCE_EXHAUSTED, "disco: out of memory");
+            continue;
+        }
         int rc = http_stream_send(vs->req, &grpc_head, vs->out.data, vs->out.len);
         buf_reset(&vs->out);
         if (rc == -ENOMEM)
@@ -895,6 +921,8 @@ static bool watch_pump(v3_watch_t *wt)
 static void on_watch_event(reg_waiter_t *w, const reg_event_t *ev)
 {
     v3_watch_t *wt = w->ctx;
+    if (wt->vs->broken)
+        return; /* ends soon; its waiters must stay valid until then */
     if (!ev) {
         send_watch_response(wt->vs, wt->id, false, true, "disco: the token was removed",
                             registry_index(wt->vs->api->reg));
@@ -1006,6 +1034,11 @@ static void on_watch_body(http_req_t req, void *ctx, const char *data, size_t le
 {
     (void)req;
     v3_stream_t *vs = ctx;
+    if (vs->broken) {
+        pending_unlink(vs);
+        stream_end(vs, GRPC_RESOURCE_EXHAUSTED, "disco: out of memory");
+        return;
+    }
     if (end)
         return; /* etcd keeps sending after the client closes its side */
     buf_append(&vs->in, data, len);
