@@ -340,12 +340,13 @@ static void v3_range(api_t *api, http_req_t h, const uint8_t *msg, size_t len)
         list.n = kept;
         sort_target = ETCDSERVERPB__RANGE_REQUEST__SORT_TARGET__KEY;
         sort_descending = 0;
-        qsort(list.items, list.n, sizeof *list.items, cmp_item);
+        if (list.n > 1)
+            qsort(list.items, list.n, sizeof *list.items, cmp_item);
         int order = rq->sort_order;
         if (order == ETCDSERVERPB__RANGE_REQUEST__SORT_ORDER__NONE &&
             rq->sort_target != ETCDSERVERPB__RANGE_REQUEST__SORT_TARGET__KEY)
             order = ETCDSERVERPB__RANGE_REQUEST__SORT_ORDER__ASCEND;
-        if (order != ETCDSERVERPB__RANGE_REQUEST__SORT_ORDER__NONE) {
+        if (order != ETCDSERVERPB__RANGE_REQUEST__SORT_ORDER__NONE && list.n > 1) {
             sort_target = rq->sort_target;
             sort_descending = order == ETCDSERVERPB__RANGE_REQUEST__SORT_ORDER__DESCEND;
             qsort(list.items, list.n, sizeof *list.items, cmp_item);
@@ -611,7 +612,8 @@ static void v3_put(api_t *api, const http_request_t *req, const uint8_t *msg, si
         send_error(api, h, GRPC_NOT_FOUND, ETCD_E_LEASE_NOT_FOUND); /* disco grants none */
     } else if (shape == PUT_REFUSED) {
         send_error(api, h, GRPC_PERMISSION_DENIED, ETCD_E_PERMISSION_DENIED);
-    } else if (rq->value.len > api->max_value_bytes || memchr(rq->value.data, 0, rq->value.len)) {
+    } else if (rq->value.len > api->max_value_bytes ||
+               (rq->value.len && memchr(rq->value.data, 0, rq->value.len))) {
         send_error(api, h, GRPC_INVALID_ARGUMENT, ETCD_E_REQUEST_TOO_LARGE);
     } else if (api->backend && !backend_writable(api->backend)) {
         send_error(api, h, GRPC_UNAVAILABLE,
@@ -968,7 +970,7 @@ static bool watch_create(v3_stream_t *vs, const Etcdserverpb__WatchCreateRequest
     char token[REGISTRY_MAX_TOKEN_BYTES + 1];
     bytes_t key = {cr->key.data, cr->key.len};
     bool ok = true;
-    if (!memchr(key.data, 0, key.len) && token_of(key, token, sizeof token)) {
+    if (key.len && !memchr(key.data, 0, key.len) && token_of(key, token, sizeof token)) {
         if (cr->range_end.len) {
             buf_t dir = BUF_INIT;
             buf_printf(&dir, "%s%s", TOKEN_KEY_PREFIX, token);
