@@ -179,6 +179,68 @@ class KindTest(Base):
         self.assertNotIn(b"members", body)
 
 
+class WatchStreamTest(Base):
+    """Several watches on one stream, cancel, and streams that end: every
+    parked watch is released exactly when its stream or connection goes."""
+
+    def parked_waits(self):
+        status, _, body = harness.http("GET", self.base_url + "/metrics")
+        self.assertEqual(status, 200)
+        for line in body.decode().splitlines():
+            if line.startswith("disco_parked_waits "):
+                return int(float(line.split()[1]))
+        self.fail("no disco_parked_waits in /metrics")
+
+    @need_etcd3
+    def test_watches_per_stream_cancel_and_close(self):
+        import queue
+        tok = uuid.uuid4().hex
+        c = self.client()
+        c.put(size_key(tok), "3")
+        ch = grpc.insecure_channel(self.endpoint)
+        stub = etcdrpc.WatchStub(ch)
+        m = members_prefix(tok)
+        end = (m[:-1] + chr(ord(m[-1]) + 1)).encode()
+
+        def create(key, range_end=b""):
+            return etcdrpc.WatchRequest(create_request=etcdrpc.WatchCreateRequest(
+                key=key.encode(), range_end=range_end))
+
+        streams = []
+        for _ in range(3):
+            q = queue.Queue()
+            q.put(create(m, end))
+            q.put(create(member_key(tok, "a1")))
+            it = iter(q.get, None)
+            call = stub.Watch(it, timeout=30)
+            streams.append((q, call))
+        # created, ids 0 and 1, on each stream
+        for q, call in streams:
+            ids = [next(call).watch_id, next(call).watch_id]
+            self.assertEqual(sorted(ids), [0, 1])
+        harness.wait_until(lambda: self.parked_waits() == 6, 5, what="6 parked watches")
+        c.put(member_key(tok, "a1"), "n1=http://a:1")
+        for q, call in streams:
+            got = sorted((r.watch_id, r.events[0].kv.key.decode()) for r in (next(call),
+                                                                               next(call)))
+            self.assertEqual(got, [(0, member_key(tok, "a1")), (1, member_key(tok, "a1"))])
+        # Cancel watch 1 on the first stream: its canceled answer, one waiter fewer.
+        q0, call0 = streams[0]
+        q0.put(etcdrpc.WatchRequest(cancel_request=etcdrpc.WatchCancelRequest(watch_id=1)))
+        r = next(call0)
+        self.assertEqual((r.watch_id, r.canceled), (1, True))
+        harness.wait_until(lambda: self.parked_waits() == 5, 5, what="5 parked watches")
+        # The client resets the second stream: its two watches go.
+        streams[1][1].cancel()
+        harness.wait_until(lambda: self.parked_waits() == 3, 5, what="3 parked watches")
+        # The connection closes: every stream on it ends.
+        ch.close()
+        harness.wait_until(lambda: self.parked_waits() == 0, 5, what="no parked watches")
+        for q, _ in streams:
+            q.put(None)
+        self.assertTrue(self.disco.alive())
+
+
 # ---- a client that follows etcd's v3discovery sequence exactly -------------
 
 class ErrFullCluster(Exception):
