@@ -349,6 +349,56 @@ class V3DiscoveryTest(Base):
         self.assertIsNone(c.get(member_key(tok, "fff"))[0])
 
 
+class MixedBootstrapTest(Base):
+    """A v2 member set (real etcd 3.4 members, --discovery) and a v3 member
+    set (the v3discovery client) bootstrap from two tokens of one disco at
+    the same time."""
+
+    @need_etcd3
+    def test_v2_and_v3_tokens_at_once(self):
+        import json
+        status, _, body = harness.http("GET", self.base_url + "/new?size=3")
+        self.assertEqual(status, 200, body)
+        v2url = body.decode().strip()
+        v3tok = uuid.uuid4().hex
+        c = self.client()
+        c.put(size_key(v3tok), "3")
+        members = []
+        for i in range(3):
+            proc, _, client_url = harness.start_etcd_member(self.workdir, "v2m%d" % i, v2url)
+            self.procs.append(proc)
+            members.append(client_url)
+        results, registered = {}, []
+
+        def run(i):
+            mid = "%x" % (0xdef000 + i)
+            try:
+                results[mid] = v3discovery_join(self.host, self.port, v3tok, mid,
+                                                "v3m%d=http://10.0.1.%d:2380" % (i, i + 1),
+                                                registered)
+            except Exception as e:
+                results[mid] = repr(e)
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+
+        def v2_cluster_formed():
+            rc, out, _ = harness.etcdctl(members[0], "member", "list", "-w", "json", timeout=6)
+            if rc != 0:
+                return False
+            ms = json.loads(out).get("members", [])
+            return len(ms) == 3 and all(m.get("name") for m in ms)
+
+        harness.wait_until(v2_cluster_formed, 60, interval=0.5, what="the v2 members' cluster")
+        for t in threads:
+            t.join(30)
+        self.assertEqual(len(set(results.values())), 1, results)
+        self.assertEqual(len(results), 3)
+        self.assertEqual(sorted(next(iter(results.values())).split(",")),
+                         ["v3m%d=http://10.0.1.%d:2380" % (i, i + 1) for i in range(3)])
+
+
 # ---- differential: the same calls against a real etcd 3.4 and disco --------
 
 def run_sequence(host, port, token):
