@@ -579,6 +579,8 @@ uint64_t conn_expire_timers(http_server_t *s, uint64_t now_ms)
                 snprintf(why, sizeof why, "the request body did not arrive within %llu ms",
                          (unsigned long long)s->timers[TL_BODY].duration_ms);
                 http1_refuse(c, 408, why);
+            } else if (tl == TL_IDLE && c->h2) {
+                h2_goaway(c); /* a gRPC client reconnects on GOAWAY, quietly */
             } else {
                 conn_close(c);
             }

@@ -578,6 +578,19 @@ void h2_flush(http_conn_t *c)
     conn_update_timer(c);
 }
 
+void h2_goaway(http_conn_t *c)
+{
+    h2_conn_t *h = c->h2;
+    assert(h && !h->in_recv);
+    /* GOAWAY(NO_ERROR) with the last stream seen; once it is written the
+     * session wants nothing more and h2_flush closes the connection. */
+    if (nghttp2_session_terminate_session(h->ng, NGHTTP2_NO_ERROR) != 0) {
+        conn_close(c);
+        return;
+    }
+    h2_flush(c);
+}
+
 bool h2_has_streams(const http_conn_t *c)
 {
     return c->h2 && c->h2->n_streams > 0;

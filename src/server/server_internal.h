@@ -250,6 +250,8 @@ int h2_start(http_conn_t *c, const char *first, size_t len);
 void h2_feed(http_conn_t *c, const char *data, size_t len);
 /* Moves what the session has to send into `c->out` (bounded) and writes. */
 void h2_flush(http_conn_t *c);
+/* Ends the connection politely (GOAWAY NO_ERROR, then close): idle. */
+void h2_goaway(http_conn_t *c);
 /* Whether streams are open (an HTTP/2 connection then has no idle timer). */
 bool h2_has_streams(const http_conn_t *c);
 /* Answers stream `stream_id` (its slot already freed by the caller). */

@@ -241,6 +241,54 @@ class WatchStreamTest(Base):
         self.assertTrue(self.disco.alive())
 
 
+class IdleTest(unittest.TestCase):
+    """An idle HTTP/2 connection ends with GOAWAY(NO_ERROR), and a gRPC
+    client carries on over a new one."""
+
+    def setUp(self):
+        self.workdir = tempfile.mkdtemp(prefix="disco-e2e-v3-")
+        self.disco, self.base_url = harness.start_disco(self.workdir,
+                                                        ("--idle-timeout", "1s"))
+        self.host, self.port = hostport(self.base_url)
+
+    def tearDown(self):
+        self.assertEqual(self.disco.stop(), 0, self.disco.log()[-3000:])
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def test_goaway_when_idle(self):
+        import socket
+        s = socket.create_connection((self.host, self.port), timeout=5)
+        try:
+            s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            data, deadline = b"", time.monotonic() + 5
+            while time.monotonic() < deadline:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        finally:
+            s.close()
+        frames, off = [], 0
+        while off + 9 <= len(data):
+            n = int.from_bytes(data[off:off + 3], "big")
+            frames.append((data[off + 3], data[off + 9:off + 9 + n]))
+            off += 9 + n
+        self.assertEqual(off, len(data))
+        self.assertEqual(frames[0][0], 4)  # SETTINGS first
+        goaway = [p for t, p in frames if t == 7]
+        self.assertEqual(len(goaway), 1, frames)
+        self.assertEqual(int.from_bytes(goaway[0][4:8], "big"), 0)  # NO_ERROR
+
+    @need_etcd3
+    def test_client_reconnects(self):
+        c = etcd3.client(self.host, self.port, timeout=CALL_TIMEOUT_S)
+        tok = uuid.uuid4().hex
+        c.put(size_key(tok), "3")
+        time.sleep(2.5)
+        self.assertEqual(c.get(size_key(tok))[0], b"3")
+        c.close()
+
+
 # ---- a client that follows etcd's v3discovery sequence exactly -------------
 
 class ErrFullCluster(Exception):
