@@ -112,8 +112,8 @@ void conn_update_timer(http_conn_t *c)
         want = TL_WRITE;
     else if (c->in_request && c->headers_done)
         want = TL_BODY;
-    else if (c->in_request || c->pending.len)
-        want = TL_HEADER;
+    else if (c->in_request || c->pending.len || c->sniff_len)
+        want = TL_HEADER; /* a first byte started a request (or a preface) */
     else
         want = TL_IDLE;
     if (want == c->tl)

@@ -289,6 +289,29 @@ class IdleTest(unittest.TestCase):
         c.close()
 
 
+class SniffTimeoutTest(unittest.TestCase):
+    """A client that sends part of the HTTP/2 preface and stalls gets the
+    header timeout (a 408), not the much longer idle one."""
+
+    def setUp(self):
+        self.workdir = tempfile.mkdtemp(prefix="disco-e2e-v3-")
+        self.disco, self.base_url = harness.start_disco(self.workdir,
+                                                        ("--header-timeout", "1s"))
+
+    def tearDown(self):
+        self.assertEqual(self.disco.stop(), 0, self.disco.log()[-3000:])
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def test_partial_preface_times_out_as_a_head(self):
+        conn = harness.RawConn(self.base_url)
+        try:
+            conn.send(b"PRI * HT")
+            data = conn.read_to_eof(timeout=5)
+        finally:
+            conn.close()
+        self.assertTrue(data.startswith(b"HTTP/1.1 408 "), data[:80])
+
+
 # ---- a client that follows etcd's v3discovery sequence exactly -------------
 
 class ErrFullCluster(Exception):
