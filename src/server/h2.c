@@ -578,6 +578,44 @@ void h2_flush(http_conn_t *c)
     conn_update_timer(c);
 }
 
+void h2_shutdown(http_conn_t *c)
+{
+    h2_conn_t *h = c->h2;
+    http_server_t *s = c->srv;
+    assert(h && !h->in_recv);
+    /* No frames leave while the owners are told (a stream that closes on
+     * the way would free its neighbour under this walk). */
+    h->in_recv = true;
+    for (h2_stream_t *st = h->streams; st && !h->dead; st = st->next) {
+        if (st->slot == REQ_NONE)
+            continue;
+        req_slot_t *q = &s->slots[st->slot];
+        if (q->state != REQ_PARKED || !q->park_fn)
+            continue;
+        http_req_t hd = req_handle(s, st->slot);
+        http_park_fn fn = q->park_fn;
+        q->park_fn = NULL; /* set again if the owner parks it again */
+        fn(hd, q->park_ctx, HTTP_PARK_SHUTDOWN);
+        q = req_slot_of(hd); /* the array may have moved; the slot may be gone */
+        if (q && q->state == REQ_PARKED && !q->park_fn) {
+            /* The owner neither answered nor parked again: nobody will. */
+            req_slot_free(s, st->slot);
+            st->slot = REQ_NONE;
+            nghttp2_submit_rst_stream(h->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
+        }
+    }
+    h->in_recv = false;
+    if (h->dead) {
+        h2_free(h); /* an owner closed the connection */
+        return;
+    }
+    /* GOAWAY(NO_ERROR): no new streams; those open finish, then the
+     * session wants nothing more and h2_flush closes the connection. */
+    nghttp2_submit_goaway(h->ng, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(h->ng),
+                          NGHTTP2_NO_ERROR, NULL, 0);
+    h2_flush(c);
+}
+
 void h2_goaway(http_conn_t *c)
 {
     h2_conn_t *h = c->h2;

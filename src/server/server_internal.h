@@ -250,6 +250,10 @@ int h2_start(http_conn_t *c, const char *first, size_t len);
 void h2_feed(http_conn_t *c, const char *data, size_t len);
 /* Moves what the session has to send into `c->out` (bounded) and writes. */
 void h2_flush(http_conn_t *c);
+/* The server is stopping: parked streams' owners are told
+ * (HTTP_PARK_SHUTDOWN), then GOAWAY(NO_ERROR); the connection closes when
+ * its last stream is done (or at the end of the grace period). */
+void h2_shutdown(http_conn_t *c);
 /* Ends the connection politely (GOAWAY NO_ERROR, then close): idle. */
 void h2_goaway(http_conn_t *c);
 /* Whether streams are open (an HTTP/2 connection then has no idle timer). */

@@ -312,6 +312,34 @@ class SniffTimeoutTest(unittest.TestCase):
         self.assertTrue(data.startswith(b"HTTP/1.1 408 "), data[:80])
 
 
+class StopTest(Base):
+    """On SIGTERM an open Watch ends with UNAVAILABLE (clientv3 reopens it
+    elsewhere) and the connection with GOAWAY; disco does not wait out its
+    grace period for it."""
+
+    @need_etcd3
+    def test_watch_ends_unavailable_on_stop(self):
+        import queue
+        tok = uuid.uuid4().hex
+        self.client().put(size_key(tok), "3")
+        ch = grpc.insecure_channel(self.endpoint)
+        q = queue.Queue()
+        q.put(etcdrpc.WatchRequest(create_request=etcdrpc.WatchCreateRequest(
+            key=member_key(tok, "a1").encode())))
+        call = etcdrpc.WatchStub(ch).Watch(iter(q.get, None), timeout=30)
+        self.assertTrue(next(call).created)
+        t0 = time.monotonic()
+        self.procs.remove(self.disco)
+        self.assertEqual(self.disco.stop(), 0, self.disco.log()[-3000:])
+        self.assertLess(time.monotonic() - t0, 4.0)  # the grace period is 5 s
+        with self.assertRaises(grpc.RpcError) as cm:
+            next(call)
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.UNAVAILABLE)
+        self.assertIn("stopping", cm.exception.details())
+        q.put(None)
+        ch.close()
+
+
 # ---- a client that follows etcd's v3discovery sequence exactly -------------
 
 class ErrFullCluster(Exception):
