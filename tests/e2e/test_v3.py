@@ -31,6 +31,13 @@ try:
     from etcd3 import etcdrpc  # noqa: E402
 except ImportError:  # pragma: no cover - the Debian package is a CHECK_DEP
     etcd3 = None
+    # Debian's python3-etcd3 lives in /usr/bin/python3's path; ctest may run
+    # another python3 (pyenv, a venv): run again under Debian's.
+    SYSTEM_PYTHON = "/usr/bin/python3"
+    if (os.access(SYSTEM_PYTHON, os.X_OK) and not os.environ.get("DISCO_V3_REEXEC") and
+            os.path.realpath(sys.executable) != os.path.realpath(SYSTEM_PYTHON)):
+        os.environ["DISCO_V3_REEXEC"] = "1"
+        os.execv(SYSTEM_PYTHON, [SYSTEM_PYTHON, os.path.abspath(__file__)] + sys.argv[1:])
 
 CALL_TIMEOUT_S = 5
 WATCH_TIMEOUT_S = 10.0
