@@ -27,7 +27,7 @@ ADDR       ?= 127.0.0.1:8087
 FUZZ_BUILD ?= build-fuzz
 FUZZ_SECONDS       ?= 120
 CHECK_FUZZ_SECONDS ?= 40
-FUZZ_TARGETS = fuzz_http fuzz_form fuzz_v2 fuzz_tls
+FUZZ_TARGETS = fuzz_http fuzz_form fuzz_v2 fuzz_tls fuzz_h2
 
 # Debian packages. RUN_DEPS build and serve; CHECK_DEPS only test (cmocka
 # unit tests, python3 e2e suites against a real etcd, clang for the fuzz
@@ -35,11 +35,12 @@ FUZZ_TARGETS = fuzz_http fuzz_form fuzz_v2 fuzz_tls
 # installs RUN_DEPS only;
 # `make check` installs both.
 RUN_DEPS   = build-essential cmake pkg-config \
-             libhttp-parser-dev uthash-dev liblmdb-dev libssl-dev
+             libhttp-parser-dev uthash-dev liblmdb-dev libssl-dev \
+             libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler
 CHECK_DEPS = python3 clang-format libcmocka-dev \
              etcd-server etcd-client \
              clang libclang-rt-14-dev valgrind systemd file openssl \
-             chromium
+             chromium python3-etcd3 nghttp2-client
 
 # Installs the Debian packages in $(1) that are not installed yet.
 define install_missing

@@ -61,6 +61,8 @@ void api_set_server(api_t *api, http_server_t *srv);
 
 /* http_handler_fn: routes one request. `ctx` is the api_t. */
 void api_handle(void *ctx, const http_request_t *req);
+/* is_streaming of the server config: gRPC streaming calls (etcd's Watch). */
+bool api_is_streaming(void *ctx, const char *path, const char *content_type);
 /* The server's tick: expires TTLs and sweeps old tokens; returns the next
  * wall-clock instant due. */
 int64_t api_tick(void *ctx, int64_t now_ns);

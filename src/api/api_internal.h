@@ -49,6 +49,8 @@ struct api {
     bool listens_on_all;  /* api_config_t.listens_on_all */
     access_rec_t *access; /* by request slot; only with an access log */
     size_t n_access;
+    /* v3 watch streams with messages waiting until durable (api/v3.c). */
+    struct v3_stream *v3_pending;
 };
 
 #endif

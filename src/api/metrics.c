@@ -54,6 +54,9 @@ static const struct {
     [METRICS_V2_KEYS] = {"disco_v2_keys_requests_total",
                          "How many /v2/keys requests processed, partitioned by status code and "
                          "HTTP method."},
+    [METRICS_V3] = {"disco_v3_requests_total",
+                    "How many etcd v3 gRPC calls processed, partitioned by HTTP status code and "
+                    "method."},
 };
 
 metrics_t *metrics_new(void)

@@ -22,6 +22,7 @@ enum metrics_endpoint {
     METRICS_HEALTH,  /* endpoint_health_requests_total */
     METRICS_TOKEN,   /* endpoint_token_requests_total: /<token>... */
     METRICS_V2_KEYS, /* disco_v2_keys_requests_total: /v2/keys/... */
+    METRICS_V3,      /* disco_v3_requests_total: etcd v3 gRPC calls (by :status, "POST") */
     METRICS_ENDPOINT_COUNT
 };
 

@@ -17,6 +17,7 @@
 #include "api/access_log.h"
 #include "api/api_internal.h"
 #include "api/v2json.h"
+#include "api/v3.h"
 #include "util/log.h"
 #include "util/timeutil.h"
 
@@ -159,7 +160,8 @@ void api_send(api_t *api, http_req_t c, enum metrics_endpoint ep, const char *me
 {
     if (must_hold(api, ep, r->status)) {
         size_t hlen = r->extra_headers ? strlen(r->extra_headers) : 0;
-        held_reply_t *h = held_new(api, c, ep, method, r->body_len + 1 + hlen + 1);
+        size_t tlen = r->trailers ? strlen(r->trailers) : 0;
+        held_reply_t *h = held_new(api, c, ep, method, r->body_len + 1 + hlen + 1 + tlen + 1);
         if (!h) {
             hold_failed(api, c, ep, method);
             return;
@@ -173,6 +175,11 @@ void api_send(api_t *api, http_req_t c, enum metrics_endpoint ep, const char *me
             char *headers = h->data + r->body_len + 1;
             memcpy(headers, r->extra_headers, hlen + 1);
             h->reply.extra_headers = headers;
+        }
+        if (r->trailers) {
+            char *trailers = h->data + r->body_len + 1 + hlen + 1;
+            memcpy(trailers, r->trailers, tlen + 1);
+            h->reply.trailers = trailers;
         }
         held_push(api, h);
         return;
@@ -226,6 +233,7 @@ void api_on_durable(void *ctx)
         (void)rc;
         held_free(h);
     }
+    v3_on_durable(api);
 }
 
 bool api_check_writable(api_t *api, http_req_t c, enum metrics_endpoint ep, const char *method)

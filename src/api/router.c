@@ -11,6 +11,7 @@
  *                         a token's _config is read-only there
  *   /<token>              for a browser (Accept prefers text/html): the
  *                         token's page (page.c); everyone else gets JSON
+ *   gRPC (HTTP/2, content-type application/grpc): etcd's v3 API (v3.c)
  *
  * The key part of a path is percent-decoded here, once, and handed to the
  * v2 handler as a full v2 key.
@@ -26,6 +27,7 @@
 #include "api/form.h"
 #include "api/page.h"
 #include "api/v2keys.h"
+#include "api/v3.h"
 #include "util/html.h"
 
 /* Any "." or ".." segment: refused rather than resolved, so a URL names
@@ -165,9 +167,23 @@ static void route_keys(api_t *api, const http_request_t *req, const char *url_pr
     memcpy(key + pl, decoded, dl + 1);
     if (pl + dl == 0)
         strcpy(key, "/");
-    v2keys_handle(api, req, key, ep, config_read_only);
+    if ((req->method == HTTP_PUT || req->method == HTTP_POST) &&
+        v3_token_refuses_v2_member(api, key)) {
+        /* A token serves one kind of member (docs/decisions.md). */
+        api_send_v2_error(api, req->handle, ep, req->method_name, 403, 107,
+                          "the discovery token is used by v3 members; register with the v3 API",
+                          registry_index(api->reg));
+    } else {
+        v2keys_handle(api, req, key, ep, config_read_only);
+    }
     free(key);
     free(decoded);
+}
+
+bool api_is_streaming(void *ctx, const char *path, const char *content_type)
+{
+    (void)ctx;
+    return v3_is_streaming(path, content_type);
 }
 
 void api_handle(void *ctx, const http_request_t *req)
@@ -180,7 +196,9 @@ void api_handle(void *ctx, const http_request_t *req)
     api->handling = req->handle;
     api->handling_started_ns = histogram_now_ns();
     access_log_begin(api, req);
-    if (strcmp(path, "/") == 0) {
+    if (v3_is_grpc(req)) {
+        v3_handle(api, req);
+    } else if (strcmp(path, "/") == 0) {
         discovery_index_page(api, req);
     } else if (strcmp(path, "/new") == 0) {
         discovery_new(api, req);

@@ -243,6 +243,7 @@ int cmd_serve(int argc, char **argv)
         .body_timeout_ms = cfg.body_timeout_ms,
         .handler = api_handle,
         .handler_ctx = api,
+        .is_streaming = api_is_streaming,
         .render_error = api_render_error,
         .render_error_ctx = api,
         .tick = api_tick,

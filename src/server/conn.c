@@ -99,6 +99,12 @@ void conn_update_timer(http_conn_t *c)
     if (c->closed)
         return;
     enum timer_list want;
+    if (c->h2 && !c->lingering && c->out.len == c->out_off && h2_has_streams(c)) {
+        /* HTTP/2 with streams open: each stream is a request whose owner
+         * ends it; the connection itself waits for them. */
+        timer_unlink(c);
+        return;
+    }
     if (c->lingering)
         want = TL_LINGER;
     else if (conn_is_parked(c))
@@ -107,8 +113,9 @@ void conn_update_timer(http_conn_t *c)
         want = TL_WRITE;
     else if (c->in_request && c->headers_done)
         want = TL_BODY;
-    else if (c->in_request || c->pending.len || c->tp.is_handshaking)
-        want = TL_HEADER; /* a TLS handshake counts as a slow head (slowloris) */
+    else if (c->in_request || c->pending.len || c->tp.is_handshaking || c->sniff_len)
+        want = TL_HEADER; /* a first byte started a request (or a preface); a TLS
+                             handshake counts as a slow head (slowloris) */
     else
         want = TL_IDLE;
     if (want == c->tl)
@@ -256,6 +263,12 @@ static void conn_finish_after_eof(http_conn_t *c)
 {
     if (c->closed || !c->read_eof)
         return;
+    if (c->h2 || !c->proto_known) {
+        /* HTTP/2 needs both directions; what is queued is still sent. */
+        c->close_after_write = true;
+        conn_flush(c);
+        return;
+    }
     if (conn_is_parked(c)) {
         if (c->srv->slots[c->req].park_kind == HTTP_PARK_WATCH)
             conn_close(c);
@@ -340,6 +353,7 @@ void conn_close(http_conn_t *c)
     c->closed_next = s->closed_head;
     s->closed_head = c;
     /* Last: the owner's callback may answer other connections. */
+    h2_conn_closed(c);
     req_end_parked(c, HTTP_PARK_CLOSED);
     assert(c->req == REQ_NONE);
 }
@@ -461,6 +475,42 @@ static void conn_read_eof(http_conn_t *c)
     conn_finish_after_eof(c);
 }
 
+/*
+ * The first bytes decide the protocol: the HTTP/2 client preface means
+ * h2c with prior knowledge, anything else HTTP/1.1. A prefix of the
+ * preface waits in `sniff` until it is whole or stops matching.
+ */
+static void conn_sniff(http_conn_t *c, const char *data, size_t len)
+{
+    static const char preface[] = H2_CLIENT_PREFACE;
+    size_t have = c->sniff_len;
+    assert(have < H2_CLIENT_PREFACE_BYTES);
+    size_t take = len < H2_CLIENT_PREFACE_BYTES - have ? len : H2_CLIENT_PREFACE_BYTES - have;
+    bool match = memcmp(data, preface + have, take) == 0;
+    if (match && have + take < H2_CLIENT_PREFACE_BYTES) {
+        memcpy(c->sniff + have, data, take);
+        c->sniff_len = (uint8_t)(have + take);
+        return;
+    }
+    c->proto_known = true;
+    c->sniff_len = 0;
+    if (!match) {
+        if (have)
+            http1_feed(c, c->sniff, have);
+        if (!c->closed)
+            http1_feed(c, data, len);
+        return;
+    }
+    buf_t first = BUF_INIT;
+    buf_append(&first, c->sniff, have);
+    buf_append(&first, data, len);
+    if (buf_failed(&first) || h2_start(c, first.data, first.len) != 0) {
+        log_warn("out of memory starting HTTP/2 with %s; closing", c->peer);
+        conn_close(c);
+    }
+    buf_free(&first);
+}
+
 static void conn_readable(http_conn_t *c)
 {
     http_server_t *s = c->srv;
@@ -477,7 +527,12 @@ static void conn_readable(http_conn_t *c)
         if (was_handshaking && !c->tp.is_handshaking)
             conn_handshake_done(c);
         if (n > 0) {
-            http1_feed(c, s->rbuf, (size_t)n);
+            if (c->h2)
+                h2_feed(c, s->rbuf, (size_t)n);
+            else if (c->proto_known)
+                http1_feed(c, s->rbuf, (size_t)n);
+            else
+                conn_sniff(c, s->rbuf, (size_t)n);
             if (!c->closed) {
                 conn_flush(c);
                 conn_update_timer(c);
@@ -533,6 +588,11 @@ static void conn_on_ready(loop_io_t *io, uint32_t events)
         conn_flush(c);
         if (c->closed)
             return;
+        if (c->h2 && c->out.len == c->out_off) {
+            h2_flush(c); /* frames held back while output was backed up */
+            if (c->closed)
+                return;
+        }
         if (!conn_is_parked(c))
             conn_schedule_resume(c);
     }
@@ -568,6 +628,8 @@ uint64_t conn_expire_timers(http_server_t *s, uint64_t now_ms)
                 snprintf(why, sizeof why, "the request body did not arrive within %llu ms",
                          (unsigned long long)s->timers[TL_BODY].duration_ms);
                 http1_refuse(c, 408, why);
+            } else if (tl == TL_IDLE && c->h2) {
+                h2_goaway(c); /* a gRPC client reconnects on GOAWAY, quietly */
             } else {
                 conn_close(c);
             }

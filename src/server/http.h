@@ -108,7 +108,9 @@ typedef struct http_request {
                                  "2001:db8::1" (IPv4-mapped IPv6 shown as IPv4); "" when the
                                  socket has none (a socketpair) */
     http_req_t handle;
-    bool is_tls; /* arrived over TLS: the URL the client used is https:// */
+    bool is_tls;       /* arrived over TLS: the URL the client used is https:// */
+    bool is_h2;        /* an HTTP/2 stream (h2c on the same port, or TLS with ALPN h2) */
+    bool is_streaming; /* its body comes later (see http_stream_on_body) */
 } http_request_t;
 
 typedef struct http_reply {
@@ -119,6 +121,11 @@ typedef struct http_reply {
     const char *extra_headers; /* preformatted "Name: value\r\n" lines, or NULL */
     const char *body;
     size_t body_len;
+    /* HTTP/2 only (ignored on HTTP/1.1): preformatted "name: value\r\n"
+     * lines sent as trailers after the body (gRPC's grpc-status), or NULL.
+     * With no body they join the response headers in one HEADERS frame
+     * that ends the stream (gRPC's "trailers-only" answer). */
+    const char *trailers;
 } http_reply_t;
 
 /* Called for every complete request; must reply or park before returning. */
@@ -176,6 +183,11 @@ typedef struct http_server_config {
     uint64_t allowed_methods;
     http_handler_fn handler;
     void *handler_ctx;
+    /* HTTP/2 requests for which this returns true (called with handler_ctx
+     * once their headers are in, before any body) are streaming requests
+     * (a gRPC bidi call): handed to the handler at once, their body
+     * arriving later through http_stream_on_body. NULL: none. */
+    bool (*is_streaming)(void *ctx, const char *path, const char *content_type);
     /* Error answers (see http_error_fn); NULL: one line of plain text. */
     http_error_fn render_error;
     void *render_error_ctx;
@@ -284,6 +296,21 @@ int http_reply_prepared(http_req_t req, const http_prepared_t *p);
  * new owner. 0 or -ESTALE.
  */
 int http_park(http_req_t req, enum http_park_kind kind, http_park_fn on_end, void *ctx);
+/*
+ * Streaming requests (HTTP/2 only; see is_streaming in the config). The
+ * handler parks the request (HTTP_PARK_WATCH) and names where its body
+ * goes: `on_body` gets each piece in order as it arrives, then once
+ * `end` (the client closed its side; len 0). It is not called after the
+ * request is answered or ends. The owner answers in pieces with
+ * http_stream_send (the first call sends `head`'s status and headers;
+ * later ones may pass NULL) and ends the answer with http_reply (more
+ * body and the trailers). 0, -ESTALE, -EINVAL (not a streaming HTTP/2
+ * request) or -ENOMEM.
+ */
+typedef void (*http_body_fn)(http_req_t req, void *ctx, const char *data, size_t len, bool end);
+int http_stream_on_body(http_req_t req, http_body_fn on_body, void *ctx);
+int http_stream_send(http_req_t req, const http_reply_t *head, const char *data, size_t len);
+
 /* Whether `req` may still be answered. */
 bool http_req_is_live(http_req_t req);
 

@@ -39,9 +39,8 @@ static int slots_grow(http_server_t *s)
     return 0;
 }
 
-uint32_t req_slot_new(http_server_t *s, http_conn_t *c)
+static uint32_t slot_take(http_server_t *s, http_conn_t *c, int32_t stream_id)
 {
-    assert(c->req == REQ_NONE); /* HTTP/1.1: one request in flight */
     if (s->free_slot == REQ_NONE && slots_grow(s) != 0)
         return REQ_NONE;
     uint32_t i = s->free_slot;
@@ -52,8 +51,24 @@ uint32_t req_slot_new(http_server_t *s, http_conn_t *c)
     q->conn = c;
     q->park_fn = NULL;
     q->park_ctx = NULL;
-    c->req = i;
+    q->stream_id = stream_id;
     return i;
+}
+
+uint32_t req_slot_new(http_server_t *s, http_conn_t *c)
+{
+    assert(c->req == REQ_NONE); /* HTTP/1.1: one request in flight */
+    assert(!c->h2);
+    uint32_t i = slot_take(s, c, 0);
+    if (i != REQ_NONE)
+        c->req = i;
+    return i;
+}
+
+uint32_t req_slot_new_stream(http_server_t *s, http_conn_t *c, int32_t stream_id)
+{
+    assert(c->h2 && stream_id > 0);
+    return slot_take(s, c, stream_id);
 }
 
 req_slot_t *req_slot_of(http_req_t h)
@@ -74,11 +89,12 @@ void req_slot_free(http_server_t *s, uint32_t slot)
 {
     req_slot_t *q = &s->slots[slot];
     assert(q->state != REQ_FREE);
-    if (q->conn && q->conn->req == slot)
+    if (q->conn && q->stream_id == 0 && q->conn->req == slot)
         q->conn->req = REQ_NONE;
     q->gen = q->gen + 1 ? q->gen + 1 : 1; /* never 0: a zeroed handle is never live */
     q->state = REQ_FREE;
     q->conn = NULL;
+    q->stream_id = 0;
     q->park_fn = NULL;
     q->park_ctx = NULL;
     q->next_free = s->free_slot;
@@ -93,6 +109,23 @@ void req_slots_free_all(http_server_t *s)
     s->free_slot = REQ_NONE;
 }
 
+int http_stream_on_body(http_req_t h, http_body_fn on_body, void *ctx)
+{
+    req_slot_t *q = req_slot_of(h);
+    if (!q)
+        return -ESTALE;
+    return q->stream_id ? h2_stream_on_body(q->conn, q->stream_id, on_body, ctx) : -EINVAL;
+}
+
+int http_stream_send(http_req_t h, const http_reply_t *head, const char *data, size_t len)
+{
+    assert(!h.srv || loop_on_thread(h.srv->loop)); /* loop thread only */
+    req_slot_t *q = req_slot_of(h);
+    if (!q)
+        return -ESTALE;
+    return q->stream_id ? h2_stream_send(q->conn, q->stream_id, head, data, len) : -EINVAL;
+}
+
 bool http_req_is_live(http_req_t h)
 {
     return req_slot_of(h) != NULL;
@@ -105,6 +138,16 @@ int http_reply(http_req_t h, const http_reply_t *r)
     if (!q)
         return -ESTALE;
     http_conn_t *c = q->conn;
+    if (q->stream_id) {
+        /* An HTTP/2 stream: the handle goes stale first, then the session
+         * queues the answer on the stream. */
+        int32_t stream_id = q->stream_id;
+        bool is_head = q->is_head;
+        assert(c && !c->closed && c->h2);
+        req_slot_free(h.srv, h.slot);
+        h2_reply(c, stream_id, is_head, r);
+        return 0;
+    }
     assert(c && !c->closed && c->req == h.slot);
     bool was_parked = q->state == REQ_PARKED;
     if (!q->keep_alive || c->srv->stopping)
@@ -129,7 +172,8 @@ int http_reply_prepared(http_req_t h, const http_prepared_t *p)
     if (!q)
         return -ESTALE;
     http_conn_t *c = q->conn;
-    if (q->is_head || !q->keep_alive || q->is_http10 || c->close_after_write || c->srv->stopping)
+    if (q->stream_id || q->is_head || !q->keep_alive || q->is_http10 || c->close_after_write ||
+        c->srv->stopping)
         return http_reply(h, http_prepared_reply(p)); /* not the shape it was made for */
     assert(c && !c->closed && c->req == h.slot);
     bool was_parked = q->state == REQ_PARKED;
@@ -160,6 +204,9 @@ int http_park(http_req_t h, enum http_park_kind kind, http_park_fn on_end, void 
     q->park_kind = (uint8_t)kind;
     q->park_fn = on_end;
     q->park_ctx = ctx;
+    if (q->stream_id)
+        return 0;          /* an HTTP/2 stream: no per-stream timer (its connection's
+                              streams keep it open; the stream ends with it) */
     conn_restart_timer(c); /* the wait starts now */
     if (c->read_eof && kind == HTTP_PARK_WATCH)
         conn_schedule_resume(c); /* the client has stopped asking: end it there */
@@ -192,4 +239,17 @@ void req_end_parked(http_conn_t *c, enum http_park_end why)
         req_slot_free(s, slot);
         conn_close(c);
     }
+}
+
+void req_end_closed(http_server_t *s, uint32_t slot)
+{
+    req_slot_t *q = &s->slots[slot];
+    assert(q->state != REQ_FREE);
+    http_req_t h = req_handle(s, slot);
+    http_park_fn fn = q->state == REQ_PARKED ? q->park_fn : NULL;
+    void *ctx = q->park_ctx;
+    /* Stale first, so that a reply from inside the callback does nothing. */
+    req_slot_free(s, slot);
+    if (fn)
+        fn(h, ctx, HTTP_PARK_CLOSED);
 }

@@ -172,7 +172,9 @@ static void begin_shutdown(http_server_t *s)
     stop_listening(s);
     for (http_conn_t *c = s->conns, *next; c; c = next) {
         next = c->next;
-        if (conn_is_parked(c)) {
+        if (c->h2) {
+            h2_shutdown(c); /* may close c (unlinked, not freed) */
+        } else if (conn_is_parked(c)) {
             c->close_after_write = true;
             req_end_parked(c, HTTP_PARK_SHUTDOWN); /* may close c (unlinked, not freed) */
         } else if (!c->in_request && c->req == REQ_NONE && c->out.len == c->out_off) {

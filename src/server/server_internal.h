@@ -80,7 +80,8 @@ enum req_state {
  * parser moves on (or is reset) before a parked answer is written.
  */
 typedef struct req_slot {
-    uint32_t gen; /* bumped each time the slot is freed: old handles go stale */
+    uint32_t gen;      /* bumped each time the slot is freed: old handles go stale */
+    int32_t stream_id; /* an HTTP/2 stream of `conn`; 0: the connection's HTTP/1.1 request */
     uint8_t state;
     uint8_t park_kind; /* enum http_park_kind */
     bool is_head;
@@ -120,8 +121,15 @@ struct http_conn {
     bool in_request;   /* bytes of a request have arrived */
     bool headers_done; /* ... and all of its headers */
     bool keep_alive;   /* of the request just parsed */
-    /* the request in flight (a slot index), or REQ_NONE */
+    /* the HTTP/1.1 request in flight (a slot index), or REQ_NONE; an HTTP/2
+     * connection keeps its requests' slots on its streams (h2.c) */
     uint32_t req;
+    /* The protocol, decided by the first bytes: until then they wait in
+     * `sniff` (a prefix of the HTTP/2 client preface, at most 24 bytes). */
+    bool proto_known;
+    uint8_t sniff_len;
+    char sniff[24];
+    struct h2_conn *h2; /* HTTP/2 state; NULL for HTTP/1.1 */
     /* bytes received but not yet parsed */
     buf_t pending;
     /* output */
@@ -186,6 +194,12 @@ void req_slot_free(http_server_t *s, uint32_t slot);
 /* Tells the owner of `c`'s parked request that it ended (`why`), if there
  * is one; after a CLOSED end the slot is freed. */
 void req_end_parked(http_conn_t *c, enum http_park_end why);
+/* A slot for HTTP/2 stream `stream_id` of `c` (c->req is left alone), or
+ * REQ_NONE when out of memory. */
+uint32_t req_slot_new_stream(http_server_t *s, http_conn_t *c, int32_t stream_id);
+/* Frees `slot` (its handles go stale), then tells its owner, if it parked
+ * it, that it ended (HTTP_PARK_CLOSED): its stream or connection is gone. */
+void req_end_closed(http_server_t *s, uint32_t slot);
 void req_slots_free_all(http_server_t *s);
 
 /* ---- prepared.c ---- */
@@ -232,5 +246,39 @@ void http1_render_error(http_server_t *s, int status, const char *cause, buf_t *
                         http_reply_t *r);
 /* Empties the request buffers (keeping small ones when `keep`). */
 void http1_request_reset(http_conn_t *c, bool keep);
+
+/* ---- h2.c ---- */
+/* Bytes that open an HTTP/2 connection with prior knowledge. */
+#define H2_CLIENT_PREFACE "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+#define H2_CLIENT_PREFACE_BYTES 24
+/*
+ * Serves `c` as HTTP/2 from now on, starting with the bytes already
+ * received (`first`, which begin with the client preface; copied or
+ * consumed before returning). The entry point for h2c (conn.c's sniff of
+ * the preface) and for TLS once ALPN chose "h2". 0, or -ENOMEM (the caller
+ * closes the connection).
+ */
+int h2_start(http_conn_t *c, const char *first, size_t len);
+/* Feeds received bytes to the session; answers what completes. */
+void h2_feed(http_conn_t *c, const char *data, size_t len);
+/* Moves what the session has to send into `c->out` (bounded) and writes. */
+void h2_flush(http_conn_t *c);
+/* The server is stopping: parked streams' owners are told
+ * (HTTP_PARK_SHUTDOWN), then GOAWAY(NO_ERROR); the connection closes when
+ * its last stream is done (or at the end of the grace period). */
+void h2_shutdown(http_conn_t *c);
+/* Ends the connection politely (GOAWAY NO_ERROR, then close): idle. */
+void h2_goaway(http_conn_t *c);
+/* Whether streams are open (an HTTP/2 connection then has no idle timer). */
+bool h2_has_streams(const http_conn_t *c);
+/* Answers stream `stream_id` (its slot already freed by the caller). */
+void h2_reply(http_conn_t *c, int32_t stream_id, bool is_head, const http_reply_t *r);
+/* The streaming API (http.h) on stream `stream_id` of `c`. */
+int h2_stream_on_body(http_conn_t *c, int32_t stream_id, http_body_fn fn, void *ctx);
+int h2_stream_send(http_conn_t *c, int32_t stream_id, const http_reply_t *head, const char *data,
+                   size_t len);
+/* The connection is closing: every stream's owner is told (once) and the
+ * session freed. */
+void h2_conn_closed(http_conn_t *c);
 
 #endif

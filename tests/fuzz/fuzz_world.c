@@ -195,6 +195,7 @@ int fuzz_world_init(fuzz_world_t *w, bool server_ticks)
         .max_conns = FUZZ_MAX_CONNS,
         .handler = api_handle,
         .handler_ctx = w->api,
+        .is_streaming = api_is_streaming,
         .render_error = api_render_error,
         .render_error_ctx = w->api,
         .tick = server_ticks ? api_tick : NULL,

@@ -1,0 +1,695 @@
+/*
+ * h2.c - HTTP/2 on a connection, through libnghttp2, driven by the loop.
+ *
+ * A sibling of http1.c: conn.c reads and writes the bytes, this file only
+ * hands them to an nghttp2 session (nghttp2_session_mem_recv) and moves
+ * what the session wants to send into the connection's output buffer
+ * (nghttp2_session_mem_send); the session does no I/O of its own and owns
+ * no descriptor. nghttp2 answers SETTINGS and PINGs, keeps flow control
+ * and HPACK, and ignores unknown settings and frames.
+ *
+ * Each stream whose request is complete (END_STREAM seen) becomes a
+ * request slot, exactly as an HTTP/1.1 request does (request.c): the
+ * handler gets a handle, replies at once or parks it, and a late answer
+ * finds the stream or nothing. Many streams of one connection are in
+ * flight at once; the answer to each is queued on its own stream, so
+ * answers need no ordering between streams. A stream that the client
+ * resets, and every stream of a connection that ends, ends its request's
+ * owner (HTTP_PARK_CLOSED) exactly once.
+ *
+ * Answers are HTTP/2 responses: :status, the reply's headers (names
+ * lower-cased), its body, and for gRPC its trailers (http_reply_t's
+ * `trailers`); no body and trailers make one HEADERS frame with
+ * END_STREAM (gRPC "trailers-only").
+ */
+#include <assert.h>
+#include <ctype.h>
+#include <errno.h>
+#include <nghttp2/nghttp2.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "server/server_internal.h"
+#include "util/log.h"
+
+/* Streams a client may open at once (SETTINGS_MAX_CONCURRENT_STREAMS). */
+#define H2_MAX_CONCURRENT_STREAMS 128
+/* Stop asking the session for frames while this much output is unsent;
+ * EPOLLOUT asks again. */
+#define H2_MAX_UNSENT_BYTES (256 * 1024)
+/* Header fields of one response, :status and trailers included. */
+#define H2_MAX_RESPONSE_FIELDS 24
+
+typedef struct h2_stream h2_stream_t;
+struct h2_stream {
+    int32_t id;
+    uint32_t slot; /* the request's slot while it is in flight, else REQ_NONE */
+    bool dispatched;
+    int method; /* enum http_method, -1 until :method is seen */
+    size_t header_bytes;
+    buf_t path, content_type, authority, body;
+    /* a streaming request: where its body goes, once the owner says */
+    bool streaming;
+    http_body_fn body_fn;
+    void *body_ctx;
+    /* the answer: body bytes not yet taken by the session */
+    buf_t resp;
+    size_t resp_off;
+    char *trailers;     /* "name: value\r\n" lines, owned, or NULL */
+    bool resp_started;  /* the response HEADERS are submitted */
+    bool resp_end;      /* the body is whole: trailers (or END_STREAM) follow it */
+    bool resp_deferred; /* the session waits for more body (NGHTTP2_ERR_DEFERRED) */
+    h2_stream_t *next, *prev;
+};
+
+typedef struct h2_conn {
+    nghttp2_session *ng;
+    http_conn_t *c;
+    h2_stream_t *streams;
+    size_t n_streams;
+    bool in_recv; /* inside nghttp2_session_mem_recv: no mem_send now */
+    bool dead;    /* the connection closed: free after mem_recv returns */
+} h2_conn_t;
+
+/* ---- streams ------------------------------------------------------------ */
+
+static h2_stream_t *stream_of(h2_conn_t *h, int32_t id)
+{
+    return nghttp2_session_get_stream_user_data(h->ng, id);
+}
+
+static void stream_free(h2_stream_t *st)
+{
+    buf_free(&st->path);
+    buf_free(&st->content_type);
+    buf_free(&st->authority);
+    buf_free(&st->body);
+    buf_free(&st->resp);
+    free(st->trailers);
+    free(st);
+}
+
+static void stream_unlink(h2_conn_t *h, h2_stream_t *st)
+{
+    if (st->prev)
+        st->prev->next = st->next;
+    else
+        h->streams = st->next;
+    if (st->next)
+        st->next->prev = st->prev;
+    st->next = st->prev = NULL;
+    h->n_streams--;
+}
+
+/* Ends the stream's request, if one is in flight, telling its owner. */
+static void stream_end_request(h2_conn_t *h, h2_stream_t *st)
+{
+    if (st->slot == REQ_NONE)
+        return;
+    uint32_t slot = st->slot;
+    st->slot = REQ_NONE;
+    req_end_closed(h->c->srv, slot);
+}
+
+/* ---- the answer's body -------------------------------------------------- */
+
+/* Appends "name: value\r\n" lines as header fields (names lower-cased in
+ * place in `lines`, which the caller owns and keeps until the submit). */
+static size_t add_lines(nghttp2_nv *nv, size_t n, size_t max, char *lines)
+{
+    char *p = lines;
+    while (p && *p && n < max) {
+        char *eol = strstr(p, "\r\n");
+        if (!eol)
+            break;
+        char *colon = memchr(p, ':', (size_t)(eol - p));
+        if (colon) {
+            for (char *q = p; q < colon; q++)
+                *q = (char)tolower((unsigned char)*q);
+            char *v = colon + 1;
+            while (v < eol && *v == ' ')
+                v++;
+            nv[n++] = (nghttp2_nv){(uint8_t *)p, (uint8_t *)v, (size_t)(colon - p),
+                                   (size_t)(eol - v), NGHTTP2_NV_FLAG_NONE};
+        }
+        p = eol + 2;
+    }
+    return n;
+}
+
+static ssize_t read_answer(nghttp2_session *ng, int32_t stream_id, uint8_t *out, size_t length,
+                           uint32_t *flags, nghttp2_data_source *source, void *user_data)
+{
+    (void)user_data;
+    h2_stream_t *st = source->ptr;
+    size_t left = st->resp.len - st->resp_off;
+    size_t n = left < length ? left : length;
+    if (n)
+        memcpy(out, st->resp.data + st->resp_off, n);
+    st->resp_off += n;
+    if (st->resp_off < st->resp.len)
+        return (ssize_t)n;
+    buf_reset(&st->resp); /* all taken: the buffer starts over */
+    st->resp_off = 0;
+    if (!st->resp_end) {
+        if (n)
+            return (ssize_t)n;
+        st->resp_deferred = true; /* h2_stream_send resumes it */
+        return NGHTTP2_ERR_DEFERRED;
+    }
+    *flags |= NGHTTP2_DATA_FLAG_EOF;
+    if (st->trailers) {
+        nghttp2_nv nv[H2_MAX_RESPONSE_FIELDS];
+        size_t nn = add_lines(nv, 0, H2_MAX_RESPONSE_FIELDS, st->trailers);
+        /* The session copies the fields; the stream keeps `trailers` anyway. */
+        if (nghttp2_submit_trailer(ng, stream_id, nv, nn) == 0)
+            *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+    }
+    return (ssize_t)n;
+}
+
+void h2_reply(http_conn_t *c, int32_t stream_id, bool is_head, const http_reply_t *r)
+{
+    h2_conn_t *h = c->h2;
+    assert(h && !h->dead);
+    h2_stream_t *st = stream_of(h, stream_id);
+    if (!st)
+        return; /* reset by the client meanwhile */
+    /* Its slot was freed by the caller: the request is answered. */
+    st->slot = REQ_NONE;
+    if (st->resp_started) {
+        /* A streamed answer: the rest of the body, then the trailers. */
+        buf_append(&st->resp, r->body, r->body_len);
+        free(st->trailers);
+        st->trailers = r->trailers ? strdup(r->trailers) : NULL;
+        if (buf_failed(&st->resp) || (r->trailers && !st->trailers)) {
+            log_warn("out of memory ending stream %d of %s; resetting it", (int)stream_id, c->peer);
+            nghttp2_submit_rst_stream(h->ng, NGHTTP2_FLAG_NONE, stream_id, NGHTTP2_INTERNAL_ERROR);
+        } else {
+            st->resp_end = true;
+            if (st->resp_deferred) {
+                st->resp_deferred = false;
+                nghttp2_session_resume_data(h->ng, stream_id);
+            }
+        }
+        h2_flush(c);
+        return;
+    }
+
+    char status[8], index[24];
+    snprintf(status, sizeof status, "%d", r->status);
+    nghttp2_nv nv[H2_MAX_RESPONSE_FIELDS];
+    size_t n = 0;
+    nv[n++] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)status, 7, strlen(status), 0};
+    if (r->content_type)
+        nv[n++] = (nghttp2_nv){(uint8_t *)"content-type", (uint8_t *)r->content_type, 12,
+                               strlen(r->content_type), 0};
+    if (r->has_etcd_index) {
+        snprintf(index, sizeof index, "%llu", (unsigned long long)r->etcd_index);
+        nv[n++] = (nghttp2_nv){(uint8_t *)"x-etcd-index", (uint8_t *)index, 12, strlen(index), 0};
+    }
+    char *extra = r->extra_headers ? strdup(r->extra_headers) : NULL;
+    char *trailers = r->trailers ? strdup(r->trailers) : NULL;
+    if ((r->extra_headers && !extra) || (r->trailers && !trailers))
+        goto oom;
+    n = add_lines(nv, n, H2_MAX_RESPONSE_FIELDS, extra);
+    size_t body_len = is_head ? 0 : r->body_len;
+    int rc;
+    if (body_len == 0 && trailers) {
+        /* Trailers-only: one HEADERS frame that ends the stream. */
+        n = add_lines(nv, n, H2_MAX_RESPONSE_FIELDS, trailers);
+        rc = nghttp2_submit_response(h->ng, stream_id, nv, n, NULL); /* copies the fields */
+        free(trailers);
+    } else {
+        buf_reset(&st->resp);
+        st->resp_off = 0;
+        buf_append(&st->resp, r->body, body_len);
+        if (buf_failed(&st->resp)) {
+            free(trailers);
+            goto oom;
+        }
+        free(st->trailers);
+        st->trailers = trailers;
+        st->resp_end = true;
+        st->resp_started = true;
+        nghttp2_data_provider dp = {.source.ptr = st, .read_callback = read_answer};
+        rc = nghttp2_submit_response(h->ng, stream_id, nv, n, &dp);
+    }
+    free(extra);
+    if (rc != 0)
+        nghttp2_submit_rst_stream(h->ng, NGHTTP2_FLAG_NONE, stream_id, NGHTTP2_INTERNAL_ERROR);
+    h2_flush(c);
+    return;
+oom:
+    free(extra);
+    log_warn("out of memory answering stream %d of %s; resetting it", (int)stream_id, c->peer);
+    nghttp2_submit_rst_stream(h->ng, NGHTTP2_FLAG_NONE, stream_id, NGHTTP2_INTERNAL_ERROR);
+    h2_flush(c);
+}
+
+/* ---- dispatch ----------------------------------------------------------- */
+
+static int method_of(const uint8_t *name, size_t len)
+{
+    for (int m = 0; m <= HTTP_SOURCE; m++) {
+        const char *s = http_method_str((enum http_method)m);
+        if (strlen(s) == len && memcmp(s, name, len) == 0)
+            return m;
+    }
+    return -1;
+}
+
+/* Answers a request the server refuses on its own (no slot yet). */
+static void stream_refuse(h2_conn_t *h, h2_stream_t *st, int status, const char *cause)
+{
+    buf_t body = BUF_INIT;
+    http_reply_t r = {.status = status};
+    http1_render_error(h->c->srv, status, cause, &body, &r);
+    r.body = body.data;
+    r.body_len = buf_failed(&body) ? 0 : body.len;
+    h2_reply(h->c, st->id, false, &r);
+    buf_free(&body);
+}
+
+static void stream_dispatch(h2_conn_t *h, h2_stream_t *st)
+{
+    http_conn_t *c = h->c;
+    http_server_t *s = c->srv;
+    st->dispatched = true;
+    if (buf_failed(&st->path) || buf_failed(&st->body) || buf_failed(&st->content_type) ||
+        buf_failed(&st->authority)) {
+        stream_refuse(h, st, 500, "out of memory");
+        return;
+    }
+    if (st->method < 0 || st->path.len == 0) {
+        nghttp2_submit_rst_stream(h->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_PROTOCOL_ERROR);
+        return;
+    }
+    if (!(s->cfg.allowed_methods & (1ull << st->method))) {
+        stream_refuse(h, st, 405, "method not allowed");
+        return;
+    }
+    uint32_t slot = req_slot_new_stream(s, c, st->id);
+    if (slot == REQ_NONE) {
+        stream_refuse(h, st, 500, "out of memory");
+        return;
+    }
+    st->slot = slot;
+    req_slot_t *q = &s->slots[slot];
+    q->is_head = st->method == HTTP_HEAD;
+    q->is_http10 = false;
+    q->keep_alive = true;
+    q->park_kind = HTTP_PARK_WATCH;
+    char *path = st->path.data;
+    char *query = strchr(path, '?');
+    size_t qlen = 0;
+    if (query) {
+        *query++ = '\0';
+        qlen = strlen(query);
+    } else {
+        query = "";
+    }
+    http_request_t req = {
+        .method = st->method,
+        .method_name = http_method_str((enum http_method)st->method),
+        .path = path,
+        .path_len = strlen(path),
+        .query = query,
+        .query_len = qlen,
+        .body = buf_cstr(&st->body),
+        .body_len = st->body.len,
+        .content_type = buf_cstr(&st->content_type),
+        .host = buf_cstr(&st->authority),
+        .peer = c->peer,
+        .peer_addr = c->peer_addr,
+        .handle = req_handle(s, slot),
+        .is_h2 = true,
+        .is_streaming = st->streaming,
+    };
+    s->cfg.handler(s->cfg.handler_ctx, &req);
+    if (c->closed || h->dead)
+        return;
+    if (st->slot == slot && s->slots[slot].state == REQ_HANDLING) {
+        log_error("handler gave no answer to %s %s", req.method_name, req.path);
+        req_slot_free(s, slot);
+        st->slot = REQ_NONE;
+        stream_refuse(h, st, 500, "no answer");
+        return;
+    }
+    /* The request's bytes are not needed any more (an answer keeps its own). */
+    buf_free(&st->path);
+    buf_free(&st->body);
+    buf_free(&st->content_type);
+    buf_free(&st->authority);
+}
+
+/* ---- nghttp2 callbacks -------------------------------------------------- */
+
+static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, void *user_data)
+{
+    h2_conn_t *h = user_data;
+    if (h->dead)
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
+        return 0;
+    h2_stream_t *st = calloc(1, sizeof *st);
+    if (!st)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* resets the stream */
+    st->id = frame->hd.stream_id;
+    st->slot = REQ_NONE;
+    st->method = -1;
+    if (nghttp2_session_set_stream_user_data(ng, st->id, st) != 0) {
+        free(st);
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    }
+    st->next = h->streams;
+    if (h->streams)
+        h->streams->prev = st;
+    h->streams = st;
+    h->n_streams++;
+    return 0;
+}
+
+static int on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint8_t *name,
+                     size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags,
+                     void *user_data)
+{
+    (void)flags;
+    h2_conn_t *h = user_data;
+    if (h->dead)
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
+        return 0; /* trailers of a request: dropped, as HTTP/1.1's are */
+    h2_stream_t *st = stream_of(h, frame->hd.stream_id);
+    if (!st)
+        return 0;
+    /* The same bound as an HTTP/1.1 head (RFC 9113's 32 bytes per field). */
+    st->header_bytes += namelen + valuelen + 32;
+    if (st->header_bytes > h->c->srv->cfg.max_header_bytes) {
+        nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_REFUSED_STREAM);
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    }
+#define IS(lit) (namelen == sizeof lit - 1 && memcmp(name, lit, namelen) == 0)
+    if (IS(":path"))
+        buf_append(&st->path, value, valuelen);
+    else if (IS(":method"))
+        st->method = method_of(value, valuelen);
+    else if (IS(":authority") || IS("host"))
+        buf_append(&st->authority, value, valuelen);
+    else if (IS("content-type"))
+        buf_append(&st->content_type, value, valuelen);
+#undef IS
+    return 0;
+}
+
+static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t stream_id, const uint8_t *data,
+                         size_t len, void *user_data)
+{
+    (void)flags;
+    h2_conn_t *h = user_data;
+    if (h->dead)
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    h2_stream_t *st = stream_of(h, stream_id);
+    if (st && st->streaming) {
+        if (st->slot != REQ_NONE && st->body_fn)
+            st->body_fn(req_handle(h->c->srv, st->slot), st->body_ctx, (const char *)data, len,
+                        false);
+        return 0;
+    }
+    if (!st || st->dispatched)
+        return 0;
+    if (st->body.len + len > h->c->srv->cfg.max_body_bytes) {
+        st->dispatched = true; /* nothing more of it is read */
+        stream_refuse(h, st, 413, NULL);
+        (void)ng;
+        return 0;
+    }
+    buf_append(&st->body, data, len);
+    return 0;
+}
+
+static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *user_data)
+{
+    (void)ng;
+    h2_conn_t *h = user_data;
+    if (h->dead)
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    if (frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA)
+        return 0;
+    h2_stream_t *st = stream_of(h, frame->hd.stream_id);
+    if (!st)
+        return 0;
+    bool end = frame->hd.flags & NGHTTP2_FLAG_END_STREAM;
+    http_server_t *s = h->c->srv;
+    if (!st->dispatched && !end && frame->hd.type == NGHTTP2_HEADERS &&
+        frame->headers.cat == NGHTTP2_HCAT_REQUEST && s->cfg.is_streaming &&
+        !buf_failed(&st->path) && !buf_failed(&st->content_type) &&
+        s->cfg.is_streaming(s->cfg.handler_ctx, buf_cstr(&st->path), buf_cstr(&st->content_type))) {
+        st->streaming = true; /* handed over now; its body follows */
+        stream_dispatch(h, st);
+        return 0;
+    }
+    if (!end)
+        return 0;
+    if (!st->dispatched) {
+        stream_dispatch(h, st);
+    } else if (st->streaming && st->slot != REQ_NONE && st->body_fn) {
+        /* The client closed its side of a streaming request. */
+        st->body_fn(req_handle(s, st->slot), st->body_ctx, "", 0, true);
+    }
+    return 0;
+}
+
+static int on_stream_close(nghttp2_session *ng, int32_t stream_id, uint32_t error_code,
+                           void *user_data)
+{
+    (void)error_code;
+    h2_conn_t *h = user_data;
+    if (h->dead)
+        return 0; /* h2_conn_closed frees every stream itself */
+    h2_stream_t *st = stream_of(h, stream_id);
+    if (!st)
+        return 0;
+    nghttp2_session_set_stream_user_data(ng, stream_id, NULL);
+    stream_unlink(h, st);
+    stream_end_request(h, st); /* reset by the client before its answer */
+    stream_free(st);
+    return 0;
+}
+
+/* ---- the session -------------------------------------------------------- */
+
+static void h2_free(h2_conn_t *h)
+{
+    nghttp2_session_del(h->ng);
+    while (h->streams) {
+        h2_stream_t *st = h->streams;
+        stream_unlink(h, st);
+        stream_free(st);
+    }
+    free(h);
+}
+
+int h2_start(http_conn_t *c, const char *first, size_t len)
+{
+    assert(!c->h2 && len >= H2_CLIENT_PREFACE_BYTES);
+    h2_conn_t *h = calloc(1, sizeof *h);
+    if (!h)
+        return -ENOMEM;
+    h->c = c;
+    nghttp2_session_callbacks *cb;
+    if (nghttp2_session_callbacks_new(&cb) != 0) {
+        free(h);
+        return -ENOMEM;
+    }
+    nghttp2_session_callbacks_set_on_begin_headers_callback(cb, on_begin_headers);
+    nghttp2_session_callbacks_set_on_header_callback(cb, on_header);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
+    nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
+    int rc = nghttp2_session_server_new(&h->ng, cb, h);
+    nghttp2_session_callbacks_del(cb);
+    if (rc != 0) {
+        free(h);
+        return -ENOMEM;
+    }
+    nghttp2_settings_entry settings[] = {
+        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, H2_MAX_CONCURRENT_STREAMS},
+        {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, (uint32_t)c->srv->cfg.max_header_bytes},
+    };
+    if (nghttp2_submit_settings(h->ng, NGHTTP2_FLAG_NONE, settings,
+                                sizeof settings / sizeof settings[0]) != 0) {
+        nghttp2_session_del(h->ng);
+        free(h);
+        return -ENOMEM;
+    }
+    c->h2 = h;
+    h2_feed(c, first, len);
+    return 0;
+}
+
+void h2_feed(http_conn_t *c, const char *data, size_t len)
+{
+    h2_conn_t *h = c->h2;
+    assert(h && !h->in_recv);
+    h->in_recv = true;
+    ssize_t n = nghttp2_session_mem_recv(h->ng, (const uint8_t *)data, len);
+    h->in_recv = false;
+    if (h->dead) {
+        h2_free(h); /* the connection closed while the session ran */
+        return;
+    }
+    if (n < 0) {
+        /* A protocol error: the session has queued GOAWAY with the error
+         * where the protocol wants one; send what it has, then close. */
+        log_info("HTTP/2 error from %s: %s", c->peer, nghttp2_strerror((int)n));
+        c->close_after_write = true;
+    }
+    h2_flush(c);
+}
+
+void h2_flush(http_conn_t *c)
+{
+    h2_conn_t *h = c->h2;
+    if (!h || h->in_recv || h->dead || c->closed)
+        return;
+    while (c->out.len - c->out_off < H2_MAX_UNSENT_BYTES) {
+        const uint8_t *data;
+        ssize_t n = nghttp2_session_mem_send(h->ng, &data);
+        if (n < 0) {
+            log_info("HTTP/2 error towards %s: %s", c->peer, nghttp2_strerror((int)n));
+            conn_close(c);
+            return;
+        }
+        if (n == 0)
+            break;
+        buf_append(&c->out, data, (size_t)n);
+    }
+    if (buf_failed(&c->out)) {
+        log_warn("out of memory writing to %s; closing", c->peer);
+        conn_close(c);
+        return;
+    }
+    /* After GOAWAY both ways the session is done: close once written. */
+    if (!nghttp2_session_want_read(h->ng) && !nghttp2_session_want_write(h->ng))
+        c->close_after_write = true;
+    conn_flush(c);
+    conn_update_timer(c);
+}
+
+void h2_shutdown(http_conn_t *c)
+{
+    h2_conn_t *h = c->h2;
+    http_server_t *s = c->srv;
+    assert(h && !h->in_recv);
+    /* No frames leave while the owners are told (a stream that closes on
+     * the way would free its neighbour under this walk). */
+    h->in_recv = true;
+    for (h2_stream_t *st = h->streams; st && !h->dead; st = st->next) {
+        if (st->slot == REQ_NONE)
+            continue;
+        req_slot_t *q = &s->slots[st->slot];
+        if (q->state != REQ_PARKED || !q->park_fn)
+            continue;
+        http_req_t hd = req_handle(s, st->slot);
+        http_park_fn fn = q->park_fn;
+        q->park_fn = NULL; /* set again if the owner parks it again */
+        fn(hd, q->park_ctx, HTTP_PARK_SHUTDOWN);
+        q = req_slot_of(hd); /* the array may have moved; the slot may be gone */
+        if (q && q->state == REQ_PARKED && !q->park_fn) {
+            /* The owner neither answered nor parked again: nobody will. */
+            req_slot_free(s, st->slot);
+            st->slot = REQ_NONE;
+            nghttp2_submit_rst_stream(h->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
+        }
+    }
+    h->in_recv = false;
+    if (h->dead) {
+        h2_free(h); /* an owner closed the connection */
+        return;
+    }
+    /* GOAWAY(NO_ERROR): no new streams; those open finish, then the
+     * session wants nothing more and h2_flush closes the connection. */
+    nghttp2_submit_goaway(h->ng, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(h->ng),
+                          NGHTTP2_NO_ERROR, NULL, 0);
+    h2_flush(c);
+}
+
+void h2_goaway(http_conn_t *c)
+{
+    h2_conn_t *h = c->h2;
+    assert(h && !h->in_recv);
+    /* GOAWAY(NO_ERROR) with the last stream seen; once it is written the
+     * session wants nothing more and h2_flush closes the connection. */
+    if (nghttp2_session_terminate_session(h->ng, NGHTTP2_NO_ERROR) != 0) {
+        conn_close(c);
+        return;
+    }
+    h2_flush(c);
+}
+
+bool h2_has_streams(const http_conn_t *c)
+{
+    return c->h2 && c->h2->n_streams > 0;
+}
+
+void h2_conn_closed(http_conn_t *c)
+{
+    h2_conn_t *h = c->h2;
+    if (!h)
+        return;
+    h->dead = true; /* callbacks from here on do nothing */
+    c->h2 = NULL;
+    /* Each owner is told once; its callback may answer other connections
+     * (never this one: its handles are stale). */
+    for (h2_stream_t *st = h->streams; st; st = st->next)
+        stream_end_request(h, st);
+    if (!h->in_recv)
+        h2_free(h);
+    /* else h2_feed frees it when nghttp2_session_mem_recv returns */
+}
+
+int h2_stream_on_body(http_conn_t *c, int32_t stream_id, http_body_fn fn, void *ctx)
+{
+    h2_conn_t *h = c->h2;
+    h2_stream_t *st = h ? stream_of(h, stream_id) : NULL;
+    if (!st || !st->streaming)
+        return -EINVAL;
+    st->body_fn = fn;
+    st->body_ctx = ctx;
+    return 0;
+}
+
+int h2_stream_send(http_conn_t *c, int32_t stream_id, const http_reply_t *head, const char *data,
+                   size_t len)
+{
+    h2_conn_t *h = c->h2;
+    h2_stream_t *st = h ? stream_of(h, stream_id) : NULL;
+    if (!st || st->slot == REQ_NONE || st->resp_end)
+        return -EINVAL;
+    buf_append(&st->resp, data, len);
+    if (buf_failed(&st->resp))
+        return -ENOMEM;
+    if (!st->resp_started) {
+        if (!head)
+            return -EINVAL;
+        char status[8];
+        snprintf(status, sizeof status, "%d", head->status);
+        nghttp2_nv nv[2];
+        size_t n = 0;
+        nv[n++] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)status, 7, strlen(status), 0};
+        if (head->content_type)
+            nv[n++] = (nghttp2_nv){(uint8_t *)"content-type", (uint8_t *)head->content_type, 12,
+                                   strlen(head->content_type), 0};
+        nghttp2_data_provider dp = {.source.ptr = st, .read_callback = read_answer};
+        if (nghttp2_submit_response(h->ng, stream_id, nv, n, &dp) != 0)
+            return -ENOMEM;
+        st->resp_started = true;
+    } else if (st->resp_deferred) {
+        st->resp_deferred = false;
+        nghttp2_session_resume_data(h->ng, stream_id);
+    }
+    h2_flush(c);
+    return 0;
+}
