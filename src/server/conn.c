@@ -459,8 +459,11 @@ static void conn_linger_read(http_conn_t *c)
  */
 static void conn_handshake_done(http_conn_t *c)
 {
+    /* With ALPN "h2" the client's first bytes are the HTTP/2 preface, which
+     * conn_sniff() recognises as on a plain connection; with "http/1.1" or
+     * none they are an HTTP/1.1 request. */
     const char *alpn = transport_tls_alpn(&c->tp);
-    assert(!alpn || strcmp(alpn, "http/1.1") == 0);
+    assert(!alpn || strcmp(alpn, "http/1.1") == 0 || strcmp(alpn, "h2") == 0);
     (void)alpn;
     conn_update_timer(c);
 }

@@ -47,11 +47,12 @@
 #define TLS_RECORD_HANDSHAKE 0x16
 
 /*
- * What ALPN offers, in wire form (length-prefixed names), preferred first.
- * When the HTTP/2 code exists, "\x02h2" goes in front, and a connection
- * whose transport_tls_alpn() is "h2" is handed to it (conn.c).
+ * What ALPN offers, in wire form (length-prefixed names), preferred first:
+ * HTTP/2 (gRPC needs it: etcd's v3 clients) and HTTP/1.1. A client that
+ * agreed on h2 starts with the HTTP/2 preface, which conn.c recognises as
+ * on a plain connection.
  */
-static const unsigned char alpn_offer[] = "\x08http/1.1";
+static const unsigned char alpn_offer[] = "\x02h2\x08http/1.1";
 
 struct tls_ctx {
     SSL_CTX *ssl_ctx; /* the current material; connections hold their own reference */

@@ -194,8 +194,8 @@ class TestTls(TlsTestCase):
         status, headers, body = https(d.port, "GET", "/new?size=3")
         self.assertEqual(status, 200, body)
         self.assertRegex(body.decode(), r"\A" + re.escape(d.base_url) + r"/[0-9a-f]{32}\Z")
-        # TLS 1.2 too, and ALPN says http/1.1 (h2 is not offered yet)
-        ctx = client_context(alpn=["h2", "http/1.1"])
+        # TLS 1.2 too, and ALPN agrees on http/1.1 when the client offers it alone
+        ctx = client_context(alpn=["http/1.1"])
         ctx.maximum_version = ssl.TLSVersion.TLSv1_2
         with socket.create_connection((harness.LOOPBACK, d.port), timeout=10) as raw:
             with ctx.wrap_socket(raw, server_hostname=harness.LOOPBACK) as s:
@@ -209,11 +209,21 @@ class TestTls(TlsTestCase):
                         break
                     data += chunk
         self.assertTrue(data.startswith(b"HTTP/1.1 200 "), data[:200])
-        # an h2-only client gets no ALPN answer (and would speak HTTP/1.1)
+        # a client offering h2 (gRPC: etcd's v3 clients) gets h2, and HTTP/2
+        # over it: the server's SETTINGS frame answers the preface
         with socket.create_connection((harness.LOOPBACK, d.port), timeout=10) as raw:
-            with client_context(alpn=["h2"]).wrap_socket(
+            with client_context(alpn=["h2", "http/1.1"]).wrap_socket(
                     raw, server_hostname=harness.LOOPBACK) as s:
-                self.assertIsNone(s.selected_alpn_protocol())
+                self.assertEqual(s.selected_alpn_protocol(), "h2")
+                s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+                head = b""
+                while len(head) < 9:
+                    chunk = s.recv(9 - len(head))
+                    if not chunk:
+                        break
+                    head += chunk
+                self.assertEqual(len(head), 9, head)
+                self.assertEqual(head[3], 4, "the first frame is not SETTINGS: %r" % head)
 
     def test_tls_1_1_is_refused(self):
         d = self.start()

@@ -90,6 +90,70 @@ class Base(unittest.TestCase):
         return etcd3.client(self.host, self.port, timeout=CALL_TIMEOUT_S)
 
 
+class TlsTest(unittest.TestCase):
+    """python3-etcd3 (gRPC over TLS, ALPN h2) against disco serving TLS on
+    its port: the calls of a booting member, with and without client
+    certificates (--tls-client-ca). The throw-away CA is test_tls's."""
+
+    @classmethod
+    def setUpClass(cls):
+        import test_tls  # noqa: E402  (its PKI helpers; no tests run from here)
+        cls.tls = test_tls
+        test_tls.setUpModule()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tls.tearDownModule()
+
+    def start(self, *extra):
+        workdir = tempfile.mkdtemp(prefix="disco-e2e-v3tls-")
+        self.addCleanup(shutil.rmtree, workdir, True)
+        d = self.tls.TlsDisco(workdir, extra_args=extra,
+                              client_cert="client" if extra else None)
+        self.addCleanup(lambda: self.assertEqual(d.proc.stop(), 0, d.proc.log()[-3000:]))
+        return d
+
+    def client(self, d, client_cert=None):
+        kw = {"ca_cert": self.tls.pki("ca.pem")}
+        if client_cert:
+            kw.update(cert_cert=self.tls.pki(client_cert + ".pem"),
+                      cert_key=self.tls.pki(client_cert + ".key"))
+        return etcd3.client(harness.LOOPBACK, d.port, timeout=CALL_TIMEOUT_S, **kw)
+
+    def register(self, c):
+        tok = uuid.uuid4().hex
+        c.put(size_key(tok), "1")
+        c.put(member_key(tok, "a1"), "infra0=https://10.0.0.1:2380")
+        got = [(m.key.decode(), v.decode()) for v, m in c.get_prefix(members_prefix(tok))]
+        self.assertEqual(got, [(member_key(tok, "a1"), "infra0=https://10.0.0.1:2380")])
+
+    @need_etcd3
+    def test_v3_calls_over_tls(self):
+        d = self.start()
+        c = self.client(d)
+        try:
+            self.register(c)
+        finally:
+            c.close()
+
+    @need_etcd3
+    def test_v3_calls_over_mutual_tls(self):
+        d = self.start("--tls-client-ca", self.tls.pki("ca.pem"))
+        c = self.client(d, "client")
+        try:
+            self.register(c)
+        finally:
+            c.close()
+        # no client certificate, or one from another CA: refused at the handshake
+        for cert in (None, "rogueclient"):
+            c = self.client(d, cert)
+            try:
+                with self.assertRaises(etcd3.exceptions.Etcd3Exception):
+                    c.get(size_key("x"))
+            finally:
+                c.close()
+
+
 class EtcdctlTest(Base):
     """etcdctl 3.4 (grpc-go 1.33) against disco: put, get --prefix, watch --rev."""
 
