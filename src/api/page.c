@@ -263,6 +263,7 @@ typedef struct page_facts {
     size_t n_rows;       /* registrations (all, even beyond PAGE_MAX_ROWS) */
     size_t n_rows_kept;  /* rows[] entries */
     buf_t strings;       /* NUL-separated ids and values */
+    bool is_v3;          /* v3 members: rows come from <token>/members/ */
 } page_facts_t;
 
 static void never_fires(reg_waiter_t *w, const reg_event_t *ev)
@@ -324,6 +325,16 @@ static enum reg_errcode read_facts(api_t *api, const char *token, page_facts_t *
     }
     f->index = res->index;
     const reg_node_t *dir = res->node;
+    /* A token of v3 members (etcd 3.6+: --discovery-token) keeps them in
+     * <token>/members/<id>; a token serves one kind of member, so such a
+     * directory means every registration is in it. */
+    for (const reg_node_t *c = reg_node_first_child(dir); c; c = reg_node_next_sibling(c)) {
+        if (reg_node_is_dir(c) && strcmp(reg_node_name(c), "members") == 0) {
+            dir = c;
+            f->is_v3 = true;
+            break;
+        }
+    }
     size_t n = 0;
     for (const reg_node_t *c = reg_node_first_child(dir); c; c = reg_node_next_sibling(c))
         if (!reg_node_is_hidden(c))
@@ -617,8 +628,12 @@ static void put_usage(buf_t *out, const page_facts_t *f, const char *url_html,
     html_puts_escaped(out, f->token);
     buf_puts(out, " --discovery-endpoints=");
     buf_puts(out, host_port_html);
-    buf_puts(out, "</pre>\n<p>This server speaks the v2 protocol only: give etcd the v2 "
-                  "flag above.</p>\n");
+    buf_puts(out, f->is_v3 ? "</pre>\n<p>This token serves v3 members: the first "
+                             "registration decides, and members of the other kind are "
+                             "refused.</p>\n"
+                           : "</pre>\n<p>A token serves one kind of member: the first "
+                             "registration decides, and members of the other kind are "
+                             "refused.</p>\n");
 }
 
 /*

@@ -190,6 +190,27 @@ class JsonClientsTest(unittest.TestCase):
         finally:
             conn.close()
 
+    def test_v3_members_are_listed(self):
+        # etcd 3.6+ registers through the v3 API: <token>/members/<id>.
+        token = new_token(self.base, 2)
+        endpoint = self.base[len("http://"):]
+        for mid, value in (("a1", "infra0=http://10.0.0.1:2380"),
+                           ("b2", "infra1=http://10.0.0.2:2380"),
+                           ("c3", "infra2=http://10.0.0.3:2380")):
+            rc, out, err = harness.etcdctl(endpoint, "put",
+                                           "/_etcd/registry/%s/members/%s" % (token, mid), value)
+            self.assertEqual(rc, 0, err)
+        status, h, body = harness.http("GET", self.base + "/" + token,
+                                       headers={"Accept": BROWSER_ACCEPT})
+        self.assertEqual(status, 200, body)
+        page = body.decode()
+        for mid, name in (("a1", "infra0"), ("b2", "infra1"), ("c3", "infra2")):
+            self.assertIn(mid, page)
+            self.assertIn(name, page)
+        self.assertIn("This token serves v3 members", page)
+        self.assertIn("More registrations than size", page)
+        self.assertNotIn(">members<", page)  # the directory itself is no row
+
     def test_head_of_the_page(self):
         token = new_token(self.base, 3)
         status, h, body = harness.http("HEAD", self.base + "/" + token,
