@@ -344,6 +344,7 @@ enum httpc_error httpc_request(const char *method, const char *url, const char *
             goto done;
         }
         raw.len += (size_t)n;
+        raw.data[raw.len] = '\0'; /* buf_reserve kept room for it; the parse reads a string */
         if (raw.len > HTTPC_MAX_ANSWER_BYTES) {
             snprintf(err, 256, "the answer is larger than %d bytes", HTTPC_MAX_ANSWER_BYTES);
             rc = HTTPC_E_ANSWER;
