@@ -32,10 +32,8 @@ struct metrics {
 
 /* The `endpoint` label of disco_request_duration_seconds. */
 static const char *const latency_labels[METRICS_ENDPOINT_COUNT] = {
-    [METRICS_NEW] = "new",
-    [METRICS_HEALTH] = "health",
-    [METRICS_TOKEN] = "token",
-    [METRICS_V2_KEYS] = "v2_keys",
+    [METRICS_NEW] = "new",         [METRICS_HEALTH] = "health", [METRICS_TOKEN] = "token",
+    [METRICS_V2_KEYS] = "v2_keys", [METRICS_V3] = "v3",
 };
 
 static const struct {
@@ -213,6 +211,7 @@ void metrics_render(const metrics_t *m, const metrics_gauges_t *g, buf_t *out)
                    "included), by endpoint; long polls that parked are left out.");
     for (int ep = 0; ep < METRICS_ENDPOINT_COUNT; ep++) {
         char label[48];
+        assert(latency_labels[ep]); /* every endpoint has its label */
         snprintf(label, sizeof label, "endpoint=\"%s\"", latency_labels[ep]);
         histogram_series(out, lat, label, &m->latency[ep]);
     }

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import re
 import time
 import unittest
 import urllib.parse
@@ -182,6 +183,14 @@ class EtcdctlTest(Base):
         self.assertEqual(out.split("\n")[:6],
                          ["PUT", member_key(tok, "a1"), "infra0=http://10.0.0.1:2380",
                           "PUT", member_key(tok, "b2"), "infra1=http://10.0.0.2:2380"])
+
+    def test_v3_calls_in_the_latency_histogram(self):
+        rc, out, err = self.etcdctl("get", "/_etcd/registry/x/_config/size")
+        self.assertEqual(rc, 0, err)
+        _, _, body = harness.http("GET", self.base_url + "/metrics")
+        m = re.search(rb'disco_request_duration_seconds_count\{endpoint="v3"\} (\d+)', body)
+        self.assertIsNotNone(m, body[-2000:])
+        self.assertGreaterEqual(int(m.group(1)), 1)
 
     def test_refusals(self):
         tok = uuid.uuid4().hex
