@@ -51,6 +51,9 @@ struct api {
     size_t n_access;
     /* v3 watch streams with messages waiting until durable (api/v3.c). */
     struct v3_stream *v3_pending;
+    /* v3 watches whose waiter is parked in the registry (api/v3.c): the
+     * registry's waiter count less these is the v2 long-polls. */
+    size_t v3_parked;
 };
 
 #endif

@@ -261,6 +261,7 @@ void discovery_metrics(api_t *api, const http_request_t *req)
     metrics_gauges_t g = {
         .tokens = registry_token_count(api->reg),
         .parked_waits = registry_waiter_count(api->reg),
+        .parked_v3 = api->v3_parked,
         .connections = api->srv ? http_server_connection_count(api->srv) : 0,
         .index = registry_index(api->reg),
     };

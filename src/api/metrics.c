@@ -202,7 +202,10 @@ void metrics_render(const metrics_t *m, const metrics_gauges_t *g, buf_t *out)
     buf_printf(out, "# HELP disco_parked_watches Long-poll watches waiting for an event, by "
                     "protocol.\n# TYPE disco_parked_watches gauge\n"
                     "disco_parked_watches{protocol=\"v2\"} ");
-    buf_put_u64(out, g->parked_waits);
+    assert(g->parked_v3 <= g->parked_waits);
+    buf_put_u64(out, g->parked_waits - g->parked_v3);
+    buf_puts(out, "\ndisco_parked_watches{protocol=\"v3\"} ");
+    buf_put_u64(out, g->parked_v3);
     buf_putc(out, '\n');
 
     static const char lat[] = "disco_request_duration_seconds";

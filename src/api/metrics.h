@@ -52,7 +52,8 @@ void metrics_count_removed_tokens(metrics_t *m, uint64_t n);
 /* Point-in-time values rendered next to the counters. */
 typedef struct metrics_gauges {
     size_t tokens;
-    size_t parked_waits;
+    size_t parked_waits; /* every parked watch, v2 and v3 */
+    size_t parked_v3;    /* of which v3 watch-stream watches */
     size_t connections;
     uint64_t index;
     /* the store's own counters (store_stats_t) */

@@ -22,6 +22,7 @@
  */
 #include "api/v3.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -672,6 +673,7 @@ typedef struct v3_watch {
     bool recursive;
     uint64_t next_rev;
     bool prev_kv, no_put, no_delete;
+    bool parked; /* its waiter is in the registry (counted in api->v3_parked) */
 } v3_watch_t;
 
 struct v3_stream {
@@ -706,9 +708,20 @@ static void pending_unlink(v3_stream_t *vs)
     vs->is_pending = false;
 }
 
+/* The waiter left the registry (fired, or unwatched). */
+static void watch_unparked(v3_watch_t *wt)
+{
+    if (!wt->parked)
+        return;
+    wt->parked = false;
+    assert(wt->vs->api->v3_parked > 0);
+    wt->vs->api->v3_parked--;
+}
+
 static void watch_free(v3_stream_t *vs, v3_watch_t *wt)
 {
     registry_unwatch(vs->api->reg, &wt->w);
+    watch_unparked(wt);
     buf_free(&wt->key);
     buf_free(&wt->end);
     free(wt->watch_key);
@@ -910,6 +923,8 @@ static bool watch_pump(v3_watch_t *wt)
         const reg_event_t *ev = out.event;
         if (!ev) {
             reg_result_clear(&out);
+            wt->parked = true;
+            wt->vs->api->v3_parked++;
             return true; /* parked */
         }
         wt->next_rev = ev->index + 1;
@@ -923,6 +938,7 @@ static bool watch_pump(v3_watch_t *wt)
 static void on_watch_event(reg_waiter_t *w, const reg_event_t *ev)
 {
     v3_watch_t *wt = w->ctx;
+    watch_unparked(wt); /* the registry let go of the waiter to call this */
     if (wt->vs->broken)
         return; /* ends soon; its waiters must stay valid until then */
     if (!ev) {

@@ -267,12 +267,21 @@ class WatchStreamTest(Base):
     parked watch is released exactly when its stream or connection goes."""
 
     def parked_waits(self):
+        """disco_parked_waits, after checking that the by-protocol gauge
+        counts every one of them as v3 (this test parks no v2 long-poll)."""
         status, _, body = harness.http("GET", self.base_url + "/metrics")
         self.assertEqual(status, 200)
+        values = {}
         for line in body.decode().splitlines():
-            if line.startswith("disco_parked_waits "):
-                return int(float(line.split()[1]))
-        self.fail("no disco_parked_waits in /metrics")
+            for name in ("disco_parked_waits ", 'disco_parked_watches{protocol="v2"} ',
+                         'disco_parked_watches{protocol="v3"} '):
+                if line.startswith(name):
+                    values[name.strip()] = int(float(line.split()[-1]))
+        self.assertEqual(len(values), 3, body[-1500:])
+        total = values["disco_parked_waits"]
+        self.assertEqual(values['disco_parked_watches{protocol="v2"}'], 0)
+        self.assertEqual(values['disco_parked_watches{protocol="v3"}'], total)
+        return total
 
     @need_etcd3
     def test_watches_per_stream_cancel_and_close(self):
