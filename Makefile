@@ -40,7 +40,7 @@ RUN_DEPS   = build-essential cmake pkg-config \
 CHECK_DEPS = python3 clang-format libcmocka-dev \
              etcd-server etcd-client \
              clang libclang-rt-14-dev valgrind systemd file openssl \
-             chromium python3-etcd3 nghttp2-client
+             chromium python3-etcd3 nghttp2-client curl
 
 # Installs the Debian packages in $(1) that are not installed yet.
 define install_missing

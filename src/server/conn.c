@@ -152,7 +152,7 @@ static void conn_begin_linger(http_conn_t *c)
 /* Writes what it can now; asks for EPOLLOUT for the rest. */
 void conn_flush(http_conn_t *c)
 {
-    if (c->closed)
+    if (c->closed || c->close_queued)
         return;
     bool moved = false;
     uint32_t wants_before = c->tp.wants;
@@ -179,7 +179,12 @@ void conn_flush(http_conn_t *c)
                 conn_update_timer(c);
             return;
         } else {
-            conn_close(c);
+            /* The peer is gone. Close at the end of the turn, not here: a
+             * write can come from inside another request's owner (an event
+             * that wakes watches on many connections, an HTTP/2 stream
+             * answered while its siblings are being notified), and closing
+             * tells every owner on this connection that its request ended. */
+            conn_close_later(c);
             return;
         }
     }
@@ -230,7 +235,7 @@ void conn_write_now(http_conn_t *c, const char *data, size_t len)
  */
 void conn_schedule_resume(http_conn_t *c)
 {
-    if (c->resume_queued || c->closed || (c->pending.len == 0 && !c->read_eof))
+    if (c->resume_queued || c->closed || (c->pending.len == 0 && !c->read_eof && !c->close_queued))
         return;
     c->resume_queued = true;
     c->resume_next = c->srv->resume_head;
@@ -280,10 +285,20 @@ static void conn_finish_after_eof(http_conn_t *c)
     conn_flush(c);
 }
 
+void conn_close_later(http_conn_t *c)
+{
+    c->close_queued = true;
+    conn_schedule_resume(c);
+}
+
 /* Parses bytes that waited while a request was parked. */
 static void conn_resume(http_conn_t *c)
 {
     c->resume_queued = false;
+    if (c->close_queued) {
+        conn_close(c); /* outside every owner's stack: see conn_flush */
+        return;
+    }
     if (c->closed || conn_is_parked(c)) {
         conn_finish_after_eof(c);
         return;
@@ -561,6 +576,8 @@ static void conn_readable(http_conn_t *c)
 static void conn_on_ready(loop_io_t *io, uint32_t events)
 {
     http_conn_t *c = (http_conn_t *)io; /* io is the first member */
+    if (c->close_queued)
+        return; /* closed at the end of this turn */
     if (events & (EPOLLERR | EPOLLHUP)) {
         conn_close(c);
         return;

@@ -48,7 +48,7 @@ struct h2_stream {
     bool dispatched;
     int method; /* enum http_method, -1 until :method is seen */
     size_t header_bytes;
-    buf_t path, content_type, authority, body;
+    buf_t path, content_type, authority, accept, body;
     /* a streaming request: where its body goes, once the owner says */
     bool streaming;
     http_body_fn body_fn;
@@ -84,6 +84,7 @@ static void stream_free(h2_stream_t *st)
     buf_free(&st->path);
     buf_free(&st->content_type);
     buf_free(&st->authority);
+    buf_free(&st->accept);
     buf_free(&st->body);
     buf_free(&st->resp);
     free(st->trailers);
@@ -278,7 +279,7 @@ static void stream_dispatch(h2_conn_t *h, h2_stream_t *st)
     http_server_t *s = c->srv;
     st->dispatched = true;
     if (buf_failed(&st->path) || buf_failed(&st->body) || buf_failed(&st->content_type) ||
-        buf_failed(&st->authority)) {
+        buf_failed(&st->authority) || buf_failed(&st->accept)) {
         stream_refuse(h, st, 500, "out of memory");
         return;
     }
@@ -321,6 +322,8 @@ static void stream_dispatch(h2_conn_t *h, h2_stream_t *st)
         .body_len = st->body.len,
         .content_type = buf_cstr(&st->content_type),
         .host = buf_cstr(&st->authority),
+        .accept = buf_cstr(&st->accept),
+        .is_tls = strcmp(c->tp.ops->name, "tls") == 0,
         .peer = c->peer,
         .peer_addr = c->peer_addr,
         .handle = req_handle(s, slot),
@@ -342,6 +345,7 @@ static void stream_dispatch(h2_conn_t *h, h2_stream_t *st)
     buf_free(&st->body);
     buf_free(&st->content_type);
     buf_free(&st->authority);
+    buf_free(&st->accept);
 }
 
 /* ---- nghttp2 callbacks -------------------------------------------------- */
@@ -399,6 +403,12 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint
         buf_append(&st->authority, value, valuelen);
     else if (IS("content-type"))
         buf_append(&st->content_type, value, valuelen);
+    else if (IS("accept")) {
+        /* every Accept field is one list (RFC 9110), as on HTTP/1.1 */
+        if (st->accept.len)
+            buf_puts(&st->accept, ", ");
+        buf_append(&st->accept, value, valuelen);
+    }
 #undef IS
     return 0;
 }
@@ -552,14 +562,14 @@ void h2_feed(http_conn_t *c, const char *data, size_t len)
 void h2_flush(http_conn_t *c)
 {
     h2_conn_t *h = c->h2;
-    if (!h || h->in_recv || h->dead || c->closed)
+    if (!h || h->in_recv || h->dead || c->closed || c->close_queued)
         return;
     while (c->out.len - c->out_off < H2_MAX_UNSENT_BYTES) {
         const uint8_t *data;
         ssize_t n = nghttp2_session_mem_send(h->ng, &data);
         if (n < 0) {
             log_info("HTTP/2 error towards %s: %s", c->peer, nghttp2_strerror((int)n));
-            conn_close(c);
+            conn_close_later(c);
             return;
         }
         if (n == 0)
@@ -568,7 +578,7 @@ void h2_flush(http_conn_t *c)
     }
     if (buf_failed(&c->out)) {
         log_warn("out of memory writing to %s; closing", c->peer);
-        conn_close(c);
+        conn_close_later(c);
         return;
     }
     /* After GOAWAY both ways the session is done: close once written. */

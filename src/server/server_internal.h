@@ -138,9 +138,10 @@ struct http_conn {
     bool close_after_write;
     bool lingering; /* answered, FIN sent: input is dropped until EOF */
     size_t lingered_bytes;
-    bool read_eof;   /* the client half-closed: no more requests will come */
-    bool rdhup_seen; /* EPOLLRDHUP reported while reading is paused */
-    bool want_write; /* EPOLLOUT wanted */
+    bool read_eof;     /* the client half-closed: no more requests will come */
+    bool rdhup_seen;   /* EPOLLRDHUP reported while reading is paused */
+    bool close_queued; /* closed at the end of the turn (conn_close_later) */
+    bool want_write;   /* EPOLLOUT wanted */
     bool read_paused;
     bool closed;
     /* queued to resume parsing `pending` on the next loop turn */
@@ -214,6 +215,12 @@ const char *prepared_bytes(const http_prepared_t *p, size_t *len);
  * plain). 0, or -errno with the socket closed. */
 int conn_add(http_server_t *s, int fd, const struct sockaddr_storage *sa, struct tls_ctx *tls);
 void conn_close(http_conn_t *c);
+/* Closes `c` at the end of the loop turn, outside every callback's stack:
+ * for failures met while writing, which can happen inside the owner of
+ * another request (a wake that answers many connections; an HTTP/2 stream
+ * answered while its siblings' owners are being notified). Nothing more is
+ * written meanwhile. */
+void conn_close_later(http_conn_t *c);
 void conn_flush(http_conn_t *c);
 void conn_write_now(http_conn_t *c, const char *data, size_t len);
 void conn_update_timer(http_conn_t *c);

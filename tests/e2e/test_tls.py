@@ -225,6 +225,24 @@ class TestTls(TlsTestCase):
                 self.assertEqual(len(head), 9, head)
                 self.assertEqual(head[3], 4, "the first frame is not SETTINGS: %r" % head)
 
+    def test_http2_over_tls_knows_it_is_tls(self):
+        # Browsers and curl speak HTTP/2 over TLS (ALPN h2): /new must still
+        # print https://, and a browser's Accept must still get the page.
+        d = self.start()
+        argv = ["curl", "-sS", "--http2", "--cacert", pki("ca.pem"), "--max-time", "10"]
+        base = "https://%s:%d" % (harness.LOOPBACK, d.port)
+        out = subprocess.run(argv + ["-w", "\n%{http_version}", base + "/new?size=3"],
+                             capture_output=True, text=True, timeout=30)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        url, version = out.stdout.rsplit("\n", 1)
+        self.assertEqual(version, "2")
+        self.assertRegex(url, r"\Ahttps://127\.0\.0\.1:%d/[0-9a-f]{32}\Z" % d.port)
+        token = url.rsplit("/", 1)[1]
+        out = subprocess.run(argv + ["-H", "Accept: text/html", base + "/" + token],
+                             capture_output=True, text=True, timeout=30)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertTrue(out.stdout.startswith("<!doctype html>"), out.stdout[:200])
+
     def test_tls_1_1_is_refused(self):
         d = self.start()
         ctx = client_context()

@@ -14,6 +14,9 @@ are skipped (etcdctl ones still run).
 import os
 import shutil
 import subprocess
+import signal
+import socket
+import struct
 import sys
 import tempfile
 import threading
@@ -331,6 +334,95 @@ class WatchStreamTest(Base):
         for q, _ in streams:
             q.put(None)
         self.assertTrue(self.disco.alive())
+
+
+class RawH2:
+    """Just enough of an HTTP/2 client to open a Watch by hand (literal
+    HPACK headers, one gRPC message), for orderings no library allows."""
+
+    PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+    @staticmethod
+    def frame(typ, flags, sid, payload):
+        return struct.pack(">I", len(payload))[1:] + bytes([typ, flags]) + \
+            struct.pack(">I", sid) + payload
+
+    @staticmethod
+    def varint(n):
+        out = b""
+        while True:
+            b, n = n & 0x7F, n >> 7
+            if not n:
+                return out + bytes([b])
+            out += bytes([b | 0x80])
+
+    @classmethod
+    def field(cls, number, data):
+        return cls.varint(number << 3 | 2) + cls.varint(len(data)) + data
+
+    @classmethod
+    def watch_open(cls, host, port, key, range_end):
+        s = socket.create_connection((host, port), timeout=10 * SLOW)
+        headers = b"".join(b"\x00" + bytes([len(k)]) + k + bytes([len(v)]) + v for k, v in (
+            (b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/etcdserverpb.Watch/Watch"),
+            (b":authority", b"x"), (b"content-type", b"application/grpc"), (b"te", b"trailers")))
+        create = cls.field(1, cls.field(1, key) + cls.field(2, range_end))
+        s.sendall(cls.PREFACE + cls.frame(4, 0, 0, b"") + cls.frame(1, 0x4, 1, headers) +
+                  cls.frame(0, 0, 1, b"\x00" + struct.pack(">I", len(create)) + create))
+        return s
+
+
+class DeadPeerTest(Base):
+    """An event reaches a v3 watch whose client reset its connection while
+    disco was not looking: the failed write must not free the watch stream
+    under the code that is delivering the event (it crashed disco). The
+    in-memory store answers at once, inside the write's own notification."""
+
+    def setUp(self):
+        self.workdir = tempfile.mkdtemp(prefix="disco-e2e-v3-")
+        self.procs = []
+        port = harness.free_port()
+        self.base_url = "http://%s:%d" % (harness.LOOPBACK, port)
+        self.disco = harness.Proc(
+            harness.disco_wrapper() + [harness.disco_bin(), "serve", "--addr",
+                                       "%s:%d" % (harness.LOOPBACK, port), "--data-dir", ""],
+            os.path.join(self.workdir, "disco.log"), name="disco:%d" % port)
+        harness.wait_until(lambda: self.disco.log().count("serving on") > 0, 10 * SLOW,
+                           what="disco to listen")
+        self.procs.append(self.disco)
+        self.host, self.port = hostport(self.base_url)
+        self.endpoint = "%s:%d" % (self.host, self.port)
+
+    @unittest.skipIf(harness.disco_wrapper(), "SIGSTOP timing is meaningless under a wrapper")
+    def test_event_to_a_reset_watch_connection(self):
+        tok = uuid.uuid4().hex
+        status, _, body = harness.http("PUT", "%s/v2/keys%s" % (self.base_url, size_key(tok)),
+                                       body={"value": "3"})
+        self.assertEqual(status, 201, body)
+        for round_ in range(5):
+            key = "%s/%s/" % (PREFIX, tok)  # the whole token: a v2 member matches
+            w = RawH2.watch_open(self.host, self.port, key.encode(), (key[:-1] + "0").encode())
+            time.sleep(0.3)  # created, parked
+            putter = socket.create_connection((self.host, self.port), timeout=10 * SLOW)
+            time.sleep(0.2)  # accepted: its bytes are read before the reset is seen
+            os.kill(self.disco.pid, signal.SIGSTOP)
+            try:
+                body = "value=n%d%%3Dhttp%%3A%%2F%%2F10.0.0.1%%3A2380" % round_
+                putter.sendall(("PUT /v2/keys%s/m%d HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                                "application/x-www-form-urlencoded\r\nContent-Length: %d\r\n"
+                                "\r\n%s" % (PREFIX + "/" + tok, round_, len(body), body)
+                                ).encode())
+                time.sleep(0.1)
+                # the watcher goes with a reset, unseen until disco runs again
+                w.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                w.close()
+                time.sleep(0.1)
+            finally:
+                os.kill(self.disco.pid, signal.SIGCONT)
+            answer = putter.recv(4096)
+            putter.close()
+            self.assertTrue(answer.startswith(b"HTTP/1.1 201 "), answer[:200])
+            self.assertTrue(self.disco.alive(), self.disco.log()[-3000:])
 
 
 class IdleTest(unittest.TestCase):
