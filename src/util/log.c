@@ -94,9 +94,13 @@ void log_msg(enum log_level level, const char *fmt, ...)
     } else {
         len = (size_t)snprintf(line, sizeof line, "%s %s ", stamp, names[level]);
         memcpy(line + len, msg, msg_len);
-        for (size_t i = len; i < len + msg_len; i++)
-            if (line[i] == '\n' || line[i] == '\r')
-                line[i] = ' '; /* still one line */
+        for (size_t i = len; i < len + msg_len; i++) {
+            unsigned char ch = (unsigned char)line[i];
+            /* Still one line, and no terminal control sequence from a
+             * client's value (ESC ...) reaches the operator's screen. */
+            if (ch < 0x20 || ch == 0x7f)
+                line[i] = ch == '\t' ? ' ' : '?';
+        }
         len += msg_len;
     }
     line[len++] = '\n';

@@ -182,6 +182,27 @@ class ExpiredToken(unittest.TestCase):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+class TextLogsKeepControlBytesOut(unittest.TestCase):
+    def test_a_member_value_cannot_write_to_the_operators_terminal(self):
+        # Text logs go to a terminal or the journal: a client's value must not
+        # bring a line break or an escape sequence (ESC [ ...) with it.
+        tmp = tempfile.mkdtemp(prefix="disco-logs-ctl-")
+        proc, base = harness.start_disco(tmp)
+        try:
+            st, _, body = harness.http("GET", base + "/new?size=3")
+            url = body.decode().strip()
+            st, _, body = harness.http("PUT", url + "/m1",
+                                       body={"value": "m1=http://a:2380\x1b[2J\nFAKE error line"})
+            self.assertEqual(st, 201, body)
+            wait_log(proc, "registered")
+            log = proc.log()
+            self.assertNotIn("\x1b", log)
+            self.assertFalse(any(line.startswith("FAKE") for line in log.splitlines()), log)
+        finally:
+            proc.stop()
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 class HostWithoutFootguns(unittest.TestCase):
     def setUp(self):
         self.tmp = tempfile.mkdtemp(prefix="disco-host-")
