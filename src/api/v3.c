@@ -663,6 +663,17 @@ static void v3_put(api_t *api, const http_request_t *req, const uint8_t *msg, si
  */
 typedef struct v3_stream v3_stream_t;
 
+/* Watches one Watch call may hold at once, and one connection across its
+ * streams. A booting member holds one; the bounds keep a hostile client
+ * from parking unbounded memory. Past them a create is refused as etcd
+ * refuses one it cannot make (created and canceled together, watch_id -1,
+ * the reason in cancel_reason): clientv3 then closes that watch's channel
+ * with the reason, and the stream's other watches go on. */
+#define V3_MAX_WATCHES_PER_STREAM 100
+#define V3_MAX_WATCHES_PER_CONN 1000
+#define V3_STR_(x) #x
+#define V3_STR(x) V3_STR_(x)
+
 typedef struct v3_watch {
     reg_waiter_t w;
     v3_stream_t *vs;
@@ -681,6 +692,8 @@ struct v3_stream {
     http_req_t req;
     buf_t in; /* bytes of a message not yet whole */
     v3_watch_t *watches;
+    long n_watches;     /* in `watches`, each counted in *conn_watches too */
+    long *conn_watches; /* the connection's count (http_conn_counter) */
     int64_t next_id;
     /* messages waiting until the store has made `out_index` durable */
     buf_t out;
@@ -728,9 +741,21 @@ static void watch_free(v3_stream_t *vs, v3_watch_t *wt)
     free(wt);
 }
 
+/* Gives the stream's watches back to its connection's count (before the
+ * request is answered: the pointer may dangle after). */
+static void stream_uncount(v3_stream_t *vs)
+{
+    if (!vs->n_watches)
+        return;
+    assert(*vs->conn_watches >= vs->n_watches);
+    *vs->conn_watches -= vs->n_watches;
+    vs->n_watches = 0;
+}
+
 /* Frees the stream and its watches; its request is answered or ended. */
 static void stream_free(v3_stream_t *vs)
 {
+    stream_uncount(vs);
     while (vs->watches) {
         v3_watch_t *wt = vs->watches;
         vs->watches = wt->next;
@@ -754,6 +779,7 @@ static void stream_end(v3_stream_t *vs, enum grpc_code code, const char *msg)
     http_reply_t r = grpc_head;
     r.trailers = buf_failed(&t) ? "grpc-status: 13\r\n" : buf_cstr(&t);
     metrics_count(vs->api->metrics, METRICS_V3, 200, "POST");
+    stream_uncount(vs);
     http_reply(vs->req, &r);
     buf_free(&t);
     stream_free(vs);
@@ -963,6 +989,16 @@ static bool watch_create(v3_stream_t *vs, const Etcdserverpb__WatchCreateRequest
                                            registry_index(api->reg));
         id = cr->watch_id;
     }
+    if (vs->n_watches >= V3_MAX_WATCHES_PER_STREAM)
+        return send_watch_response(vs, -1, true, true,
+                                   "disco: too many watches on this stream (at most " V3_STR(
+                                       V3_MAX_WATCHES_PER_STREAM) ")",
+                                   registry_index(api->reg));
+    if (*vs->conn_watches >= V3_MAX_WATCHES_PER_CONN)
+        return send_watch_response(vs, -1, true, true,
+                                   "disco: too many watches on this connection (at most " V3_STR(
+                                       V3_MAX_WATCHES_PER_CONN) ")",
+                                   registry_index(api->reg));
     v3_watch_t *wt = calloc(1, sizeof *wt);
     if (!wt) {
         stream_end(vs, GRPC_RESOURCE_EXHAUSTED, "disco: out of memory");
@@ -1004,6 +1040,8 @@ static bool watch_create(v3_stream_t *vs, const Etcdserverpb__WatchCreateRequest
     }
     wt->next = vs->watches;
     vs->watches = wt;
+    vs->n_watches++;
+    (*vs->conn_watches)++;
     /* `created` first, then history and live events. */
     if (!send_watch_response(vs, id, true, false, NULL, now_rev))
         return false;
@@ -1018,6 +1056,9 @@ static bool watch_cancel(v3_stream_t *vs, int64_t id)
         v3_watch_t *wt = *p;
         *p = wt->next;
         watch_free(vs, wt);
+        assert(vs->n_watches > 0);
+        vs->n_watches--;
+        (*vs->conn_watches)--;
         return send_watch_response(vs, id, false, true, NULL, registry_index(vs->api->reg));
     }
     return true; /* an unknown id: ignored, as etcd does */
@@ -1106,6 +1147,8 @@ static void v3_watch(api_t *api, const http_request_t *req)
     }
     vs->api = api;
     vs->req = req->handle;
+    vs->conn_watches = http_conn_counter(req->handle);
+    assert(vs->conn_watches); /* the request is live while its handler runs */
     http_park(req->handle, HTTP_PARK_WATCH, on_watch_end, vs);
     if (http_stream_on_body(req->handle, on_watch_body, vs) != 0) {
         /* Not a stream (the client sent its whole body at once): handle

@@ -131,6 +131,12 @@ bool http_req_is_live(http_req_t h)
     return req_slot_of(h) != NULL;
 }
 
+long *http_conn_counter(http_req_t h)
+{
+    req_slot_t *q = req_slot_of(h);
+    return q && q->conn ? &q->conn->owner_count : NULL;
+}
+
 int http_reply(http_req_t h, const http_reply_t *r)
 {
     assert(!h.srv || loop_on_thread(h.srv->loop)); /* loop thread only */

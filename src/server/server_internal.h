@@ -138,9 +138,10 @@ struct http_conn {
     bool close_after_write;
     bool lingering; /* answered, FIN sent: input is dropped until EOF */
     size_t lingered_bytes;
-    bool read_eof;   /* the client half-closed: no more requests will come */
-    bool rdhup_seen; /* EPOLLRDHUP reported while reading is paused */
-    bool want_write; /* EPOLLOUT wanted */
+    long owner_count; /* see http_conn_counter */
+    bool read_eof;    /* the client half-closed: no more requests will come */
+    bool rdhup_seen;  /* EPOLLRDHUP reported while reading is paused */
+    bool want_write;  /* EPOLLOUT wanted */
     bool read_paused;
     bool closed;
     /* queued to resume parsing `pending` on the next loop turn */

@@ -333,6 +333,79 @@ class WatchStreamTest(Base):
         self.assertTrue(self.disco.alive())
 
 
+class WatchLimitTest(Base):
+    """Watches per stream and per connection are bounded; past a bound a
+    create is refused as etcd refuses one it cannot make (created and
+    canceled, watch_id -1, the reason), and the stream goes on."""
+
+    PER_STREAM = 100
+    PER_CONN = 1000
+
+    def open_stream(self, stub):
+        import queue
+        q = queue.Queue()
+        call = stub.Watch(iter(q.get, None), timeout=60 * SLOW)
+        return q, call
+
+    def create(self, q, call, key):
+        q.put(etcdrpc.WatchRequest(create_request=etcdrpc.WatchCreateRequest(key=key.encode())))
+        return next(call)
+
+    @need_etcd3
+    def test_watches_per_stream(self):
+        tok = uuid.uuid4().hex
+        self.client().put(size_key(tok), "3")
+        ch = grpc.insecure_channel(self.endpoint)
+        q, call = self.open_stream(etcdrpc.WatchStub(ch))
+        for i in range(self.PER_STREAM):
+            r = self.create(q, call, member_key(tok, "m%d" % i))
+            self.assertEqual((r.created, r.canceled, r.watch_id), (True, False, i))
+        r = self.create(q, call, member_key(tok, "over"))
+        self.assertEqual((r.created, r.canceled, r.watch_id), (True, True, -1))
+        self.assertIn("too many watches on this stream", r.cancel_reason)
+        # One canceled: room for one more, and the stream still delivers.
+        q.put(etcdrpc.WatchRequest(cancel_request=etcdrpc.WatchCancelRequest(watch_id=0)))
+        self.assertTrue(next(call).canceled)
+        r = self.create(q, call, member_key(tok, "again"))
+        self.assertEqual((r.created, r.canceled), (True, False))
+        self.client().put(member_key(tok, "m5"), "n5=http://a:5")
+        r = next(call)
+        self.assertEqual((r.watch_id, r.events[0].kv.key.decode()), (5, member_key(tok, "m5")))
+        q.put(None)
+        ch.close()
+
+    @need_etcd3
+    def test_watches_per_connection(self):
+        tok = uuid.uuid4().hex
+        self.client().put(size_key(tok), "3")
+        ch = grpc.insecure_channel(self.endpoint)
+        stub = etcdrpc.WatchStub(ch)
+        streams = [self.open_stream(stub) for _ in range(self.PER_CONN // self.PER_STREAM)]
+        for q, call in streams:
+            for i in range(self.PER_STREAM):
+                r = self.create(q, call, member_key(tok, "m%d" % i))
+                self.assertFalse(r.canceled, r.cancel_reason)
+        q, call = self.open_stream(stub)
+        r = self.create(q, call, member_key(tok, "over"))
+        self.assertEqual((r.created, r.canceled, r.watch_id), (True, True, -1))
+        self.assertIn("too many watches on this connection", r.cancel_reason)
+        # A stream that ends gives its watches back to the connection.
+        streams[0][1].cancel()
+        streams[0][0].put(None)
+        harness.wait_until(
+            lambda: not self.create(q, call, member_key(tok, "later")).canceled, 5 * SLOW,
+            what="a watch created once a stream ended")
+        # Another connection has its own count.
+        ch2 = grpc.insecure_channel(self.endpoint)
+        q2, call2 = self.open_stream(etcdrpc.WatchStub(ch2))
+        self.assertFalse(self.create(q2, call2, member_key(tok, "x")).canceled)
+        for qq, _ in streams[1:] + [(q, call), (q2, call2)]:
+            qq.put(None)
+        ch.close()
+        ch2.close()
+        self.assertTrue(self.disco.alive())
+
+
 class IdleTest(unittest.TestCase):
     """An idle HTTP/2 connection ends with GOAWAY(NO_ERROR), and a gRPC
     client carries on over a new one."""
