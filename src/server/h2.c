@@ -61,6 +61,11 @@ struct h2_stream {
     bool resp_end;      /* the body is whole: trailers (or END_STREAM) follow it */
     bool resp_deferred; /* the session waits for more body (NGHTTP2_ERR_DEFERRED) */
     h2_stream_t *next, *prev;
+    /* on the server's parked list (h2_parked_head) while its request waits */
+    struct h2_conn *h;
+    bool on_park_list;
+    uint64_t park_deadline_ms;
+    h2_stream_t *pnext, *pprev;
 };
 
 typedef struct h2_conn {
@@ -79,8 +84,26 @@ static h2_stream_t *stream_of(h2_conn_t *h, int32_t id)
     return nghttp2_session_get_stream_user_data(h->ng, id);
 }
 
+/* Takes the stream off the server's parked list, if it is there. */
+static void park_unlink(http_server_t *s, h2_stream_t *st)
+{
+    if (!st->on_park_list)
+        return;
+    if (st->pprev)
+        st->pprev->pnext = st->pnext;
+    else
+        s->h2_parked_head = st->pnext;
+    if (st->pnext)
+        st->pnext->pprev = st->pprev;
+    else
+        s->h2_parked_tail = st->pprev;
+    st->pnext = st->pprev = NULL;
+    st->on_park_list = false;
+}
+
 static void stream_free(h2_stream_t *st)
 {
+    park_unlink(st->h->c->srv, st);
     buf_free(&st->path);
     buf_free(&st->content_type);
     buf_free(&st->authority);
@@ -178,6 +201,7 @@ void h2_reply(http_conn_t *c, int32_t stream_id, bool is_head, const http_reply_
         return; /* reset by the client meanwhile */
     /* Its slot was freed by the caller: the request is answered. */
     st->slot = REQ_NONE;
+    park_unlink(c->srv, st);
     if (st->resp_started) {
         /* A streamed answer: the rest of the body, then the trailers. */
         buf_append(&st->resp, r->body, r->body_len);
@@ -357,6 +381,7 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, voi
     if (!st)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* resets the stream */
     st->id = frame->hd.stream_id;
+    st->h = h;
     st->slot = REQ_NONE;
     st->method = -1;
     if (nghttp2_session_set_stream_user_data(ng, st->id, st) != 0) {
@@ -648,6 +673,64 @@ void h2_conn_closed(http_conn_t *c)
     if (!h->in_recv)
         h2_free(h);
     /* else h2_feed frees it when nghttp2_session_mem_recv returns */
+}
+
+void h2_stream_parked(http_conn_t *c, int32_t stream_id)
+{
+    h2_conn_t *h = c->h2;
+    h2_stream_t *st = h ? stream_of(h, stream_id) : NULL;
+    if (!st)
+        return;
+    http_server_t *s = c->srv;
+    /* Every entry waits the same duration, so the list stays in deadline
+     * order when a stream that parks again goes to its tail. */
+    park_unlink(s, st);
+    st->park_deadline_ms = loop_now_ms(s->loop) + s->timers[TL_PARKED].duration_ms;
+    st->on_park_list = true;
+    st->pprev = s->h2_parked_tail;
+    st->pnext = NULL;
+    if (st->pprev)
+        st->pprev->pnext = st;
+    else
+        s->h2_parked_head = st;
+    s->h2_parked_tail = st;
+}
+
+uint64_t h2_expire_parked(http_server_t *s, uint64_t now_ms)
+{
+    h2_stream_t *st;
+    while ((st = s->h2_parked_head) && st->park_deadline_ms <= now_ms) {
+        park_unlink(s, st);
+        h2_conn_t *h = st->h;
+        http_conn_t *c = h->c;
+        assert(!h->dead && !h->in_recv);
+        if (st->slot == REQ_NONE)
+            continue;
+        req_slot_t *q = &s->slots[st->slot];
+        if (q->state != REQ_PARKED || !q->park_fn)
+            continue;
+        http_req_t hd = req_handle(s, st->slot);
+        http_park_fn fn = q->park_fn;
+        q->park_fn = NULL; /* set again if the owner parks it again */
+        /* As in h2_shutdown: no frames leave (and no stream of this
+         * connection is freed) while the owner runs. */
+        h->in_recv = true;
+        fn(hd, q->park_ctx, HTTP_PARK_TIMEOUT);
+        h->in_recv = false;
+        if (h->dead) {
+            h2_free(h); /* the owner closed the connection */
+            continue;
+        }
+        q = req_slot_of(hd); /* the array may have moved; the slot may be gone */
+        if (q && q->state == REQ_PARKED && !q->park_fn) {
+            /* The owner neither answered nor parked again: nobody will. */
+            req_slot_free(s, st->slot);
+            st->slot = REQ_NONE;
+            nghttp2_submit_rst_stream(h->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
+        }
+        h2_flush(c);
+    }
+    return st ? st->park_deadline_ms : 0;
 }
 
 int h2_stream_on_body(http_conn_t *c, int32_t stream_id, http_body_fn fn, void *ctx)

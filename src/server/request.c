@@ -210,9 +210,10 @@ int http_park(http_req_t h, enum http_park_kind kind, http_park_fn on_end, void 
     q->park_kind = (uint8_t)kind;
     q->park_fn = on_end;
     q->park_ctx = ctx;
-    if (q->stream_id)
-        return 0;          /* an HTTP/2 stream: no per-stream timer (its connection's
-                              streams keep it open; the stream ends with it) */
+    if (q->stream_id) {
+        h2_stream_parked(c, q->stream_id); /* the same wait, per stream */
+        return 0;
+    }
     conn_restart_timer(c); /* the wait starts now */
     if (c->read_eof && kind == HTTP_PARK_WATCH)
         conn_schedule_resume(c); /* the client has stopped asking: end it there */

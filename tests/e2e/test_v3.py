@@ -18,6 +18,8 @@ import sys
 import tempfile
 import threading
 import re
+import socket
+import struct
 import time
 import unittest
 import urllib.parse
@@ -404,6 +406,150 @@ class WatchLimitTest(Base):
         ch.close()
         ch2.close()
         self.assertTrue(self.disco.alive())
+
+
+# ---- raw HTTP/2 frames (no package beyond the standard library) -----------
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE = 0, 1, 3, 4, 6, 7, 8
+END_STREAM, ACK, END_HEADERS = 0x1, 0x1, 0x4
+PROTOCOL_ERROR, FRAME_SIZE_ERROR, COMPRESSION_ERROR = 1, 6, 9
+
+
+def hpack_literal(fields):
+    """Header fields as HPACK literals without indexing, no Huffman (every
+    name and value shorter than 127 bytes)."""
+    out = b""
+    for name, value in fields:
+        name, value = name.encode(), value.encode()
+        assert len(name) < 127 and len(value) < 127
+        out += b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value
+    return out
+
+
+class H2Raw:
+    """One h2c connection spoken frame by frame."""
+
+    def __init__(self, host, port, timeout=10 * SLOW):
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.buf = b""
+
+    def close(self):
+        self.sock.close()
+
+    def send(self, ftype, flags, stream, payload=b""):
+        self.sock.sendall(struct.pack(">I", len(payload))[1:] + bytes([ftype, flags]) +
+                          struct.pack(">I", stream) + payload)
+
+    def read(self):
+        """The next frame (type, flags, stream, payload), or None at EOF."""
+        while True:
+            if len(self.buf) >= 9:
+                n = int.from_bytes(self.buf[:3], "big")
+                if len(self.buf) >= 9 + n:
+                    f = (self.buf[3], self.buf[4],
+                         int.from_bytes(self.buf[5:9], "big") & 0x7FFFFFFF, self.buf[9:9 + n])
+                    self.buf = self.buf[9 + n:]
+                    return f
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return None
+            self.buf += chunk
+
+    def start(self, settings=b""):
+        """Preface and SETTINGS; returns once the server's SETTINGS is acked."""
+        self.sock.sendall(H2_PREFACE)
+        self.send(SETTINGS, 0, 0, settings)
+        got_settings = got_ack = False
+        while not (got_settings and got_ack):
+            f = self.read()
+            assert f is not None, "EOF during the handshake"
+            if f[0] == SETTINGS and f[1] & ACK:
+                got_ack = True
+            elif f[0] == SETTINGS:
+                got_settings = True
+                self.send(SETTINGS, ACK, 0)
+
+    def until(self, pred):
+        """Frames up to and including the first that `pred` accepts; None
+        at EOF."""
+        seen = []
+        while True:
+            f = self.read()
+            if f is None:
+                return seen, None
+            seen.append(f)
+            if pred(f):
+                return seen, f
+
+    def get(self, stream, host, path):
+        self.send(HEADERS, END_STREAM | END_HEADERS, stream, hpack_literal(
+            [(":method", "GET"), (":scheme", "http"), (":path", path), (":authority", host)]))
+
+    def answer(self, stream):
+        """Frames until `stream` ends; (status byte, frames). :status 200 is
+        HPACK's static entry 8 (0x88), which nghttp2 always uses."""
+        frames, last = self.until(lambda f: f[2] == stream and f[0] in (HEADERS, DATA, RST_STREAM)
+                                  and (f[1] & END_STREAM or f[0] == RST_STREAM))
+        assert last is not None, "EOF before stream %d ended: %r" % (stream, frames)
+        heads = [f for f in frames if f[2] == stream and f[0] == HEADERS]
+        return (heads[0][3][:1] if heads else None), frames
+
+
+class H2WaitTimeoutTest(unittest.TestCase):
+    """A v2 long-poll (wait=true) sent over HTTP/2 gets the same wait
+    timeout as on HTTP/1.1: each stream has its own deadline, and the
+    connection goes on."""
+
+    def setUp(self):
+        self.workdir = tempfile.mkdtemp(prefix="disco-e2e-v3-")
+        self.disco, self.base_url = harness.start_disco(self.workdir, wait_timeout="1s")
+        self.host, self.port = hostport(self.base_url)
+
+    def tearDown(self):
+        self.disco.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def test_long_poll_over_h2_times_out(self):
+        status, _, body = harness.http("GET", self.base_url + "/new?size=3")
+        self.assertEqual(status, 200, body)
+        path = urllib.parse.urlsplit(body.decode().strip()).path
+        h = H2Raw(self.host, self.port)
+        h.start()
+        authority = "%s:%d" % (self.host, self.port)
+        t0 = time.monotonic()
+        h.get(1, authority, path + "?wait=true&recursive=true")
+        h.get(3, authority, path + "?wait=true&recursive=true")
+        for stream in (1, 3):
+            status, frames = h.answer(stream)
+            self.assertEqual(status, b"\x88", frames)  # 200: "nothing yet, ask again"
+        self.assertLess(time.monotonic() - t0, 30 * SLOW)
+        # The connection is still good for another request.
+        h.get(5, authority, "/health")
+        status, frames = h.answer(5)
+        self.assertEqual(status, b"\x88", frames)
+        h.close()
+
+    @need_etcd3
+    def test_v3_watch_outlives_the_wait_timeout(self):
+        """A Watch call waits as long as its client likes: its stream's
+        deadline passes (several times) and it still delivers."""
+        import queue
+        tok = uuid.uuid4().hex
+        c = etcd3.client(self.host, self.port, timeout=CALL_TIMEOUT_S)
+        c.put(size_key(tok), "3")
+        ch = grpc.insecure_channel("%s:%d" % (self.host, self.port))
+        q = queue.Queue()
+        call = etcdrpc.WatchStub(ch).Watch(iter(q.get, None), timeout=30 * SLOW)
+        q.put(etcdrpc.WatchRequest(create_request=etcdrpc.WatchCreateRequest(
+            key=member_key(tok, "a").encode())))
+        self.assertTrue(next(call).created)
+        time.sleep(2.5)  # more than two wait timeouts of 1 s
+        c.put(member_key(tok, "a"), "a=http://a:1")
+        r = next(call)
+        self.assertEqual(r.events[0].kv.key.decode(), member_key(tok, "a"))
+        q.put(None)
+        ch.close()
 
 
 class IdleTest(unittest.TestCase):
