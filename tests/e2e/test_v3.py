@@ -552,6 +552,99 @@ class H2WaitTimeoutTest(unittest.TestCase):
         ch.close()
 
 
+class H2HostileTest(Base):
+    """Frames a client may send: PINGs are answered (never GOAWAY for
+    grpc-go's keepalive), unknown SETTINGS ignored, and a bad frame ends the
+    connection with GOAWAY carrying the error RFC 9113 names."""
+
+    def raw(self):
+        h = H2Raw(self.host, self.port)
+        h.start()
+        return h
+
+    def assert_serves(self, h, stream):
+        h.get(stream, self.endpoint, "/health")
+        status, frames = h.answer(stream)
+        self.assertEqual(status, b"\x88", frames)
+
+    def test_pings_answered(self):
+        h = self.raw()
+        for i in range(50):
+            opaque = struct.pack(">Q", 0x1122334455660000 + i)
+            h.send(PING, 0, 0, opaque)
+            frames, ack = h.until(lambda f: f[0] in (PING, GOAWAY))
+            self.assertIsNotNone(ack, frames)
+            self.assertEqual(ack[:2], (PING, ACK), frames)
+            self.assertEqual(ack[3], opaque)
+        self.assert_serves(h, 1)
+        h.close()
+
+    @need_etcd3
+    def test_grpc_keepalive_pings(self):
+        """A gRPC client pinging every second (grpc-go's is ~10 s) keeps its
+        watch: no GOAWAY, the event arrives."""
+        import queue
+        tok = uuid.uuid4().hex
+        self.client().put(size_key(tok), "3")
+        ch = grpc.insecure_channel(self.endpoint, options=[
+            ("grpc.keepalive_time_ms", 1000), ("grpc.keepalive_timeout_ms", 5000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0)])
+        q = queue.Queue()
+        call = etcdrpc.WatchStub(ch).Watch(iter(q.get, None), timeout=30 * SLOW)
+        q.put(etcdrpc.WatchRequest(create_request=etcdrpc.WatchCreateRequest(
+            key=member_key(tok, "a").encode())))
+        self.assertTrue(next(call).created)
+        time.sleep(3.5)
+        self.client().put(member_key(tok, "a"), "a=http://a:1")
+        self.assertEqual(next(call).events[0].kv.key.decode(), member_key(tok, "a"))
+        q.put(None)
+        ch.close()
+        self.assertNotIn("HTTP/2 error", self.disco.log())
+
+    def test_unknown_settings_ignored(self):
+        h = H2Raw(self.host, self.port)
+        # Unknown identifiers 0x10 and 0xfa5e among a known one.
+        h.start(struct.pack(">HI", 0x10, 7) + struct.pack(">HI", 0x3, 100) +
+                struct.pack(">HI", 0xFA5E, 0xFFFFFFFF))
+        h.send(SETTINGS, 0, 0, struct.pack(">HI", 0x77, 1))
+        frames, ack = h.until(lambda f: f[0] in (SETTINGS, GOAWAY))
+        self.assertEqual(ack[:2], (SETTINGS, ACK), frames)
+        self.assert_serves(h, 1)
+        h.close()
+
+    def expect_goaway(self, send, code):
+        h = self.raw()
+        send(h)
+        frames, goaway = h.until(lambda f: f[0] == GOAWAY)
+        self.assertIsNotNone(goaway, "no GOAWAY before EOF: %r" % frames)
+        self.assertEqual(int.from_bytes(goaway[3][4:8], "big"), code, goaway)
+        # ... and then the connection ends.
+        h.sock.settimeout(5 * SLOW)
+        _, more = h.until(lambda f: False)
+        self.assertIsNone(more)
+        h.close()
+        self.assertTrue(self.disco.alive())
+
+    def test_bad_frames_end_the_connection(self):
+        cases = [
+            ("DATA on stream 0", lambda h: h.send(DATA, 0, 0, b"x"), PROTOCOL_ERROR),
+            ("a PING of 9 bytes", lambda h: h.send(PING, 0, 0, b"123456789"), FRAME_SIZE_ERROR),
+            ("a zero window increment", lambda h: h.send(WINDOW_UPDATE, 0, 0, b"\0\0\0\0"),
+             PROTOCOL_ERROR),
+            ("ENABLE_PUSH 2", lambda h: h.send(SETTINGS, 0, 0, struct.pack(">HI", 2, 2)),
+             PROTOCOL_ERROR),
+            ("a header index 0", lambda h: h.send(HEADERS, END_STREAM | END_HEADERS, 1, b"\x80"),
+             COMPRESSION_ERROR),
+            ("a frame larger than 16 KiB", lambda h: h.send(DATA, 0, 1, b"x" * 20000),
+             FRAME_SIZE_ERROR),
+            ("an even stream id", lambda h: h.get(2, self.endpoint, "/health"), PROTOCOL_ERROR),
+        ]
+        for what, send, code in cases:
+            with self.subTest(what):
+                self.expect_goaway(send, code)
+
+
 class IdleTest(unittest.TestCase):
     """An idle HTTP/2 connection ends with GOAWAY(NO_ERROR), and a gRPC
     client carries on over a new one."""
