@@ -671,6 +671,9 @@ typedef struct v3_stream v3_stream_t;
  * with the reason, and the stream's other watches go on. */
 #define V3_MAX_WATCHES_PER_STREAM 100
 #define V3_MAX_WATCHES_PER_CONN 1000
+/* A WatchRequest holds a key and a range end, each at most a value long,
+ * and a few small fields: larger is not one a client means. */
+#define V3_MAX_WATCH_MESSAGE(api) (2 * (api)->max_value_bytes + 1024)
 #define V3_STR_(x) #x
 #define V3_STR(x) V3_STR_(x)
 
@@ -1112,8 +1115,11 @@ static void on_watch_body(http_req_t req, void *ctx, const char *data, size_t le
             stream_end(vs, GRPC_UNIMPLEMENTED, "grpc: compressed messages are not supported");
             return;
         }
-        if (mlen > vs->api->max_value_bytes + 4096) {
-            stream_end(vs, GRPC_RESOURCE_EXHAUSTED, "grpc: received message larger than max");
+        if (mlen > V3_MAX_WATCH_MESSAGE(vs->api)) {
+            char msg[100];
+            snprintf(msg, sizeof msg, "grpc: received message larger than max (%zu vs. %zu)", mlen,
+                     V3_MAX_WATCH_MESSAGE(vs->api));
+            stream_end(vs, GRPC_RESOURCE_EXHAUSTED, msg);
             return;
         }
         if (vs->in.len < GRPC_PREFIX_BYTES + mlen)

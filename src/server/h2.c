@@ -29,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "server/server_internal.h"
 #include "util/log.h"
@@ -296,6 +297,27 @@ static void stream_refuse(h2_conn_t *h, h2_stream_t *st, int status, const char 
     buf_free(&body);
 }
 
+/* Whether the stream is a gRPC call (content-type application/grpc, or
+ * application/grpc+proto and the like). */
+static bool is_grpc(h2_stream_t *st)
+{
+    static const char ct[] = "application/grpc";
+    const char *t = buf_cstr(&st->content_type);
+    return !buf_failed(&st->content_type) && strncasecmp(t, ct, sizeof ct - 1) == 0 &&
+           strchr("+;", t[sizeof ct - 1]) != NULL; /* '\0' too */
+}
+
+/* Refuses a gRPC call the server cannot take, as a gRPC server does: a
+ * trailers-only answer with grpc-status (`msg` needs no percent-encoding:
+ * printable ASCII without '%'). */
+static void stream_refuse_grpc(h2_conn_t *h, h2_stream_t *st, int code, const char *msg)
+{
+    char trailers[200];
+    snprintf(trailers, sizeof trailers, "grpc-status: %d\r\ngrpc-message: %s\r\n", code, msg);
+    http_reply_t r = {.status = 200, .content_type = "application/grpc", .trailers = trailers};
+    h2_reply(h->c, st->id, false, &r);
+}
+
 static void stream_dispatch(h2_conn_t *h, h2_stream_t *st)
 {
     http_conn_t *c = h->c;
@@ -432,6 +454,7 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t stream_id, 
                          size_t len, void *user_data)
 {
     (void)flags;
+    (void)ng;
     h2_conn_t *h = user_data;
     if (h->dead)
         return NGHTTP2_ERR_CALLBACK_FAILURE;
@@ -444,10 +467,27 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t stream_id, 
     }
     if (!st || st->dispatched)
         return 0;
-    if (st->body.len + len > h->c->srv->cfg.max_body_bytes) {
+    size_t max = h->c->srv->cfg.max_body_bytes;
+    if (st->body.len + len > max) {
         st->dispatched = true; /* nothing more of it is read */
-        stream_refuse(h, st, 413, NULL);
-        (void)ng;
+        if (is_grpc(st)) {
+            /* A gRPC client reads only a grpc-status: grpc-go's own answer
+             * to a message past its limit, with the length its prefix
+             * declares (the body is one length-prefixed message). */
+            uint8_t pre[5] = {0};
+            size_t have = st->body.len < 5 ? st->body.len : 5;
+            if (have)
+                memcpy(pre, st->body.data, have);
+            memcpy(pre + have, data, len < 5 - have ? len : 5 - have);
+            unsigned long mlen = (unsigned long)pre[1] << 24 | (unsigned long)pre[2] << 16 |
+                                 (unsigned long)pre[3] << 8 | pre[4];
+            char msg[120];
+            snprintf(msg, sizeof msg, "grpc: received message larger than max (%lu vs. %zu)", mlen,
+                     max > 5 ? max - 5 : 0);
+            stream_refuse_grpc(h, st, 8 /* RESOURCE_EXHAUSTED */, msg);
+        } else {
+            stream_refuse(h, st, 413, NULL);
+        }
         return 0;
     }
     buf_append(&st->body, data, len);

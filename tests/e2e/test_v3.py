@@ -645,6 +645,43 @@ class H2HostileTest(Base):
                 self.expect_goaway(send, code)
 
 
+class MessageSizeTest(Base):
+    """A message past the server's limit is refused as grpc-go refuses one:
+    RESOURCE_EXHAUSTED "grpc: received message larger than max (N vs. M)",
+    on a unary call and on a Watch stream alike."""
+
+    @need_etcd3
+    def test_unary_message_too_large(self):
+        tok = uuid.uuid4().hex
+        stub = etcdrpc.KVStub(grpc.insecure_channel(self.endpoint))
+        big = b"v" * (100 * 1024)  # past --max-body-bytes (64 KiB)
+        with self.assertRaises(grpc.RpcError) as e:
+            stub.Put(etcdrpc.PutRequest(key=size_key(tok).encode(), value=big),
+                     timeout=CALL_TIMEOUT_S)
+        self.assertEqual(e.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
+        m = re.search(r"received message larger than max \((\d+) vs\. (\d+)\)",
+                      e.exception.details())
+        self.assertIsNotNone(m, e.exception.details())
+        self.assertGreater(int(m.group(1)), len(big))  # the message's own length
+        # The connection goes on.
+        r = stub.Range(etcdrpc.RangeRequest(key=size_key(tok).encode()), timeout=CALL_TIMEOUT_S)
+        self.assertEqual(len(r.kvs), 0)
+
+    @need_etcd3
+    def test_watch_message_too_large(self):
+        import queue
+        q = queue.Queue()
+        call = etcdrpc.WatchStub(grpc.insecure_channel(self.endpoint)).Watch(
+            iter(q.get, None), timeout=CALL_TIMEOUT_S)
+        q.put(etcdrpc.WatchRequest(create_request=etcdrpc.WatchCreateRequest(
+            key=b"k" * (64 * 1024))))
+        with self.assertRaises(grpc.RpcError) as e:
+            next(call)
+        self.assertEqual(e.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
+        self.assertIn("received message larger than max", e.exception.details())
+        q.put(None)
+
+
 class IdleTest(unittest.TestCase):
     """An idle HTTP/2 connection ends with GOAWAY(NO_ERROR), and a gRPC
     client carries on over a new one."""
