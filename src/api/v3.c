@@ -98,9 +98,22 @@ static void send_error(api_t *api, http_req_t h, enum grpc_code code, const char
     buf_free(&t);
 }
 
+/* The largest message disco sends: gRPC's default receive limit, which
+ * every client but clientv3 keeps. Past it the call ends as grpc-go ends
+ * one whose answer is past its send limit (RESOURCE_EXHAUSTED), rather
+ * than the client failing on a message it was never going to take. */
+#define V3_MAX_SEND_MESSAGE 4194304u /* 4 MiB */
+#define V3_E_SEND_TOO_LARGE "grpc: trying to send message larger than max"
+
 static void send_message(api_t *api, http_req_t h, const ProtobufCMessage *m)
 {
     size_t n = protobuf_c_message_get_packed_size(m);
+    if (n > V3_MAX_SEND_MESSAGE) {
+        char msg[120];
+        snprintf(msg, sizeof msg, V3_E_SEND_TOO_LARGE " (%zu vs. %u)", n, V3_MAX_SEND_MESSAGE);
+        send_error(api, h, GRPC_RESOURCE_EXHAUSTED, msg);
+        return;
+    }
     uint8_t *body = malloc(GRPC_PREFIX_BYTES + n);
     if (!body) {
         send_error(api, h, GRPC_RESOURCE_EXHAUSTED, "disco: out of memory");
@@ -705,6 +718,7 @@ struct v3_stream {
      * may still be called, so nothing is freed then; the stream ends on
      * the next v3_on_durable (it is on the pending list) or client message. */
     bool broken;
+    bool too_large; /* broken by an event past V3_MAX_SEND_MESSAGE */
     bool is_pending;
     v3_stream_t *pending_next, *pending_prev;
 };
@@ -810,6 +824,13 @@ static void stream_break(v3_stream_t *vs)
     pending_link(vs);
 }
 
+/* Ends a broken stream with why it broke. */
+static void stream_end_broken(v3_stream_t *vs)
+{
+    stream_end(vs, GRPC_RESOURCE_EXHAUSTED,
+               vs->too_large ? V3_E_SEND_TOO_LARGE " (4194304)" : "disco: out of memory");
+}
+
 /* Sends (or queues until durable) one message showing state `index`.
  * Returns false when the stream is broken (see stream_break). */
 static bool stream_queue(v3_stream_t *vs, const ProtobufCMessage *m, uint64_t index)
@@ -817,6 +838,13 @@ static bool stream_queue(v3_stream_t *vs, const ProtobufCMessage *m, uint64_t in
     if (vs->broken)
         return false;
     size_t n = protobuf_c_message_get_packed_size(m);
+    if (n > V3_MAX_SEND_MESSAGE) {
+        /* An event the client cannot take: the watch cannot go on without
+         * it, so the stream ends (see stream_break). */
+        vs->too_large = true;
+        stream_break(vs);
+        return false;
+    }
     size_t at = vs->out.len;
     buf_reserve(&vs->out, GRPC_PREFIX_BYTES + n);
     if (buf_failed(&vs->out)) {
@@ -853,7 +881,7 @@ void v3_on_durable(api_t *api)
             continue;
         pending_unlink(vs);
         if (vs->broken) {
-            stream_end(vs, GRPC_RESOURCE_EXHAUSTED, "disco: out of memory");
+            stream_end_broken(vs);
             continue;
         }
         int rc = http_stream_send(vs->req, &grpc_head, vs->out.data, vs->out.len);
@@ -1098,7 +1126,7 @@ static void on_watch_body(http_req_t req, void *ctx, const char *data, size_t le
     v3_stream_t *vs = ctx;
     if (vs->broken) {
         pending_unlink(vs);
-        stream_end(vs, GRPC_RESOURCE_EXHAUSTED, "disco: out of memory");
+        stream_end_broken(vs);
         return;
     }
     if (end)

@@ -507,7 +507,8 @@ class H2WaitTimeoutTest(unittest.TestCase):
         self.host, self.port = hostport(self.base_url)
 
     def tearDown(self):
-        self.disco.stop()
+        rc = self.disco.stop()
+        self.assertEqual(rc, 0, "disco did not stop cleanly:\n" + self.disco.log()[-3000:])
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def test_long_poll_over_h2_times_out(self):
@@ -680,6 +681,57 @@ class MessageSizeTest(Base):
         self.assertEqual(e.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
         self.assertIn("received message larger than max", e.exception.details())
         q.put(None)
+
+
+class SendSizeTest(Base):
+    """disco sends no message past 4 MiB (gRPC's default receive limit): a
+    Range or an event past it ends the call RESOURCE_EXHAUSTED "grpc: trying
+    to send message larger than max", as grpc-go's send limit does."""
+
+    def setUp(self):
+        self.workdir = tempfile.mkdtemp(prefix="disco-e2e-v3-")
+        self.procs = []
+        self.disco, self.base_url = harness.start_disco(
+            self.workdir, ("--max-value-bytes", "6MiB", "--max-body-bytes", "8MiB"))
+        self.procs.append(self.disco)
+        self.host, self.port = hostport(self.base_url)
+        self.endpoint = "%s:%d" % (self.host, self.port)
+
+    @need_etcd3
+    def test_answers_past_4_mib(self):
+        import queue
+        tok = uuid.uuid4().hex
+        opts = [("grpc.max_receive_message_length", 64 << 20)]
+        ch = grpc.insecure_channel(self.endpoint, options=opts)
+        kv = etcdrpc.KVStub(ch)
+        kv.Put(etcdrpc.PutRequest(key=size_key(tok).encode(), value=b"3"), timeout=CALL_TIMEOUT_S)
+        m = members_prefix(tok)
+        end = (m[:-1] + chr(ord(m[-1]) + 1)).encode()
+        q = queue.Queue()
+        call = etcdrpc.WatchStub(ch).Watch(iter(q.get, None), timeout=30 * SLOW)
+        q.put(etcdrpc.WatchRequest(create_request=etcdrpc.WatchCreateRequest(
+            key=m.encode(), range_end=end)))
+        self.assertTrue(next(call).created)
+        for i in range(2):
+            kv.Put(etcdrpc.PutRequest(key=member_key(tok, "m%d" % i).encode(),
+                                      value=b"x" * (3 << 20)), timeout=CALL_TIMEOUT_S)
+        self.assertEqual(len(next(call).events[0].kv.value), 3 << 20)  # 3 MiB: sent
+        with self.assertRaises(grpc.RpcError) as e:  # 6 MiB in one Range: refused
+            kv.Range(etcdrpc.RangeRequest(key=m.encode(), range_end=end), timeout=CALL_TIMEOUT_S)
+        self.assertEqual(e.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
+        self.assertIn("trying to send message larger than max", e.exception.details())
+        # An event past the limit ends the Watch call.
+        kv.Put(etcdrpc.PutRequest(key=member_key(tok, "m2").encode(), value=b"y" * (5 << 20)),
+               timeout=CALL_TIMEOUT_S)
+        events = []
+        with self.assertRaises(grpc.RpcError) as e:
+            for r in call:
+                events.append(r)
+        self.assertEqual(e.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
+        self.assertIn("trying to send message larger than max", e.exception.details())
+        self.assertLessEqual(len(events), 1)  # the second 3 MiB member at most
+        q.put(None)
+        ch.close()
 
 
 class IdleTest(unittest.TestCase):
