@@ -411,9 +411,10 @@ class WatchLimitTest(Base):
 # ---- raw HTTP/2 frames (no package beyond the standard library) -----------
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE = 0, 1, 3, 4, 6, 7, 8
+DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = \
+    0, 1, 3, 4, 6, 7, 8, 9
 END_STREAM, ACK, END_HEADERS = 0x1, 0x1, 0x4
-PROTOCOL_ERROR, FRAME_SIZE_ERROR, COMPRESSION_ERROR = 1, 6, 9
+PROTOCOL_ERROR, FRAME_SIZE_ERROR, REFUSED_STREAM, COMPRESSION_ERROR = 1, 6, 7, 9
 
 
 def hpack_literal(fields):
@@ -612,6 +613,69 @@ class H2HostileTest(Base):
         frames, ack = h.until(lambda f: f[0] in (SETTINGS, GOAWAY))
         self.assertEqual(ack[:2], (SETTINGS, ACK), frames)
         self.assert_serves(h, 1)
+        h.close()
+
+    def test_concurrent_streams_bounded(self):
+        """SETTINGS_MAX_CONCURRENT_STREAMS is 128; a client that opens a
+        129th after acknowledging it is broken: GOAWAY(PROTOCOL_ERROR), as
+        nghttp2 decides (RFC 9113 lets a stream error end the connection).
+        One that stays within it is served."""
+        def open_streams(h, n):
+            for i in range(n):  # open: HEADERS without END_STREAM
+                h.send(HEADERS, END_HEADERS, 1 + 2 * i, hpack_literal(
+                    [(":method", "POST"), (":scheme", "http"), (":path", "/health"),
+                     (":authority", self.endpoint)]))
+        h = self.raw()
+        open_streams(h, 128)
+        h.send(DATA, END_STREAM, 255)  # the 128th ends: it is answered
+        status, frames = h.answer(255)
+        self.assertIsNotNone(status, frames)
+        self.assertNotIn(GOAWAY, [f[0] for f in frames])
+        h.close()
+        self.expect_goaway(lambda h: open_streams(h, 129), PROTOCOL_ERROR)
+
+    def test_header_list_bounded(self):
+        """A request head past --max-header-bytes (16 KiB) resets its stream;
+        the connection goes on."""
+        h = self.raw()
+        fields = [(":method", "GET"), (":scheme", "http"), (":path", "/health"),
+                  (":authority", self.endpoint)] + [("x-pad-%03d" % i, "v" * 100)
+                                                     for i in range(200)]
+        block = hpack_literal(fields)  # ~23 KiB: HEADERS and CONTINUATIONs
+        h.send(HEADERS, END_STREAM, 1, block[:8000])
+        h.send(CONTINUATION, 0, 1, block[8000:16000])
+        h.send(CONTINUATION, END_HEADERS, 1, block[16000:])
+        frames, f = h.until(lambda f: f[2] == 1 or f[0] == GOAWAY)
+        self.assertIsNotNone(f, frames)
+        self.assertNotEqual(f[0], GOAWAY, frames)
+        self.assertEqual(f[0], RST_STREAM, frames)
+        self.assert_serves(h, 3)
+        h.close()
+
+    def test_flow_control_honoured(self):
+        """With a 100-byte stream window the answer stops at 100 bytes of
+        DATA until the client opens the window."""
+        h = H2Raw(self.host, self.port)
+        h.start(struct.pack(">HI", 0x4, 100))  # SETTINGS_INITIAL_WINDOW_SIZE
+        h.get(1, self.endpoint, "/metrics")
+        got = 0
+        h.sock.settimeout(1.0)
+        try:
+            while True:
+                f = h.read()
+                self.assertIsNotNone(f)
+                if f[0] == DATA and f[2] == 1:
+                    got += len(f[3])
+                    self.assertFalse(f[1] & END_STREAM, "/metrics fit in 100 bytes?")
+        except socket.timeout:
+            pass
+        self.assertEqual(got, 100)
+        h.sock.settimeout(10 * SLOW)
+        h.send(WINDOW_UPDATE, 0, 1, struct.pack(">I", 1 << 20))
+        h.send(WINDOW_UPDATE, 0, 0, struct.pack(">I", 1 << 20))
+        frames, last = h.until(lambda f: f[2] == 1 and f[1] & END_STREAM)
+        self.assertIsNotNone(last, frames)
+        self.assertGreater(got + sum(len(f[3]) for f in frames if f[0] == DATA), 100)
         h.close()
 
     def expect_goaway(self, send, code):
