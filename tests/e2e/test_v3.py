@@ -634,6 +634,29 @@ class H2HostileTest(Base):
         h.close()
         self.expect_goaway(lambda h: open_streams(h, 129), PROTOCOL_ERROR)
 
+    def test_rapid_reset(self):
+        """Requests reset as soon as they are sent (CVE-2023-44487): bounded
+        work, the server stays up and serves others."""
+        h = self.raw()
+        get = hpack_literal([(":method", "GET"), (":scheme", "http"), (":path", "/health"),
+                             (":authority", self.endpoint)])
+        frames = b""
+        for i in range(5000):
+            sid = 1 + 2 * i
+            for t, fl, p in ((HEADERS, END_STREAM | END_HEADERS, get),
+                             (RST_STREAM, 0, struct.pack(">I", 8))):
+                frames += struct.pack(">I", len(p))[1:] + bytes([t, fl]) + struct.pack(
+                    ">I", sid) + p
+        try:
+            h.sock.sendall(frames)
+        except OSError:
+            pass  # the server may end it on the way
+        h.close()
+        other = self.raw()
+        self.assert_serves(other, 1)
+        other.close()
+        self.assertTrue(self.disco.alive())
+
     def test_header_list_bounded(self):
         """A request head past --max-header-bytes (16 KiB) resets its stream;
         the connection goes on."""
