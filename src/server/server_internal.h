@@ -139,9 +139,15 @@ struct http_conn {
     bool lingering; /* answered, FIN sent: input is dropped until EOF */
     size_t lingered_bytes;
     long owner_count; /* see http_conn_counter */
-    bool read_eof;    /* the client half-closed: no more requests will come */
-    bool rdhup_seen;  /* EPOLLRDHUP reported while reading is paused */
-    bool want_write;  /* EPOLLOUT wanted */
+    /* An owner's answer is being written (h2.c): it may run inside another
+     * connection's callback (a registry notification), where telling this
+     * connection's owners it closed would free what that callback uses. A
+     * close then waits for the connection's own next event. */
+    bool owner_call;
+    bool close_deferred;
+    bool read_eof;   /* the client half-closed: no more requests will come */
+    bool rdhup_seen; /* EPOLLRDHUP reported while reading is paused */
+    bool want_write; /* EPOLLOUT wanted */
     bool read_paused;
     bool closed;
     /* queued to resume parsing `pending` on the next loop turn */

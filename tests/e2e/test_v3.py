@@ -821,6 +821,46 @@ class SendSizeTest(Base):
         ch.close()
 
 
+class ResetDuringEventTest(Base):
+    """Clients that reset their connections while an event is on its way to
+    them: the write fails inside the notification that sends the event, and
+    the connection closes at its own next event, not under the sender (a
+    use-after-free under ASan or valgrind before)."""
+
+    @need_etcd3
+    def test_reset_while_an_event_is_sent(self):
+        tok = uuid.uuid4().hex
+        key = member_key(tok, "a")
+        kv = etcdrpc.KVStub(grpc.insecure_channel(self.endpoint))
+        kv.Put(etcdrpc.PutRequest(key=size_key(tok).encode(), value=b"3"), timeout=CALL_TIMEOUT_S)
+        create = etcdrpc.WatchRequest(create_request=etcdrpc.WatchCreateRequest(
+            key=key.encode())).SerializeToString()
+
+        def watch_conn():
+            h = H2Raw(self.host, self.port)
+            h.start()
+            h.send(HEADERS, END_HEADERS, 1, hpack_literal(
+                [(":method", "POST"), (":scheme", "http"), (":path", "/etcdserverpb.Watch/Watch"),
+                 (":authority", self.endpoint), ("content-type", "application/grpc"),
+                 ("te", "trailers")]))
+            h.send(DATA, 0, 1, b"\0" + struct.pack(">I", len(create)) + create)
+            _, f = h.until(lambda f: f[0] == DATA and f[2] == 1)  # created
+            self.assertIsNotNone(f)
+            return h
+
+        for rnd in range(6):
+            hs = [watch_conn() for _ in range(40)]
+            put = kv.Put.future(etcdrpc.PutRequest(key=key.encode(), value=b"v%d" % rnd),
+                                timeout=CALL_TIMEOUT_S)
+            for h in hs:  # RST, while the event is on its way
+                h.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                h.close()
+            put.result()
+            self.assertTrue(self.disco.alive(), "round %d" % rnd)
+        harness.wait_until(lambda: WatchStreamTest.parked_waits(self) == 0, 5 * SLOW,
+                           what="no parked watches")
+
+
 class IdleTest(unittest.TestCase):
     """An idle HTTP/2 connection ends with GOAWAY(NO_ERROR), and a gRPC
     client carries on over a new one."""
