@@ -15,7 +15,10 @@
  * flight at once; the answer to each is queued on its own stream, so
  * answers need no ordering between streams. A stream that the client
  * resets, and every stream of a connection that ends, ends its request's
- * owner (HTTP_PARK_CLOSED) exactly once.
+ * owner (HTTP_PARK_CLOSED) exactly once. A parked stream waits the
+ * server's wait timeout from its park, as an HTTP/1.1 request does: the
+ * server keeps one list of parked streams in deadline order (every entry
+ * waits the same duration), checked with the connections' deadlines.
  *
  * Answers are HTTP/2 responses: :status, the reply's headers (names
  * lower-cased), its body, and for gRPC its trailers (http_reply_t's
