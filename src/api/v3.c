@@ -98,9 +98,22 @@ static void send_error(api_t *api, http_req_t h, enum grpc_code code, const char
     buf_free(&t);
 }
 
+/* The largest message disco sends: gRPC's default receive limit, which
+ * every client but clientv3 keeps. Past it the call ends as grpc-go ends
+ * one whose answer is past its send limit (RESOURCE_EXHAUSTED), rather
+ * than the client failing on a message it was never going to take. */
+#define V3_MAX_SEND_MESSAGE 4194304u /* 4 MiB */
+#define V3_E_SEND_TOO_LARGE "grpc: trying to send message larger than max"
+
 static void send_message(api_t *api, http_req_t h, const ProtobufCMessage *m)
 {
     size_t n = protobuf_c_message_get_packed_size(m);
+    if (n > V3_MAX_SEND_MESSAGE) {
+        char msg[120];
+        snprintf(msg, sizeof msg, V3_E_SEND_TOO_LARGE " (%zu vs. %u)", n, V3_MAX_SEND_MESSAGE);
+        send_error(api, h, GRPC_RESOURCE_EXHAUSTED, msg);
+        return;
+    }
     uint8_t *body = malloc(GRPC_PREFIX_BYTES + n);
     if (!body) {
         send_error(api, h, GRPC_RESOURCE_EXHAUSTED, "disco: out of memory");
@@ -663,6 +676,20 @@ static void v3_put(api_t *api, const http_request_t *req, const uint8_t *msg, si
  */
 typedef struct v3_stream v3_stream_t;
 
+/* Watches one Watch call may hold at once, and one connection across its
+ * streams. A booting member holds one; the bounds keep a hostile client
+ * from parking unbounded memory. Past them a create is refused as etcd
+ * refuses one it cannot make (created and canceled together, watch_id -1,
+ * the reason in cancel_reason): clientv3 then closes that watch's channel
+ * with the reason, and the stream's other watches go on. */
+#define V3_MAX_WATCHES_PER_STREAM 100
+#define V3_MAX_WATCHES_PER_CONN 1000
+/* A WatchRequest holds a key and a range end, each at most a value long,
+ * and a few small fields: larger is not one a client means. */
+#define V3_MAX_WATCH_MESSAGE(api) (2 * (api)->max_value_bytes + 1024)
+#define V3_STR_(x) #x
+#define V3_STR(x) V3_STR_(x)
+
 typedef struct v3_watch {
     reg_waiter_t w;
     v3_stream_t *vs;
@@ -681,6 +708,8 @@ struct v3_stream {
     http_req_t req;
     buf_t in; /* bytes of a message not yet whole */
     v3_watch_t *watches;
+    long n_watches;     /* in `watches`, each counted in *conn_watches too */
+    long *conn_watches; /* the connection's count (http_conn_counter) */
     int64_t next_id;
     /* messages waiting until the store has made `out_index` durable */
     buf_t out;
@@ -689,6 +718,7 @@ struct v3_stream {
      * may still be called, so nothing is freed then; the stream ends on
      * the next v3_on_durable (it is on the pending list) or client message. */
     bool broken;
+    bool too_large; /* broken by an event past V3_MAX_SEND_MESSAGE */
     bool is_pending;
     v3_stream_t *pending_next, *pending_prev;
 };
@@ -728,9 +758,21 @@ static void watch_free(v3_stream_t *vs, v3_watch_t *wt)
     free(wt);
 }
 
+/* Gives the stream's watches back to its connection's count (before the
+ * request is answered: the pointer may dangle after). */
+static void stream_uncount(v3_stream_t *vs)
+{
+    if (!vs->n_watches)
+        return;
+    assert(*vs->conn_watches >= vs->n_watches);
+    *vs->conn_watches -= vs->n_watches;
+    vs->n_watches = 0;
+}
+
 /* Frees the stream and its watches; its request is answered or ended. */
 static void stream_free(v3_stream_t *vs)
 {
+    stream_uncount(vs);
     while (vs->watches) {
         v3_watch_t *wt = vs->watches;
         vs->watches = wt->next;
@@ -754,6 +796,7 @@ static void stream_end(v3_stream_t *vs, enum grpc_code code, const char *msg)
     http_reply_t r = grpc_head;
     r.trailers = buf_failed(&t) ? "grpc-status: 13\r\n" : buf_cstr(&t);
     metrics_count(vs->api->metrics, METRICS_V3, 200, "POST");
+    stream_uncount(vs);
     http_reply(vs->req, &r);
     buf_free(&t);
     stream_free(vs);
@@ -781,6 +824,13 @@ static void stream_break(v3_stream_t *vs)
     pending_link(vs);
 }
 
+/* Ends a broken stream with why it broke. */
+static void stream_end_broken(v3_stream_t *vs)
+{
+    stream_end(vs, GRPC_RESOURCE_EXHAUSTED,
+               vs->too_large ? V3_E_SEND_TOO_LARGE " (4194304)" : "disco: out of memory");
+}
+
 /* Sends (or queues until durable) one message showing state `index`.
  * Returns false when the stream is broken (see stream_break). */
 static bool stream_queue(v3_stream_t *vs, const ProtobufCMessage *m, uint64_t index)
@@ -788,6 +838,13 @@ static bool stream_queue(v3_stream_t *vs, const ProtobufCMessage *m, uint64_t in
     if (vs->broken)
         return false;
     size_t n = protobuf_c_message_get_packed_size(m);
+    if (n > V3_MAX_SEND_MESSAGE) {
+        /* An event the client cannot take: the watch cannot go on without
+         * it, so the stream ends (see stream_break). */
+        vs->too_large = true;
+        stream_break(vs);
+        return false;
+    }
     size_t at = vs->out.len;
     buf_reserve(&vs->out, GRPC_PREFIX_BYTES + n);
     if (buf_failed(&vs->out)) {
@@ -824,7 +881,7 @@ void v3_on_durable(api_t *api)
             continue;
         pending_unlink(vs);
         if (vs->broken) {
-            stream_end(vs, GRPC_RESOURCE_EXHAUSTED, "disco: out of memory");
+            stream_end_broken(vs);
             continue;
         }
         int rc = http_stream_send(vs->req, &grpc_head, vs->out.data, vs->out.len);
@@ -963,6 +1020,16 @@ static bool watch_create(v3_stream_t *vs, const Etcdserverpb__WatchCreateRequest
                                            registry_index(api->reg));
         id = cr->watch_id;
     }
+    if (vs->n_watches >= V3_MAX_WATCHES_PER_STREAM)
+        return send_watch_response(vs, -1, true, true,
+                                   "disco: too many watches on this stream (at most " V3_STR(
+                                       V3_MAX_WATCHES_PER_STREAM) ")",
+                                   registry_index(api->reg));
+    if (*vs->conn_watches >= V3_MAX_WATCHES_PER_CONN)
+        return send_watch_response(vs, -1, true, true,
+                                   "disco: too many watches on this connection (at most " V3_STR(
+                                       V3_MAX_WATCHES_PER_CONN) ")",
+                                   registry_index(api->reg));
     v3_watch_t *wt = calloc(1, sizeof *wt);
     if (!wt) {
         stream_end(vs, GRPC_RESOURCE_EXHAUSTED, "disco: out of memory");
@@ -1004,6 +1071,8 @@ static bool watch_create(v3_stream_t *vs, const Etcdserverpb__WatchCreateRequest
     }
     wt->next = vs->watches;
     vs->watches = wt;
+    vs->n_watches++;
+    (*vs->conn_watches)++;
     /* `created` first, then history and live events. */
     if (!send_watch_response(vs, id, true, false, NULL, now_rev))
         return false;
@@ -1018,6 +1087,9 @@ static bool watch_cancel(v3_stream_t *vs, int64_t id)
         v3_watch_t *wt = *p;
         *p = wt->next;
         watch_free(vs, wt);
+        assert(vs->n_watches > 0);
+        vs->n_watches--;
+        (*vs->conn_watches)--;
         return send_watch_response(vs, id, false, true, NULL, registry_index(vs->api->reg));
     }
     return true; /* an unknown id: ignored, as etcd does */
@@ -1054,7 +1126,7 @@ static void on_watch_body(http_req_t req, void *ctx, const char *data, size_t le
     v3_stream_t *vs = ctx;
     if (vs->broken) {
         pending_unlink(vs);
-        stream_end(vs, GRPC_RESOURCE_EXHAUSTED, "disco: out of memory");
+        stream_end_broken(vs);
         return;
     }
     if (end)
@@ -1071,8 +1143,11 @@ static void on_watch_body(http_req_t req, void *ctx, const char *data, size_t le
             stream_end(vs, GRPC_UNIMPLEMENTED, "grpc: compressed messages are not supported");
             return;
         }
-        if (mlen > vs->api->max_value_bytes + 4096) {
-            stream_end(vs, GRPC_RESOURCE_EXHAUSTED, "grpc: received message larger than max");
+        if (mlen > V3_MAX_WATCH_MESSAGE(vs->api)) {
+            char msg[100];
+            snprintf(msg, sizeof msg, "grpc: received message larger than max (%zu vs. %zu)", mlen,
+                     V3_MAX_WATCH_MESSAGE(vs->api));
+            stream_end(vs, GRPC_RESOURCE_EXHAUSTED, msg);
             return;
         }
         if (vs->in.len < GRPC_PREFIX_BYTES + mlen)
@@ -1106,6 +1181,8 @@ static void v3_watch(api_t *api, const http_request_t *req)
     }
     vs->api = api;
     vs->req = req->handle;
+    vs->conn_watches = http_conn_counter(req->handle);
+    assert(vs->conn_watches); /* the request is live while its handler runs */
     http_park(req->handle, HTTP_PARK_WATCH, on_watch_end, vs);
     if (http_stream_on_body(req->handle, on_watch_body, vs) != 0) {
         /* Not a stream (the client sent its whole body at once): handle

@@ -353,6 +353,14 @@ void conn_close(http_conn_t *c)
 {
     if (c->closed)
         return;
+    if (c->owner_call) {
+        /* See owner_call: EPOLLOUT (a socket in error reports it too)
+         * brings the connection's own event, which closes it. */
+        c->close_deferred = true;
+        c->want_write = true;
+        conn_update_events(c);
+        return;
+    }
     http_server_t *s = c->srv;
     c->closed = true;
     timer_unlink(c);
@@ -578,7 +586,7 @@ static void conn_on_ready(loop_io_t *io, uint32_t events)
     http_conn_t *c = (http_conn_t *)io; /* io is the first member */
     if (c->close_queued)
         return; /* closed at the end of this turn */
-    if (events & (EPOLLERR | EPOLLHUP)) {
+    if (c->close_deferred || (events & (EPOLLERR | EPOLLHUP))) {
         conn_close(c);
         return;
     }
@@ -657,5 +665,8 @@ uint64_t conn_expire_timers(http_server_t *s, uint64_t now_ms)
         if (c && (next == 0 || c->deadline_ms < next))
             next = c->deadline_ms;
     }
+    uint64_t h2_next = h2_expire_parked(s, now_ms);
+    if (h2_next && (next == 0 || h2_next < next))
+        next = h2_next;
     return next;
 }

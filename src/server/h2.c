@@ -15,7 +15,10 @@
  * flight at once; the answer to each is queued on its own stream, so
  * answers need no ordering between streams. A stream that the client
  * resets, and every stream of a connection that ends, ends its request's
- * owner (HTTP_PARK_CLOSED) exactly once.
+ * owner (HTTP_PARK_CLOSED) exactly once. A parked stream waits the
+ * server's wait timeout from its park, as an HTTP/1.1 request does: the
+ * server keeps one list of parked streams in deadline order (every entry
+ * waits the same duration), checked with the connections' deadlines.
  *
  * Answers are HTTP/2 responses: :status, the reply's headers (names
  * lower-cased), its body, and for gRPC its trailers (http_reply_t's
@@ -29,6 +32,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "server/server_internal.h"
 #include "util/log.h"
@@ -61,6 +65,11 @@ struct h2_stream {
     bool resp_end;      /* the body is whole: trailers (or END_STREAM) follow it */
     bool resp_deferred; /* the session waits for more body (NGHTTP2_ERR_DEFERRED) */
     h2_stream_t *next, *prev;
+    /* on the server's parked list (h2_parked_head) while its request waits */
+    struct h2_conn *h;
+    bool on_park_list;
+    uint64_t park_deadline_ms;
+    h2_stream_t *pnext, *pprev;
 };
 
 typedef struct h2_conn {
@@ -79,8 +88,26 @@ static h2_stream_t *stream_of(h2_conn_t *h, int32_t id)
     return nghttp2_session_get_stream_user_data(h->ng, id);
 }
 
+/* Takes the stream off the server's parked list, if it is there. */
+static void park_unlink(http_server_t *s, h2_stream_t *st)
+{
+    if (!st->on_park_list)
+        return;
+    if (st->pprev)
+        st->pprev->pnext = st->pnext;
+    else
+        s->h2_parked_head = st->pnext;
+    if (st->pnext)
+        st->pnext->pprev = st->pprev;
+    else
+        s->h2_parked_tail = st->pprev;
+    st->pnext = st->pprev = NULL;
+    st->on_park_list = false;
+}
+
 static void stream_free(h2_stream_t *st)
 {
+    park_unlink(st->h->c->srv, st);
     buf_free(&st->path);
     buf_free(&st->content_type);
     buf_free(&st->authority);
@@ -170,6 +197,17 @@ static ssize_t read_answer(nghttp2_session *ng, int32_t stream_id, uint8_t *out,
     return (ssize_t)n;
 }
 
+/* Writes what an owner's call queued. It may run inside another
+ * connection's callback: a failed write closes this connection only at its
+ * own next event (see owner_call). */
+static void flush_for_owner(http_conn_t *c)
+{
+    bool was = c->owner_call;
+    c->owner_call = true;
+    h2_flush(c);
+    c->owner_call = was;
+}
+
 void h2_reply(http_conn_t *c, int32_t stream_id, bool is_head, const http_reply_t *r)
 {
     h2_conn_t *h = c->h2;
@@ -179,6 +217,7 @@ void h2_reply(http_conn_t *c, int32_t stream_id, bool is_head, const http_reply_
         return; /* reset by the client meanwhile */
     /* Its slot was freed by the caller: the request is answered. */
     st->slot = REQ_NONE;
+    park_unlink(c->srv, st);
     if (st->resp_started) {
         /* A streamed answer: the rest of the body, then the trailers. */
         buf_append(&st->resp, r->body, r->body_len);
@@ -194,7 +233,7 @@ void h2_reply(http_conn_t *c, int32_t stream_id, bool is_head, const http_reply_
                 nghttp2_session_resume_data(h->ng, stream_id);
             }
         }
-        h2_flush(c);
+        flush_for_owner(c);
         return;
     }
 
@@ -240,13 +279,13 @@ void h2_reply(http_conn_t *c, int32_t stream_id, bool is_head, const http_reply_
     free(extra);
     if (rc != 0)
         nghttp2_submit_rst_stream(h->ng, NGHTTP2_FLAG_NONE, stream_id, NGHTTP2_INTERNAL_ERROR);
-    h2_flush(c);
+    flush_for_owner(c);
     return;
 oom:
     free(extra);
     log_warn("out of memory answering stream %d of %s; resetting it", (int)stream_id, c->peer);
     nghttp2_submit_rst_stream(h->ng, NGHTTP2_FLAG_NONE, stream_id, NGHTTP2_INTERNAL_ERROR);
-    h2_flush(c);
+    flush_for_owner(c);
 }
 
 /* ---- dispatch ----------------------------------------------------------- */
@@ -271,6 +310,27 @@ static void stream_refuse(h2_conn_t *h, h2_stream_t *st, int status, const char 
     r.body_len = buf_failed(&body) ? 0 : body.len;
     h2_reply(h->c, st->id, false, &r);
     buf_free(&body);
+}
+
+/* Whether the stream is a gRPC call (content-type application/grpc, or
+ * application/grpc+proto and the like). */
+static bool is_grpc(h2_stream_t *st)
+{
+    static const char ct[] = "application/grpc";
+    const char *t = buf_cstr(&st->content_type);
+    return !buf_failed(&st->content_type) && strncasecmp(t, ct, sizeof ct - 1) == 0 &&
+           strchr("+;", t[sizeof ct - 1]) != NULL; /* '\0' too */
+}
+
+/* Refuses a gRPC call the server cannot take, as a gRPC server does: a
+ * trailers-only answer with grpc-status (`msg` needs no percent-encoding:
+ * printable ASCII without '%'). */
+static void stream_refuse_grpc(h2_conn_t *h, h2_stream_t *st, int code, const char *msg)
+{
+    char trailers[200];
+    snprintf(trailers, sizeof trailers, "grpc-status: %d\r\ngrpc-message: %s\r\n", code, msg);
+    http_reply_t r = {.status = 200, .content_type = "application/grpc", .trailers = trailers};
+    h2_reply(h->c, st->id, false, &r);
 }
 
 static void stream_dispatch(h2_conn_t *h, h2_stream_t *st)
@@ -361,6 +421,7 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, voi
     if (!st)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* resets the stream */
     st->id = frame->hd.stream_id;
+    st->h = h;
     st->slot = REQ_NONE;
     st->method = -1;
     if (nghttp2_session_set_stream_user_data(ng, st->id, st) != 0) {
@@ -417,6 +478,7 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t stream_id, 
                          size_t len, void *user_data)
 {
     (void)flags;
+    (void)ng;
     h2_conn_t *h = user_data;
     if (h->dead)
         return NGHTTP2_ERR_CALLBACK_FAILURE;
@@ -429,10 +491,27 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t stream_id, 
     }
     if (!st || st->dispatched)
         return 0;
-    if (st->body.len + len > h->c->srv->cfg.max_body_bytes) {
+    size_t max = h->c->srv->cfg.max_body_bytes;
+    if (st->body.len + len > max) {
         st->dispatched = true; /* nothing more of it is read */
-        stream_refuse(h, st, 413, NULL);
-        (void)ng;
+        if (is_grpc(st)) {
+            /* A gRPC client reads only a grpc-status: grpc-go's own answer
+             * to a message past its limit, with the length its prefix
+             * declares (the body is one length-prefixed message). */
+            uint8_t pre[5] = {0};
+            size_t have = st->body.len < 5 ? st->body.len : 5;
+            if (have)
+                memcpy(pre, st->body.data, have);
+            memcpy(pre + have, data, len < 5 - have ? len : 5 - have);
+            unsigned long mlen = (unsigned long)pre[1] << 24 | (unsigned long)pre[2] << 16 |
+                                 (unsigned long)pre[3] << 8 | pre[4];
+            char msg[120];
+            snprintf(msg, sizeof msg, "grpc: received message larger than max (%lu vs. %zu)", mlen,
+                     max > 5 ? max - 5 : 0);
+            stream_refuse_grpc(h, st, 8 /* RESOURCE_EXHAUSTED */, msg);
+        } else {
+            stream_refuse(h, st, 413, NULL);
+        }
         return 0;
     }
     buf_append(&st->body, data, len);
@@ -660,6 +739,64 @@ void h2_conn_closed(http_conn_t *c)
     /* else h2_feed frees it when nghttp2_session_mem_recv returns */
 }
 
+void h2_stream_parked(http_conn_t *c, int32_t stream_id)
+{
+    h2_conn_t *h = c->h2;
+    h2_stream_t *st = h ? stream_of(h, stream_id) : NULL;
+    if (!st)
+        return;
+    http_server_t *s = c->srv;
+    /* Every entry waits the same duration, so the list stays in deadline
+     * order when a stream that parks again goes to its tail. */
+    park_unlink(s, st);
+    st->park_deadline_ms = loop_now_ms(s->loop) + s->timers[TL_PARKED].duration_ms;
+    st->on_park_list = true;
+    st->pprev = s->h2_parked_tail;
+    st->pnext = NULL;
+    if (st->pprev)
+        st->pprev->pnext = st;
+    else
+        s->h2_parked_head = st;
+    s->h2_parked_tail = st;
+}
+
+uint64_t h2_expire_parked(http_server_t *s, uint64_t now_ms)
+{
+    h2_stream_t *st;
+    while ((st = s->h2_parked_head) && st->park_deadline_ms <= now_ms) {
+        park_unlink(s, st);
+        h2_conn_t *h = st->h;
+        http_conn_t *c = h->c;
+        assert(!h->dead && !h->in_recv);
+        if (st->slot == REQ_NONE)
+            continue;
+        req_slot_t *q = &s->slots[st->slot];
+        if (q->state != REQ_PARKED || !q->park_fn)
+            continue;
+        http_req_t hd = req_handle(s, st->slot);
+        http_park_fn fn = q->park_fn;
+        q->park_fn = NULL; /* set again if the owner parks it again */
+        /* As in h2_shutdown: no frames leave (and no stream of this
+         * connection is freed) while the owner runs. */
+        h->in_recv = true;
+        fn(hd, q->park_ctx, HTTP_PARK_TIMEOUT);
+        h->in_recv = false;
+        if (h->dead) {
+            h2_free(h); /* the owner closed the connection */
+            continue;
+        }
+        q = req_slot_of(hd); /* the array may have moved; the slot may be gone */
+        if (q && q->state == REQ_PARKED && !q->park_fn) {
+            /* The owner neither answered nor parked again: nobody will. */
+            req_slot_free(s, st->slot);
+            st->slot = REQ_NONE;
+            nghttp2_submit_rst_stream(h->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
+        }
+        h2_flush(c);
+    }
+    return st ? st->park_deadline_ms : 0;
+}
+
 int h2_stream_on_body(http_conn_t *c, int32_t stream_id, http_body_fn fn, void *ctx)
 {
     h2_conn_t *h = c->h2;
@@ -700,6 +837,6 @@ int h2_stream_send(http_conn_t *c, int32_t stream_id, const http_reply_t *head, 
         st->resp_deferred = false;
         nghttp2_session_resume_data(h->ng, stream_id);
     }
-    h2_flush(c);
+    flush_for_owner(c);
     return 0;
 }

@@ -314,6 +314,14 @@ int http_stream_send(http_req_t req, const http_reply_t *head, const char *data,
 /* Whether `req` may still be answered. */
 bool http_req_is_live(http_req_t req);
 
+/* A count the owner keeps on the request's connection (watches held
+ * across the streams of one HTTP/2 connection, for a per-connection
+ * limit). It starts at 0 with the connection. The pointer stays valid
+ * while the request is live and through the owner's HTTP_PARK_CLOSED
+ * callback (a connection outlives the requests on it); not after the
+ * request is answered. NULL with a stale handle. */
+long *http_conn_counter(http_req_t req);
+
 /* The standard reason phrase of a status code. */
 const char *http_status_text(int status);
 

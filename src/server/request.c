@@ -131,6 +131,12 @@ bool http_req_is_live(http_req_t h)
     return req_slot_of(h) != NULL;
 }
 
+long *http_conn_counter(http_req_t h)
+{
+    req_slot_t *q = req_slot_of(h);
+    return q && q->conn ? &q->conn->owner_count : NULL;
+}
+
 int http_reply(http_req_t h, const http_reply_t *r)
 {
     assert(!h.srv || loop_on_thread(h.srv->loop)); /* loop thread only */
@@ -204,9 +210,10 @@ int http_park(http_req_t h, enum http_park_kind kind, http_park_fn on_end, void 
     q->park_kind = (uint8_t)kind;
     q->park_fn = on_end;
     q->park_ctx = ctx;
-    if (q->stream_id)
-        return 0;          /* an HTTP/2 stream: no per-stream timer (its connection's
-                              streams keep it open; the stream ends with it) */
+    if (q->stream_id) {
+        h2_stream_parked(c, q->stream_id); /* the same wait, per stream */
+        return 0;
+    }
     conn_restart_timer(c); /* the wait starts now */
     if (c->read_eof && kind == HTTP_PARK_WATCH)
         conn_schedule_resume(c); /* the client has stopped asking: end it there */

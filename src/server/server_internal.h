@@ -138,6 +138,14 @@ struct http_conn {
     bool close_after_write;
     bool lingering; /* answered, FIN sent: input is dropped until EOF */
     size_t lingered_bytes;
+    long owner_count; /* see http_conn_counter */
+    /* An owner's answer is being written (h2.c): it may run inside another
+     * connection's callback (a registry notification), where telling this
+     * connection's owners it closed would free what that callback uses. A
+     * close then waits for the connection's own next event. (A failed write
+     * is closed at the end of the turn instead: close_queued.) */
+    bool owner_call;
+    bool close_deferred;
     bool read_eof;     /* the client half-closed: no more requests will come */
     bool rdhup_seen;   /* EPOLLRDHUP reported while reading is paused */
     bool close_queued; /* closed at the end of the turn (conn_close_later) */
@@ -173,6 +181,9 @@ struct http_server {
         http_conn_t *head, *tail;
         uint64_t duration_ms;
     } timers[TL_COUNT];
+    /* parked HTTP/2 streams, oldest first: each waits TL_PARKED's duration
+     * from its park, as a parked HTTP/1.1 request does (h2.c) */
+    struct h2_stream *h2_parked_head, *h2_parked_tail;
     http_conn_t *resume_head;
     http_conn_t *closed_head;
     /* request slots: handles index them */
@@ -287,5 +298,10 @@ int h2_stream_send(http_conn_t *c, int32_t stream_id, const http_reply_t *head, 
 /* The connection is closing: every stream's owner is told (once) and the
  * session freed. */
 void h2_conn_closed(http_conn_t *c);
+/* The stream's request parked (http_park): its wait deadline starts now. */
+void h2_stream_parked(http_conn_t *c, int32_t stream_id);
+/* Ends parked streams whose wait is over (HTTP_PARK_TIMEOUT to their
+ * owners); returns the next deadline, 0 when no stream is parked. */
+uint64_t h2_expire_parked(http_server_t *s, uint64_t now_ms);
 
 #endif

@@ -12,15 +12,15 @@ are skipped (etcdctl ones still run).
 """
 
 import os
+import re
 import shutil
-import subprocess
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import tempfile
 import threading
-import re
 import time
 import unittest
 import urllib.parse
@@ -334,6 +334,532 @@ class WatchStreamTest(Base):
         for q, _ in streams:
             q.put(None)
         self.assertTrue(self.disco.alive())
+
+
+class WatchLimitTest(Base):
+    """Watches per stream and per connection are bounded; past a bound a
+    create is refused as etcd refuses one it cannot make (created and
+    canceled, watch_id -1, the reason), and the stream goes on."""
+
+    PER_STREAM = 100
+    PER_CONN = 1000
+
+    def open_stream(self, stub):
+        import queue
+        q = queue.Queue()
+        call = stub.Watch(iter(q.get, None), timeout=60 * SLOW)
+        return q, call
+
+    def create(self, q, call, key):
+        q.put(etcdrpc.WatchRequest(create_request=etcdrpc.WatchCreateRequest(key=key.encode())))
+        return next(call)
+
+    @need_etcd3
+    def test_watches_per_stream(self):
+        tok = uuid.uuid4().hex
+        self.client().put(size_key(tok), "3")
+        ch = grpc.insecure_channel(self.endpoint)
+        q, call = self.open_stream(etcdrpc.WatchStub(ch))
+        for i in range(self.PER_STREAM):
+            r = self.create(q, call, member_key(tok, "m%d" % i))
+            self.assertEqual((r.created, r.canceled, r.watch_id), (True, False, i))
+        r = self.create(q, call, member_key(tok, "over"))
+        self.assertEqual((r.created, r.canceled, r.watch_id), (True, True, -1))
+        self.assertIn("too many watches on this stream", r.cancel_reason)
+        # One canceled: room for one more, and the stream still delivers.
+        q.put(etcdrpc.WatchRequest(cancel_request=etcdrpc.WatchCancelRequest(watch_id=0)))
+        self.assertTrue(next(call).canceled)
+        r = self.create(q, call, member_key(tok, "again"))
+        self.assertEqual((r.created, r.canceled), (True, False))
+        self.client().put(member_key(tok, "m5"), "n5=http://a:5")
+        r = next(call)
+        self.assertEqual((r.watch_id, r.events[0].kv.key.decode()), (5, member_key(tok, "m5")))
+        q.put(None)
+        ch.close()
+
+    @need_etcd3
+    def test_watches_per_connection(self):
+        tok = uuid.uuid4().hex
+        self.client().put(size_key(tok), "3")
+        ch = grpc.insecure_channel(self.endpoint)
+        stub = etcdrpc.WatchStub(ch)
+        streams = [self.open_stream(stub) for _ in range(self.PER_CONN // self.PER_STREAM)]
+        for q, call in streams:
+            for i in range(self.PER_STREAM):
+                r = self.create(q, call, member_key(tok, "m%d" % i))
+                self.assertFalse(r.canceled, r.cancel_reason)
+        q, call = self.open_stream(stub)
+        r = self.create(q, call, member_key(tok, "over"))
+        self.assertEqual((r.created, r.canceled, r.watch_id), (True, True, -1))
+        self.assertIn("too many watches on this connection", r.cancel_reason)
+        # A stream that ends gives its watches back to the connection.
+        streams[0][1].cancel()
+        streams[0][0].put(None)
+        harness.wait_until(
+            lambda: not self.create(q, call, member_key(tok, "later")).canceled, 5 * SLOW,
+            what="a watch created once a stream ended")
+        # Another connection has its own count.
+        ch2 = grpc.insecure_channel(self.endpoint)
+        q2, call2 = self.open_stream(etcdrpc.WatchStub(ch2))
+        self.assertFalse(self.create(q2, call2, member_key(tok, "x")).canceled)
+        for qq, _ in streams[1:] + [(q, call), (q2, call2)]:
+            qq.put(None)
+        ch.close()
+        ch2.close()
+        self.assertTrue(self.disco.alive())
+
+
+# ---- raw HTTP/2 frames (no package beyond the standard library) -----------
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = \
+    0, 1, 3, 4, 6, 7, 8, 9
+END_STREAM, ACK, END_HEADERS = 0x1, 0x1, 0x4
+PROTOCOL_ERROR, FRAME_SIZE_ERROR, REFUSED_STREAM, COMPRESSION_ERROR = 1, 6, 7, 9
+
+
+def hpack_literal(fields):
+    """Header fields as HPACK literals without indexing, no Huffman (every
+    name and value shorter than 127 bytes)."""
+    out = b""
+    for name, value in fields:
+        name, value = name.encode(), value.encode()
+        assert len(name) < 127 and len(value) < 127
+        out += b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value
+    return out
+
+
+class H2Raw:
+    """One h2c connection spoken frame by frame."""
+
+    def __init__(self, host, port, timeout=10 * SLOW):
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.buf = b""
+
+    def close(self):
+        self.sock.close()
+
+    def send(self, ftype, flags, stream, payload=b""):
+        self.sock.sendall(struct.pack(">I", len(payload))[1:] + bytes([ftype, flags]) +
+                          struct.pack(">I", stream) + payload)
+
+    def read(self):
+        """The next frame (type, flags, stream, payload), or None at EOF."""
+        while True:
+            if len(self.buf) >= 9:
+                n = int.from_bytes(self.buf[:3], "big")
+                if len(self.buf) >= 9 + n:
+                    f = (self.buf[3], self.buf[4],
+                         int.from_bytes(self.buf[5:9], "big") & 0x7FFFFFFF, self.buf[9:9 + n])
+                    self.buf = self.buf[9 + n:]
+                    return f
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return None
+            self.buf += chunk
+
+    def start(self, settings=b""):
+        """Preface and SETTINGS; returns once the server's SETTINGS is acked."""
+        self.sock.sendall(H2_PREFACE)
+        self.send(SETTINGS, 0, 0, settings)
+        got_settings = got_ack = False
+        while not (got_settings and got_ack):
+            f = self.read()
+            assert f is not None, "EOF during the handshake"
+            if f[0] == SETTINGS and f[1] & ACK:
+                got_ack = True
+            elif f[0] == SETTINGS:
+                got_settings = True
+                self.send(SETTINGS, ACK, 0)
+
+    def until(self, pred):
+        """Frames up to and including the first that `pred` accepts; None
+        at EOF."""
+        seen = []
+        while True:
+            f = self.read()
+            if f is None:
+                return seen, None
+            seen.append(f)
+            if pred(f):
+                return seen, f
+
+    def get(self, stream, host, path):
+        self.send(HEADERS, END_STREAM | END_HEADERS, stream, hpack_literal(
+            [(":method", "GET"), (":scheme", "http"), (":path", path), (":authority", host)]))
+
+    def answer(self, stream):
+        """Frames until `stream` ends; (status byte, frames). :status 200 is
+        HPACK's static entry 8 (0x88), which nghttp2 always uses."""
+        frames, last = self.until(lambda f: f[2] == stream and f[0] in (HEADERS, DATA, RST_STREAM)
+                                  and (f[1] & END_STREAM or f[0] == RST_STREAM))
+        assert last is not None, "EOF before stream %d ended: %r" % (stream, frames)
+        heads = [f for f in frames if f[2] == stream and f[0] == HEADERS]
+        return (heads[0][3][:1] if heads else None), frames
+
+
+class H2WaitTimeoutTest(unittest.TestCase):
+    """A v2 long-poll (wait=true) sent over HTTP/2 gets the same wait
+    timeout as on HTTP/1.1: each stream has its own deadline, and the
+    connection goes on."""
+
+    def setUp(self):
+        self.workdir = tempfile.mkdtemp(prefix="disco-e2e-v3-")
+        self.disco, self.base_url = harness.start_disco(self.workdir, wait_timeout="1s")
+        self.host, self.port = hostport(self.base_url)
+
+    def tearDown(self):
+        rc = self.disco.stop()
+        self.assertEqual(rc, 0, "disco did not stop cleanly:\n" + self.disco.log()[-3000:])
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def test_long_poll_over_h2_times_out(self):
+        status, _, body = harness.http("GET", self.base_url + "/new?size=3")
+        self.assertEqual(status, 200, body)
+        path = urllib.parse.urlsplit(body.decode().strip()).path
+        h = H2Raw(self.host, self.port)
+        h.start()
+        authority = "%s:%d" % (self.host, self.port)
+        t0 = time.monotonic()
+        h.get(1, authority, path + "?wait=true&recursive=true")
+        h.get(3, authority, path + "?wait=true&recursive=true")
+        for stream in (1, 3):
+            status, frames = h.answer(stream)
+            self.assertEqual(status, b"\x88", frames)  # 200: "nothing yet, ask again"
+        self.assertLess(time.monotonic() - t0, 30 * SLOW)
+        # The connection is still good for another request.
+        h.get(5, authority, "/health")
+        status, frames = h.answer(5)
+        self.assertEqual(status, b"\x88", frames)
+        h.close()
+
+    @need_etcd3
+    def test_v3_watch_outlives_the_wait_timeout(self):
+        """A Watch call waits as long as its client likes: its stream's
+        deadline passes (several times) and it still delivers."""
+        import queue
+        tok = uuid.uuid4().hex
+        c = etcd3.client(self.host, self.port, timeout=CALL_TIMEOUT_S)
+        c.put(size_key(tok), "3")
+        ch = grpc.insecure_channel("%s:%d" % (self.host, self.port))
+        q = queue.Queue()
+        call = etcdrpc.WatchStub(ch).Watch(iter(q.get, None), timeout=30 * SLOW)
+        q.put(etcdrpc.WatchRequest(create_request=etcdrpc.WatchCreateRequest(
+            key=member_key(tok, "a").encode())))
+        self.assertTrue(next(call).created)
+        time.sleep(2.5)  # more than two wait timeouts of 1 s
+        c.put(member_key(tok, "a"), "a=http://a:1")
+        r = next(call)
+        self.assertEqual(r.events[0].kv.key.decode(), member_key(tok, "a"))
+        q.put(None)
+        ch.close()
+
+
+class H2HostileTest(Base):
+    """Frames a client may send: PINGs are answered (never GOAWAY for
+    grpc-go's keepalive), unknown SETTINGS ignored, and a bad frame ends the
+    connection with GOAWAY carrying the error RFC 9113 names."""
+
+    def raw(self):
+        h = H2Raw(self.host, self.port)
+        h.start()
+        return h
+
+    def assert_serves(self, h, stream):
+        h.get(stream, self.endpoint, "/health")
+        status, frames = h.answer(stream)
+        self.assertEqual(status, b"\x88", frames)
+
+    def test_pings_answered(self):
+        h = self.raw()
+        for i in range(50):
+            opaque = struct.pack(">Q", 0x1122334455660000 + i)
+            h.send(PING, 0, 0, opaque)
+            frames, ack = h.until(lambda f: f[0] in (PING, GOAWAY))
+            self.assertIsNotNone(ack, frames)
+            self.assertEqual(ack[:2], (PING, ACK), frames)
+            self.assertEqual(ack[3], opaque)
+        self.assert_serves(h, 1)
+        h.close()
+
+    @need_etcd3
+    def test_grpc_keepalive_pings(self):
+        """A gRPC client pinging every second (grpc-go's is ~10 s) keeps its
+        watch: no GOAWAY, the event arrives."""
+        import queue
+        tok = uuid.uuid4().hex
+        self.client().put(size_key(tok), "3")
+        ch = grpc.insecure_channel(self.endpoint, options=[
+            ("grpc.keepalive_time_ms", 1000), ("grpc.keepalive_timeout_ms", 5000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0)])
+        q = queue.Queue()
+        call = etcdrpc.WatchStub(ch).Watch(iter(q.get, None), timeout=30 * SLOW)
+        q.put(etcdrpc.WatchRequest(create_request=etcdrpc.WatchCreateRequest(
+            key=member_key(tok, "a").encode())))
+        self.assertTrue(next(call).created)
+        time.sleep(3.5)
+        self.client().put(member_key(tok, "a"), "a=http://a:1")
+        self.assertEqual(next(call).events[0].kv.key.decode(), member_key(tok, "a"))
+        q.put(None)
+        ch.close()
+        self.assertNotIn("HTTP/2 error", self.disco.log())
+
+    def test_unknown_settings_ignored(self):
+        h = H2Raw(self.host, self.port)
+        # Unknown identifiers 0x10 and 0xfa5e among a known one.
+        h.start(struct.pack(">HI", 0x10, 7) + struct.pack(">HI", 0x3, 100) +
+                struct.pack(">HI", 0xFA5E, 0xFFFFFFFF))
+        h.send(SETTINGS, 0, 0, struct.pack(">HI", 0x77, 1))
+        frames, ack = h.until(lambda f: f[0] in (SETTINGS, GOAWAY))
+        self.assertEqual(ack[:2], (SETTINGS, ACK), frames)
+        self.assert_serves(h, 1)
+        h.close()
+
+    def test_concurrent_streams_bounded(self):
+        """SETTINGS_MAX_CONCURRENT_STREAMS is 128; a client that opens a
+        129th after acknowledging it is broken: GOAWAY(PROTOCOL_ERROR), as
+        nghttp2 decides (RFC 9113 lets a stream error end the connection).
+        One that stays within it is served."""
+        def open_streams(h, n):
+            for i in range(n):  # open: HEADERS without END_STREAM
+                h.send(HEADERS, END_HEADERS, 1 + 2 * i, hpack_literal(
+                    [(":method", "POST"), (":scheme", "http"), (":path", "/health"),
+                     (":authority", self.endpoint)]))
+        h = self.raw()
+        open_streams(h, 128)
+        h.send(DATA, END_STREAM, 255)  # the 128th ends: it is answered
+        status, frames = h.answer(255)
+        self.assertIsNotNone(status, frames)
+        self.assertNotIn(GOAWAY, [f[0] for f in frames])
+        h.close()
+        self.expect_goaway(lambda h: open_streams(h, 129), PROTOCOL_ERROR)
+
+    def test_rapid_reset(self):
+        """Requests reset as soon as they are sent (CVE-2023-44487): bounded
+        work, the server stays up and serves others."""
+        h = self.raw()
+        get = hpack_literal([(":method", "GET"), (":scheme", "http"), (":path", "/health"),
+                             (":authority", self.endpoint)])
+        frames = b""
+        for i in range(5000):
+            sid = 1 + 2 * i
+            for t, fl, p in ((HEADERS, END_STREAM | END_HEADERS, get),
+                             (RST_STREAM, 0, struct.pack(">I", 8))):
+                frames += struct.pack(">I", len(p))[1:] + bytes([t, fl]) + struct.pack(
+                    ">I", sid) + p
+        try:
+            h.sock.sendall(frames)
+        except OSError:
+            pass  # the server may end it on the way
+        h.close()
+        other = self.raw()
+        self.assert_serves(other, 1)
+        other.close()
+        self.assertTrue(self.disco.alive())
+
+    def test_header_list_bounded(self):
+        """A request head past --max-header-bytes (16 KiB) resets its stream;
+        the connection goes on."""
+        h = self.raw()
+        fields = [(":method", "GET"), (":scheme", "http"), (":path", "/health"),
+                  (":authority", self.endpoint)] + [("x-pad-%03d" % i, "v" * 100)
+                                                     for i in range(200)]
+        block = hpack_literal(fields)  # ~23 KiB: HEADERS and CONTINUATIONs
+        h.send(HEADERS, END_STREAM, 1, block[:8000])
+        h.send(CONTINUATION, 0, 1, block[8000:16000])
+        h.send(CONTINUATION, END_HEADERS, 1, block[16000:])
+        frames, f = h.until(lambda f: f[2] == 1 or f[0] == GOAWAY)
+        self.assertIsNotNone(f, frames)
+        self.assertNotEqual(f[0], GOAWAY, frames)
+        self.assertEqual(f[0], RST_STREAM, frames)
+        self.assert_serves(h, 3)
+        h.close()
+
+    def test_flow_control_honoured(self):
+        """With a 100-byte stream window the answer stops at 100 bytes of
+        DATA until the client opens the window."""
+        h = H2Raw(self.host, self.port)
+        h.start(struct.pack(">HI", 0x4, 100))  # SETTINGS_INITIAL_WINDOW_SIZE
+        h.get(1, self.endpoint, "/metrics")
+        got = 0
+        h.sock.settimeout(1.0)
+        try:
+            while True:
+                f = h.read()
+                self.assertIsNotNone(f)
+                if f[0] == DATA and f[2] == 1:
+                    got += len(f[3])
+                    self.assertFalse(f[1] & END_STREAM, "/metrics fit in 100 bytes?")
+        except socket.timeout:
+            pass
+        self.assertEqual(got, 100)
+        h.sock.settimeout(10 * SLOW)
+        h.send(WINDOW_UPDATE, 0, 1, struct.pack(">I", 1 << 20))
+        h.send(WINDOW_UPDATE, 0, 0, struct.pack(">I", 1 << 20))
+        frames, last = h.until(lambda f: f[2] == 1 and f[1] & END_STREAM)
+        self.assertIsNotNone(last, frames)
+        self.assertGreater(got + sum(len(f[3]) for f in frames if f[0] == DATA), 100)
+        h.close()
+
+    def expect_goaway(self, send, code):
+        h = self.raw()
+        send(h)
+        frames, goaway = h.until(lambda f: f[0] == GOAWAY)
+        self.assertIsNotNone(goaway, "no GOAWAY before EOF: %r" % frames)
+        self.assertEqual(int.from_bytes(goaway[3][4:8], "big"), code, goaway)
+        # ... and then the connection ends.
+        h.sock.settimeout(5 * SLOW)
+        _, more = h.until(lambda f: False)
+        self.assertIsNone(more)
+        h.close()
+        self.assertTrue(self.disco.alive())
+
+    def test_bad_frames_end_the_connection(self):
+        cases = [
+            ("DATA on stream 0", lambda h: h.send(DATA, 0, 0, b"x"), PROTOCOL_ERROR),
+            ("a PING of 9 bytes", lambda h: h.send(PING, 0, 0, b"123456789"), FRAME_SIZE_ERROR),
+            ("a zero window increment", lambda h: h.send(WINDOW_UPDATE, 0, 0, b"\0\0\0\0"),
+             PROTOCOL_ERROR),
+            ("ENABLE_PUSH 2", lambda h: h.send(SETTINGS, 0, 0, struct.pack(">HI", 2, 2)),
+             PROTOCOL_ERROR),
+            ("a header index 0", lambda h: h.send(HEADERS, END_STREAM | END_HEADERS, 1, b"\x80"),
+             COMPRESSION_ERROR),
+            ("a frame larger than 16 KiB", lambda h: h.send(DATA, 0, 1, b"x" * 20000),
+             FRAME_SIZE_ERROR),
+            ("an even stream id", lambda h: h.get(2, self.endpoint, "/health"), PROTOCOL_ERROR),
+        ]
+        for what, send, code in cases:
+            with self.subTest(what):
+                self.expect_goaway(send, code)
+
+
+class MessageSizeTest(Base):
+    """A message past the server's limit is refused as grpc-go refuses one:
+    RESOURCE_EXHAUSTED "grpc: received message larger than max (N vs. M)",
+    on a unary call and on a Watch stream alike."""
+
+    @need_etcd3
+    def test_unary_message_too_large(self):
+        tok = uuid.uuid4().hex
+        stub = etcdrpc.KVStub(grpc.insecure_channel(self.endpoint))
+        big = b"v" * (100 * 1024)  # past --max-body-bytes (64 KiB)
+        with self.assertRaises(grpc.RpcError) as e:
+            stub.Put(etcdrpc.PutRequest(key=size_key(tok).encode(), value=big),
+                     timeout=CALL_TIMEOUT_S)
+        self.assertEqual(e.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
+        m = re.search(r"received message larger than max \((\d+) vs\. (\d+)\)",
+                      e.exception.details())
+        self.assertIsNotNone(m, e.exception.details())
+        self.assertGreater(int(m.group(1)), len(big))  # the message's own length
+        # The connection goes on.
+        r = stub.Range(etcdrpc.RangeRequest(key=size_key(tok).encode()), timeout=CALL_TIMEOUT_S)
+        self.assertEqual(len(r.kvs), 0)
+
+    @need_etcd3
+    def test_watch_message_too_large(self):
+        import queue
+        q = queue.Queue()
+        call = etcdrpc.WatchStub(grpc.insecure_channel(self.endpoint)).Watch(
+            iter(q.get, None), timeout=CALL_TIMEOUT_S)
+        q.put(etcdrpc.WatchRequest(create_request=etcdrpc.WatchCreateRequest(
+            key=b"k" * (64 * 1024))))
+        with self.assertRaises(grpc.RpcError) as e:
+            next(call)
+        self.assertEqual(e.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
+        self.assertIn("received message larger than max", e.exception.details())
+        q.put(None)
+
+
+class SendSizeTest(Base):
+    """disco sends no message past 4 MiB (gRPC's default receive limit): a
+    Range or an event past it ends the call RESOURCE_EXHAUSTED "grpc: trying
+    to send message larger than max", as grpc-go's send limit does."""
+
+    def setUp(self):
+        self.workdir = tempfile.mkdtemp(prefix="disco-e2e-v3-")
+        self.procs = []
+        self.disco, self.base_url = harness.start_disco(
+            self.workdir, ("--max-value-bytes", "6MiB", "--max-body-bytes", "8MiB"))
+        self.procs.append(self.disco)
+        self.host, self.port = hostport(self.base_url)
+        self.endpoint = "%s:%d" % (self.host, self.port)
+
+    @need_etcd3
+    def test_answers_past_4_mib(self):
+        import queue
+        tok = uuid.uuid4().hex
+        opts = [("grpc.max_receive_message_length", 64 << 20)]
+        ch = grpc.insecure_channel(self.endpoint, options=opts)
+        kv = etcdrpc.KVStub(ch)
+        kv.Put(etcdrpc.PutRequest(key=size_key(tok).encode(), value=b"3"), timeout=CALL_TIMEOUT_S)
+        m = members_prefix(tok)
+        end = (m[:-1] + chr(ord(m[-1]) + 1)).encode()
+        q = queue.Queue()
+        call = etcdrpc.WatchStub(ch).Watch(iter(q.get, None), timeout=30 * SLOW)
+        q.put(etcdrpc.WatchRequest(create_request=etcdrpc.WatchCreateRequest(
+            key=m.encode(), range_end=end)))
+        self.assertTrue(next(call).created)
+        for i in range(2):
+            kv.Put(etcdrpc.PutRequest(key=member_key(tok, "m%d" % i).encode(),
+                                      value=b"x" * (3 << 20)), timeout=CALL_TIMEOUT_S)
+        self.assertEqual(len(next(call).events[0].kv.value), 3 << 20)  # 3 MiB: sent
+        with self.assertRaises(grpc.RpcError) as e:  # 6 MiB in one Range: refused
+            kv.Range(etcdrpc.RangeRequest(key=m.encode(), range_end=end), timeout=CALL_TIMEOUT_S)
+        self.assertEqual(e.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
+        self.assertIn("trying to send message larger than max", e.exception.details())
+        # An event past the limit ends the Watch call.
+        kv.Put(etcdrpc.PutRequest(key=member_key(tok, "m2").encode(), value=b"y" * (5 << 20)),
+               timeout=CALL_TIMEOUT_S)
+        events = []
+        with self.assertRaises(grpc.RpcError) as e:
+            for r in call:
+                events.append(r)
+        self.assertEqual(e.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
+        self.assertIn("trying to send message larger than max", e.exception.details())
+        self.assertLessEqual(len(events), 1)  # the second 3 MiB member at most
+        q.put(None)
+        ch.close()
+
+
+class ResetDuringEventTest(Base):
+    """Clients that reset their connections while an event is on its way to
+    them: the write fails inside the notification that sends the event, and
+    the connection closes at its own next event, not under the sender (a
+    use-after-free under ASan or valgrind before)."""
+
+    @need_etcd3
+    def test_reset_while_an_event_is_sent(self):
+        tok = uuid.uuid4().hex
+        key = member_key(tok, "a")
+        kv = etcdrpc.KVStub(grpc.insecure_channel(self.endpoint))
+        kv.Put(etcdrpc.PutRequest(key=size_key(tok).encode(), value=b"3"), timeout=CALL_TIMEOUT_S)
+        create = etcdrpc.WatchRequest(create_request=etcdrpc.WatchCreateRequest(
+            key=key.encode())).SerializeToString()
+
+        def watch_conn():
+            h = H2Raw(self.host, self.port)
+            h.start()
+            h.send(HEADERS, END_HEADERS, 1, hpack_literal(
+                [(":method", "POST"), (":scheme", "http"), (":path", "/etcdserverpb.Watch/Watch"),
+                 (":authority", self.endpoint), ("content-type", "application/grpc"),
+                 ("te", "trailers")]))
+            h.send(DATA, 0, 1, b"\0" + struct.pack(">I", len(create)) + create)
+            _, f = h.until(lambda f: f[0] == DATA and f[2] == 1)  # created
+            self.assertIsNotNone(f)
+            return h
+
+        for rnd in range(6):
+            hs = [watch_conn() for _ in range(40)]
+            put = kv.Put.future(etcdrpc.PutRequest(key=key.encode(), value=b"v%d" % rnd),
+                                timeout=CALL_TIMEOUT_S)
+            for h in hs:  # RST, while the event is on its way
+                h.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                h.close()
+            put.result()
+            self.assertTrue(self.disco.alive(), "round %d" % rnd)
+        harness.wait_until(lambda: WatchStreamTest.parked_waits(self) == 0, 5 * SLOW,
+                           what="no parked watches")
 
 
 class RawH2:
