@@ -353,14 +353,6 @@ void conn_close(http_conn_t *c)
 {
     if (c->closed)
         return;
-    if (c->owner_call) {
-        /* See owner_call: EPOLLOUT (a socket in error reports it too)
-         * brings the connection's own event, which closes it. */
-        c->close_deferred = true;
-        c->want_write = true;
-        conn_update_events(c);
-        return;
-    }
     http_server_t *s = c->srv;
     c->closed = true;
     timer_unlink(c);
@@ -586,7 +578,7 @@ static void conn_on_ready(loop_io_t *io, uint32_t events)
     http_conn_t *c = (http_conn_t *)io; /* io is the first member */
     if (c->close_queued)
         return; /* closed at the end of this turn */
-    if (c->close_deferred || (events & (EPOLLERR | EPOLLHUP))) {
+    if (events & (EPOLLERR | EPOLLHUP)) {
         conn_close(c);
         return;
     }

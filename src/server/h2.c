@@ -197,17 +197,6 @@ static ssize_t read_answer(nghttp2_session *ng, int32_t stream_id, uint8_t *out,
     return (ssize_t)n;
 }
 
-/* Writes what an owner's call queued. It may run inside another
- * connection's callback: a failed write closes this connection only at its
- * own next event (see owner_call). */
-static void flush_for_owner(http_conn_t *c)
-{
-    bool was = c->owner_call;
-    c->owner_call = true;
-    h2_flush(c);
-    c->owner_call = was;
-}
-
 void h2_reply(http_conn_t *c, int32_t stream_id, bool is_head, const http_reply_t *r)
 {
     h2_conn_t *h = c->h2;
@@ -233,7 +222,7 @@ void h2_reply(http_conn_t *c, int32_t stream_id, bool is_head, const http_reply_
                 nghttp2_session_resume_data(h->ng, stream_id);
             }
         }
-        flush_for_owner(c);
+        h2_flush(c);
         return;
     }
 
@@ -279,13 +268,13 @@ void h2_reply(http_conn_t *c, int32_t stream_id, bool is_head, const http_reply_
     free(extra);
     if (rc != 0)
         nghttp2_submit_rst_stream(h->ng, NGHTTP2_FLAG_NONE, stream_id, NGHTTP2_INTERNAL_ERROR);
-    flush_for_owner(c);
+    h2_flush(c);
     return;
 oom:
     free(extra);
     log_warn("out of memory answering stream %d of %s; resetting it", (int)stream_id, c->peer);
     nghttp2_submit_rst_stream(h->ng, NGHTTP2_FLAG_NONE, stream_id, NGHTTP2_INTERNAL_ERROR);
-    flush_for_owner(c);
+    h2_flush(c);
 }
 
 /* ---- dispatch ----------------------------------------------------------- */
@@ -638,6 +627,10 @@ void h2_feed(http_conn_t *c, const char *data, size_t len)
     h2_flush(c);
 }
 
+/* Writes what the session has. It may run inside another connection's
+ * callback (an owner answering from a registry notification): a failure
+ * therefore closes the connection only at the end of the turn
+ * (conn_close_later), never under that callback. */
 void h2_flush(http_conn_t *c)
 {
     h2_conn_t *h = c->h2;
@@ -837,6 +830,6 @@ int h2_stream_send(http_conn_t *c, int32_t stream_id, const http_reply_t *head, 
         st->resp_deferred = false;
         nghttp2_session_resume_data(h->ng, stream_id);
     }
-    flush_for_owner(c);
+    h2_flush(c);
     return 0;
 }

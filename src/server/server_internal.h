@@ -138,14 +138,7 @@ struct http_conn {
     bool close_after_write;
     bool lingering; /* answered, FIN sent: input is dropped until EOF */
     size_t lingered_bytes;
-    long owner_count; /* see http_conn_counter */
-    /* An owner's answer is being written (h2.c): it may run inside another
-     * connection's callback (a registry notification), where telling this
-     * connection's owners it closed would free what that callback uses. A
-     * close then waits for the connection's own next event. (A failed write
-     * is closed at the end of the turn instead: close_queued.) */
-    bool owner_call;
-    bool close_deferred;
+    long owner_count;  /* see http_conn_counter */
     bool read_eof;     /* the client half-closed: no more requests will come */
     bool rdhup_seen;   /* EPOLLRDHUP reported while reading is paused */
     bool close_queued; /* closed at the end of the turn (conn_close_later) */
