@@ -1,0 +1,127 @@
+/*
+ * client.h - a gRPC client of etcd's v3 API, driven by disco's own loop.
+ *
+ * The etcd backend (backend/backend_etcd.c) talks to the backing etcd
+ * cluster only through this. One HTTP/2 connection (nghttp2 client session
+ * over a plain or TLS socket, non-blocking, registered on the loop like any
+ * other descriptor; no threads) carries every unary call and one long-lived
+ * Watch stream. Messages are the protobuf-c types generated from
+ * proto/etcd_v3.proto (the same codec the v3 surface serves with).
+ *
+ * Endpoints: tried in order; when the connection fails (connect refused,
+ * reset, TLS failure, no answer to a PING within the keep-alive bound) the
+ * client moves to the next one, with a back-off, and keeps trying for as
+ * long as it lives. With a user, Auth/Authenticate runs on every new
+ * connection and its token rides on every call (`token` metadata).
+ *
+ * Calls made while no connection is up wait (bounded by their deadline)
+ * and are sent when one is. A call's outcome is one of:
+ *   ETCD_OK         the answer arrived (`resp` is the decoded message);
+ *   ETCD_GRPC       etcd answered with a gRPC error (`code`, `message`);
+ *                   e.g. FAILED_PRECONDITION for a compacted revision;
+ *   ETCD_UNSENT     never written to any connection before it failed or the
+ *                   deadline passed: etcd certainly did not apply it;
+ *   ETCD_UNKNOWN    written, but the connection failed or the deadline passed
+ *                   before an answer: a write may or may not have been
+ *                   applied (the backend must find out; see ETCD-BACKEND.md).
+ * Exactly one callback per accepted call, always from the loop (never from
+ * inside the call that started it), unless etcd_client_free() ran first;
+ * then none.
+ *
+ * The Watch stream: watches are created on the current connection's one
+ * Watch stream. When the connection moves, the stream ends: every watch
+ * gets one callback with `resp == NULL` (ended) and its owner creates it
+ * again from the revision after the last one it applied.
+ *
+ * Threading: everything on the loop's thread.
+ */
+#ifndef DISCO_ETCD_CLIENT_H
+#define DISCO_ETCD_CLIENT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "etcd_v3.pb-c.h"
+
+struct loop;
+
+typedef struct etcd_client etcd_client_t;
+
+typedef struct etcd_client_config {
+    const char *const *endpoints; /* "http://127.0.0.1:2379", "https://h:2379", "h:2379" */
+    size_t n_endpoints;
+    const char *cacert;   /* PEM file; NULL: the system's trust store */
+    const char *cert;     /* client certificate for mutual TLS, or NULL */
+    const char *key;      /* its key, or NULL */
+    const char *user;     /* etcd user for Auth/Authenticate, or NULL */
+    const char *password; /* its password */
+    unsigned dial_timeout_ms;      /* connect + TLS handshake per endpoint */
+    unsigned keepalive_ms;         /* PING when idle this long; fail over if unanswered */
+} etcd_client_config_t;
+
+typedef enum etcd_outcome {
+    ETCD_OK = 0,
+    ETCD_GRPC,
+    ETCD_UNSENT,
+    ETCD_UNKNOWN,
+} etcd_outcome_t;
+
+typedef struct etcd_result {
+    etcd_outcome_t outcome;
+    int code;            /* gRPC status when ETCD_GRPC, else 0 */
+    const char *message; /* grpc-message or a reason; never NULL */
+    /* ETCD_OK: the decoded response, borrowed for the callback only. Its
+     * type is the one the call names (e.g. Etcdserverpb__RangeResponse). */
+    const ProtobufCMessage *resp;
+} etcd_result_t;
+
+typedef void (*etcd_done_fn)(void *ctx, const etcd_result_t *res);
+
+/* Starts connecting to the first endpoint. NULL with a one-line reason in
+ * `err` (256 bytes) when the configuration is unusable (bad endpoint, TLS
+ * files unreadable); an unreachable etcd is not an error here. */
+etcd_client_t *etcd_client_new(struct loop *loop, const etcd_client_config_t *cfg, char *err);
+/* Ends every call and watch without callbacks, closes, frees. NULL is fine. */
+void etcd_client_free(etcd_client_t *c);
+
+/* Whether a connection is up now, and which endpoint it is on. */
+bool etcd_client_connected(const etcd_client_t *c);
+const char *etcd_client_endpoint(const etcd_client_t *c);
+
+/*
+ * Unary calls. The request is encoded before the call returns (the caller
+ * keeps ownership of it). `timeout_ms` bounds the whole call from now,
+ * including waiting for a connection. 0, or -errno with no callback to come
+ * (-ENOMEM; -EINVAL for a request too large).
+ */
+int etcd_range(etcd_client_t *c, const Etcdserverpb__RangeRequest *rq, unsigned timeout_ms,
+               etcd_done_fn done, void *ctx);
+int etcd_txn(etcd_client_t *c, const Etcdserverpb__TxnRequest *rq, unsigned timeout_ms,
+             etcd_done_fn done, void *ctx);
+int etcd_lease_grant(etcd_client_t *c, const Etcdserverpb__LeaseGrantRequest *rq,
+                     unsigned timeout_ms, etcd_done_fn done, void *ctx);
+int etcd_lease_revoke(etcd_client_t *c, const Etcdserverpb__LeaseRevokeRequest *rq,
+                      unsigned timeout_ms, etcd_done_fn done, void *ctx);
+/* One keep-alive of a lease (the LeaseKeepAlive stream, one message each
+ * way); the answer is an Etcdserverpb__LeaseKeepAliveResponse. */
+int etcd_lease_keepalive_once(etcd_client_t *c, int64_t lease_id, unsigned timeout_ms,
+                              etcd_done_fn done, void *ctx);
+
+/*
+ * Watches. `on_event` gets every WatchResponse for this watch (created,
+ * events, progress, canceled with compact_revision) and finally one call
+ * with `resp == NULL` when the stream ended (connection moved or closed);
+ * after that the handle is dead. Returns a handle, or NULL (-ENOMEM).
+ */
+typedef struct etcd_watch etcd_watch_t;
+typedef void (*etcd_watch_fn)(void *ctx, const Etcdserverpb__WatchResponse *resp);
+etcd_watch_t *etcd_watch(etcd_client_t *c, const Etcdserverpb__WatchCreateRequest *rq,
+                         etcd_watch_fn on_event, void *ctx);
+/* Cancels; no more callbacks for it (not even the ending one). */
+void etcd_watch_cancel(etcd_watch_t *w);
+/* Asks for a progress notification on the stream (WatchProgressRequest):
+ * every watch on it then gets a response with the current revision. */
+int etcd_watch_progress(etcd_client_t *c);
+
+#endif
