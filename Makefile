@@ -4,7 +4,8 @@
 #   make          build build/disco
 #   make run      install what building and serving need (RUN_DEPS), build,
 #                 serve on 127.0.0.1:8087
-#   make check    install RUN_DEPS and the test tools (CHECK_DEPS), build,
+#   make check    install RUN_DEPS and the test tools (CHECK_DEPS, and the
+#                 npm packages of NPM_CHECK_DEPS into $(BUILD)/npm), build,
 #                 run every test (plain build, then the ASan+UBSan build,
 #                 then the e2e suites under valgrind), then each fuzz
 #                 target for CHECK_FUZZ_SECONDS
@@ -42,6 +43,14 @@ CHECK_DEPS = python3 clang-format libcmocka-dev \
              clang libclang-rt-14-dev valgrind systemd file openssl \
              chromium python3-etcd3 nghttp2-client curl
 
+# npm packages the e2e tests use (tests/e2e/test_v3_npm.py: the npm client
+# etcd3), installed with the machine's npm into NPM_DIR, which the test finds
+# beside build/disco. Debian's npm package only where no npm is on the
+# machine (an image may ship Node.js and npm of its own).
+NPM_DIR        ?= $(BUILD)/npm
+NPM_CHECK_DEPS  = etcd3@1.1.2
+export DISCO_NPM_DIR ?= $(abspath $(NPM_DIR))
+
 # Installs the Debian packages in $(1) that are not installed yet.
 define install_missing
 	@missing=$$(for p in $(1); do \
@@ -59,7 +68,7 @@ PREFIX       ?= /usr/local
 DESTDIR      ?=
 STATIC_BUILD ?= build-static
 
-.PHONY: all deps deps-run deps-check run check test test-asan fuzz-build fuzz check-fuzz valgrind bench format clean \
+.PHONY: all deps deps-run deps-check deps-npm run check test test-asan fuzz-build fuzz check-fuzz valgrind bench format clean \
         install install-only static check-static
 
 all: $(BUILD)/disco
@@ -71,6 +80,25 @@ deps-run:
 
 deps-check:
 	$(call install_missing,$(RUN_DEPS) $(CHECK_DEPS))
+
+# Idempotent: a package already at the pinned version is not fetched again.
+# Without the registry it fails with one line that says what is missing.
+deps-npm:
+	@command -v npm >/dev/null 2>&1 || { \
+	  echo "installing: npm"; SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends npm; }
+	@for spec in $(NPM_CHECK_DEPS); do \
+	  name=$${spec%@*}; version=$${spec##*@}; \
+	  have=$$(node -p "require(process.argv[1]).version" \
+	          "$(abspath $(NPM_DIR))/node_modules/$$name/package.json" 2>/dev/null); \
+	  [ "$$have" = "$$version" ] && continue; \
+	  echo "npm: installing $$spec into $(NPM_DIR)"; \
+	  mkdir -p $(NPM_DIR) && \
+	  npm install --prefix $(NPM_DIR) --no-audit --no-fund --loglevel=error "$$spec" >/dev/null || \
+	  { echo "make: npm could not install $$spec into $(NPM_DIR) (is the npm registry" \
+	         "reachable?); tests/e2e/test_v3_npm.py needs it" >&2; exit 1; }; \
+	done
 
 $(BUILD)/disco: FORCE
 	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
@@ -88,7 +116,7 @@ test-asan:
 	cd $(SAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure
 
-check: deps-check
+check: deps-check deps-npm
 	$(MAKE) test
 	$(MAKE) test-asan
 	$(MAKE) valgrind
