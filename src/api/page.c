@@ -30,6 +30,7 @@
 
 #include "api/api_internal.h"
 #include "api/discovery.h"
+#include "util/butane.h"
 #include "util/html.h"
 #include "util/timeutil.h"
 
@@ -579,44 +580,27 @@ static void put_facts(buf_t *out, api_t *api, const page_facts_t *f, const char 
 }
 
 /*
- * The Butane config of Flatcar's cluster-discovery guide, with this token's
- * URL, and the etcd flags. `host_port` is the URL's authority (HTML-escaped
- * already, like `url_html`).
+ * The Butane config of Flatcar's cluster-discovery guide (util/butane.h),
+ * with this token's URL, and the etcd flags. `url` is the token's URL as
+ * it is; `url_html` and `host_port_html` (the URL's authority) are
+ * HTML-escaped already.
  */
-static void put_usage(buf_t *out, const page_facts_t *f, const char *url_html,
+static void put_usage(buf_t *out, const page_facts_t *f, const char *url, const char *url_html,
                       const char *host_port_html)
 {
     buf_puts(out, "<h2>Flatcar (Butane)</h2>\n"
                   "<p>Boot every machine of the cluster with the same config "
-                  "(from Flatcar's cluster discovery guide):</p>\n<pre id=\"butane\">"
-                  "variant: flatcar\n"
-                  "version: 1.0.0\n"
-                  "systemd:\n"
-                  "  units:\n"
-                  "    - name: etcd-member.service\n"
-                  "      enabled: true\n"
-                  "      dropins:\n"
-                  "        - name: 20-clct-etcd-member.conf\n"
-                  "          contents: |\n"
-                  "            [Unit]\n"
-                  "            Requires=coreos-metadata.service\n"
-                  "            After=coreos-metadata.service\n"
-                  "            [Service]\n"
-                  "            EnvironmentFile=/run/metadata/flatcar\n"
-                  "            ExecStart=\n"
-                  "            ExecStart=/usr/lib/coreos/etcd-wrapper $ETCD_OPTS \\\n"
-                  "              --listen-peer-urls=&#34;http://${COREOS_CUSTOM_PRIVATE_IPV4}:2380"
-                  "&#34; \\\n"
-                  "              --listen-client-urls=&#34;http://0.0.0.0:2379,http://0.0.0.0:4001"
-                  "&#34; \\\n"
-                  "              --initial-advertise-peer-urls=&#34;"
-                  "http://${COREOS_CUSTOM_PRIVATE_IPV4}:2380&#34; \\\n"
-                  "              --advertise-client-urls=&#34;"
-                  "http://${COREOS_CUSTOM_PRIVATE_IPV4}:2379,"
-                  "http://${COREOS_CUSTOM_PRIVATE_IPV4}:4001&#34; \\\n"
-                  "              --discovery=&#34;");
-    buf_puts(out, url_html);
-    buf_puts(out, "&#34;\n</pre>\n"
+                  "(from Flatcar's cluster discovery guide):</p>\n<pre id=\"butane\">");
+    /* The config is plain text: escaped as a whole, it shows in the page as
+     * `disco new --butane` prints it. */
+    buf_t butane = BUF_INIT;
+    butane_put_etcd_member(&butane, url);
+    if (buf_failed(&butane))
+        out->failed = true;
+    else
+        html_put_escaped(out, butane.data, butane.len);
+    buf_free(&butane);
+    buf_puts(out, "</pre>\n"
                   "<p>Change <code>COREOS_CUSTOM_PRIVATE_IPV4</code> to the variable Afterburn "
                   "sets on your platform.</p>\n");
     buf_puts(out, "<h2>etcd flags</h2>\n<p>v2 discovery (etcd 2.x to 3.6), what this server "
@@ -771,7 +755,7 @@ void page_token(api_t *api, const http_request_t *req)
         put_facts(&body, api, &f, uh);
         buf_printf(&body, "<h2>Registrations (%zu)</h2>\n", f.n_rows);
         put_rows(&body, &f);
-        put_usage(&body, &f, uh, buf_cstr(&host_port_html));
+        put_usage(&body, &f, buf_cstr(&url), uh, buf_cstr(&host_port_html));
         if (nonce)
             put_script(&body, nonce);
         else

@@ -10,6 +10,7 @@
 #include "cmd/cli_common.h"
 #include "cmd/cmd.h"
 #include "cmd/httpc.h"
+#include "util/butane.h"
 
 static const char new_usage[] =
     "usage: disco new [--size N] [--server URL] [--butane] [TLS flags]\n"
@@ -23,34 +24,6 @@ static const char new_usage[] =
     "                   guide with the new URL filled in, instead of the URL\n" CLI_TLS_USAGE "\n"
     "Exit codes: 0 made; 1 the server refused (its answer is printed);\n"
     "2 usage error; 7 server unreachable or TLS failure.\n";
-
-/* The Butane config from Flatcar's cluster-discovery guide; %s is the
- * discovery URL. The COREOS_CUSTOM_* names come from Afterburn and depend
- * on the platform, as the guide says. */
-static const char butane_template[] =
-    "# discovery URL: %s (one cluster, once: make a new one for every cluster)\n"
-    "variant: flatcar\n"
-    "version: 1.0.0\n"
-    "systemd:\n"
-    "  units:\n"
-    "    - name: etcd-member.service\n"
-    "      enabled: true\n"
-    "      dropins:\n"
-    "        - name: 20-clct-etcd-member.conf\n"
-    "          contents: |\n"
-    "            [Unit]\n"
-    "            Requires=coreos-metadata.service\n"
-    "            After=coreos-metadata.service\n"
-    "            [Service]\n"
-    "            EnvironmentFile=/run/metadata/flatcar\n"
-    "            ExecStart=\n"
-    "            ExecStart=/usr/lib/coreos/etcd-wrapper $ETCD_OPTS \\\n"
-    "              --listen-peer-urls=\"http://${COREOS_CUSTOM_PRIVATE_IPV4}:2380\" \\\n"
-    "              --listen-client-urls=\"http://0.0.0.0:2379,http://0.0.0.0:4001\" \\\n"
-    "              --initial-advertise-peer-urls=\"http://${COREOS_CUSTOM_PRIVATE_IPV4}:2380\" \\\n"
-    "              --advertise-client-urls=\"http://${COREOS_CUSTOM_PRIVATE_IPV4}:2379,"
-    "http://${COREOS_CUSTOM_PRIVATE_IPV4}:4001\" \\\n"
-    "              --discovery=\"%s\"\n";
 
 int cmd_new(int argc, char **argv)
 {
@@ -124,7 +97,21 @@ int cmd_new(int argc, char **argv)
         fprintf(stderr, "disco new: %s answered %d: %s\n", server, res.status, res.body);
         rc = CLI_EXIT_FAILED;
     } else if (butane) {
-        printf(butane_template, res.body, res.body);
+        /* The config (util/butane.h) under a comment line that Butane
+         * ignores and the operator reads. */
+        buf_t config = BUF_INIT;
+        buf_printf(&config,
+                   "# discovery URL: %s (one cluster, once: make a new one for every "
+                   "cluster)\n",
+                   res.body);
+        butane_put_etcd_member(&config, res.body);
+        if (buf_failed(&config)) {
+            fprintf(stderr, "disco new: out of memory\n");
+            rc = CLI_EXIT_FAILED;
+        } else {
+            fwrite(config.data, 1, config.len, stdout);
+        }
+        buf_free(&config);
     } else {
         printf("%s\n", res.body);
     }
