@@ -5,7 +5,9 @@
 Run:  DISCO_BIN=build/disco python3 tests/e2e/test_tls.py -v
 
 A throw-away CA and certificates are made at test time with the `openssl`
-command (ECDSA P-256), in a temporary directory removed afterwards. Every
+command (ECDSA P-256), in a temporary directory removed afterwards; among
+them an expired and a wrong-host certificate, which the clients (Python's
+ssl, curl, Go in etcd) are shown to refuse: a test of the harness. Every
 process listens on 127.0.0.1 on ports chosen at run time and is stopped by
 PID. etcd (Go) reads the CA from SSL_CERT_FILE.
 """
@@ -44,6 +46,17 @@ ODD_RECORD_BYTES = 10000
 PARKED_PIPELINE_BYTES = 135000
 
 SERVER_SERIAL = "1001"
+# the only names the wrong-host certificate is valid for (never dialled)
+WRONG_HOST_IP = "127.0.0.2"
+WRONG_HOST_NAME = "wrong.example"
+# OpenSSL's x509_vfy.h: X509_V_ERR_CERT_HAS_EXPIRED, and X509_V_ERR_IP_ADDRESS_MISMATCH
+# (the clients dial 127.0.0.1, an address: the certificate's IP SANs decide)
+X509_V_ERR_CERT_HAS_EXPIRED = 10
+X509_V_ERR_IP_ADDRESS_MISMATCH = 64
+# X509_V_FLAG_NO_CHECK_TIME: verify everything but the dates
+X509_V_FLAG_NO_CHECK_TIME = 0x200000
+# how long an etcd member gets to try the discovery URL and log why it failed
+GO_REFUSAL_WAIT_S = 30.0
 RELOADED_SERIAL = "2002"
 
 
@@ -60,14 +73,15 @@ def _make_ca(d, name):
              "-subj", "/CN=disco test %s" % name, cwd=d)
 
 
-def _make_cert(d, ca, name, serial, ext):
-    """A certificate `name`.pem/.key signed by `ca` with `serial` (hex)."""
+def _make_cert(d, ca, name, serial, ext, days=2):
+    """A certificate `name`.pem/.key signed by `ca` with `serial` (hex), valid
+    for `days` from now (a negative number: it expired before it began)."""
     _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
              "-keyout", name + ".key", "-out", name + ".csr", "-subj", "/CN=" + name, cwd=d)
     with open(os.path.join(d, name + ".ext"), "w") as f:
         f.write(ext + "\n")
     _openssl("x509", "-req", "-in", name + ".csr", "-CA", ca + ".pem", "-CAkey", ca + ".key",
-             "-set_serial", "0x" + serial, "-days", "2", "-out", name + ".pem",
+             "-set_serial", "0x" + serial, "-days", str(days), "-out", name + ".pem",
              "-extfile", name + ".ext", cwd=d)
 
 
@@ -84,6 +98,11 @@ def setUpModule():
     _make_cert(PKI, "ca", "server2", RELOADED_SERIAL, server_ext)
     _make_cert(PKI, "ca", "client", "3003", "extendedKeyUsage=clientAuth")
     _make_cert(PKI, "rogue", "rogueclient", "4004", "extendedKeyUsage=clientAuth")
+    # certificates a client must refuse although the CA signed them
+    _make_cert(PKI, "ca", "expired", "5005", server_ext, days=-1)
+    _make_cert(PKI, "ca", "wronghost", "6006",
+               "subjectAltName=IP:%s,DNS:%s\nextendedKeyUsage=serverAuth"
+               % (WRONG_HOST_IP, WRONG_HOST_NAME))
 
 
 def tearDownModule():
@@ -106,10 +125,19 @@ def client_context(client_cert=None, alpn=None):
     return ctx
 
 
-def https(port, method, path, client_cert=None, timeout=10):
+def unverified_context():
+    """A client that takes any certificate: only to reach a disco whose
+    certificate the test means clients to refuse."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def https(port, method, path, client_cert=None, timeout=10, context=None):
     """One request on a fresh TLS connection: (status, headers, body)."""
     conn = http.client.HTTPSConnection(harness.LOOPBACK, port, timeout=timeout,
-                                       context=client_context(client_cert))
+                                       context=context or client_context(client_cert))
     try:
         conn.request(method, path)
         resp = conn.getresponse()
@@ -125,7 +153,8 @@ def serial_of(conn):
 class TlsDisco:
     """disco serve with TLS on a free loopback port (and --plain-addr when asked)."""
 
-    def __init__(self, workdir, extra_args=(), plain=False, client_cert=None, files=None):
+    def __init__(self, workdir, extra_args=(), plain=False, client_cert=None, files=None,
+                 health_context=None):
         self.port = harness.free_port()
         self.plain_port = harness.free_port() if plain else None
         self.base_url = "https://%s:%d" % (harness.LOOPBACK, self.port)
@@ -147,7 +176,8 @@ class TlsDisco:
             if not self.proc.alive():
                 raise harness.StopWaiting("disco exited with %r:\n%s"
                                           % (self.proc.stop(), self.proc.log()[-3000:]))
-            return https(self.port, "GET", "/health", client_cert, timeout=2)[0] == 200
+            return https(self.port, "GET", "/health", client_cert, timeout=2,
+                         context=health_context)[0] == 200
         try:
             harness.wait_until(healthy, timeout, what="disco to answer /health over TLS")
         except TimeoutError:
@@ -485,6 +515,96 @@ class TestTls(TlsTestCase):
         self.assertGreaterEqual(closed_after, SLOW_HANDSHAKE_MIN_S)
         self.assertLessEqual(closed_after, SLOW_HANDSHAKE_MAX_S)
         self.assertEqual(https(d.port, "GET", "/health")[0], 200)
+
+
+class TestClientsRefuseBadCertificates(TlsTestCase):
+    """A test of the clients and of this file's CA, not of disco: served by
+    disco, a certificate that has expired, or that names another host, is
+    refused by Python's ssl, by curl and by Go (a real etcd 3.4 member's
+    https:// discovery), each for that reason. Each refusal is set against
+    the same client accepting the same certificate once the one fault is
+    out of the way, so the tests above that trust this CA are known to
+    check what they claim."""
+
+    def start_with(self, name):
+        return self.start(files={"cert": pki(name + ".pem"), "key": pki(name + ".key")},
+                          health_context=unverified_context())
+
+    def assert_python_refuses(self, d, verify_code, message):
+        with self.assertRaises(ssl.SSLCertVerificationError) as cm:
+            https(d.port, "GET", "/health")
+        self.assertEqual(cm.exception.verify_code, verify_code, cm.exception)
+        self.assertIn(message, cm.exception.verify_message)
+
+    def assert_curl_refuses(self, d, message):
+        out = subprocess.run(["curl", "-sS", "--cacert", pki("ca.pem"), "--max-time", "10",
+                              "https://%s:%d/health" % (harness.LOOPBACK, d.port)],
+                             capture_output=True, text=True, timeout=30)
+        self.assertEqual(out.returncode, 60, out)  # CURLE_PEER_FAILED_VERIFICATION
+        self.assertIn(message, out.stderr)
+        self.assertEqual(out.stdout, "")
+
+    def assert_go_refuses(self, d, message):
+        """An etcd 3.4 member bootstrapping from an https:// token URL on d,
+        with the CA in SSL_CERT_FILE: it logs Go's refusal and never
+        registers."""
+        status, _, body = https(d.port, "GET", "/new?size=3", context=unverified_context())
+        self.assertEqual(status, 200, body)
+        durl = body.decode()
+        env = harness.clean_env()
+        env["SSL_CERT_FILE"] = pki("ca.pem")
+        peer_port, client_port = harness.free_port(), harness.free_port()
+        peer_url = "http://%s:%d" % (harness.LOOPBACK, peer_port)
+        client_url = "http://%s:%d" % (harness.LOOPBACK, client_port)
+        member = harness.Proc(
+            [harness.ETCD_BIN, "--name", "m0",
+             "--data-dir", os.path.join(self.workdir, "m0.etcd"),
+             "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+             "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
+             "--discovery", durl, "--logger", "zap", "--log-outputs", "stderr"],
+            os.path.join(self.workdir, "m0.log"), name="etcd:m0", env=env)
+        self.addCleanup(member.stop)
+        try:
+            harness.wait_until(lambda: message in member.log() or not member.alive(),
+                               GO_REFUSAL_WAIT_S, what="etcd to log %r" % message)
+        except TimeoutError as e:
+            self.fail("%s\n%s" % (e, member.log()[-3000:]))
+        self.assertIn(message, member.log())
+        member.stop()
+        path = durl.split("/", 3)[3]
+        status, _, body = https(d.port, "GET", "/v2/keys/_etcd/registry/" + path,
+                                context=unverified_context())
+        self.assertEqual(status, 200, body)
+        self.assertNotIn("nodes", json.loads(body)["node"], "the member registered")
+
+    def test_expired_certificate_is_refused(self):
+        d = self.start_with("expired")
+        self.assert_python_refuses(d, X509_V_ERR_CERT_HAS_EXPIRED, "certificate has expired")
+        self.assert_curl_refuses(d, "certificate has expired")
+        self.assert_go_refuses(d, "x509: certificate has expired or is not yet valid")
+        # the dates are its only fault: the same client, told not to check
+        # them, takes it
+        ctx = client_context()
+        ctx.verify_flags |= X509_V_FLAG_NO_CHECK_TIME
+        self.assertEqual(https(d.port, "GET", "/health", context=ctx)[0], 200)
+
+    def test_wrong_host_certificate_is_refused(self):
+        d = self.start_with("wronghost")
+        self.assert_python_refuses(d, X509_V_ERR_IP_ADDRESS_MISMATCH,
+                                   "certificate is not valid for '%s'" % harness.LOOPBACK)
+        self.assert_curl_refuses(d, "no alternative certificate subject name matches")
+        self.assert_go_refuses(d, "x509: certificate is valid for %s, not %s"
+                               % (WRONG_HOST_IP, harness.LOOPBACK))
+        # the name is its only fault: dialled by a name it holds, it is taken
+        ctx = client_context()
+        ctx.check_hostname = False
+        self.assertEqual(https(d.port, "GET", "/health", context=ctx)[0], 200)
+        out = subprocess.run(
+            ["curl", "-sS", "--cacert", pki("ca.pem"), "--max-time", "10",
+             "--resolve", "%s:%d:%s" % (WRONG_HOST_NAME, d.port, harness.LOOPBACK),
+             "https://%s:%d/health" % (WRONG_HOST_NAME, d.port)],
+            capture_output=True, text=True, timeout=30)
+        self.assertEqual((out.returncode, out.stdout), (0, "OK"), out.stderr)
 
 
 class TlsDiscoService:
