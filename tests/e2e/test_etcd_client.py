@@ -154,6 +154,7 @@ class EtcdClientSingle(unittest.TestCase):
             rc, _, err = harness.etcdctl(self.ep, "put", p + "live", "L")
             self.assertEqual(rc, 0, err)
             out, _ = proc.communicate(timeout=PROBE_RUN_TIMEOUT_S)
+            self.assertEqual(proc.returncode, 0)  # sanitizer builds: no report
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -225,6 +226,7 @@ class EtcdClientSingle(unittest.TestCase):
             proc.stdin.write(b"go\n")
             proc.stdin.flush()
             out, _ = proc.communicate(timeout=PROBE_RUN_TIMEOUT_S)
+            self.assertEqual(proc.returncode, 0)  # sanitizer builds: no report
         finally:
             if stopped:
                 os.kill(etcd.pid, signal.SIGCONT)
@@ -237,6 +239,103 @@ class EtcdClientSingle(unittest.TestCase):
         # etcd is back and answers
         harness.wait_until(lambda: self.one("range", "/t6/k")["outcome"] == "OK", 20,
                            what="etcd answering after SIGCONT")
+
+
+def read_json_line(proc, what):
+    line = proc.stdout.readline()
+    if not line:
+        raise AssertionError("etcd_probe ended before %s (rc=%r)" % (what, proc.poll()))
+    return json.loads(line)
+
+
+class EtcdClientFailover(unittest.TestCase):
+    """A 3-member etcd cluster per test; the member the client is on is killed
+    with SIGKILL, and the client must move to another one."""
+
+    def setUp(self):
+        if not os.path.exists(probe_bin()):
+            raise unittest.SkipTest("etcd_probe not built at %s" % probe_bin())
+        self.workdir = tempfile.mkdtemp(prefix="disco-etcdc-fo-")
+        self.cluster = harness.EtcdCluster(self.workdir, size=3)
+        self.addCleanup(shutil.rmtree, self.workdir, ignore_errors=True)
+        self.addCleanup(self.cluster.close)
+        self.procs = []
+        self.addCleanup(self._stop_probes)
+
+    def _stop_probes(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+    def start_probe(self, *args):
+        p = subprocess.Popen([probe_bin(), "--timeout", str(CALL_TIMEOUT_MS),
+                              "--keepalive", "1000", self.cluster.endpoints()] + list(args),
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, env=harness.clean_env())
+        self.procs.append(p)
+        return p
+
+    def kill_member_at(self, endpoint):
+        i = self.cluster.client_urls.index(endpoint)
+        self.cluster.kill(i)
+        return [u for u in self.cluster.client_urls if u != endpoint]
+
+    def test_calls_move_to_another_member(self):
+        rc, _, err = harness.etcdctl(self.cluster.endpoints(), "put", "/f/k", "v")
+        self.assertEqual(rc, 0, err)
+        proc = self.start_probe("ranges", "/f/k", "40", "150")
+        first = read_json_line(proc, "the first Range")
+        self.assertEqual(first["outcome"], "OK", first)
+        on = first["endpoint"]
+        self.kill_member_at(on)
+        out, _ = proc.communicate(timeout=PROBE_RUN_TIMEOUT_S)
+        self.assertEqual(proc.returncode, 0)  # sanitizer builds: no report
+        rest = [json.loads(x) for x in out.decode().splitlines() if x.strip()]
+        self.assertEqual(len(rest), 39, rest)
+        # In flight at the kill: UNKNOWN; during an election: etcd's errors. Never UNSENT
+        # (the deadline is far) and in the end answers from a member still alive.
+        self.assertTrue(all(r["outcome"] in ("OK", "UNKNOWN", "GRPC") for r in rest), rest)
+        moved = [r for r in rest if r["outcome"] == "OK" and r["endpoint"] != on]
+        self.assertTrue(moved, rest)
+        self.assertEqual(rest[-1]["outcome"], "OK", rest[-1])
+        self.assertNotEqual(rest[-1]["endpoint"], on)
+        self.assertEqual(rest[-1]["kvs"][0]["value"], "v")
+
+    def test_a_silent_member_is_left_after_an_unanswered_ping(self):
+        # SIGSTOP: the socket stays open but nothing answers; only the
+        # keep-alive PING (--keepalive 1000 ms) can tell.
+        proc = self.start_probe("ranges", "/f/k", "30", "200")
+        first = read_json_line(proc, "the first Range")
+        self.assertEqual(first["outcome"], "OK", first)
+        on = first["endpoint"]
+        os.kill(self.cluster.proc(self.cluster.client_urls.index(on)).pid, signal.SIGSTOP)
+        out, _ = proc.communicate(timeout=PROBE_RUN_TIMEOUT_S)
+        self.assertEqual(proc.returncode, 0)  # sanitizer builds: no report
+        rest = [json.loads(x) for x in out.decode().splitlines() if x.strip()]
+        self.assertEqual(len(rest), 29, rest)
+        self.assertTrue(all(r["outcome"] in ("OK", "UNKNOWN", "GRPC") for r in rest), rest)
+        self.assertEqual(rest[-1]["outcome"], "OK", rest[-1])
+        self.assertNotEqual(rest[-1]["endpoint"], on)
+
+    def test_watch_ends_and_is_created_again_on_another_member(self):
+        proc = self.start_probe("watch-resume", "/fw/", "0", "1")
+        created = read_json_line(proc, "the watch's creation")
+        self.assertTrue(created["created"], created)
+        on = created["endpoint"]
+        survivors = self.kill_member_at(on)
+        ended = read_json_line(proc, "the end of the watch")
+        self.assertEqual(ended.get("ended"), True, ended)
+        again = read_json_line(proc, "the watch created again")
+        self.assertTrue(again["created"], again)
+        self.assertNotEqual(again["endpoint"], on)
+        harness.wait_until(lambda: harness.etcdctl(",".join(survivors), "put", "/fw/x", "X")[0]
+                           == 0, 30, what="a put on the surviving members")
+        out, _ = proc.communicate(timeout=PROBE_RUN_TIMEOUT_S)
+        self.assertEqual(proc.returncode, 0)  # sanitizer builds: no report
+        lines = [json.loads(x) for x in out.decode().splitlines() if x.strip()]
+        events = [e for line in lines for e in line.get("events", [])]
+        self.assertEqual([(e["kv"]["key"], e["kv"]["value"]) for e in events], [("/fw/x", "X")])
 
 
 if __name__ == "__main__":

@@ -12,6 +12,9 @@
  *   watch PREFIX FROMREV N    watch the prefix from FROMREV; one line per
  *                             WatchResponse; ends after N events, a cancel
  *                             or the end of the stream
+ *   watch-resume PREFIX FROMREV N   as watch, but when the stream ends
+ *                             ({"ended":true}) the watch is created again
+ *                             from the revision after the last one seen
  *   range-at KEY REV          a Range at revision REV
  *   watch-progress PREFIX     a watch from now; once created, a progress
  *                             request; the answer to it (watch_id -1) is
@@ -174,6 +177,9 @@ static void on_watch(void *ctx, const Etcdserverpb__WatchResponse *r)
                (long long)r->compact_revision);
     const char *reason = r->cancel_reason ? r->cancel_reason : "";
     buf_put_json_string(&b, reason, strlen(reason));
+    buf_puts(&b, ",\"endpoint\":");
+    const char *ep = etcd_client_endpoint(client);
+    buf_put_json_string(&b, ep, strlen(ep));
     buf_puts(&b, ",\"events\":[");
     for (size_t i = 0; i < r->n_events; i++) {
         const Etcdserverpb__Event *ev = r->events[i];
@@ -231,6 +237,32 @@ static void on_progress_watch(void *ctx, const Etcdserverpb__WatchResponse *r)
         if (do_range(cmd_key, NULL, &finished) < 0)
             finished = true;
     }
+}
+
+static Etcdserverpb__WatchCreateRequest resume_rq;
+static int64_t resume_next_rev;
+
+static void on_resume_watch(void *ctx, const Etcdserverpb__WatchResponse *r)
+{
+    (void)ctx;
+    if (!r) {
+        buf_t b;
+        buf_init(&b);
+        buf_puts(&b, "{\"ended\":true,\"endpoint\":");
+        const char *ep = etcd_client_endpoint(client);
+        buf_put_json_string(&b, ep, strlen(ep));
+        emit(&b);
+        resume_rq.start_revision = resume_next_rev;
+        if (!etcd_watch(client, &resume_rq, on_resume_watch, NULL))
+            finished = true;
+        return;
+    }
+    if (r->created && resume_next_rev == 0 && r->header)
+        resume_next_rev = r->header->revision + 1;
+    for (size_t i = 0; i < r->n_events; i++)
+        if (r->events[i]->kv && r->events[i]->kv->mod_revision >= resume_next_rev)
+            resume_next_rev = r->events[i]->kv->mod_revision + 1;
+    on_watch(NULL, r);
 }
 
 static void on_stdin(loop_io_t *io, uint32_t events)
@@ -373,6 +405,16 @@ int main(int argc, char **argv)
         rq.prev_kv = true;
         events_left = strtol(args[2], NULL, 10);
         rc = etcd_watch(client, &rq, on_watch, NULL) ? 0 : -ENOMEM;
+    } else if (strcmp(cmd, "watch-resume") == 0 && nargs == 3) {
+        end = prefix_end(args[0]);
+        Etcdserverpb__WatchCreateRequest rq = ETCDSERVERPB__WATCH_CREATE_REQUEST__INIT;
+        rq.key = (ProtobufCBinaryData){strlen(args[0]), (uint8_t *)args[0]};
+        rq.range_end = (ProtobufCBinaryData){end ? strlen(end) : 0, (uint8_t *)end};
+        rq.start_revision = strtoll(args[1], NULL, 10);
+        resume_next_rev = rq.start_revision;
+        resume_rq = rq;
+        events_left = strtol(args[2], NULL, 10);
+        rc = etcd_watch(client, &rq, on_resume_watch, NULL) ? 0 : -ENOMEM;
     } else if (strcmp(cmd, "range-at") == 0 && nargs == 2) {
         range_rev = strtoll(args[1], NULL, 10);
         rc = do_range(args[0], NULL, &finished);
