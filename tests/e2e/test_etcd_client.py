@@ -338,5 +338,103 @@ class EtcdClientFailover(unittest.TestCase):
         self.assertEqual([(e["kv"]["key"], e["kv"]["value"]) for e in events], [("/fw/x", "X")])
 
 
+class EtcdClientTls(unittest.TestCase):
+    """https:// endpoints: the server's certificate checked against --cacert,
+    a client certificate for etcd's --client-cert-auth (a CA made at test
+    time with openssl, as test_tls.py makes its own)."""
+
+    @classmethod
+    def setUpClass(cls):
+        if not os.path.exists(probe_bin()):
+            raise unittest.SkipTest("etcd_probe not built at %s" % probe_bin())
+        import test_tls  # its throw-away CA helpers
+        cls.workdir = tempfile.mkdtemp(prefix="disco-etcdc-tls-")
+        d = cls.pki = os.path.join(cls.workdir, "pki")
+        os.mkdir(d)
+        test_tls._make_ca(d, "ca")
+        test_tls._make_ca(d, "rogue")
+        test_tls._make_cert(d, "ca", "server", "1001",
+                            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth")
+        test_tls._make_cert(d, "ca", "client", "3003", "extendedKeyUsage=clientAuth")
+        f = lambda n: os.path.join(d, n)  # noqa: E731
+        cls.cluster = harness.EtcdCluster(
+            cls.workdir, size=1, scheme="https",
+            extra_args=["--cert-file", f("server.pem"), "--key-file", f("server.key"),
+                        "--trusted-ca-file", f("ca.pem"), "--client-cert-auth"])
+        cls.ep = cls.cluster.client_urls[0]
+        cls.tls_opts = ["--cacert", f("ca.pem"), "--cert", f("client.pem"),
+                        "--key", f("client.key")]
+        harness.wait_until(
+            lambda: harness.etcdctl(cls.ep, *(cls.tls_opts + ["endpoint", "health"]))[0] == 0,
+            harness.ETCD_HEALTH_TIMEOUT_S, what="etcd over TLS healthy")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.cluster.close()
+        shutil.rmtree(cls.workdir, ignore_errors=True)
+
+    def test_calls_and_watch_over_mutual_tls(self):
+        put = run_probe(self.ep, "put", "/tls/k", "v", opts=self.tls_opts)
+        self.assertEqual(put[0]["outcome"], "OK", put)
+        [got] = run_probe(self.ep, "range", "/tls/k", opts=self.tls_opts)
+        self.assertEqual((got["outcome"], got["kvs"][0]["value"]), ("OK", "v"), got)
+        self.assertTrue(got["endpoint"].startswith("https://"))
+        lines = run_probe(self.ep, "watch", "/tls/", str(put[0]["revision"]), "1",
+                          opts=self.tls_opts)
+        self.assertEqual([e["kv"]["key"] for line in lines for e in line["events"]], ["/tls/k"])
+
+    def test_untrusted_server_or_no_client_cert_is_unsent(self):
+        f = lambda n: os.path.join(self.pki, n)  # noqa: E731
+        rogue = ["--cacert", f("rogue.pem"), "--cert", f("client.pem"), "--key", f("client.key")]
+        [r] = run_probe(self.ep, "put", "/tls/x", "1", timeout_ms=SHORT_CALL_TIMEOUT_MS,
+                        opts=rogue)
+        self.assertEqual(r["outcome"], "UNSENT", r)
+        [r] = run_probe(self.ep, "put", "/tls/x", "1", timeout_ms=SHORT_CALL_TIMEOUT_MS,
+                        opts=["--cacert", f("ca.pem")])
+        self.assertEqual(r["outcome"], "UNSENT", r)
+        [r] = run_probe(self.ep, "range", "/tls/x", opts=self.tls_opts)
+        self.assertEqual((r["outcome"], r["count"]), ("OK", 0), r)
+
+
+class EtcdClientAuth(unittest.TestCase):
+    """etcd with auth enabled: Auth/Authenticate on each connection, then the
+    token on every call and on the Watch stream."""
+
+    @classmethod
+    def setUpClass(cls):
+        if not os.path.exists(probe_bin()):
+            raise unittest.SkipTest("etcd_probe not built at %s" % probe_bin())
+        cls.workdir = tempfile.mkdtemp(prefix="disco-etcdc-auth-")
+        cls.cluster = harness.EtcdCluster(cls.workdir, size=1)
+        cls.ep = cls.cluster.client_urls[0]
+        for args in (("user", "add", "root", "--new-user-password", "rootpw"),
+                     ("auth", "enable")):
+            rc, _, err = harness.etcdctl(cls.ep, *args)
+            assert rc == 0, (args, err)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.cluster.close()
+        shutil.rmtree(cls.workdir, ignore_errors=True)
+
+    def test_user_and_password(self):
+        opts = ["--user", "root", "--password", "rootpw"]
+        [put] = run_probe(self.ep, "put", "/auth/k", "v", opts=opts)
+        self.assertEqual(put["outcome"], "OK", put)
+        rc, out, err = harness.etcdctl(self.ep, "--user", "root:rootpw", "get", "/auth/k")
+        self.assertEqual((rc, out.split()), (0, ["/auth/k", "v"]), err)
+        lines = run_probe(self.ep, "watch", "/auth/", str(put["revision"]), "1", opts=opts)
+        self.assertEqual([e["kv"]["value"] for line in lines for e in line["events"]], ["v"])
+
+    def test_wrong_password_or_none_is_etcds_refusal(self):
+        [r] = run_probe(self.ep, "put", "/auth/x", "1",
+                        opts=["--user", "root", "--password", "wrong"])
+        self.assertEqual(r["outcome"], "GRPC", r)
+        self.assertIn("authentication failed", r["message"])
+        [r] = run_probe(self.ep, "range", "/auth/x")
+        self.assertEqual(r["outcome"], "GRPC", r)
+        self.assertIn("user name is empty", r["message"])
+
+
 if __name__ == "__main__":
     unittest.main()

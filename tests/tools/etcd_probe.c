@@ -3,7 +3,8 @@
  * against real etcd endpoints and prints what came back as JSON lines, for
  * tests/e2e/test_etcd_client.py. Not installed.
  *
- *   etcd_probe [--timeout MS] [--keepalive MS] [--dial MS] ENDPOINTS CMD ARGS...
+ *   etcd_probe [--timeout MS] [--keepalive MS] [--dial MS] [--user U --password P]
+ *              [--cacert PEM] [--cert PEM --key PEM] ENDPOINTS CMD ARGS...
  *   ENDPOINTS    comma-separated (http://127.0.0.1:2379,...)
  *   range KEY [END]           one Range
  *   put KEY VALUE             a Txn with no compares that puts
@@ -326,7 +327,17 @@ int main(int argc, char **argv)
     int i = 1;
     for (; i + 1 < argc && strncmp(argv[i], "--", 2) == 0; i += 2) {
         unsigned v = (unsigned)strtoul(argv[i + 1], NULL, 10);
-        if (strcmp(argv[i], "--timeout") == 0)
+        if (strcmp(argv[i], "--user") == 0)
+            cfg.user = argv[i + 1];
+        else if (strcmp(argv[i], "--password") == 0)
+            cfg.password = argv[i + 1];
+        else if (strcmp(argv[i], "--cacert") == 0)
+            cfg.cacert = argv[i + 1];
+        else if (strcmp(argv[i], "--cert") == 0)
+            cfg.cert = argv[i + 1];
+        else if (strcmp(argv[i], "--key") == 0)
+            cfg.key = argv[i + 1];
+        else if (strcmp(argv[i], "--timeout") == 0)
             timeout_ms = v;
         else if (strcmp(argv[i], "--keepalive") == 0)
             cfg.keepalive_ms = v;
