@@ -377,12 +377,14 @@ static void watch_stream_open(etcd_client_t *c)
     watch_send_creates(c);
 }
 
-/* The Watch stream is gone: every watch created on it ends. */
+/* The Watch stream is gone (and its last bytes handed out): every watch
+ * created on it ends. */
 static void watch_stream_end(etcd_client_t *c)
 {
     c->watch_sid = -1;
     c->watch_stream_closed = false;
     buf_reset(&c->wout);
+    buf_reset(&c->win); /* a message cut short by the end, if any */
     c->wout_deferred = false;
     for (etcd_watch_t *w = c->watches; w; w = w->next)
         if (w->is_sent)
@@ -685,9 +687,14 @@ static void fail_connection(etcd_client_t *c, const char *why)
             call_free(w);
         }
     }
-    if (c->watch_sid >= 0)
-        watch_stream_end(c);
-    buf_reset(&c->win);
+    if (c->watch_sid >= 0) {
+        /* What the stream brought before the end is still handed out
+         * (deliver_watch parses `win` first), then its watches end. */
+        c->watch_sid = -1;
+        c->watch_stream_closed = true;
+        buf_reset(&c->wout);
+        c->wout_deferred = false;
+    }
     close_socket(c);
     schedule_next(c, was_up);
 }
@@ -996,14 +1003,14 @@ static void deliver_watch_response(etcd_client_t *c, const Etcdserverpb__WatchRe
 
 static void deliver_watch(etcd_client_t *c)
 {
-    /* Parse whole messages out of `win` first (a callback may close the
-     * connection, which resets it). */
+    /* Whole messages in `win` first: they came before any end. */
     while (!c->is_doomed && c->win.len >= GRPC_PREFIX_BYTES) {
         size_t mlen;
         int rc = grpc_frame_parse((const uint8_t *)c->win.data, c->win.len, &mlen);
         if (rc == 0)
             break;
         if (rc < 0) {
+            buf_reset(&c->win);
             fail_connection(c, "the Watch stream is not gRPC");
             break;
         }
@@ -1011,6 +1018,7 @@ static void deliver_watch(etcd_client_t *c)
             NULL, mlen, (const uint8_t *)c->win.data + GRPC_PREFIX_BYTES);
         buf_consume(&c->win, (size_t)rc);
         if (!r) {
+            buf_reset(&c->win);
             fail_connection(c, "a WatchResponse that does not decode");
             break;
         }
