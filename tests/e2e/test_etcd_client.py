@@ -197,6 +197,27 @@ class EtcdClientSingle(unittest.TestCase):
         # after the cancel the same connection still answers
         self.assertEqual(lines[-1]["outcome"], "OK", lines)
 
+    def test_leases_grant_keepalive_revoke(self):
+        g = self.one("lease-grant", "30")
+        self.assertEqual(g["outcome"], "OK", g)
+        self.assertEqual(g["ttl"], 30)
+        lid = str(g["id"])
+        rc, out, err = harness.etcdctl(self.ep, "put", "--lease", "%x" % g["id"], "/t7/k", "v")
+        self.assertEqual(rc, 0, err)
+        k = self.one("lease-keepalive", lid)
+        self.assertEqual((k["outcome"], k["id"]), ("OK", g["id"]), k)
+        self.assertGreater(k["ttl"], 0)
+        r = self.one("lease-revoke", lid)
+        self.assertEqual(r["outcome"], "OK", r)
+        self.assertEqual(ctl_kvs(self.ep, "/t7/")[1], [])  # its key went with it
+        # a keep-alive of a lease that is gone: etcd answers TTL 0
+        k = self.one("lease-keepalive", lid)
+        self.assertEqual((k["outcome"], k["ttl"]), ("OK", 0), k)
+        # revoking it again: etcd's NOT_FOUND, passed on
+        r = self.one("lease-revoke", lid)
+        self.assertEqual((r["outcome"], r["code"]), ("GRPC", 5), r)
+        self.assertIn("lease not found", r["message"])
+
     def test_dead_endpoint_is_unsent_at_the_deadline(self):
         dead = "http://127.0.0.1:%d" % harness.free_port()
         t0 = time.monotonic()

@@ -16,6 +16,9 @@
  *   watch-resume PREFIX FROMREV N   as watch, but when the stream ends
  *                             ({"ended":true}) the watch is created again
  *                             from the revision after the last one seen
+ *   lease-grant TTL           LeaseGrant
+ *   lease-keepalive ID        one LeaseKeepAlive exchange
+ *   lease-revoke ID           LeaseRevoke
  *   range-at KEY REV          a Range at revision REV
  *   watch-progress PREFIX     a watch from now; once created, a progress
  *                             request; the answer to it (watch_id -1) is
@@ -155,6 +158,24 @@ static void on_compact(void *ctx, const etcd_result_t *res)
     (void)ctx;
     buf_t b;
     head(&b, res);
+    emit(&b);
+    finished = true;
+}
+
+static void on_lease(void *ctx, const etcd_result_t *res)
+{
+    const char *what = ctx;
+    buf_t b;
+    head(&b, res);
+    if (res->outcome == ETCD_OK && strcmp(what, "grant") == 0) {
+        const Etcdserverpb__LeaseGrantResponse *r =
+            (const Etcdserverpb__LeaseGrantResponse *)res->resp;
+        buf_printf(&b, ",\"id\":%lld,\"ttl\":%lld", (long long)r->id, (long long)r->ttl);
+    } else if (res->outcome == ETCD_OK && strcmp(what, "keepalive") == 0) {
+        const Etcdserverpb__LeaseKeepAliveResponse *r =
+            (const Etcdserverpb__LeaseKeepAliveResponse *)res->resp;
+        buf_printf(&b, ",\"id\":%lld,\"ttl\":%lld", (long long)r->id, (long long)r->ttl);
+    }
     emit(&b);
     finished = true;
 }
@@ -426,6 +447,17 @@ int main(int argc, char **argv)
         resume_rq = rq;
         events_left = strtol(args[2], NULL, 10);
         rc = etcd_watch(client, &rq, on_resume_watch, NULL) ? 0 : -ENOMEM;
+    } else if (strcmp(cmd, "lease-grant") == 0 && nargs == 1) {
+        Etcdserverpb__LeaseGrantRequest rq = ETCDSERVERPB__LEASE_GRANT_REQUEST__INIT;
+        rq.ttl = strtoll(args[0], NULL, 10);
+        rc = etcd_lease_grant(client, &rq, timeout_ms, on_lease, "grant");
+    } else if (strcmp(cmd, "lease-keepalive") == 0 && nargs == 1) {
+        rc = etcd_lease_keepalive_once(client, strtoll(args[0], NULL, 10), timeout_ms, on_lease,
+                                       "keepalive");
+    } else if (strcmp(cmd, "lease-revoke") == 0 && nargs == 1) {
+        Etcdserverpb__LeaseRevokeRequest rq = ETCDSERVERPB__LEASE_REVOKE_REQUEST__INIT;
+        rq.id = strtoll(args[0], NULL, 10);
+        rc = etcd_lease_revoke(client, &rq, timeout_ms, on_lease, "revoke");
     } else if (strcmp(cmd, "range-at") == 0 && nargs == 2) {
         range_rev = strtoll(args[1], NULL, 10);
         rc = do_range(args[0], NULL, &finished);
