@@ -326,7 +326,7 @@ class EtcdClientFailover(unittest.TestCase):
     def test_a_silent_member_is_left_after_an_unanswered_ping(self):
         # SIGSTOP: the socket stays open but nothing answers; only the
         # keep-alive PING (--keepalive 1000 ms) can tell.
-        proc = self.start_probe("ranges", "/f/k", "30", "200")
+        proc = self.start_probe("ranges", "/f/k", "40", "200")
         first = read_json_line(proc, "the first Range")
         self.assertEqual(first["outcome"], "OK", first)
         on = first["endpoint"]
@@ -334,7 +334,7 @@ class EtcdClientFailover(unittest.TestCase):
         out, _ = proc.communicate(timeout=PROBE_RUN_TIMEOUT_S)
         self.assertEqual(proc.returncode, 0)  # sanitizer builds: no report
         rest = [json.loads(x) for x in out.decode().splitlines() if x.strip()]
-        self.assertEqual(len(rest), 29, rest)
+        self.assertEqual(len(rest), 39, rest)
         self.assertTrue(all(r["outcome"] in ("OK", "UNKNOWN", "GRPC") for r in rest), rest)
         self.assertEqual(rest[-1]["outcome"], "OK", rest[-1])
         self.assertNotEqual(rest[-1]["endpoint"], on)
