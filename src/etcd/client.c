@@ -157,6 +157,10 @@ struct etcd_client {
     bool wout_deferred;
     buf_t win; /* Watch stream bytes not yet parsed */
     bool watch_stream_closed;
+    int watch_grpc_status; /* from the Watch stream's trailers, or -1 */
+    /* The connection ends for a member's sickness (no leader), not the
+     * network: the next dial counts towards the back-off. */
+    bool is_member_sick;
 
     int busy;       /* inside deliver() or an entry point */
     bool is_doomed; /* etcd_client_free() ran while busy */
@@ -371,6 +375,7 @@ static void watch_stream_open(etcd_client_t *c)
     }
     c->watch_sid = sid;
     c->watch_stream_closed = false;
+    c->watch_grpc_status = -1;
     buf_reset(&c->wout);
     buf_reset(&c->win);
     c->wout_deferred = false;
@@ -438,6 +443,8 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint
         return 0;
     if (sid == c->watch_sid) {
         /* trailers end the stream: its close does the rest */
+        if (namelen == 11 && memcmp(name, "grpc-status", 11) == 0)
+            c->watch_grpc_status = atoi((const char *)value);
         return 0;
     }
     etcd_call_t *k;
@@ -484,8 +491,15 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t stream_id, 
 
 static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *user_data)
 {
-    (void)ng;
     etcd_client_t *c = user_data;
+    if ((frame->hd.type == NGHTTP2_HEADERS || frame->hd.type == NGHTTP2_DATA) &&
+        (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) &&
+        nghttp2_session_get_stream_local_close(ng, frame->hd.stream_id) == 0) {
+        /* The server's trailers end the call even while our side still has
+         * (or may have) something to send: grpc-go then resets the stream
+         * itself, a server that does not would leave it open forever. */
+        nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_NO_ERROR);
+    }
     if (frame->hd.type == NGHTTP2_SETTINGS && !(frame->hd.flags & NGHTTP2_FLAG_ACK) &&
         !c->has_peer_settings) {
         c->has_peer_settings = true; /* flush() after mem_recv sends the calls */
@@ -650,7 +664,8 @@ static void fail_connection(etcd_client_t *c, const char *why)
 {
     if (c->state == CONN_BACKOFF)
         return;
-    bool was_up = c->state == CONN_UP;
+    bool was_up = c->state == CONN_UP && !c->is_member_sick;
+    c->is_member_sick = false;
     log_warn("etcd: %s: %s", c->eps[c->ep_idx].url, why);
     /* Calls on this connection: sent ones may have been applied. */
     etcd_call_t *k, *tmp;
@@ -1025,8 +1040,17 @@ static void deliver_watch(etcd_client_t *c)
         deliver_watch_response(c, r);
         etcdserverpb__watch_response__free_unpacked(r, NULL);
     }
-    if (c->watch_stream_closed && !c->is_doomed)
+    if (c->watch_stream_closed && !c->is_doomed) {
+        int status = c->watch_grpc_status;
         watch_stream_end(c);
+        if (status == 14 /* UNAVAILABLE: "no leader" (hasleader), "server stopped" */ &&
+            c->state == CONN_UP) {
+            /* This member cannot serve watches now; re-created here, they
+             * would be refused again at once. Another member may. */
+            c->is_member_sick = true;
+            fail_connection(c, "the Watch stream ended UNAVAILABLE (no leader?)");
+        }
+    }
     /* Ends, and frees what is over. */
     etcd_watch_t *w, *next;
     for (w = c->watches; w && !c->is_doomed; w = next) {

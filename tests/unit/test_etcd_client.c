@@ -10,7 +10,11 @@
  *     again and its answer is the call's;
  *   - a GOAWAY that leaves a call unprocessed: the call moves to the next
  *     connection;
- *   - nothing is sent before the server's SETTINGS.
+ *   - nothing is sent before the server's SETTINGS;
+ *   - a Watch stream refused UNAVAILABLE ("no leader", etcd's answer to
+ *     `hasleader` on a member without one) ends the watches and moves the
+ *     client to another member, with a back-off, instead of re-opening the
+ *     stream on the same member as fast as it refuses.
  * Real etcd behaviour (answers, watches, failover, TLS, auth) is covered by
  * tests/e2e/test_etcd_client.py.
  */
@@ -43,6 +47,7 @@ enum behaviour {
     REFUSE_FIRST,       /* RST_STREAM REFUSED_STREAM for the first request, then OK */
     GOAWAY_FIRST,       /* GOAWAY (last stream 0) on the first connection, then OK */
     NO_SETTINGS,        /* the server never sends its SETTINGS */
+    WATCH_NO_LEADER,    /* every stream refused at its HEADERS: grpc-status 14 */
 };
 
 typedef struct server {
@@ -51,6 +56,7 @@ typedef struct server {
     nghttp2_session *ng;
     int requests; /* requests whose body arrived, over all connections */
     int connections;
+    int streams; /* WATCH_NO_LEADER: streams refused */
     uint8_t body[64];
     size_t body_len, body_off;
 } server_t;
@@ -114,13 +120,28 @@ static void answer_ok(server_t *s, int32_t sid)
 static int srv_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *user)
 {
     server_t *s = user;
+    if (s->how == WATCH_NO_LEADER && f->hd.type == NGHTTP2_HEADERS) {
+        static const char msg[] = "etcdserver: no leader";
+        nghttp2_nv nv[] = {
+            {(uint8_t *)":status", (uint8_t *)"200", 7, 3, 0},
+            {(uint8_t *)"content-type", (uint8_t *)"application/grpc", 12, 16, 0},
+            {(uint8_t *)"grpc-status", (uint8_t *)"14", 11, 2, 0},
+            {(uint8_t *)"grpc-message", (uint8_t *)msg, 12, sizeof msg - 1, 0},
+        };
+        s->streams++;
+        assert_int_equal(nghttp2_submit_response(ng, f->hd.stream_id, nv, 4, NULL), 0);
+        return 0;
+    }
     if (f->hd.stream_id == 0 || !(f->hd.flags & NGHTTP2_FLAG_END_STREAM))
         return 0;
     int n = ++s->requests;
     int32_t sid = f->hd.stream_id;
+    if (s->how == WATCH_NO_LEADER)
+        return 0; /* answered at its HEADERS (srv_begin_headers) */
     switch (s->how) {
     case ANSWER_OK:
-    case NO_SETTINGS: answer_ok(s, sid); break;
+    case NO_SETTINGS:
+    case WATCH_NO_LEADER: answer_ok(s, sid); break;
     case ANSWER_UNAVAILABLE: {
         static const char msg[] = "etcdserver: request timed out";
         nghttp2_nv nv[] = {
@@ -362,6 +383,51 @@ static void test_free_with_calls_in_flight_calls_nothing(void **state)
     assert_int_equal(r.calls, 0);
 }
 
+typedef struct watch_ctx {
+    fixture_t *f;
+    Etcdserverpb__WatchCreateRequest rq;
+    int ended;
+} watch_ctx_t;
+
+static void on_watch_again(void *ctx, const Etcdserverpb__WatchResponse *r)
+{
+    watch_ctx_t *w = ctx;
+    if (r)
+        return;
+    w->ended++;
+    /* what the backend does: create it again */
+    assert_non_null(etcd_watch(w->f->c, &w->rq, on_watch_again, w));
+}
+
+static void test_watch_refused_no_leader_moves_with_backoff(void **state)
+{
+    (void)state;
+    fixture_t f;
+    fixture_start(&f, WATCH_NO_LEADER);
+    watch_ctx_t w = {.f = &f};
+    Etcdserverpb__WatchCreateRequest rq = ETCDSERVERPB__WATCH_CREATE_REQUEST__INIT;
+    rq.key = (ProtobufCBinaryData){2, (uint8_t *)"/k"};
+    w.rq = rq;
+    assert_non_null(etcd_watch(f.c, &w.rq, on_watch_again, &w));
+    for (int i = 0; i < MAX_TURNS && f.srv.connections < 2; i++) {
+        loop_run_once(f.loop, 2);
+        server_pump(&f.srv);
+    }
+    assert_true(f.srv.connections >= 2); /* it left the member */
+    assert_true(w.ended >= 1);
+    /* ~300 ms more: with the back-off (50, 100, 200 ms ...) a handful of
+     * streams, not one per round trip */
+    loop_update_clock(f.loop);
+    uint64_t until = loop_now_ms(f.loop) + 300;
+    int streams_before = f.srv.streams;
+    for (int i = 0; i < MAX_TURNS && loop_now_ms(f.loop) < until; i++) {
+        loop_run_once(f.loop, 2);
+        server_pump(&f.srv);
+    }
+    assert_true(f.srv.streams - streams_before <= 10);
+    fixture_stop(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -371,6 +437,7 @@ int main(void)
         cmocka_unit_test(test_goaway_moves_the_call_to_a_new_connection),
         cmocka_unit_test(test_nothing_is_sent_before_the_servers_settings),
         cmocka_unit_test(test_free_with_calls_in_flight_calls_nothing),
+        cmocka_unit_test(test_watch_refused_no_leader_moves_with_backoff),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
