@@ -149,7 +149,8 @@ int etcd_lease_keepalive_once(etcd_client_t *c, int64_t lease_id, unsigned timeo
  * no connection is up are created when one is. Every callback of this
  * client (calls and watches) may make calls, create and cancel watches,
  * and free the client (nothing of it runs after that).
- * Returns a handle, or NULL (-ENOMEM).
+ * With rq->fragment set, etcd's fragments are handed out as they come (not
+ * joined). Returns a handle, or NULL (-ENOMEM).
  */
 typedef struct etcd_watch etcd_watch_t;
 typedef void (*etcd_watch_fn)(void *ctx, const Etcdserverpb__WatchResponse *resp);
