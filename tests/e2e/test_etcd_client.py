@@ -35,6 +35,7 @@ import harness  # noqa: E402
 PROBE_RUN_TIMEOUT_S = 30.0
 CALL_TIMEOUT_MS = 5000
 SHORT_CALL_TIMEOUT_MS = 1500
+AUTH_TOKEN_TTL_S = 1
 
 
 def probe_bin():
@@ -426,7 +427,9 @@ class EtcdClientAuth(unittest.TestCase):
         if not os.path.exists(probe_bin()):
             raise unittest.SkipTest("etcd_probe not built at %s" % probe_bin())
         cls.workdir = tempfile.mkdtemp(prefix="disco-etcdc-auth-")
-        cls.cluster = harness.EtcdCluster(cls.workdir, size=1)
+        # simple tokens live AUTH_TOKEN_TTL_S seconds of disuse
+        cls.cluster = harness.EtcdCluster(cls.workdir, size=1,
+                                          extra_args=["--auth-token-ttl", str(AUTH_TOKEN_TTL_S)])
         cls.ep = cls.cluster.client_urls[0]
         for args in (("user", "add", "root", "--new-user-password", "rootpw"),
                      ("auth", "enable")):
@@ -446,6 +449,12 @@ class EtcdClientAuth(unittest.TestCase):
         self.assertEqual((rc, out.split()), (0, ["/auth/k", "v"]), err)
         lines = run_probe(self.ep, "watch", "/auth/", str(put["revision"]), "1", opts=opts)
         self.assertEqual([e["kv"]["value"] for line in lines for e in line["events"]], ["v"])
+
+    def test_an_expired_token_is_renewed_and_the_call_sent_again(self):
+        opts = ["--user", "root", "--password", "rootpw", "--keepalive", "60000"]
+        gap_ms = int(AUTH_TOKEN_TTL_S * 1000 * 2.5)
+        lines = run_probe(self.ep, "ranges", "/auth/k", "2", str(gap_ms), opts=opts)
+        self.assertEqual([r["outcome"] for r in lines], ["OK", "OK"], lines)
 
     def test_wrong_password_or_none_is_etcds_refusal(self):
         [r] = run_probe(self.ep, "put", "/auth/x", "1",
