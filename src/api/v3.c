@@ -701,6 +701,7 @@ typedef struct v3_watch {
     uint64_t next_rev;
     bool prev_kv, no_put, no_delete;
     bool parked; /* its waiter is in the registry (counted in api->v3_parked) */
+    bool paused; /* held back while its stream is stalled; goes on from next_rev */
 } v3_watch_t;
 
 struct v3_stream {
@@ -719,6 +720,12 @@ struct v3_stream {
      * the next v3_on_durable (it is on the pending list) or client message. */
     bool broken;
     bool too_large; /* broken by an event past V3_MAX_SEND_MESSAGE */
+    bool too_slow;  /* broken: its client asked on without reading (-ENOBUFS) */
+    /* The client reads too slowly (HTTP_STREAM_STALLED): its watches
+     * deliver nothing more and leave the registry, as etcd's unsynced
+     * watchers do; on_watch_drain replays from each one's next_rev. The
+     * events wait in the token's history, not here. */
+    bool stalled;
     bool is_pending;
     v3_stream_t *pending_next, *pending_prev;
 };
@@ -828,7 +835,28 @@ static void stream_break(v3_stream_t *vs)
 static void stream_end_broken(v3_stream_t *vs)
 {
     stream_end(vs, GRPC_RESOURCE_EXHAUSTED,
-               vs->too_large ? V3_E_SEND_TOO_LARGE " (4194304)" : "disco: out of memory");
+               vs->too_large  ? V3_E_SEND_TOO_LARGE " (4194304)"
+               : vs->too_slow ? "disco: the client does not read its answers"
+                              : "disco: out of memory");
+}
+
+/* Hands what `out` holds to the stream. Returns false when the stream is
+ * broken (see stream_break). */
+static bool stream_send_out(v3_stream_t *vs)
+{
+    int rc = http_stream_send(vs->req, &grpc_head, vs->out.data, vs->out.len);
+    buf_reset(&vs->out);
+    if (rc == HTTP_STREAM_STALLED) {
+        vs->stalled = true;
+    } else if (rc == -ENOBUFS) {
+        vs->too_slow = true;
+        stream_break(vs);
+        return false;
+    } else if (rc < 0 && rc != -ESTALE) {
+        stream_break(vs);
+        return false;
+    }
+    return true;
 }
 
 /* Sends (or queues until durable) one message showing state `index`.
@@ -863,13 +891,7 @@ static bool stream_queue(v3_stream_t *vs, const ProtobufCMessage *m, uint64_t in
         pending_link(vs);
         return true;
     }
-    int rc = http_stream_send(vs->req, &grpc_head, vs->out.data, vs->out.len);
-    buf_reset(&vs->out);
-    if (rc == -ENOMEM) {
-        stream_break(vs);
-        return false;
-    }
-    return true;
+    return stream_send_out(vs);
 }
 
 void v3_on_durable(api_t *api)
@@ -880,14 +902,8 @@ void v3_on_durable(api_t *api)
         if (vs->out_index > durable)
             continue;
         pending_unlink(vs);
-        if (vs->broken) {
+        if (vs->broken || !stream_send_out(vs))
             stream_end_broken(vs);
-            continue;
-        }
-        int rc = http_stream_send(vs->req, &grpc_head, vs->out.data, vs->out.len);
-        buf_reset(&vs->out);
-        if (rc == -ENOMEM)
-            stream_end(vs, GRPC_RESOURCE_EXHAUSTED, "disco: out of memory");
     }
 }
 
@@ -965,6 +981,10 @@ static bool watch_pump(v3_watch_t *wt)
     if (!wt->watch_key)
         return true; /* no such token: nothing will ever match */
     for (;;) {
+        if (wt->vs->stalled) {
+            wt->paused = true; /* on_watch_drain goes on from next_rev */
+            return true;
+        }
         reg_result_t out = {0};
         registry_watch(wt->vs->api->reg, wt->watch_key, wt->recursive, wt->next_rev, &wt->w,
                        on_watch_event, wt, &out);
@@ -1003,9 +1023,37 @@ static void on_watch_event(reg_waiter_t *w, const reg_event_t *ev)
                             registry_index(wt->vs->api->reg));
         return;
     }
+    if (wt->vs->stalled) {
+        /* Its client reads too slowly: the event waits in the history. */
+        wt->next_rev = ev->index;
+        wt->paused = true;
+        return;
+    }
     wt->next_rev = ev->index + 1;
     if (watch_deliver(wt, ev))
         watch_pump(wt); /* re-armed from the next revision */
+}
+
+/* The stalled stream drained (http_stream_on_drain): its paused watches
+ * replay what they missed from the history, until all are live again or
+ * the stream stalls again. */
+static void on_watch_drain(http_req_t req, void *ctx)
+{
+    (void)req;
+    v3_stream_t *vs = ctx;
+    vs->stalled = false;
+    for (v3_watch_t *wt = vs->watches; wt && !vs->stalled && !vs->broken; wt = wt->next) {
+        if (!wt->paused)
+            continue;
+        wt->paused = false;
+        if (!watch_pump(wt))
+            break;
+    }
+    if (vs->broken) {
+        /* Outside every registry notification: it can end now. */
+        pending_unlink(vs);
+        stream_end_broken(vs);
+    }
 }
 
 static bool watch_create(v3_stream_t *vs, const Etcdserverpb__WatchCreateRequest *cr)
@@ -1184,6 +1232,7 @@ static void v3_watch(api_t *api, const http_request_t *req)
     vs->conn_watches = http_conn_counter(req->handle);
     assert(vs->conn_watches); /* the request is live while its handler runs */
     http_park(req->handle, HTTP_PARK_WATCH, on_watch_end, vs);
+    http_stream_on_drain(req->handle, on_watch_drain, vs);
     if (http_stream_on_body(req->handle, on_watch_body, vs) != 0) {
         /* Not a stream (the client sent its whole body at once): handle
          * what came, and the call stays open for the events. */

@@ -44,6 +44,25 @@
 #define H2_MAX_UNSENT_BYTES (256 * 1024)
 /* Header fields of one response, :status and trailers included. */
 #define H2_MAX_RESPONSE_FIELDS 24
+/*
+ * Output the client's flow control holds back (answers' bytes queued on
+ * their streams that the session may not send yet). A streaming answer
+ * (a Watch call) that leaves more than H2_STREAM_QUEUED_BYTES_MAX on its
+ * stream, or more than H2_CONN_QUEUED_BYTES_MAX across the connection,
+ * stalls: its owner is told (HTTP_STREAM_STALLED) to produce nothing more
+ * until the stream drains to half of it (http_stream_on_drain). 64 KiB is
+ * grpc-go's per-stream write quota (a server's Send blocks past it).
+ * A stalled stream still takes up to H2_STALLED_EXTRA_BYTES_MAX of
+ * answers to what its client asks (created, canceled); past that its
+ * client asks without reading, and the stream is reset. A unary answer
+ * that finds the connection past H2_CONN_QUEUED_BYTES_MAX ends the
+ * connection (GOAWAY ENHANCE_YOUR_CALM): its client has let a mebibyte
+ * of answers pile up unread. So one connection holds at most about
+ * H2_CONN_QUEUED_BYTES_MAX plus one message per stream.
+ */
+#define H2_STREAM_QUEUED_BYTES_MAX (64 * 1024)
+#define H2_CONN_QUEUED_BYTES_MAX (1024 * 1024)
+#define H2_STALLED_EXTRA_BYTES_MAX (64 * 1024)
 
 typedef struct h2_stream h2_stream_t;
 struct h2_stream {
@@ -64,6 +83,12 @@ struct h2_stream {
     bool resp_started;  /* the response HEADERS are submitted */
     bool resp_end;      /* the body is whole: trailers (or END_STREAM) follow it */
     bool resp_deferred; /* the session waits for more body (NGHTTP2_ERR_DEFERRED) */
+    /* flow control: see H2_STREAM_QUEUED_BYTES_MAX */
+    bool stalled;         /* the owner was told to wait for drain_fn */
+    bool overflowed;      /* past H2_STALLED_EXTRA_BYTES_MAX: its end is a reset */
+    size_t stalled_extra; /* bytes taken while stalled */
+    http_drain_fn drain_fn;
+    void *drain_ctx;
     h2_stream_t *next, *prev;
     /* on the server's parked list (h2_parked_head) while its request waits */
     struct h2_conn *h;
@@ -77,8 +102,11 @@ typedef struct h2_conn {
     http_conn_t *c;
     h2_stream_t *streams;
     size_t n_streams;
-    bool in_recv; /* inside nghttp2_session_mem_recv: no mem_send now */
-    bool dead;    /* the connection closed: free after mem_recv returns */
+    size_t queued_bytes; /* the streams' unsent answer bytes, summed */
+    size_t n_stalled;    /* streams with `stalled` set */
+    bool drain_ready;    /* bytes left a stalled connection: look again */
+    bool in_recv;        /* inside nghttp2_session_mem_recv: no mem_send now */
+    bool dead;           /* the connection closed: free after mem_recv returns */
 } h2_conn_t;
 
 /* ---- streams ------------------------------------------------------------ */
@@ -105,8 +133,22 @@ static void park_unlink(http_server_t *s, h2_stream_t *st)
     st->on_park_list = false;
 }
 
+/* Answer bytes of `st` the session has not taken yet. */
+static size_t stream_unsent(const h2_stream_t *st)
+{
+    assert(st->resp_off <= st->resp.len);
+    return st->resp.len - st->resp_off;
+}
+
 static void stream_free(h2_stream_t *st)
 {
+    h2_conn_t *h = st->h;
+    assert(h->queued_bytes >= stream_unsent(st));
+    h->queued_bytes -= stream_unsent(st);
+    if (st->stalled) {
+        assert(h->n_stalled > 0);
+        h->n_stalled--;
+    }
     park_unlink(st->h->c->srv, st);
     buf_free(&st->path);
     buf_free(&st->content_type);
@@ -169,13 +211,17 @@ static size_t add_lines(nghttp2_nv *nv, size_t n, size_t max, char *lines)
 static ssize_t read_answer(nghttp2_session *ng, int32_t stream_id, uint8_t *out, size_t length,
                            uint32_t *flags, nghttp2_data_source *source, void *user_data)
 {
-    (void)user_data;
+    h2_conn_t *h = user_data;
     h2_stream_t *st = source->ptr;
-    size_t left = st->resp.len - st->resp_off;
+    size_t left = stream_unsent(st);
     size_t n = left < length ? left : length;
     if (n)
         memcpy(out, st->resp.data + st->resp_off, n);
     st->resp_off += n;
+    assert(h->queued_bytes >= n);
+    h->queued_bytes -= n;
+    if (n && h->n_stalled)
+        h->drain_ready = true; /* h2_flush looks whether a stalled stream may go on */
     if (st->resp_off < st->resp.len)
         return (ssize_t)n;
     buf_reset(&st->resp); /* all taken: the buffer starts over */
@@ -207,9 +253,20 @@ void h2_reply(http_conn_t *c, int32_t stream_id, bool is_head, const http_reply_
     /* Its slot was freed by the caller: the request is answered. */
     st->slot = REQ_NONE;
     park_unlink(c->srv, st);
+    if (st->resp_started && st->overflowed) {
+        /* Its client asked on and on without reading (see
+         * H2_STALLED_EXTRA_BYTES_MAX): what waits is dropped and the stream
+         * reset; grpc-go's client reads ENHANCE_YOUR_CALM as
+         * RESOURCE_EXHAUSTED. */
+        nghttp2_submit_rst_stream(h->ng, NGHTTP2_FLAG_NONE, stream_id, NGHTTP2_ENHANCE_YOUR_CALM);
+        h2_flush(c);
+        return;
+    }
     if (st->resp_started) {
         /* A streamed answer: the rest of the body, then the trailers. */
         buf_append(&st->resp, r->body, r->body_len);
+        if (!buf_failed(&st->resp))
+            h->queued_bytes += r->body_len;
         free(st->trailers);
         st->trailers = r->trailers ? strdup(r->trailers) : NULL;
         if (buf_failed(&st->resp) || (r->trailers && !st->trailers)) {
@@ -244,6 +301,17 @@ void h2_reply(http_conn_t *c, int32_t stream_id, bool is_head, const http_reply_
         goto oom;
     n = add_lines(nv, n, H2_MAX_RESPONSE_FIELDS, extra);
     size_t body_len = is_head ? 0 : r->body_len;
+    if (body_len && h->queued_bytes > H2_CONN_QUEUED_BYTES_MAX) {
+        /* See H2_CONN_QUEUED_BYTES_MAX: the client reads none of its answers. */
+        free(extra);
+        free(trailers);
+        log_info("HTTP/2: %s leaves %zu bytes of answers unread; closing", c->peer,
+                 h->queued_bytes);
+        if (nghttp2_session_terminate_session(h->ng, NGHTTP2_ENHANCE_YOUR_CALM) != 0)
+            conn_close_later(c);
+        h2_flush(c);
+        return;
+    }
     int rc;
     if (body_len == 0 && trailers) {
         /* Trailers-only: one HEADERS frame that ends the stream. */
@@ -251,6 +319,7 @@ void h2_reply(http_conn_t *c, int32_t stream_id, bool is_head, const http_reply_
         rc = nghttp2_submit_response(h->ng, stream_id, nv, n, NULL); /* copies the fields */
         free(trailers);
     } else {
+        assert(stream_unsent(st) == 0); /* nothing was sent on it yet */
         buf_reset(&st->resp);
         st->resp_off = 0;
         buf_append(&st->resp, r->body, body_len);
@@ -258,6 +327,7 @@ void h2_reply(http_conn_t *c, int32_t stream_id, bool is_head, const http_reply_
             free(trailers);
             goto oom;
         }
+        h->queued_bytes += body_len;
         free(st->trailers);
         st->trailers = trailers;
         st->resp_end = true;
@@ -653,6 +723,13 @@ void h2_flush(http_conn_t *c)
         conn_close_later(c);
         return;
     }
+    if (h->drain_ready && h->n_stalled && h->queued_bytes <= H2_CONN_QUEUED_BYTES_MAX / 2) {
+        /* Stalled owners go on at the end of the turn (h2_resume_stalled),
+         * outside whatever stack this flush runs in. */
+        h->drain_ready = false;
+        c->h2_resume = true;
+        conn_schedule_resume(c);
+    }
     /* After GOAWAY both ways the session is done: close once written. */
     if (!nghttp2_session_want_read(h->ng) && !nghttp2_session_want_write(h->ng))
         c->close_after_write = true;
@@ -801,6 +878,17 @@ int h2_stream_on_body(http_conn_t *c, int32_t stream_id, http_body_fn fn, void *
     return 0;
 }
 
+int h2_stream_on_drain(http_conn_t *c, int32_t stream_id, http_drain_fn fn, void *ctx)
+{
+    h2_conn_t *h = c->h2;
+    h2_stream_t *st = h ? stream_of(h, stream_id) : NULL;
+    if (!st || !st->streaming)
+        return -EINVAL;
+    st->drain_fn = fn;
+    st->drain_ctx = ctx;
+    return 0;
+}
+
 int h2_stream_send(http_conn_t *c, int32_t stream_id, const http_reply_t *head, const char *data,
                    size_t len)
 {
@@ -808,9 +896,19 @@ int h2_stream_send(http_conn_t *c, int32_t stream_id, const http_reply_t *head, 
     h2_stream_t *st = h ? stream_of(h, stream_id) : NULL;
     if (!st || st->slot == REQ_NONE || st->resp_end)
         return -EINVAL;
+    if (st->overflowed)
+        return -ENOBUFS;
+    if (st->stalled) {
+        st->stalled_extra += len;
+        if (st->stalled_extra > H2_STALLED_EXTRA_BYTES_MAX) {
+            st->overflowed = true; /* h2_reply resets it */
+            return -ENOBUFS;
+        }
+    }
     buf_append(&st->resp, data, len);
     if (buf_failed(&st->resp))
         return -ENOMEM;
+    h->queued_bytes += len;
     if (!st->resp_started) {
         if (!head)
             return -EINVAL;
@@ -831,5 +929,51 @@ int h2_stream_send(http_conn_t *c, int32_t stream_id, const http_reply_t *head, 
         nghttp2_session_resume_data(h->ng, stream_id);
     }
     h2_flush(c);
-    return 0;
+    st = stream_of(h, stream_id); /* a reset sent on the way may have closed it */
+    if (!st)
+        return 0;
+    /* What the session took is gone; what is left waits for the client. */
+    if (!st->stalled && (stream_unsent(st) > H2_STREAM_QUEUED_BYTES_MAX ||
+                         h->queued_bytes > H2_CONN_QUEUED_BYTES_MAX)) {
+        st->stalled = true;
+        st->stalled_extra = 0;
+        h->n_stalled++;
+    }
+    return st->stalled ? HTTP_STREAM_STALLED : 0;
+}
+
+/* Whether stalled stream `st` may go on: it and its connection have
+ * drained to half their bounds (half, so that a stream is not woken for
+ * every frame the client lets through). */
+static bool stream_may_go_on(const h2_conn_t *h, const h2_stream_t *st)
+{
+    return stream_unsent(st) <= H2_STREAM_QUEUED_BYTES_MAX / 2 &&
+           h->queued_bytes <= H2_CONN_QUEUED_BYTES_MAX / 2;
+}
+
+void h2_resume_stalled(http_conn_t *c)
+{
+    h2_conn_t *h = c->h2;
+    if (!h || h->dead)
+        return;
+    assert(!h->in_recv);
+    http_server_t *s = c->srv;
+    /* No frames leave while the owners run (as in h2_shutdown): no stream
+     * closes, so none is freed under this walk; what they send is flushed
+     * after it. */
+    h->in_recv = true;
+    for (h2_stream_t *st = h->streams; st && !h->dead; st = st->next) {
+        if (!st->stalled || !stream_may_go_on(h, st))
+            continue;
+        st->stalled = false;
+        h->n_stalled--;
+        if (st->slot != REQ_NONE && st->drain_fn && s->slots[st->slot].state != REQ_FREE)
+            st->drain_fn(req_handle(s, st->slot), st->drain_ctx);
+    }
+    h->in_recv = false;
+    if (h->dead) {
+        h2_free(h); /* an owner closed the connection */
+        return;
+    }
+    h2_flush(c);
 }

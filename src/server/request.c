@@ -126,6 +126,14 @@ int http_stream_send(http_req_t h, const http_reply_t *head, const char *data, s
     return q->stream_id ? h2_stream_send(q->conn, q->stream_id, head, data, len) : -EINVAL;
 }
 
+int http_stream_on_drain(http_req_t h, http_drain_fn on_drain, void *ctx)
+{
+    req_slot_t *q = req_slot_of(h);
+    if (!q)
+        return -ESTALE;
+    return q->stream_id ? h2_stream_on_drain(q->conn, q->stream_id, on_drain, ctx) : -EINVAL;
+}
+
 bool http_req_is_live(http_req_t h)
 {
     return req_slot_of(h) != NULL;

@@ -130,6 +130,7 @@ struct http_conn {
     uint8_t sniff_len;
     char sniff[24];
     struct h2_conn *h2; /* HTTP/2 state; NULL for HTTP/1.1 */
+    bool h2_resume;     /* queued for h2_resume_stalled */
     /* bytes received but not yet parsed */
     buf_t pending;
     /* output */
@@ -288,6 +289,10 @@ void h2_reply(http_conn_t *c, int32_t stream_id, bool is_head, const http_reply_
 int h2_stream_on_body(http_conn_t *c, int32_t stream_id, http_body_fn fn, void *ctx);
 int h2_stream_send(http_conn_t *c, int32_t stream_id, const http_reply_t *head, const char *data,
                    size_t len);
+int h2_stream_on_drain(http_conn_t *c, int32_t stream_id, http_drain_fn fn, void *ctx);
+/* Tells the owners of stalled streams that have drained (http_stream_on_drain);
+ * run from the resume queue (c->h2_resume), outside every other callback. */
+void h2_resume_stalled(http_conn_t *c);
 /* The connection is closing: every stream's owner is told (once) and the
  * session freed. */
 void h2_conn_closed(http_conn_t *c);

@@ -1,0 +1,324 @@
+#!/usr/bin/env python3
+"""HTTP/2 and v3 limits a hostile or stuck client meets, spoken frame by
+frame (no packages beyond the standard library):
+
+- output under a shut flow-control window (SETTINGS_INITIAL_WINDOW_SIZE 0)
+  is bounded: a Watch stream stalls and catches up from the history when
+  the window opens, disco's memory stays bounded, other clients are served;
+- slowloris over HTTP/2: a header block or a unary body that never ends is
+  cut at --header-timeout / --body-timeout, and a connection that only
+  pings is bounded by --idle-timeout.
+
+Every disco runs on a loopback port picked at run time and is stopped by PID.
+"""
+import os
+import shutil
+import socket
+import struct
+import sys
+import tempfile
+import time
+import unittest
+import uuid
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+
+SLOW = 10 if os.environ.get("DISCO_WRAPPER") else 1
+PREFIX = "/_etcd/registry"
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = \
+    0, 1, 3, 4, 6, 7, 8, 9
+END_STREAM, ACK, END_HEADERS = 0x1, 0x1, 0x4
+SETTINGS_INITIAL_WINDOW_SIZE = 0x4
+NO_ERROR, ENHANCE_YOUR_CALM = 0, 11
+
+
+def hpack_literal(fields):
+    """Header fields as HPACK literals without indexing, no Huffman."""
+    out = b""
+    for name, value in fields:
+        name, value = name.encode(), value.encode()
+        assert len(name) < 127 and len(value) < 127
+        out += b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value
+    return out
+
+
+def varint(n):
+    out = b""
+    while True:
+        b, n = n & 0x7F, n >> 7
+        if not n:
+            return out + bytes([b])
+        out += bytes([b | 0x80])
+
+
+def field(number, data):
+    return varint(number << 3 | 2) + varint(len(data)) + data
+
+
+def grpc_message(pb):
+    return b"\x00" + struct.pack(">I", len(pb)) + pb
+
+
+def watch_create(key, range_end):
+    """A WatchRequest{create_request{key, range_end}}, framed for gRPC."""
+    return grpc_message(field(1, field(1, key) + field(2, range_end)))
+
+
+def vm_rss_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS for %d" % pid)
+
+
+class H2:
+    """One h2c connection spoken frame by frame."""
+
+    def __init__(self, host, port, timeout=10 * SLOW):
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.buf = b""
+        self.authority = "%s:%d" % (host, port)
+
+    def close(self):
+        self.sock.close()
+
+    def send(self, ftype, flags, stream, payload=b""):
+        self.sock.sendall(struct.pack(">I", len(payload))[1:] + bytes([ftype, flags]) +
+                          struct.pack(">I", stream) + payload)
+
+    def read(self):
+        """The next frame (type, flags, stream, payload), or None at EOF."""
+        while True:
+            if len(self.buf) >= 9:
+                n = int.from_bytes(self.buf[:3], "big")
+                if len(self.buf) >= 9 + n:
+                    f = (self.buf[3], self.buf[4],
+                         int.from_bytes(self.buf[5:9], "big") & 0x7FFFFFFF, self.buf[9:9 + n])
+                    self.buf = self.buf[9 + n:]
+                    return f
+            try:
+                chunk = self.sock.recv(65536)
+            except ConnectionResetError:
+                return None
+            if not chunk:
+                return None
+            self.buf += chunk
+
+    def start(self, settings=b""):
+        """Preface and SETTINGS; returns once the server's SETTINGS is acked."""
+        self.sock.sendall(PREFACE)
+        self.send(SETTINGS, 0, 0, settings)
+        got_settings = got_ack = False
+        while not (got_settings and got_ack):
+            f = self.read()
+            assert f is not None, "EOF during the handshake"
+            if f[0] == SETTINGS and f[1] & ACK:
+                got_ack = True
+            elif f[0] == SETTINGS:
+                got_settings = True
+                self.send(SETTINGS, ACK, 0)
+
+    def until(self, pred):
+        """Frames up to and including the first that `pred` accepts; None
+        at EOF."""
+        seen = []
+        while True:
+            f = self.read()
+            if f is None:
+                return seen, None
+            seen.append(f)
+            if pred(f):
+                return seen, f
+
+    def grpc_head(self, path):
+        return hpack_literal([(":method", "POST"), (":scheme", "http"), (":path", path),
+                              (":authority", self.authority),
+                              ("content-type", "application/grpc"), ("te", "trailers")])
+
+    def open_watch(self, stream, creates):
+        self.send(HEADERS, END_HEADERS, stream, self.grpc_head("/etcdserverpb.Watch/Watch"))
+        self.send(DATA, 0, stream, b"".join(creates))
+
+    def get(self, stream, path):
+        self.send(HEADERS, END_STREAM | END_HEADERS, stream, hpack_literal(
+            [(":method", "GET"), (":scheme", "http"), (":path", path),
+             (":authority", self.authority)]))
+
+    def answer(self, stream):
+        """Frames until `stream` ends; (first HEADERS payload's first byte, frames)."""
+        frames, last = self.until(lambda f: f[2] == stream and (
+            (f[0] in (HEADERS, DATA) and f[1] & END_STREAM) or f[0] == RST_STREAM))
+        assert last is not None, "EOF before stream %d ended: %r" % (stream, frames)
+        heads = [f for f in frames if f[2] == stream and f[0] == HEADERS]
+        return (heads[0][3][:1] if heads else None), frames
+
+
+class Base(unittest.TestCase):
+    """disco on the in-memory store (each write answers at once), so that
+    thousands of events take a second."""
+
+    EXTRA = ()
+
+    def setUp(self):
+        self.workdir = tempfile.mkdtemp(prefix="disco-e2e-v3limits-")
+        port = harness.free_port()
+        self.host, self.port = harness.LOOPBACK, port
+        self.base_url = "http://%s:%d" % (self.host, port)
+        self.disco = harness.Proc(
+            harness.disco_wrapper() + [harness.disco_bin(), "serve", "--addr",
+                                       "%s:%d" % (self.host, port), "--data-dir", ""] +
+            list(self.EXTRA),
+            os.path.join(self.workdir, "disco.log"), name="disco:%d" % port)
+        harness.wait_until(lambda: "serving on" in self.disco.log(), 10 * SLOW,
+                           what="disco to listen")
+
+    def tearDown(self):
+        rc = self.disco.stop()
+        self.assertEqual(rc, 0, "disco did not stop cleanly:\n" + self.disco.log()[-3000:])
+        if sys.exc_info()[0] is None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def new_token(self):
+        tok = uuid.uuid4().hex
+        status, _, body = harness.http(
+            "PUT", "%s/v2/keys%s/%s/_config/size" % (self.base_url, PREFIX, tok),
+            body={"value": "3"})
+        self.assertEqual(status, 201, body)
+        return tok
+
+    def put_many(self, tok, n, value_of):
+        """n v2 PUTs of one member key on one keep-alive connection."""
+        c = harness.RawConn(self.base_url, timeout=10 * SLOW)
+        path = "/v2/keys%s/%s/m0" % (PREFIX, tok)
+        for i in range(n):
+            body = ("value=" + value_of(i)).encode()
+            c.request("PUT", path, body)
+            a = c.read_answer()
+            self.assertIn(a.status, (200, 201), a)
+        c.close()
+
+    def assert_health_over_h2(self):
+        h = H2(self.host, self.port)
+        h.start()
+        h.get(1, "/health")
+        status, frames = h.answer(1)
+        self.assertEqual(status, b"\x88", frames)  # :status 200
+        h.close()
+
+
+class ZeroWindowTest(Base):
+    """A client that opens Watch streams with a zero flow-control window and
+    never opens it: disco stalls those streams (their watches leave the
+    registry; the events wait in the token's history) instead of queueing
+    every event for every watch."""
+
+    def test_memory_bounded_under_a_shut_window(self):
+        tok = self.new_token()
+        key = ("%s/%s/" % (PREFIX, tok)).encode()
+        end = key[:-1] + b"0"
+        h = H2(self.host, self.port)
+        h.start(struct.pack(">HI", SETTINGS_INITIAL_WINDOW_SIZE, 0))
+        # 4 streams of 100 watches each on the whole token: every event is
+        # 400 messages of ~4 KiB.
+        for i in range(4):
+            h.open_watch(1 + 2 * i, [watch_create(key, end)] * 100)
+        time.sleep(0.5 * SLOW)  # created, parked
+        before = vm_rss_kib(self.disco.pid)
+        t0 = time.monotonic()
+        n = 300  # unbounded, that is 300 * 400 * 4 KiB = 470 MiB queued
+        self.put_many(tok, n, lambda i: "%04d" % i + "v" * 4000)
+        self.assertLess(time.monotonic() - t0, 120 * SLOW)
+        grew = vm_rss_kib(self.disco.pid) - before
+        self.assertLess(grew, 64 * 1024, "disco's RSS grew by %d KiB" % grew)
+        # Others are served meanwhile, over HTTP/1.1 and HTTP/2.
+        status, _, body = harness.http("GET", self.base_url + "/health")
+        self.assertEqual(status, 200, body)
+        self.assert_health_over_h2()
+        self.assertTrue(self.disco.alive())
+        h.close()
+
+    def test_stalled_watch_catches_up_in_order(self):
+        """The window shut, then opened: the watch delivers every event once,
+        in order, from the history."""
+        tok = self.new_token()
+        key = ("%s/%s/" % (PREFIX, tok)).encode()
+        h = H2(self.host, self.port)
+        h.start(struct.pack(">HI", SETTINGS_INITIAL_WINDOW_SIZE, 0))
+        h.open_watch(1, [watch_create(key, key[:-1] + b"0")])
+        time.sleep(0.3 * SLOW)
+        n = 100  # 400 KiB of events: several times the stream's bound
+        self.put_many(tok, n, lambda i: "<%04d>" % i + "v" * 4000)
+        h.send(WINDOW_UPDATE, 0, 1, struct.pack(">I", 1 << 30))
+        h.send(WINDOW_UPDATE, 0, 0, struct.pack(">I", 1 << 30))
+        got = b""
+        deadline = time.monotonic() + 30 * SLOW
+        while b"<%04d>" % (n - 1) not in got and time.monotonic() < deadline:
+            f = h.read()
+            self.assertIsNotNone(f, "EOF: %r" % got[-200:])
+            self.assertNotIn(f[0], (RST_STREAM, GOAWAY), f)
+            if f[0] == DATA and f[2] == 1:
+                got += f[3]
+                # keep the connection's window open as a client would
+                h.send(WINDOW_UPDATE, 0, 0, struct.pack(">I", max(1, len(f[3]))))
+        seen = [int(got[i + 1:i + 5]) for i in range(len(got)) if got[i:i + 1] == b"<" and
+                got[i + 5:i + 6] == b">" and got[i + 1:i + 5].isdigit()]
+        self.assertEqual(seen, list(range(n)))
+        h.close()
+
+    def test_stalled_stream_that_keeps_asking_is_reset(self):
+        """A stalled Watch stream still answers what its client asks, up to
+        64 KiB; a client that asks on and on without reading gets its stream
+        reset (ENHANCE_YOUR_CALM) and its connection goes on."""
+        tok = self.new_token()
+        key = ("%s/%s/" % (PREFIX, tok)).encode()
+        h = H2(self.host, self.port)
+        h.start(struct.pack(">HI", SETTINGS_INITIAL_WINDOW_SIZE, 0))
+        h.open_watch(1, [watch_create(key, key[:-1] + b"0")])
+        time.sleep(0.3 * SLOW)
+        self.put_many(tok, 40, lambda i: "v" * 4000)  # stalls the stream
+        progress = grpc_message(field(3, b""))  # WatchRequest{progress_request{}}
+        for _ in range(10):
+            h.send(DATA, 0, 1, progress * 500)
+        frames, rst = h.until(lambda f: f[0] in (RST_STREAM, GOAWAY))
+        self.assertIsNotNone(rst, frames)
+        self.assertEqual(rst[:3], (RST_STREAM, 0, 1), rst)
+        self.assertEqual(int.from_bytes(rst[3], "big"), ENHANCE_YOUR_CALM)
+        h.send(SETTINGS, 0, 0, struct.pack(">HI", SETTINGS_INITIAL_WINDOW_SIZE, 65535))
+        h.get(3, "/health")
+        status, frames = h.answer(3)
+        self.assertEqual(status, b"\x88", frames)
+        h.close()
+
+    def test_unread_unary_answers_end_the_connection(self):
+        """Unary answers left unread past 1 MiB on one connection: GOAWAY
+        (ENHANCE_YOUR_CALM), and the connection ends; others are served."""
+        tok = self.new_token()
+        for m in range(5):
+            status, _, body = harness.http(
+                "PUT", "%s/v2/keys%s/%s/m%d" % (self.base_url, PREFIX, tok, m),
+                body={"value": "v" * 8000})
+            self.assertEqual(status, 201, body)
+        key = ("%s/%s/" % (PREFIX, tok)).encode()
+        rng = grpc_message(field(1, key) + field(2, key[:-1] + b"0"))  # ~40 KiB answers
+        h = H2(self.host, self.port)
+        h.start(struct.pack(">HI", SETTINGS_INITIAL_WINDOW_SIZE, 0))
+        for i in range(100):
+            sid = 1 + 2 * i
+            h.send(HEADERS, END_HEADERS, sid, h.grpc_head("/etcdserverpb.KV/Range"))
+            try:
+                h.send(DATA, END_STREAM, sid, rng)
+            except OSError:
+                break  # ended on the way
+        frames, goaway = h.until(lambda f: f[0] == GOAWAY)
+        self.assertIsNotNone(goaway, frames[-5:])
+        self.assertEqual(int.from_bytes(goaway[3][4:8], "big"), ENHANCE_YOUR_CALM)
+        _, more = h.until(lambda f: False)
+        self.assertIsNone(more)  # then EOF
+        h.close()
+        self.assert_health_over_h2()
+
+if __name__ == "__main__":
+    unittest.main()
