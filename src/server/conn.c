@@ -664,7 +664,7 @@ uint64_t conn_expire_timers(http_server_t *s, uint64_t now_ms)
         if (c && (next == 0 || c->deadline_ms < next))
             next = c->deadline_ms;
     }
-    uint64_t h2_next = h2_expire_parked(s, now_ms);
+    uint64_t h2_next = h2_expire_streams(s, now_ms);
     if (h2_next && (next == 0 || h2_next < next))
         next = h2_next;
     return next;

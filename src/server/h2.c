@@ -90,10 +90,11 @@ struct h2_stream {
     http_drain_fn drain_fn;
     void *drain_ctx;
     h2_stream_t *next, *prev;
-    /* on the server's parked list (h2_parked_head) while its request waits */
     struct h2_conn *h;
-    bool on_park_list;
-    uint64_t park_deadline_ms;
+    /* On one of the server's deadline lists while it waits for its client
+     * (its head, its body) or for its owner (parked): see h2_deadlines. */
+    int8_t dl; /* enum h2_deadline */
+    uint64_t deadline_ms;
     h2_stream_t *pnext, *pprev;
 };
 
@@ -116,21 +117,43 @@ static h2_stream_t *stream_of(h2_conn_t *h, int32_t id)
     return nghttp2_session_get_stream_user_data(h->ng, id);
 }
 
-/* Takes the stream off the server's parked list, if it is there. */
-static void park_unlink(http_server_t *s, h2_stream_t *st)
+/* The timer list whose duration each deadline list has. */
+static const enum timer_list dl_timer[H2_DL_COUNT] = {
+    [H2_DL_HEADER] = TL_HEADER, [H2_DL_BODY] = TL_BODY, [H2_DL_PARKED] = TL_PARKED};
+
+/* Takes the stream off its deadline list, if it is on one. */
+static void dl_unlink(http_server_t *s, h2_stream_t *st)
 {
-    if (!st->on_park_list)
+    if (st->dl == H2_DL_NONE)
         return;
+    assert(st->dl >= 0 && st->dl < H2_DL_COUNT);
     if (st->pprev)
         st->pprev->pnext = st->pnext;
     else
-        s->h2_parked_head = st->pnext;
+        s->h2_deadlines[st->dl].head = st->pnext;
     if (st->pnext)
         st->pnext->pprev = st->pprev;
     else
-        s->h2_parked_tail = st->pprev;
+        s->h2_deadlines[st->dl].tail = st->pprev;
     st->pnext = st->pprev = NULL;
-    st->on_park_list = false;
+    st->dl = H2_DL_NONE;
+}
+
+/* Puts the stream at the tail of list `dl`, its deadline from now. Every
+ * entry of a list waits the same duration, so each list stays in deadline
+ * order (as conn.c's lists). */
+static void dl_link(http_server_t *s, h2_stream_t *st, enum h2_deadline dl)
+{
+    dl_unlink(s, st);
+    st->dl = (int8_t)dl;
+    st->deadline_ms = loop_now_ms(s->loop) + s->timers[dl_timer[dl]].duration_ms;
+    st->pprev = s->h2_deadlines[dl].tail;
+    st->pnext = NULL;
+    if (st->pprev)
+        st->pprev->pnext = st;
+    else
+        s->h2_deadlines[dl].head = st;
+    s->h2_deadlines[dl].tail = st;
 }
 
 /* Answer bytes of `st` the session has not taken yet. */
@@ -149,7 +172,7 @@ static void stream_free(h2_stream_t *st)
         assert(h->n_stalled > 0);
         h->n_stalled--;
     }
-    park_unlink(st->h->c->srv, st);
+    dl_unlink(st->h->c->srv, st);
     buf_free(&st->path);
     buf_free(&st->content_type);
     buf_free(&st->authority);
@@ -252,7 +275,7 @@ void h2_reply(http_conn_t *c, int32_t stream_id, bool is_head, const http_reply_
         return; /* reset by the client meanwhile */
     /* Its slot was freed by the caller: the request is answered. */
     st->slot = REQ_NONE;
-    park_unlink(c->srv, st);
+    dl_unlink(c->srv, st);
     if (st->resp_started && st->overflowed) {
         /* Its client asked on and on without reading (see
          * H2_STALLED_EXTRA_BYTES_MAX): what waits is dropped and the stream
@@ -397,6 +420,7 @@ static void stream_dispatch(h2_conn_t *h, h2_stream_t *st)
     http_conn_t *c = h->c;
     http_server_t *s = c->srv;
     st->dispatched = true;
+    dl_unlink(s, st); /* read whole; parking puts it on the parked list */
     if (buf_failed(&st->path) || buf_failed(&st->body) || buf_failed(&st->content_type) ||
         buf_failed(&st->authority) || buf_failed(&st->accept)) {
         stream_refuse(h, st, 500, "out of memory");
@@ -483,6 +507,7 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, voi
     st->h = h;
     st->slot = REQ_NONE;
     st->method = -1;
+    st->dl = H2_DL_NONE;
     if (nghttp2_session_set_stream_user_data(ng, st->id, st) != 0) {
         free(st);
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
@@ -492,6 +517,9 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, voi
         h->streams->prev = st;
     h->streams = st;
     h->n_streams++;
+    /* Its head must be whole within --header-timeout, as an HTTP/1.1 one
+     * (CONTINUATION frames that never end hold the whole connection). */
+    dl_link(h->c->srv, st, H2_DL_HEADER);
     return 0;
 }
 
@@ -553,6 +581,7 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t stream_id, 
     size_t max = h->c->srv->cfg.max_body_bytes;
     if (st->body.len + len > max) {
         st->dispatched = true; /* nothing more of it is read */
+        dl_unlink(h->c->srv, st);
         if (is_grpc(st)) {
             /* A gRPC client reads only a grpc-status: grpc-go's own answer
              * to a message past its limit, with the length its prefix
@@ -598,8 +627,12 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *
         stream_dispatch(h, st);
         return 0;
     }
-    if (!end)
+    if (!end) {
+        /* The head is in; its body must be within --body-timeout. */
+        if (!st->dispatched && frame->hd.type == NGHTTP2_HEADERS)
+            dl_link(s, st, H2_DL_BODY);
         return 0;
+    }
     if (!st->dispatched) {
         stream_dispatch(h, st);
     } else if (st->streaming && st->slot != REQ_NONE && st->body_fn) {
@@ -815,56 +848,97 @@ void h2_stream_parked(http_conn_t *c, int32_t stream_id)
     h2_stream_t *st = h ? stream_of(h, stream_id) : NULL;
     if (!st)
         return;
-    http_server_t *s = c->srv;
-    /* Every entry waits the same duration, so the list stays in deadline
-     * order when a stream that parks again goes to its tail. */
-    park_unlink(s, st);
-    st->park_deadline_ms = loop_now_ms(s->loop) + s->timers[TL_PARKED].duration_ms;
-    st->on_park_list = true;
-    st->pprev = s->h2_parked_tail;
-    st->pnext = NULL;
-    if (st->pprev)
-        st->pprev->pnext = st;
-    else
-        s->h2_parked_head = st;
-    s->h2_parked_tail = st;
+    /* A stream that parks again goes to the tail, its wait from now. */
+    dl_link(c->srv, st, H2_DL_PARKED);
 }
 
-uint64_t h2_expire_parked(http_server_t *s, uint64_t now_ms)
+/* A stream's head did not arrive whole in time: no other frame may come
+ * on the connection until it does, so the connection ends, with
+ * GOAWAY(PROTOCOL_ERROR) as nginx ends an HTTP/2 client that timed out. */
+static void expire_header(h2_stream_t *st)
 {
-    h2_stream_t *st;
-    while ((st = s->h2_parked_head) && st->park_deadline_ms <= now_ms) {
-        park_unlink(s, st);
-        h2_conn_t *h = st->h;
-        http_conn_t *c = h->c;
-        assert(!h->dead && !h->in_recv);
-        if (st->slot == REQ_NONE)
-            continue;
-        req_slot_t *q = &s->slots[st->slot];
-        if (q->state != REQ_PARKED || !q->park_fn)
-            continue;
-        http_req_t hd = req_handle(s, st->slot);
-        http_park_fn fn = q->park_fn;
-        q->park_fn = NULL; /* set again if the owner parks it again */
-        /* As in h2_shutdown: no frames leave (and no stream of this
-         * connection is freed) while the owner runs. */
-        h->in_recv = true;
-        fn(hd, q->park_ctx, HTTP_PARK_TIMEOUT);
-        h->in_recv = false;
-        if (h->dead) {
-            h2_free(h); /* the owner closed the connection */
-            continue;
-        }
-        q = req_slot_of(hd); /* the array may have moved; the slot may be gone */
-        if (q && q->state == REQ_PARKED && !q->park_fn) {
-            /* The owner neither answered nor parked again: nobody will. */
-            req_slot_free(s, st->slot);
-            st->slot = REQ_NONE;
-            nghttp2_submit_rst_stream(h->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
-        }
-        h2_flush(c);
+    h2_conn_t *h = st->h;
+    http_conn_t *c = h->c;
+    log_debug("closing HTTP/2 connection %s: a request head did not arrive within %llu ms", c->peer,
+              (unsigned long long)c->srv->timers[TL_HEADER].duration_ms);
+    if (nghttp2_session_terminate_session(h->ng, NGHTTP2_PROTOCOL_ERROR) != 0) {
+        conn_close(c);
+        return;
     }
-    return st ? st->park_deadline_ms : 0;
+    h2_flush(c);
+}
+
+/* A request's body did not arrive whole in time: that stream gets the
+ * answer HTTP/1.1 gives (408), a gRPC call UNAVAILABLE, which its client
+ * retries; the connection and its other streams go on. */
+static void expire_body(h2_stream_t *st)
+{
+    h2_conn_t *h = st->h;
+    char why[96];
+    snprintf(why, sizeof why, "the request body did not arrive within %llu ms",
+             (unsigned long long)h->c->srv->timers[TL_BODY].duration_ms);
+    assert(!st->dispatched); /* dispatching takes it off the list */
+    st->dispatched = true;   /* what more comes of it is dropped */
+    if (is_grpc(st)) {
+        char msg[110];
+        snprintf(msg, sizeof msg, "disco: %s", why);
+        stream_refuse_grpc(h, st, 14 /* UNAVAILABLE */, msg);
+    } else {
+        stream_refuse(h, st, 408, why);
+    }
+}
+
+static void expire_parked(h2_stream_t *st)
+{
+    h2_conn_t *h = st->h;
+    http_conn_t *c = h->c;
+    http_server_t *s = c->srv;
+    if (st->slot == REQ_NONE)
+        return;
+    req_slot_t *q = &s->slots[st->slot];
+    if (q->state != REQ_PARKED || !q->park_fn)
+        return;
+    http_req_t hd = req_handle(s, st->slot);
+    http_park_fn fn = q->park_fn;
+    q->park_fn = NULL; /* set again if the owner parks it again */
+    /* As in h2_shutdown: no frames leave (and no stream of this
+     * connection is freed) while the owner runs. */
+    h->in_recv = true;
+    fn(hd, q->park_ctx, HTTP_PARK_TIMEOUT);
+    h->in_recv = false;
+    if (h->dead) {
+        h2_free(h); /* the owner closed the connection */
+        return;
+    }
+    q = req_slot_of(hd); /* the array may have moved; the slot may be gone */
+    if (q && q->state == REQ_PARKED && !q->park_fn) {
+        /* The owner neither answered nor parked again: nobody will. */
+        req_slot_free(s, st->slot);
+        st->slot = REQ_NONE;
+        nghttp2_submit_rst_stream(h->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
+    }
+    h2_flush(c);
+}
+
+uint64_t h2_expire_streams(http_server_t *s, uint64_t now_ms)
+{
+    uint64_t next = 0;
+    for (int dl = 0; dl < H2_DL_COUNT; dl++) {
+        h2_stream_t *st;
+        while ((st = s->h2_deadlines[dl].head) && st->deadline_ms <= now_ms) {
+            dl_unlink(s, st);
+            assert(!st->h->dead && !st->h->in_recv);
+            if (dl == H2_DL_HEADER)
+                expire_header(st);
+            else if (dl == H2_DL_BODY)
+                expire_body(st);
+            else
+                expire_parked(st);
+        }
+        if (st && (next == 0 || st->deadline_ms < next))
+            next = st->deadline_ms;
+    }
+    return next;
 }
 
 int h2_stream_on_body(http_conn_t *c, int32_t stream_id, http_body_fn fn, void *ctx)

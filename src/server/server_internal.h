@@ -45,6 +45,10 @@
 /* No request slot. */
 #define REQ_NONE UINT32_MAX
 
+/* What an HTTP/2 stream waits for, each with its HTTP/1.1 counterpart's
+ * duration: its head (TL_HEADER), its body (TL_BODY), its owner (TL_PARKED). */
+enum h2_deadline { H2_DL_NONE = -1, H2_DL_HEADER, H2_DL_BODY, H2_DL_PARKED, H2_DL_COUNT };
+
 enum timer_list {
     TL_NONE = -1,
     TL_IDLE,
@@ -175,9 +179,12 @@ struct http_server {
         http_conn_t *head, *tail;
         uint64_t duration_ms;
     } timers[TL_COUNT];
-    /* parked HTTP/2 streams, oldest first: each waits TL_PARKED's duration
-     * from its park, as a parked HTTP/1.1 request does (h2.c) */
-    struct h2_stream *h2_parked_head, *h2_parked_tail;
+    /* HTTP/2 streams waiting, one list per kind of wait (enum h2_deadline),
+     * oldest first: each entry of a list waits the duration of the timer
+     * list the same wait has on HTTP/1.1 (h2.c) */
+    struct {
+        struct h2_stream *head, *tail;
+    } h2_deadlines[H2_DL_COUNT];
     http_conn_t *resume_head;
     http_conn_t *closed_head;
     /* request slots: handles index them */
@@ -298,8 +305,10 @@ void h2_resume_stalled(http_conn_t *c);
 void h2_conn_closed(http_conn_t *c);
 /* The stream's request parked (http_park): its wait deadline starts now. */
 void h2_stream_parked(http_conn_t *c, int32_t stream_id);
-/* Ends parked streams whose wait is over (HTTP_PARK_TIMEOUT to their
- * owners); returns the next deadline, 0 when no stream is parked. */
-uint64_t h2_expire_parked(http_server_t *s, uint64_t now_ms);
+/* Ends the waits of HTTP/2 streams that are over: a head not whole in time
+ * ends its connection, a body its stream (408, gRPC UNAVAILABLE), a parked
+ * stream's owner is told (HTTP_PARK_TIMEOUT). Returns the next deadline, 0
+ * when no stream waits. */
+uint64_t h2_expire_streams(http_server_t *s, uint64_t now_ms);
 
 #endif

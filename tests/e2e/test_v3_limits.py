@@ -320,5 +320,97 @@ class ZeroWindowTest(Base):
         h.close()
         self.assert_health_over_h2()
 
+
+class SlowlorisTest(Base):
+    """HTTP/2 streams that never finish arriving are cut as HTTP/1.1
+    requests are: a header block at --header-timeout (the connection: no
+    other frame may come until the block ends), a request body at
+    --body-timeout (that stream: the answer HTTP/1.1 gives, 408 or for gRPC
+    UNAVAILABLE), and a connection that only pings at --idle-timeout."""
+
+    EXTRA = ("--header-timeout", "1s", "--body-timeout", "1s", "--idle-timeout", "2s")
+
+    def raw(self):
+        h = H2(self.host, self.port, timeout=10 * SLOW)
+        h.start()
+        return h
+
+    def test_header_block_never_ending(self):
+        h = self.raw()
+        block = hpack_literal([(":method", "GET"), (":scheme", "http"), (":path", "/health"),
+                               (":authority", h.authority)])
+        t0 = time.monotonic()
+        h.send(HEADERS, 0, 1, block[:10])  # no END_HEADERS
+        for _ in range(4):  # a CONTINUATION now and then, never the last
+            time.sleep(0.3)
+            h.send(CONTINUATION, 0, 1, b"")
+        frames, goaway = h.until(lambda f: f[0] == GOAWAY)
+        self.assertIsNotNone(goaway, frames)
+        self.assertLess(time.monotonic() - t0, 8 * SLOW)
+        _, more = h.until(lambda f: False)
+        self.assertIsNone(more)  # then EOF
+        h.close()
+        self.assertTrue(self.disco.alive())
+
+    def test_unary_body_never_ending(self):
+        h = self.raw()
+        t0 = time.monotonic()
+        h.send(HEADERS, END_HEADERS, 1, h.grpc_head("/etcdserverpb.KV/Range"))
+        h.send(DATA, 0, 1, b"\x00\x00\x00")  # part of a message, no END_STREAM
+        for _ in range(4):  # empty DATA now and then, never the end
+            time.sleep(0.3)
+            h.send(DATA, 0, 1, b"")
+            h.send(PING, 0, 0, b"12345678")
+        frames, last = h.until(lambda f: f[2] == 1 and (
+            f[0] == RST_STREAM or (f[0] == HEADERS and f[1] & END_STREAM)))
+        self.assertIsNotNone(last, frames)
+        self.assertLess(time.monotonic() - t0, 8 * SLOW)
+        self.assertEqual(last[0], HEADERS, last)  # a trailers-only answer
+        # grpc-status 14 (UNAVAILABLE: a client retries); nghttp2 Huffman-codes
+        # the names, the short value stays a literal
+        self.assertIn(b"\x0214", last[3])
+        # the connection goes on
+        h.get(3, "/health")
+        status, frames = h.answer(3)
+        self.assertEqual(status, b"\x88", frames)
+        h.close()
+
+    def test_plain_body_never_ending(self):
+        h = self.raw()
+        h.send(HEADERS, END_HEADERS, 1, hpack_literal(
+            [(":method", "PUT"), (":scheme", "http"), (":path", "/v2/keys/x"),
+             (":authority", h.authority),
+             ("content-type", "application/x-www-form-urlencoded")]))
+        h.send(DATA, 0, 1, b"value=")
+        status, frames = h.answer(1)
+        self.assertIsNotNone(status, frames)
+        self.assertIn(b"408", b"".join(f[3] for f in frames if f[0] == HEADERS) + status)
+        h.close()
+
+    def test_pings_only_end_at_the_idle_timeout(self):
+        h = self.raw()
+        t0 = time.monotonic()
+        h.sock.settimeout(0.3)
+        goaway = None
+        while goaway is None and time.monotonic() - t0 < 10 * SLOW:
+            try:
+                h.send(PING, 0, 0, b"12345678")
+                h.send(SETTINGS, 0, 0, b"")
+                h.send(WINDOW_UPDATE, 0, 0, struct.pack(">I", 1))
+            except OSError:
+                break
+            try:
+                while True:
+                    f = h.read()
+                    if f is None or f[0] == GOAWAY:
+                        goaway = f
+                        break
+            except socket.timeout:
+                pass
+        self.assertIsNotNone(goaway, "no GOAWAY within %.1f s" % (time.monotonic() - t0))
+        self.assertEqual(int.from_bytes(goaway[3][4:8], "big"), NO_ERROR)
+        self.assertLess(time.monotonic() - t0, 8 * SLOW)
+        h.close()
+
 if __name__ == "__main__":
     unittest.main()
