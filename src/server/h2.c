@@ -205,6 +205,14 @@ static void stream_end_request(h2_conn_t *h, h2_stream_t *st)
     req_end_closed(h->c->srv, slot);
 }
 
+/* The owner of the stream's request neither answered nor parked it again
+ * (req_tell_owner freed the slot): nobody will, so the stream is reset. */
+static void stream_reset_unanswered(h2_conn_t *h, h2_stream_t *st)
+{
+    st->slot = REQ_NONE;
+    nghttp2_submit_rst_stream(h->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
+}
+
 /* ---- the answer's body -------------------------------------------------- */
 
 /* Appends "name: value\r\n" lines as header fields (names lower-cased in
@@ -784,17 +792,8 @@ void h2_shutdown(http_conn_t *c)
         req_slot_t *q = &s->slots[st->slot];
         if (q->state != REQ_PARKED || !q->park_fn)
             continue;
-        http_req_t hd = req_handle(s, st->slot);
-        http_park_fn fn = q->park_fn;
-        q->park_fn = NULL; /* set again if the owner parks it again */
-        fn(hd, q->park_ctx, HTTP_PARK_SHUTDOWN);
-        q = req_slot_of(hd); /* the array may have moved; the slot may be gone */
-        if (q && q->state == REQ_PARKED && !q->park_fn) {
-            /* The owner neither answered nor parked again: nobody will. */
-            req_slot_free(s, st->slot);
-            st->slot = REQ_NONE;
-            nghttp2_submit_rst_stream(h->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
-        }
+        if (req_tell_owner(s, st->slot, HTTP_PARK_SHUTDOWN))
+            stream_reset_unanswered(h, st);
     }
     h->in_recv = false;
     if (h->dead) {
@@ -898,25 +897,17 @@ static void expire_parked(h2_stream_t *st)
     req_slot_t *q = &s->slots[st->slot];
     if (q->state != REQ_PARKED || !q->park_fn)
         return;
-    http_req_t hd = req_handle(s, st->slot);
-    http_park_fn fn = q->park_fn;
-    q->park_fn = NULL; /* set again if the owner parks it again */
     /* As in h2_shutdown: no frames leave (and no stream of this
      * connection is freed) while the owner runs. */
     h->in_recv = true;
-    fn(hd, q->park_ctx, HTTP_PARK_TIMEOUT);
+    bool unanswered = req_tell_owner(s, st->slot, HTTP_PARK_TIMEOUT);
     h->in_recv = false;
     if (h->dead) {
         h2_free(h); /* the owner closed the connection */
         return;
     }
-    q = req_slot_of(hd); /* the array may have moved; the slot may be gone */
-    if (q && q->state == REQ_PARKED && !q->park_fn) {
-        /* The owner neither answered nor parked again: nobody will. */
-        req_slot_free(s, st->slot);
-        st->slot = REQ_NONE;
-        nghttp2_submit_rst_stream(h->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
-    }
+    if (unanswered)
+        stream_reset_unanswered(h, st);
     h2_flush(c);
 }
 

@@ -204,6 +204,16 @@ req_slot_t *req_slot_of(http_req_t h);
 http_req_t req_handle(http_server_t *s, uint32_t slot);
 /* Frees a slot (its handles go stale); clears the connection's link. */
 void req_slot_free(http_server_t *s, uint32_t slot);
+/*
+ * Tells the owner of parked request `slot` (state REQ_PARKED, park_fn set)
+ * that its wait ended: `why` is HTTP_PARK_TIMEOUT or HTTP_PARK_SHUTDOWN
+ * (a CLOSED end is req_end_closed's). The owner answers, parks it again,
+ * or neither. Returns true when it did neither: nobody will answer, so the
+ * slot is freed here and the caller ends what carried the request (closes
+ * the HTTP/1.1 connection, resets the stream). The one place where an
+ * owner hears of a timeout or a shutdown.
+ */
+bool req_tell_owner(http_server_t *s, uint32_t slot, enum http_park_end why);
 /* Tells the owner of `c`'s parked request that it ended (`why`), if there
  * is one; after a CLOSED end the slot is freed. */
 void req_end_parked(http_conn_t *c, enum http_park_end why);
