@@ -55,14 +55,17 @@
  * A stalled stream still takes up to H2_STALLED_EXTRA_BYTES_MAX of
  * answers to what its client asks (created, canceled); past that its
  * client asks without reading, and the stream is reset. A unary answer
- * that finds the connection past H2_CONN_QUEUED_BYTES_MAX ends the
- * connection (GOAWAY ENHANCE_YOUR_CALM): its client has let a mebibyte
- * of answers pile up unread. So one connection holds at most about
- * H2_CONN_QUEUED_BYTES_MAX plus one message per stream.
+ * that finds the connection past H2_CONN_UNREAD_BYTES_MAX ends the
+ * connection (GOAWAY ENHANCE_YOUR_CALM): its client has let answers pile
+ * up unread. That bound is four of the largest messages (4 MiB, v3.c), so
+ * that a client reading a few large answers slowly is not cut off. So one
+ * connection holds at most about H2_CONN_UNREAD_BYTES_MAX plus one message
+ * per stream.
  */
 #define H2_STREAM_QUEUED_BYTES_MAX (64 * 1024)
 #define H2_CONN_QUEUED_BYTES_MAX (1024 * 1024)
 #define H2_STALLED_EXTRA_BYTES_MAX (64 * 1024)
+#define H2_CONN_UNREAD_BYTES_MAX (16 * 1024 * 1024)
 
 typedef struct h2_stream h2_stream_t;
 struct h2_stream {
@@ -332,8 +335,8 @@ void h2_reply(http_conn_t *c, int32_t stream_id, bool is_head, const http_reply_
         goto oom;
     n = add_lines(nv, n, H2_MAX_RESPONSE_FIELDS, extra);
     size_t body_len = is_head ? 0 : r->body_len;
-    if (body_len && h->queued_bytes > H2_CONN_QUEUED_BYTES_MAX) {
-        /* See H2_CONN_QUEUED_BYTES_MAX: the client reads none of its answers. */
+    if (body_len && h->queued_bytes > H2_CONN_UNREAD_BYTES_MAX) {
+        /* See H2_CONN_UNREAD_BYTES_MAX: the client reads none of its answers. */
         free(extra);
         free(trailers);
         log_info("HTTP/2: %s leaves %zu bytes of answers unread; closing", c->peer,
