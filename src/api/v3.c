@@ -859,6 +859,8 @@ static bool stream_send_out(v3_stream_t *vs)
     return true;
 }
 
+static bool stream_queued(v3_stream_t *vs, uint64_t index);
+
 /* Sends (or queues until durable) one message showing state `index`.
  * Returns false when the stream is broken (see stream_break). */
 static bool stream_queue(v3_stream_t *vs, const ProtobufCMessage *m, uint64_t index)
@@ -884,6 +886,12 @@ static bool stream_queue(v3_stream_t *vs, const ProtobufCMessage *m, uint64_t in
     buf_append(&vs->out, prefix, sizeof prefix);
     protobuf_c_message_pack(m, (uint8_t *)vs->out.data + at + GRPC_PREFIX_BYTES);
     vs->out.len += n;
+    return stream_queued(vs, index);
+}
+
+/* A message is whole in `out`: it leaves now, or once `index` is durable. */
+static bool stream_queued(v3_stream_t *vs, uint64_t index)
+{
     if (index > vs->out_index)
         vs->out_index = index;
     api_t *api = vs->api;
@@ -937,6 +945,160 @@ static void fill_event_kv(Etcdserverpb__KeyValue *kv, const reg_snap_t *n, uint6
         kv->value = (ProtobufCBinaryData){strlen(n->value), (uint8_t *)n->value};
 }
 
+/*
+ * A woken event goes to every watch it matches within one registry
+ * notification (and a replay reads the same events again): its Event
+ * message, with and without prev_kv, and the response header of the
+ * revision it is sent at are encoded once and kept in the api (the
+ * v3_ev_* fields); each watch's WatchResponse is put together from those
+ * bytes and its watch id. Fields go in protobuf-c's order (header 1,
+ * watch_id 2, events 11), so the bytes are exactly what packing the whole
+ * message would give.
+ */
+#define PB_TAG_HEADER 0x0a   /* field 1, length-delimited */
+#define PB_TAG_WATCH_ID 0x10 /* field 2, varint */
+#define PB_TAG_EVENTS 0x5a   /* field 11, length-delimited */
+#define V3_EV_KEEP_BYTES (64 * 1024)
+
+static size_t varint_len(uint64_t v)
+{
+    size_t n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+static uint8_t *put_varint(uint8_t *p, uint64_t v)
+{
+    while (v >= 0x80) {
+        *p++ = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    *p++ = (uint8_t)v;
+    return p;
+}
+
+/* Empties `b`, giving back a large event's memory. */
+static void ev_buf_clear(buf_t *b)
+{
+    if (b->cap > V3_EV_KEEP_BYTES)
+        buf_free(b);
+    else
+        buf_reset(b);
+}
+
+void v3_free(api_t *api)
+{
+    buf_free(&api->v3_ev_header);
+    buf_free(&api->v3_ev_bytes[0]);
+    buf_free(&api->v3_ev_bytes[1]);
+}
+
+/* Packs `m` into `b` (empty). False when out of memory. */
+static bool pack_into(buf_t *b, const ProtobufCMessage *m)
+{
+    size_t n = protobuf_c_message_get_packed_size(m);
+    assert(b->len == 0);
+    buf_reserve(b, n);
+    if (buf_failed(b))
+        return false;
+    protobuf_c_message_pack(m, (uint8_t *)b->data);
+    b->len = n;
+    return true;
+}
+
+/* The header and Event bytes of `ev` as sent now (encoded on first use).
+ * False when out of memory. */
+static bool event_encoded(api_t *api, const reg_event_t *ev, bool with_prev, const buf_t **header,
+                          const buf_t **event)
+{
+    uint64_t rev = registry_index(api->reg);
+    if (api->v3_ev_index != ev->index || api->v3_ev_rev != rev) {
+        ev_buf_clear(&api->v3_ev_header);
+        ev_buf_clear(&api->v3_ev_bytes[0]);
+        ev_buf_clear(&api->v3_ev_bytes[1]);
+        api->v3_ev_index = ev->index;
+        api->v3_ev_rev = rev;
+    }
+    bool ok = true;
+    if (api->v3_ev_header.len == 0) {
+        Etcdserverpb__ResponseHeader hd;
+        fill_header(api, &hd);
+        ok = pack_into(&api->v3_ev_header, &hd.base);
+    }
+    buf_t *b = &api->v3_ev_bytes[with_prev];
+    if (ok && b->len == 0) {
+        bool is_delete = ev->action == REG_ACT_DELETE || ev->action == REG_ACT_CAD ||
+                         ev->action == REG_ACT_EXPIRE;
+        Etcdserverpb__KeyValue kv, prev;
+        fill_event_kv(&kv, &ev->node, ev->index, is_delete);
+        Etcdserverpb__Event e = ETCDSERVERPB__EVENT__INIT;
+        e.type = is_delete ? ETCDSERVERPB__EVENT__EVENT_TYPE__DELETE
+                           : ETCDSERVERPB__EVENT__EVENT_TYPE__PUT;
+        e.kv = &kv;
+        if (with_prev) {
+            fill_event_kv(&prev, &ev->prev, ev->index, false);
+            e.prev_kv = &prev;
+        }
+        ok = pack_into(b, &e.base);
+    }
+    if (!ok) {
+        api->v3_ev_index = 0; /* nothing half-made is kept */
+        ev_buf_clear(&api->v3_ev_header);
+        ev_buf_clear(b);
+        return false;
+    }
+    *header = &api->v3_ev_header;
+    *event = b;
+    return true;
+}
+
+/* Queues WatchResponse{header, watch_id, events: [event]} from encoded
+ * parts. Returns false when the stream is broken. */
+static bool stream_queue_event(v3_stream_t *vs, int64_t id, const buf_t *header, const buf_t *event,
+                               uint64_t index)
+{
+    if (vs->broken)
+        return false;
+    size_t n = 1 + varint_len(header->len) + header->len + 1 + varint_len(event->len) + event->len;
+    if (id != 0)
+        n += 1 + varint_len((uint64_t)id); /* proto3: a zero id is not sent */
+    if (n > V3_MAX_SEND_MESSAGE) {
+        vs->too_large = true; /* see stream_queue */
+        stream_break(vs);
+        return false;
+    }
+    buf_reserve(&vs->out, GRPC_PREFIX_BYTES + n);
+    if (buf_failed(&vs->out)) {
+        stream_break(vs);
+        return false;
+    }
+    uint8_t *p = (uint8_t *)vs->out.data + vs->out.len, *start = p;
+    *p++ = 0;
+    *p++ = (uint8_t)(n >> 24);
+    *p++ = (uint8_t)(n >> 16);
+    *p++ = (uint8_t)(n >> 8);
+    *p++ = (uint8_t)n;
+    *p++ = PB_TAG_HEADER;
+    p = put_varint(p, header->len);
+    memcpy(p, header->data, header->len);
+    p += header->len;
+    if (id != 0) {
+        *p++ = PB_TAG_WATCH_ID;
+        p = put_varint(p, (uint64_t)id);
+    }
+    *p++ = PB_TAG_EVENTS;
+    p = put_varint(p, event->len);
+    memcpy(p, event->data, event->len);
+    p += event->len;
+    assert((size_t)(p - start) == GRPC_PREFIX_BYTES + n);
+    (void)start;
+    vs->out.len += GRPC_PREFIX_BYTES + n;
+    return stream_queued(vs, index);
+}
+
 /* Sends event `ev` to watch `wt` if it is in its range. Returns false when
  * the stream ended. */
 static bool watch_deliver(v3_watch_t *wt, const reg_event_t *ev)
@@ -951,25 +1113,13 @@ static bool watch_deliver(v3_watch_t *wt, const reg_event_t *ev)
         ev->action == REG_ACT_DELETE || ev->action == REG_ACT_CAD || ev->action == REG_ACT_EXPIRE;
     if ((is_delete && wt->no_delete) || (!is_delete && wt->no_put))
         return true;
-    Etcdserverpb__KeyValue kv, prev;
-    fill_event_kv(&kv, &ev->node, ev->index, is_delete);
-    Etcdserverpb__Event e = ETCDSERVERPB__EVENT__INIT;
-    e.type =
-        is_delete ? ETCDSERVERPB__EVENT__EVENT_TYPE__DELETE : ETCDSERVERPB__EVENT__EVENT_TYPE__PUT;
-    e.kv = &kv;
-    if (wt->prev_kv && ev->has_prev && !ev->prev.is_dir) {
-        fill_event_kv(&prev, &ev->prev, ev->index, false);
-        e.prev_kv = &prev;
+    api_t *api = wt->vs->api;
+    const buf_t *header, *event;
+    if (!event_encoded(api, ev, wt->prev_kv && ev->has_prev && !ev->prev.is_dir, &header, &event)) {
+        stream_break(wt->vs);
+        return false;
     }
-    Etcdserverpb__Event *events[1] = {&e};
-    Etcdserverpb__ResponseHeader hd;
-    fill_header(wt->vs->api, &hd);
-    Etcdserverpb__WatchResponse resp = ETCDSERVERPB__WATCH_RESPONSE__INIT;
-    resp.header = &hd;
-    resp.watch_id = wt->id;
-    resp.n_events = 1;
-    resp.events = events;
-    return stream_queue(wt->vs, &resp.base, registry_index(wt->vs->api->reg));
+    return stream_queue_event(wt->vs, wt->id, header, event, registry_index(api->reg));
 }
 
 static void on_watch_event(reg_waiter_t *w, const reg_event_t *ev);

@@ -74,6 +74,45 @@ def vm_rss_kib(pid):
     raise AssertionError("no VmRSS for %d" % pid)
 
 
+def pb_fields(data):
+    """A protobuf message as {field number: [values]} (varints as ints,
+    length-delimited fields as bytes)."""
+    out, i = {}, 0
+    while i < len(data):
+        key, i = read_varint(data, i)
+        num, wt = key >> 3, key & 7
+        if wt == 0:
+            v, i = read_varint(data, i)
+        elif wt == 2:
+            n, i = read_varint(data, i)
+            v, i = data[i:i + n], i + n
+        else:
+            raise AssertionError("wire type %d" % wt)
+        out.setdefault(num, []).append(v)
+    return out
+
+
+def read_varint(data, i):
+    v = shift = 0
+    while True:
+        b = data[i]
+        i += 1
+        v |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return v, i
+
+
+def grpc_messages(data):
+    """The messages of a gRPC body, and the bytes of a partial last one."""
+    out = []
+    while len(data) >= 5 and len(data) >= 5 + int.from_bytes(data[1:5], "big"):
+        n = int.from_bytes(data[1:5], "big")
+        out.append(data[5:5 + n])
+        data = data[5 + n:]
+    return out, data
+
+
 class H2:
     """One h2c connection spoken frame by frame."""
 
@@ -323,6 +362,60 @@ class UnreadAnswersTest(Base):
         self.assertIsNone(more)  # then EOF
         h.close()
         self.assert_health_over_h2()
+
+
+class SharedEventTest(Base):
+    """One event goes to many watches of one stream (each its own watch id,
+    some with prev_kv): each gets a whole WatchResponse with its own id, the
+    event's kv, and prev_kv only where asked."""
+
+    def test_one_event_many_watches(self):
+        tok = self.new_token()
+        key = ("%s/%s/" % (PREFIX, tok)).encode()
+        end = key[:-1] + b"0"
+        self.put_many(tok, 1, lambda i: "first")
+        creates = []
+        for i in range(10):
+            # WatchCreateRequest{key, range_end, prev_kv (field 6) on odd ids}
+            cr = field(1, key) + field(2, end) + (b"\x30\x01" if i % 2 else b"")
+            creates.append(grpc_message(field(1, cr)))
+        h = H2(self.host, self.port)
+        h.start()
+        h.send(WINDOW_UPDATE, 0, 0, struct.pack(">I", 1 << 24))
+        h.open_watch(1, creates)
+        body, created = b"", set()
+        while len(created) < 10:
+            f = h.read()
+            self.assertIsNotNone(f)
+            if f[0] == DATA and f[2] == 1:
+                msgs, body = grpc_messages(body + f[3])
+                for m in msgs:
+                    r = pb_fields(m)
+                    self.assertEqual(r.get(3), [1], r)  # created
+                    created.add(r.get(2, [0])[0])
+        self.assertEqual(created, set(range(10)))
+        self.put_many(tok, 1, lambda i: "second")
+        got = {}
+        while len(got) < 10:
+            f = h.read()
+            self.assertIsNotNone(f)
+            if f[0] == DATA and f[2] == 1:
+                msgs, body = grpc_messages(body + f[3])
+                for m in msgs:
+                    r = pb_fields(m)
+                    got[r.get(2, [0])[0]] = r
+        for wid, r in got.items():
+            hdr = pb_fields(r[1][0])
+            (ev,) = [pb_fields(e) for e in r[11]]
+            kv = pb_fields(ev[2][0])
+            self.assertEqual(kv[1], [("%s/%s/m0" % (PREFIX, tok)).encode()])
+            self.assertEqual(kv[5], [b"second"])
+            self.assertEqual(kv[3], hdr[3])  # mod_revision == header.revision
+            if wid % 2:
+                self.assertEqual(pb_fields(ev[3][0])[5], [b"first"], wid)
+            else:
+                self.assertNotIn(3, ev, wid)
+        h.close()
 
 
 class SlowlorisTest(Base):
