@@ -307,6 +307,58 @@ class ZeroWindowTest(Base):
         self.assertEqual(seen, list(range(n)))
         h.close()
 
+    def test_window_opened_bit_by_bit(self):
+        """Many stalls and drains: the client gives 16 KiB of window at a time
+        while events keep coming; every event arrives once, in order, and
+        the client's reset of the stream at the end is taken cleanly."""
+        tok = self.new_token()
+        key = ("%s/%s/" % (PREFIX, tok)).encode()
+        h = H2(self.host, self.port)
+        h.start(struct.pack(">HI", SETTINGS_INITIAL_WINDOW_SIZE, 0))
+        h.send(WINDOW_UPDATE, 0, 0, struct.pack(">I", 1 << 30))
+        h.open_watch(1, [watch_create(key, key[:-1] + b"0")] * 3)  # ids 0, 1, 2
+        time.sleep(0.3 * SLOW)
+        n = 60
+        self.put_many(tok, n // 2, lambda i: "<%04d>" % i + "v" * 3000)
+        got = b""
+        last = b"<%04d>" % (n - 1)
+        deadline = time.monotonic() + 60 * SLOW
+        h.sock.settimeout(0.1)
+        more = n // 2
+        def whole():  # the last event is whole in all three watches' messages
+            return sum(m.count(last) for m in grpc_messages(got)[0]) == 3
+
+        while not whole() and time.monotonic() < deadline:
+            h.send(WINDOW_UPDATE, 0, 1, struct.pack(">I", 16384))
+            if more < n:  # events keep coming while the stream catches up
+                self.put_many(tok, 3, lambda i, base=more: "<%04d>" % (base + i) + "v" * 3000)
+                more += 3
+            try:
+                while True:
+                    f = h.read()
+                    self.assertIsNotNone(f, "EOF")
+                    self.assertNotIn(f[0], (RST_STREAM, GOAWAY), f)
+                    if f[0] == DATA and f[2] == 1:
+                        got += f[3]
+            except socket.timeout:
+                pass
+        # the three watches interleave; each sees every event once, in order
+        msgs, rest = grpc_messages(got)
+        self.assertEqual(rest, b"")
+        per = {0: [], 1: [], 2: []}
+        for m in msgs:
+            r = pb_fields(m)
+            for e in r.get(11, []):
+                value = pb_fields(pb_fields(e)[2][0])[5][0]
+                per[r.get(2, [0])[0]].append(int(value[1:5]))
+        for wid in per:
+            self.assertEqual(per[wid], list(range(n)), wid)
+        h.send(RST_STREAM, 0, 1, struct.pack(">I", 8))  # CANCEL
+        h.sock.settimeout(10 * SLOW)
+        h.close()
+        self.assert_health_over_h2()
+        self.assertTrue(self.disco.alive())
+
     def test_stalled_stream_that_keeps_asking_is_reset(self):
         """A stalled Watch stream still answers what its client asks, up to
         64 KiB; a client that asks on and on without reading gets its stream
