@@ -14,6 +14,7 @@
 #include "api/api_internal.h"
 #include "api/token_log.h"
 #include "api/v2json.h"
+#include "api/v3.h"
 #include "util/log.h"
 #include "util/timeutil.h"
 
@@ -66,6 +67,7 @@ void api_free(api_t *api)
     free(api->host_prefix);
     free(api->token_seen);
     access_log_free(api);
+    v3_free(api);
     free(api);
 }
 

@@ -54,6 +54,12 @@ struct api {
     /* v3 watches whose waiter is parked in the registry (api/v3.c): the
      * registry's waiter count less these is the v2 long-polls. */
     size_t v3_parked;
+    /* The event v3 watches were last sent, encoded once for all of them
+     * (api/v3.c): its index, the revision its header shows, and the bytes
+     * of the header and of the Event without and with prev_kv (empty: not
+     * encoded yet). */
+    uint64_t v3_ev_index, v3_ev_rev;
+    buf_t v3_ev_header, v3_ev_bytes[2];
 };
 
 #endif

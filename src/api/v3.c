@@ -701,6 +701,7 @@ typedef struct v3_watch {
     uint64_t next_rev;
     bool prev_kv, no_put, no_delete;
     bool parked; /* its waiter is in the registry (counted in api->v3_parked) */
+    bool paused; /* held back while its stream is stalled; goes on from next_rev */
 } v3_watch_t;
 
 struct v3_stream {
@@ -719,6 +720,12 @@ struct v3_stream {
      * the next v3_on_durable (it is on the pending list) or client message. */
     bool broken;
     bool too_large; /* broken by an event past V3_MAX_SEND_MESSAGE */
+    bool too_slow;  /* broken: its client asked on without reading (-ENOBUFS) */
+    /* The client reads too slowly (HTTP_STREAM_STALLED): its watches
+     * deliver nothing more and leave the registry, as etcd's unsynced
+     * watchers do; on_watch_drain replays from each one's next_rev. The
+     * events wait in the token's history, not here. */
+    bool stalled;
     bool is_pending;
     v3_stream_t *pending_next, *pending_prev;
 };
@@ -828,8 +835,31 @@ static void stream_break(v3_stream_t *vs)
 static void stream_end_broken(v3_stream_t *vs)
 {
     stream_end(vs, GRPC_RESOURCE_EXHAUSTED,
-               vs->too_large ? V3_E_SEND_TOO_LARGE " (4194304)" : "disco: out of memory");
+               vs->too_large  ? V3_E_SEND_TOO_LARGE " (4194304)"
+               : vs->too_slow ? "disco: the client does not read its answers"
+                              : "disco: out of memory");
 }
+
+/* Hands what `out` holds to the stream. Returns false when the stream is
+ * broken (see stream_break). */
+static bool stream_send_out(v3_stream_t *vs)
+{
+    int rc = http_stream_send(vs->req, &grpc_head, vs->out.data, vs->out.len);
+    buf_reset(&vs->out);
+    if (rc == HTTP_STREAM_STALLED) {
+        vs->stalled = true;
+    } else if (rc == -ENOBUFS) {
+        vs->too_slow = true;
+        stream_break(vs);
+        return false;
+    } else if (rc < 0 && rc != -ESTALE) {
+        stream_break(vs);
+        return false;
+    }
+    return true;
+}
+
+static bool stream_queued(v3_stream_t *vs, uint64_t index);
 
 /* Sends (or queues until durable) one message showing state `index`.
  * Returns false when the stream is broken (see stream_break). */
@@ -856,6 +886,12 @@ static bool stream_queue(v3_stream_t *vs, const ProtobufCMessage *m, uint64_t in
     buf_append(&vs->out, prefix, sizeof prefix);
     protobuf_c_message_pack(m, (uint8_t *)vs->out.data + at + GRPC_PREFIX_BYTES);
     vs->out.len += n;
+    return stream_queued(vs, index);
+}
+
+/* A message is whole in `out`: it leaves now, or once `index` is durable. */
+static bool stream_queued(v3_stream_t *vs, uint64_t index)
+{
     if (index > vs->out_index)
         vs->out_index = index;
     api_t *api = vs->api;
@@ -863,13 +899,7 @@ static bool stream_queue(v3_stream_t *vs, const ProtobufCMessage *m, uint64_t in
         pending_link(vs);
         return true;
     }
-    int rc = http_stream_send(vs->req, &grpc_head, vs->out.data, vs->out.len);
-    buf_reset(&vs->out);
-    if (rc == -ENOMEM) {
-        stream_break(vs);
-        return false;
-    }
-    return true;
+    return stream_send_out(vs);
 }
 
 void v3_on_durable(api_t *api)
@@ -880,14 +910,8 @@ void v3_on_durable(api_t *api)
         if (vs->out_index > durable)
             continue;
         pending_unlink(vs);
-        if (vs->broken) {
+        if (vs->broken || !stream_send_out(vs))
             stream_end_broken(vs);
-            continue;
-        }
-        int rc = http_stream_send(vs->req, &grpc_head, vs->out.data, vs->out.len);
-        buf_reset(&vs->out);
-        if (rc == -ENOMEM)
-            stream_end(vs, GRPC_RESOURCE_EXHAUSTED, "disco: out of memory");
     }
 }
 
@@ -921,6 +945,160 @@ static void fill_event_kv(Etcdserverpb__KeyValue *kv, const reg_snap_t *n, uint6
         kv->value = (ProtobufCBinaryData){strlen(n->value), (uint8_t *)n->value};
 }
 
+/*
+ * A woken event goes to every watch it matches within one registry
+ * notification (and a replay reads the same events again): its Event
+ * message, with and without prev_kv, and the response header of the
+ * revision it is sent at are encoded once and kept in the api (the
+ * v3_ev_* fields); each watch's WatchResponse is put together from those
+ * bytes and its watch id. Fields go in protobuf-c's order (header 1,
+ * watch_id 2, events 11), so the bytes are exactly what packing the whole
+ * message would give.
+ */
+#define PB_TAG_HEADER 0x0a   /* field 1, length-delimited */
+#define PB_TAG_WATCH_ID 0x10 /* field 2, varint */
+#define PB_TAG_EVENTS 0x5a   /* field 11, length-delimited */
+#define V3_EV_KEEP_BYTES (64 * 1024)
+
+static size_t varint_len(uint64_t v)
+{
+    size_t n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+static uint8_t *put_varint(uint8_t *p, uint64_t v)
+{
+    while (v >= 0x80) {
+        *p++ = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    *p++ = (uint8_t)v;
+    return p;
+}
+
+/* Empties `b`, giving back a large event's memory. */
+static void ev_buf_clear(buf_t *b)
+{
+    if (b->cap > V3_EV_KEEP_BYTES)
+        buf_free(b);
+    else
+        buf_reset(b);
+}
+
+void v3_free(api_t *api)
+{
+    buf_free(&api->v3_ev_header);
+    buf_free(&api->v3_ev_bytes[0]);
+    buf_free(&api->v3_ev_bytes[1]);
+}
+
+/* Packs `m` into `b` (empty). False when out of memory. */
+static bool pack_into(buf_t *b, const ProtobufCMessage *m)
+{
+    size_t n = protobuf_c_message_get_packed_size(m);
+    assert(b->len == 0);
+    buf_reserve(b, n);
+    if (buf_failed(b))
+        return false;
+    protobuf_c_message_pack(m, (uint8_t *)b->data);
+    b->len = n;
+    return true;
+}
+
+/* The header and Event bytes of `ev` as sent now (encoded on first use).
+ * False when out of memory. */
+static bool event_encoded(api_t *api, const reg_event_t *ev, bool with_prev, const buf_t **header,
+                          const buf_t **event)
+{
+    uint64_t rev = registry_index(api->reg);
+    if (api->v3_ev_index != ev->index || api->v3_ev_rev != rev) {
+        ev_buf_clear(&api->v3_ev_header);
+        ev_buf_clear(&api->v3_ev_bytes[0]);
+        ev_buf_clear(&api->v3_ev_bytes[1]);
+        api->v3_ev_index = ev->index;
+        api->v3_ev_rev = rev;
+    }
+    bool ok = true;
+    if (api->v3_ev_header.len == 0) {
+        Etcdserverpb__ResponseHeader hd;
+        fill_header(api, &hd);
+        ok = pack_into(&api->v3_ev_header, &hd.base);
+    }
+    buf_t *b = &api->v3_ev_bytes[with_prev];
+    if (ok && b->len == 0) {
+        bool is_delete = ev->action == REG_ACT_DELETE || ev->action == REG_ACT_CAD ||
+                         ev->action == REG_ACT_EXPIRE;
+        Etcdserverpb__KeyValue kv, prev;
+        fill_event_kv(&kv, &ev->node, ev->index, is_delete);
+        Etcdserverpb__Event e = ETCDSERVERPB__EVENT__INIT;
+        e.type = is_delete ? ETCDSERVERPB__EVENT__EVENT_TYPE__DELETE
+                           : ETCDSERVERPB__EVENT__EVENT_TYPE__PUT;
+        e.kv = &kv;
+        if (with_prev) {
+            fill_event_kv(&prev, &ev->prev, ev->index, false);
+            e.prev_kv = &prev;
+        }
+        ok = pack_into(b, &e.base);
+    }
+    if (!ok) {
+        api->v3_ev_index = 0; /* nothing half-made is kept */
+        ev_buf_clear(&api->v3_ev_header);
+        ev_buf_clear(b);
+        return false;
+    }
+    *header = &api->v3_ev_header;
+    *event = b;
+    return true;
+}
+
+/* Queues WatchResponse{header, watch_id, events: [event]} from encoded
+ * parts. Returns false when the stream is broken. */
+static bool stream_queue_event(v3_stream_t *vs, int64_t id, const buf_t *header, const buf_t *event,
+                               uint64_t index)
+{
+    if (vs->broken)
+        return false;
+    size_t n = 1 + varint_len(header->len) + header->len + 1 + varint_len(event->len) + event->len;
+    if (id != 0)
+        n += 1 + varint_len((uint64_t)id); /* proto3: a zero id is not sent */
+    if (n > V3_MAX_SEND_MESSAGE) {
+        vs->too_large = true; /* see stream_queue */
+        stream_break(vs);
+        return false;
+    }
+    buf_reserve(&vs->out, GRPC_PREFIX_BYTES + n);
+    if (buf_failed(&vs->out)) {
+        stream_break(vs);
+        return false;
+    }
+    uint8_t *p = (uint8_t *)vs->out.data + vs->out.len, *start = p;
+    *p++ = 0;
+    *p++ = (uint8_t)(n >> 24);
+    *p++ = (uint8_t)(n >> 16);
+    *p++ = (uint8_t)(n >> 8);
+    *p++ = (uint8_t)n;
+    *p++ = PB_TAG_HEADER;
+    p = put_varint(p, header->len);
+    memcpy(p, header->data, header->len);
+    p += header->len;
+    if (id != 0) {
+        *p++ = PB_TAG_WATCH_ID;
+        p = put_varint(p, (uint64_t)id);
+    }
+    *p++ = PB_TAG_EVENTS;
+    p = put_varint(p, event->len);
+    memcpy(p, event->data, event->len);
+    p += event->len;
+    assert((size_t)(p - start) == GRPC_PREFIX_BYTES + n);
+    (void)start;
+    vs->out.len += GRPC_PREFIX_BYTES + n;
+    return stream_queued(vs, index);
+}
+
 /* Sends event `ev` to watch `wt` if it is in its range. Returns false when
  * the stream ended. */
 static bool watch_deliver(v3_watch_t *wt, const reg_event_t *ev)
@@ -935,25 +1113,13 @@ static bool watch_deliver(v3_watch_t *wt, const reg_event_t *ev)
         ev->action == REG_ACT_DELETE || ev->action == REG_ACT_CAD || ev->action == REG_ACT_EXPIRE;
     if ((is_delete && wt->no_delete) || (!is_delete && wt->no_put))
         return true;
-    Etcdserverpb__KeyValue kv, prev;
-    fill_event_kv(&kv, &ev->node, ev->index, is_delete);
-    Etcdserverpb__Event e = ETCDSERVERPB__EVENT__INIT;
-    e.type =
-        is_delete ? ETCDSERVERPB__EVENT__EVENT_TYPE__DELETE : ETCDSERVERPB__EVENT__EVENT_TYPE__PUT;
-    e.kv = &kv;
-    if (wt->prev_kv && ev->has_prev && !ev->prev.is_dir) {
-        fill_event_kv(&prev, &ev->prev, ev->index, false);
-        e.prev_kv = &prev;
+    api_t *api = wt->vs->api;
+    const buf_t *header, *event;
+    if (!event_encoded(api, ev, wt->prev_kv && ev->has_prev && !ev->prev.is_dir, &header, &event)) {
+        stream_break(wt->vs);
+        return false;
     }
-    Etcdserverpb__Event *events[1] = {&e};
-    Etcdserverpb__ResponseHeader hd;
-    fill_header(wt->vs->api, &hd);
-    Etcdserverpb__WatchResponse resp = ETCDSERVERPB__WATCH_RESPONSE__INIT;
-    resp.header = &hd;
-    resp.watch_id = wt->id;
-    resp.n_events = 1;
-    resp.events = events;
-    return stream_queue(wt->vs, &resp.base, registry_index(wt->vs->api->reg));
+    return stream_queue_event(wt->vs, wt->id, header, event, registry_index(api->reg));
 }
 
 static void on_watch_event(reg_waiter_t *w, const reg_event_t *ev);
@@ -965,6 +1131,10 @@ static bool watch_pump(v3_watch_t *wt)
     if (!wt->watch_key)
         return true; /* no such token: nothing will ever match */
     for (;;) {
+        if (wt->vs->stalled) {
+            wt->paused = true; /* on_watch_drain goes on from next_rev */
+            return true;
+        }
         reg_result_t out = {0};
         registry_watch(wt->vs->api->reg, wt->watch_key, wt->recursive, wt->next_rev, &wt->w,
                        on_watch_event, wt, &out);
@@ -1003,9 +1173,37 @@ static void on_watch_event(reg_waiter_t *w, const reg_event_t *ev)
                             registry_index(wt->vs->api->reg));
         return;
     }
+    if (wt->vs->stalled) {
+        /* Its client reads too slowly: the event waits in the history. */
+        wt->next_rev = ev->index;
+        wt->paused = true;
+        return;
+    }
     wt->next_rev = ev->index + 1;
     if (watch_deliver(wt, ev))
         watch_pump(wt); /* re-armed from the next revision */
+}
+
+/* The stalled stream drained (http_stream_on_drain): its paused watches
+ * replay what they missed from the history, until all are live again or
+ * the stream stalls again. */
+static void on_watch_drain(http_req_t req, void *ctx)
+{
+    (void)req;
+    v3_stream_t *vs = ctx;
+    vs->stalled = false;
+    for (v3_watch_t *wt = vs->watches; wt && !vs->stalled && !vs->broken; wt = wt->next) {
+        if (!wt->paused)
+            continue;
+        wt->paused = false;
+        if (!watch_pump(wt))
+            break;
+    }
+    if (vs->broken) {
+        /* Outside every registry notification: it can end now. */
+        pending_unlink(vs);
+        stream_end_broken(vs);
+    }
 }
 
 static bool watch_create(v3_stream_t *vs, const Etcdserverpb__WatchCreateRequest *cr)
@@ -1184,6 +1382,7 @@ static void v3_watch(api_t *api, const http_request_t *req)
     vs->conn_watches = http_conn_counter(req->handle);
     assert(vs->conn_watches); /* the request is live while its handler runs */
     http_park(req->handle, HTTP_PARK_WATCH, on_watch_end, vs);
+    http_stream_on_drain(req->handle, on_watch_drain, vs);
     if (http_stream_on_body(req->handle, on_watch_body, vs) != 0) {
         /* Not a stream (the client sent its whole body at once): handle
          * what came, and the call stays open for the events. */

@@ -30,6 +30,8 @@ bool v3_is_streaming(const char *path, const char *content_type);
 /* The store made more of the registry durable: watch messages waiting
  * for it go out (called from api_on_durable). */
 void v3_on_durable(api_t *api);
+/* Frees what the v3 calls keep in `api` (api_free calls it). */
+void v3_free(api_t *api);
 
 /* Answers one gRPC call: at once, or once the state it shows is durable
  * (the stream's request is held until then, as v2 answers are). */

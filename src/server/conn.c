@@ -235,7 +235,8 @@ void conn_write_now(http_conn_t *c, const char *data, size_t len)
  */
 void conn_schedule_resume(http_conn_t *c)
 {
-    if (c->resume_queued || c->closed || (c->pending.len == 0 && !c->read_eof && !c->close_queued))
+    if (c->resume_queued || c->closed ||
+        (c->pending.len == 0 && !c->read_eof && !c->close_queued && !c->h2_resume))
         return;
     c->resume_queued = true;
     c->resume_next = c->srv->resume_head;
@@ -298,6 +299,12 @@ static void conn_resume(http_conn_t *c)
     if (c->close_queued) {
         conn_close(c); /* outside every owner's stack: see conn_flush */
         return;
+    }
+    if (c->h2_resume) {
+        c->h2_resume = false;
+        h2_resume_stalled(c); /* stalled streams that drained go on (h2.c) */
+        if (c->closed)
+            return;
     }
     if (c->closed || conn_is_parked(c)) {
         conn_finish_after_eof(c);
@@ -657,7 +664,7 @@ uint64_t conn_expire_timers(http_server_t *s, uint64_t now_ms)
         if (c && (next == 0 || c->deadline_ms < next))
             next = c->deadline_ms;
     }
-    uint64_t h2_next = h2_expire_parked(s, now_ms);
+    uint64_t h2_next = h2_expire_streams(s, now_ms);
     if (h2_next && (next == 0 || h2_next < next))
         next = h2_next;
     return next;

@@ -44,6 +44,28 @@
 #define H2_MAX_UNSENT_BYTES (256 * 1024)
 /* Header fields of one response, :status and trailers included. */
 #define H2_MAX_RESPONSE_FIELDS 24
+/*
+ * Output the client's flow control holds back (answers' bytes queued on
+ * their streams that the session may not send yet). A streaming answer
+ * (a Watch call) that leaves more than H2_STREAM_QUEUED_BYTES_MAX on its
+ * stream, or more than H2_CONN_QUEUED_BYTES_MAX across the connection,
+ * stalls: its owner is told (HTTP_STREAM_STALLED) to produce nothing more
+ * until the stream drains to half of it (http_stream_on_drain). 64 KiB is
+ * grpc-go's per-stream write quota (a server's Send blocks past it).
+ * A stalled stream still takes up to H2_STALLED_EXTRA_BYTES_MAX of
+ * answers to what its client asks (created, canceled); past that its
+ * client asks without reading, and the stream is reset. A unary answer
+ * that finds the connection past H2_CONN_UNREAD_BYTES_MAX ends the
+ * connection (GOAWAY ENHANCE_YOUR_CALM): its client has let answers pile
+ * up unread. That bound is four of the largest messages (4 MiB, v3.c), so
+ * that a client reading a few large answers slowly is not cut off. So one
+ * connection holds at most about H2_CONN_UNREAD_BYTES_MAX plus one message
+ * per stream.
+ */
+#define H2_STREAM_QUEUED_BYTES_MAX (64 * 1024)
+#define H2_CONN_QUEUED_BYTES_MAX (1024 * 1024)
+#define H2_STALLED_EXTRA_BYTES_MAX (64 * 1024)
+#define H2_CONN_UNREAD_BYTES_MAX (16 * 1024 * 1024)
 
 typedef struct h2_stream h2_stream_t;
 struct h2_stream {
@@ -64,11 +86,18 @@ struct h2_stream {
     bool resp_started;  /* the response HEADERS are submitted */
     bool resp_end;      /* the body is whole: trailers (or END_STREAM) follow it */
     bool resp_deferred; /* the session waits for more body (NGHTTP2_ERR_DEFERRED) */
+    /* flow control: see H2_STREAM_QUEUED_BYTES_MAX */
+    bool stalled;         /* the owner was told to wait for drain_fn */
+    bool overflowed;      /* past H2_STALLED_EXTRA_BYTES_MAX: its end is a reset */
+    size_t stalled_extra; /* bytes taken while stalled */
+    http_drain_fn drain_fn;
+    void *drain_ctx;
     h2_stream_t *next, *prev;
-    /* on the server's parked list (h2_parked_head) while its request waits */
     struct h2_conn *h;
-    bool on_park_list;
-    uint64_t park_deadline_ms;
+    /* On one of the server's deadline lists while it waits for its client
+     * (its head, its body) or for its owner (parked): see h2_deadlines. */
+    int8_t dl; /* enum h2_deadline */
+    uint64_t deadline_ms;
     h2_stream_t *pnext, *pprev;
 };
 
@@ -77,8 +106,11 @@ typedef struct h2_conn {
     http_conn_t *c;
     h2_stream_t *streams;
     size_t n_streams;
-    bool in_recv; /* inside nghttp2_session_mem_recv: no mem_send now */
-    bool dead;    /* the connection closed: free after mem_recv returns */
+    size_t queued_bytes; /* the streams' unsent answer bytes, summed */
+    size_t n_stalled;    /* streams with `stalled` set */
+    bool drain_ready;    /* bytes left a stalled connection: look again */
+    bool in_recv;        /* inside nghttp2_session_mem_recv: no mem_send now */
+    bool dead;           /* the connection closed: free after mem_recv returns */
 } h2_conn_t;
 
 /* ---- streams ------------------------------------------------------------ */
@@ -88,26 +120,62 @@ static h2_stream_t *stream_of(h2_conn_t *h, int32_t id)
     return nghttp2_session_get_stream_user_data(h->ng, id);
 }
 
-/* Takes the stream off the server's parked list, if it is there. */
-static void park_unlink(http_server_t *s, h2_stream_t *st)
+/* The timer list whose duration each deadline list has. */
+static const enum timer_list dl_timer[H2_DL_COUNT] = {
+    [H2_DL_HEADER] = TL_HEADER, [H2_DL_BODY] = TL_BODY, [H2_DL_PARKED] = TL_PARKED};
+
+/* Takes the stream off its deadline list, if it is on one. */
+static void dl_unlink(http_server_t *s, h2_stream_t *st)
 {
-    if (!st->on_park_list)
+    if (st->dl == H2_DL_NONE)
         return;
+    assert(st->dl >= 0 && st->dl < H2_DL_COUNT);
     if (st->pprev)
         st->pprev->pnext = st->pnext;
     else
-        s->h2_parked_head = st->pnext;
+        s->h2_deadlines[st->dl].head = st->pnext;
     if (st->pnext)
         st->pnext->pprev = st->pprev;
     else
-        s->h2_parked_tail = st->pprev;
+        s->h2_deadlines[st->dl].tail = st->pprev;
     st->pnext = st->pprev = NULL;
-    st->on_park_list = false;
+    st->dl = H2_DL_NONE;
+}
+
+/* Puts the stream at the tail of list `dl`, its deadline from now. Every
+ * entry of a list waits the same duration, so each list stays in deadline
+ * order (as conn.c's lists). */
+static void dl_link(http_server_t *s, h2_stream_t *st, enum h2_deadline dl)
+{
+    dl_unlink(s, st);
+    st->dl = (int8_t)dl;
+    st->deadline_ms = loop_now_ms(s->loop) + s->timers[dl_timer[dl]].duration_ms;
+    st->pprev = s->h2_deadlines[dl].tail;
+    st->pnext = NULL;
+    if (st->pprev)
+        st->pprev->pnext = st;
+    else
+        s->h2_deadlines[dl].head = st;
+    s->h2_deadlines[dl].tail = st;
+}
+
+/* Answer bytes of `st` the session has not taken yet. */
+static size_t stream_unsent(const h2_stream_t *st)
+{
+    assert(st->resp_off <= st->resp.len);
+    return st->resp.len - st->resp_off;
 }
 
 static void stream_free(h2_stream_t *st)
 {
-    park_unlink(st->h->c->srv, st);
+    h2_conn_t *h = st->h;
+    assert(h->queued_bytes >= stream_unsent(st));
+    h->queued_bytes -= stream_unsent(st);
+    if (st->stalled) {
+        assert(h->n_stalled > 0);
+        h->n_stalled--;
+    }
+    dl_unlink(st->h->c->srv, st);
     buf_free(&st->path);
     buf_free(&st->content_type);
     buf_free(&st->authority);
@@ -140,6 +208,14 @@ static void stream_end_request(h2_conn_t *h, h2_stream_t *st)
     req_end_closed(h->c->srv, slot);
 }
 
+/* The owner of the stream's request neither answered nor parked it again
+ * (req_tell_owner freed the slot): nobody will, so the stream is reset. */
+static void stream_reset_unanswered(h2_conn_t *h, h2_stream_t *st)
+{
+    st->slot = REQ_NONE;
+    nghttp2_submit_rst_stream(h->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
+}
+
 /* ---- the answer's body -------------------------------------------------- */
 
 /* Appends "name: value\r\n" lines as header fields (names lower-cased in
@@ -169,13 +245,17 @@ static size_t add_lines(nghttp2_nv *nv, size_t n, size_t max, char *lines)
 static ssize_t read_answer(nghttp2_session *ng, int32_t stream_id, uint8_t *out, size_t length,
                            uint32_t *flags, nghttp2_data_source *source, void *user_data)
 {
-    (void)user_data;
+    h2_conn_t *h = user_data;
     h2_stream_t *st = source->ptr;
-    size_t left = st->resp.len - st->resp_off;
+    size_t left = stream_unsent(st);
     size_t n = left < length ? left : length;
     if (n)
         memcpy(out, st->resp.data + st->resp_off, n);
     st->resp_off += n;
+    assert(h->queued_bytes >= n);
+    h->queued_bytes -= n;
+    if (n && h->n_stalled)
+        h->drain_ready = true; /* h2_flush looks whether a stalled stream may go on */
     if (st->resp_off < st->resp.len)
         return (ssize_t)n;
     buf_reset(&st->resp); /* all taken: the buffer starts over */
@@ -206,10 +286,21 @@ void h2_reply(http_conn_t *c, int32_t stream_id, bool is_head, const http_reply_
         return; /* reset by the client meanwhile */
     /* Its slot was freed by the caller: the request is answered. */
     st->slot = REQ_NONE;
-    park_unlink(c->srv, st);
+    dl_unlink(c->srv, st);
+    if (st->resp_started && st->overflowed) {
+        /* Its client asked on and on without reading (see
+         * H2_STALLED_EXTRA_BYTES_MAX): what waits is dropped and the stream
+         * reset; grpc-go's client reads ENHANCE_YOUR_CALM as
+         * RESOURCE_EXHAUSTED. */
+        nghttp2_submit_rst_stream(h->ng, NGHTTP2_FLAG_NONE, stream_id, NGHTTP2_ENHANCE_YOUR_CALM);
+        h2_flush(c);
+        return;
+    }
     if (st->resp_started) {
         /* A streamed answer: the rest of the body, then the trailers. */
         buf_append(&st->resp, r->body, r->body_len);
+        if (!buf_failed(&st->resp))
+            h->queued_bytes += r->body_len;
         free(st->trailers);
         st->trailers = r->trailers ? strdup(r->trailers) : NULL;
         if (buf_failed(&st->resp) || (r->trailers && !st->trailers)) {
@@ -244,6 +335,17 @@ void h2_reply(http_conn_t *c, int32_t stream_id, bool is_head, const http_reply_
         goto oom;
     n = add_lines(nv, n, H2_MAX_RESPONSE_FIELDS, extra);
     size_t body_len = is_head ? 0 : r->body_len;
+    if (body_len && h->queued_bytes > H2_CONN_UNREAD_BYTES_MAX) {
+        /* See H2_CONN_UNREAD_BYTES_MAX: the client reads none of its answers. */
+        free(extra);
+        free(trailers);
+        log_info("HTTP/2: %s leaves %zu bytes of answers unread; closing", c->peer,
+                 h->queued_bytes);
+        if (nghttp2_session_terminate_session(h->ng, NGHTTP2_ENHANCE_YOUR_CALM) != 0)
+            conn_close_later(c);
+        h2_flush(c);
+        return;
+    }
     int rc;
     if (body_len == 0 && trailers) {
         /* Trailers-only: one HEADERS frame that ends the stream. */
@@ -251,6 +353,7 @@ void h2_reply(http_conn_t *c, int32_t stream_id, bool is_head, const http_reply_
         rc = nghttp2_submit_response(h->ng, stream_id, nv, n, NULL); /* copies the fields */
         free(trailers);
     } else {
+        assert(stream_unsent(st) == 0); /* nothing was sent on it yet */
         buf_reset(&st->resp);
         st->resp_off = 0;
         buf_append(&st->resp, r->body, body_len);
@@ -258,6 +361,7 @@ void h2_reply(http_conn_t *c, int32_t stream_id, bool is_head, const http_reply_
             free(trailers);
             goto oom;
         }
+        h->queued_bytes += body_len;
         free(st->trailers);
         st->trailers = trailers;
         st->resp_end = true;
@@ -327,6 +431,7 @@ static void stream_dispatch(h2_conn_t *h, h2_stream_t *st)
     http_conn_t *c = h->c;
     http_server_t *s = c->srv;
     st->dispatched = true;
+    dl_unlink(s, st); /* read whole; parking puts it on the parked list */
     if (buf_failed(&st->path) || buf_failed(&st->body) || buf_failed(&st->content_type) ||
         buf_failed(&st->authority) || buf_failed(&st->accept)) {
         stream_refuse(h, st, 500, "out of memory");
@@ -413,6 +518,7 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, voi
     st->h = h;
     st->slot = REQ_NONE;
     st->method = -1;
+    st->dl = H2_DL_NONE;
     if (nghttp2_session_set_stream_user_data(ng, st->id, st) != 0) {
         free(st);
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
@@ -422,6 +528,9 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, voi
         h->streams->prev = st;
     h->streams = st;
     h->n_streams++;
+    /* Its head must be whole within --header-timeout, as an HTTP/1.1 one
+     * (CONTINUATION frames that never end hold the whole connection). */
+    dl_link(h->c->srv, st, H2_DL_HEADER);
     return 0;
 }
 
@@ -483,6 +592,7 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t stream_id, 
     size_t max = h->c->srv->cfg.max_body_bytes;
     if (st->body.len + len > max) {
         st->dispatched = true; /* nothing more of it is read */
+        dl_unlink(h->c->srv, st);
         if (is_grpc(st)) {
             /* A gRPC client reads only a grpc-status: grpc-go's own answer
              * to a message past its limit, with the length its prefix
@@ -528,8 +638,12 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *
         stream_dispatch(h, st);
         return 0;
     }
-    if (!end)
+    if (!end) {
+        /* The head is in; its body must be within --body-timeout. */
+        if (!st->dispatched && frame->hd.type == NGHTTP2_HEADERS)
+            dl_link(s, st, H2_DL_BODY);
         return 0;
+    }
     if (!st->dispatched) {
         stream_dispatch(h, st);
     } else if (st->streaming && st->slot != REQ_NONE && st->body_fn) {
@@ -653,6 +767,13 @@ void h2_flush(http_conn_t *c)
         conn_close_later(c);
         return;
     }
+    if (h->drain_ready && h->n_stalled && h->queued_bytes <= H2_CONN_QUEUED_BYTES_MAX / 2) {
+        /* Stalled owners go on at the end of the turn (h2_resume_stalled),
+         * outside whatever stack this flush runs in. */
+        h->drain_ready = false;
+        c->h2_resume = true;
+        conn_schedule_resume(c);
+    }
     /* After GOAWAY both ways the session is done: close once written. */
     if (!nghttp2_session_want_read(h->ng) && !nghttp2_session_want_write(h->ng))
         c->close_after_write = true;
@@ -674,17 +795,8 @@ void h2_shutdown(http_conn_t *c)
         req_slot_t *q = &s->slots[st->slot];
         if (q->state != REQ_PARKED || !q->park_fn)
             continue;
-        http_req_t hd = req_handle(s, st->slot);
-        http_park_fn fn = q->park_fn;
-        q->park_fn = NULL; /* set again if the owner parks it again */
-        fn(hd, q->park_ctx, HTTP_PARK_SHUTDOWN);
-        q = req_slot_of(hd); /* the array may have moved; the slot may be gone */
-        if (q && q->state == REQ_PARKED && !q->park_fn) {
-            /* The owner neither answered nor parked again: nobody will. */
-            req_slot_free(s, st->slot);
-            st->slot = REQ_NONE;
-            nghttp2_submit_rst_stream(h->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
-        }
+        if (req_tell_owner(s, st->slot, HTTP_PARK_SHUTDOWN))
+            stream_reset_unanswered(h, st);
     }
     h->in_recv = false;
     if (h->dead) {
@@ -738,56 +850,89 @@ void h2_stream_parked(http_conn_t *c, int32_t stream_id)
     h2_stream_t *st = h ? stream_of(h, stream_id) : NULL;
     if (!st)
         return;
-    http_server_t *s = c->srv;
-    /* Every entry waits the same duration, so the list stays in deadline
-     * order when a stream that parks again goes to its tail. */
-    park_unlink(s, st);
-    st->park_deadline_ms = loop_now_ms(s->loop) + s->timers[TL_PARKED].duration_ms;
-    st->on_park_list = true;
-    st->pprev = s->h2_parked_tail;
-    st->pnext = NULL;
-    if (st->pprev)
-        st->pprev->pnext = st;
-    else
-        s->h2_parked_head = st;
-    s->h2_parked_tail = st;
+    /* A stream that parks again goes to the tail, its wait from now. */
+    dl_link(c->srv, st, H2_DL_PARKED);
 }
 
-uint64_t h2_expire_parked(http_server_t *s, uint64_t now_ms)
+/* A stream's head did not arrive whole in time: no other frame may come
+ * on the connection until it does, so the connection ends, with
+ * GOAWAY(PROTOCOL_ERROR) as nginx ends an HTTP/2 client that timed out. */
+static void expire_header(h2_stream_t *st)
 {
-    h2_stream_t *st;
-    while ((st = s->h2_parked_head) && st->park_deadline_ms <= now_ms) {
-        park_unlink(s, st);
-        h2_conn_t *h = st->h;
-        http_conn_t *c = h->c;
-        assert(!h->dead && !h->in_recv);
-        if (st->slot == REQ_NONE)
-            continue;
-        req_slot_t *q = &s->slots[st->slot];
-        if (q->state != REQ_PARKED || !q->park_fn)
-            continue;
-        http_req_t hd = req_handle(s, st->slot);
-        http_park_fn fn = q->park_fn;
-        q->park_fn = NULL; /* set again if the owner parks it again */
-        /* As in h2_shutdown: no frames leave (and no stream of this
-         * connection is freed) while the owner runs. */
-        h->in_recv = true;
-        fn(hd, q->park_ctx, HTTP_PARK_TIMEOUT);
-        h->in_recv = false;
-        if (h->dead) {
-            h2_free(h); /* the owner closed the connection */
-            continue;
-        }
-        q = req_slot_of(hd); /* the array may have moved; the slot may be gone */
-        if (q && q->state == REQ_PARKED && !q->park_fn) {
-            /* The owner neither answered nor parked again: nobody will. */
-            req_slot_free(s, st->slot);
-            st->slot = REQ_NONE;
-            nghttp2_submit_rst_stream(h->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
-        }
-        h2_flush(c);
+    h2_conn_t *h = st->h;
+    http_conn_t *c = h->c;
+    log_debug("closing HTTP/2 connection %s: a request head did not arrive within %llu ms", c->peer,
+              (unsigned long long)c->srv->timers[TL_HEADER].duration_ms);
+    if (nghttp2_session_terminate_session(h->ng, NGHTTP2_PROTOCOL_ERROR) != 0) {
+        conn_close(c);
+        return;
     }
-    return st ? st->park_deadline_ms : 0;
+    h2_flush(c);
+}
+
+/* A request's body did not arrive whole in time: that stream gets the
+ * answer HTTP/1.1 gives (408), a gRPC call UNAVAILABLE, which its client
+ * retries; the connection and its other streams go on. */
+static void expire_body(h2_stream_t *st)
+{
+    h2_conn_t *h = st->h;
+    char why[96];
+    snprintf(why, sizeof why, "the request body did not arrive within %llu ms",
+             (unsigned long long)h->c->srv->timers[TL_BODY].duration_ms);
+    assert(!st->dispatched); /* dispatching takes it off the list */
+    st->dispatched = true;   /* what more comes of it is dropped */
+    if (is_grpc(st)) {
+        char msg[110];
+        snprintf(msg, sizeof msg, "disco: %s", why);
+        stream_refuse_grpc(h, st, 14 /* UNAVAILABLE */, msg);
+    } else {
+        stream_refuse(h, st, 408, why);
+    }
+}
+
+static void expire_parked(h2_stream_t *st)
+{
+    h2_conn_t *h = st->h;
+    http_conn_t *c = h->c;
+    http_server_t *s = c->srv;
+    if (st->slot == REQ_NONE)
+        return;
+    req_slot_t *q = &s->slots[st->slot];
+    if (q->state != REQ_PARKED || !q->park_fn)
+        return;
+    /* As in h2_shutdown: no frames leave (and no stream of this
+     * connection is freed) while the owner runs. */
+    h->in_recv = true;
+    bool unanswered = req_tell_owner(s, st->slot, HTTP_PARK_TIMEOUT);
+    h->in_recv = false;
+    if (h->dead) {
+        h2_free(h); /* the owner closed the connection */
+        return;
+    }
+    if (unanswered)
+        stream_reset_unanswered(h, st);
+    h2_flush(c);
+}
+
+uint64_t h2_expire_streams(http_server_t *s, uint64_t now_ms)
+{
+    uint64_t next = 0;
+    for (int dl = 0; dl < H2_DL_COUNT; dl++) {
+        h2_stream_t *st;
+        while ((st = s->h2_deadlines[dl].head) && st->deadline_ms <= now_ms) {
+            dl_unlink(s, st);
+            assert(!st->h->dead && !st->h->in_recv);
+            if (dl == H2_DL_HEADER)
+                expire_header(st);
+            else if (dl == H2_DL_BODY)
+                expire_body(st);
+            else
+                expire_parked(st);
+        }
+        if (st && (next == 0 || st->deadline_ms < next))
+            next = st->deadline_ms;
+    }
+    return next;
 }
 
 int h2_stream_on_body(http_conn_t *c, int32_t stream_id, http_body_fn fn, void *ctx)
@@ -801,6 +946,17 @@ int h2_stream_on_body(http_conn_t *c, int32_t stream_id, http_body_fn fn, void *
     return 0;
 }
 
+int h2_stream_on_drain(http_conn_t *c, int32_t stream_id, http_drain_fn fn, void *ctx)
+{
+    h2_conn_t *h = c->h2;
+    h2_stream_t *st = h ? stream_of(h, stream_id) : NULL;
+    if (!st || !st->streaming)
+        return -EINVAL;
+    st->drain_fn = fn;
+    st->drain_ctx = ctx;
+    return 0;
+}
+
 int h2_stream_send(http_conn_t *c, int32_t stream_id, const http_reply_t *head, const char *data,
                    size_t len)
 {
@@ -808,9 +964,19 @@ int h2_stream_send(http_conn_t *c, int32_t stream_id, const http_reply_t *head, 
     h2_stream_t *st = h ? stream_of(h, stream_id) : NULL;
     if (!st || st->slot == REQ_NONE || st->resp_end)
         return -EINVAL;
+    if (st->overflowed)
+        return -ENOBUFS;
+    if (st->stalled) {
+        st->stalled_extra += len;
+        if (st->stalled_extra > H2_STALLED_EXTRA_BYTES_MAX) {
+            st->overflowed = true; /* h2_reply resets it */
+            return -ENOBUFS;
+        }
+    }
     buf_append(&st->resp, data, len);
     if (buf_failed(&st->resp))
         return -ENOMEM;
+    h->queued_bytes += len;
     if (!st->resp_started) {
         if (!head)
             return -EINVAL;
@@ -831,5 +997,51 @@ int h2_stream_send(http_conn_t *c, int32_t stream_id, const http_reply_t *head, 
         nghttp2_session_resume_data(h->ng, stream_id);
     }
     h2_flush(c);
-    return 0;
+    st = stream_of(h, stream_id); /* a reset sent on the way may have closed it */
+    if (!st)
+        return 0;
+    /* What the session took is gone; what is left waits for the client. */
+    if (!st->stalled && (stream_unsent(st) > H2_STREAM_QUEUED_BYTES_MAX ||
+                         h->queued_bytes > H2_CONN_QUEUED_BYTES_MAX)) {
+        st->stalled = true;
+        st->stalled_extra = 0;
+        h->n_stalled++;
+    }
+    return st->stalled ? HTTP_STREAM_STALLED : 0;
+}
+
+/* Whether stalled stream `st` may go on: it and its connection have
+ * drained to half their bounds (half, so that a stream is not woken for
+ * every frame the client lets through). */
+static bool stream_may_go_on(const h2_conn_t *h, const h2_stream_t *st)
+{
+    return stream_unsent(st) <= H2_STREAM_QUEUED_BYTES_MAX / 2 &&
+           h->queued_bytes <= H2_CONN_QUEUED_BYTES_MAX / 2;
+}
+
+void h2_resume_stalled(http_conn_t *c)
+{
+    h2_conn_t *h = c->h2;
+    if (!h || h->dead)
+        return;
+    assert(!h->in_recv);
+    http_server_t *s = c->srv;
+    /* No frames leave while the owners run (as in h2_shutdown): no stream
+     * closes, so none is freed under this walk; what they send is flushed
+     * after it. */
+    h->in_recv = true;
+    for (h2_stream_t *st = h->streams; st && !h->dead; st = st->next) {
+        if (!st->stalled || !stream_may_go_on(h, st))
+            continue;
+        st->stalled = false;
+        h->n_stalled--;
+        if (st->slot != REQ_NONE && st->drain_fn && s->slots[st->slot].state != REQ_FREE)
+            st->drain_fn(req_handle(s, st->slot), st->drain_ctx);
+    }
+    h->in_recv = false;
+    if (h->dead) {
+        h2_free(h); /* an owner closed the connection */
+        return;
+    }
+    h2_flush(c);
 }

@@ -310,6 +310,20 @@ int http_park(http_req_t req, enum http_park_kind kind, http_park_fn on_end, voi
 typedef void (*http_body_fn)(http_req_t req, void *ctx, const char *data, size_t len, bool end);
 int http_stream_on_body(http_req_t req, http_body_fn on_body, void *ctx);
 int http_stream_send(http_req_t req, const http_reply_t *head, const char *data, size_t len);
+/*
+ * Flow control on a streaming answer. http_stream_send takes the bytes in
+ * every case but an error; it returns HTTP_STREAM_STALLED when the client
+ * lets answers pile up unread (its flow-control window shut): the owner
+ * then produces nothing more it can hold back until `on_drain` is called
+ * (once, from the loop, outside other callbacks, while the request is
+ * live). What a client asks for meanwhile may still be answered, within a
+ * bound: past it http_stream_send returns -ENOBUFS, and the owner ends the
+ * request (http_reply), which then resets the stream. 0, -ESTALE or
+ * -EINVAL (not a streaming HTTP/2 request).
+ */
+#define HTTP_STREAM_STALLED 1
+typedef void (*http_drain_fn)(http_req_t req, void *ctx);
+int http_stream_on_drain(http_req_t req, http_drain_fn on_drain, void *ctx);
 
 /* Whether `req` may still be answered. */
 bool http_req_is_live(http_req_t req);

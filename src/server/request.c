@@ -126,6 +126,14 @@ int http_stream_send(http_req_t h, const http_reply_t *head, const char *data, s
     return q->stream_id ? h2_stream_send(q->conn, q->stream_id, head, data, len) : -EINVAL;
 }
 
+int http_stream_on_drain(http_req_t h, http_drain_fn on_drain, void *ctx)
+{
+    req_slot_t *q = req_slot_of(h);
+    if (!q)
+        return -ESTALE;
+    return q->stream_id ? h2_stream_on_drain(q->conn, q->stream_id, on_drain, ctx) : -EINVAL;
+}
+
 bool http_req_is_live(http_req_t h)
 {
     return req_slot_of(h) != NULL;
@@ -220,6 +228,23 @@ int http_park(http_req_t h, enum http_park_kind kind, http_park_fn on_end, void 
     return 0;
 }
 
+bool req_tell_owner(http_server_t *s, uint32_t slot, enum http_park_end why)
+{
+    req_slot_t *q = &s->slots[slot];
+    assert(why != HTTP_PARK_CLOSED && q->state == REQ_PARKED && q->park_fn);
+    http_req_t h = req_handle(s, slot);
+    http_park_fn fn = q->park_fn;
+    q->park_fn = NULL; /* set again if the owner parks it again */
+    fn(h, q->park_ctx, why);
+    q = req_slot_of(h); /* the array may have moved; the slot may be gone */
+    if (q && q->state == REQ_PARKED && !q->park_fn) {
+        /* The owner neither answered nor parked again: nobody will. */
+        req_slot_free(s, slot);
+        return true;
+    }
+    return false;
+}
+
 void req_end_parked(http_conn_t *c, enum http_park_end why)
 {
     http_server_t *s = c->srv;
@@ -227,25 +252,19 @@ void req_end_parked(http_conn_t *c, enum http_park_end why)
         return;
     uint32_t slot = c->req;
     req_slot_t *q = &s->slots[slot];
-    http_req_t h = req_handle(s, slot);
     http_park_fn fn = q->park_fn;
-    void *ctx = q->park_ctx;
     if (why == HTTP_PARK_CLOSED || q->state != REQ_PARKED || !fn) {
         /* The connection is going: the handle goes stale first, so that a
          * reply from inside the callback does nothing. */
+        http_req_t h = req_handle(s, slot);
+        void *ctx = q->park_ctx;
         req_slot_free(s, slot);
         if (fn && why == HTTP_PARK_CLOSED)
             fn(h, ctx, HTTP_PARK_CLOSED);
         return;
     }
-    q->park_fn = NULL; /* set again if the owner parks it again */
-    fn(h, ctx, why);
-    q = req_slot_of(h); /* the array may have moved; the slot may be gone */
-    if (q && q->state == REQ_PARKED && !q->park_fn) {
-        /* The owner neither answered nor parked again: nobody will. */
-        req_slot_free(s, slot);
+    if (req_tell_owner(s, slot, why))
         conn_close(c);
-    }
 }
 
 void req_end_closed(http_server_t *s, uint32_t slot)

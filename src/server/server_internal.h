@@ -45,6 +45,10 @@
 /* No request slot. */
 #define REQ_NONE UINT32_MAX
 
+/* What an HTTP/2 stream waits for, each with its HTTP/1.1 counterpart's
+ * duration: its head (TL_HEADER), its body (TL_BODY), its owner (TL_PARKED). */
+enum h2_deadline { H2_DL_NONE = -1, H2_DL_HEADER, H2_DL_BODY, H2_DL_PARKED, H2_DL_COUNT };
+
 enum timer_list {
     TL_NONE = -1,
     TL_IDLE,
@@ -130,6 +134,7 @@ struct http_conn {
     uint8_t sniff_len;
     char sniff[24];
     struct h2_conn *h2; /* HTTP/2 state; NULL for HTTP/1.1 */
+    bool h2_resume;     /* queued for h2_resume_stalled */
     /* bytes received but not yet parsed */
     buf_t pending;
     /* output */
@@ -174,9 +179,12 @@ struct http_server {
         http_conn_t *head, *tail;
         uint64_t duration_ms;
     } timers[TL_COUNT];
-    /* parked HTTP/2 streams, oldest first: each waits TL_PARKED's duration
-     * from its park, as a parked HTTP/1.1 request does (h2.c) */
-    struct h2_stream *h2_parked_head, *h2_parked_tail;
+    /* HTTP/2 streams waiting, one list per kind of wait (enum h2_deadline),
+     * oldest first: each entry of a list waits the duration of the timer
+     * list the same wait has on HTTP/1.1 (h2.c) */
+    struct {
+        struct h2_stream *head, *tail;
+    } h2_deadlines[H2_DL_COUNT];
     http_conn_t *resume_head;
     http_conn_t *closed_head;
     /* request slots: handles index them */
@@ -196,6 +204,16 @@ req_slot_t *req_slot_of(http_req_t h);
 http_req_t req_handle(http_server_t *s, uint32_t slot);
 /* Frees a slot (its handles go stale); clears the connection's link. */
 void req_slot_free(http_server_t *s, uint32_t slot);
+/*
+ * Tells the owner of parked request `slot` (state REQ_PARKED, park_fn set)
+ * that its wait ended: `why` is HTTP_PARK_TIMEOUT or HTTP_PARK_SHUTDOWN
+ * (a CLOSED end is req_end_closed's). The owner answers, parks it again,
+ * or neither. Returns true when it did neither: nobody will answer, so the
+ * slot is freed here and the caller ends what carried the request (closes
+ * the HTTP/1.1 connection, resets the stream). The one place where an
+ * owner hears of a timeout or a shutdown.
+ */
+bool req_tell_owner(http_server_t *s, uint32_t slot, enum http_park_end why);
 /* Tells the owner of `c`'s parked request that it ended (`why`), if there
  * is one; after a CLOSED end the slot is freed. */
 void req_end_parked(http_conn_t *c, enum http_park_end why);
@@ -288,13 +306,19 @@ void h2_reply(http_conn_t *c, int32_t stream_id, bool is_head, const http_reply_
 int h2_stream_on_body(http_conn_t *c, int32_t stream_id, http_body_fn fn, void *ctx);
 int h2_stream_send(http_conn_t *c, int32_t stream_id, const http_reply_t *head, const char *data,
                    size_t len);
+int h2_stream_on_drain(http_conn_t *c, int32_t stream_id, http_drain_fn fn, void *ctx);
+/* Tells the owners of stalled streams that have drained (http_stream_on_drain);
+ * run from the resume queue (c->h2_resume), outside every other callback. */
+void h2_resume_stalled(http_conn_t *c);
 /* The connection is closing: every stream's owner is told (once) and the
  * session freed. */
 void h2_conn_closed(http_conn_t *c);
 /* The stream's request parked (http_park): its wait deadline starts now. */
 void h2_stream_parked(http_conn_t *c, int32_t stream_id);
-/* Ends parked streams whose wait is over (HTTP_PARK_TIMEOUT to their
- * owners); returns the next deadline, 0 when no stream is parked. */
-uint64_t h2_expire_parked(http_server_t *s, uint64_t now_ms);
+/* Ends the waits of HTTP/2 streams that are over: a head not whole in time
+ * ends its connection, a body its stream (408, gRPC UNAVAILABLE), a parked
+ * stream's owner is told (HTTP_PARK_TIMEOUT). Returns the next deadline, 0
+ * when no stream waits. */
+uint64_t h2_expire_streams(http_server_t *s, uint64_t now_ms);
 
 #endif
