@@ -54,6 +54,28 @@ typedef struct backend_stats {
     const struct histogram *log_sync, *checkpoint_sync, *direct_sync;
 } backend_stats_t;
 
+/*
+ * What a backend that applies on delivery (etcd) must check in the same
+ * transaction as the write, so that two instances validating against
+ * their own mirrors cannot both succeed (ETCD-BACKEND.md, design (a)).
+ */
+enum backend_guard_kind {
+    /* The token does not exist yet (its creation: /new, or a write of
+     * _config/size). */
+    BACKEND_GUARD_TOKEN_NEW,
+    /* The token exists and the key does not (neither as a file nor as a
+     * directory): a create directly below the token, the registration hot
+     * path. Writes to other keys of the token do not conflict with it. */
+    BACKEND_GUARD_KEY_ABSENT,
+    /* The token is still at `token_index`: its last change is the one the
+     * mirror validated against (every other write). */
+    BACKEND_GUARD_TOKEN_AT,
+};
+typedef struct backend_guard {
+    enum backend_guard_kind kind;
+    uint64_t token_index; /* BACKEND_GUARD_TOKEN_AT */
+} backend_guard_t;
+
 struct backend_ops {
     /*
      * Startup: replays everything kept into `reg` (empty) through
@@ -75,6 +97,17 @@ struct backend_ops {
      *     is validated again against the newer tree.
      */
     int (*propose)(struct backend *be, const reg_event_t *ev);
+    /*
+     * Backends that apply on delivery only (else NULL): sends `ev` (borrowed,
+     * copied as needed; its index is only the registry's guess) as one
+     * transaction guarded by `g`. 0, or -errno with nothing sent. Later,
+     * from the loop, the backend calls registry_settle(seq) exactly once
+     * (unless closed first): committed at the revision (which it then
+     * delivers), guard lost, or failed; an unknown outcome is held and
+     * looked for (the action marker carries `seq`) before it is failed.
+     */
+    int (*propose_txn)(struct backend *be, const reg_event_t *ev, const backend_guard_t *g,
+                       uint64_t seq);
     /* Removes a token by age with the events at `indexes` (its history).
      * 0 or -errno (nothing done; the sweep tries again later). etcd: one
      * delete of the token's key range, issued only by the elected sweeper. */
@@ -119,6 +152,11 @@ static inline int backend_load(backend_t *be, struct registry *reg, char *err)
 static inline int backend_propose(backend_t *be, const reg_event_t *ev)
 {
     return be->ops->propose(be, ev);
+}
+static inline int backend_propose_txn(backend_t *be, const reg_event_t *ev,
+                                      const backend_guard_t *g, uint64_t seq)
+{
+    return be->ops->propose_txn(be, ev, g, seq);
 }
 static inline int backend_remove_token(backend_t *be, const char *name, const uint64_t *indexes,
                                        size_t n)
