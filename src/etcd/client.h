@@ -18,12 +18,26 @@
  * and are sent when one is. A call's outcome is one of:
  *   ETCD_OK         the answer arrived (`resp` is the decoded message);
  *   ETCD_GRPC       etcd answered with a gRPC error (`code`, `message`);
- *                   e.g. FAILED_PRECONDITION for a compacted revision;
+ *                   e.g. OUT_OF_RANGE (11) "etcdserver: mvcc: required
+ *                   revision has been compacted" for a Range at a compacted
+ *                   revision (the first version said FAILED_PRECONDITION);
  *   ETCD_UNSENT     never written to any connection before it failed or the
  *                   deadline passed: etcd certainly did not apply it;
  *   ETCD_UNKNOWN    written, but the connection failed or the deadline passed
  *                   before an answer: a write may or may not have been
  *                   applied (the backend must find out; see ETCD-BACKEND.md).
+ *                   Also for a write (Txn, Compact, LeaseGrant, LeaseRevoke)
+ *                   that etcd answered with an error that leaves this open:
+ *                   UNAVAILABLE ("request timed out", "leader changed",
+ *                   "server stopped"), DEADLINE_EXCEEDED, CANCELLED, UNKNOWN,
+ *                   INTERNAL; `code` and `message` are then etcd's. (Added
+ *                   after the first version of this header: an
+ *                   ETCD_GRPC "request timed out" for a Txn would have read
+ *                   as "not applied", which it need not be.)
+ * A call that was not sent when its connection failed (or that etcd
+ * refused unprocessed: REFUSED_STREAM, streams past a GOAWAY) waits for the
+ * next connection, within its deadline; ETCD_UNSENT comes only at the
+ * deadline.
  * Exactly one callback per accepted call, always from the loop (never from
  * inside the call that started it), unless etcd_client_free() ran first;
  * then none.
@@ -51,13 +65,13 @@ typedef struct etcd_client etcd_client_t;
 typedef struct etcd_client_config {
     const char *const *endpoints; /* "http://127.0.0.1:2379", "https://h:2379", "h:2379" */
     size_t n_endpoints;
-    const char *cacert;   /* PEM file; NULL: the system's trust store */
-    const char *cert;     /* client certificate for mutual TLS, or NULL */
-    const char *key;      /* its key, or NULL */
-    const char *user;     /* etcd user for Auth/Authenticate, or NULL */
-    const char *password; /* its password */
-    unsigned dial_timeout_ms;      /* connect + TLS handshake per endpoint */
-    unsigned keepalive_ms;         /* PING when idle this long; fail over if unanswered */
+    const char *cacert;       /* PEM file; NULL: the system's trust store */
+    const char *cert;         /* client certificate for mutual TLS, or NULL */
+    const char *key;          /* its key, or NULL */
+    const char *user;         /* etcd user for Auth/Authenticate, or NULL */
+    const char *password;     /* its password */
+    unsigned dial_timeout_ms; /* connect + TLS handshake per endpoint */
+    unsigned keepalive_ms;    /* PING when idle this long; fail over if unanswered */
 } etcd_client_config_t;
 
 typedef enum etcd_outcome {
@@ -99,6 +113,9 @@ int etcd_range(etcd_client_t *c, const Etcdserverpb__RangeRequest *rq, unsigned 
                etcd_done_fn done, void *ctx);
 int etcd_txn(etcd_client_t *c, const Etcdserverpb__TxnRequest *rq, unsigned timeout_ms,
              etcd_done_fn done, void *ctx);
+/* Compacts etcd's history up to rq->revision (a CompactionResponse). */
+int etcd_compact(etcd_client_t *c, const Etcdserverpb__CompactionRequest *rq, unsigned timeout_ms,
+                 etcd_done_fn done, void *ctx);
 int etcd_lease_grant(etcd_client_t *c, const Etcdserverpb__LeaseGrantRequest *rq,
                      unsigned timeout_ms, etcd_done_fn done, void *ctx);
 int etcd_lease_revoke(etcd_client_t *c, const Etcdserverpb__LeaseRevokeRequest *rq,
@@ -112,16 +129,27 @@ int etcd_lease_keepalive_once(etcd_client_t *c, int64_t lease_id, unsigned timeo
  * Watches. `on_event` gets every WatchResponse for this watch (created,
  * events, progress, canceled with compact_revision) and finally one call
  * with `resp == NULL` when the stream ended (connection moved or closed);
- * after that the handle is dead. Returns a handle, or NULL (-ENOMEM).
+ * after that the handle is dead. A response with `canceled` set (etcd
+ * ended the watch: compacted start revision, no leader, ...) is the last
+ * callback instead: no resp == NULL follows it and the handle is dead after
+ * it returns. rq->watch_id is ignored: the client numbers its watches (etcd
+ * >= 3.4 takes the client's watch_id). A response to a progress request
+ * (watch_id -1) goes to every watch on the stream. Watches asked for while
+ * no connection is up are created when one is. Every callback of this
+ * client (calls and watches) may make calls, create and cancel watches,
+ * and free the client (nothing of it runs after that).
+ * Returns a handle, or NULL (-ENOMEM).
  */
 typedef struct etcd_watch etcd_watch_t;
 typedef void (*etcd_watch_fn)(void *ctx, const Etcdserverpb__WatchResponse *resp);
 etcd_watch_t *etcd_watch(etcd_client_t *c, const Etcdserverpb__WatchCreateRequest *rq,
                          etcd_watch_fn on_event, void *ctx);
-/* Cancels; no more callbacks for it (not even the ending one). */
+/* Cancels; no more callbacks for it (not even the ending one). Not on a
+ * dead handle (after its last callback). */
 void etcd_watch_cancel(etcd_watch_t *w);
 /* Asks for a progress notification on the stream (WatchProgressRequest):
- * every watch on it then gets a response with the current revision. */
+ * every watch on it then gets a response with the current revision.
+ * -ENOTCONN when no Watch stream is open, -ENOMEM. */
 int etcd_watch_progress(etcd_client_t *c);
 
 #endif

@@ -111,10 +111,25 @@ void loop_io_stop(loop_t *loop, loop_io_t *io)
 
 int loop_add_timer(loop_t *loop, loop_timer_fn fn, void *ctx)
 {
+    /* a slot loop_remove_timer() emptied first */
+    for (size_t i = 0; i < loop->n_timers; i++) {
+        if (!loop->timers[i].fn.timer) {
+            loop->timers[i] = (struct hook){.fn.timer = fn, .ctx = ctx};
+            return 0;
+        }
+    }
     if (loop->n_timers == LOOP_MAX_HOOKS)
         return -ENOMEM;
     loop->timers[loop->n_timers++] = (struct hook){.fn.timer = fn, .ctx = ctx};
     return 0;
+}
+
+void loop_remove_timer(loop_t *loop, loop_timer_fn fn, void *ctx)
+{
+    /* The slot is emptied, not closed up: run_timers() may be iterating. */
+    for (size_t i = 0; i < loop->n_timers; i++)
+        if (loop->timers[i].fn.timer == fn && loop->timers[i].ctx == ctx)
+            loop->timers[i] = (struct hook){.fn.timer = NULL, .ctx = NULL};
 }
 
 int loop_add_turn_end(loop_t *loop, loop_turn_fn fn, void *ctx)
@@ -170,6 +185,8 @@ static uint64_t run_timers(loop_t *loop, uint64_t now)
 {
     uint64_t next = now + LOOP_MAX_WAIT_MS;
     for (size_t i = 0; i < loop->n_timers; i++) {
+        if (!loop->timers[i].fn.timer)
+            continue; /* removed */
         uint64_t want = loop->timers[i].fn.timer(loop->timers[i].ctx, now);
         if (want && want < next)
             next = want;

@@ -62,6 +62,10 @@ void loop_io_stop(loop_t *loop, loop_io_t *io);
  * the order registered. 0 or -ENOMEM. */
 int loop_add_timer(loop_t *loop, loop_timer_fn fn, void *ctx);
 int loop_add_turn_end(loop_t *loop, loop_turn_fn fn, void *ctx);
+/* Unregisters a timer source (the same fn and ctx); a no-op when it is not
+ * registered. Safe from inside any callback, the timer itself included:
+ * it never runs again once this returns. */
+void loop_remove_timer(loop_t *loop, loop_timer_fn fn, void *ctx);
 
 /*
  * Delivers `signals` (blocked for the whole process from now on) through

@@ -13,6 +13,9 @@ Public API (other test files import it; keep it stable):
     start_disco(workdir, extra_args=(), wait_timeout="5s") -> (Proc, base_url)
     start_etcd_v2(workdir) -> (Proc, client_url)
     start_etcd_member(workdir, name, discovery_url, extra_args=()) -> (Proc, peer_url, client_url)
+    class EtcdCluster(workdir, size=3, extra_args=(), scheme="http"): a static
+                etcd cluster: client_urls, endpoints(), proc(i), kill(i), stop(i),
+                start(i), wait_healthy(), close()
                 (extras: peer_port=, client_port=, data_dir= to restart a member as it was)
     http(method, url, body=None, headers=None, timeout=10) -> (status, headers, body)
     class RawConn: one raw loopback TCP connection read strictly (see parse_answer):
@@ -309,6 +312,98 @@ def start_etcd_member(workdir, name, discovery_url, extra_args=(),
             "--logger", "zap", "--log-outputs", "stderr"] + list(extra_args)
     proc = Proc(argv, _log_path(workdir, name), name="etcd:" + name)
     return proc, peer_url, client_url
+
+
+class EtcdCluster:
+    """SIZE etcd 3.4 members with a static --initial-cluster on loopback ports
+    chosen at run time (one member: a single-node cluster).
+
+    members: list of dicts {name, proc, peer_url, client_url, peer_port,
+    client_port, data_dir}; client_urls: their client URLs, in order.
+    extra_args go to every member (e.g. TLS flags: then pass scheme="https"
+    so the client URLs say so; health is then not polled over HTTP, the
+    caller waits with etcdctl).  Waits until every member answers /health
+    (a leader exists) unless wait=False.  kill(i) is SIGKILL (no goodbye to
+    peers), stop(i) SIGTERM, start(i) restarts a stopped member with its data
+    dir; close() stops them all (atexit does too).  Members are Procs: the
+    tests may SIGSTOP/SIGCONT them by PID."""
+
+    def __init__(self, workdir, size=3, extra_args=(), scheme="http", wait=True,
+                 env=None):
+        self.workdir = workdir
+        self.extra_args = list(extra_args)
+        self.scheme = scheme
+        self.env = env
+        tag = next(_log_counter)
+        self.members = []
+        for i in range(size):
+            peer_port, client_port = free_port(), free_port()
+            name = "c%dm%d" % (tag, i)
+            self.members.append({
+                "name": name, "proc": None,
+                "peer_port": peer_port, "client_port": client_port,
+                "peer_url": "http://%s:%d" % (LOOPBACK, peer_port),
+                "client_url": "%s://%s:%d" % (scheme, LOOPBACK, client_port),
+                "data_dir": os.path.join(workdir, name + ".etcd"),
+            })
+        self.initial_cluster = ",".join("%s=%s" % (m["name"], m["peer_url"])
+                                        for m in self.members)
+        self.token = "disco-test-%d-%d" % (os.getpid(), tag)
+        for i in range(size):
+            self.start(i, state="new")
+        if wait:
+            self.wait_healthy()
+
+    @property
+    def client_urls(self):
+        return [m["client_url"] for m in self.members]
+
+    def endpoints(self):
+        """The client URLs comma-separated (etcdctl --endpoints, etcd_probe)."""
+        return ",".join(self.client_urls)
+
+    def start(self, i, state="existing"):
+        m = self.members[i]
+        argv = [ETCD_BIN,
+                "--name", m["name"],
+                "--data-dir", m["data_dir"],
+                "--listen-peer-urls", m["peer_url"],
+                "--initial-advertise-peer-urls", m["peer_url"],
+                "--listen-client-urls", m["client_url"],
+                "--advertise-client-urls", m["client_url"],
+                "--initial-cluster", self.initial_cluster,
+                "--initial-cluster-state", state,
+                "--initial-cluster-token", self.token,
+                "--logger", "zap", "--log-outputs", "stderr"] + self.extra_args
+        m["proc"] = Proc(argv, _log_path(self.workdir, m["name"]), name="etcd:" + m["name"],
+                         env=self.env)
+        return m["proc"]
+
+    def wait_healthy(self, timeout=ETCD_HEALTH_TIMEOUT_S, members=None):
+        if self.scheme != "http":
+            return
+        for i in (range(len(self.members)) if members is None else members):
+            m = self.members[i]
+            _wait_healthy(m["proc"], m["client_url"] + "/health", timeout, _etcd_health_ok)
+
+    def proc(self, i):
+        return self.members[i]["proc"]
+
+    def kill(self, i):
+        """SIGKILL member i (its whole process group) and reap it."""
+        p = self.members[i]["proc"]
+        p._signal(signal.SIGKILL)
+        p.wait(10)
+        return p.stop()
+
+    def stop(self, i):
+        return self.members[i]["proc"].stop()
+
+    def close(self):
+        for m in self.members:
+            if m["proc"] is not None:
+                m["proc"]._signal(signal.SIGCONT)  # a stopped member cannot take SIGTERM
+                m["proc"].stop()
 
 
 def http(method, url, body=None, headers=None, timeout=10):
