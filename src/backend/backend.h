@@ -131,6 +131,9 @@ struct backend_ops {
     /* Whether new writes should be accepted now: false when the disk or the
      * map is nearly full, or commits are failing (etcd: no quorum). */
     bool (*writable)(struct backend *be);
+    /* Whether reads are served from a state that is being kept up to date
+     * (etcd: the mirror is loaded and its watch is up); NULL: always. */
+    bool (*live)(struct backend *be);
     void (*stats)(struct backend *be, backend_stats_t *out);
     /* Flushes what is queued and releases everything, the backend too. */
     void (*close)(struct backend *be);
@@ -186,6 +189,10 @@ static inline void backend_drain_notify(backend_t *be)
 static inline bool backend_writable(backend_t *be)
 {
     return be->ops->writable(be);
+}
+static inline bool backend_live(backend_t *be)
+{
+    return !be->ops->live || be->ops->live(be);
 }
 static inline void backend_stats(backend_t *be, backend_stats_t *out)
 {
