@@ -360,10 +360,15 @@ static void on_awaited_end(http_req_t c, void *ctx, enum http_park_end why)
         return;
     }
     registry_forget(aw->api->reg, aw->ticket);
-    if (why != HTTP_PARK_CLOSED)
-        api_send_v2_error(aw->api, c, aw->ep, aw->method, 503, 300,
-                          "the change has not been confirmed in time; read before retrying",
-                          registry_index(aw->api->reg));
+    if (why != HTTP_PARK_CLOSED) {
+        /* Not settled in time: a retryable error in the answer's own shape
+         * (v2 JSON, gRPC), never a success. */
+        reg_result_t r = {.err = REG_E_INTERNAL,
+                          .cause = "the change has not been confirmed in time; read before "
+                                   "retrying",
+                          .index = registry_index(aw->api->reg)};
+        aw->answer(aw->ctx, c, &r);
+    }
     free(aw->ctx);
     free(aw);
 }

@@ -40,9 +40,10 @@ void api_send_v2_error(api_t *api, http_req_t c, enum metrics_endpoint ep, const
 /*
  * A write whose outcome is pending (reg_result_t.pending: a backend that
  * applies on delivery, etcd): parks `c` until the registry settles
- * `ticket`, then calls `answer(ctx, c, res)`, which must answer `c`. If
- * the client goes first, or the wait timeout passes (answered 503,
- * errorCode 300), `answer` is not called. Either way `ctx` is freed with
+ * `ticket`, then calls `answer(ctx, c, res)`, which must answer `c`
+ * (REG_E_INTERNAL: not made, or not known; a retryable error). When the
+ * wait timeout passes first, `answer` gets REG_E_INTERNAL too; when the
+ * client goes first, it is not called. Either way `ctx` is freed with
  * free() once the write no longer needs it. With out of memory, answers
  * 503 at once (the write goes on). `method` is static.
  */
