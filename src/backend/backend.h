@@ -108,6 +108,16 @@ struct backend_ops {
      */
     int (*propose_txn)(struct backend *be, const reg_event_t *ev, const backend_guard_t *g,
                        uint64_t seq);
+    /*
+     * Backends that apply on delivery only (else NULL): a write this
+     * instance's mirror refused may have been refused for a change it has
+     * not seen yet (a token made through another instance a moment ago).
+     * Learns the newest revision that could matter (etcd: a linearizable
+     * read of the prefix) and calls registry_settle(seq, REG_SETTLE_LOST,
+     * that revision) once, from the loop: the write is then validated again
+     * once the mirror has caught up. 0 or -errno (nothing to come).
+     */
+    int (*propose_barrier)(struct backend *be, uint64_t seq);
     /* Removes a token by age with the events at `indexes` (its history).
      * 0 or -errno (nothing done; the sweep tries again later). etcd: one
      * delete of the token's key range, issued only by the elected sweeper. */
@@ -160,6 +170,10 @@ static inline int backend_propose_txn(backend_t *be, const reg_event_t *ev,
                                       const backend_guard_t *g, uint64_t seq)
 {
     return be->ops->propose_txn(be, ev, g, seq);
+}
+static inline int backend_propose_barrier(backend_t *be, uint64_t seq)
+{
+    return be->ops->propose_barrier(be, seq);
 }
 static inline int backend_remove_token(backend_t *be, const char *name, const uint64_t *indexes,
                                        size_t n)

@@ -169,7 +169,23 @@ static void on_catch_up_range(void *ctx, const etcd_result_t *res)
     check_caught_up(eb);
 }
 
-static int ask_catch_up(etcd_backend_t *eb)
+/* The barrier of a refused write: the prefix's newest revision, which the
+ * mirror must reach before the write is validated again. */
+static void on_barrier_range(void *ctx, const etcd_result_t *res)
+{
+    call_ctx_t *c = ctx;
+    etcd_backend_t *eb = c->be;
+    uint64_t seq = c->seq;
+    call_free(c);
+    uint64_t newest = 0; /* unknown: validated again against the mirror as it is */
+    if (res->outcome == ETCD_OK) {
+        const Etcdserverpb__RangeResponse *r = (const Etcdserverpb__RangeResponse *)res->resp;
+        newest = r->n_kvs ? (uint64_t)r->kvs[0]->mod_revision : 0;
+    }
+    registry_settle(eb->reg, seq, REG_SETTLE_LOST, newest, NULL);
+}
+
+static int range_newest(etcd_backend_t *eb, uint64_t seq, etcd_done_fn done)
 {
     Etcdserverpb__RangeRequest rq = ETCDSERVERPB__RANGE_REQUEST__INIT;
     rq.key = (ProtobufCBinaryData){strlen(eb->prefix), (uint8_t *)eb->prefix};
@@ -178,13 +194,26 @@ static int ask_catch_up(etcd_backend_t *eb)
     rq.sort_order = ETCDSERVERPB__RANGE_REQUEST__SORT_ORDER__DESCEND;
     rq.sort_target = ETCDSERVERPB__RANGE_REQUEST__SORT_TARGET__MOD;
     rq.keys_only = true;
-    call_ctx_t *c = call_new(eb, 0);
+    call_ctx_t *c = call_new(eb, seq);
     if (!c)
         return -ENOMEM;
-    int rc = etcd_range(eb->client, &rq, ETCD_RANGE_TIMEOUT_MS, on_catch_up_range, c);
+    int rc = etcd_range(eb->client, &rq, ETCD_RANGE_TIMEOUT_MS, done, c);
     if (rc != 0)
         call_free(c);
     return rc;
+}
+
+static int ask_catch_up(etcd_backend_t *eb)
+{
+    return range_newest(eb, 0, on_catch_up_range);
+}
+
+static int etcd_propose_barrier(backend_t *be, uint64_t seq)
+{
+    etcd_backend_t *eb = eb_of(be);
+    if (!eb->client || !eb->live)
+        return -ENOTCONN; /* the refusal stands as the mirror shows it */
+    return range_newest(eb, seq, on_barrier_range);
 }
 
 /* Our proposal `seq` shows in the watch: settles one whose outcome was
@@ -680,6 +709,7 @@ static const struct backend_ops etcd_ops = {
     .load = etcd_load,
     .propose = etcd_propose,
     .propose_txn = etcd_propose_txn,
+    .propose_barrier = etcd_propose_barrier,
     .remove_token = etcd_remove_token,
     .fetch = etcd_fetch,
     .durable_index = etcd_durable_index,

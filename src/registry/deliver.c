@@ -171,6 +171,31 @@ void reg_propose_pending(registry_t *reg, reg_event_t *ev, reg_result_t *out)
     out->ticket = p->ticket;
 }
 
+void reg_recheck_refusal(registry_t *reg, const reg_op_t *op, reg_result_t *out)
+{
+    backend_t *be = reg->backend;
+    /* Refusals that another instance's change cannot turn into a success:
+     * malformed input, and this instance's own trouble. */
+    if (!be || be->ops->applies_on_propose || !be->ops->propose_barrier || reg->retrying ||
+        out->err == REG_OK || out->err == REG_E_INTERNAL || out->err == REG_E_INVALID_FIELD)
+        return;
+    reg_pending_t *p = pending_new(reg, op);
+    if (!p)
+        return; /* the refusal as it is */
+    p->seq = ++reg->next_seq;
+    p->state = PENDING_PROPOSED;
+    if (backend_propose_barrier(be, p->seq) != 0) {
+        pending_free(p);
+        return;
+    }
+    pending_link(reg, p);
+    reg_result_clear(out);
+    out->err = REG_OK;
+    out->index = reg->index;
+    out->pending = true;
+    out->ticket = p->ticket;
+}
+
 /* Runs a pending write's operation again against the mirror. */
 static void run_again(registry_t *reg, reg_pending_t *p, reg_result_t *out)
 {

@@ -169,7 +169,7 @@ void registry_create(registry_t *reg, const char *key, bool is_dir, const char *
                    .is_dir = is_dir,
                    .unique = unique,
                    .ttl = ttl};
-    REG_WITH_OP(reg, &op,
+    REG_WITH_OP(reg, &op, out,
                 create_or_set(reg, key, is_dir, value, unique, REG_ACT_CREATE, ttl, now_ns, out));
 }
 
@@ -181,7 +181,7 @@ void registry_set(registry_t *reg, const char *key, bool is_dir, const char *val
                    .value = (char *)value,
                    .is_dir = is_dir,
                    .ttl = ttl};
-    REG_WITH_OP(reg, &op,
+    REG_WITH_OP(reg, &op, out,
                 create_or_set(reg, key, is_dir, value, false, REG_ACT_SET, ttl, now_ns, out));
 }
 
@@ -245,7 +245,7 @@ void registry_update(registry_t *reg, const char *key, const char *value, reg_tt
                      int64_t now_ns, reg_result_t *out)
 {
     reg_op_t op = {.kind = REG_OP_UPDATE, .key = (char *)key, .value = (char *)value, .ttl = ttl};
-    REG_WITH_OP(reg, &op, update_op(reg, key, value, ttl, now_ns, out));
+    REG_WITH_OP(reg, &op, out, update_op(reg, key, value, ttl, now_ns, out));
 }
 
 /* etcd's getCompareFailCause. */
@@ -308,7 +308,7 @@ void registry_compare_and_swap(registry_t *reg, const char *key, const char *pre
                    .prev_value = (char *)prev_value,
                    .prev_index = prev_index,
                    .ttl = ttl};
-    REG_WITH_OP(reg, &op, cas_op(reg, key, prev_value, prev_index, value, ttl, now_ns, out));
+    REG_WITH_OP(reg, &op, out, cas_op(reg, key, prev_value, prev_index, value, ttl, now_ns, out));
 }
 
 static void delete_op(registry_t *reg, const char *key, bool is_dir, bool recursive, int64_t now_ns,
@@ -334,7 +334,7 @@ void registry_delete(registry_t *reg, const char *key, bool is_dir, bool recursi
 {
     reg_op_t op = {
         .kind = REG_OP_DELETE, .key = (char *)key, .is_dir = is_dir, .recursive = recursive};
-    REG_WITH_OP(reg, &op, delete_op(reg, key, is_dir, recursive, now_ns, out));
+    REG_WITH_OP(reg, &op, out, delete_op(reg, key, is_dir, recursive, now_ns, out));
 }
 
 static void cad_op(registry_t *reg, const char *key, const char *prev_value, uint64_t prev_index,
@@ -356,7 +356,7 @@ void registry_compare_and_delete(registry_t *reg, const char *key, const char *p
                    .key = (char *)key,
                    .prev_value = (char *)prev_value,
                    .prev_index = prev_index};
-    REG_WITH_OP(reg, &op, cad_op(reg, key, prev_value, prev_index, now_ns, out));
+    REG_WITH_OP(reg, &op, out, cad_op(reg, key, prev_value, prev_index, now_ns, out));
 }
 
 /* The writes a token refuses: its directory, and _config once it exists. */

@@ -169,14 +169,17 @@ void reg_fail_at(registry_t *reg, reg_result_t *out, enum reg_errcode code, cons
  */
 void reg_commit(registry_t *reg, reg_event_t *ev, reg_result_t *out);
 
-/* Runs `call` (a write operation) with `op` as the write being run, unless
- * a pending write is being validated again (its own op is then current). */
-#define REG_WITH_OP(reg, op, call)                                                                 \
+/* Runs `call` (a write operation filling `out`) with `op` as the write
+ * being run, unless a pending write is being validated again (its own op is
+ * then current); a refusal may then be checked again (reg_recheck_refusal). */
+#define REG_WITH_OP(reg, op, out, call)                                                            \
     do {                                                                                           \
         const reg_op_t *saved_op_ = (reg)->cur_op;                                                 \
         if (!saved_op_)                                                                            \
             (reg)->cur_op = (op);                                                                  \
         call;                                                                                      \
+        if (!saved_op_)                                                                            \
+            reg_recheck_refusal((reg), (op), (out));                                               \
         (reg)->cur_op = saved_op_;                                                                 \
     } while (0)
 
@@ -191,6 +194,12 @@ int reg_apply_delivered(registry_t *reg, reg_event_t *ev);
 /* reg_commit() with a backend that applies on delivery: proposes `ev`
  * (taken) for the current op and fills `out` as pending. */
 void reg_propose_pending(registry_t *reg, reg_event_t *ev, reg_result_t *out);
+/* A write the mirror refused (`out`, from operation `op`), with a backend
+ * that applies on delivery: made pending behind a barrier, to be validated
+ * again once the mirror has caught up with the backend (backend.h,
+ * propose_barrier). Otherwise, or when that cannot be set up, `out` stays
+ * the refusal. */
+void reg_recheck_refusal(registry_t *reg, const reg_op_t *op, reg_result_t *out);
 /* Frees every pending write without telling anyone (registry_free). */
 void reg_pending_free_all(registry_t *reg);
 

@@ -175,7 +175,7 @@ void registry_create_token(registry_t *reg, const char *name, unsigned size, int
                            reg_result_t *out)
 {
     reg_op_t op = {.kind = REG_OP_CREATE_TOKEN, .key = (char *)name, .size = size};
-    REG_WITH_OP(reg, &op, create_token_op(reg, name, size, now_ns, out));
+    REG_WITH_OP(reg, &op, out, create_token_op(reg, name, size, now_ns, out));
 }
 
 size_t registry_sweep_tokens(registry_t *reg, int64_t cutoff_ns, size_t max_tokens)

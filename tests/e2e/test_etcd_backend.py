@@ -145,6 +145,19 @@ class EtcdBackendTest(unittest.TestCase):
         self.assertEqual(len({ci for _, ci in winners.values()}), N_KEYS,
                          "createdIndex values must be distinct")
 
+    def test_registration_on_b_right_after_new_on_a(self):
+        # B's mirror may not have the token yet when the member's PUT comes:
+        # the refusal is checked again once B has caught up with etcd, so
+        # the member never sees a 404 for a token that exists.
+        for i in range(20):
+            _, tok = self.new_token(self.a)
+            st, _, body = harness.http("PUT", keys_url(self.b, tok, "/m1?prevExist=false"),
+                                       "value=x", FORM)
+            self.assertEqual(st, 201, "round %d: %r" % (i, body))
+            st, _, body = harness.http("PUT", keys_url(self.b, tok, "/m1?prevExist=false"),
+                                       "value=x", FORM)
+            self.assertEqual(st, 412, body)
+
     def test_long_poll_on_b_answered_by_registration_on_a(self):
         _, tok = self.new_token(self.a)
         self.wait_listing(self.b, tok, lambda l: True, "the token on B")

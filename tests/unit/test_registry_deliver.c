@@ -36,7 +36,17 @@ typedef struct fake_backend {
     char last_key[256];
     uint64_t applied; /* what the test delivered: durable_index */
     bool refuse;
+    int n_barriers;
+    uint64_t barrier_seq;
 } fake_backend_t;
+
+static int fake_propose_barrier(backend_t *be, uint64_t seq)
+{
+    fake_backend_t *f = (fake_backend_t *)be;
+    f->n_barriers++;
+    f->barrier_seq = seq;
+    return 0;
+}
 
 static int fake_propose_txn(backend_t *be, const reg_event_t *ev, const backend_guard_t *g,
                             uint64_t seq)
@@ -72,6 +82,7 @@ static reg_event_t *fake_fetch(backend_t *be, uint64_t index)
 static const struct backend_ops fake_ops = {
     .propose = fake_propose,
     .propose_txn = fake_propose_txn,
+    .propose_barrier = fake_propose_barrier,
     .fetch = fake_fetch,
     .durable_index = fake_durable,
     .readable_index = fake_durable,
@@ -342,6 +353,53 @@ static void test_watch_on_b_answered_by_write_on_a(void **state)
     registry_free(b.reg);
 }
 
+/* A write refused by a mirror that lags (the token was just made through
+ * another instance) is validated again once the mirror has caught up; a
+ * refusal that stands is answered after that. */
+static void test_refusal_checked_again_after_catching_up(void **state)
+{
+    (void)state;
+    instance_t a, b;
+    instance_init(&a);
+    instance_init(&b);
+    instance_t *only_a[] = {&a}, *only_b[] = {&b}, *all[] = {&a, &b};
+    reg_result_t r;
+    outcome_t o;
+    registry_create_token(a.reg, "tok", 3, T0, &r);
+    await(&a, &r, &o);
+    registry_settle(a.reg, a.be.last_seq, REG_SETTLE_COMMITTED, 2, NULL);
+    deliver(only_a, 1, REG_ACT_SET, K("_config/size"), "3", 2);
+    assert_int_equal(o.err, REG_OK);
+
+    /* B has not seen the token yet: not a 404, a barrier. */
+    registry_create(b.reg, K("m1"), false, "b", false, NO_TTL, T0, &r);
+    await(&b, &r, &o);
+    assert_int_equal(b.be.n_barriers, 1);
+    assert_int_equal(b.be.n_proposed, 0);
+    registry_settle(b.reg, b.be.barrier_seq, REG_SETTLE_LOST, 2, NULL);
+    assert_int_equal(o.calls, 0); /* B's mirror is not at 2 yet */
+    deliver(only_b, 1, REG_ACT_SET, K("_config/size"), "3", 2);
+    assert_int_equal(o.calls, 0);
+    assert_int_equal(b.be.n_proposed, 1); /* valid now: proposed */
+    assert_int_equal(b.be.last_guard.kind, BACKEND_GUARD_KEY_ABSENT);
+    registry_settle(b.reg, b.be.last_seq, REG_SETTLE_COMMITTED, 3, NULL);
+    deliver(all, 2, REG_ACT_CREATE, K("m1"), "b", 3);
+    assert_int_equal(o.calls, 1);
+    assert_int_equal(o.err, REG_OK);
+    assert_int_equal(o.index, 3);
+
+    /* A refusal that stands: answered once, after the barrier. */
+    registry_create(a.reg, K("m1"), false, "a", false, NO_TTL, T0, &r);
+    await(&a, &r, &o);
+    registry_settle(a.reg, a.be.barrier_seq, REG_SETTLE_LOST, 3, NULL);
+    assert_int_equal(o.calls, 1);
+    assert_int_equal(o.err, REG_E_NODE_EXIST);
+    assert_int_equal(a.be.n_barriers, 1);
+    assert_int_equal(registry_pending_count(a.reg), 0);
+    registry_free(a.reg);
+    registry_free(b.reg);
+}
+
 /* A delivery the mirror cannot take (it missed a change) is refused. */
 static void test_delivery_that_does_not_fit(void **state)
 {
@@ -369,6 +427,7 @@ int main(void)
         cmocka_unit_test(test_lost_guard_is_proposed_again),
         cmocka_unit_test(test_failed_and_refused_writes),
         cmocka_unit_test(test_watch_on_b_answered_by_write_on_a),
+        cmocka_unit_test(test_refusal_checked_again_after_catching_up),
         cmocka_unit_test(test_delivery_that_does_not_fit),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
