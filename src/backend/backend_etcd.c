@@ -279,6 +279,182 @@ static void apply_revision(etcd_backend_t *eb, uint64_t rev, const etcd_kv_event
     etcd_change_clear(&ch);
 }
 
+/*
+ * Startup on a prefix whose early history etcd compacted away: the mirror
+ * is built from a range of the prefix at the compact revision C, then the
+ * watch goes on from C + 1. The range has each key's state, not its
+ * history, so one change is made up per key and revision: a create (the
+ * token's size: a set) at its create revision, the deepest key of each
+ * revision (the directories on its way come with it, as they came with
+ * the transaction that made them), and an update at its mod revision for
+ * a file changed since. What the mirror then shows equals what a mirror
+ * fed from the start shows, but for the created index of a file replaced
+ * by a v2 set (etcd keeps the key's create revision) and for history
+ * before C, which watches cannot replay.
+ */
+typedef struct snap_change {
+    uint64_t rev;
+    int depth;
+    bool is_update;
+    const Etcdserverpb__KeyValue *kv;
+} snap_change_t;
+
+static int snap_change_order(const void *a, const void *b)
+{
+    const snap_change_t *x = a, *y = b;
+    if (x->rev != y->rev)
+        return x->rev < y->rev ? -1 : 1;
+    return y->depth - x->depth; /* the deepest key of a revision first */
+}
+
+typedef struct created_at {
+    char *v2key;
+    uint64_t rev;
+} created_at_t;
+
+static int created_at_order(const void *a, const void *b)
+{
+    return strcmp(((const created_at_t *)a)->v2key, ((const created_at_t *)b)->v2key);
+}
+
+/* The v2 createdIndex kept apart for files a set replaced (P c/...). */
+static created_at_t *created_index_of(created_at_t *cs, size_t n, const char *v2key)
+{
+    created_at_t want = {(char *)v2key, 0};
+    return n ? bsearch(&want, cs, n, sizeof *cs, created_at_order) : NULL;
+}
+
+static int load_snapshot(etcd_backend_t *eb, const Etcdserverpb__RangeResponse *r)
+{
+    snap_change_t *chs = calloc(2 * r->n_kvs + 1, sizeof *chs);
+    created_at_t *cs = calloc(r->n_kvs + 1, sizeof *cs);
+    size_t n = 0, n_cs = 0;
+    int rc = chs && cs ? 0 : -ENOMEM;
+    for (size_t i = 0; rc == 0 && i < r->n_kvs; i++) {
+        const Etcdserverpb__KeyValue *kv = r->kvs[i];
+        char *c =
+            etcd_layout_v2_key_of_created(eb->prefix, (const char *)kv->key.data, kv->key.len);
+        if (c)
+            cs[n_cs++] = (created_at_t){c, (uint64_t)kv->mod_revision};
+    }
+    if (n_cs)
+        qsort(cs, n_cs, sizeof *cs, created_at_order);
+    for (size_t i = 0; rc == 0 && i < r->n_kvs; i++) {
+        const Etcdserverpb__KeyValue *kv = r->kvs[i];
+        bool is_dir = kv->key.len && kv->key.data[kv->key.len - 1] == '/';
+        int depth = is_dir ? -1 : 0; /* a directory's trailing '/' is no level */
+        for (size_t k = 0; k < kv->key.len; k++)
+            depth += kv->key.data[k] == '/';
+        uint64_t created = (uint64_t)kv->create_revision;
+        if (n_cs && !is_dir) {
+            bool d;
+            char *v2 = etcd_layout_v2_key(eb->prefix, (const char *)kv->key.data, kv->key.len, &d);
+            created_at_t *at = v2 ? created_index_of(cs, n_cs, v2) : NULL;
+            if (at)
+                created = at->rev;
+            free(v2);
+        }
+        chs[n++] = (snap_change_t){created, depth, false, kv};
+        if (!is_dir && (uint64_t)kv->mod_revision > created)
+            chs[n++] = (snap_change_t){(uint64_t)kv->mod_revision, depth, true, kv};
+    }
+    for (size_t i = 0; i < n_cs; i++)
+        free(cs[i].v2key);
+    free(cs);
+    if (rc != 0) {
+        free(chs);
+        return rc;
+    }
+    qsort(chs, n, sizeof *chs, snap_change_order);
+    uint64_t last = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        const Etcdserverpb__KeyValue *kv = chs[i].kv;
+        if (chs[i].rev == last)
+            continue; /* a directory made by the same transaction */
+        bool is_dir;
+        char *key =
+            etcd_layout_v2_key(eb->prefix, (const char *)kv->key.data, kv->key.len, &is_dir);
+        if (!key)
+            continue; /* not a token's key (v/, m/, act) */
+        size_t plen = strlen(REGISTRY_PREFIX "/");
+        const char *rest = strchr(key + plen, '/');
+        if (!rest) { /* a token's directory alone: made with its size */
+            free(key);
+            continue;
+        }
+        char *value = is_dir ? NULL : strndup((const char *)kv->value.data, kv->value.len);
+        if (!is_dir && !value) {
+            free(key);
+            rc = -ENOMEM;
+            break;
+        }
+        bool is_size = strcmp(rest, "/_config/size") == 0;
+        reg_delivered_t d = {.action = chs[i].is_update ? REG_ACT_UPDATE
+                                       : is_size        ? REG_ACT_SET
+                                                        : REG_ACT_CREATE,
+                             .key = key,
+                             .is_dir = is_dir,
+                             .value = value,
+                             .index = chs[i].rev,
+                             .wall_ns = time_wall_ns()};
+        eb->applied = chs[i].rev;
+        rc = registry_deliver(eb->reg, &d);
+        if (rc != 0)
+            log_error("etcd: the key %s at revision %" PRIu64 " does not fit the mirror (%s)", key,
+                      chs[i].rev, strerror(-rc));
+        last = chs[i].rev;
+        free(key);
+        free(value);
+    }
+    free(chs);
+    return rc;
+}
+
+static void on_snapshot_range(void *ctx, const etcd_result_t *res)
+{
+    call_ctx_t *c = ctx;
+    etcd_backend_t *eb = c->be;
+    uint64_t at = c->seq; /* the compact revision the range was made at */
+    call_free(c);
+    if (res->outcome != ETCD_OK) {
+        log_warn("etcd: cannot range the prefix at revision %" PRIu64 " (%s); trying again", at,
+                 res->message);
+        eb->watch_retry_ms = loop_now_ms(eb->loop) + ETCD_WATCH_RETRY_MS;
+        return;
+    }
+    int rc = load_snapshot(eb, (const Etcdserverpb__RangeResponse *)res->resp);
+    if (rc != 0) {
+        eb->broken = true;
+        set_live(eb, false);
+        return;
+    }
+    eb->applied = at;
+    registry_advance(eb->reg, at);
+    log_info("etcd: the prefix's history before revision %" PRIu64
+             " is compacted: the mirror was loaded from its state at that revision (%zu tokens)",
+             at, registry_token_count(eb->reg));
+    start_watch(eb);
+}
+
+/* The mirror is empty and etcd's history starts at `compact`: load the
+ * state at that revision. */
+static void load_from_range(etcd_backend_t *eb, uint64_t compact)
+{
+    Etcdserverpb__RangeRequest rq = ETCDSERVERPB__RANGE_REQUEST__INIT;
+    rq.key = (ProtobufCBinaryData){strlen(eb->prefix), (uint8_t *)eb->prefix};
+    rq.range_end = (ProtobufCBinaryData){strlen(eb->range_end), (uint8_t *)eb->range_end};
+    rq.revision = (int64_t)compact;
+    call_ctx_t *c = call_new(eb, compact);
+    int rc = c ? etcd_range(eb->client, &rq, ETCD_RANGE_TIMEOUT_MS, on_snapshot_range, c) : -ENOMEM;
+    if (rc != 0) {
+        if (c)
+            call_free(c);
+        eb->broken = true;
+        log_error("etcd: cannot ask for the prefix at revision %" PRIu64 ": %s", compact,
+                  strerror(-rc));
+    }
+}
+
 static void on_watch(void *ctx, const Etcdserverpb__WatchResponse *resp)
 {
     etcd_backend_t *eb = ctx;
@@ -291,7 +467,9 @@ static void on_watch(void *ctx, const Etcdserverpb__WatchResponse *resp)
     if (resp->canceled) {
         eb->watch = NULL;
         set_live(eb, false);
-        if (resp->compact_revision > 0) {
+        if (resp->compact_revision > 0 && eb->applied == 0 && registry_index(eb->reg) == 0) {
+            load_from_range(eb, (uint64_t)resp->compact_revision);
+        } else if (resp->compact_revision > 0) {
             log_error("etcd: the watch's start (revision %" PRIu64 ") was compacted (now %" PRId64
                       "); a resync is not built: restart this instance",
                       eb->applied + 1, resp->compact_revision);

@@ -26,22 +26,33 @@ static char *finish(buf_t *b)
     return buf_steal(b);
 }
 
-char *etcd_layout_key(const char *prefix, const char *v2key, bool is_dir)
+static char *layout_key(const char *prefix, char kind, const char *v2key, bool is_dir)
 {
     size_t plen = sizeof registry_prefix - 1;
     if (strncmp(v2key, registry_prefix, plen) != 0 || v2key[plen] == '\0')
         return NULL;
     buf_t b = BUF_INIT;
-    buf_printf(&b, "%sk/%s", prefix, v2key + plen);
+    buf_printf(&b, "%s%c/%s", prefix, kind, v2key + plen);
     if (is_dir)
         buf_putc(&b, '/');
     return finish(&b);
 }
 
-char *etcd_layout_v2_key(const char *prefix, const char *key, size_t len, bool *is_dir)
+char *etcd_layout_key(const char *prefix, const char *v2key, bool is_dir)
+{
+    return layout_key(prefix, 'k', v2key, is_dir);
+}
+
+char *etcd_layout_created_key(const char *prefix, const char *v2key)
+{
+    return layout_key(prefix, 'c', v2key, false);
+}
+
+static char *v2_key_of(const char *prefix, char kind, const char *key, size_t len, bool *is_dir)
 {
     size_t plen = strlen(prefix);
-    if (len < plen + 3 || memcmp(key, prefix, plen) != 0 || memcmp(key + plen, "k/", 2) != 0)
+    if (len < plen + 3 || memcmp(key, prefix, plen) != 0 || key[plen] != kind ||
+        key[plen + 1] != '/')
         return NULL;
     const char *rest = key + plen + 2;
     size_t rlen = len - plen - 2;
@@ -54,6 +65,22 @@ char *etcd_layout_v2_key(const char *prefix, const char *key, size_t len, bool *
     buf_puts(&b, registry_prefix);
     buf_append(&b, rest, rlen);
     return finish(&b);
+}
+
+char *etcd_layout_v2_key(const char *prefix, const char *key, size_t len, bool *is_dir)
+{
+    return v2_key_of(prefix, 'k', key, len, is_dir);
+}
+
+char *etcd_layout_v2_key_of_created(const char *prefix, const char *key, size_t len)
+{
+    bool is_dir;
+    char *k = v2_key_of(prefix, 'c', key, len, &is_dir);
+    if (k && is_dir) {
+        free(k);
+        return NULL;
+    }
+    return k;
 }
 
 static char *keyed(const char *prefix, const char *kind, const char *token, size_t len)
@@ -299,6 +326,10 @@ int etcd_layout_plan(const char *prefix, const reg_event_t *ev, const backend_gu
         if (rc == 0)
             rc = add_op(plan, &cap, ETCD_OP_PUT, etcd_layout_key(prefix, key, is_dir),
                         is_dir ? "" : (ev->node.value ? ev->node.value : ""));
+        /* A set that replaces a file makes a new v2 node; etcd keeps the
+         * key's create_revision, so the new createdIndex is kept apart. */
+        if (rc == 0 && ev->action == REG_ACT_SET && ev->has_prev && !is_dir)
+            rc = add_op(plan, &cap, ETCD_OP_PUT, etcd_layout_created_key(prefix, key), "");
         break;
     case REG_ACT_DELETE:
     case REG_ACT_CAD:
@@ -306,6 +337,17 @@ int etcd_layout_plan(const char *prefix, const reg_event_t *ev, const backend_gu
         if (rc == 0)
             rc = add_op(plan, &cap, is_dir ? ETCD_OP_DELETE_PREFIX : ETCD_OP_DELETE,
                         etcd_layout_key(prefix, key, is_dir), NULL);
+        if (rc == 0) { /* and the created index kept for it (or below it) */
+            char *c = etcd_layout_created_key(prefix, key);
+            if (c && is_dir) {
+                char *cd = malloc(strlen(c) + 2);
+                if (cd)
+                    sprintf(cd, "%s/", c);
+                free(c);
+                c = cd;
+            }
+            rc = add_op(plan, &cap, is_dir ? ETCD_OP_DELETE_PREFIX : ETCD_OP_DELETE, c, NULL);
+        }
         break;
     case REG_ACT_GET: rc = -EINVAL; break;
     }

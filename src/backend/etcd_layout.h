@@ -13,6 +13,10 @@
  *                         rewrites it, so its mod_revision is the index of
  *                         the token's last event (the per-token guard)
  *   P m/<token>           the token's creation wall time (ns), for sweeps
+ *   P c/<token>/<path>    a file that a v2 set replaced: its mod_revision is
+ *                         the file's v2 createdIndex (etcd keeps a key's
+ *                         create_revision across puts; v2's set makes a new
+ *                         node). Read only when loading from a range.
  *   P act                 the action marker, written in every transaction:
  *                         "<action> <instance> <seq> <F|D> <v2 key>"
  *
@@ -40,6 +44,10 @@ char *etcd_layout_key(const char *prefix, const char *v2key, bool is_dir);
 /* The v2 key of etcd key `key` (len bytes) below P k/, and whether it is a
  * directory; NULL when it is not one (another part of the layout). */
 char *etcd_layout_v2_key(const char *prefix, const char *key, size_t len, bool *is_dir);
+/* The same for P c/ keys (etcd_layout_created_key). */
+char *etcd_layout_v2_key_of_created(const char *prefix, const char *key, size_t len);
+/* P c/<token>/<path> of a file's v2 key; NULL outside a token. */
+char *etcd_layout_created_key(const char *prefix, const char *v2key);
 /* P v/<token>, P m/<token>, P act. */
 char *etcd_layout_version_key(const char *prefix, const char *token, size_t token_len);
 char *etcd_layout_meta_key(const char *prefix, const char *token, size_t token_len);

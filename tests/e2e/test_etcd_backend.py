@@ -227,6 +227,38 @@ class EtcdBackendTest(unittest.TestCase):
             for _, proc, _, _ in members:
                 proc.stop()
 
+    def test_instance_starts_after_etcd_compacted_the_history(self):
+        _, tok = self.new_token(self.a, size=5)
+        for i in range(3):
+            st, _, body = harness.http("PUT", keys_url(self.a, tok, "/m%d?prevExist=false" % i),
+                                       "value=v%d" % i, FORM)
+            self.assertEqual(st, 201, body)
+        st, _, body = harness.http("PUT", keys_url(self.a, tok, "/m0"), "value=w0", FORM)
+        self.assertEqual(st, 200, body)
+        st, _, body = harness.http("PUT", keys_url(self.a, tok, "/d/x?prevExist=false"),
+                                   "value=deep", FORM)
+        self.assertEqual(st, 201, body)
+        rc, out, err = harness.etcdctl(self.etcd.client_urls[0], "endpoint", "status",
+                                       "-w", "json")
+        self.assertEqual(rc, 0, err)
+        rev = json.loads(out)[0]["Status"]["header"]["revision"]
+        rc, out, err = harness.etcdctl(self.etcd.client_urls[0], "compact", str(rev))
+        self.assertEqual(rc, 0, err)
+        proc, c = harness.start_disco(self.workdir, ["--etcd-endpoints", self.etcd.endpoints()])
+        try:
+            want = self.listing(self.a, tok)
+            self.assertEqual(self.listing(c, tok), want)
+            # and it follows etcd from there
+            st, _, body = harness.http("PUT", keys_url(c, tok, "/m9?prevExist=false"),
+                                       "value=v9", FORM)
+            self.assertEqual(st, 201, body)
+            st, _, body = harness.http("PUT", keys_url(c, tok, "/m1?prevExist=false"),
+                                       "value=again", FORM)
+            self.assertEqual(st, 412, body)
+            self.wait_listing(self.a, tok, lambda l: l == self.listing(c, tok), "A = C")
+        finally:
+            proc.stop()
+
     @unittest.skipIf(etcd3 is None, "python3-etcd3 is not installed")
     def test_v3_discovery_client_through_etcd_backend(self):
         host, port = urllib.parse.urlsplit(self.b).hostname, urllib.parse.urlsplit(self.b).port

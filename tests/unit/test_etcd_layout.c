@@ -163,6 +163,7 @@ static void test_plan_guarded_by_token_version(void **state)
     assert_int_equal(p.cmps[0].rev, 17);
     /* A directory goes with everything below it. */
     assert_non_null(find_op(&p, ETCD_OP_DELETE_PREFIX, "/disco/k/tok/d/"));
+    assert_non_null(find_op(&p, ETCD_OP_DELETE_PREFIX, "/disco/c/tok/d/"));
     etcd_txn_plan_free(&p);
 
     ev = event(REG_ACT_CREATE, V2("a/b/c"), false, "x");
@@ -172,6 +173,22 @@ static void test_plan_guarded_by_token_version(void **state)
     assert_null(find_op(&p, ETCD_OP_PUT, "/disco/k/tok/")); /* the token exists */
     assert_non_null(find_op(&p, ETCD_OP_PUT, "/disco/k/tok/a/b/c"));
     etcd_txn_plan_free(&p);
+
+    /* A set that replaces a file keeps its new createdIndex apart. */
+    ev = event(REG_ACT_SET, V2("m1"), false, "y");
+    ev.has_prev = true;
+    assert_int_equal(etcd_layout_plan(P, &ev, &g, "i1", 5, &p), 0);
+    assert_non_null(find_op(&p, ETCD_OP_PUT, "/disco/k/tok/m1"));
+    assert_non_null(find_op(&p, ETCD_OP_PUT, "/disco/c/tok/m1"));
+    etcd_txn_plan_free(&p);
+    ev = event(REG_ACT_DELETE, V2("m1"), false, NULL);
+    assert_int_equal(etcd_layout_plan(P, &ev, &g, "i1", 6, &p), 0);
+    assert_non_null(find_op(&p, ETCD_OP_DELETE, "/disco/k/tok/m1"));
+    assert_non_null(find_op(&p, ETCD_OP_DELETE, "/disco/c/tok/m1"));
+    etcd_txn_plan_free(&p);
+    char *v2 = etcd_layout_v2_key_of_created(P, "/disco/c/tok/m1", 15);
+    assert_string_equal(v2, V2("m1"));
+    free(v2);
 
     ev = event(REG_ACT_CREATE, "/elsewhere/x", false, "x");
     assert_int_equal(etcd_layout_plan(P, &ev, &g, "i1", 4, &p), -EINVAL);
