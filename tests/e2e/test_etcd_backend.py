@@ -19,6 +19,7 @@ stopped by PID. No timing is asserted beyond generous bounds.
 import json
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import threading
@@ -227,6 +228,71 @@ class EtcdBackendTest(unittest.TestCase):
             for _, proc, _, _ in members:
                 proc.stop()
 
+    def test_half_through_a_half_through_b_form_one_cluster(self):
+        # 2N members on one token of size N behind one URL whose connections
+        # alternate between A and B (a load balancer: etcd derives its
+        # cluster token from the discovery URL, so members must share it):
+        # the first N registrations (by createdIndex) form one cluster; the
+        # others find it full (etcd's v2 discovery lets racing members
+        # register past the size and sorts them out by index).
+        n = 3
+        _, tok = self.new_token(self.a, size=n)
+        self.wait_listing(self.b, tok, lambda l: True, "the token on B")
+        lb = RoundRobin([self.a, self.b])
+        members = {}
+        try:
+            for i in range(2 * n):
+                name = "half%d" % i
+                proc, peer, client = harness.start_etcd_member(self.workdir, name,
+                                                               "%s/%s" % (lb.url, tok))
+                members[name] = (proc, peer, client)
+
+            def registered():
+                l = self.listing(self.a, tok)
+                nodes = [x for x in l["node"].get("nodes", []) if not x.get("dir")]
+                return nodes if len(nodes) >= n else None
+
+            nodes = harness.wait_until(registered, CLUSTER_FORM_TIMEOUT_S,
+                                       what="%d registrations" % n)
+            first = sorted(nodes, key=lambda x: x["createdIndex"])[:n]
+            names = sorted(x["value"].split("=", 1)[0] for x in first)
+            self.assertEqual(len(set(names)), n, nodes)
+
+            def agreed():
+                views = []
+                for name in names:
+                    proc, _, client = members[name]
+                    if not proc.alive():
+                        raise harness.StopWaiting("member %s exited" % name)
+                    rc, out, _ = harness.etcdctl(client, "member", "list", "-w", "json",
+                                                 timeout=6)
+                    if rc != 0:
+                        return None
+                    lst = json.loads(out)
+                    ms = lst.get("members", [])
+                    if len(ms) != n or any(not m.get("name") for m in ms):
+                        return None
+                    views.append((lst["header"]["cluster_id"], sorted(m["name"] for m in ms)))
+                return views
+
+            views = harness.wait_until(agreed, CLUSTER_FORM_TIMEOUT_S, interval=0.5,
+                                       what="the registered members to form a cluster")
+            self.assertEqual(len({cid for cid, _ in views}), 1, views)
+            self.assertEqual(views[0][1], names)
+            for name, (proc, _, _) in members.items():
+                if name in names:
+                    continue
+                harness.wait_until(lambda: "cluster is full" in proc.log() or not proc.alive(),
+                                   CLUSTER_FORM_TIMEOUT_S, what="%s to find it full" % name)
+                self.assertIn("cluster is full", proc.log())
+            # Both instances list the same registrations, and both served.
+            self.wait_listing(self.b, tok, lambda l: l == self.listing(self.a, tok), "B = A")
+            self.assertGreater(min(lb.counts), 0, lb.counts)
+        finally:
+            for proc, _, _ in members.values():
+                proc.stop()
+            lb.close()
+
     def test_instance_starts_after_etcd_compacted_the_history(self):
         _, tok = self.new_token(self.a, size=5)
         for i in range(3):
@@ -291,6 +357,65 @@ class EtcdBackendTest(unittest.TestCase):
         self.assertFalse(any(t.is_alive() for t in threads), "a member did not finish")
         self.assertEqual({k: v for k, v in results.items() if v[0] != "ok"}, {})
         self.assertEqual(len({v[1] for v in results.values()}), 1, results)
+
+
+class RoundRobin:
+    """A TCP load balancer on a loopback port chosen at run time: each new
+    connection goes to the next of `bases` (http://host:port), bytes copied
+    both ways by threads; counts[i] connections went to bases[i]."""
+
+    def __init__(self, bases):
+        self.targets = [urllib.parse.urlsplit(b) for b in bases]
+        self.counts = [0] * len(bases)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((harness.LOOPBACK, 0))
+        self.sock.listen(64)
+        self.url = "http://%s:%d" % (harness.LOOPBACK, self.sock.getsockname()[1])
+        self.closed = False
+        self.next = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.closed:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            i = self.next % len(self.targets)
+            self.next += 1
+            self.counts[i] += 1
+            t = self.targets[i]
+            try:
+                upstream = socket.create_connection((t.hostname, t.port), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+
+    def close(self):
+        self.closed = True
+        self.sock.close()
 
 
 def _parked(base):
