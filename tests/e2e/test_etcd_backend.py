@@ -19,10 +19,12 @@ stopped by PID. No timing is asserted beyond generous bounds.
 import json
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
 import threading
+import time
 import unittest
 import urllib.parse
 import uuid
@@ -357,6 +359,63 @@ class EtcdBackendTest(unittest.TestCase):
         self.assertFalse(any(t.is_alive() for t in threads), "a member did not finish")
         self.assertEqual({k: v for k, v in results.items() if v[0] != "ok"}, {})
         self.assertEqual(len({v[1] for v in results.values()}), 1, results)
+
+
+class EtcdStallTest(unittest.TestCase):
+    """A write whose outcome etcd leaves open (every member stopped with
+    SIGSTOP past the transaction's deadline, then continued): the client
+    gets the write's answer or, only after the hold, 503 with errorCode 300,
+    never a false success; the instance serves again afterwards. Whether the
+    write was applied is not asserted (ETCD-BACKEND.md section 4)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.workdir = tempfile.mkdtemp(prefix="disco-e2e-etcds-")
+        cls.etcd = harness.EtcdCluster(cls.workdir, size=3)
+        cls.disco, cls.a = harness.start_disco(
+            cls.workdir, ["--etcd-endpoints", cls.etcd.endpoints()], wait_timeout="20s")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.disco.stop()
+        cls.etcd.close()
+        shutil.rmtree(cls.workdir, ignore_errors=True)
+
+    def test_unknown_outcome_is_held_then_answered(self):
+        st, _, body = harness.http("GET", self.a + "/new?size=3")
+        self.assertEqual(st, 200, body)
+        tok = body.decode().strip().rsplit("/", 1)[1]
+        answer = {}
+
+        def register():
+            answer["r"] = harness.http("PUT", keys_url(self.a, tok, "/m1?prevExist=false"),
+                                       "value=x", FORM, timeout=30 * SLOW)
+
+        for i in range(3):
+            self.etcd.proc(i)._signal(signal.SIGSTOP)
+        try:
+            t = threading.Thread(target=register)
+            t.start()
+            time.sleep(3.5)  # past the transaction's deadline, inside the hold
+        finally:
+            for i in range(3):
+                self.etcd.proc(i)._signal(signal.SIGCONT)
+        t.join(30 * SLOW)
+        self.assertFalse(t.is_alive())
+        st, _, body = answer["r"]
+        self.assertIn(st, (201, 503), body)
+        if st == 503:
+            self.assertEqual(json.loads(body)["errorCode"], 300, body)
+        # The instance serves again: the mirror comes back, and a read shows
+        # the write if it said 201.
+        harness.wait_until(lambda: harness.http("GET", self.a + "/health?writes=1")[0] == 200,
+                           30 * SLOW, what="the instance to take writes again")
+        st2, _, body2 = harness.http("GET", keys_url(self.a, tok, "/m1"))
+        if st == 201:
+            self.assertEqual(st2, 200, body2)
+        st3, _, body3 = harness.http("PUT", keys_url(self.a, tok, "/m2?prevExist=false"),
+                                     "value=y", FORM)
+        self.assertEqual(st3, 201, body3)
 
 
 class RoundRobin:
