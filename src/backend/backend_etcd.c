@@ -58,6 +58,10 @@
 #define ETCD_RANGE_TIMEOUT_MS 5000
 /* A watch etcd ended (no leader, ...) is asked for again after this. */
 #define ETCD_WATCH_RETRY_MS 500
+/* How often the watch is asked for progress: a quiet prefix's mirror then
+ * still follows etcd's revision, so a watch that must start again after a
+ * failover starts from a recent revision, not one compaction removed. */
+#define ETCD_PROGRESS_EVERY_MS 60000
 
 typedef struct unknown_txn {
     struct unknown_txn *next;
@@ -87,6 +91,7 @@ typedef struct etcd_backend {
     char instance[33]; /* random, names this process in markers */
     etcd_watch_t *watch;
     uint64_t watch_retry_ms; /* when to ask for the watch again; 0: not due */
+    uint64_t progress_ms;    /* when to ask for progress next */
     uint64_t applied;        /* last revision applied to the mirror */
     uint64_t catch_up;       /* the prefix's newest revision at watch creation */
     bool catch_up_known;
@@ -481,6 +486,15 @@ static void on_watch(void *ctx, const Etcdserverpb__WatchResponse *resp)
         }
         return;
     }
+    if (!resp->created && resp->n_events == 0 && resp->header &&
+        (uint64_t)resp->header->revision > eb->applied && !eb->broken) {
+        /* A progress report: etcd sends one only to a watch that has been
+         * sent every event up to this revision. */
+        eb->applied = (uint64_t)resp->header->revision;
+        registry_advance(eb->reg, eb->applied);
+        check_caught_up(eb);
+        return;
+    }
     if (resp->created) {
         eb->catch_up_known = false;
         if (ask_catch_up(eb) != 0)
@@ -526,6 +540,7 @@ static void start_watch(etcd_backend_t *eb)
     rq.key = (ProtobufCBinaryData){strlen(eb->prefix), (uint8_t *)eb->prefix};
     rq.range_end = (ProtobufCBinaryData){strlen(eb->range_end), (uint8_t *)eb->range_end};
     rq.start_revision = (int64_t)eb->applied + 1;
+    rq.progress_notify = true;
     eb->watch = etcd_watch(eb->client, &rq, on_watch, eb);
     eb->watch_retry_ms = eb->watch ? 0 : loop_now_ms(eb->loop) + ETCD_WATCH_RETRY_MS;
 }
@@ -745,6 +760,13 @@ static uint64_t etcd_timer(void *ctx, uint64_t now_ms)
     }
     if (eb->watch_retry_ms && (!next || eb->watch_retry_ms < next))
         next = eb->watch_retry_ms;
+    if (now_ms >= eb->progress_ms) {
+        eb->progress_ms = now_ms + ETCD_PROGRESS_EVERY_MS;
+        if (eb->watch && eb->live)
+            (void)etcd_watch_progress(eb->client); /* -ENOTCONN: next time */
+    }
+    if (!next || eb->progress_ms < next)
+        next = eb->progress_ms;
     return next;
 }
 
