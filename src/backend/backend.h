@@ -8,7 +8,7 @@
  *
  * Two shapes fit it:
  *
- *   local (backend_local.c, the only one built today): over a store_t
+ *   local (backend_local.c): over a store_t
  *     (store/store.h: LMDB with a write-ahead log, or memory). The registry
  *     assigns the index, reserves everything the change needs, proposes the
  *     event (the store queues an encoded copy: the only step that may fail),
@@ -16,14 +16,14 @@
  *     writer thread makes it durable later; answers wait for
  *     durable_index() to reach their index (api.c).
  *
- *   etcd (planned; see ../shared/docs/ETCD-BACKEND.md): several disco
- *     processes in front of one etcd cluster. propose() sends the event as a
- *     guarded transaction (it succeeds only if etcd's revision for the
- *     token is still what this process last saw), and the registry applies
- *     the event when etcd's watch delivers it back, in etcd's order, on the
- *     loop thread via notify_fd(); indexes come from etcd revisions. TTLs
- *     become leases, with one sweeper elected among the processes. The
- *     calls below say what each does there.
+ *   etcd (backend_etcd.c; see ../shared/docs/ETCD-BACKEND.md): several disco
+ *     processes in front of one etcd cluster. propose_txn() sends the event
+ *     as a guarded transaction (backend_guard_t), and the registry applies
+ *     it only when etcd's watch delivers it back, in etcd's order, on the
+ *     loop thread (registry_deliver; registry.h); the backend settles each
+ *     proposal with registry_settle(). Indexes are etcd revisions. TTLs as
+ *     leases and sweeps are not built yet. The calls below say what each
+ *     does there.
  *
  * Threading: every call is made on the registry's loop thread and none
  * blocks it (work that blocks happens on the backend's own threads).

@@ -27,10 +27,16 @@
  * Indexes are etcd revisions; the durable index is the last revision
  * applied, so an answer is never held behind the mirror.
  *
+ * Startup on a prefix whose early history etcd compacted: the mirror is
+ * loaded from a range at the compact revision (load_snapshot), then
+ * watched from the next one. Progress reports (asked for every minute)
+ * move the mirror's revision on a quiet prefix, so a watch started again
+ * after a failover asks for a recent revision.
+ *
  * Not built yet (docs/operating.md): TTLs as leases, sweeps of old tokens,
- * a resync after the watch's start was compacted (the instance then stays
- * not live and must be restarted... and a restart replays only what etcd
- * kept), reading back events older than the mirror's memory.
+ * a resync of a running mirror whose watch must start again from a
+ * revision etcd compacted (it then stays not live: restart the instance),
+ * reading back events older than the mirror's memory (it keeps them all).
  */
 #include "backend/backend_etcd.h"
 
