@@ -33,9 +33,11 @@
  * move the mirror's revision on a quiet prefix, so a watch started again
  * after a failover asks for a recent revision.
  *
+ * A running mirror whose watch must start again from a revision etcd
+ * compacted is brought up to date from a range the same way (sets and
+ * updates above its revision; deletions in between are not seen).
+ *
  * Not built yet (docs/operating.md): TTLs as leases, sweeps of old tokens,
- * a resync of a running mirror whose watch must start again from a
- * revision etcd compacted (it then stays not live: restart the instance),
  * reading back events older than the mirror's memory (it keeps them all).
  */
 #include "backend/backend_etcd.h"
@@ -335,7 +337,15 @@ static created_at_t *created_index_of(created_at_t *cs, size_t n, const char *v2
     return n ? bsearch(&want, cs, n, sizeof *cs, created_at_order) : NULL;
 }
 
-static int load_snapshot(etcd_backend_t *eb, const Etcdserverpb__RangeResponse *r)
+/*
+ * Applies the range `r` (the prefix at one revision) to the mirror: every
+ * made-up change above revision `after` (0: an empty mirror, at start; else
+ * the last revision applied, when a running watch had to start again past
+ * a compaction: then what changed in between comes as sets and updates,
+ * and a change that does not fit is skipped with a warning; a key deleted
+ * in between stays in the mirror until the instance is restarted).
+ */
+static int load_snapshot(etcd_backend_t *eb, const Etcdserverpb__RangeResponse *r, uint64_t after)
 {
     snap_change_t *chs = calloc(2 * r->n_kvs + 1, sizeof *chs);
     created_at_t *cs = calloc(r->n_kvs + 1, sizeof *cs);
@@ -365,8 +375,9 @@ static int load_snapshot(etcd_backend_t *eb, const Etcdserverpb__RangeResponse *
                 created = at->rev;
             free(v2);
         }
-        chs[n++] = (snap_change_t){created, depth, false, kv};
-        if (!is_dir && (uint64_t)kv->mod_revision > created)
+        if (created > after)
+            chs[n++] = (snap_change_t){created, depth, false, kv};
+        if (!is_dir && (uint64_t)kv->mod_revision > created && (uint64_t)kv->mod_revision > after)
             chs[n++] = (snap_change_t){(uint64_t)kv->mod_revision, depth, true, kv};
     }
     for (size_t i = 0; i < n_cs; i++)
@@ -400,19 +411,30 @@ static int load_snapshot(etcd_backend_t *eb, const Etcdserverpb__RangeResponse *
             break;
         }
         bool is_size = strcmp(rest, "/_config/size") == 0;
+        /* At a resync a file may exist already (deleted and made again in
+         * between): a set replaces it. */
+        bool set = is_size || (after > 0 && !is_dir);
         reg_delivered_t d = {.action = chs[i].is_update ? REG_ACT_UPDATE
-                                       : is_size        ? REG_ACT_SET
+                                       : set            ? REG_ACT_SET
                                                         : REG_ACT_CREATE,
                              .key = key,
                              .is_dir = is_dir,
                              .value = value,
                              .index = chs[i].rev,
                              .wall_ns = time_wall_ns()};
+        uint64_t before = eb->applied;
         eb->applied = chs[i].rev;
         rc = registry_deliver(eb->reg, &d);
-        if (rc != 0)
+        if (rc == -EINVAL && after > 0) {
+            log_warn("etcd: resync: the key %s at revision %" PRIu64 " does not fit the mirror; "
+                     "skipped",
+                     key, chs[i].rev);
+            eb->applied = before;
+            rc = 0;
+        } else if (rc != 0) {
             log_error("etcd: the key %s at revision %" PRIu64 " does not fit the mirror (%s)", key,
                       chs[i].rev, strerror(-rc));
+        }
         last = chs[i].rev;
         free(key);
         free(value);
@@ -433,22 +455,32 @@ static void on_snapshot_range(void *ctx, const etcd_result_t *res)
         eb->watch_retry_ms = loop_now_ms(eb->loop) + ETCD_WATCH_RETRY_MS;
         return;
     }
-    int rc = load_snapshot(eb, (const Etcdserverpb__RangeResponse *)res->resp);
+    uint64_t after = eb->applied;
+    int rc = load_snapshot(eb, (const Etcdserverpb__RangeResponse *)res->resp, after);
     if (rc != 0) {
         eb->broken = true;
         set_live(eb, false);
         return;
     }
-    eb->applied = at;
-    registry_advance(eb->reg, at);
-    log_info("etcd: the prefix's history before revision %" PRIu64
-             " is compacted: the mirror was loaded from its state at that revision (%zu tokens)",
-             at, registry_token_count(eb->reg));
+    if (at > eb->applied) {
+        eb->applied = at;
+        registry_advance(eb->reg, at);
+    }
+    if (after == 0)
+        log_info("etcd: the prefix's history before revision %" PRIu64
+                 " is compacted: the mirror was loaded from its state at that revision (%zu "
+                 "tokens)",
+                 at, registry_token_count(eb->reg));
+    else
+        log_warn("etcd: revisions %" PRIu64 " to %" PRIu64 " were compacted before the mirror "
+                 "saw them: it was brought up to date from the prefix's state at %" PRIu64
+                 " (keys deleted in between are not seen until a restart)",
+                 after + 1, at, at);
     start_watch(eb);
 }
 
-/* The mirror is empty and etcd's history starts at `compact`: load the
- * state at that revision. */
+/* etcd's history starts at `compact`, after what the mirror has applied:
+ * load the state at that revision. */
 static void load_from_range(etcd_backend_t *eb, uint64_t compact)
 {
     Etcdserverpb__RangeRequest rq = ETCDSERVERPB__RANGE_REQUEST__INIT;
@@ -478,13 +510,8 @@ static void on_watch(void *ctx, const Etcdserverpb__WatchResponse *resp)
     if (resp->canceled) {
         eb->watch = NULL;
         set_live(eb, false);
-        if (resp->compact_revision > 0 && eb->applied == 0 && registry_index(eb->reg) == 0) {
+        if (resp->compact_revision > 0) {
             load_from_range(eb, (uint64_t)resp->compact_revision);
-        } else if (resp->compact_revision > 0) {
-            log_error("etcd: the watch's start (revision %" PRIu64 ") was compacted (now %" PRId64
-                      "); a resync is not built: restart this instance",
-                      eb->applied + 1, resp->compact_revision);
-            eb->broken = true;
         } else {
             log_warn("etcd: the watch was ended (%s); asking again",
                      resp->cancel_reason ? resp->cancel_reason : "no reason");

@@ -418,6 +418,66 @@ class EtcdStallTest(unittest.TestCase):
         self.assertEqual(st3, 201, body3)
 
 
+class EtcdCompactedWhileAwayTest(unittest.TestCase):
+    """An instance whose only etcd endpoint goes away while the others
+    take writes and compact the history it has not seen: when its endpoint
+    comes back, its watch cannot resume where it stopped; it brings its
+    mirror up to date from the prefix's state and follows etcd again."""
+
+    def setUp(self):
+        self.workdir = tempfile.mkdtemp(prefix="disco-e2e-etcdc-")
+        self.etcd = harness.EtcdCluster(self.workdir, size=3)
+        eps = self.etcd.client_urls
+        self.disco_a, self.a = harness.start_disco(
+            self.workdir, ["--etcd-endpoints", ",".join([eps[1], eps[2]])])
+        self.disco_c, self.c = harness.start_disco(self.workdir, ["--etcd-endpoints", eps[0]])
+
+    def tearDown(self):
+        self.disco_a.stop()
+        self.disco_c.stop()
+        self.etcd.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def listing(self, base, tok):
+        return harness.http("GET", keys_url(base, tok) + "?recursive=true&sorted=true")
+
+    def test_watch_resumes_past_a_compaction(self):
+        st, _, body = harness.http("GET", self.a + "/new?size=3")
+        tok = body.decode().strip().rsplit("/", 1)[1]
+        harness.wait_until(lambda: self.listing(self.c, tok)[0] == 200, CONVERGE_TIMEOUT_S,
+                           what="the token on C")
+        self.etcd.stop(0)
+        harness.wait_until(lambda: harness.http("GET", self.c + "/health")[0] == 503,
+                           CONVERGE_TIMEOUT_S, what="C's mirror to go down")
+        for i in range(2):
+            st, _, body = harness.http("PUT", keys_url(self.a, tok, "/m%d?prevExist=false" % i),
+                                       "value=v%d" % i, FORM)
+            self.assertEqual(st, 201, body)
+        st, _, body = harness.http("GET", self.a + "/new?size=5")
+        tok2 = body.decode().strip().rsplit("/", 1)[1]
+        rc, out, err = harness.etcdctl(self.etcd.client_urls[1], "endpoint", "status", "-w",
+                                       "json")
+        self.assertEqual(rc, 0, err)
+        rev = json.loads(out)[0]["Status"]["header"]["revision"]
+        rc, out, err = harness.etcdctl(self.etcd.client_urls[1], "compact", str(rev))
+        self.assertEqual(rc, 0, err)
+        self.etcd.start(0)
+        self.etcd.wait_healthy(members=[0])
+        harness.wait_until(lambda: harness.http("GET", self.c + "/health")[0] == 200,
+                           CLUSTER_FORM_TIMEOUT_S, what="C's mirror to be live again")
+        for t in (tok, tok2):
+            want = self.listing(self.a, t)
+            self.assertEqual(want[0], 200)
+            got = self.listing(self.c, t)
+            self.assertEqual((got[0], json.loads(got[2])), (200, json.loads(want[2])))
+        # and C follows etcd from there
+        st, _, body = harness.http("PUT", keys_url(self.a, tok, "/m2?prevExist=false"),
+                                   "value=v2", FORM)
+        self.assertEqual(st, 201, body)
+        harness.wait_until(lambda: self.listing(self.c, tok)[2] == self.listing(self.a, tok)[2],
+                           CONVERGE_TIMEOUT_S, what="C to show m2")
+
+
 class RoundRobin:
     """A TCP load balancer on a loopback port chosen at run time: each new
     connection goes to the next of `bases` (http://host:port), bytes copied
