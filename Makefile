@@ -27,7 +27,7 @@ ADDR       ?= 127.0.0.1:8087
 FUZZ_BUILD ?= build-fuzz
 FUZZ_SECONDS       ?= 120
 CHECK_FUZZ_SECONDS ?= 40
-FUZZ_TARGETS = fuzz_http fuzz_form fuzz_v2 fuzz_tls fuzz_h2
+FUZZ_TARGETS = fuzz_http fuzz_form fuzz_v2 fuzz_tls fuzz_h2 fuzz_etcd_client
 
 # Debian packages. RUN_DEPS build and serve; CHECK_DEPS only test (cmocka
 # unit tests, python3 e2e suites against a real etcd, clang for the fuzz

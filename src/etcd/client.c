@@ -37,6 +37,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <nghttp2/nghttp2.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,6 +48,7 @@
 #include "etcd/grpc_frame.h"
 #include "loop/loop.h"
 #include "server/transport.h"
+#include "server/transport_tls.h"
 #include "util/buf.h"
 #include "util/log.h"
 
@@ -72,9 +74,10 @@ typedef struct etcd_endpoint {
 } etcd_endpoint_t;
 
 enum conn_state {
-    CONN_BACKOFF,    /* no socket; the next dial at retry_at_ms */
-    CONN_CONNECTING, /* connect() in progress */
-    CONN_UP,         /* the session is live */
+    CONN_BACKOFF,     /* no socket; the next dial at retry_at_ms */
+    CONN_CONNECTING,  /* connect() in progress */
+    CONN_HANDSHAKING, /* TLS handshake in progress (the session exists, sends nothing) */
+    CONN_UP,          /* the session is live */
 };
 
 typedef struct etcd_call etcd_call_t;
@@ -85,11 +88,13 @@ struct etcd_call {
     uint8_t *req; /* the framed message, owned */
     size_t req_len, req_off;
     uint64_t deadline_ms;
-    int32_t stream_id; /* -1 while waiting for a connection */
-    bool is_write;     /* Txn, leases, Compact: see finish_from_status */
-    bool is_sent;      /* message bytes were handed to a connection */
-    buf_t resp;        /* DATA received */
-    int grpc_status;   /* -1 until the trailers (or trailers-only headers) */
+    int32_t stream_id;   /* -1 while waiting for a connection */
+    bool is_write;       /* Txn, leases, Compact: see grpc_code_leaves_write_unknown */
+    bool is_internal;    /* Auth/Authenticate of this connection: no token, goes first */
+    bool has_auth_retry; /* sent again once after "invalid auth token" */
+    bool is_sent;        /* message bytes were handed to a connection */
+    buf_t resp;          /* DATA received */
+    int grpc_status;     /* -1 until the trailers (or trailers-only headers) */
     char *grpc_message;
     int http_status;
     /* outcome, once on the done list */
@@ -122,6 +127,9 @@ struct etcd_client {
     size_t n_eps, ep_idx;
     char *user, *password, *cacert, *cert, *key;
     unsigned dial_timeout_ms, keepalive_ms;
+    tls_ctx_t *tls; /* when an endpoint is https:// */
+    char *token;    /* Auth/Authenticate's answer on this connection */
+    bool is_authed, is_auth_in_flight;
 
     enum conn_state state;
     uint64_t retry_at_ms, dial_deadline_ms;
@@ -132,6 +140,10 @@ struct etcd_client {
     bool has_transport;
     nghttp2_session *ng;
     bool write_blocked;
+    /* etcd's SETTINGS frame arrived: it speaks HTTP/2 and, over TLS, has
+     * accepted us (TLS 1.3 refuses a client certificate only after the
+     * client's handshake is done). No call is sent before. */
+    bool has_peer_settings;
     uint64_t last_rx_ms, ping_sent_ms;
 
     etcd_call_t *active; /* waiting or on a stream */
@@ -145,6 +157,10 @@ struct etcd_client {
     bool wout_deferred;
     buf_t win; /* Watch stream bytes not yet parsed */
     bool watch_stream_closed;
+    int watch_grpc_status; /* from the Watch stream's trailers, or -1 */
+    /* The connection ends for a member's sickness (no leader), not the
+     * network: the next dial counts towards the back-off. */
+    bool is_member_sick;
 
     int busy;       /* inside deliver() or an entry point */
     bool is_doomed; /* etcd_client_free() ran while busy */
@@ -154,6 +170,7 @@ static void flush(etcd_client_t *c);
 static void fail_connection(etcd_client_t *c, const char *why);
 static void deliver(etcd_client_t *c);
 static void client_destroy(etcd_client_t *c);
+static void start_auth(etcd_client_t *c);
 
 /* ---- calls -------------------------------------------------------------- */
 
@@ -240,6 +257,20 @@ static bool grpc_code_leaves_write_unknown(int code)
 static void call_stream_closed(etcd_call_t *k, uint32_t error_code)
 {
     char why[96];
+    etcd_client_t *c = k->c;
+    if (k->grpc_status == 16 /* UNAUTHENTICATED */ && c->user && !k->is_internal &&
+        !k->has_auth_retry && k->grpc_message && strstr(k->grpc_message, "invalid auth token")) {
+        /* Simple tokens expire (etcd's --auth-token-ttl) and are one
+         * member's: etcd checked the token before anything else, so the
+         * call was not applied; it goes again once with a new token. */
+        k->has_auth_retry = true;
+        k->is_sent = false;
+        call_requeue(k);
+        free(c->token);
+        c->token = NULL;
+        c->is_authed = false;
+        return;
+    }
     if (k->grpc_status == 0) {
         call_finish(k, ETCD_OK, 0, "");
     } else if (k->grpc_status > 0) {
@@ -322,13 +353,14 @@ static void watch_send_creates(etcd_client_t *c)
     }
 }
 
-static int submit_request(etcd_client_t *c, const char *path, bool is_watch,
+static int submit_request(etcd_client_t *c, const char *path, bool is_watch, bool with_token,
                           nghttp2_data_provider *prd, void *stream_data);
 
 /* Opens the Watch stream when a watch wants one and the connection can. */
 static void watch_stream_open(etcd_client_t *c)
 {
-    if (c->state != CONN_UP || c->watch_sid >= 0 || !nghttp2_session_check_request_allowed(c->ng))
+    if (c->state != CONN_UP || !c->has_peer_settings || c->watch_sid >= 0 ||
+        (c->user && !c->is_authed) || !nghttp2_session_check_request_allowed(c->ng))
         return;
     bool wanted = false;
     for (etcd_watch_t *w = c->watches; w; w = w->next)
@@ -336,25 +368,28 @@ static void watch_stream_open(etcd_client_t *c)
     if (!wanted)
         return;
     nghttp2_data_provider prd = {.source.ptr = c, .read_callback = watch_read};
-    int32_t sid = submit_request(c, "/etcdserverpb.Watch/Watch", true, &prd, NULL);
+    int32_t sid = submit_request(c, "/etcdserverpb.Watch/Watch", true, true, &prd, NULL);
     if (sid < 0) {
         fail_connection(c, "cannot open the Watch stream");
         return;
     }
     c->watch_sid = sid;
     c->watch_stream_closed = false;
+    c->watch_grpc_status = -1;
     buf_reset(&c->wout);
     buf_reset(&c->win);
     c->wout_deferred = false;
     watch_send_creates(c);
 }
 
-/* The Watch stream is gone: every watch created on it ends. */
+/* The Watch stream is gone (and its last bytes handed out): every watch
+ * created on it ends. */
 static void watch_stream_end(etcd_client_t *c)
 {
     c->watch_sid = -1;
     c->watch_stream_closed = false;
     buf_reset(&c->wout);
+    buf_reset(&c->win); /* a message cut short by the end, if any */
     c->wout_deferred = false;
     for (etcd_watch_t *w = c->watches; w; w = w->next)
         if (w->is_sent)
@@ -408,6 +443,8 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint
         return 0;
     if (sid == c->watch_sid) {
         /* trailers end the stream: its close does the rest */
+        if (namelen == 11 && memcmp(name, "grpc-status", 11) == 0)
+            c->watch_grpc_status = atoi((const char *)value);
         return 0;
     }
     etcd_call_t *k;
@@ -452,6 +489,25 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t stream_id, 
     return 0;
 }
 
+static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *user_data)
+{
+    etcd_client_t *c = user_data;
+    if ((frame->hd.type == NGHTTP2_HEADERS || frame->hd.type == NGHTTP2_DATA) &&
+        (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) &&
+        nghttp2_session_get_stream_local_close(ng, frame->hd.stream_id) == 0) {
+        /* The server's trailers end the call even while our side still has
+         * (or may have) something to send: grpc-go then resets the stream
+         * itself, a server that does not would leave it open forever. */
+        nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_NO_ERROR);
+    }
+    if (frame->hd.type == NGHTTP2_SETTINGS && !(frame->hd.flags & NGHTTP2_FLAG_ACK) &&
+        !c->has_peer_settings) {
+        c->has_peer_settings = true; /* flush() after mem_recv sends the calls */
+        log_info("etcd: connected to %s", c->eps[c->ep_idx].url);
+    }
+    return 0;
+}
+
 static int on_stream_close(nghttp2_session *ng, int32_t stream_id, uint32_t error_code,
                            void *user_data)
 {
@@ -470,7 +526,7 @@ static int on_stream_close(nghttp2_session *ng, int32_t stream_id, uint32_t erro
 
 /* ---- the connection ----------------------------------------------------- */
 
-static int submit_request(etcd_client_t *c, const char *path, bool is_watch,
+static int submit_request(etcd_client_t *c, const char *path, bool is_watch, bool with_token,
                           nghttp2_data_provider *prd, void *stream_data)
 {
     const etcd_endpoint_t *ep = &c->eps[c->ep_idx];
@@ -490,6 +546,8 @@ static int submit_request(etcd_client_t *c, const char *path, bool is_watch,
      * as clientv3's WithRequireLeader does. */
     if (is_watch)
         NV("hasleader", "true");
+    if (with_token && c->token)
+        NV("token", c->token);
 #undef NV
     assert(n <= ETCD_MAX_REQUEST_FIELDS);
     return nghttp2_submit_request(c->ng, NULL, nv, n, prd, stream_data);
@@ -498,15 +556,18 @@ static int submit_request(etcd_client_t *c, const char *path, bool is_watch,
 /* Puts the calls waiting for a connection on streams. */
 static void submit_pending(etcd_client_t *c)
 {
-    if (c->state != CONN_UP)
+    if (c->state != CONN_UP || !c->has_peer_settings)
         return;
+    start_auth(c);
     for (etcd_call_t *k = c->active; k; k = k->next) {
         if (k->stream_id >= 0)
             continue;
+        if (c->user && !c->is_authed && !k->is_internal)
+            continue; /* after the token */
         if (!nghttp2_session_check_request_allowed(c->ng))
             return; /* GOAWAY received: the next connection takes them */
         nghttp2_data_provider prd = {.source.ptr = NULL, .read_callback = call_read};
-        int32_t sid = submit_request(c, k->path, false, &prd, NULL);
+        int32_t sid = submit_request(c, k->path, false, !k->is_internal, &prd, NULL);
         if (sid < 0) {
             fail_connection(c, "cannot submit a request");
             return;
@@ -520,8 +581,10 @@ static void update_events(etcd_client_t *c)
 {
     if (c->io.fd < 0)
         return;
-    uint32_t ev = EPOLLIN | c->t.wants;
-    if (c->state == CONN_CONNECTING || c->write_blocked)
+    uint32_t ev = EPOLLIN | (c->has_transport ? c->t.wants : 0);
+    /* while the handshake runs, only what it waits for (EPOLLOUT would
+     * be ready all along) */
+    if (c->state == CONN_CONNECTING || (c->state == CONN_UP && c->write_blocked))
         ev |= EPOLLOUT;
     loop_io_modify(c->loop, &c->io, ev);
 }
@@ -553,17 +616,25 @@ static void flush(etcd_client_t *c)
 
 static void close_socket(etcd_client_t *c)
 {
-    if (c->io.fd >= 0)
+    int fd = c->io.fd;
+    if (fd >= 0)
         loop_io_stop(c->loop, &c->io);
     if (c->has_transport) {
-        transport_close(&c->t);
+        transport_close(&c->t); /* it owns the descriptor */
         c->has_transport = false;
+    } else if (fd >= 0) {
+        close(fd); /* still connecting */
     }
+    free(c->token);
+    c->token = NULL;
+    c->is_authed = false;
+    c->is_auth_in_flight = false;
     if (c->ng) {
         nghttp2_session_del(c->ng);
         c->ng = NULL;
     }
     c->write_blocked = false;
+    c->has_peer_settings = false;
 }
 
 /* Moves to the next endpoint: at once after a connection that was up,
@@ -593,13 +664,18 @@ static void fail_connection(etcd_client_t *c, const char *why)
 {
     if (c->state == CONN_BACKOFF)
         return;
-    bool was_up = c->state == CONN_UP;
+    bool was_up = c->state == CONN_UP && !c->is_member_sick;
+    c->is_member_sick = false;
     log_warn("etcd: %s: %s", c->eps[c->ep_idx].url, why);
     /* Calls on this connection: sent ones may have been applied. */
     etcd_call_t *k, *tmp;
     HASH_ITER(hh, c->by_stream, k, tmp)
     {
-        if (k->is_sent) {
+        if (k->is_internal) {
+            call_detach(k);
+            list_unlink(&c->active, k);
+            call_free(k);
+        } else if (k->is_sent) {
             char msg[160];
             snprintf(msg, sizeof msg, "connection to %s lost: %s", c->eps[c->ep_idx].url, why);
             call_finish(k, ETCD_UNKNOWN, 0, msg);
@@ -608,12 +684,37 @@ static void fail_connection(etcd_client_t *c, const char *why)
         }
     }
     assert(c->by_stream == NULL);
-    if (c->watch_sid >= 0)
-        watch_stream_end(c);
-    buf_reset(&c->win);
+    /* This connection's Authenticate, waiting or answered but not yet
+     * delivered, dies with it (the next connection runs its own). */
+    for (etcd_call_t *n = NULL, *w = c->active; w; w = n) {
+        n = w->next;
+        if (w->is_internal) {
+            list_unlink(&c->active, w);
+            call_free(w);
+        }
+    }
+    for (etcd_call_t *n = NULL, *w = c->done; w; w = n) {
+        n = w->next;
+        if (w->is_internal) {
+            if (w == c->done_tail)
+                c->done_tail = w->prev;
+            list_unlink(&c->done, w);
+            call_free(w);
+        }
+    }
+    if (c->watch_sid >= 0) {
+        /* What the stream brought before the end is still handed out
+         * (deliver_watch parses `win` first), then its watches end. */
+        c->watch_sid = -1;
+        c->watch_stream_closed = true;
+        buf_reset(&c->wout);
+        c->wout_deferred = false;
+    }
     close_socket(c);
     schedule_next(c, was_up);
 }
+
+static void on_io(loop_io_t *io, uint32_t events);
 
 static int session_start(etcd_client_t *c)
 {
@@ -624,6 +725,7 @@ static int session_start(etcd_client_t *c)
     nghttp2_session_callbacks_set_on_header_callback(cb, on_header);
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk);
     nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
     int rv = nghttp2_session_client_new(&c->ng, cb, c);
     nghttp2_session_callbacks_del(cb);
     if (rv != 0)
@@ -640,24 +742,54 @@ static int session_start(etcd_client_t *c)
     return 0;
 }
 
-static void on_connected(etcd_client_t *c)
+/* The session may send: h2 is agreed (TLS) or assumed (h2c). */
+static void on_session_ready(etcd_client_t *c)
 {
-    transport_plain_init(&c->t, c->io.fd);
-    c->has_transport = true;
-    if (session_start(c) < 0) {
-        fail_connection(c, "out of memory");
-        return;
+    if (c->eps[c->ep_idx].is_tls) {
+        const char *alpn = transport_tls_alpn(&c->t);
+        if (!alpn || strcmp(alpn, "h2") != 0) {
+            fail_connection(c, "the server did not agree to HTTP/2 (ALPN h2)");
+            return;
+        }
     }
     c->state = CONN_UP;
     c->last_rx_ms = loop_now_ms(c->loop);
     c->ping_sent_ms = 0;
     c->failures_in_round = 0;
     c->backoff_ms = ETCD_BACKOFF_MIN_MS;
-    log_info("etcd: connected to %s", c->eps[c->ep_idx].url);
     flush(c);
 }
 
-static void on_io(loop_io_t *io, uint32_t events);
+static void on_connected(etcd_client_t *c)
+{
+    const etcd_endpoint_t *ep = &c->eps[c->ep_idx];
+    int fd = c->io.fd;
+    if (ep->is_tls) {
+        loop_io_stop(c->loop, &c->io); /* the transport closes fd if it fails */
+        if (transport_tls_client_init(&c->t, fd, c->tls, ep->host) < 0) {
+            fail_connection(c, "cannot start TLS");
+            return;
+        }
+        c->has_transport = true;
+        if (loop_io_start(c->loop, &c->io, fd, EPOLLIN | c->t.wants, on_io) < 0) {
+            fail_connection(c, "cannot watch the socket");
+            return;
+        }
+    } else {
+        transport_plain_init(&c->t, fd);
+        c->has_transport = true;
+    }
+    if (session_start(c) < 0) {
+        fail_connection(c, "out of memory");
+        return;
+    }
+    if (ep->is_tls) {
+        c->state = CONN_HANDSHAKING; /* on_io drives it (the ClientHello first) */
+        update_events(c);
+        return;
+    }
+    on_session_ready(c);
+}
 
 static void start_connect(etcd_client_t *c)
 {
@@ -737,8 +869,14 @@ static void on_io(loop_io_t *io, uint32_t events)
             fail_connection(c, strerror(err));
         else if (events & (EPOLLOUT | EPOLLERR | EPOLLHUP))
             on_connected(c);
+    } else if (c->state == CONN_HANDSHAKING) {
+        read_some(c); /* recv drives the handshake; bytes after it go to the session */
+        if (c->state == CONN_HANDSHAKING && !c->t.is_handshaking)
+            on_session_ready(c);
+        else
+            update_events(c);
     } else if (c->state == CONN_UP) {
-        if (events & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP))
+        if (events & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP) || c->t.wants)
             read_some(c);
         flush(c);
     }
@@ -775,14 +913,24 @@ static void expire_calls(etcd_client_t *c, uint64_t now)
     }
 }
 
+/* Connecting, in the TLS handshake, or waiting for etcd's SETTINGS: the
+ * dial timeout runs. */
+static bool is_dialing(const etcd_client_t *c)
+{
+    return c->state == CONN_CONNECTING || c->state == CONN_HANDSHAKING ||
+           (c->state == CONN_UP && !c->has_peer_settings);
+}
+
 static uint64_t on_timer(void *ctx, uint64_t now)
 {
     etcd_client_t *c = ctx;
     c->busy++;
     if (c->state == CONN_BACKOFF && now >= c->retry_at_ms)
         start_connect(c);
-    if (c->state == CONN_CONNECTING && now >= c->dial_deadline_ms)
-        fail_connection(c, "dial timeout");
+    if (is_dialing(c) && now >= c->dial_deadline_ms)
+        fail_connection(c, c->state == CONN_CONNECTING    ? "dial timeout"
+                           : c->state == CONN_HANDSHAKING ? "TLS handshake timeout"
+                                                          : "no HTTP/2 SETTINGS from etcd in time");
     if (c->state == CONN_UP) {
         if (c->ping_sent_ms && now - c->ping_sent_ms >= c->keepalive_ms) {
             fail_connection(c, "no answer to a keep-alive PING");
@@ -798,7 +946,7 @@ static uint64_t on_timer(void *ctx, uint64_t now)
     uint64_t next = 0;
     if (c->state == CONN_BACKOFF)
         next = earlier(next, c->retry_at_ms > now ? c->retry_at_ms : now + 1);
-    if (c->state == CONN_CONNECTING)
+    if (is_dialing(c))
         next = earlier(next, c->dial_deadline_ms);
     if (c->state == CONN_UP)
         next = earlier(next, c->ping_sent_ms ? c->ping_sent_ms + c->keepalive_ms
@@ -870,14 +1018,14 @@ static void deliver_watch_response(etcd_client_t *c, const Etcdserverpb__WatchRe
 
 static void deliver_watch(etcd_client_t *c)
 {
-    /* Parse whole messages out of `win` first (a callback may close the
-     * connection, which resets it). */
+    /* Whole messages in `win` first: they came before any end. */
     while (!c->is_doomed && c->win.len >= GRPC_PREFIX_BYTES) {
         size_t mlen;
         int rc = grpc_frame_parse((const uint8_t *)c->win.data, c->win.len, &mlen);
         if (rc == 0)
             break;
         if (rc < 0) {
+            buf_reset(&c->win);
             fail_connection(c, "the Watch stream is not gRPC");
             break;
         }
@@ -885,14 +1033,24 @@ static void deliver_watch(etcd_client_t *c)
             NULL, mlen, (const uint8_t *)c->win.data + GRPC_PREFIX_BYTES);
         buf_consume(&c->win, (size_t)rc);
         if (!r) {
+            buf_reset(&c->win);
             fail_connection(c, "a WatchResponse that does not decode");
             break;
         }
         deliver_watch_response(c, r);
         etcdserverpb__watch_response__free_unpacked(r, NULL);
     }
-    if (c->watch_stream_closed && !c->is_doomed)
+    if (c->watch_stream_closed && !c->is_doomed) {
+        int status = c->watch_grpc_status;
         watch_stream_end(c);
+        if (status == 14 /* UNAVAILABLE: "no leader" (hasleader), "server stopped" */ &&
+            c->state == CONN_UP) {
+            /* This member cannot serve watches now; re-created here, they
+             * would be refused again at once. Another member may. */
+            c->is_member_sick = true;
+            fail_connection(c, "the Watch stream ended UNAVAILABLE (no leader?)");
+        }
+    }
     /* Ends, and frees what is over. */
     etcd_watch_t *w, *next;
     for (w = c->watches; w && !c->is_doomed; w = next) {
@@ -929,9 +1087,10 @@ static void deliver(etcd_client_t *c)
 
 /* ---- the public calls --------------------------------------------------- */
 
-static int start_call(etcd_client_t *c, const char *path, const ProtobufCMessage *rq,
-                      const ProtobufCMessageDescriptor *resp_desc, bool is_write,
-                      unsigned timeout_ms, etcd_done_fn done, void *ctx)
+/* A new call, waiting for a stream (the caller flushes). */
+static int make_call(etcd_client_t *c, const char *path, const ProtobufCMessage *rq,
+                     const ProtobufCMessageDescriptor *resp_desc, bool is_write,
+                     unsigned timeout_ms, etcd_done_fn done, void *ctx, etcd_call_t **out)
 {
     assert(loop_on_thread(c->loop));
     assert(!c->is_doomed);
@@ -963,8 +1122,78 @@ static int start_call(etcd_client_t *c, const char *path, const ProtobufCMessage
     if (c->active)
         c->active->prev = k;
     c->active = k;
-    flush(c);
+    if (out)
+        *out = k;
     return 0;
+}
+
+static int start_call(etcd_client_t *c, const char *path, const ProtobufCMessage *rq,
+                      const ProtobufCMessageDescriptor *resp_desc, bool is_write,
+                      unsigned timeout_ms, etcd_done_fn done, void *ctx)
+{
+    int rc = make_call(c, path, rq, resp_desc, is_write, timeout_ms, done, ctx, NULL);
+    if (rc == 0)
+        flush(c);
+    return rc;
+}
+
+/* ---- authentication ----------------------------------------------------- */
+
+/* Every call that waits for this connection's token. */
+static void fail_waiting_calls(etcd_client_t *c, int code, const char *msg)
+{
+    for (etcd_call_t *n = NULL, *k = c->active; k; k = n) {
+        n = k->next;
+        if (!k->is_internal && k->stream_id < 0)
+            call_finish(k, ETCD_GRPC, code, msg);
+    }
+}
+
+static void auth_done(void *ctx, const etcd_result_t *res)
+{
+    etcd_client_t *c = ctx;
+    c->is_auth_in_flight = false;
+    if (res->outcome == ETCD_OK) {
+        const Etcdserverpb__AuthenticateResponse *r =
+            (const Etcdserverpb__AuthenticateResponse *)res->resp;
+        free(c->token);
+        c->token = strdup(r->token ? r->token : "");
+        if (!c->token) {
+            fail_connection(c, "out of memory");
+            return;
+        }
+        c->is_authed = true;
+        flush(c);
+        return;
+    }
+    char msg[300];
+    snprintf(msg, sizeof msg, "authentication as %s: %s", c->user, res->message);
+    if (res->outcome == ETCD_GRPC) {
+        /* A refusal (wrong password, auth not enabled is fine): the calls
+         * waiting for it were never sent; tell their owners why now. */
+        log_error("etcd: %s: %s", c->eps[c->ep_idx].url, msg);
+        fail_waiting_calls(c, res->code, msg);
+    }
+    fail_connection(c, msg);
+}
+
+/* Runs Auth/Authenticate first on a connection, when there is a user. */
+static void start_auth(etcd_client_t *c)
+{
+    if (!c->user || c->is_authed || c->is_auth_in_flight || c->state != CONN_UP)
+        return;
+    Etcdserverpb__AuthenticateRequest rq = ETCDSERVERPB__AUTHENTICATE_REQUEST__INIT;
+    rq.name = c->user;
+    rq.password = c->password ? c->password : "";
+    etcd_call_t *k;
+    if (make_call(c, "/etcdserverpb.Auth/Authenticate", &rq.base,
+                  &etcdserverpb__authenticate_response__descriptor, false, c->dial_timeout_ms,
+                  auth_done, c, &k) < 0) {
+        fail_connection(c, "out of memory");
+        return;
+    }
+    k->is_internal = true;
+    c->is_auth_in_flight = true;
 }
 
 int etcd_range(etcd_client_t *c, const Etcdserverpb__RangeRequest *rq, unsigned timeout_ms,
@@ -1206,11 +1435,16 @@ etcd_client_t *etcd_client_new(struct loop *loop, const etcd_client_config_t *cf
     for (size_t i = 0; i < cfg->n_endpoints; i++) {
         if (parse_endpoint(cfg->endpoints[i], &c->eps[i], err) < 0)
             goto fail;
-        if (c->eps[i].is_tls) {
-            snprintf(err, 256, "etcd endpoint %s: https:// is not supported yet",
-                     cfg->endpoints[i]);
+    }
+    bool any_tls = false;
+    for (size_t i = 0; i < c->n_eps; i++)
+        any_tls |= c->eps[i].is_tls;
+    if (any_tls) {
+        tls_client_files_t files = {
+            .ca_path = cfg->cacert, .cert_path = cfg->cert, .key_path = cfg->key, .alpn = "\x02h2"};
+        c->tls = tls_client_ctx_new(&files, err);
+        if (!c->tls)
             goto fail;
-        }
     }
     bool failed = false;
     c->user = dup_or_null(cfg->user, &failed);
@@ -1222,10 +1456,9 @@ etcd_client_t *etcd_client_new(struct loop *loop, const etcd_client_config_t *cf
         snprintf(err, 256, "out of memory");
         goto fail;
     }
-    if (c->user) {
-        snprintf(err, 256, "etcd user/password authentication is not supported yet");
-        goto fail;
-    }
+    /* A peer that closes makes write(2) raise SIGPIPE: OpenSSL writes with
+     * write(2), not send(MSG_NOSIGNAL). disco's server ignores it too. */
+    signal(SIGPIPE, SIG_IGN);
     if (loop_add_timer(loop, on_timer, c) < 0) {
         snprintf(err, 256, "out of memory");
         goto fail;
@@ -1261,6 +1494,7 @@ static void client_destroy(etcd_client_t *c)
         free(c->eps[i].authority);
     }
     free(c->eps);
+    tls_ctx_free(c->tls);
     free(c->user);
     if (c->password)
         memset(c->password, 0, strlen(c->password));
@@ -1286,7 +1520,7 @@ void etcd_client_free(etcd_client_t *c)
 
 bool etcd_client_connected(const etcd_client_t *c)
 {
-    return c->state == CONN_UP;
+    return c->state == CONN_UP && c->has_peer_settings;
 }
 
 const char *etcd_client_endpoint(const etcd_client_t *c)

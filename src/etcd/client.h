@@ -12,7 +12,11 @@
  * reset, TLS failure, no answer to a PING within the keep-alive bound) the
  * client moves to the next one, with a back-off, and keeps trying for as
  * long as it lives. With a user, Auth/Authenticate runs on every new
- * connection and its token rides on every call (`token` metadata).
+ * connection and its token rides on every call (`token` metadata); a call
+ * refused with "invalid auth token" (an expired simple token) is sent
+ * again once with a new one. A refused Authenticate (wrong password) ends
+ * the calls waiting for it with ETCD_GRPC and etcd's code and message.
+ * No call is sent before etcd's SETTINGS frame arrived on a connection.
  *
  * Calls made while no connection is up wait (bounded by their deadline)
  * and are sent when one is. A call's outcome is one of:
@@ -94,12 +98,19 @@ typedef void (*etcd_done_fn)(void *ctx, const etcd_result_t *res);
 
 /* Starts connecting to the first endpoint. NULL with a one-line reason in
  * `err` (256 bytes) when the configuration is unusable (bad endpoint, TLS
- * files unreadable); an unreachable etcd is not an error here. */
+ * files unreadable); an unreachable etcd is not an error here. https://
+ * endpoints offer ALPN h2 and check etcd's certificate against `cacert`
+ * and the endpoint's host (an IP address must be in its subjectAltName).
+ * Ignores SIGPIPE for the process (TLS writes use write(2)), as disco's
+ * server does. Endpoint names are resolved on the loop thread at each dial
+ * (getaddrinfo blocks: give addresses or names from /etc/hosts). */
 etcd_client_t *etcd_client_new(struct loop *loop, const etcd_client_config_t *cfg, char *err);
 /* Ends every call and watch without callbacks, closes, frees. NULL is fine. */
 void etcd_client_free(etcd_client_t *c);
 
-/* Whether a connection is up now, and which endpoint it is on. */
+/* Whether a connection is up now (etcd's HTTP/2 SETTINGS arrived;
+ * Authenticate may still run), and which endpoint it is on (while none is
+ * up: the one tried next). */
 bool etcd_client_connected(const etcd_client_t *c);
 const char *etcd_client_endpoint(const etcd_client_t *c);
 
@@ -138,7 +149,8 @@ int etcd_lease_keepalive_once(etcd_client_t *c, int64_t lease_id, unsigned timeo
  * no connection is up are created when one is. Every callback of this
  * client (calls and watches) may make calls, create and cancel watches,
  * and free the client (nothing of it runs after that).
- * Returns a handle, or NULL (-ENOMEM).
+ * With rq->fragment set, etcd's fragments are handed out as they come (not
+ * joined). Returns a handle, or NULL (-ENOMEM).
  */
 typedef struct etcd_watch etcd_watch_t;
 typedef void (*etcd_watch_fn)(void *ctx, const Etcdserverpb__WatchResponse *resp);

@@ -17,6 +17,7 @@
  */
 #include "server/transport_tls.h"
 
+#include <arpa/inet.h>
 #include <assert.h>
 #include <errno.h>
 #include <limits.h>
@@ -291,6 +292,17 @@ static ssize_t tls_failure(transport_t *t, SSL *ssl, int rc, const char *what)
 static ssize_t tls_handshake(transport_t *t)
 {
     SSL *ssl = t->state;
+    if (!SSL_is_server(ssl)) {
+        /* A client (transport_tls_client_init): it speaks first. */
+        ERR_clear_error();
+        errno = 0;
+        int rc = SSL_connect(ssl);
+        if (rc != 1)
+            return tls_failure(t, ssl, rc, "handshake");
+        t->is_handshaking = false;
+        t->wants = 0;
+        return 0;
+    }
     if (BIO_number_read(SSL_get_rbio(ssl)) == 0) {
         int rc = peek_first_byte(t);
         if (rc == -EPROTO) {
@@ -431,4 +443,104 @@ const char *transport_tls_alpn(const transport_t *t)
     if (n == 2 && memcmp(p, "h2", 2) == 0)
         return "h2";
     return NULL;
+}
+
+/* ---- the client side ---------------------------------------------------- */
+
+/*
+ * The same policy as the server's (TLS 1.2 and 1.3, the ECDHE+AEAD list,
+ * no renegotiation or compression); the server's certificate must chain to
+ * `ca_path` (or the system's store) and name the host dialed.
+ */
+tls_ctx_t *tls_client_ctx_new(const tls_client_files_t *files, char *err)
+{
+    char why[200];
+    bool failed = false;
+    tls_ctx_t *t = calloc(1, sizeof *t);
+    if (!t) {
+        snprintf(err, 256, "out of memory");
+        return NULL;
+    }
+    t->cert_path = dup_or_null(files->cert_path, &failed);
+    t->key_path = dup_or_null(files->key_path, &failed);
+    t->client_ca_path = dup_or_null(files->ca_path, &failed); /* here: the servers' CA */
+    ERR_clear_error();
+    SSL_CTX *c = failed ? NULL : SSL_CTX_new(TLS_client_method());
+    if (!c) {
+        ssl_error_text(why, sizeof why, "out of memory");
+        snprintf(err, 256, "cannot set up TLS: %s", why);
+        goto fail;
+    }
+    t->ssl_ctx = c;
+    SSL_CTX_set_min_proto_version(c, TLS1_2_VERSION);
+    SSL_CTX_set_options(c, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
+    SSL_CTX_set_mode(c, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
+                            SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    if (SSL_CTX_set_cipher_list(c, TLS12_CIPHERS) != 1) {
+        ssl_error_text(why, sizeof why, "no cipher");
+        snprintf(err, 256, "cannot set the TLS 1.2 ciphers: %s", why);
+        goto fail;
+    }
+    if (files->alpn && SSL_CTX_set_alpn_protos(c, (const unsigned char *)files->alpn,
+                                               (unsigned)strlen(files->alpn)) != 0) {
+        snprintf(err, 256, "cannot set ALPN");
+        goto fail;
+    }
+    int ok = files->ca_path ? SSL_CTX_load_verify_locations(c, files->ca_path, NULL)
+                            : SSL_CTX_set_default_verify_paths(c);
+    if (ok != 1) {
+        ssl_error_text(why, sizeof why, "no certificate in it");
+        snprintf(err, 256, "cannot load the CA %s: %s",
+                 files->ca_path ? files->ca_path : "(system)", why);
+        goto fail;
+    }
+    SSL_CTX_set_verify(c, SSL_VERIFY_PEER, NULL);
+    if ((files->cert_path != NULL) != (files->key_path != NULL)) {
+        snprintf(err, 256, "a client certificate needs its key, and a key its certificate");
+        goto fail;
+    }
+    if (files->cert_path) {
+        if (SSL_CTX_use_certificate_chain_file(c, files->cert_path) != 1) {
+            ssl_error_text(why, sizeof why, "unreadable");
+            snprintf(err, 256, "cannot load the certificate %s: %s", files->cert_path, why);
+            goto fail;
+        }
+        if (SSL_CTX_use_PrivateKey_file(c, files->key_path, SSL_FILETYPE_PEM) != 1 ||
+            SSL_CTX_check_private_key(c) != 1) {
+            ssl_error_text(why, sizeof why, "unreadable or not the certificate's");
+            snprintf(err, 256, "cannot load the key %s: %s", files->key_path, why);
+            goto fail;
+        }
+    }
+    return t;
+fail:
+    tls_ctx_free(t);
+    return NULL;
+}
+
+int transport_tls_client_init(transport_t *t, int fd, tls_ctx_t *ctx, const char *host)
+{
+    ERR_clear_error();
+    SSL *ssl = SSL_new(ctx->ssl_ctx);
+    if (!ssl || SSL_set_fd(ssl, fd) != 1)
+        goto fail;
+    unsigned char ip[16];
+    bool is_ip = inet_pton(AF_INET, host, ip) == 1 || inet_pton(AF_INET6, host, ip) == 1;
+    /* The name (or address) the certificate must carry; SNI for names only
+     * (RFC 6066 forbids literal addresses there). */
+    if (is_ip ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), host) != 1
+              : (SSL_set1_host(ssl, host) != 1 || SSL_set_tlsext_host_name(ssl, host) != 1))
+        goto fail;
+    SSL_set_connect_state(ssl);
+    t->ops = &tls_ops;
+    t->fd = fd;
+    t->wants = EPOLLOUT; /* the ClientHello goes first */
+    t->is_handshaking = true;
+    t->state = ssl;
+    return 0;
+fail:
+    SSL_free(ssl);
+    ERR_clear_error();
+    close(fd);
+    return -ENOMEM;
 }

@@ -76,4 +76,31 @@ int transport_tls_init(transport_t *t, int fd, tls_ctx_t *ctx);
  */
 const char *transport_tls_alpn(const transport_t *t);
 
+/*
+ * The client side (disco dialing TLS servers: etcd). A client context holds
+ * the CA the servers' certificates must chain to (NULL: the system's
+ * store), an optional client certificate and key for mutual TLS, and the
+ * ALPN protocols offered in wire form (e.g. "\x02h2"; NULL: none). NULL with
+ * a one-line reason in `err` (256 bytes). Freed with tls_ctx_free();
+ * tls_ctx_reload()/describe() are for server contexts only.
+ */
+typedef struct tls_client_files {
+    const char *ca_path;
+    const char *cert_path;
+    const char *key_path;
+    const char *alpn;
+} tls_client_files_t;
+tls_ctx_t *tls_client_ctx_new(const tls_client_files_t *files, char *err);
+
+/*
+ * A client-side TLS transport over the connected, non-blocking socket
+ * `fd` (owned from now on; closed here on failure). The server's
+ * certificate must name `host` (a DNS name, or an IP address in its
+ * subjectAltName). The handshake runs inside recv (and send answers
+ * -EAGAIN until it is done), driven by the events in `wants`; the caller
+ * calls recv once the socket is watched to send the ClientHello. 0, or
+ * -ENOMEM. transport_tls_alpn() tells the protocol agreed once done.
+ */
+int transport_tls_client_init(transport_t *t, int fd, tls_ctx_t *ctx, const char *host);
+
 #endif

@@ -12,7 +12,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 build=$1
 seconds=$2
 shift 2
-targets=${*:-fuzz_http fuzz_form fuzz_v2 fuzz_tls fuzz_h2}
+targets=${*:-fuzz_http fuzz_form fuzz_v2 fuzz_tls fuzz_h2 fuzz_etcd_client}
 # ASan's default 256 MiB quarantine lifts fuzz_form to ~700 MiB; 64 MiB
 # keeps a use-after-free window of many inputs at a third of the memory.
 export ASAN_OPTIONS="${ASAN_OPTIONS:-quarantine_size_mb=64}"
@@ -20,7 +20,7 @@ for t in $targets; do
     case $t in
     fuzz_http | fuzz_tls) max_len=12000 dict="-dict=$here/http.dict" ;;
     fuzz_v2) max_len=4096 dict="-dict=$here/http.dict" ;;
-    fuzz_h2) max_len=8192 dict="" ;;
+    fuzz_h2 | fuzz_etcd_client) max_len=8192 dict="" ;;
     *) max_len=2048 dict="" ;;
     esac
     mkdir -p "$build/fuzz-corpus/$t" "$build/fuzz-artifacts"

@@ -3,7 +3,8 @@
  * against real etcd endpoints and prints what came back as JSON lines, for
  * tests/e2e/test_etcd_client.py. Not installed.
  *
- *   etcd_probe [--timeout MS] [--keepalive MS] [--dial MS] ENDPOINTS CMD ARGS...
+ *   etcd_probe [--timeout MS] [--keepalive MS] [--dial MS] [--user U --password P]
+ *              [--cacert PEM] [--cert PEM --key PEM] ENDPOINTS CMD ARGS...
  *   ENDPOINTS    comma-separated (http://127.0.0.1:2379,...)
  *   range KEY [END]           one Range
  *   put KEY VALUE             a Txn with no compares that puts
@@ -12,6 +13,12 @@
  *   watch PREFIX FROMREV N    watch the prefix from FROMREV; one line per
  *                             WatchResponse; ends after N events, a cancel
  *                             or the end of the stream
+ *   watch-resume PREFIX FROMREV N   as watch, but when the stream ends
+ *                             ({"ended":true}) the watch is created again
+ *                             from the revision after the last one seen
+ *   lease-grant TTL           LeaseGrant
+ *   lease-keepalive ID        one LeaseKeepAlive exchange
+ *   lease-revoke ID           LeaseRevoke
  *   range-at KEY REV          a Range at revision REV
  *   watch-progress PREFIX     a watch from now; once created, a progress
  *                             request; the answer to it (watch_id -1) is
@@ -155,6 +162,24 @@ static void on_compact(void *ctx, const etcd_result_t *res)
     finished = true;
 }
 
+static void on_lease(void *ctx, const etcd_result_t *res)
+{
+    const char *what = ctx;
+    buf_t b;
+    head(&b, res);
+    if (res->outcome == ETCD_OK && strcmp(what, "grant") == 0) {
+        const Etcdserverpb__LeaseGrantResponse *r =
+            (const Etcdserverpb__LeaseGrantResponse *)res->resp;
+        buf_printf(&b, ",\"id\":%lld,\"ttl\":%lld", (long long)r->id, (long long)r->ttl);
+    } else if (res->outcome == ETCD_OK && strcmp(what, "keepalive") == 0) {
+        const Etcdserverpb__LeaseKeepAliveResponse *r =
+            (const Etcdserverpb__LeaseKeepAliveResponse *)res->resp;
+        buf_printf(&b, ",\"id\":%lld,\"ttl\":%lld", (long long)r->id, (long long)r->ttl);
+    }
+    emit(&b);
+    finished = true;
+}
+
 static void on_watch(void *ctx, const Etcdserverpb__WatchResponse *r)
 {
     (void)ctx;
@@ -174,6 +199,9 @@ static void on_watch(void *ctx, const Etcdserverpb__WatchResponse *r)
                (long long)r->compact_revision);
     const char *reason = r->cancel_reason ? r->cancel_reason : "";
     buf_put_json_string(&b, reason, strlen(reason));
+    buf_puts(&b, ",\"endpoint\":");
+    const char *ep = etcd_client_endpoint(client);
+    buf_put_json_string(&b, ep, strlen(ep));
     buf_puts(&b, ",\"events\":[");
     for (size_t i = 0; i < r->n_events; i++) {
         const Etcdserverpb__Event *ev = r->events[i];
@@ -231,6 +259,32 @@ static void on_progress_watch(void *ctx, const Etcdserverpb__WatchResponse *r)
         if (do_range(cmd_key, NULL, &finished) < 0)
             finished = true;
     }
+}
+
+static Etcdserverpb__WatchCreateRequest resume_rq;
+static int64_t resume_next_rev;
+
+static void on_resume_watch(void *ctx, const Etcdserverpb__WatchResponse *r)
+{
+    (void)ctx;
+    if (!r) {
+        buf_t b;
+        buf_init(&b);
+        buf_puts(&b, "{\"ended\":true,\"endpoint\":");
+        const char *ep = etcd_client_endpoint(client);
+        buf_put_json_string(&b, ep, strlen(ep));
+        emit(&b);
+        resume_rq.start_revision = resume_next_rev;
+        if (!etcd_watch(client, &resume_rq, on_resume_watch, NULL))
+            finished = true;
+        return;
+    }
+    if (r->created && resume_next_rev == 0 && r->header)
+        resume_next_rev = r->header->revision + 1;
+    for (size_t i = 0; i < r->n_events; i++)
+        if (r->events[i]->kv && r->events[i]->kv->mod_revision >= resume_next_rev)
+            resume_next_rev = r->events[i]->kv->mod_revision + 1;
+    on_watch(NULL, r);
 }
 
 static void on_stdin(loop_io_t *io, uint32_t events)
@@ -294,7 +348,17 @@ int main(int argc, char **argv)
     int i = 1;
     for (; i + 1 < argc && strncmp(argv[i], "--", 2) == 0; i += 2) {
         unsigned v = (unsigned)strtoul(argv[i + 1], NULL, 10);
-        if (strcmp(argv[i], "--timeout") == 0)
+        if (strcmp(argv[i], "--user") == 0)
+            cfg.user = argv[i + 1];
+        else if (strcmp(argv[i], "--password") == 0)
+            cfg.password = argv[i + 1];
+        else if (strcmp(argv[i], "--cacert") == 0)
+            cfg.cacert = argv[i + 1];
+        else if (strcmp(argv[i], "--cert") == 0)
+            cfg.cert = argv[i + 1];
+        else if (strcmp(argv[i], "--key") == 0)
+            cfg.key = argv[i + 1];
+        else if (strcmp(argv[i], "--timeout") == 0)
             timeout_ms = v;
         else if (strcmp(argv[i], "--keepalive") == 0)
             cfg.keepalive_ms = v;
@@ -373,6 +437,27 @@ int main(int argc, char **argv)
         rq.prev_kv = true;
         events_left = strtol(args[2], NULL, 10);
         rc = etcd_watch(client, &rq, on_watch, NULL) ? 0 : -ENOMEM;
+    } else if (strcmp(cmd, "watch-resume") == 0 && nargs == 3) {
+        end = prefix_end(args[0]);
+        Etcdserverpb__WatchCreateRequest rq = ETCDSERVERPB__WATCH_CREATE_REQUEST__INIT;
+        rq.key = (ProtobufCBinaryData){strlen(args[0]), (uint8_t *)args[0]};
+        rq.range_end = (ProtobufCBinaryData){end ? strlen(end) : 0, (uint8_t *)end};
+        rq.start_revision = strtoll(args[1], NULL, 10);
+        resume_next_rev = rq.start_revision;
+        resume_rq = rq;
+        events_left = strtol(args[2], NULL, 10);
+        rc = etcd_watch(client, &rq, on_resume_watch, NULL) ? 0 : -ENOMEM;
+    } else if (strcmp(cmd, "lease-grant") == 0 && nargs == 1) {
+        Etcdserverpb__LeaseGrantRequest rq = ETCDSERVERPB__LEASE_GRANT_REQUEST__INIT;
+        rq.ttl = strtoll(args[0], NULL, 10);
+        rc = etcd_lease_grant(client, &rq, timeout_ms, on_lease, "grant");
+    } else if (strcmp(cmd, "lease-keepalive") == 0 && nargs == 1) {
+        rc = etcd_lease_keepalive_once(client, strtoll(args[0], NULL, 10), timeout_ms, on_lease,
+                                       "keepalive");
+    } else if (strcmp(cmd, "lease-revoke") == 0 && nargs == 1) {
+        Etcdserverpb__LeaseRevokeRequest rq = ETCDSERVERPB__LEASE_REVOKE_REQUEST__INIT;
+        rq.id = strtoll(args[0], NULL, 10);
+        rc = etcd_lease_revoke(client, &rq, timeout_ms, on_lease, "revoke");
     } else if (strcmp(cmd, "range-at") == 0 && nargs == 2) {
         range_rev = strtoll(args[1], NULL, 10);
         rc = do_range(args[0], NULL, &finished);
