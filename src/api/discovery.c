@@ -182,6 +182,56 @@ bool discovery_url_prefix(api_t *api, const http_request_t *req, buf_t *out)
     return true;
 }
 
+/* A /new whose token is pending in etcd: what its answer needs. */
+typedef struct pending_new {
+    api_t *api;
+    const char *method;
+    bool to_page;
+    char token[2 * TOKEN_BYTES + 1];
+    char url[]; /* prefix/token */
+} pending_new_t;
+
+static void answer_pending_new(void *ctx, http_req_t c, const reg_result_t *res)
+{
+    pending_new_t *pn = ctx;
+    if (res->err) {
+        send_text(pn->api, c, METRICS_NEW, pn->method, 503,
+                  "cannot create a token right now; try again\n");
+        return;
+    }
+    log_info("token %s created", pn->token);
+    char location[sizeof pn->token + 16];
+    snprintf(location, sizeof location, "Location: /%s\r\n", pn->token);
+    http_reply_t r = {.status = pn->to_page ? 303 : 200,
+                      .content_type = "text/plain; charset=utf-8",
+                      .extra_headers = pn->to_page ? location : NULL,
+                      .body = pn->url,
+                      .body_len = strlen(pn->url)};
+    api_send(pn->api, c, METRICS_NEW, pn->method, &r);
+}
+
+static void await_new(api_t *api, const http_request_t *req, const reg_result_t *res, buf_t *prefix,
+                      const char *token)
+{
+    buf_putc(prefix, '/');
+    buf_puts(prefix, token);
+    pending_new_t *pn = buf_failed(prefix) ? NULL : malloc(sizeof *pn + prefix->len + 1);
+    if (!pn) {
+        registry_forget(api->reg, res->ticket);
+        send_text(api, req->handle, METRICS_NEW, req->method_name, 503,
+                  "out of memory; try again\n");
+        return;
+    }
+    pn->api = api;
+    pn->method = req->method_name;
+    pn->to_page = req->method == HTTP_POST && page_wants_html(req->accept);
+    snprintf(pn->token, sizeof pn->token, "%s", token);
+    memcpy(pn->url, prefix->data, prefix->len);
+    pn->url[prefix->len] = '\0';
+    api_await_write(api, req->handle, METRICS_NEW, req->method_name, res->ticket,
+                    answer_pending_new, pn);
+}
+
 void discovery_new(api_t *api, const http_request_t *req)
 {
     const char *method = req->method_name;
@@ -234,6 +284,8 @@ void discovery_new(api_t *api, const http_request_t *req)
     if (res.err) {
         send_text(api, req->handle, METRICS_NEW, method, 503,
                   "cannot create a token right now; try again\n");
+    } else if (res.pending) {
+        await_new(api, req, &res, &prefix, token);
     } else {
         token_log_created(api, req, token, (unsigned)size);
         if (api->listens_on_all && api_prefix_is_loopback(buf_cstr(&prefix)))
@@ -251,6 +303,20 @@ void discovery_new(api_t *api, const http_request_t *req)
 
 void discovery_health(api_t *api, const http_request_t *req)
 {
+    if (api->backend && api->backend->ops->live) {
+        /* A mirror (etcd): 200 while it is live, so reads and parked
+         * watches are served; writes are reported apart (a second line),
+         * and ?writes=1 makes them decide the status (docs/operating.md). */
+        bool live = backend_live(api->backend);
+        bool writable = backend_writable(api->backend);
+        bool want_writes = strstr(req->query, "writes=1") != NULL;
+        bool ok = live && (!want_writes || writable);
+        char body[96];
+        snprintf(body, sizeof body, "%s\nwrites: %s\n", live ? "OK" : "mirror not live",
+                 writable ? "OK" : "unavailable");
+        send_text(api, req->handle, METRICS_HEALTH, req->method_name, ok ? 200 : 503, body);
+        return;
+    }
     bool ok = !api->backend || backend_writable(api->backend);
     send_text(api, req->handle, METRICS_HEALTH, req->method_name, ok ? 200 : 503,
               ok ? "OK" : "store unavailable");

@@ -329,3 +329,61 @@ void api_note_write(api_t *api, const reg_event_t *ev)
     }
     reg_result_clear(&res);
 }
+
+/* ---- writes whose outcome is pending (etcd) ------------------------------ */
+
+typedef struct awaited_write {
+    api_t *api;
+    http_req_t req;
+    enum metrics_endpoint ep;
+    const char *method;
+    uint64_t ticket;
+    api_answer_fn answer;
+    void *ctx;
+} awaited_write_t;
+
+static void on_write_settled(void *ctx, const reg_result_t *res)
+{
+    awaited_write_t *aw = ctx;
+    aw->answer(aw->ctx, aw->req, res);
+    free(aw->ctx);
+    free(aw);
+}
+
+static void on_awaited_end(http_req_t c, void *ctx, enum http_park_end why)
+{
+    awaited_write_t *aw = ctx;
+    if (why == HTTP_PARK_SHUTDOWN) {
+        /* The outcome is moments away (bounded by the backend's hold);
+         * the shutdown grace period bounds the wait. */
+        http_park(c, HTTP_PARK_HOLD, on_awaited_end, aw);
+        return;
+    }
+    registry_forget(aw->api->reg, aw->ticket);
+    if (why != HTTP_PARK_CLOSED) {
+        /* Not settled in time: a retryable error in the answer's own shape
+         * (v2 JSON, gRPC), never a success. */
+        reg_result_t r = {.err = REG_E_INTERNAL,
+                          .cause = "the change has not been confirmed in time; read before "
+                                   "retrying",
+                          .index = registry_index(aw->api->reg)};
+        aw->answer(aw->ctx, c, &r);
+    }
+    free(aw->ctx);
+    free(aw);
+}
+
+void api_await_write(api_t *api, http_req_t c, enum metrics_endpoint ep, const char *method,
+                     uint64_t ticket, api_answer_fn answer, void *ctx)
+{
+    awaited_write_t *aw = malloc(sizeof *aw);
+    if (!aw) {
+        free(ctx);
+        registry_forget(api->reg, ticket);
+        hold_failed(api, c, ep, method);
+        return;
+    }
+    *aw = (awaited_write_t){api, c, ep, method, ticket, answer, ctx};
+    registry_await(api->reg, ticket, on_write_settled, aw);
+    http_park(c, HTTP_PARK_HOLD, on_awaited_end, aw);
+}

@@ -37,4 +37,18 @@ void api_note_write(api_t *api, const reg_event_t *ev);
 void api_send_v2_error(api_t *api, http_req_t c, enum metrics_endpoint ep, const char *method,
                        int status, int code, const char *cause, uint64_t index);
 
+/*
+ * A write whose outcome is pending (reg_result_t.pending: a backend that
+ * applies on delivery, etcd): parks `c` until the registry settles
+ * `ticket`, then calls `answer(ctx, c, res)`, which must answer `c`
+ * (REG_E_INTERNAL: not made, or not known; a retryable error). When the
+ * wait timeout passes first, `answer` gets REG_E_INTERNAL too; when the
+ * client goes first, it is not called. Either way `ctx` is freed with
+ * free() once the write no longer needs it. With out of memory, answers
+ * 503 at once (the write goes on). `method` is static.
+ */
+typedef void (*api_answer_fn)(void *ctx, http_req_t c, const reg_result_t *res);
+void api_await_write(api_t *api, http_req_t c, enum metrics_endpoint ep, const char *method,
+                     uint64_t ticket, api_answer_fn answer, void *ctx);
+
 #endif

@@ -151,6 +151,33 @@ static void get_body(api_t *api, const reg_result_t *res, const v2_params_t *p, 
     *len = body->len;
 }
 
+/* A write's answer: its event (201 when it made a node, else 200). */
+static void send_write_event(api_t *api, http_req_t c, enum metrics_endpoint ep, const char *method,
+                             const reg_result_t *res, bool no_value_on_success)
+{
+    const reg_event_t *ev = res->event;
+    api_note_write(api, ev); /* registrations and completed tokens (metrics) */
+    bool created = ev->action == REG_ACT_CREATE || (ev->action == REG_ACT_SET && !ev->has_prev);
+    bool no_value =
+        no_value_on_success && (ev->action == REG_ACT_SET || ev->action == REG_ACT_CAS ||
+                                ev->action == REG_ACT_CREATE || ev->action == REG_ACT_UPDATE);
+    buf_t body = BUF_INIT;
+    v2json_event(&body, ev, no_value);
+    if (buf_failed(&body)) {
+        buf_free(&body);
+        api_send_v2_error(api, c, ep, method, 0, 300, "out of memory", res->index);
+        return;
+    }
+    http_reply_t r = {.status = created ? 201 : 200,
+                      .content_type = "application/json",
+                      .has_etcd_index = true,
+                      .etcd_index = res->index,
+                      .body = body.data,
+                      .body_len = body.len};
+    api_send(api, c, ep, method, &r);
+    buf_free(&body);
+}
+
 static void send_result(api_t *api, const http_request_t *req, enum metrics_endpoint ep,
                         reg_result_t *res, const v2_params_t *p)
 {
@@ -159,31 +186,21 @@ static void send_result(api_t *api, const http_request_t *req, enum metrics_endp
                           res->index);
         return;
     }
+    if (res->event) {
+        send_write_event(api, req->handle, ep, req->method_name, res, p->no_value_on_success);
+        return;
+    }
     buf_t body = BUF_INIT;
     const char *data = NULL;
     size_t len = 0;
-    int status = 200;
-    if (res->event) {
-        const reg_event_t *ev = res->event;
-        api_note_write(api, ev); /* registrations and completed tokens (metrics) */
-        bool created = ev->action == REG_ACT_CREATE || (ev->action == REG_ACT_SET && !ev->has_prev);
-        status = created ? 201 : 200;
-        bool no_value = p->no_value_on_success &&
-                        (ev->action == REG_ACT_SET || ev->action == REG_ACT_CAS ||
-                         ev->action == REG_ACT_CREATE || ev->action == REG_ACT_UPDATE);
-        v2json_event(&body, ev, no_value);
-        data = body.data;
-        len = body.len;
-    } else {
-        get_body(api, res, p, &body, &data, &len);
-    }
+    get_body(api, res, p, &body, &data, &len);
     if (buf_failed(&body)) {
         buf_free(&body);
         api_send_v2_error(api, req->handle, ep, req->method_name, 0, 300, "out of memory",
                           res->index);
         return;
     }
-    http_reply_t r = {.status = status,
+    http_reply_t r = {.status = 200,
                       .content_type = "application/json",
                       .has_etcd_index = true,
                       .etcd_index = res->index,
@@ -191,6 +208,40 @@ static void send_result(api_t *api, const http_request_t *req, enum metrics_endp
                       .body_len = len};
     api_send(api, req->handle, ep, req->method_name, &r);
     buf_free(&body);
+}
+
+/* A write whose outcome is pending (the etcd backend), answered once the
+ * registry settles it: what the answer needs of the request. */
+typedef struct pending_answer {
+    api_t *api;
+    enum metrics_endpoint ep;
+    const char *method;
+    bool no_value_on_success;
+} pending_answer_t;
+
+static void answer_pending(void *ctx, http_req_t c, const reg_result_t *res)
+{
+    pending_answer_t *pa = ctx;
+    if (res->err == REG_E_INTERNAL) /* not made, or not known: retryable */
+        api_send_v2_error(pa->api, c, pa->ep, pa->method, 503, res->err, res->cause, res->index);
+    else if (res->err)
+        api_send_v2_error(pa->api, c, pa->ep, pa->method, 0, res->err, res->cause, res->index);
+    else
+        send_write_event(pa->api, c, pa->ep, pa->method, res, pa->no_value_on_success);
+}
+
+static void await_pending(api_t *api, const http_request_t *req, enum metrics_endpoint ep,
+                          const reg_result_t *res, const v2_params_t *p)
+{
+    pending_answer_t *pa = malloc(sizeof *pa);
+    if (!pa) {
+        registry_forget(api->reg, res->ticket);
+        api_send_v2_error(api, req->handle, ep, req->method_name, 503, 300, "out of memory",
+                          res->index);
+        return;
+    }
+    *pa = (pending_answer_t){api, ep, req->method_name, p->no_value_on_success};
+    api_await_write(api, req->handle, ep, req->method_name, res->ticket, answer_pending, pa);
 }
 
 /* ---- watches ---------------------------------------------------------- */
@@ -528,8 +579,12 @@ void v2keys_handle(api_t *api, const http_request_t *req, const char *key, enum 
         } else {
             registry_set(reg, key, p.dir, p.value, p.ttl, now, &res);
         }
-        token_log_v2(api, req, key, &res);
-        send_result(api, req, ep, &res, &p);
+        if (res.pending) {
+            await_pending(api, req, ep, &res, &p);
+        } else {
+            token_log_v2(api, req, key, &res);
+            send_result(api, req, ep, &res, &p);
+        }
         reg_result_clear(&res);
     }
     form_free(&f);

@@ -518,6 +518,39 @@ static unsigned parse_size(const char *v)
     return n >= REGISTRY_MIN_SIZE && n <= REGISTRY_MAX_SIZE ? n : 0;
 }
 
+/* A Put whose write is pending (the etcd backend): answered when it
+ * settles. */
+typedef struct pending_put {
+    api_t *api;
+    bool want_prev;
+} pending_put_t;
+
+static void answer_pending_put(void *ctx, http_req_t h, const reg_result_t *res)
+{
+    pending_put_t *pp = ctx;
+    if (res->err != REG_OK)
+        send_reg_error(pp->api, h, res);
+    else
+        send_put_ok(pp->api, h, pp->want_prev,
+                    res->event && res->event->has_prev ? &res->event->prev : NULL);
+}
+
+/* True when `res` is pending and its answer will come later. */
+static bool await_put(api_t *api, http_req_t h, const reg_result_t *res, bool want_prev)
+{
+    if (!res->pending)
+        return false;
+    pending_put_t *pp = malloc(sizeof *pp);
+    if (!pp) {
+        registry_forget(api->reg, res->ticket);
+        send_error(api, h, GRPC_UNAVAILABLE, "disco: out of memory");
+        return true;
+    }
+    *pp = (pending_put_t){api, want_prev};
+    api_await_write(api, h, METRICS_V3, "POST", res->ticket, answer_pending_put, pp);
+    return true;
+}
+
 static void put_size(api_t *api, const http_request_t *req, const char *token, const char *key,
                      const char *value, bool want_prev)
 {
@@ -553,7 +586,9 @@ static void put_size(api_t *api, const http_request_t *req, const char *token, c
     }
     reg_result_t res = {0};
     registry_create_token(api->reg, token, size, now, &res);
-    if (res.err != REG_OK)
+    if (await_put(api, h, &res, false))
+        ; /* answered when it settles */
+    else if (res.err != REG_OK)
         send_reg_error(api, h, &res);
     else
         send_put_ok(api, h, false, NULL);
@@ -597,7 +632,9 @@ static void put_member(api_t *api, http_req_t h, const char *token, const char *
         registry_update(api->reg, key, value, no_ttl, now, &res);
     else
         registry_create(api->reg, key, false, value, false, no_ttl, now, &res);
-    if (res.err != REG_OK)
+    if (await_put(api, h, &res, want_prev))
+        ; /* answered when it settles */
+    else if (res.err != REG_OK)
         send_reg_error(api, h, &res);
     else
         send_put_ok(api, h, want_prev, res.event && res.event->has_prev ? &res.event->prev : NULL);

@@ -8,7 +8,7 @@
  *
  * Two shapes fit it:
  *
- *   local (backend_local.c, the only one built today): over a store_t
+ *   local (backend_local.c): over a store_t
  *     (store/store.h: LMDB with a write-ahead log, or memory). The registry
  *     assigns the index, reserves everything the change needs, proposes the
  *     event (the store queues an encoded copy: the only step that may fail),
@@ -16,14 +16,14 @@
  *     writer thread makes it durable later; answers wait for
  *     durable_index() to reach their index (api.c).
  *
- *   etcd (planned; see ../shared/docs/ETCD-BACKEND.md): several disco
- *     processes in front of one etcd cluster. propose() sends the event as a
- *     guarded transaction (it succeeds only if etcd's revision for the
- *     token is still what this process last saw), and the registry applies
- *     the event when etcd's watch delivers it back, in etcd's order, on the
- *     loop thread via notify_fd(); indexes come from etcd revisions. TTLs
- *     become leases, with one sweeper elected among the processes. The
- *     calls below say what each does there.
+ *   etcd (backend_etcd.c; see ../shared/docs/ETCD-BACKEND.md): several disco
+ *     processes in front of one etcd cluster. propose_txn() sends the event
+ *     as a guarded transaction (backend_guard_t), and the registry applies
+ *     it only when etcd's watch delivers it back, in etcd's order, on the
+ *     loop thread (registry_deliver; registry.h); the backend settles each
+ *     proposal with registry_settle(). Indexes are etcd revisions. TTLs as
+ *     leases and sweeps are not built yet. The calls below say what each
+ *     does there.
  *
  * Threading: every call is made on the registry's loop thread and none
  * blocks it (work that blocks happens on the backend's own threads).
@@ -54,6 +54,28 @@ typedef struct backend_stats {
     const struct histogram *log_sync, *checkpoint_sync, *direct_sync;
 } backend_stats_t;
 
+/*
+ * What a backend that applies on delivery (etcd) must check in the same
+ * transaction as the write, so that two instances validating against
+ * their own mirrors cannot both succeed (ETCD-BACKEND.md, design (a)).
+ */
+enum backend_guard_kind {
+    /* The token does not exist yet (its creation: /new, or a write of
+     * _config/size). */
+    BACKEND_GUARD_TOKEN_NEW,
+    /* The token exists and the key does not (neither as a file nor as a
+     * directory): a create directly below the token, the registration hot
+     * path. Writes to other keys of the token do not conflict with it. */
+    BACKEND_GUARD_KEY_ABSENT,
+    /* The token is still at `token_index`: its last change is the one the
+     * mirror validated against (every other write). */
+    BACKEND_GUARD_TOKEN_AT,
+};
+typedef struct backend_guard {
+    enum backend_guard_kind kind;
+    uint64_t token_index; /* BACKEND_GUARD_TOKEN_AT */
+} backend_guard_t;
+
 struct backend_ops {
     /*
      * Startup: replays everything kept into `reg` (empty) through
@@ -75,6 +97,27 @@ struct backend_ops {
      *     is validated again against the newer tree.
      */
     int (*propose)(struct backend *be, const reg_event_t *ev);
+    /*
+     * Backends that apply on delivery only (else NULL): sends `ev` (borrowed,
+     * copied as needed; its index is only the registry's guess) as one
+     * transaction guarded by `g`. 0, or -errno with nothing sent. Later,
+     * from the loop, the backend calls registry_settle(seq) exactly once
+     * (unless closed first): committed at the revision (which it then
+     * delivers), guard lost, or failed; an unknown outcome is held and
+     * looked for (the action marker carries `seq`) before it is failed.
+     */
+    int (*propose_txn)(struct backend *be, const reg_event_t *ev, const backend_guard_t *g,
+                       uint64_t seq);
+    /*
+     * Backends that apply on delivery only (else NULL): a write this
+     * instance's mirror refused may have been refused for a change it has
+     * not seen yet (a token made through another instance a moment ago).
+     * Learns the newest revision that could matter (etcd: a linearizable
+     * read of the prefix) and calls registry_settle(seq, REG_SETTLE_LOST,
+     * that revision) once, from the loop: the write is then validated again
+     * once the mirror has caught up. 0 or -errno (nothing to come).
+     */
+    int (*propose_barrier)(struct backend *be, uint64_t seq);
     /* Removes a token by age with the events at `indexes` (its history).
      * 0 or -errno (nothing done; the sweep tries again later). etcd: one
      * delete of the token's key range, issued only by the elected sweeper. */
@@ -98,6 +141,9 @@ struct backend_ops {
     /* Whether new writes should be accepted now: false when the disk or the
      * map is nearly full, or commits are failing (etcd: no quorum). */
     bool (*writable)(struct backend *be);
+    /* Whether reads are served from a state that is being kept up to date
+     * (etcd: the mirror is loaded and its watch is up); NULL: always. */
+    bool (*live)(struct backend *be);
     void (*stats)(struct backend *be, backend_stats_t *out);
     /* Flushes what is queued and releases everything, the backend too. */
     void (*close)(struct backend *be);
@@ -119,6 +165,15 @@ static inline int backend_load(backend_t *be, struct registry *reg, char *err)
 static inline int backend_propose(backend_t *be, const reg_event_t *ev)
 {
     return be->ops->propose(be, ev);
+}
+static inline int backend_propose_txn(backend_t *be, const reg_event_t *ev,
+                                      const backend_guard_t *g, uint64_t seq)
+{
+    return be->ops->propose_txn(be, ev, g, seq);
+}
+static inline int backend_propose_barrier(backend_t *be, uint64_t seq)
+{
+    return be->ops->propose_barrier(be, seq);
 }
 static inline int backend_remove_token(backend_t *be, const char *name, const uint64_t *indexes,
                                        size_t n)
@@ -148,6 +203,10 @@ static inline void backend_drain_notify(backend_t *be)
 static inline bool backend_writable(backend_t *be)
 {
     return be->ops->writable(be);
+}
+static inline bool backend_live(backend_t *be)
+{
+    return !be->ops->live || be->ops->live(be);
 }
 static inline void backend_stats(backend_t *be, backend_stats_t *out)
 {

@@ -12,6 +12,7 @@
 
 #include "api/api.h"
 #include "backend/backend.h"
+#include "backend/backend_etcd.h"
 #include "cmd/cmd.h"
 #include "loop/loop.h"
 #include "registry/registry.h"
@@ -145,6 +146,37 @@ static void reload_tls(void *ctx)
         log_error("TLS reload failed, still serving the previous certificate: %s", err);
 }
 
+/* The etcd backend of --etcd-endpoints (a comma-separated list). */
+static backend_t *etcd_backend_from(const serve_config_t *cfg, char *err)
+{
+    char *list = strdup(cfg->etcd_endpoints);
+    const char *endpoints[64];
+    size_t n = 0;
+    if (!list) {
+        snprintf(err, 256, "out of memory at startup");
+        return NULL;
+    }
+    for (char *save = NULL, *e = strtok_r(list, ",", &save); e; e = strtok_r(NULL, ",", &save)) {
+        if (n == sizeof endpoints / sizeof *endpoints) {
+            snprintf(err, 256, "--etcd-endpoints: at most %zu endpoints", n);
+            free(list);
+            return NULL;
+        }
+        endpoints[n++] = e;
+    }
+    backend_etcd_config_t ecfg = {.endpoints = endpoints,
+                                  .n_endpoints = n,
+                                  .prefix = cfg->etcd_prefix,
+                                  .cacert = cfg->etcd_cacert,
+                                  .cert = cfg->etcd_cert,
+                                  .key = cfg->etcd_key,
+                                  .user = cfg->etcd_user,
+                                  .password = cfg->etcd_password};
+    backend_t *be = backend_etcd_new(&ecfg, err);
+    free(list);
+    return be;
+}
+
 int cmd_serve(int argc, char **argv)
 {
     serve_config_t cfg;
@@ -170,29 +202,41 @@ int cmd_serve(int argc, char **argv)
         return 1;
     }
     bool in_memory = cfg.data_dir[0] == '\0';
-    rc = in_memory ? 0 : make_dirs(cfg.data_dir);
-    if (rc != 0) {
-        log_error("cannot create data dir %s: %s", cfg.data_dir, strerror(-rc));
-        return 1;
+    store_t *store = NULL;
+    backend_t *backend = NULL;
+    if (cfg.etcd_endpoints) {
+        /* A mirror of an etcd prefix: no local store (loaded below, once
+         * the server's loop exists). */
+        if (!(backend = etcd_backend_from(&cfg, err))) {
+            log_error("%s", err);
+            return 1;
+        }
+    } else {
+        rc = in_memory ? 0 : make_dirs(cfg.data_dir);
+        if (rc != 0) {
+            log_error("cannot create data dir %s: %s", cfg.data_dir, strerror(-rc));
+            return 1;
+        }
+        store_lmdb_options_t sopt = {.map_size_bytes = (size_t)cfg.map_size_bytes};
+        store = in_memory ? store_memory_new() : store_lmdb_open(cfg.data_dir, &sopt, err);
+        if (!store) {
+            log_error("%s", in_memory ? "out of memory at startup" : err);
+            return 1;
+        }
+        backend = backend_local_new(store);
     }
-    store_lmdb_options_t sopt = {.map_size_bytes = (size_t)cfg.map_size_bytes};
-    store_t *store = in_memory ? store_memory_new() : store_lmdb_open(cfg.data_dir, &sopt, err);
-    if (!store) {
-        log_error("%s", in_memory ? "out of memory at startup" : err);
-        return 1;
-    }
-    backend_t *backend = backend_local_new(store);
     registry_t *reg = backend ? registry_new_with_backend(backend) : NULL;
     if (reg) {
         registry_set_max_keys(reg, (size_t)cfg.max_keys_per_token);
         registry_set_max_events(reg, (size_t)cfg.max_events_per_token);
     }
-    if (!reg || backend_load(backend, reg, err) != 0) {
+    if (!reg || (store && backend_load(backend, reg, err) != 0)) {
         log_error("%s", reg ? err : "out of memory at startup");
         registry_free(reg);
         if (backend)
             backend_close(backend);
-        store_close(store);
+        if (store)
+            store_close(store);
         return 1;
     }
     tls_ctx_t *tls = NULL;
@@ -205,7 +249,8 @@ int cmd_serve(int argc, char **argv)
             log_error("%s", err);
             registry_free(reg);
             backend_close(backend);
-            store_close(store);
+            if (store)
+                store_close(store);
             return 1;
         }
     }
@@ -218,6 +263,10 @@ int cmd_serve(int argc, char **argv)
                          .new_rate_per_s = (uint32_t)cfg.new_rate_per_s,
                          .new_burst = (uint32_t)cfg.new_burst,
                          .listens_on_all = addr_is_wildcard(cfg.addr)};
+    if (!store && acfg.gc_every_ms) {
+        log_info("etcd backend: old tokens are not swept yet (--gcfreq ignored)");
+        acfg.gc_every_ms = 0;
+    }
     if (cfg.host && acfg.listens_on_all && api_prefix_is_loopback(cfg.host))
         log_warn("--host %s is a loopback URL but disco listens on every interface (--addr %s): "
                  "tokens from /new will name a URL other machines cannot reach",
@@ -262,6 +311,18 @@ int cmd_serve(int argc, char **argv)
         return 1;
     }
     api_set_server(api, srv);
+    if (!store) {
+        backend_etcd_set_loop(backend, http_server_loop(srv));
+        if (backend_load(backend, reg, err) != 0) {
+            log_error("%s", err);
+            backend_etcd_stop(backend);
+            http_server_free(srv);
+            api_free(api);
+            registry_free(reg);
+            backend_close(backend);
+            return 1;
+        }
+    }
     if (tls) {
         char summary[256];
         tls_ctx_describe(tls, summary, sizeof summary);
@@ -271,8 +332,10 @@ int cmd_serve(int argc, char **argv)
     }
     log_info("disco %s serving on %s (store: %s; data dir: %s; /new prints %s; wait timeout: "
              "%llums)",
-             DISCO_VERSION, http_server_address(srv), store_name(store),
-             in_memory ? "none" : cfg.data_dir,
+             DISCO_VERSION, http_server_address(srv), store ? store_name(store) : "etcd",
+             !store      ? cfg.etcd_prefix
+             : in_memory ? "none"
+                         : cfg.data_dir,
              acfg.host_prefix ? acfg.host_prefix
              : tls            ? "https://<Host header> (http:// on the plain listener)"
                               : "http://<Host header>",
@@ -297,8 +360,11 @@ int cmd_serve(int argc, char **argv)
     notify("READY=1\nSTATUS=serving");
     rc = http_server_run(srv);
     size_t tokens = registry_token_count(reg);
+    if (!store)
+        backend_etcd_stop(backend); /* its client lives on the server's loop */
     http_server_free(srv);
-    store_close(store); /* commits what is queued before the registry goes */
+    if (store)
+        store_close(store); /* commits what is queued before the registry goes */
     api_free(api);
     registry_free(reg);
     backend_close(backend);

@@ -158,16 +158,31 @@ static void create_or_set(registry_t *reg, const char *key, bool is_dir, const c
     reg_commit(reg, ev, out);
 }
 
+/* The public writes below name themselves as a reg_op_t first: a backend
+ * that applies on delivery may need to run them again (deliver.c). */
 void registry_create(registry_t *reg, const char *key, bool is_dir, const char *value, bool unique,
                      reg_ttl_t ttl, int64_t now_ns, reg_result_t *out)
 {
-    create_or_set(reg, key, is_dir, value, unique, REG_ACT_CREATE, ttl, now_ns, out);
+    reg_op_t op = {.kind = REG_OP_CREATE,
+                   .key = (char *)key,
+                   .value = (char *)value,
+                   .is_dir = is_dir,
+                   .unique = unique,
+                   .ttl = ttl};
+    REG_WITH_OP(reg, &op, out,
+                create_or_set(reg, key, is_dir, value, unique, REG_ACT_CREATE, ttl, now_ns, out));
 }
 
 void registry_set(registry_t *reg, const char *key, bool is_dir, const char *value, reg_ttl_t ttl,
                   int64_t now_ns, reg_result_t *out)
 {
-    create_or_set(reg, key, is_dir, value, false, REG_ACT_SET, ttl, now_ns, out);
+    reg_op_t op = {.kind = REG_OP_SET,
+                   .key = (char *)key,
+                   .value = (char *)value,
+                   .is_dir = is_dir,
+                   .ttl = ttl};
+    REG_WITH_OP(reg, &op, out,
+                create_or_set(reg, key, is_dir, value, false, REG_ACT_SET, ttl, now_ns, out));
 }
 
 /* Finds an existing node for update/CAS/delete; NULL with `out` filled. */
@@ -212,8 +227,8 @@ void reg_commit_change(registry_t *reg, reg_node_t *n, enum reg_action action, c
     reg_commit(reg, ev, out);
 }
 
-void registry_update(registry_t *reg, const char *key, const char *value, reg_ttl_t ttl,
-                     int64_t now_ns, reg_result_t *out)
+static void update_op(registry_t *reg, const char *key, const char *value, reg_ttl_t ttl,
+                      int64_t now_ns, reg_result_t *out)
 {
     char *clean = reg_begin_op(reg, key, out);
     if (!clean)
@@ -224,6 +239,13 @@ void registry_update(registry_t *reg, const char *key, const char *value, reg_tt
     else if (n)
         reg_commit_change(reg, n, REG_ACT_UPDATE, value, expiry_of(ttl, now_ns), now_ns, out);
     free(clean);
+}
+
+void registry_update(registry_t *reg, const char *key, const char *value, reg_ttl_t ttl,
+                     int64_t now_ns, reg_result_t *out)
+{
+    reg_op_t op = {.kind = REG_OP_UPDATE, .key = (char *)key, .value = (char *)value, .ttl = ttl};
+    REG_WITH_OP(reg, &op, out, update_op(reg, key, value, ttl, now_ns, out));
 }
 
 /* etcd's getCompareFailCause. */
@@ -264,9 +286,8 @@ static bool compare_ok(registry_t *reg, const reg_node_t *n, const char *clean,
     return false;
 }
 
-void registry_compare_and_swap(registry_t *reg, const char *key, const char *prev_value,
-                               uint64_t prev_index, const char *value, reg_ttl_t ttl,
-                               int64_t now_ns, reg_result_t *out)
+static void cas_op(registry_t *reg, const char *key, const char *prev_value, uint64_t prev_index,
+                   const char *value, reg_ttl_t ttl, int64_t now_ns, reg_result_t *out)
 {
     char *clean = reg_begin_op(reg, key, out);
     if (!clean)
@@ -277,8 +298,21 @@ void registry_compare_and_swap(registry_t *reg, const char *key, const char *pre
     free(clean);
 }
 
-void registry_delete(registry_t *reg, const char *key, bool is_dir, bool recursive, int64_t now_ns,
-                     reg_result_t *out)
+void registry_compare_and_swap(registry_t *reg, const char *key, const char *prev_value,
+                               uint64_t prev_index, const char *value, reg_ttl_t ttl,
+                               int64_t now_ns, reg_result_t *out)
+{
+    reg_op_t op = {.kind = REG_OP_CAS,
+                   .key = (char *)key,
+                   .value = (char *)value,
+                   .prev_value = (char *)prev_value,
+                   .prev_index = prev_index,
+                   .ttl = ttl};
+    REG_WITH_OP(reg, &op, out, cas_op(reg, key, prev_value, prev_index, value, ttl, now_ns, out));
+}
+
+static void delete_op(registry_t *reg, const char *key, bool is_dir, bool recursive, int64_t now_ns,
+                      reg_result_t *out)
 {
     char *clean = reg_begin_op(reg, key, out);
     if (!clean)
@@ -295,8 +329,16 @@ void registry_delete(registry_t *reg, const char *key, bool is_dir, bool recursi
     free(clean);
 }
 
-void registry_compare_and_delete(registry_t *reg, const char *key, const char *prev_value,
-                                 uint64_t prev_index, int64_t now_ns, reg_result_t *out)
+void registry_delete(registry_t *reg, const char *key, bool is_dir, bool recursive, int64_t now_ns,
+                     reg_result_t *out)
+{
+    reg_op_t op = {
+        .kind = REG_OP_DELETE, .key = (char *)key, .is_dir = is_dir, .recursive = recursive};
+    REG_WITH_OP(reg, &op, out, delete_op(reg, key, is_dir, recursive, now_ns, out));
+}
+
+static void cad_op(registry_t *reg, const char *key, const char *prev_value, uint64_t prev_index,
+                   int64_t now_ns, reg_result_t *out)
 {
     char *clean = reg_begin_op(reg, key, out);
     if (!clean)
@@ -305,6 +347,16 @@ void registry_compare_and_delete(registry_t *reg, const char *key, const char *p
     if (n && compare_ok(reg, n, clean, prev_value ? prev_value : "", prev_index, out))
         reg_commit_change(reg, n, REG_ACT_CAD, NULL, 0, now_ns, out);
     free(clean);
+}
+
+void registry_compare_and_delete(registry_t *reg, const char *key, const char *prev_value,
+                                 uint64_t prev_index, int64_t now_ns, reg_result_t *out)
+{
+    reg_op_t op = {.kind = REG_OP_CAD,
+                   .key = (char *)key,
+                   .prev_value = (char *)prev_value,
+                   .prev_index = prev_index};
+    REG_WITH_OP(reg, &op, out, cad_op(reg, key, prev_value, prev_index, now_ns, out));
 }
 
 /* The writes a token refuses: its directory, and _config once it exists. */

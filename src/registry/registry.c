@@ -111,6 +111,7 @@ void registry_free(registry_t *reg)
         reg_token_free(reg, t);
     }
     reg_tombstones_free(reg);
+    reg_pending_free_all(reg);
     free(reg->heap);
     while (reg->ring_len)
         reg_ring_drop_front(reg);
@@ -353,6 +354,22 @@ static void fail_too_many_events(registry_t *reg, const reg_token_t *t, reg_resu
     buf_free(&b);
 }
 
+/* The half of a change that cannot fail: apply, record, notify. */
+static void apply_prepared(registry_t *reg, reg_event_t *ev, reg_change_t *c, reg_result_t *out)
+{
+    reg->busy = true;
+    reg_token_t *t = c->token;
+    reg_mark_removed_watchers(reg, t, ev);
+    apply_change(reg, ev, c);
+    record_event(reg, t, ev);
+    out->err = REG_OK;
+    out->index = ev->index;
+    out->event = ev;
+    reg_notify(reg, t, ev);
+    reg_ring_trim(reg, reg->backend ? backend_readable_index(reg->backend) : 0);
+    reg->busy = false;
+}
+
 void reg_commit(registry_t *reg, reg_event_t *ev, reg_result_t *out)
 {
     REG_ASSERT_OWNER(reg);
@@ -367,6 +384,11 @@ void reg_commit(registry_t *reg, reg_event_t *ev, reg_result_t *out)
     if (t && ev->action != REG_ACT_EXPIRE && t->n_events >= reg->max_events) {
         fail_too_many_events(reg, t, out);
         reg_event_free(ev);
+        return;
+    }
+    if (reg->backend && !reg->backend->ops->applies_on_propose) {
+        /* Applied when the backend delivers it back, in its order. */
+        reg_propose_pending(reg, ev, out);
         return;
     }
     reg_change_t c;
@@ -386,18 +408,22 @@ void reg_commit(registry_t *reg, reg_event_t *ev, reg_result_t *out)
             reg_fail(reg, out, REG_E_INTERNAL, "the change does not fit the tree");
         return;
     }
-    /* From here on nothing can fail. */
-    reg->busy = true;
-    t = c.token;
-    reg_mark_removed_watchers(reg, t, ev);
-    apply_change(reg, ev, &c);
-    record_event(reg, t, ev);
-    out->err = REG_OK;
-    out->index = ev->index;
-    out->event = ev;
-    reg_notify(reg, t, ev);
-    reg_ring_trim(reg, reg->backend ? backend_readable_index(reg->backend) : 0);
-    reg->busy = false;
+    apply_prepared(reg, ev, &c, out);
+}
+
+int reg_apply_delivered(registry_t *reg, reg_event_t *ev)
+{
+    REG_ASSERT_OWNER(reg);
+    assert(!reg->busy);
+    reg_change_t c;
+    int rc = ev->index > reg->index ? prepare_change(reg, ev, &c) : -EINVAL;
+    if (rc != 0) {
+        reg_event_free(ev);
+        return rc;
+    }
+    reg_result_t out = {0};
+    apply_prepared(reg, ev, &c, &out);
+    return 0;
 }
 
 int registry_replay(registry_t *reg, reg_event_t *ev)

@@ -108,6 +108,11 @@ typedef struct reg_result {
     /* On REG_E_KEY_NOT_FOUND: the key's token does not exist (the cause is
      * still etcd's, the key; registry_explain_missing_token says why). */
     bool token_missing;
+    /* A write whose backend applies on delivery (etcd): validated and
+     * proposed, its outcome not known yet. err is REG_OK, event and node
+     * NULL; registry_await(ticket) learns the outcome later. */
+    bool pending;
+    uint64_t ticket;
 } reg_result_t;
 
 void reg_result_clear(reg_result_t *r);
@@ -302,5 +307,60 @@ void registry_watch(registry_t *reg, const char *key, bool recursive, uint64_t w
 void registry_unwatch(registry_t *reg, reg_waiter_t *w);
 /* Removes every parked waiter, calling `cb` on each (shutdown). */
 void registry_unwatch_all(registry_t *reg, void (*cb)(reg_waiter_t *w));
+
+/*
+ * ---- Writes through a backend that applies on delivery (etcd) ----------
+ *
+ * With such a backend (backend.h: applies_on_propose false) a write is
+ * validated against the mirror, proposed as a guarded transaction, and
+ * returns at once with out->pending and a ticket. Nothing is applied until
+ * the backend delivers the change back (registry_deliver, in revision
+ * order, from every instance alike). The backend then settles the
+ * proposal: committed at a revision (the answer is the event at that
+ * revision, once applied), guard lost (the request is validated again
+ * against the mirror once it has applied the winner, and proposed again or
+ * answered with the registry's error), or failed (REG_E_INTERNAL).
+ */
+
+/* Called exactly once with the outcome (a write's event, or an error); the
+ * result is borrowed for the call. Never from inside the call that made the
+ * write; always from the loop (a delivery or a settlement). */
+typedef void (*reg_settled_fn)(void *ctx, const reg_result_t *res);
+/* Asks for the outcome of `ticket` (from a pending result). */
+void registry_await(registry_t *reg, uint64_t ticket, reg_settled_fn fn, void *ctx);
+/* The one who awaited is gone: the write goes on, nobody is told. */
+void registry_forget(registry_t *reg, uint64_t ticket);
+/* Pending writes (for tests and metrics). */
+size_t registry_pending_count(const registry_t *reg);
+
+/* A change as a backend delivers it: the registry builds the event (the
+ * previous node from its own tree, which is the state just before). */
+typedef struct reg_delivered {
+    enum reg_action action;
+    const char *key; /* full v2 key, clean */
+    bool is_dir;
+    const char *value; /* files written; NULL otherwise */
+    uint64_t index;    /* the backend's revision; above registry_index() */
+    int64_t wall_ns;
+    int64_t expire_ns; /* 0: permanent */
+} reg_delivered_t;
+/*
+ * Applies a delivered change, records it and wakes its watchers; then
+ * answers the pending writes it settles. 0; -EINVAL when it does not fit
+ * the mirror (the mirror must be rebuilt); -ENOMEM (nothing changed).
+ */
+int registry_deliver(registry_t *reg, const reg_delivered_t *d);
+/* The backend has seen everything up to `index` (a progress report, or a
+ * revision with nothing for the mirror): pending writes waiting for it go. */
+void registry_advance(registry_t *reg, uint64_t index);
+
+enum reg_settle {
+    REG_SETTLE_COMMITTED, /* applied at `index` */
+    REG_SETTLE_LOST,      /* the guard failed; the winner is at or below `index` */
+    REG_SETTLE_FAILED,    /* not applied, or unknown after the hold: `why` */
+};
+/* The backend's verdict on proposal `seq` (backend.h's propose_txn). */
+void registry_settle(registry_t *reg, uint64_t seq, enum reg_settle how, uint64_t index,
+                     const char *why);
 
 #endif

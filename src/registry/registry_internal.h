@@ -13,6 +13,8 @@
  *   tokens.c    the token table: create, find, sweep
  *   ops.c       the etcd v2 operations, validated into events
  *   event.c     events and node snapshots
+ *   deliver.c   writes through a backend that applies on delivery (etcd):
+ *               pending proposals, delivered changes, settlements
  *
  * Invariants every file keeps (asserted in debug and sanitizer builds):
  *   - one thread: the one that made the registry (REG_ASSERT_OWNER);
@@ -85,6 +87,33 @@ typedef struct reg_token {
     size_t n_keys; /* nodes below the directory, _config excluded */
 } reg_token_t;
 
+/*
+ * A client's write as it was asked, kept while its proposal is pending so
+ * that it can be validated again after a lost guard (deliver.c). Strings
+ * are borrowed while the operation runs and owned in a pending copy.
+ */
+enum reg_op_kind {
+    REG_OP_CREATE,
+    REG_OP_SET,
+    REG_OP_UPDATE,
+    REG_OP_CAS,
+    REG_OP_DELETE,
+    REG_OP_CAD,
+    REG_OP_CREATE_TOKEN,
+};
+typedef struct reg_op {
+    enum reg_op_kind kind;
+    char *key; /* the key as given; CREATE_TOKEN: the token's name */
+    char *value;
+    char *prev_value;
+    uint64_t prev_index;
+    reg_ttl_t ttl;
+    bool is_dir, unique, recursive;
+    unsigned size; /* CREATE_TOKEN */
+} reg_op_t;
+
+typedef struct reg_pending reg_pending_t;
+
 struct registry {
     reg_token_t *tokens; /* uthash head */
     size_t n_tokens;
@@ -108,6 +137,13 @@ struct registry {
     struct reg_tombstone *tombstones;
     struct reg_tombstone **tombstone_ring;
     size_t tombstone_next;
+    /* deliver.c: the write being run (set by the public operations), the
+     * pending one being validated again, and the pending writes. */
+    const reg_op_t *cur_op;
+    reg_pending_t *retrying;
+    reg_pending_t *pending;
+    size_t n_pending;
+    uint64_t next_ticket, next_seq;
     pthread_t owner; /* the thread that made the registry */
     bool busy;       /* inside commit(): no re-entry */
 };
@@ -132,6 +168,40 @@ void reg_fail_at(registry_t *reg, reg_result_t *out, enum reg_errcode code, cons
  * nothing changed).
  */
 void reg_commit(registry_t *reg, reg_event_t *ev, reg_result_t *out);
+
+/* Runs `call` (a write operation filling `out`) with `op` as the write
+ * being run, unless a pending write is being validated again (its own op is
+ * then current); a refusal may then be checked again (reg_recheck_refusal). */
+#define REG_WITH_OP(reg, op, out, call)                                                            \
+    do {                                                                                           \
+        const reg_op_t *saved_op_ = (reg)->cur_op;                                                 \
+        if (!saved_op_)                                                                            \
+            (reg)->cur_op = (op);                                                                  \
+        call;                                                                                      \
+        if (!saved_op_)                                                                            \
+            reg_recheck_refusal((reg), (op), (out));                                               \
+        (reg)->cur_op = saved_op_;                                                                 \
+    } while (0)
+
+/* Applies an event a backend delivered (index above the registry's): the
+ * same prepare, apply, record and notify as a committed write, without
+ * proposing it. Takes `ev`. 0, -EINVAL (it does not fit the tree) or
+ * -ENOMEM; on error nothing changed. */
+int reg_apply_delivered(registry_t *reg, reg_event_t *ev);
+
+/* ---- deliver.c ---------------------------------------------------------- */
+
+/* reg_commit() with a backend that applies on delivery: proposes `ev`
+ * (taken) for the current op and fills `out` as pending. */
+void reg_propose_pending(registry_t *reg, reg_event_t *ev, reg_result_t *out);
+/* A write the mirror refused (`out`, from operation `op`), with a backend
+ * that applies on delivery: made pending behind a barrier, to be validated
+ * again once the mirror has caught up with the backend (backend.h,
+ * propose_barrier). Otherwise, or when that cannot be set up, `out` stays
+ * the refusal. */
+void reg_recheck_refusal(registry_t *reg, const reg_op_t *op, reg_result_t *out);
+/* Frees every pending write without telling anyone (registry_free). */
+void reg_pending_free_all(registry_t *reg);
 
 /* ---- tree.c ------------------------------------------------------------- */
 

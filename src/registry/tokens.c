@@ -153,8 +153,8 @@ bool reg_maybe_create_token(registry_t *reg, const char *clean, enum reg_action 
     return true;
 }
 
-void registry_create_token(registry_t *reg, const char *name, unsigned size, int64_t now_ns,
-                           reg_result_t *out)
+static void create_token_op(registry_t *reg, const char *name, unsigned size, int64_t now_ns,
+                            reg_result_t *out)
 {
     memset(out, 0, sizeof *out);
     buf_t b = BUF_INIT;
@@ -169,6 +169,13 @@ void registry_create_token(registry_t *reg, const char *name, unsigned size, int
         reg_fail(reg, out, REG_E_INVALID_FIELD, "invalid token name");
     }
     buf_free(&b);
+}
+
+void registry_create_token(registry_t *reg, const char *name, unsigned size, int64_t now_ns,
+                           reg_result_t *out)
+{
+    reg_op_t op = {.kind = REG_OP_CREATE_TOKEN, .key = (char *)name, .size = size};
+    REG_WITH_OP(reg, &op, out, create_token_op(reg, name, size, now_ns, out));
 }
 
 size_t registry_sweep_tokens(registry_t *reg, int64_t cutoff_ns, size_t max_tokens)

@@ -83,6 +83,17 @@ const char config_serve_usage[] =
     "                       is refused at the handshake (DISC_TLS_CLIENT_CA)\n"
     "  --plain-addr ADDR    serve plain HTTP on ADDR as well (DISC_PLAIN_ADDR)\n"
     "\n"
+    "Several instances on one etcd v3 cluster (instead of --data-dir):\n"
+    "  --etcd-endpoints URLS  etcd client URLs, comma-separated, tried in order\n"
+    "                       (DISC_ETCD_ENDPOINTS; default none: the embedded store)\n"
+    "  --etcd-prefix PREFIX the keys disco owns in etcd\n"
+    "                       (DISC_ETCD_PREFIX, default " CONFIG_DEFAULT_ETCD_PREFIX ")\n"
+    "  --etcd-cacert FILE   PEM CA bundle for https:// endpoints (DISC_ETCD_CACERT)\n"
+    "  --etcd-cert FILE     PEM client certificate for etcd (DISC_ETCD_CERT)\n"
+    "  --etcd-key FILE      PEM key of --etcd-cert (DISC_ETCD_KEY)\n"
+    "  --etcd-user NAME     etcd user (DISC_ETCD_USER)\n"
+    "  --etcd-password PW   its password (DISC_ETCD_PASSWORD)\n"
+    "\n"
     "  --version            print the version\n"
     "  --help               this text\n"
     "\n"
@@ -192,6 +203,14 @@ static const option_t options[] = {
     {"tls-key", "DISC_TLS_KEY", NULL, V_STRING, 0, 0, NUM(tls_key), NULL},
     {"tls-client-ca", "DISC_TLS_CLIENT_CA", NULL, V_STRING, 0, 0, NUM(tls_client_ca), NULL},
     {"plain-addr", "DISC_PLAIN_ADDR", NULL, V_STRING, 0, 0, NUM(plain_addr), NULL},
+    {"etcd-endpoints", "DISC_ETCD_ENDPOINTS", NULL, V_STRING, 0, 0, NUM(etcd_endpoints), NULL},
+    {"etcd-prefix", "DISC_ETCD_PREFIX", CONFIG_DEFAULT_ETCD_PREFIX, V_STRING, 0, 0,
+     NUM(etcd_prefix), NULL},
+    {"etcd-cacert", "DISC_ETCD_CACERT", NULL, V_STRING, 0, 0, NUM(etcd_cacert), NULL},
+    {"etcd-cert", "DISC_ETCD_CERT", NULL, V_STRING, 0, 0, NUM(etcd_cert), NULL},
+    {"etcd-key", "DISC_ETCD_KEY", NULL, V_STRING, 0, 0, NUM(etcd_key), NULL},
+    {"etcd-user", "DISC_ETCD_USER", NULL, V_STRING, 0, 0, NUM(etcd_user), NULL},
+    {"etcd-password", "DISC_ETCD_PASSWORD", NULL, V_STRING, 0, 0, NUM(etcd_password), NULL},
 };
 enum { N_OPTIONS = sizeof options / sizeof options[0] };
 
@@ -293,6 +312,28 @@ int config_parse_serve(int argc, char **argv, serve_config_t *cfg, char *err)
     if (!cfg->tls_cert && (cfg->tls_client_ca || cfg->plain_addr)) {
         snprintf(err, 256, "--%s needs --tls-cert and --tls-key",
                  cfg->tls_client_ca ? "tls-client-ca" : "plain-addr");
+        return -1;
+    }
+    const char **etcd_strings[] = {&cfg->etcd_endpoints, &cfg->etcd_cacert, &cfg->etcd_cert,
+                                   &cfg->etcd_key,       &cfg->etcd_user,   &cfg->etcd_password};
+    for (size_t j = 0; j < sizeof etcd_strings / sizeof etcd_strings[0]; j++)
+        if (*etcd_strings[j] && !**etcd_strings[j])
+            *etcd_strings[j] = NULL;
+    if (!cfg->etcd_endpoints && (cfg->etcd_cacert || cfg->etcd_cert || cfg->etcd_key ||
+                                 cfg->etcd_user || cfg->etcd_password)) {
+        snprintf(err, 256, "the --etcd-* flags need --etcd-endpoints");
+        return -1;
+    }
+    if (!cfg->etcd_cert != !cfg->etcd_key || !cfg->etcd_user != !cfg->etcd_password) {
+        snprintf(err, 256, "--etcd-%s and --etcd-%s go together: give both, or neither",
+                 !cfg->etcd_cert != !cfg->etcd_key ? "cert" : "user",
+                 !cfg->etcd_cert != !cfg->etcd_key ? "key" : "password");
+        return -1;
+    }
+    if (cfg->etcd_endpoints && (cfg->etcd_prefix[0] != '/' || strchr(cfg->etcd_prefix, ' ') ||
+                                cfg->etcd_prefix[strlen(cfg->etcd_prefix) - 1] != '/')) {
+        snprintf(err, 256, "bad --etcd-prefix \"%s\": want a path that starts and ends with /",
+                 cfg->etcd_prefix);
         return -1;
     }
     if (cfg->host && strncmp(cfg->host, "http://", 7) != 0 &&

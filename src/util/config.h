@@ -29,6 +29,7 @@
 #define CONFIG_DEFAULT_HEADER_TIMEOUT "10s"
 #define CONFIG_DEFAULT_BODY_TIMEOUT "15s"
 #define CONFIG_DEFAULT_IDLE_TIMEOUT "120s"
+#define CONFIG_DEFAULT_ETCD_PREFIX "/disco/"
 /* Bounds checked at startup. */
 #define CONFIG_MIN_HEADER_BYTES (1024)
 #define CONFIG_MAX_HEADER_BYTES (64 * 1024) /* libhttp-parser stops at 80 KiB */
@@ -66,6 +67,16 @@ typedef struct serve_config {
     const char *tls_key;           /* --tls-key, DISC_TLS_KEY */
     const char *tls_client_ca;     /* --tls-client-ca, DISC_TLS_CLIENT_CA; NULL: none */
     const char *plain_addr;        /* --plain-addr, DISC_PLAIN_ADDR; NULL: none */
+    /* The etcd backend (docs/operating.md, "Several instances on etcd"):
+     * with endpoints, the registry is a mirror of an etcd cluster's prefix
+     * and --data-dir is not used. */
+    const char *etcd_endpoints; /* --etcd-endpoints, DISC_ETCD_ENDPOINTS: URLs, comma-separated */
+    const char *etcd_prefix;    /* --etcd-prefix, DISC_ETCD_PREFIX */
+    const char *etcd_cacert;    /* --etcd-cacert, DISC_ETCD_CACERT */
+    const char *etcd_cert;      /* --etcd-cert, DISC_ETCD_CERT */
+    const char *etcd_key;       /* --etcd-key, DISC_ETCD_KEY */
+    const char *etcd_user;      /* --etcd-user, DISC_ETCD_USER */
+    const char *etcd_password;  /* --etcd-password, DISC_ETCD_PASSWORD */
     bool help;
     bool version;
 } serve_config_t;

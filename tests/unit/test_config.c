@@ -127,6 +127,43 @@ static void test_tls_flags_go_together(void **state)
     assert_null(cfg.tls_cert);
 }
 
+static void test_etcd_flags(void **state)
+{
+    (void)state;
+    serve_config_t cfg;
+    char err[256] = "";
+    assert_int_equal(config_parse_serve(0, NULL, &cfg, err), 0);
+    assert_null(cfg.etcd_endpoints); /* the embedded store by default */
+    assert_string_equal(cfg.etcd_prefix, "/disco/");
+    char *ok[] = {"--etcd-endpoints",
+                  "http://127.0.0.1:2379,http://127.0.0.1:22379",
+                  "--etcd-prefix=/d2/",
+                  "--etcd-user",
+                  "u",
+                  "--etcd-password",
+                  "p"};
+    assert_int_equal(config_parse_serve(7, ok, &cfg, err), 0);
+    assert_string_equal(cfg.etcd_prefix, "/d2/");
+    assert_string_equal(cfg.etcd_user, "u");
+    /* The etcd flags need endpoints; pairs go together; a prefix is a path. */
+    assert_int_equal(parse_one("--etcd-cacert", "ca.pem", &cfg, err), -1);
+    assert_non_null(strstr(err, "--etcd-endpoints"));
+    char *half[] = {"--etcd-endpoints", "http://e:2379", "--etcd-cert", "c.pem"};
+    assert_int_equal(config_parse_serve(4, half, &cfg, err), -1);
+    assert_non_null(strstr(err, "--etcd-cert and --etcd-key"));
+    char *user[] = {"--etcd-endpoints", "http://e:2379", "--etcd-user", "u"};
+    assert_int_equal(config_parse_serve(4, user, &cfg, err), -1);
+    assert_non_null(strstr(err, "--etcd-user and --etcd-password"));
+    char *bad[] = {"--etcd-endpoints", "http://e:2379", "--etcd-prefix", "disco"};
+    assert_int_equal(config_parse_serve(4, bad, &cfg, err), -1);
+    assert_non_null(strstr(err, "--etcd-prefix"));
+    setenv("DISC_ETCD_ENDPOINTS", "http://e:2379", 1);
+    int rc = config_parse_serve(0, NULL, &cfg, err);
+    unsetenv("DISC_ETCD_ENDPOINTS");
+    assert_int_equal(rc, 0);
+    assert_string_equal(cfg.etcd_endpoints, "http://e:2379");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -136,6 +173,7 @@ int main(void)
         cmocka_unit_test(test_env_is_checked_too),
         cmocka_unit_test(test_max_events_per_token),
         cmocka_unit_test(test_tls_flags_go_together),
+        cmocka_unit_test(test_etcd_flags),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,1026 @@
+/*
+ * backend_etcd.c - the registry as a mirror of an etcd v3 prefix, written
+ * through guarded transactions (ETCD-BACKEND.md, design (a)).
+ *
+ * The mirror: one etcd watch on the prefix, from the revision after the
+ * last one applied (at start: revision 1, so a prefix whose history etcd
+ * still has is replayed whole, history included). Each revision's events
+ * are read back into one registry change (etcd_layout_read_revision) and
+ * applied with registry_deliver(), in revision order. The mirror is live
+ * once it has applied the prefix's newest revision as a linearizable range
+ * saw it right after the watch was created; until then, and whenever the
+ * watch is down, /health says so and writes are refused.
+ *
+ * Writes: the registry proposes a validated event with its guard
+ * (propose_txn); this sends one Txn built by etcd_layout_plan() and tells
+ * the registry the verdict (registry_settle):
+ *   succeeded            committed at the Txn's revision;
+ *   guard failed         lost; the failure branch's ranges name the
+ *                        revision of the winner, which the mirror must
+ *                        apply before the request is validated again;
+ *   gRPC error, unsent   failed (etcd did not apply it);
+ *   unknown (timeout, connection lost after sending, leader change)
+ *                        held for ETCD_UNKNOWN_HOLD_MS while the watch may
+ *                        still show this proposal's action marker (it names
+ *                        this instance and the proposal's seq): seen, it is
+ *                        committed at that revision; not seen, failed.
+ * Indexes are etcd revisions; the durable index is the last revision
+ * applied, so an answer is never held behind the mirror.
+ *
+ * Startup on a prefix whose early history etcd compacted: the mirror is
+ * loaded from a range at the compact revision (load_snapshot), then
+ * watched from the next one. Progress reports (asked for every minute)
+ * move the mirror's revision on a quiet prefix, so a watch started again
+ * after a failover asks for a recent revision.
+ *
+ * A running mirror whose watch must start again from a revision etcd
+ * compacted is brought up to date from a range the same way (sets and
+ * updates above its revision; deletions in between are not seen).
+ *
+ * Not built yet (docs/operating.md): TTLs as leases, sweeps of old tokens,
+ * reading back events older than the mirror's memory (it keeps them all).
+ */
+#include "backend/backend_etcd.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "backend/etcd_layout.h"
+#include "etcd/client.h"
+#include "loop/loop.h"
+#include "registry/registry.h"
+#include "util/log.h"
+#include "util/timeutil.h"
+
+/* How long an unknown outcome is held, looking for its marker: inside the
+ * 5 s an etcd member gives its registration PUT, past a typical leader
+ * election (ETCD-BACKEND.md §4: 1.8-2.7 s). */
+#define ETCD_UNKNOWN_HOLD_MS 3000
+/* Deadline of one transaction, waiting for a connection included. */
+#define ETCD_TXN_TIMEOUT_MS 2500
+#define ETCD_RANGE_TIMEOUT_MS 5000
+/* A watch etcd ended (no leader, ...) is asked for again after this. */
+#define ETCD_WATCH_RETRY_MS 500
+/* How often the watch is asked for progress: a quiet prefix's mirror then
+ * still follows etcd's revision, so a watch that must start again after a
+ * failover starts from a recent revision, not one compaction removed. */
+#define ETCD_PROGRESS_EVERY_MS 60000
+
+typedef struct unknown_txn {
+    struct unknown_txn *next;
+    uint64_t seq;
+    uint64_t deadline_ms;
+    char why[96];
+} unknown_txn_t;
+
+/* A call in flight: freed by its callback, or by close (the client makes
+ * no callback after it is freed). */
+typedef struct call_ctx {
+    struct call_ctx *next, *prev;
+    struct etcd_backend *be;
+    uint64_t seq; /* a Txn's proposal; 0 for the catch-up range */
+} call_ctx_t;
+
+typedef struct etcd_backend {
+    backend_t base;
+    loop_t *loop;
+    etcd_client_t *client;
+    registry_t *reg;
+    etcd_client_config_t ccfg;
+    char **endpoints;
+    size_t n_endpoints;
+    char *prefix, *range_end;
+    char *cacert, *cert, *key, *user, *password;
+    char instance[33]; /* random, names this process in markers */
+    etcd_watch_t *watch;
+    uint64_t watch_retry_ms; /* when to ask for the watch again; 0: not due */
+    uint64_t progress_ms;    /* when to ask for progress next */
+    uint64_t applied;        /* last revision applied to the mirror */
+    uint64_t catch_up;       /* the prefix's newest revision at watch creation */
+    bool catch_up_known;
+    bool live;
+    bool broken; /* the mirror missed history: it cannot be live again */
+    unknown_txn_t *unknown;
+    call_ctx_t *calls;
+    etcd_kv_event_t *scratch;
+    size_t scratch_cap;
+} etcd_backend_t;
+
+static etcd_backend_t *eb_of(backend_t *be)
+{
+    return (etcd_backend_t *)be;
+}
+
+static call_ctx_t *call_new(etcd_backend_t *eb, uint64_t seq)
+{
+    call_ctx_t *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->be = eb;
+    c->seq = seq;
+    c->next = eb->calls;
+    if (eb->calls)
+        eb->calls->prev = c;
+    eb->calls = c;
+    return c;
+}
+
+static void call_free(call_ctx_t *c)
+{
+    etcd_backend_t *eb = c->be;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        eb->calls = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    free(c);
+}
+
+static void set_live(etcd_backend_t *eb, bool live)
+{
+    if (live == eb->live)
+        return;
+    eb->live = live;
+    if (live)
+        log_info("etcd mirror live at revision %" PRIu64 " (%s)", eb->applied,
+                 etcd_client_endpoint(eb->client) ? etcd_client_endpoint(eb->client) : "?");
+    else
+        log_warn("etcd mirror not live (last applied revision %" PRIu64 ")", eb->applied);
+}
+
+static void check_caught_up(etcd_backend_t *eb)
+{
+    if (!eb->broken && eb->watch && eb->catch_up_known && eb->applied >= eb->catch_up)
+        set_live(eb, true);
+}
+
+/* ---- the mirror: one watch ------------------------------------------------ */
+
+static void start_watch(etcd_backend_t *eb);
+
+/* The prefix's newest revision, for "caught up": a linearizable range of
+ * the one key last modified. */
+static void on_catch_up_range(void *ctx, const etcd_result_t *res)
+{
+    call_ctx_t *c = ctx;
+    etcd_backend_t *eb = c->be;
+    call_free(c);
+    if (res->outcome != ETCD_OK) {
+        log_warn("etcd: cannot read the prefix's newest revision (%s); asking again", res->message);
+        eb->watch_retry_ms = loop_now_ms(eb->loop) + ETCD_WATCH_RETRY_MS;
+        return;
+    }
+    const Etcdserverpb__RangeResponse *r = (const Etcdserverpb__RangeResponse *)res->resp;
+    eb->catch_up = r->n_kvs ? (uint64_t)r->kvs[0]->mod_revision : 0;
+    eb->catch_up_known = true;
+    check_caught_up(eb);
+}
+
+/* The barrier of a refused write: the prefix's newest revision, which the
+ * mirror must reach before the write is validated again. */
+static void on_barrier_range(void *ctx, const etcd_result_t *res)
+{
+    call_ctx_t *c = ctx;
+    etcd_backend_t *eb = c->be;
+    uint64_t seq = c->seq;
+    call_free(c);
+    uint64_t newest = 0; /* unknown: validated again against the mirror as it is */
+    if (res->outcome == ETCD_OK) {
+        const Etcdserverpb__RangeResponse *r = (const Etcdserverpb__RangeResponse *)res->resp;
+        newest = r->n_kvs ? (uint64_t)r->kvs[0]->mod_revision : 0;
+    }
+    registry_settle(eb->reg, seq, REG_SETTLE_LOST, newest, NULL);
+}
+
+static int range_newest(etcd_backend_t *eb, uint64_t seq, etcd_done_fn done)
+{
+    Etcdserverpb__RangeRequest rq = ETCDSERVERPB__RANGE_REQUEST__INIT;
+    rq.key = (ProtobufCBinaryData){strlen(eb->prefix), (uint8_t *)eb->prefix};
+    rq.range_end = (ProtobufCBinaryData){strlen(eb->range_end), (uint8_t *)eb->range_end};
+    rq.limit = 1;
+    rq.sort_order = ETCDSERVERPB__RANGE_REQUEST__SORT_ORDER__DESCEND;
+    rq.sort_target = ETCDSERVERPB__RANGE_REQUEST__SORT_TARGET__MOD;
+    rq.keys_only = true;
+    call_ctx_t *c = call_new(eb, seq);
+    if (!c)
+        return -ENOMEM;
+    int rc = etcd_range(eb->client, &rq, ETCD_RANGE_TIMEOUT_MS, done, c);
+    if (rc != 0)
+        call_free(c);
+    return rc;
+}
+
+static int ask_catch_up(etcd_backend_t *eb)
+{
+    return range_newest(eb, 0, on_catch_up_range);
+}
+
+static int etcd_propose_barrier(backend_t *be, uint64_t seq)
+{
+    etcd_backend_t *eb = eb_of(be);
+    if (!eb->client || !eb->live)
+        return -ENOTCONN; /* the refusal stands as the mirror shows it */
+    return range_newest(eb, seq, on_barrier_range);
+}
+
+/* Our proposal `seq` shows in the watch: settles one whose outcome was
+ * unknown. */
+static void marker_seen(etcd_backend_t *eb, uint64_t seq, uint64_t rev)
+{
+    for (unknown_txn_t **pp = &eb->unknown; *pp; pp = &(*pp)->next) {
+        if ((*pp)->seq == seq) {
+            unknown_txn_t *u = *pp;
+            *pp = u->next;
+            free(u);
+            log_info("etcd: a write whose answer was lost was applied at revision %" PRIu64, rev);
+            registry_settle(eb->reg, seq, REG_SETTLE_COMMITTED, rev, NULL);
+            return;
+        }
+    }
+}
+
+/* One revision's events into the mirror. */
+static void apply_revision(etcd_backend_t *eb, uint64_t rev, const etcd_kv_event_t *evs, size_t n)
+{
+    if (rev <= eb->applied || eb->broken)
+        return; /* a replay from an earlier start: applied already */
+    etcd_change_t ch;
+    int rc = etcd_layout_read_revision(eb->prefix, evs, n, &ch);
+    if (rc == -ENOMEM) {
+        log_error("etcd: out of memory reading revision %" PRIu64 "; the mirror stops", rev);
+        eb->broken = true;
+        set_live(eb, false);
+        return;
+    }
+    if (rc != 0 || !ch.has_change) {
+        if (rc != 0)
+            log_warn("etcd: revision %" PRIu64 " under the prefix is not disco's; skipped", rev);
+        eb->applied = rev;
+        registry_advance(eb->reg, rev);
+        return;
+    }
+    reg_delivered_t d = {.action = ch.action,
+                         .key = ch.key,
+                         .is_dir = ch.is_dir,
+                         .value = ch.value,
+                         .index = rev,
+                         .wall_ns = time_wall_ns()};
+    /* Applied from the registry's point of view before it answers the
+     * writes this settles: their answers must not wait for it. */
+    uint64_t before = eb->applied;
+    eb->applied = rev;
+    rc = registry_deliver(eb->reg, &d);
+    if (rc != 0) {
+        eb->applied = before;
+        /* The mirror and etcd disagree: every later change may too. */
+        log_error("etcd: revision %" PRIu64 " (%s %s) does not fit the mirror (%s); the mirror "
+                  "stops: restart this instance",
+                  rev, reg_action_name(ch.action), ch.key, strerror(-rc));
+        eb->broken = true;
+        set_live(eb, false);
+        etcd_change_clear(&ch);
+        return;
+    }
+    if (strcmp(ch.instance, eb->instance) == 0)
+        marker_seen(eb, ch.seq, rev);
+    etcd_change_clear(&ch);
+}
+
+/*
+ * Startup on a prefix whose early history etcd compacted away: the mirror
+ * is built from a range of the prefix at the compact revision C, then the
+ * watch goes on from C + 1. The range has each key's state, not its
+ * history, so one change is made up per key and revision: a create (the
+ * token's size: a set) at its create revision, the deepest key of each
+ * revision (the directories on its way come with it, as they came with
+ * the transaction that made them), and an update at its mod revision for
+ * a file changed since. What the mirror then shows equals what a mirror
+ * fed from the start shows, but for the created index of a file replaced
+ * by a v2 set (etcd keeps the key's create revision) and for history
+ * before C, which watches cannot replay.
+ */
+typedef struct snap_change {
+    uint64_t rev;
+    int depth;
+    bool is_update;
+    const Etcdserverpb__KeyValue *kv;
+} snap_change_t;
+
+static int snap_change_order(const void *a, const void *b)
+{
+    const snap_change_t *x = a, *y = b;
+    if (x->rev != y->rev)
+        return x->rev < y->rev ? -1 : 1;
+    return y->depth - x->depth; /* the deepest key of a revision first */
+}
+
+typedef struct created_at {
+    char *v2key;
+    uint64_t rev;
+} created_at_t;
+
+static int created_at_order(const void *a, const void *b)
+{
+    return strcmp(((const created_at_t *)a)->v2key, ((const created_at_t *)b)->v2key);
+}
+
+/* The v2 createdIndex kept apart for files a set replaced (P c/...). */
+static created_at_t *created_index_of(created_at_t *cs, size_t n, const char *v2key)
+{
+    created_at_t want = {(char *)v2key, 0};
+    return n ? bsearch(&want, cs, n, sizeof *cs, created_at_order) : NULL;
+}
+
+/*
+ * Applies the range `r` (the prefix at one revision) to the mirror: every
+ * made-up change above revision `after` (0: an empty mirror, at start; else
+ * the last revision applied, when a running watch had to start again past
+ * a compaction: then what changed in between comes as sets and updates,
+ * and a change that does not fit is skipped with a warning; a key deleted
+ * in between stays in the mirror until the instance is restarted).
+ */
+static int load_snapshot(etcd_backend_t *eb, const Etcdserverpb__RangeResponse *r, uint64_t after)
+{
+    snap_change_t *chs = calloc(2 * r->n_kvs + 1, sizeof *chs);
+    created_at_t *cs = calloc(r->n_kvs + 1, sizeof *cs);
+    size_t n = 0, n_cs = 0;
+    int rc = chs && cs ? 0 : -ENOMEM;
+    for (size_t i = 0; rc == 0 && i < r->n_kvs; i++) {
+        const Etcdserverpb__KeyValue *kv = r->kvs[i];
+        char *c =
+            etcd_layout_v2_key_of_created(eb->prefix, (const char *)kv->key.data, kv->key.len);
+        if (c)
+            cs[n_cs++] = (created_at_t){c, (uint64_t)kv->mod_revision};
+    }
+    if (n_cs)
+        qsort(cs, n_cs, sizeof *cs, created_at_order);
+    for (size_t i = 0; rc == 0 && i < r->n_kvs; i++) {
+        const Etcdserverpb__KeyValue *kv = r->kvs[i];
+        bool is_dir = kv->key.len && kv->key.data[kv->key.len - 1] == '/';
+        int depth = is_dir ? -1 : 0; /* a directory's trailing '/' is no level */
+        for (size_t k = 0; k < kv->key.len; k++)
+            depth += kv->key.data[k] == '/';
+        uint64_t created = (uint64_t)kv->create_revision;
+        if (n_cs && !is_dir) {
+            bool d;
+            char *v2 = etcd_layout_v2_key(eb->prefix, (const char *)kv->key.data, kv->key.len, &d);
+            created_at_t *at = v2 ? created_index_of(cs, n_cs, v2) : NULL;
+            if (at)
+                created = at->rev;
+            free(v2);
+        }
+        if (created > after)
+            chs[n++] = (snap_change_t){created, depth, false, kv};
+        if (!is_dir && (uint64_t)kv->mod_revision > created && (uint64_t)kv->mod_revision > after)
+            chs[n++] = (snap_change_t){(uint64_t)kv->mod_revision, depth, true, kv};
+    }
+    for (size_t i = 0; i < n_cs; i++)
+        free(cs[i].v2key);
+    free(cs);
+    if (rc != 0) {
+        free(chs);
+        return rc;
+    }
+    qsort(chs, n, sizeof *chs, snap_change_order);
+    uint64_t last = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        const Etcdserverpb__KeyValue *kv = chs[i].kv;
+        if (chs[i].rev == last)
+            continue; /* a directory made by the same transaction */
+        bool is_dir;
+        char *key =
+            etcd_layout_v2_key(eb->prefix, (const char *)kv->key.data, kv->key.len, &is_dir);
+        if (!key)
+            continue; /* not a token's key (v/, m/, act) */
+        size_t plen = strlen(REGISTRY_PREFIX "/");
+        const char *rest = strchr(key + plen, '/');
+        if (!rest) { /* a token's directory alone: made with its size */
+            free(key);
+            continue;
+        }
+        char *value = is_dir ? NULL : strndup((const char *)kv->value.data, kv->value.len);
+        if (!is_dir && !value) {
+            free(key);
+            rc = -ENOMEM;
+            break;
+        }
+        bool is_size = strcmp(rest, "/_config/size") == 0;
+        /* At a resync a file may exist already (deleted and made again in
+         * between): a set replaces it. */
+        bool set = is_size || (after > 0 && !is_dir);
+        reg_delivered_t d = {.action = chs[i].is_update ? REG_ACT_UPDATE
+                                       : set            ? REG_ACT_SET
+                                                        : REG_ACT_CREATE,
+                             .key = key,
+                             .is_dir = is_dir,
+                             .value = value,
+                             .index = chs[i].rev,
+                             .wall_ns = time_wall_ns()};
+        uint64_t before = eb->applied;
+        eb->applied = chs[i].rev;
+        rc = registry_deliver(eb->reg, &d);
+        if (rc == -EINVAL && after > 0) {
+            log_warn("etcd: resync: the key %s at revision %" PRIu64 " does not fit the mirror; "
+                     "skipped",
+                     key, chs[i].rev);
+            eb->applied = before;
+            rc = 0;
+        } else if (rc != 0) {
+            log_error("etcd: the key %s at revision %" PRIu64 " does not fit the mirror (%s)", key,
+                      chs[i].rev, strerror(-rc));
+        }
+        last = chs[i].rev;
+        free(key);
+        free(value);
+    }
+    free(chs);
+    return rc;
+}
+
+static void on_snapshot_range(void *ctx, const etcd_result_t *res)
+{
+    call_ctx_t *c = ctx;
+    etcd_backend_t *eb = c->be;
+    uint64_t at = c->seq; /* the compact revision the range was made at */
+    call_free(c);
+    if (res->outcome != ETCD_OK) {
+        log_warn("etcd: cannot range the prefix at revision %" PRIu64 " (%s); trying again", at,
+                 res->message);
+        eb->watch_retry_ms = loop_now_ms(eb->loop) + ETCD_WATCH_RETRY_MS;
+        return;
+    }
+    uint64_t after = eb->applied;
+    int rc = load_snapshot(eb, (const Etcdserverpb__RangeResponse *)res->resp, after);
+    if (rc != 0) {
+        eb->broken = true;
+        set_live(eb, false);
+        return;
+    }
+    if (at > eb->applied) {
+        eb->applied = at;
+        registry_advance(eb->reg, at);
+    }
+    if (after == 0)
+        log_info("etcd: the prefix's history before revision %" PRIu64
+                 " is compacted: the mirror was loaded from its state at that revision (%zu "
+                 "tokens)",
+                 at, registry_token_count(eb->reg));
+    else
+        log_warn("etcd: revisions %" PRIu64 " to %" PRIu64 " were compacted before the mirror "
+                 "saw them: it was brought up to date from the prefix's state at %" PRIu64
+                 " (keys deleted in between are not seen until a restart)",
+                 after + 1, at, at);
+    start_watch(eb);
+}
+
+/* etcd's history starts at `compact`, after what the mirror has applied:
+ * load the state at that revision. */
+static void load_from_range(etcd_backend_t *eb, uint64_t compact)
+{
+    Etcdserverpb__RangeRequest rq = ETCDSERVERPB__RANGE_REQUEST__INIT;
+    rq.key = (ProtobufCBinaryData){strlen(eb->prefix), (uint8_t *)eb->prefix};
+    rq.range_end = (ProtobufCBinaryData){strlen(eb->range_end), (uint8_t *)eb->range_end};
+    rq.revision = (int64_t)compact;
+    call_ctx_t *c = call_new(eb, compact);
+    int rc = c ? etcd_range(eb->client, &rq, ETCD_RANGE_TIMEOUT_MS, on_snapshot_range, c) : -ENOMEM;
+    if (rc != 0) {
+        if (c)
+            call_free(c);
+        eb->broken = true;
+        log_error("etcd: cannot ask for the prefix at revision %" PRIu64 ": %s", compact,
+                  strerror(-rc));
+    }
+}
+
+static void on_watch(void *ctx, const Etcdserverpb__WatchResponse *resp)
+{
+    etcd_backend_t *eb = ctx;
+    if (!resp) { /* the stream ended: the client moves to another endpoint */
+        eb->watch = NULL;
+        set_live(eb, false);
+        start_watch(eb);
+        return;
+    }
+    if (resp->canceled) {
+        eb->watch = NULL;
+        set_live(eb, false);
+        if (resp->compact_revision > 0) {
+            load_from_range(eb, (uint64_t)resp->compact_revision);
+        } else {
+            log_warn("etcd: the watch was ended (%s); asking again",
+                     resp->cancel_reason ? resp->cancel_reason : "no reason");
+            eb->watch_retry_ms = loop_now_ms(eb->loop) + ETCD_WATCH_RETRY_MS;
+        }
+        return;
+    }
+    if (!resp->created && resp->n_events == 0 && resp->header &&
+        (uint64_t)resp->header->revision > eb->applied && !eb->broken) {
+        /* A progress report: etcd sends one only to a watch that has been
+         * sent every event up to this revision. */
+        eb->applied = (uint64_t)resp->header->revision;
+        registry_advance(eb->reg, eb->applied);
+        check_caught_up(eb);
+        return;
+    }
+    if (resp->created) {
+        eb->catch_up_known = false;
+        if (ask_catch_up(eb) != 0)
+            eb->watch_retry_ms = loop_now_ms(eb->loop) + ETCD_WATCH_RETRY_MS;
+    }
+    if (resp->n_events > eb->scratch_cap) {
+        etcd_kv_event_t *s = realloc(eb->scratch, resp->n_events * sizeof *s);
+        if (!s) {
+            log_error("etcd: out of memory reading the watch; the mirror stops");
+            eb->broken = true;
+            set_live(eb, false);
+            return;
+        }
+        eb->scratch = s;
+        eb->scratch_cap = resp->n_events;
+    }
+    /* Events come in revision order; one revision (one transaction) is
+     * never split across responses (no fragmenting asked for). */
+    size_t i = 0;
+    while (i < resp->n_events) {
+        uint64_t rev = (uint64_t)resp->events[i]->kv->mod_revision;
+        size_t n = 0;
+        for (; i < resp->n_events && (uint64_t)resp->events[i]->kv->mod_revision == rev; i++) {
+            const Etcdserverpb__Event *e = resp->events[i];
+            eb->scratch[n++] = (etcd_kv_event_t){
+                .is_delete = e->type == ETCDSERVERPB__EVENT__EVENT_TYPE__DELETE,
+                .key = (const char *)e->kv->key.data,
+                .key_len = e->kv->key.len,
+                .value = (const char *)e->kv->value.data,
+                .value_len = e->kv->value.len,
+            };
+        }
+        apply_revision(eb, rev, eb->scratch, n);
+    }
+    check_caught_up(eb);
+}
+
+static void start_watch(etcd_backend_t *eb)
+{
+    if (eb->broken)
+        return;
+    Etcdserverpb__WatchCreateRequest rq = ETCDSERVERPB__WATCH_CREATE_REQUEST__INIT;
+    rq.key = (ProtobufCBinaryData){strlen(eb->prefix), (uint8_t *)eb->prefix};
+    rq.range_end = (ProtobufCBinaryData){strlen(eb->range_end), (uint8_t *)eb->range_end};
+    rq.start_revision = (int64_t)eb->applied + 1;
+    rq.progress_notify = true;
+    eb->watch = etcd_watch(eb->client, &rq, on_watch, eb);
+    eb->watch_retry_ms = eb->watch ? 0 : loop_now_ms(eb->loop) + ETCD_WATCH_RETRY_MS;
+}
+
+/* ---- writes ------------------------------------------------------------- */
+
+static void on_txn(void *ctx, const etcd_result_t *res)
+{
+    call_ctx_t *c = ctx;
+    etcd_backend_t *eb = c->be;
+    uint64_t seq = c->seq;
+    call_free(c);
+    switch (res->outcome) {
+    case ETCD_OK: {
+        const Etcdserverpb__TxnResponse *r = (const Etcdserverpb__TxnResponse *)res->resp;
+        uint64_t rev = r->header ? (uint64_t)r->header->revision : 0;
+        if (r->succeeded) {
+            registry_settle(eb->reg, seq, REG_SETTLE_COMMITTED, rev, NULL);
+            return;
+        }
+        /* Lost: the failure branch ranged what the guard looked at; the
+         * newest of them is the winner the mirror must show first. */
+        uint64_t winner = 0;
+        for (size_t i = 0; i < r->n_responses; i++) {
+            const Etcdserverpb__ResponseOp *op = r->responses[i];
+            if (op->response_case != ETCDSERVERPB__RESPONSE_OP__RESPONSE_RESPONSE_RANGE)
+                continue;
+            for (size_t k = 0; k < op->response_range->n_kvs; k++)
+                if ((uint64_t)op->response_range->kvs[k]->mod_revision > winner)
+                    winner = (uint64_t)op->response_range->kvs[k]->mod_revision;
+        }
+        registry_settle(eb->reg, seq, REG_SETTLE_LOST, winner, NULL);
+        return;
+    }
+    case ETCD_GRPC:
+    case ETCD_UNSENT: {
+        char why[160];
+        snprintf(why, sizeof why, "etcd did not take the change (%s); retry", res->message);
+        registry_settle(eb->reg, seq, REG_SETTLE_FAILED, 0, why);
+        return;
+    }
+    case ETCD_UNKNOWN: {
+        unknown_txn_t *u = calloc(1, sizeof *u);
+        if (!u) {
+            registry_settle(eb->reg, seq, REG_SETTLE_FAILED, 0,
+                            "the outcome of this change is unknown; retry");
+            return;
+        }
+        u->seq = seq;
+        u->deadline_ms = loop_now_ms(eb->loop) + ETCD_UNKNOWN_HOLD_MS;
+        snprintf(u->why, sizeof u->why, "%s", res->message);
+        u->next = eb->unknown;
+        eb->unknown = u;
+        log_warn("etcd: no answer to a write (%s); holding it for %d ms", res->message,
+                 ETCD_UNKNOWN_HOLD_MS);
+        return;
+    }
+    }
+}
+
+static void fill_bytes(ProtobufCBinaryData *b, const char *s)
+{
+    b->len = s ? strlen(s) : 0;
+    b->data = (uint8_t *)s;
+}
+
+/* The plan as etcd messages; every pointer into `plan`, which outlives
+ * the encoding (etcd_txn encodes before it returns). */
+static int send_plan(etcd_backend_t *eb, const etcd_txn_plan_t *plan, uint64_t seq)
+{
+    size_t n_ops = plan->n_success + plan->n_failure;
+    Etcdserverpb__Compare cmps[ETCD_PLAN_MAX_CMPS], *cmp_ptrs[ETCD_PLAN_MAX_CMPS];
+    Etcdserverpb__RequestOp *ops = calloc(n_ops, sizeof *ops);
+    Etcdserverpb__RequestOp **op_ptrs = calloc(n_ops, sizeof *op_ptrs);
+    Etcdserverpb__PutRequest *puts = calloc(n_ops, sizeof *puts);
+    Etcdserverpb__DeleteRangeRequest *dels = calloc(n_ops, sizeof *dels);
+    Etcdserverpb__RangeRequest *ranges = calloc(n_ops, sizeof *ranges);
+    char **ends = calloc(n_ops, sizeof *ends);
+    int rc = -ENOMEM;
+    if (!ops || !op_ptrs || !puts || !dels || !ranges || !ends)
+        goto out;
+    for (size_t i = 0; i < plan->n_cmps; i++) {
+        Etcdserverpb__Compare init = ETCDSERVERPB__COMPARE__INIT;
+        cmps[i] = init;
+        fill_bytes(&cmps[i].key, plan->cmps[i].key);
+        switch (plan->cmps[i].kind) {
+        case ETCD_CMP_CREATE_EQ:
+        case ETCD_CMP_CREATE_GT:
+            cmps[i].target = ETCDSERVERPB__COMPARE__COMPARE_TARGET__CREATE;
+            cmps[i].result = plan->cmps[i].kind == ETCD_CMP_CREATE_EQ
+                                 ? ETCDSERVERPB__COMPARE__COMPARE_RESULT__EQUAL
+                                 : ETCDSERVERPB__COMPARE__COMPARE_RESULT__GREATER;
+            cmps[i].target_union_case = ETCDSERVERPB__COMPARE__TARGET_UNION_CREATE_REVISION;
+            cmps[i].create_revision = plan->cmps[i].rev;
+            break;
+        case ETCD_CMP_MOD_EQ:
+            cmps[i].target = ETCDSERVERPB__COMPARE__COMPARE_TARGET__MOD;
+            cmps[i].result = ETCDSERVERPB__COMPARE__COMPARE_RESULT__EQUAL;
+            cmps[i].target_union_case = ETCDSERVERPB__COMPARE__TARGET_UNION_MOD_REVISION;
+            cmps[i].mod_revision = plan->cmps[i].rev;
+            break;
+        }
+        cmp_ptrs[i] = &cmps[i];
+    }
+    for (size_t i = 0; i < n_ops; i++) {
+        const etcd_op_t *op =
+            i < plan->n_success ? &plan->success[i] : &plan->failure[i - plan->n_success];
+        Etcdserverpb__RequestOp oinit = ETCDSERVERPB__REQUEST_OP__INIT;
+        ops[i] = oinit;
+        op_ptrs[i] = &ops[i];
+        switch (op->kind) {
+        case ETCD_OP_PUT: {
+            Etcdserverpb__PutRequest p = ETCDSERVERPB__PUT_REQUEST__INIT;
+            puts[i] = p;
+            fill_bytes(&puts[i].key, op->key);
+            fill_bytes(&puts[i].value, op->value);
+            ops[i].request_case = ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_PUT;
+            ops[i].request_put = &puts[i];
+            break;
+        }
+        case ETCD_OP_DELETE:
+        case ETCD_OP_DELETE_PREFIX: {
+            Etcdserverpb__DeleteRangeRequest d = ETCDSERVERPB__DELETE_RANGE_REQUEST__INIT;
+            dels[i] = d;
+            fill_bytes(&dels[i].key, op->key);
+            if (op->kind == ETCD_OP_DELETE_PREFIX) {
+                if (!(ends[i] = etcd_layout_prefix_end(op->key)))
+                    goto out;
+                fill_bytes(&dels[i].range_end, ends[i]);
+            }
+            ops[i].request_case = ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_DELETE_RANGE;
+            ops[i].request_delete_range = &dels[i];
+            break;
+        }
+        case ETCD_OP_RANGE: {
+            Etcdserverpb__RangeRequest r = ETCDSERVERPB__RANGE_REQUEST__INIT;
+            ranges[i] = r;
+            fill_bytes(&ranges[i].key, op->key);
+            ranges[i].keys_only = true;
+            ops[i].request_case = ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_RANGE;
+            ops[i].request_range = &ranges[i];
+            break;
+        }
+        }
+    }
+    Etcdserverpb__TxnRequest txn = ETCDSERVERPB__TXN_REQUEST__INIT;
+    txn.n_compare = plan->n_cmps;
+    txn.compare = cmp_ptrs;
+    txn.n_success = plan->n_success;
+    txn.success = op_ptrs;
+    txn.n_failure = plan->n_failure;
+    txn.failure = op_ptrs + plan->n_success;
+    call_ctx_t *c = call_new(eb, seq);
+    if (!c)
+        goto out;
+    rc = etcd_txn(eb->client, &txn, ETCD_TXN_TIMEOUT_MS, on_txn, c);
+    if (rc != 0)
+        call_free(c);
+out:
+    if (ends)
+        for (size_t i = 0; i < n_ops; i++)
+            free(ends[i]);
+    free(ends);
+    free(ranges);
+    free(dels);
+    free(puts);
+    free(op_ptrs);
+    free(ops);
+    return rc;
+}
+
+static int etcd_propose_txn(backend_t *be, const reg_event_t *ev, const backend_guard_t *g,
+                            uint64_t seq)
+{
+    etcd_backend_t *eb = eb_of(be);
+    if (!eb->client)
+        return -ENOTCONN;
+    etcd_txn_plan_t plan;
+    int rc = etcd_layout_plan(eb->prefix, ev, g, eb->instance, seq, &plan);
+    if (rc != 0)
+        return rc;
+    rc = send_plan(eb, &plan, seq);
+    etcd_txn_plan_free(&plan);
+    return rc;
+}
+
+/* ---- the loop's timer: held unknown outcomes, watch retries -------------- */
+
+static uint64_t etcd_timer(void *ctx, uint64_t now_ms)
+{
+    etcd_backend_t *eb = ctx;
+    uint64_t next = 0;
+    for (unknown_txn_t **pp = &eb->unknown; *pp;) {
+        unknown_txn_t *u = *pp;
+        if (now_ms >= u->deadline_ms) {
+            *pp = u->next;
+            char why[192];
+            snprintf(why, sizeof why,
+                     "etcd did not confirm this change in time (%s); its outcome is unknown: "
+                     "read before retrying",
+                     u->why);
+            uint64_t seq = u->seq;
+            free(u);
+            registry_settle(eb->reg, seq, REG_SETTLE_FAILED, 0, why);
+            continue;
+        }
+        if (!next || u->deadline_ms < next)
+            next = u->deadline_ms;
+        pp = &u->next;
+    }
+    if (eb->watch_retry_ms && now_ms >= eb->watch_retry_ms) {
+        eb->watch_retry_ms = 0;
+        if (!eb->watch)
+            start_watch(eb);
+        else if (!eb->catch_up_known && ask_catch_up(eb) != 0)
+            eb->watch_retry_ms = now_ms + ETCD_WATCH_RETRY_MS;
+    }
+    if (eb->watch_retry_ms && (!next || eb->watch_retry_ms < next))
+        next = eb->watch_retry_ms;
+    if (now_ms >= eb->progress_ms) {
+        eb->progress_ms = now_ms + ETCD_PROGRESS_EVERY_MS;
+        if (eb->watch && eb->live)
+            (void)etcd_watch_progress(eb->client); /* -ENOTCONN: next time */
+    }
+    if (!next || eb->progress_ms < next)
+        next = eb->progress_ms;
+    return next;
+}
+
+/* ---- the backend's calls ------------------------------------------------ */
+
+static int etcd_load(backend_t *be, struct registry *reg, char *err)
+{
+    etcd_backend_t *eb = eb_of(be);
+    assert(eb->loop); /* backend_etcd_new() */
+    eb->reg = reg;
+    eb->client = etcd_client_new(eb->loop, &eb->ccfg, err);
+    if (!eb->client)
+        return -1;
+    if (loop_add_timer(eb->loop, etcd_timer, eb) != 0) {
+        snprintf(err, 256, "out of memory starting the etcd backend");
+        return -1;
+    }
+    start_watch(eb);
+    uint64_t deadline = loop_now_ms(eb->loop) + ETCD_LOAD_TIMEOUT_MS;
+    while (!eb->live && !eb->broken && loop_now_ms(eb->loop) < deadline) {
+        int rc = loop_run_once(eb->loop, 100);
+        if (rc != 0) {
+            snprintf(err, 256, "event loop failed loading the etcd mirror: %s", strerror(-rc));
+            return -1;
+        }
+    }
+    if (!eb->live) {
+        snprintf(err, 256,
+                 "etcd (%s): the mirror of %s could not be loaded within %d s (last revision "
+                 "applied: %" PRIu64 ")",
+                 eb->endpoints[0], eb->prefix, ETCD_LOAD_TIMEOUT_MS / 1000, eb->applied);
+        return -1;
+    }
+    log_info("etcd mirror of %s loaded: %zu tokens, revision %" PRIu64 ", instance %s", eb->prefix,
+             registry_token_count(reg), eb->applied, eb->instance);
+    return 0;
+}
+
+static int etcd_propose(backend_t *be, const reg_event_t *ev)
+{
+    (void)be;
+    (void)ev;
+    assert(!"the registry proposes through propose_txn (applies_on_propose is false)");
+    return -EINVAL;
+}
+
+static int etcd_remove_token(backend_t *be, const char *name, const uint64_t *indexes, size_t n)
+{
+    (void)be;
+    (void)name;
+    (void)indexes;
+    (void)n;
+    return -ENOTSUP; /* sweeps are not built for etcd yet (serve.c turns them off) */
+}
+
+static reg_event_t *etcd_fetch(backend_t *be, uint64_t index)
+{
+    (void)be;
+    (void)index;
+    return NULL; /* the mirror keeps its whole history in memory (readable_index 0) */
+}
+
+static uint64_t etcd_durable_index(backend_t *be)
+{
+    return eb_of(be)->applied;
+}
+
+static uint64_t etcd_readable_index(backend_t *be)
+{
+    (void)be;
+    return 0;
+}
+
+static int etcd_notify_fd(backend_t *be)
+{
+    (void)be;
+    return -1; /* answers wait in the registry, not behind a durable index */
+}
+
+static void etcd_drain_notify(backend_t *be)
+{
+    (void)be;
+}
+
+static bool etcd_live(backend_t *be)
+{
+    return eb_of(be)->live;
+}
+
+static bool etcd_writable(backend_t *be)
+{
+    etcd_backend_t *eb = eb_of(be);
+    return eb->live && eb->client && etcd_client_connected(eb->client);
+}
+
+static void etcd_stats(backend_t *be, backend_stats_t *out)
+{
+    (void)be;
+    memset(out, 0, sizeof *out);
+}
+
+void backend_etcd_stop(backend_t *be)
+{
+    etcd_backend_t *eb = eb_of(be);
+    if (eb->loop)
+        loop_remove_timer(eb->loop, etcd_timer, eb);
+    etcd_client_free(eb->client); /* no callbacks after this */
+    eb->client = NULL;
+    eb->loop = NULL;
+    eb->watch = NULL;
+    eb->live = false;
+}
+
+static void etcd_close(backend_t *be)
+{
+    etcd_backend_t *eb = eb_of(be);
+    backend_etcd_stop(be);
+    while (eb->calls)
+        call_free(eb->calls);
+    while (eb->unknown) {
+        unknown_txn_t *u = eb->unknown;
+        eb->unknown = u->next;
+        free(u);
+    }
+    for (size_t i = 0; i < eb->n_endpoints; i++)
+        free(eb->endpoints[i]);
+    free(eb->endpoints);
+    free(eb->prefix);
+    free(eb->range_end);
+    free(eb->cacert);
+    free(eb->cert);
+    free(eb->key);
+    free(eb->user);
+    free(eb->password);
+    free(eb->scratch);
+    free(eb);
+}
+
+static const struct backend_ops etcd_ops = {
+    .load = etcd_load,
+    .propose = etcd_propose,
+    .propose_txn = etcd_propose_txn,
+    .propose_barrier = etcd_propose_barrier,
+    .remove_token = etcd_remove_token,
+    .fetch = etcd_fetch,
+    .durable_index = etcd_durable_index,
+    .readable_index = etcd_readable_index,
+    .notify_fd = etcd_notify_fd,
+    .drain_notify = etcd_drain_notify,
+    .writable = etcd_writable,
+    .live = etcd_live,
+    .stats = etcd_stats,
+    .close = etcd_close,
+    .applies_on_propose = false,
+    .name = "etcd",
+};
+
+static char *dup_opt(const char *s, bool *failed)
+{
+    if (!s)
+        return NULL;
+    char *d = strdup(s);
+    if (!d)
+        *failed = true;
+    return d;
+}
+
+void backend_etcd_set_loop(backend_t *be, struct loop *loop)
+{
+    assert(!eb_of(be)->client); /* before backend_load() */
+    eb_of(be)->loop = loop;
+}
+
+backend_t *backend_etcd_new(const backend_etcd_config_t *cfg, char *err)
+{
+    etcd_backend_t *eb = calloc(1, sizeof *eb);
+    if (!eb) {
+        snprintf(err, 256, "out of memory");
+        return NULL;
+    }
+    eb->base.ops = &etcd_ops;
+    bool failed = false;
+    eb->endpoints = calloc(cfg->n_endpoints ? cfg->n_endpoints : 1, sizeof *eb->endpoints);
+    failed = !eb->endpoints;
+    for (size_t i = 0; !failed && i < cfg->n_endpoints; i++) {
+        eb->endpoints[i] = dup_opt(cfg->endpoints[i], &failed);
+        eb->n_endpoints = i + 1;
+    }
+    eb->prefix = dup_opt(cfg->prefix, &failed);
+    eb->range_end = eb->prefix ? etcd_layout_prefix_end(eb->prefix) : NULL;
+    failed |= !eb->range_end;
+    eb->cacert = dup_opt(cfg->cacert, &failed);
+    eb->cert = dup_opt(cfg->cert, &failed);
+    eb->key = dup_opt(cfg->key, &failed);
+    eb->user = dup_opt(cfg->user, &failed);
+    eb->password = dup_opt(cfg->password, &failed);
+    unsigned char raw[16];
+    size_t got = 0;
+    while (!failed && got < sizeof raw) {
+        ssize_t n = getrandom(raw + got, sizeof raw - got, 0);
+        if (n < 0 && errno != EINTR)
+            break;
+        if (n > 0)
+            got += (size_t)n;
+    }
+    if (failed || got < sizeof raw || cfg->n_endpoints == 0) {
+        snprintf(err, 256, "%s",
+                 cfg->n_endpoints == 0 ? "--etcd-endpoints names no endpoint"
+                 : failed              ? "out of memory"
+                                       : "getrandom failed");
+        etcd_close(&eb->base);
+        return NULL;
+    }
+    for (size_t i = 0; i < sizeof raw; i++)
+        snprintf(eb->instance + 2 * i, 3, "%02x", raw[i]);
+    eb->ccfg = (etcd_client_config_t){.endpoints = (const char *const *)eb->endpoints,
+                                      .n_endpoints = eb->n_endpoints,
+                                      .cacert = eb->cacert,
+                                      .cert = eb->cert,
+                                      .key = eb->key,
+                                      .user = eb->user,
+                                      .password = eb->password};
+    return &eb->base;
+}

@@ -1,0 +1,145 @@
+/*
+ * etcd_layout.h - how the registry's tokens and events live in an etcd
+ * keyspace (design (a) of ETCD-BACKEND.md), as pure functions: no I/O, no
+ * protobuf, so that every mapping is unit-tested on its own
+ * (tests/unit/test_etcd_layout.c). backend_etcd.c turns the plans into
+ * etcd messages and back.
+ *
+ * Keys under the prefix P (--etcd-prefix, "/disco/" by default):
+ *   P k/<token>/<path>    a file of the token's v2 tree, value = its value
+ *   P k/<token>/<path>/   a directory (the token's own: P k/<token>/), so
+ *                         directories keep their own created revision
+ *   P v/<token>           the token's version key: every write to the token
+ *                         rewrites it, so its mod_revision is the index of
+ *                         the token's last event (the per-token guard)
+ *   P m/<token>           the token's creation wall time (ns), for sweeps
+ *   P c/<token>/<path>    a file that a v2 set replaced: its mod_revision is
+ *                         the file's v2 createdIndex (etcd keeps a key's
+ *                         create_revision across puts; v2's set makes a new
+ *                         node). Read only when loading from a range.
+ *   P act                 the action marker, written in every transaction:
+ *                         "<action> <instance> <seq> <F|D> <v2 key>"
+ *
+ * The v2 index of an event is the revision of its transaction.
+ *
+ * Strings returned are new (the caller frees them) or NULL when out of
+ * memory.
+ */
+#ifndef DISCO_BACKEND_ETCD_LAYOUT_H
+#define DISCO_BACKEND_ETCD_LAYOUT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "backend/backend.h"
+#include "registry/event.h"
+#include "registry/registry.h"
+
+#define ETCD_LAYOUT_DEFAULT_PREFIX "/disco/"
+
+/* The etcd key of v2 key `v2key` (a full, clean registry key), a directory
+ * when `is_dir`; NULL when the key is not inside a token. */
+char *etcd_layout_key(const char *prefix, const char *v2key, bool is_dir);
+/* The v2 key of etcd key `key` (len bytes) below P k/, and whether it is a
+ * directory; NULL when it is not one (another part of the layout). */
+char *etcd_layout_v2_key(const char *prefix, const char *key, size_t len, bool *is_dir);
+/* The same for P c/ keys (etcd_layout_created_key). */
+char *etcd_layout_v2_key_of_created(const char *prefix, const char *key, size_t len);
+/* P c/<token>/<path> of a file's v2 key; NULL outside a token. */
+char *etcd_layout_created_key(const char *prefix, const char *v2key);
+/* P v/<token>, P m/<token>, P act. */
+char *etcd_layout_version_key(const char *prefix, const char *token, size_t token_len);
+char *etcd_layout_meta_key(const char *prefix, const char *token, size_t token_len);
+char *etcd_layout_marker_key(const char *prefix);
+/* The end of a prefix range: `key` with its last byte raised (etcd's
+ * range_end for "every key starting with key"). */
+char *etcd_layout_prefix_end(const char *key);
+
+/* The marker's value, and its parts back (false: not a marker of ours;
+ * *v2key then NULL; else a new string). */
+char *etcd_layout_marker(enum reg_action action, const char *instance, uint64_t seq,
+                         const char *v2key, bool is_dir);
+bool etcd_layout_parse_marker(const char *value, size_t len, enum reg_action *action,
+                              char *instance, size_t instance_size, uint64_t *seq, char **v2key,
+                              bool *is_dir);
+
+/* ---- a transaction, as a plan -------------------------------------------- */
+
+enum etcd_cmp_kind {
+    ETCD_CMP_CREATE_EQ, /* create_revision(key) == rev (0: absent) */
+    ETCD_CMP_CREATE_GT, /* create_revision(key) > rev (0: present) */
+    ETCD_CMP_MOD_EQ,    /* mod_revision(key) == rev */
+};
+enum etcd_op_kind {
+    ETCD_OP_PUT,
+    ETCD_OP_DELETE,        /* one key */
+    ETCD_OP_DELETE_PREFIX, /* every key starting with `key` */
+    ETCD_OP_RANGE,         /* one key (failure branches: who won) */
+};
+typedef struct etcd_cmp {
+    enum etcd_cmp_kind kind;
+    char *key;
+    int64_t rev;
+} etcd_cmp_t;
+typedef struct etcd_op {
+    enum etcd_op_kind kind;
+    char *key;
+    char *value; /* PUT only */
+} etcd_op_t;
+
+#define ETCD_PLAN_MAX_CMPS 4
+#define ETCD_PLAN_MAX_FAILURE 3
+typedef struct etcd_txn_plan {
+    etcd_cmp_t cmps[ETCD_PLAN_MAX_CMPS];
+    size_t n_cmps;
+    etcd_op_t *success; /* owned array */
+    size_t n_success;
+    etcd_op_t failure[ETCD_PLAN_MAX_FAILURE];
+    size_t n_failure;
+} etcd_txn_plan_t;
+
+/*
+ * The transaction that makes `ev` (validated against the mirror) happen
+ * under guard `g`, its marker naming `instance` and `seq`. 0 or -ENOMEM
+ * (the plan is then empty); -EINVAL for an event outside a token. Free
+ * with etcd_txn_plan_free().
+ */
+int etcd_layout_plan(const char *prefix, const reg_event_t *ev, const backend_guard_t *g,
+                     const char *instance, uint64_t seq, etcd_txn_plan_t *plan);
+void etcd_txn_plan_free(etcd_txn_plan_t *plan);
+
+/* ---- a revision's events, back into a registry change --------------------- */
+
+typedef struct etcd_kv_event {
+    bool is_delete;
+    const char *key;
+    size_t key_len;
+    const char *value;
+    size_t value_len;
+} etcd_kv_event_t;
+
+/* What one revision means for the mirror. */
+typedef struct etcd_change {
+    bool has_change; /* false: nothing for the mirror (only advance) */
+    enum reg_action action;
+    char *key; /* v2 key, owned */
+    bool is_dir;
+    char *value; /* owned; NULL when none */
+    /* From the marker: which instance's proposal this was (else ""). */
+    char instance[64];
+    uint64_t seq;
+} etcd_change_t;
+
+/*
+ * Reads the events of one revision (all of one transaction). With a marker
+ * the change is the marker's action on its key, its value from the key's
+ * put; without one, a delete of a token's key is an expiry (a lease ran
+ * out). 0, -ENOMEM, or -EINVAL (a marker naming a key the revision does not
+ * write: not a transaction of this layout).
+ */
+int etcd_layout_read_revision(const char *prefix, const etcd_kv_event_t *evs, size_t n,
+                              etcd_change_t *out);
+void etcd_change_clear(etcd_change_t *c);
+
+#endif

@@ -1,0 +1,394 @@
+/*
+ * deliver.c - writes through a backend that applies on delivery (etcd; see
+ * registry.h, "Writes through a backend that applies on delivery").
+ *
+ * Several disco instances share one etcd cluster, each with a full mirror
+ * of it in its registry. A write here is validated against the mirror by
+ * the same code as with the local store (ops.c), but instead of being
+ * applied it is proposed (backend propose_txn) under a guard that fails if
+ * another instance changed what the validation looked at. The change comes
+ * back through the backend's watch like everyone else's (registry_deliver),
+ * so every mirror applies the same changes in the same (revision) order.
+ *
+ * A pending write remembers the client's operation (reg_op_t). The backend
+ * settles each proposal once:
+ *   committed at R: answered with the event at R as soon as the mirror has
+ *     applied R (so a client reads its own write on this instance);
+ *   guard lost, winner at or below R: once the mirror has applied R the
+ *     operation runs again against it, and is proposed again or answered
+ *     with the registry's error (412/105 for the loser of a race);
+ *   failed: answered REG_E_INTERNAL with the backend's reason.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "registry/registry_internal.h"
+#include "util/timeutil.h"
+
+/* A write validated again this many times after lost guards is failed:
+ * each loss means another write to the token won, so this bounds only a
+ * token under a storm of writes. */
+#define MAX_GUARD_RETRIES 16
+
+enum pending_state {
+    PENDING_PROPOSED,  /* sent; no verdict yet */
+    PENDING_COMMITTED, /* applied at wait_index; answer once the mirror is there */
+    PENDING_RETRY,     /* guard lost; run again once the mirror is at wait_index */
+};
+
+struct reg_pending {
+    reg_pending_t *next;
+    uint64_t ticket; /* the caller's name for it, fixed */
+    uint64_t seq;    /* the current proposal's (a new one per retry) */
+    enum pending_state state;
+    uint64_t wait_index;
+    unsigned retries;
+    reg_op_t op; /* owned copies of the strings */
+    reg_settled_fn fn;
+    void *ctx;
+};
+
+static char *dup_or_null(const char *s, bool *failed)
+{
+    if (!s)
+        return NULL;
+    char *d = strdup(s);
+    if (!d)
+        *failed = true;
+    return d;
+}
+
+static void pending_free(reg_pending_t *p)
+{
+    free(p->op.key);
+    free(p->op.value);
+    free(p->op.prev_value);
+    free(p);
+}
+
+static reg_pending_t *pending_new(registry_t *reg, const reg_op_t *op)
+{
+    reg_pending_t *p = calloc(1, sizeof *p);
+    if (!p)
+        return NULL;
+    bool failed = false;
+    p->op = *op;
+    p->op.key = dup_or_null(op->key, &failed);
+    p->op.value = dup_or_null(op->value, &failed);
+    p->op.prev_value = dup_or_null(op->prev_value, &failed);
+    if (failed) {
+        pending_free(p);
+        return NULL;
+    }
+    p->ticket = ++reg->next_ticket;
+    return p;
+}
+
+static void pending_link(registry_t *reg, reg_pending_t *p)
+{
+    p->next = reg->pending;
+    reg->pending = p;
+    reg->n_pending++;
+}
+
+static void pending_unlink(registry_t *reg, reg_pending_t *p)
+{
+    for (reg_pending_t **pp = &reg->pending; *pp; pp = &(*pp)->next) {
+        if (*pp == p) {
+            *pp = p->next;
+            p->next = NULL;
+            reg->n_pending--;
+            return;
+        }
+    }
+    assert(!"a pending write not in the list");
+}
+
+static reg_pending_t *find_by(registry_t *reg, uint64_t ticket, uint64_t seq)
+{
+    for (reg_pending_t *p = reg->pending; p; p = p->next)
+        if ((ticket && p->ticket == ticket) || (seq && p->seq == seq))
+            return p;
+    return NULL;
+}
+
+/*
+ * The guard for `ev` against the mirror as it is now: a new token must not
+ * exist; a create right below the token needs only its own key absent (so
+ * that registrations of different members never conflict); anything else
+ * needs the token unchanged since its last event.
+ */
+static void guard_for(registry_t *reg, const reg_event_t *ev, backend_guard_t *g)
+{
+    const char *name, *rest;
+    size_t len;
+    bool split = reg_split_token(ev->node.key, &name, &len, &rest);
+    assert(split); /* validated by the operation */
+    (void)split;
+    reg_token_t *t = reg_find_token(reg, name, len);
+    memset(g, 0, sizeof *g);
+    if (!t) {
+        g->kind = BACKEND_GUARD_TOKEN_NEW;
+    } else if (ev->action == REG_ACT_CREATE && !ev->has_prev && rest[0] == '/' &&
+               !strchr(rest + 1, '/')) {
+        g->kind = BACKEND_GUARD_KEY_ABSENT;
+    } else {
+        g->kind = BACKEND_GUARD_TOKEN_AT;
+        g->token_index = t->n_events ? t->events[t->n_events - 1] : 0;
+    }
+}
+
+void reg_propose_pending(registry_t *reg, reg_event_t *ev, reg_result_t *out)
+{
+    assert(reg->cur_op); /* every public write names its operation */
+    reg_pending_t *p = reg->retrying;
+    bool fresh = !p;
+    if (fresh && !(p = pending_new(reg, reg->cur_op))) {
+        reg_event_free(ev);
+        reg_fail_nomem(reg, out);
+        return;
+    }
+    backend_guard_t g;
+    guard_for(reg, ev, &g);
+    p->seq = ++reg->next_seq;
+    p->state = PENDING_PROPOSED;
+    int rc = backend_propose_txn(reg->backend, ev, &g, p->seq);
+    reg_event_free(ev);
+    if (rc != 0) {
+        if (fresh)
+            pending_free(p);
+        reg_fail(reg, out, REG_E_INTERNAL,
+                 rc == -ENOMEM ? "out of memory" : "the backend cannot take the change now; retry");
+        return;
+    }
+    if (fresh)
+        pending_link(reg, p);
+    out->err = REG_OK;
+    out->index = reg->index;
+    out->pending = true;
+    out->ticket = p->ticket;
+}
+
+void reg_recheck_refusal(registry_t *reg, const reg_op_t *op, reg_result_t *out)
+{
+    backend_t *be = reg->backend;
+    /* Refusals that another instance's change cannot turn into a success:
+     * malformed input, and this instance's own trouble. */
+    if (!be || be->ops->applies_on_propose || !be->ops->propose_barrier || reg->retrying ||
+        out->err == REG_OK || out->err == REG_E_INTERNAL || out->err == REG_E_INVALID_FIELD)
+        return;
+    reg_pending_t *p = pending_new(reg, op);
+    if (!p)
+        return; /* the refusal as it is */
+    p->seq = ++reg->next_seq;
+    p->state = PENDING_PROPOSED;
+    if (backend_propose_barrier(be, p->seq) != 0) {
+        pending_free(p);
+        return;
+    }
+    pending_link(reg, p);
+    reg_result_clear(out);
+    out->err = REG_OK;
+    out->index = reg->index;
+    out->pending = true;
+    out->ticket = p->ticket;
+}
+
+/* Runs a pending write's operation again against the mirror. */
+static void run_again(registry_t *reg, reg_pending_t *p, reg_result_t *out)
+{
+    const reg_op_t *op = &p->op;
+    int64_t now = time_wall_ns();
+    reg->retrying = p;
+    reg->cur_op = op;
+    switch (op->kind) {
+    case REG_OP_CREATE:
+        registry_create(reg, op->key, op->is_dir, op->value, op->unique, op->ttl, now, out);
+        break;
+    case REG_OP_SET: registry_set(reg, op->key, op->is_dir, op->value, op->ttl, now, out); break;
+    case REG_OP_UPDATE: registry_update(reg, op->key, op->value, op->ttl, now, out); break;
+    case REG_OP_CAS:
+        registry_compare_and_swap(reg, op->key, op->prev_value, op->prev_index, op->value, op->ttl,
+                                  now, out);
+        break;
+    case REG_OP_DELETE: registry_delete(reg, op->key, op->is_dir, op->recursive, now, out); break;
+    case REG_OP_CAD:
+        registry_compare_and_delete(reg, op->key, op->prev_value, op->prev_index, now, out);
+        break;
+    case REG_OP_CREATE_TOKEN: registry_create_token(reg, op->key, op->size, now, out); break;
+    }
+    reg->retrying = NULL;
+    reg->cur_op = NULL;
+}
+
+/* Tells the one who awaits `p` (if anyone) and frees it; `p` is unlinked. */
+static void answer(reg_pending_t *p, const reg_result_t *res)
+{
+    if (p->fn)
+        p->fn(p->ctx, res);
+    pending_free(p);
+}
+
+/*
+ * Answers or re-runs every pending write the mirror has now caught up
+ * with. A re-run may propose again (it stays pending) or fail at once.
+ */
+static void pending_check(registry_t *reg)
+{
+    reg_pending_t *ready = NULL, **tail = &ready;
+    for (reg_pending_t **pp = &reg->pending; *pp;) {
+        reg_pending_t *p = *pp;
+        if (p->state != PENDING_PROPOSED && p->wait_index <= reg->index) {
+            *pp = p->next;
+            reg->n_pending--;
+            p->next = NULL;
+            *tail = p;
+            tail = &p->next;
+        } else {
+            pp = &p->next;
+        }
+    }
+    while (ready) {
+        reg_pending_t *p = ready;
+        ready = p->next;
+        p->next = NULL;
+        reg_result_t res = {0};
+        if (p->state == PENDING_COMMITTED) {
+            const reg_event_t *ev = reg_event_at(reg, p->wait_index);
+            if (ev) {
+                res.index = ev->index;
+                res.event = ev;
+            } else {
+                /* Applied and already gone (its token removed): the write
+                 * happened, but there is nothing to show. */
+                reg_fail(reg, &res, REG_E_INTERNAL, "the change was applied and then removed");
+            }
+            answer(p, &res);
+        } else if (++p->retries > MAX_GUARD_RETRIES) {
+            reg_fail(reg, &res, REG_E_INTERNAL, "the token kept changing; retry");
+            answer(p, &res);
+        } else {
+            /* Linked again first: a new proposal must find it by seq. */
+            pending_link(reg, p);
+            run_again(reg, p, &res);
+            if (!res.pending) {
+                pending_unlink(reg, p);
+                answer(p, &res);
+            }
+        }
+        reg_result_clear(&res);
+    }
+}
+
+void registry_settle(registry_t *reg, uint64_t seq, enum reg_settle how, uint64_t index,
+                     const char *why)
+{
+    REG_ASSERT_OWNER(reg);
+    reg_pending_t *p = find_by(reg, 0, seq);
+    if (!p || p->state != PENDING_PROPOSED)
+        return; /* an older proposal of a write retried since, or freed */
+    if (how == REG_SETTLE_FAILED) {
+        pending_unlink(reg, p);
+        reg_result_t res = {0};
+        reg_fail(reg, &res, REG_E_INTERNAL, why ? why : "the change could not be made; retry");
+        answer(p, &res);
+        reg_result_clear(&res);
+        return;
+    }
+    p->state = how == REG_SETTLE_COMMITTED ? PENDING_COMMITTED : PENDING_RETRY;
+    p->wait_index = index;
+    pending_check(reg);
+}
+
+void registry_await(registry_t *reg, uint64_t ticket, reg_settled_fn fn, void *ctx)
+{
+    REG_ASSERT_OWNER(reg);
+    reg_pending_t *p = find_by(reg, ticket, 0);
+    assert(p); /* a ticket from a pending result is settled from the loop, later */
+    if (p) {
+        p->fn = fn;
+        p->ctx = ctx;
+    }
+}
+
+void registry_forget(registry_t *reg, uint64_t ticket)
+{
+    reg_pending_t *p = find_by(reg, ticket, 0);
+    if (p) {
+        p->fn = NULL;
+        p->ctx = NULL;
+    }
+}
+
+size_t registry_pending_count(const registry_t *reg)
+{
+    return reg->n_pending;
+}
+
+void reg_pending_free_all(registry_t *reg)
+{
+    while (reg->pending) {
+        reg_pending_t *p = reg->pending;
+        reg->pending = p->next;
+        pending_free(p);
+    }
+    reg->n_pending = 0;
+}
+
+/* The node at a clean key, or NULL. */
+static reg_node_t *live_node(registry_t *reg, const char *key)
+{
+    const char *name, *rest;
+    size_t len;
+    if (!reg_split_token(key, &name, &len, &rest))
+        return NULL;
+    reg_token_t *t = reg_find_token(reg, name, len);
+    if (!t)
+        return NULL;
+    reg_result_t probe = {0};
+    reg_node_t *n = reg_walk(reg, t, rest, &probe);
+    reg_result_clear(&probe);
+    return n;
+}
+
+int registry_deliver(registry_t *reg, const reg_delivered_t *d)
+{
+    REG_ASSERT_OWNER(reg);
+    if (d->index <= reg->index)
+        return -EINVAL;
+    reg_node_t *prev = live_node(reg, d->key);
+    bool removal = reg_is_removal(d->action);
+    bool rewrite = d->action == REG_ACT_UPDATE || d->action == REG_ACT_CAS;
+    if ((removal || rewrite) && !prev)
+        return -EINVAL; /* the mirror missed a change */
+    /* etcd v2: create and set make a new node; update and CAS keep it. */
+    uint64_t created = rewrite || removal ? prev->created_index : d->index;
+    bool is_dir = prev && (removal || rewrite) ? prev->is_dir : d->is_dir;
+    const char *value = removal || is_dir ? NULL : (d->value ? d->value : "");
+    reg_event_t *ev = reg_event_new(d->action, d->index, d->wall_ns, d->key, is_dir, value, created,
+                                    removal ? 0 : d->expire_ns);
+    if (!ev)
+        return -ENOMEM;
+    if (prev) {
+        ev->has_prev = true;
+        if (reg_snap_of(&ev->prev, prev, d->wall_ns) != 0) {
+            ev->has_prev = false;
+            reg_event_free(ev);
+            return -ENOMEM;
+        }
+    }
+    int rc = reg_apply_delivered(reg, ev);
+    if (rc == 0)
+        pending_check(reg);
+    return rc;
+}
+
+void registry_advance(registry_t *reg, uint64_t index)
+{
+    REG_ASSERT_OWNER(reg);
+    if (index > reg->index)
+        reg->index = index;
+    pending_check(reg);
+}

@@ -1,0 +1,434 @@
+/*
+ * test_registry_deliver.c - registry/deliver.c: writes through a backend
+ * that applies on delivery (etcd). Two registries stand for two disco
+ * instances on one etcd cluster; the test plays etcd: it decides which
+ * proposal wins, delivers the change to both mirrors in revision order and
+ * settles each proposal.
+ */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "backend/backend.h"
+#include "registry/registry.h"
+#include "util/timeutil.h"
+
+#define T0 (1700000000LL * NS_PER_SEC)
+#define TOKDIR REGISTRY_PREFIX "/tok"
+#define K(rest) TOKDIR "/" rest
+
+static const reg_ttl_t NO_TTL = {false, 0};
+
+/* A backend that only records what it is asked to propose. */
+typedef struct fake_backend {
+    backend_t base;
+    int n_proposed;
+    uint64_t last_seq;
+    backend_guard_t last_guard;
+    enum reg_action last_action;
+    char last_key[256];
+    uint64_t applied; /* what the test delivered: durable_index */
+    bool refuse;
+    int n_barriers;
+    uint64_t barrier_seq;
+} fake_backend_t;
+
+static int fake_propose_barrier(backend_t *be, uint64_t seq)
+{
+    fake_backend_t *f = (fake_backend_t *)be;
+    f->n_barriers++;
+    f->barrier_seq = seq;
+    return 0;
+}
+
+static int fake_propose_txn(backend_t *be, const reg_event_t *ev, const backend_guard_t *g,
+                            uint64_t seq)
+{
+    fake_backend_t *f = (fake_backend_t *)be;
+    if (f->refuse)
+        return -EIO;
+    f->n_proposed++;
+    f->last_seq = seq;
+    f->last_guard = *g;
+    f->last_action = ev->action;
+    snprintf(f->last_key, sizeof f->last_key, "%s", ev->node.key);
+    return 0;
+}
+static int fake_propose(backend_t *be, const reg_event_t *ev)
+{
+    (void)be;
+    (void)ev;
+    fail_msg("propose() is not used when the backend applies on delivery");
+    return -EINVAL;
+}
+static uint64_t fake_durable(backend_t *be)
+{
+    return ((fake_backend_t *)be)->applied;
+}
+static reg_event_t *fake_fetch(backend_t *be, uint64_t index)
+{
+    (void)be;
+    (void)index;
+    return NULL;
+}
+
+static const struct backend_ops fake_ops = {
+    .propose = fake_propose,
+    .propose_txn = fake_propose_txn,
+    .propose_barrier = fake_propose_barrier,
+    .fetch = fake_fetch,
+    .durable_index = fake_durable,
+    .readable_index = fake_durable,
+    .applies_on_propose = false,
+    .name = "fake-etcd",
+};
+
+typedef struct instance {
+    fake_backend_t be;
+    registry_t *reg;
+} instance_t;
+
+static void instance_init(instance_t *in)
+{
+    memset(in, 0, sizeof *in);
+    in->be.base.ops = &fake_ops;
+    in->reg = registry_new_with_backend(&in->be.base);
+    assert_non_null(in->reg);
+}
+
+/* What a settled write answered. */
+typedef struct outcome {
+    int calls;
+    enum reg_errcode err;
+    uint64_t index;
+    enum reg_action action;
+    char key[256];
+    uint64_t ticket;
+} outcome_t;
+
+static void on_settled(void *ctx, const reg_result_t *res)
+{
+    outcome_t *o = ctx;
+    o->calls++;
+    o->err = res->err;
+    o->index = res->index;
+    if (res->event) {
+        o->action = res->event->action;
+        snprintf(o->key, sizeof o->key, "%s", res->event->node.key);
+    }
+}
+
+/* etcd delivers a change to every mirror. */
+static void deliver(instance_t **all, size_t n, enum reg_action action, const char *key,
+                    const char *value, uint64_t rev)
+{
+    reg_delivered_t d = {.action = action, .key = key, .value = value, .index = rev, .wall_ns = T0};
+    for (size_t i = 0; i < n; i++) {
+        assert_int_equal(registry_deliver(all[i]->reg, &d), 0);
+        all[i]->be.applied = rev;
+    }
+}
+
+/* A write made pending on `in`, awaited into `o`. */
+static void await(instance_t *in, reg_result_t *res, outcome_t *o)
+{
+    assert_int_equal(res->err, REG_OK);
+    assert_true(res->pending);
+    assert_null(res->event);
+    memset(o, 0, sizeof *o);
+    o->ticket = res->ticket;
+    registry_await(in->reg, res->ticket, on_settled, o);
+    reg_result_clear(res);
+}
+
+/* Token "tok" created through instance a at revision 2, seen by both. */
+static void make_token(instance_t *a, instance_t *b)
+{
+    instance_t *all[] = {a, b};
+    reg_result_t res;
+    outcome_t o;
+    registry_create_token(a->reg, "tok", 3, T0, &res);
+    await(a, &res, &o);
+    assert_int_equal(a->be.last_guard.kind, BACKEND_GUARD_TOKEN_NEW);
+    assert_int_equal(registry_token_count(a->reg), 0); /* not applied on propose */
+    /* The verdict may come before the change is delivered: the answer waits. */
+    registry_settle(a->reg, a->be.last_seq, REG_SETTLE_COMMITTED, 2, NULL);
+    assert_int_equal(o.calls, 0);
+    deliver(all, 2, REG_ACT_SET, K("_config/size"), "3", 2);
+    assert_int_equal(o.calls, 1);
+    assert_int_equal(o.err, REG_OK);
+    assert_int_equal(o.index, 2);
+    assert_int_equal(registry_token_count(a->reg), 1);
+    assert_int_equal(registry_token_count(b->reg), 1);
+    assert_int_equal(registry_pending_count(a->reg), 0);
+}
+
+static void test_token_applied_on_delivery_only(void **state)
+{
+    (void)state;
+    instance_t a, b;
+    instance_init(&a);
+    instance_init(&b);
+    make_token(&a, &b);
+    reg_result_t res;
+    registry_get(b.reg, K("_config/size"), T0, &res);
+    assert_int_equal(res.err, REG_OK);
+    assert_string_equal(reg_node_value(res.node), "3");
+    assert_int_equal(reg_node_created_index(res.node), 2);
+    reg_result_clear(&res);
+    registry_free(a.reg);
+    registry_free(b.reg);
+}
+
+/* The hot path: two instances register the same member at once; etcd lets
+ * the first transaction win; the loser validates again and gets 105. */
+static void test_race_on_one_key_one_wins(void **state)
+{
+    (void)state;
+    instance_t a, b;
+    instance_init(&a);
+    instance_init(&b);
+    instance_t *all[] = {&a, &b};
+    make_token(&a, &b);
+    reg_result_t ra, rb;
+    outcome_t oa, ob;
+    registry_create(a.reg, K("m1"), false, "a", false, NO_TTL, T0, &ra);
+    await(&a, &ra, &oa);
+    assert_int_equal(a.be.last_guard.kind, BACKEND_GUARD_KEY_ABSENT);
+    registry_create(b.reg, K("m1"), false, "b", false, NO_TTL, T0, &rb);
+    await(&b, &rb, &ob);
+    assert_int_equal(b.be.n_proposed, 1);
+
+    registry_settle(a.reg, a.be.last_seq, REG_SETTLE_COMMITTED, 5, NULL);
+    registry_settle(b.reg, b.be.last_seq, REG_SETTLE_LOST, 5, NULL);
+    assert_int_equal(oa.calls + ob.calls, 0); /* neither mirror has rev 5 yet */
+    deliver(all, 2, REG_ACT_CREATE, K("m1"), "a", 5);
+    assert_int_equal(oa.calls, 1);
+    assert_int_equal(oa.err, REG_OK);
+    assert_int_equal(oa.index, 5);
+    assert_int_equal(oa.action, REG_ACT_CREATE);
+    assert_string_equal(oa.key, K("m1"));
+    assert_int_equal(ob.calls, 1);
+    assert_int_equal(ob.err, REG_E_NODE_EXIST);
+    assert_int_equal(ob.index, 5);
+    assert_int_equal(b.be.n_proposed, 1); /* refused by validation, not proposed again */
+
+    reg_result_t ga, gb;
+    registry_get(a.reg, K("m1"), T0, &ga);
+    registry_get(b.reg, K("m1"), T0, &gb);
+    assert_string_equal(reg_node_value(ga.node), "a");
+    assert_string_equal(reg_node_value(gb.node), "a");
+    assert_int_equal(reg_node_created_index(gb.node), 5);
+    reg_result_clear(&ga);
+    reg_result_clear(&gb);
+    registry_free(a.reg);
+    registry_free(b.reg);
+}
+
+/* Any other write is guarded by the token's last index; losing to a change
+ * of another key of the token, it is proposed again and then wins. */
+static void test_lost_guard_is_proposed_again(void **state)
+{
+    (void)state;
+    instance_t a, b;
+    instance_init(&a);
+    instance_init(&b);
+    instance_t *all[] = {&a, &b};
+    make_token(&a, &b);
+    deliver(all, 2, REG_ACT_CREATE, K("m1"), "v1", 3);
+    deliver(all, 2, REG_ACT_CREATE, K("m2"), "v2", 4);
+
+    reg_result_t rb;
+    outcome_t ob;
+    registry_compare_and_swap(b.reg, K("m1"), "v1", 0, "w1", NO_TTL, T0, &rb);
+    await(&b, &rb, &ob);
+    assert_int_equal(b.be.last_guard.kind, BACKEND_GUARD_TOKEN_AT);
+    assert_int_equal(b.be.last_guard.token_index, 4);
+    uint64_t first_seq = b.be.last_seq;
+
+    /* A deleted m2 first (rev 6, after a gap: another prefix's rev 5). */
+    registry_settle(b.reg, first_seq, REG_SETTLE_LOST, 6, NULL);
+    deliver(all, 2, REG_ACT_DELETE, K("m2"), NULL, 6);
+    assert_int_equal(ob.calls, 0);
+    assert_int_equal(b.be.n_proposed, 2);
+    assert_true(b.be.last_seq != first_seq);
+    assert_int_equal(b.be.last_guard.token_index, 6);
+    /* A late verdict on the first proposal changes nothing. */
+    registry_settle(b.reg, first_seq, REG_SETTLE_FAILED, 0, "late");
+    assert_int_equal(ob.calls, 0);
+
+    registry_settle(b.reg, b.be.last_seq, REG_SETTLE_COMMITTED, 7, NULL);
+    deliver(all, 2, REG_ACT_CAS, K("m1"), "w1", 7);
+    assert_int_equal(ob.calls, 1);
+    assert_int_equal(ob.err, REG_OK);
+    assert_int_equal(ob.action, REG_ACT_CAS);
+    assert_int_equal(ob.index, 7);
+
+    reg_result_t g;
+    registry_get(a.reg, K("m1"), T0, &g);
+    assert_string_equal(reg_node_value(g.node), "w1");
+    assert_int_equal(reg_node_created_index(g.node), 3);
+    assert_int_equal(reg_node_modified_index(g.node), 7);
+    reg_result_clear(&g);
+    registry_free(a.reg);
+    registry_free(b.reg);
+}
+
+static void test_failed_and_refused_writes(void **state)
+{
+    (void)state;
+    instance_t a, b;
+    instance_init(&a);
+    instance_init(&b);
+    make_token(&a, &b);
+    reg_result_t r;
+    outcome_t o;
+    registry_create(a.reg, K("m1"), false, "a", false, NO_TTL, T0, &r);
+    await(&a, &r, &o);
+    registry_settle(a.reg, a.be.last_seq, REG_SETTLE_FAILED, 0, "etcd did not answer; retry");
+    assert_int_equal(o.calls, 1);
+    assert_int_equal(o.err, REG_E_INTERNAL);
+    assert_int_equal(registry_pending_count(a.reg), 0);
+
+    a.be.refuse = true;
+    registry_create(a.reg, K("m1"), false, "a", false, NO_TTL, T0, &r);
+    assert_int_equal(r.err, REG_E_INTERNAL);
+    assert_false(r.pending);
+    reg_result_clear(&r);
+    assert_int_equal(registry_pending_count(a.reg), 0);
+
+    /* A forgotten write goes on; nobody is told. */
+    a.be.refuse = false;
+    registry_create(a.reg, K("m2"), false, "a", false, NO_TTL, T0, &r);
+    await(&a, &r, &o);
+    registry_forget(a.reg, o.ticket);
+    registry_settle(a.reg, a.be.last_seq, REG_SETTLE_COMMITTED, 3, NULL);
+    instance_t *all[] = {&a, &b};
+    deliver(all, 2, REG_ACT_CREATE, K("m2"), "a", 3);
+    assert_int_equal(o.calls, 0);
+    assert_int_equal(registry_pending_count(a.reg), 0);
+    registry_free(a.reg);
+    registry_free(b.reg);
+}
+
+static int woken;
+static uint64_t woken_index;
+static void on_watch(reg_waiter_t *w, const reg_event_t *ev)
+{
+    (void)w;
+    woken++;
+    woken_index = ev ? ev->index : 0;
+}
+
+/* A long poll parked on B is answered by a registration made through A. */
+static void test_watch_on_b_answered_by_write_on_a(void **state)
+{
+    (void)state;
+    instance_t a, b;
+    instance_init(&a);
+    instance_init(&b);
+    instance_t *all[] = {&a, &b};
+    make_token(&a, &b);
+    reg_waiter_t w;
+    reg_result_t res;
+    woken = 0;
+    registry_watch(b.reg, TOKDIR, true, 3, &w, on_watch, NULL, &res);
+    assert_int_equal(res.err, REG_OK);
+    assert_null(res.event);
+    reg_result_clear(&res);
+    registry_create(a.reg, K("m1"), false, "a", false, NO_TTL, T0, &res);
+    reg_result_clear(&res);
+    assert_int_equal(woken, 0);
+    deliver(all, 2, REG_ACT_CREATE, K("m1"), "a", 9);
+    assert_int_equal(woken, 1);
+    assert_int_equal(woken_index, 9);
+    registry_free(a.reg);
+    registry_free(b.reg);
+}
+
+/* A write refused by a mirror that lags (the token was just made through
+ * another instance) is validated again once the mirror has caught up; a
+ * refusal that stands is answered after that. */
+static void test_refusal_checked_again_after_catching_up(void **state)
+{
+    (void)state;
+    instance_t a, b;
+    instance_init(&a);
+    instance_init(&b);
+    instance_t *only_a[] = {&a}, *only_b[] = {&b}, *all[] = {&a, &b};
+    reg_result_t r;
+    outcome_t o;
+    registry_create_token(a.reg, "tok", 3, T0, &r);
+    await(&a, &r, &o);
+    registry_settle(a.reg, a.be.last_seq, REG_SETTLE_COMMITTED, 2, NULL);
+    deliver(only_a, 1, REG_ACT_SET, K("_config/size"), "3", 2);
+    assert_int_equal(o.err, REG_OK);
+
+    /* B has not seen the token yet: not a 404, a barrier. */
+    registry_create(b.reg, K("m1"), false, "b", false, NO_TTL, T0, &r);
+    await(&b, &r, &o);
+    assert_int_equal(b.be.n_barriers, 1);
+    assert_int_equal(b.be.n_proposed, 0);
+    registry_settle(b.reg, b.be.barrier_seq, REG_SETTLE_LOST, 2, NULL);
+    assert_int_equal(o.calls, 0); /* B's mirror is not at 2 yet */
+    deliver(only_b, 1, REG_ACT_SET, K("_config/size"), "3", 2);
+    assert_int_equal(o.calls, 0);
+    assert_int_equal(b.be.n_proposed, 1); /* valid now: proposed */
+    assert_int_equal(b.be.last_guard.kind, BACKEND_GUARD_KEY_ABSENT);
+    registry_settle(b.reg, b.be.last_seq, REG_SETTLE_COMMITTED, 3, NULL);
+    deliver(all, 2, REG_ACT_CREATE, K("m1"), "b", 3);
+    assert_int_equal(o.calls, 1);
+    assert_int_equal(o.err, REG_OK);
+    assert_int_equal(o.index, 3);
+
+    /* A refusal that stands: answered once, after the barrier. */
+    registry_create(a.reg, K("m1"), false, "a", false, NO_TTL, T0, &r);
+    await(&a, &r, &o);
+    registry_settle(a.reg, a.be.barrier_seq, REG_SETTLE_LOST, 3, NULL);
+    assert_int_equal(o.calls, 1);
+    assert_int_equal(o.err, REG_E_NODE_EXIST);
+    assert_int_equal(a.be.n_barriers, 1);
+    assert_int_equal(registry_pending_count(a.reg), 0);
+    registry_free(a.reg);
+    registry_free(b.reg);
+}
+
+/* A delivery the mirror cannot take (it missed a change) is refused. */
+static void test_delivery_that_does_not_fit(void **state)
+{
+    (void)state;
+    instance_t a, b;
+    instance_init(&a);
+    instance_init(&b);
+    make_token(&a, &b);
+    reg_delivered_t d = {.action = REG_ACT_DELETE, .key = K("nope"), .index = 5, .wall_ns = T0};
+    assert_int_equal(registry_deliver(a.reg, &d), -EINVAL);
+    d.action = REG_ACT_CREATE;
+    d.value = "x";
+    d.index = 2; /* not above the mirror's index */
+    assert_int_equal(registry_deliver(a.reg, &d), -EINVAL);
+    assert_int_equal(registry_index(a.reg), 2);
+    registry_free(a.reg);
+    registry_free(b.reg);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_token_applied_on_delivery_only),
+        cmocka_unit_test(test_race_on_one_key_one_wins),
+        cmocka_unit_test(test_lost_guard_is_proposed_again),
+        cmocka_unit_test(test_failed_and_refused_writes),
+        cmocka_unit_test(test_watch_on_b_answered_by_write_on_a),
+        cmocka_unit_test(test_refusal_checked_again_after_catching_up),
+        cmocka_unit_test(test_delivery_that_does_not_fit),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
