@@ -14,6 +14,7 @@ static const char usage[] =
     "  serve      run the etcd cluster-discovery service (disco serve --help)\n"
     "  new        make a discovery token and print its URL (disco new --help)\n"
     "  status     what a token's members look like from here (disco status --help)\n"
+    "  migrate    copy an embedded store's tokens into etcd (disco migrate --help)\n"
     "  version    print the version\n"
     "  help       this text\n";
 
@@ -34,6 +35,8 @@ int main(int argc, char **argv)
         return cmd_new(argc - 2, argv + 2);
     if (strcmp(argv[1], "status") == 0)
         return cmd_status(argc - 2, argv + 2);
+    if (strcmp(argv[1], "migrate") == 0)
+        return cmd_migrate(argc - 2, argv + 2);
     fprintf(stderr, "disco: unknown command \"%s\"\n\n%s", argv[1], usage);
     return 2;
 }

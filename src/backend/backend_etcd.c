@@ -24,8 +24,10 @@
  *                        still show this proposal's action marker (it names
  *                        this instance and the proposal's seq): seen, it is
  *                        committed at that revision; not seen, failed.
- * Indexes are etcd revisions; the durable index is the last revision
- * applied, so an answer is never held behind the mirror.
+ * Indexes are etcd revisions plus the prefix's index offset (P index_base,
+ * written by `disco migrate`; 0 when absent), converted only where the
+ * registry and etcd meet (v2_index, etcd_rev); the durable index is the
+ * last revision applied, so an answer is never held behind the mirror.
  *
  * Startup on a prefix whose early history etcd compacted: the mirror is
  * loaded from a range at the compact revision (load_snapshot), then
@@ -101,6 +103,8 @@ typedef struct etcd_backend {
     uint64_t watch_retry_ms; /* when to ask for the watch again; 0: not due */
     uint64_t progress_ms;    /* when to ask for progress next */
     uint64_t applied;        /* last revision applied to the mirror */
+    int64_t index_base;      /* v2 index = revision + index_base (P index_base) */
+    bool base_read;          /* the index_base range answered (at load) */
     uint64_t catch_up;       /* the prefix's newest revision at watch creation */
     bool catch_up_known;
     bool live;
@@ -114,6 +118,18 @@ typedef struct etcd_backend {
 static etcd_backend_t *eb_of(backend_t *be)
 {
     return (etcd_backend_t *)be;
+}
+
+/* A revision as the registry's index, and back (0 stays 0: "unknown").
+ * The offset is fixed for the prefix's life, so both are one-to-one. */
+static uint64_t v2_index(const etcd_backend_t *eb, uint64_t rev)
+{
+    return rev ? (uint64_t)((int64_t)rev + eb->index_base) : 0;
+}
+
+static int64_t etcd_rev(const etcd_backend_t *eb, uint64_t index)
+{
+    return (int64_t)index - eb->index_base;
 }
 
 static call_ctx_t *call_new(etcd_backend_t *eb, uint64_t seq)
@@ -195,7 +211,7 @@ static void on_barrier_range(void *ctx, const etcd_result_t *res)
         const Etcdserverpb__RangeResponse *r = (const Etcdserverpb__RangeResponse *)res->resp;
         newest = r->n_kvs ? (uint64_t)r->kvs[0]->mod_revision : 0;
     }
-    registry_settle(eb->reg, seq, REG_SETTLE_LOST, newest, NULL);
+    registry_settle(eb->reg, seq, REG_SETTLE_LOST, v2_index(eb, newest), NULL);
 }
 
 static int range_newest(etcd_backend_t *eb, uint64_t seq, etcd_done_fn done)
@@ -239,7 +255,7 @@ static void marker_seen(etcd_backend_t *eb, uint64_t seq, uint64_t rev)
             *pp = u->next;
             free(u);
             log_info("etcd: a write whose answer was lost was applied at revision %" PRIu64, rev);
-            registry_settle(eb->reg, seq, REG_SETTLE_COMMITTED, rev, NULL);
+            registry_settle(eb->reg, seq, REG_SETTLE_COMMITTED, v2_index(eb, rev), NULL);
             return;
         }
     }
@@ -262,14 +278,14 @@ static void apply_revision(etcd_backend_t *eb, uint64_t rev, const etcd_kv_event
         if (rc != 0)
             log_warn("etcd: revision %" PRIu64 " under the prefix is not disco's; skipped", rev);
         eb->applied = rev;
-        registry_advance(eb->reg, rev);
+        registry_advance(eb->reg, v2_index(eb, rev));
         return;
     }
     reg_delivered_t d = {.action = ch.action,
                          .key = ch.key,
                          .is_dir = ch.is_dir,
                          .value = ch.value,
-                         .index = rev,
+                         .index = v2_index(eb, rev),
                          .wall_ns = time_wall_ns()};
     /* Applied from the registry's point of view before it answers the
      * writes this settles: their answers must not wait for it. */
@@ -420,7 +436,7 @@ static int load_snapshot(etcd_backend_t *eb, const Etcdserverpb__RangeResponse *
                              .key = key,
                              .is_dir = is_dir,
                              .value = value,
-                             .index = chs[i].rev,
+                             .index = v2_index(eb, chs[i].rev),
                              .wall_ns = time_wall_ns()};
         uint64_t before = eb->applied;
         eb->applied = chs[i].rev;
@@ -464,7 +480,7 @@ static void on_snapshot_range(void *ctx, const etcd_result_t *res)
     }
     if (at > eb->applied) {
         eb->applied = at;
-        registry_advance(eb->reg, at);
+        registry_advance(eb->reg, v2_index(eb, at));
     }
     if (after == 0)
         log_info("etcd: the prefix's history before revision %" PRIu64
@@ -524,7 +540,7 @@ static void on_watch(void *ctx, const Etcdserverpb__WatchResponse *resp)
         /* A progress report: etcd sends one only to a watch that has been
          * sent every event up to this revision. */
         eb->applied = (uint64_t)resp->header->revision;
-        registry_advance(eb->reg, eb->applied);
+        registry_advance(eb->reg, v2_index(eb, eb->applied));
         check_caught_up(eb);
         return;
     }
@@ -591,7 +607,7 @@ static void on_txn(void *ctx, const etcd_result_t *res)
         const Etcdserverpb__TxnResponse *r = (const Etcdserverpb__TxnResponse *)res->resp;
         uint64_t rev = r->header ? (uint64_t)r->header->revision : 0;
         if (r->succeeded) {
-            registry_settle(eb->reg, seq, REG_SETTLE_COMMITTED, rev, NULL);
+            registry_settle(eb->reg, seq, REG_SETTLE_COMMITTED, v2_index(eb, rev), NULL);
             return;
         }
         /* Lost: the failure branch ranged what the guard looked at; the
@@ -605,7 +621,7 @@ static void on_txn(void *ctx, const etcd_result_t *res)
                 if ((uint64_t)op->response_range->kvs[k]->mod_revision > winner)
                     winner = (uint64_t)op->response_range->kvs[k]->mod_revision;
         }
-        registry_settle(eb->reg, seq, REG_SETTLE_LOST, winner, NULL);
+        registry_settle(eb->reg, seq, REG_SETTLE_LOST, v2_index(eb, winner), NULL);
         return;
     }
     case ETCD_GRPC:
@@ -751,8 +767,11 @@ static int etcd_propose_txn(backend_t *be, const reg_event_t *ev, const backend_
     etcd_backend_t *eb = eb_of(be);
     if (!eb->client)
         return -ENOTCONN;
+    backend_guard_t rg = *g; /* the guard's index as the revision etcd compares */
+    if (rg.kind == BACKEND_GUARD_TOKEN_AT)
+        rg.token_index = (uint64_t)etcd_rev(eb, g->token_index);
     etcd_txn_plan_t plan;
-    int rc = etcd_layout_plan(eb->prefix, ev, g, eb->instance, seq, &plan);
+    int rc = etcd_layout_plan(eb->prefix, ev, &rg, eb->instance, seq, &plan);
     if (rc != 0)
         return rc;
     rc = send_plan(eb, &plan, seq);
@@ -805,6 +824,73 @@ static uint64_t etcd_timer(void *ctx, uint64_t now_ms)
 
 /* ---- the backend's calls ------------------------------------------------ */
 
+/* P index_base, read once at load: the offset of a migrated prefix. */
+static void on_index_base_range(void *ctx, const etcd_result_t *res)
+{
+    call_ctx_t *c = ctx;
+    etcd_backend_t *eb = c->be;
+    call_free(c);
+    eb->base_read = true;
+    if (res->outcome != ETCD_OK) {
+        log_error("etcd: cannot read the prefix's index offset: %s", res->message);
+        eb->broken = true;
+        return;
+    }
+    const Etcdserverpb__RangeResponse *r = (const Etcdserverpb__RangeResponse *)res->resp;
+    if (r->n_kvs == 0)
+        return; /* never migrated into: indexes are revisions */
+    const Etcdserverpb__KeyValue *kv = r->kvs[0];
+    if (!etcd_layout_parse_index_base((const char *)kv->value.data, kv->value.len,
+                                      &eb->index_base)) {
+        log_error("etcd: %sindex_base is not an index offset (a `disco migrate` into this prefix "
+                  "did not finish?): \"%.*s\"",
+                  eb->prefix, (int)(kv->value.len > 80 ? 80 : kv->value.len),
+                  (const char *)kv->value.data);
+        eb->broken = true;
+        return;
+    }
+    /* The prefix's history starts with the migration (the key's first
+     * write): what the prefix held before it was removed by then. */
+    if (kv->create_revision > 1)
+        eb->applied = (uint64_t)kv->create_revision - 1;
+    log_info("etcd: %s was migrated from an embedded store: index = revision %+" PRId64
+             " (history from revision %" PRId64 ")",
+             eb->prefix, eb->index_base, kv->create_revision);
+}
+
+static int read_index_base(etcd_backend_t *eb, uint64_t deadline, char *err)
+{
+    char *key = etcd_layout_index_base_key(eb->prefix);
+    call_ctx_t *c = key ? call_new(eb, 0) : NULL;
+    Etcdserverpb__RangeRequest rq = ETCDSERVERPB__RANGE_REQUEST__INIT;
+    if (key)
+        rq.key = (ProtobufCBinaryData){strlen(key), (uint8_t *)key};
+    int rc =
+        c ? etcd_range(eb->client, &rq, ETCD_LOAD_TIMEOUT_MS, on_index_base_range, c) : -ENOMEM;
+    free(key);
+    if (rc != 0) {
+        if (c)
+            call_free(c);
+        snprintf(err, 256, "etcd: cannot read %sindex_base: %s", eb->prefix, strerror(-rc));
+        return -1;
+    }
+    while (!eb->base_read && loop_now_ms(eb->loop) < deadline) {
+        rc = loop_run_once(eb->loop, 100);
+        if (rc != 0) {
+            snprintf(err, 256, "event loop failed reading the etcd prefix: %s", strerror(-rc));
+            return -1;
+        }
+    }
+    if (!eb->base_read || eb->broken) {
+        snprintf(err, 256,
+                 "etcd (%s): %sindex_base could not be read, or names a migration that did not "
+                 "finish (see the log)",
+                 eb->endpoints[0], eb->prefix);
+        return -1;
+    }
+    return 0;
+}
+
 static int etcd_load(backend_t *be, struct registry *reg, char *err)
 {
     etcd_backend_t *eb = eb_of(be);
@@ -817,8 +903,10 @@ static int etcd_load(backend_t *be, struct registry *reg, char *err)
         snprintf(err, 256, "out of memory starting the etcd backend");
         return -1;
     }
-    start_watch(eb);
     uint64_t deadline = loop_now_ms(eb->loop) + ETCD_LOAD_TIMEOUT_MS;
+    if (read_index_base(eb, deadline, err) != 0)
+        return -1;
+    start_watch(eb);
     while (!eb->live && !eb->broken && loop_now_ms(eb->loop) < deadline) {
         int rc = loop_run_once(eb->loop, 100);
         if (rc != 0) {
@@ -864,7 +952,7 @@ static reg_event_t *etcd_fetch(backend_t *be, uint64_t index)
 
 static uint64_t etcd_durable_index(backend_t *be)
 {
-    return eb_of(be)->applied;
+    return v2_index(eb_of(be), eb_of(be)->applied);
 }
 
 static uint64_t etcd_readable_index(backend_t *be)

@@ -106,6 +106,34 @@ char *etcd_layout_marker_key(const char *prefix)
     return keyed(prefix, "act", "", 0);
 }
 
+char *etcd_layout_index_base_key(const char *prefix)
+{
+    return keyed(prefix, "index_base", "", 0);
+}
+
+bool etcd_layout_parse_index_base(const char *value, size_t len, int64_t *base)
+{
+    /* A signed decimal that fits int64_t, nothing else (no spaces). */
+    char digits[24];
+    if (len == 0 || len >= sizeof digits)
+        return false;
+    memcpy(digits, value, len);
+    digits[len] = '\0';
+    size_t i = digits[0] == '-' ? 1 : 0;
+    if (digits[i] == '\0')
+        return false;
+    for (; digits[i]; i++)
+        if (digits[i] < '0' || digits[i] > '9')
+            return false;
+    errno = 0;
+    char *end;
+    long long v = strtoll(digits, &end, 10);
+    if (errno != 0 || *end != '\0')
+        return false;
+    *base = (int64_t)v;
+    return true;
+}
+
 char *etcd_layout_prefix_end(const char *key)
 {
     size_t len = strlen(key);

@@ -19,8 +19,16 @@
  *                         node). Read only when loading from a range.
  *   P act                 the action marker, written in every transaction:
  *                         "<action> <instance> <seq> <F|D> <v2 key>"
+ *   P index_base          the index offset of a prefix filled by `disco
+ *                         migrate` (docs/operating.md): a signed decimal B;
+ *                         while the migration runs, "migrating ..." instead
+ *                         (a mirror refuses to load such a prefix). Absent:
+ *                         B = 0. Its create_revision is where the prefix's
+ *                         history starts.
  *
- * The v2 index of an event is the revision of its transaction.
+ * The v2 index of an event is the revision of its transaction plus B, so
+ * that indexes an embedded store handed out before a migration stay below
+ * every index made after it.
  *
  * Strings returned are new (the caller frees them) or NULL when out of
  * memory.
@@ -52,6 +60,14 @@ char *etcd_layout_created_key(const char *prefix, const char *v2key);
 char *etcd_layout_version_key(const char *prefix, const char *token, size_t token_len);
 char *etcd_layout_meta_key(const char *prefix, const char *token, size_t token_len);
 char *etcd_layout_marker_key(const char *prefix);
+/* P index_base (see above). */
+char *etcd_layout_index_base_key(const char *prefix);
+/* Reads its value: true with *base set for a finished migration's offset;
+ * false for anything else (a migration still running, garbage). */
+bool etcd_layout_parse_index_base(const char *value, size_t len, int64_t *base);
+/* The value a migration writes first: refused by the parser above. */
+#define ETCD_LAYOUT_INDEX_BASE_MIGRATING "migrating"
+
 /* The end of a prefix range: `key` with its last byte raised (etcd's
  * range_end for "every key starting with key"). */
 char *etcd_layout_prefix_end(const char *key);

@@ -21,5 +21,8 @@ int cmd_new(int argc, char **argv);
 /* `disco status [flags] URL`: what a token's members look like from here;
  * exit codes in cmd/cli_common.h (cmd/status.c). */
 int cmd_status(int argc, char **argv);
+/* `disco migrate [flags]`: copies a stopped embedded store's tokens into an
+ * empty etcd prefix (cmd/migrate.c). */
+int cmd_migrate(int argc, char **argv);
 
 #endif

@@ -1,0 +1,706 @@
+/*
+ * migrate.c - `disco migrate`: copies an embedded store's tokens into an
+ * empty etcd prefix, so that an operator who outgrows one box moves to
+ * several instances on etcd (`disco serve --etcd-endpoints`) without losing
+ * the tokens that are mid-bootstrap (docs/operating.md, "Moving up from one
+ * box"; docs/decisions.md).
+ *
+ * What it does, in order:
+ *   1. Opens the store in --data-dir. store_lmdb_open() takes the
+ *      directory's flock (disco.lock), so a store that a running `disco
+ *      serve` holds is refused, naming its PID. The store hands back every
+ *      event it keeps (the whole history of every live token), in index
+ *      order, and the highest index it ever used (M).
+ *   2. Claims the prefix: one Txn whose compare covers the whole prefix
+ *      range (create_revision == 0 for every key in it, i.e. it is empty)
+ *      and puts P index_base = "migrating ...". A prefix with any key in it
+ *      is refused, and so is a second migration.
+ *   3. Copies each event as the Txn the etcd backend itself would have sent
+ *      for it (etcd_layout_plan: the node, its directories, P v/, P m/ and
+ *      the action marker P act), guarded by the claim instead (P index_base
+ *      is still the claim), one event per Txn and in index order: the
+ *      backend's mirror reads one registry change per revision. Events keep
+ *      their index: with B = (index of the first event) - (its revision),
+ *      event i must land at revision index_i - B, and the gaps in between
+ *      (indexes of events the store no longer keeps: removed tokens) are
+ *      filled with that many empty writes to a key outside the prefix
+ *      (sent concurrently, MIGRATE_FILL_WINDOW at a time). If another client
+ *      of the same etcd cluster writes meanwhile, an event may land later
+ *      than planned: its index then grows (the order is kept) and the
+ *      summary says how many did.
+ *   4. Fills up to M, then one Txn (still guarded by the claim) puts
+ *      P index_base = B. Every index the new instances make is then above
+ *      M, above every index the store handed out, so a member that waits
+ *      with waitIndex = N (N <= M + 1) misses no event and sees none twice.
+ *
+ * On a failure half way (etcd unreachable, the claim lost), the copy is
+ * removed with one guarded DeleteRange of the prefix when etcd still
+ * answers; otherwise P index_base stays "migrating ...", which `disco
+ * serve` refuses to load, and the message says how to remove the prefix
+ * by hand. Nothing in the store is changed either way.
+ *
+ * Keys with a TTL are copied without one (the etcd backend has no leases
+ * yet); the summary counts them.
+ */
+#include <assert.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "backend/etcd_layout.h"
+#include "cmd/cli_common.h"
+#include "cmd/cmd.h"
+#include "etcd/client.h"
+#include "loop/loop.h"
+#include "registry/registry.h"
+#include "store/store.h"
+
+/* One call's deadline, waiting for a connection included. */
+#define MIGRATE_CALL_TIMEOUT_MS 10000
+/* Empty writes in flight at once while filling an index gap. */
+#define MIGRATE_FILL_WINDOW 64
+/* The etcd endpoints one command takes. */
+#define MIGRATE_MAX_ENDPOINTS 16
+/* The longest token name taken (disco makes 32 hex digits). */
+#define MIGRATE_MAX_TOKEN_BYTES 256
+
+static const char migrate_usage[] =
+    "usage: disco migrate --data-dir DIR --etcd-endpoints URLS [--etcd-prefix P]\n"
+    "                     [etcd TLS/auth flags]\n"
+    "\n"
+    "Copies every token of an embedded store (stopped) into an empty etcd prefix,\n"
+    "keeping each event's index, and writes the prefix's index offset so that every\n"
+    "index made afterwards is above every index the store handed out. Then start\n"
+    "`disco serve --etcd-endpoints URLS --etcd-prefix P` instances on it.\n"
+    "\n"
+    "  --data-dir DIR         the embedded store (DISC_DATA_DIR); no disco may run on it\n"
+    "  --etcd-endpoints URLS  etcd client URLs, comma-separated (DISC_ETCD_ENDPOINTS)\n"
+    "  --etcd-prefix P        the prefix to fill; it must be empty (DISC_ETCD_PREFIX,\n"
+    "                         default " ETCD_LAYOUT_DEFAULT_PREFIX ")\n"
+    "  --etcd-cacert FILE     PEM CA bundle for https:// endpoints (DISC_ETCD_CACERT)\n"
+    "  --etcd-cert FILE       PEM client certificate for etcd (DISC_ETCD_CERT)\n"
+    "  --etcd-key FILE        PEM key of --etcd-cert (DISC_ETCD_KEY)\n"
+    "  --etcd-user NAME       etcd user (DISC_ETCD_USER)\n"
+    "  --etcd-password PW     its password (DISC_ETCD_PASSWORD)\n"
+    "\n"
+    "Exit codes: 0 copied; 1 failed (nothing left in the prefix unless the message\n"
+    "says so); 2 usage error.\n";
+
+/* ---- the store's events ---------------------------------------------------- */
+
+typedef struct event_list {
+    reg_event_t **v;
+    size_t n, cap;
+    uint64_t max_index; /* the highest index the store ever used */
+} event_list_t;
+
+static int collect_event(void *ctx, reg_event_t *ev)
+{
+    event_list_t *l = ctx;
+    if (l->n == l->cap) {
+        size_t ncap = l->cap ? 2 * l->cap : 1024;
+        reg_event_t **v = realloc(l->v, ncap * sizeof *v);
+        if (!v) {
+            reg_event_free(ev);
+            return -ENOMEM;
+        }
+        l->v = v;
+        l->cap = ncap;
+    }
+    l->v[l->n++] = ev;
+    return 0;
+}
+
+static void collect_raise_index(void *ctx, uint64_t index)
+{
+    event_list_t *l = ctx;
+    if (index > l->max_index)
+        l->max_index = index;
+}
+
+static void event_list_free(event_list_t *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        reg_event_free(l->v[i]);
+    free(l->v);
+    memset(l, 0, sizeof *l);
+}
+
+/* The token of a registry key (into `out`, NUL-ended); false outside one. */
+static bool token_of(const char *key, char *out, size_t out_size)
+{
+    static const char rp[] = REGISTRY_PREFIX "/";
+    if (strncmp(key, rp, sizeof rp - 1) != 0)
+        return false;
+    const char *t = key + sizeof rp - 1;
+    const char *end = strchr(t, '/');
+    size_t len = end ? (size_t)(end - t) : strlen(t);
+    if (len == 0 || len >= out_size)
+        return false;
+    memcpy(out, t, len);
+    out[len] = '\0';
+    return true;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* ---- etcd, one call at a time --------------------------------------------- */
+
+typedef struct migrate {
+    loop_t *loop;
+    etcd_client_t *client;
+    const char *prefix;
+    char *prefix_end, *base_key, *fill_key;
+    int64_t claim_rev; /* P index_base's mod revision while we own it */
+    int64_t last_rev;  /* the highest revision etcd reported to us */
+    /* The call in flight (one at a time, but for the fill window). */
+    bool done;
+    etcd_outcome_t outcome;
+    char message[256];
+    bool succeeded;      /* a Txn's verdict */
+    int64_t revision;    /* its header's revision */
+    int64_t range_count; /* the failure branch's range (the claim) */
+    size_t fill_pending, fill_failed;
+} migrate_t;
+
+static void note_revision(migrate_t *m, int64_t rev)
+{
+    if (rev > m->last_rev)
+        m->last_rev = rev;
+}
+
+static void on_txn_done(void *ctx, const etcd_result_t *res)
+{
+    migrate_t *m = ctx;
+    m->done = true;
+    m->outcome = res->outcome;
+    snprintf(m->message, sizeof m->message, "%s", res->message);
+    m->succeeded = false;
+    m->revision = 0;
+    m->range_count = 0;
+    if (res->outcome != ETCD_OK)
+        return;
+    const Etcdserverpb__TxnResponse *r = (const Etcdserverpb__TxnResponse *)res->resp;
+    m->succeeded = r->succeeded;
+    m->revision = r->header ? r->header->revision : 0;
+    note_revision(m, m->revision);
+    for (size_t i = 0; i < r->n_responses; i++)
+        if (r->responses[i]->response_case == ETCDSERVERPB__RESPONSE_OP__RESPONSE_RESPONSE_RANGE)
+            m->range_count += r->responses[i]->response_range->count;
+}
+
+static void on_fill_done(void *ctx, const etcd_result_t *res)
+{
+    migrate_t *m = ctx;
+    m->fill_pending--;
+    if (res->outcome != ETCD_OK) {
+        m->fill_failed++;
+        snprintf(m->message, sizeof m->message, "%s", res->message);
+        return;
+    }
+    const Etcdserverpb__TxnResponse *r = (const Etcdserverpb__TxnResponse *)res->resp;
+    if (r->header)
+        note_revision(m, r->header->revision);
+}
+
+/* Runs the loop until `*flag` says done (the client bounds every call by
+ * its deadline, so this ends). -1 when the loop itself failed. */
+static int run_until(migrate_t *m, const bool *done, const size_t *pending)
+{
+    while (done ? !*done : *pending > 0) {
+        int rc = loop_run_once(m->loop, 100);
+        if (rc != 0) {
+            snprintf(m->message, sizeof m->message, "event loop: %s", strerror(-rc));
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void fill_bytes(ProtobufCBinaryData *b, const char *s)
+{
+    b->len = s ? strlen(s) : 0;
+    b->data = (uint8_t *)s;
+}
+
+/* A Txn from compares and success ops (plan form); sent and waited for.
+ * 0 with m->succeeded / m->revision set, or -1 with m->message. */
+static int txn_sync(migrate_t *m, const etcd_cmp_t *cmps, size_t n_cmps, const char *cmp_range_end,
+                    const etcd_op_t *ops, size_t n_ops, bool count_on_failure)
+{
+    Etcdserverpb__Compare cmp[ETCD_PLAN_MAX_CMPS], *cmp_ptrs[ETCD_PLAN_MAX_CMPS];
+    Etcdserverpb__RequestOp *rops = calloc(n_ops + 1, sizeof *rops);
+    Etcdserverpb__RequestOp **rop_ptrs = calloc(n_ops + 1, sizeof *rop_ptrs);
+    Etcdserverpb__PutRequest *puts = calloc(n_ops + 1, sizeof *puts);
+    Etcdserverpb__DeleteRangeRequest *dels = calloc(n_ops + 1, sizeof *dels);
+    char **ends = calloc(n_ops + 1, sizeof *ends);
+    int rc = -1;
+    snprintf(m->message, sizeof m->message, "out of memory");
+    if (!rops || !rop_ptrs || !puts || !dels || !ends)
+        goto out;
+    assert(n_cmps <= ETCD_PLAN_MAX_CMPS);
+    for (size_t i = 0; i < n_cmps; i++) {
+        Etcdserverpb__Compare init = ETCDSERVERPB__COMPARE__INIT;
+        cmp[i] = init;
+        fill_bytes(&cmp[i].key, cmps[i].key);
+        if (cmp_range_end && i == 0)
+            fill_bytes(&cmp[i].range_end, cmp_range_end);
+        if (cmps[i].kind == ETCD_CMP_MOD_EQ) {
+            cmp[i].target = ETCDSERVERPB__COMPARE__COMPARE_TARGET__MOD;
+            cmp[i].target_union_case = ETCDSERVERPB__COMPARE__TARGET_UNION_MOD_REVISION;
+            cmp[i].mod_revision = cmps[i].rev;
+        } else {
+            cmp[i].target = ETCDSERVERPB__COMPARE__COMPARE_TARGET__CREATE;
+            cmp[i].target_union_case = ETCDSERVERPB__COMPARE__TARGET_UNION_CREATE_REVISION;
+            cmp[i].create_revision = cmps[i].rev;
+        }
+        cmp[i].result = cmps[i].kind == ETCD_CMP_CREATE_GT
+                            ? ETCDSERVERPB__COMPARE__COMPARE_RESULT__GREATER
+                            : ETCDSERVERPB__COMPARE__COMPARE_RESULT__EQUAL;
+        cmp_ptrs[i] = &cmp[i];
+    }
+    for (size_t i = 0; i < n_ops; i++) {
+        Etcdserverpb__RequestOp oinit = ETCDSERVERPB__REQUEST_OP__INIT;
+        rops[i] = oinit;
+        rop_ptrs[i] = &rops[i];
+        if (ops[i].kind == ETCD_OP_PUT) {
+            Etcdserverpb__PutRequest p = ETCDSERVERPB__PUT_REQUEST__INIT;
+            puts[i] = p;
+            fill_bytes(&puts[i].key, ops[i].key);
+            fill_bytes(&puts[i].value, ops[i].value);
+            rops[i].request_case = ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_PUT;
+            rops[i].request_put = &puts[i];
+        } else {
+            assert(ops[i].kind == ETCD_OP_DELETE || ops[i].kind == ETCD_OP_DELETE_PREFIX);
+            Etcdserverpb__DeleteRangeRequest d = ETCDSERVERPB__DELETE_RANGE_REQUEST__INIT;
+            dels[i] = d;
+            fill_bytes(&dels[i].key, ops[i].key);
+            if (ops[i].kind == ETCD_OP_DELETE_PREFIX) {
+                if (!(ends[i] = etcd_layout_prefix_end(ops[i].key)))
+                    goto out;
+                fill_bytes(&dels[i].range_end, ends[i]);
+            }
+            rops[i].request_case = ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_DELETE_RANGE;
+            rops[i].request_delete_range = &dels[i];
+        }
+    }
+    /* The claim's failure branch counts what is in the prefix already. */
+    Etcdserverpb__RangeRequest count = ETCDSERVERPB__RANGE_REQUEST__INIT;
+    Etcdserverpb__RequestOp count_op = ETCDSERVERPB__REQUEST_OP__INIT;
+    Etcdserverpb__RequestOp *failure[1] = {&count_op};
+    if (count_on_failure) {
+        fill_bytes(&count.key, m->prefix);
+        fill_bytes(&count.range_end, m->prefix_end);
+        count.count_only = true;
+        count_op.request_case = ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_RANGE;
+        count_op.request_range = &count;
+    }
+    Etcdserverpb__TxnRequest txn = ETCDSERVERPB__TXN_REQUEST__INIT;
+    txn.n_compare = n_cmps;
+    txn.compare = cmp_ptrs;
+    txn.n_success = n_ops;
+    txn.success = rop_ptrs;
+    txn.n_failure = count_on_failure ? 1 : 0;
+    txn.failure = failure;
+    m->done = false;
+    int src = etcd_txn(m->client, &txn, MIGRATE_CALL_TIMEOUT_MS, on_txn_done, m);
+    if (src != 0) {
+        snprintf(m->message, sizeof m->message, "cannot send a transaction: %s", strerror(-src));
+        goto out;
+    }
+    if (run_until(m, &m->done, NULL) != 0)
+        goto out;
+    rc = m->outcome == ETCD_OK ? 0 : -1;
+out:
+    if (ends)
+        for (size_t i = 0; i < n_ops; i++)
+            free(ends[i]);
+    free(ends);
+    free(dels);
+    free(puts);
+    free(rop_ptrs);
+    free(rops);
+    return rc;
+}
+
+/* Empty writes to a key outside the prefix until etcd's revision is at
+ * least `upto` (each write is one revision; the mirror never sees them). */
+static int fill_to(migrate_t *m, int64_t upto, uint64_t *filled)
+{
+    Etcdserverpb__PutRequest put = ETCDSERVERPB__PUT_REQUEST__INIT;
+    fill_bytes(&put.key, m->fill_key);
+    Etcdserverpb__RequestOp op = ETCDSERVERPB__REQUEST_OP__INIT;
+    op.request_case = ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_PUT;
+    op.request_put = &put;
+    Etcdserverpb__RequestOp *ops[1] = {&op};
+    Etcdserverpb__TxnRequest txn = ETCDSERVERPB__TXN_REQUEST__INIT;
+    txn.n_success = 1;
+    txn.success = ops;
+    while (m->last_rev < upto) {
+        /* Never more in flight than revisions still missing: etcd numbers
+         * them in whatever order it takes them, all are alike. */
+        int64_t missing = upto - m->last_rev;
+        while (m->fill_pending < MIGRATE_FILL_WINDOW && (int64_t)m->fill_pending < missing) {
+            int rc = etcd_txn(m->client, &txn, MIGRATE_CALL_TIMEOUT_MS, on_fill_done, m);
+            if (rc != 0) {
+                snprintf(m->message, sizeof m->message, "cannot send a write: %s", strerror(-rc));
+                run_until(m, NULL, &m->fill_pending);
+                return -1;
+            }
+            m->fill_pending++;
+            (*filled)++;
+        }
+        if (run_until(m, NULL, &m->fill_pending) != 0)
+            return -1;
+        if (m->fill_failed)
+            return -1;
+    }
+    return 0;
+}
+
+/* Removes a partial copy; false when etcd did not take it. */
+static bool roll_back(migrate_t *m)
+{
+    etcd_cmp_t guard = {ETCD_CMP_MOD_EQ, m->base_key, m->claim_rev};
+    etcd_op_t ops[2] = {{ETCD_OP_DELETE_PREFIX, (char *)m->prefix, NULL},
+                        {ETCD_OP_DELETE, m->fill_key, NULL}};
+    return txn_sync(m, &guard, 1, NULL, ops, 2, false) == 0 && m->succeeded;
+}
+
+/* ---- the command ------------------------------------------------------------ */
+
+static const char *env_or(const char *name, const char *dflt)
+{
+    const char *v = getenv(name);
+    return v && *v ? v : dflt;
+}
+
+typedef struct migrate_flags {
+    const char *data_dir, *endpoints, *prefix, *cacert, *cert, *key, *user, *password;
+} migrate_flags_t;
+
+static int parse_flags(int argc, char **argv, migrate_flags_t *f)
+{
+    f->data_dir = env_or("DISC_DATA_DIR", NULL);
+    f->endpoints = env_or("DISC_ETCD_ENDPOINTS", NULL);
+    f->prefix = env_or("DISC_ETCD_PREFIX", ETCD_LAYOUT_DEFAULT_PREFIX);
+    f->cacert = env_or("DISC_ETCD_CACERT", NULL);
+    f->cert = env_or("DISC_ETCD_CERT", NULL);
+    f->key = env_or("DISC_ETCD_KEY", NULL);
+    f->user = env_or("DISC_ETCD_USER", NULL);
+    f->password = env_or("DISC_ETCD_PASSWORD", NULL);
+    struct {
+        const char *name;
+        const char **dst;
+    } table[] = {{"data-dir", &f->data_dir},  {"etcd-endpoints", &f->endpoints},
+                 {"etcd-prefix", &f->prefix}, {"etcd-cacert", &f->cacert},
+                 {"etcd-cert", &f->cert},     {"etcd-key", &f->key},
+                 {"etcd-user", &f->user},     {"etcd-password", &f->password}};
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            fputs(migrate_usage, stdout);
+            return 1;
+        }
+        int rc = 0;
+        for (size_t t = 0; rc == 0 && t < sizeof table / sizeof table[0]; t++)
+            rc = cli_flag_value(argc, argv, &i, table[t].name, table[t].dst);
+        if (rc < 0) {
+            fprintf(stderr, "disco migrate: flag %s needs a value\n", a);
+            return -1;
+        }
+        if (rc == 0) {
+            fprintf(stderr, "disco migrate: unexpected argument \"%s\"\n\n%s", a, migrate_usage);
+            return -1;
+        }
+    }
+    if (!f->data_dir || !*f->data_dir || !f->endpoints || !*f->endpoints) {
+        fprintf(stderr, "disco migrate: --data-dir and --etcd-endpoints are required\n\n%s",
+                migrate_usage);
+        return -1;
+    }
+    size_t plen = strlen(f->prefix);
+    if (plen == 0 || f->prefix[plen - 1] != '/') {
+        fprintf(stderr, "disco migrate: --etcd-prefix \"%s\" must end with '/'\n", f->prefix);
+        return -1;
+    }
+    return 0;
+}
+
+/* The store's events, read with the store's own lock held. */
+static int read_store(const char *dir, event_list_t *events)
+{
+    char err[256] = "";
+    store_lmdb_options_t opt = {.map_size_bytes = STORE_LMDB_DEFAULT_MAP_BYTES};
+    store_t *st = store_lmdb_open(dir, &opt, err);
+    if (!st) {
+        fprintf(stderr, "disco migrate: %s\n", err);
+        return -1;
+    }
+    store_replay_sink_t sink = {collect_event, collect_raise_index, events};
+    int rc = store_load(st, &sink, err);
+    store_close(st);
+    if (rc != 0) {
+        fprintf(stderr, "disco migrate: reading %s: %s\n", dir, err);
+        return -1;
+    }
+    for (size_t i = 0; i < events->n; i++) /* the store's contract; checked */
+        if (events->v[i]->index > events->max_index ||
+            (i > 0 && events->v[i]->index <= events->v[i - 1]->index)) {
+            fprintf(stderr, "disco migrate: %s: events out of index order at %" PRIu64 "\n", dir,
+                    events->v[i]->index);
+            return -1;
+        }
+    return 0;
+}
+
+/* The sorted, distinct tokens the events touch (NULL on no memory). */
+static char **tokens_of(const event_list_t *events, size_t *n_out)
+{
+    char **t = calloc(events->n + 1, sizeof *t);
+    size_t n = 0;
+    for (size_t i = 0; t && i < events->n; i++) {
+        char tok[MIGRATE_MAX_TOKEN_BYTES];
+        if (!token_of(events->v[i]->node.key, tok, sizeof tok))
+            continue;
+        if (!(t[n] = strdup(tok))) {
+            while (n > 0)
+                free(t[--n]);
+            free(t);
+            return NULL;
+        }
+        n++;
+    }
+    if (!t)
+        return NULL;
+    qsort(t, n, sizeof *t, cmp_str);
+    size_t w = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (w > 0 && strcmp(t[w - 1], t[i]) == 0)
+            free(t[i]);
+        else
+            t[w++] = t[i];
+    }
+    *n_out = w;
+    return t;
+}
+
+/* Copies the events; 0, or -1 with m->message (the claim is held). */
+static int copy_events(migrate_t *m, const event_list_t *events, int64_t base, char **tokens,
+                       size_t n_tokens, bool *seen, uint64_t *filled, uint64_t *moved,
+                       uint64_t *skipped)
+{
+    for (size_t i = 0; i < events->n; i++) {
+        const reg_event_t *ev = events->v[i];
+        char tok[MIGRATE_MAX_TOKEN_BYTES];
+        if (!token_of(ev->node.key, tok, sizeof tok) || ev->action == REG_ACT_GET) {
+            fprintf(stderr, "disco migrate: skipped event %" PRIu64 " (%s): not in a token\n",
+                    ev->index, ev->node.key);
+            (*skipped)++;
+            continue;
+        }
+        char *want = tok;
+        char **hit = bsearch(&want, tokens, n_tokens, sizeof *tokens, cmp_str);
+        assert(hit); /* tokens_of() saw every event */
+        bool *first = &seen[hit - tokens];
+        /* The token's first event makes the token (its directory and
+         * creation time), as /new does on the etcd backend. */
+        backend_guard_t g = {.kind = *first ? BACKEND_GUARD_TOKEN_AT : BACKEND_GUARD_TOKEN_NEW};
+        *first = true;
+        etcd_txn_plan_t plan;
+        int rc = etcd_layout_plan(m->prefix, ev, &g, "migrate", ev->index, &plan);
+        if (rc != 0) {
+            snprintf(m->message, sizeof m->message, "event %" PRIu64 " (%s): %s", ev->index,
+                     ev->node.key, strerror(-rc));
+            return -1;
+        }
+        int64_t target = (int64_t)ev->index - base;
+        if (fill_to(m, target - 1, filled) != 0) {
+            etcd_txn_plan_free(&plan);
+            return -1;
+        }
+        /* The claim guards every copy, not the backend's per-token compare:
+         * the prefix is ours alone while it says "migrating". */
+        etcd_cmp_t guard = {ETCD_CMP_MOD_EQ, m->base_key, m->claim_rev};
+        rc = txn_sync(m, &guard, 1, NULL, plan.success, plan.n_success, false);
+        etcd_txn_plan_free(&plan);
+        if (rc != 0)
+            return -1;
+        if (!m->succeeded) {
+            snprintf(m->message, sizeof m->message,
+                     "%sindex_base changed under the migration (another client wrote it)",
+                     m->prefix);
+            return -1;
+        }
+        if (m->revision != target)
+            (*moved)++;
+    }
+    return 0;
+}
+
+int cmd_migrate(int argc, char **argv)
+{
+    migrate_flags_t f;
+    int prc = parse_flags(argc, argv, &f);
+    if (prc != 0)
+        return prc > 0 ? 0 : 2;
+
+    char *list = strdup(f.endpoints);
+    const char *eps[MIGRATE_MAX_ENDPOINTS];
+    size_t n_eps = 0;
+    for (char *save = NULL, *p = list ? strtok_r(list, ",", &save) : NULL; p;
+         p = strtok_r(NULL, ",", &save)) {
+        if (n_eps == MIGRATE_MAX_ENDPOINTS) {
+            fprintf(stderr, "disco migrate: at most %d etcd endpoints\n", MIGRATE_MAX_ENDPOINTS);
+            free(list);
+            return 2;
+        }
+        eps[n_eps++] = p;
+    }
+    if (!list || n_eps == 0) {
+        fprintf(stderr, "disco migrate: --etcd-endpoints names no endpoint\n");
+        free(list);
+        return list ? 2 : 1;
+    }
+
+    event_list_t events = {0};
+    if (read_store(f.data_dir, &events) != 0) {
+        event_list_free(&events);
+        free(list);
+        return 1;
+    }
+    size_t n_tokens = 0;
+    char **tokens = tokens_of(&events, &n_tokens);
+    bool *seen = calloc(n_tokens + 1, sizeof *seen);
+    uint64_t ttl_keys = 0;
+    for (size_t i = 0; i < events.n; i++)
+        ttl_keys += events.v[i]->node.expire_ns != 0;
+    printf("disco migrate: %s: %zu events of %zu tokens; highest index used %" PRIu64 "\n",
+           f.data_dir, events.n, n_tokens, events.max_index);
+    fflush(stdout);
+
+    migrate_t m = {.prefix = f.prefix};
+    int status = 1;
+    bool claimed = false;
+    m.loop = loop_new();
+    m.prefix_end = etcd_layout_prefix_end(f.prefix);
+    m.base_key = etcd_layout_index_base_key(f.prefix);
+    /* Outside the prefix (at or after its range end), so no mirror sees
+     * the fill writes. */
+    m.fill_key = m.prefix_end ? malloc(strlen(m.prefix_end) + sizeof "migrate-fill") : NULL;
+    if (m.fill_key)
+        sprintf(m.fill_key, "%smigrate-fill", m.prefix_end);
+    if (!tokens || !seen || !m.loop || !m.base_key || !m.fill_key) {
+        fprintf(stderr, "disco migrate: out of memory\n");
+        goto done;
+    }
+    char err[256] = "";
+    etcd_client_config_t ccfg = {.endpoints = eps,
+                                 .n_endpoints = n_eps,
+                                 .cacert = f.cacert,
+                                 .cert = f.cert,
+                                 .key = f.key,
+                                 .user = f.user,
+                                 .password = f.password};
+    m.client = etcd_client_new(m.loop, &ccfg, err);
+    if (!m.client) {
+        fprintf(stderr, "disco migrate: %s\n", err);
+        goto done;
+    }
+
+    /* 2. The claim: the prefix must be empty. */
+    char claim_value[128];
+    snprintf(claim_value, sizeof claim_value, "%s since %lld (pid %ld)",
+             ETCD_LAYOUT_INDEX_BASE_MIGRATING, (long long)time(NULL), (long)getpid());
+    etcd_cmp_t empty = {ETCD_CMP_CREATE_EQ, (char *)f.prefix, 0};
+    etcd_op_t claim = {ETCD_OP_PUT, m.base_key, claim_value};
+    if (txn_sync(&m, &empty, 1, m.prefix_end, &claim, 1, true) != 0) {
+        fprintf(stderr, "disco migrate: etcd (%s): %s\n", eps[0], m.message);
+        goto done;
+    }
+    if (!m.succeeded) {
+        fprintf(stderr,
+                "disco migrate: the prefix %s on etcd is not empty (%" PRId64 " keys): refused; "
+                "a migration goes into an empty prefix only\n",
+                f.prefix, m.range_count);
+        goto done;
+    }
+    claimed = true;
+    m.claim_rev = m.revision;
+    int64_t first_rev = m.claim_rev + 1;
+    /* B: the first event lands on the revision after the claim with its
+     * own index; every later one on index - B. */
+    int64_t base =
+        events.n ? (int64_t)events.v[0]->index - first_rev : (int64_t)events.max_index - first_rev;
+
+    /* 3. The events, each at its index. */
+    uint64_t filled = 0, moved = 0, skipped = 0;
+    if (copy_events(&m, &events, base, tokens, n_tokens, seen, &filled, &moved, &skipped) != 0) {
+        fprintf(stderr, "disco migrate: etcd (%s): %s\n", eps[0], m.message);
+        goto done;
+    }
+    /* 4. Up to the store's highest index, then the offset: the next write
+     * is at least max_index + 1. */
+    int64_t final_target = (int64_t)events.max_index - base;
+    if (fill_to(&m, final_target - 1, &filled) != 0) {
+        fprintf(stderr, "disco migrate: etcd (%s): %s\n", eps[0], m.message);
+        goto done;
+    }
+    char base_value[24];
+    snprintf(base_value, sizeof base_value, "%" PRId64, base);
+    etcd_cmp_t ours = {ETCD_CMP_MOD_EQ, m.base_key, m.claim_rev};
+    etcd_op_t finish[2] = {{ETCD_OP_PUT, m.base_key, base_value},
+                           {ETCD_OP_DELETE, m.fill_key, NULL}};
+    if (txn_sync(&m, &ours, 1, NULL, finish, 2, false) != 0 || !m.succeeded) {
+        fprintf(stderr, "disco migrate: etcd (%s): the last step failed: %s\n", eps[0],
+                m.outcome == ETCD_OK && !m.succeeded ? "the claim was lost" : m.message);
+        goto done;
+    }
+    claimed = false;
+    printf("disco migrate: copied %zu events into %s (etcd revisions %" PRId64 "-%" PRId64
+           ", %" PRIu64 " empty writes to keep indexes); index = revision %+" PRId64 "\n",
+           events.n - (size_t)skipped, f.prefix, first_rev, m.revision, filled, base);
+    if (moved)
+        printf("disco migrate: %" PRIu64 " events got a higher index than before (another client "
+               "wrote to etcd meanwhile); their order is kept\n",
+               moved);
+    if (ttl_keys)
+        printf("disco migrate: %" PRIu64 " events were of keys with a TTL: copied without one "
+               "(the etcd backend keeps no TTLs yet)\n",
+               ttl_keys);
+    printf("disco migrate: done: every index from now on is above %" PRIu64 "; start disco serve "
+           "--etcd-endpoints %s --etcd-prefix %s\n",
+           events.max_index, f.endpoints, f.prefix);
+    status = 0;
+done:
+    if (claimed) {
+        if (roll_back(&m))
+            fprintf(stderr, "disco migrate: the partial copy in %s was removed; nothing changed\n",
+                    f.prefix);
+        else
+            fprintf(stderr,
+                    "disco migrate: the partial copy in %s could not be removed (%s); `disco "
+                    "serve` refuses the prefix while %sindex_base says \"migrating\": remove it "
+                    "with `etcdctl del --prefix %s` before running this again\n",
+                    f.prefix, m.message, f.prefix, f.prefix);
+    }
+    etcd_client_free(m.client);
+    loop_free(m.loop);
+    free(m.prefix_end);
+    free(m.base_key);
+    free(m.fill_key);
+    for (size_t i = 0; tokens && i < n_tokens; i++)
+        free(tokens[i]);
+    free(tokens);
+    free(seen);
+    event_list_free(&events);
+    free(list);
+    return status;
+}
