@@ -249,6 +249,26 @@ static void test_read_revision(void **state)
     assert_null(c.key);
 }
 
+/* P index_base: a finished migration's signed offset, nothing else. */
+static void test_index_base(void **state)
+{
+    (void)state;
+    char *k = etcd_layout_index_base_key("/disco/");
+    assert_string_equal(k, "/disco/index_base");
+    free(k);
+    int64_t b = 99;
+    assert_true(etcd_layout_parse_index_base("-6", 2, &b));
+    assert_int_equal(b, -6);
+    assert_true(etcd_layout_parse_index_base("1234", 4, &b));
+    assert_int_equal(b, 1234);
+    assert_false(etcd_layout_parse_index_base("migrating since 1 (pid 2)", 25, &b));
+    assert_false(etcd_layout_parse_index_base("", 0, &b));
+    assert_false(etcd_layout_parse_index_base("-", 1, &b));
+    assert_false(etcd_layout_parse_index_base("12 ", 3, &b));
+    assert_false(etcd_layout_parse_index_base("99999999999999999999", 20, &b));
+    assert_int_equal(b, 1234);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -258,6 +278,7 @@ int main(void)
         cmocka_unit_test(test_plan_token_creation),
         cmocka_unit_test(test_plan_guarded_by_token_version),
         cmocka_unit_test(test_read_revision),
+        cmocka_unit_test(test_index_base),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
