@@ -19,6 +19,19 @@ Workloads:
   form     time for 3 real etcd members to form a cluster through each.
   bigstore RSS and startup time of disco with 1,000,000 tokens of 3 members
            (disco only: loading that into etcd's v2 store takes hours).
+  etcdget  GET of a 3-member token listing through an instance on the etcd
+           backend (`--etcd-endpoints`, one etcd 3.4 member, WAL on disk) vs
+           the same through an embedded-store instance; target >= 90%.
+  etcdreg  durable PUT ?prevExist=false of fresh member keys through two
+           instances on one etcd (two wrk, 32 connections each) vs the same
+           etcd taking the very transactions disco sends, driven directly
+           (build/bench/disco-etcdtxn reg, 64 in flight over 2 connections);
+           target >= 80%. Also the latency one write gains going through an
+           instance (one connection each, mean).
+  etcdload the mirror of 100,000 tokens x 3 members (written with
+           disco-etcdtxn fill: one transaction per event, 256 in flight):
+           time from start until /health answers, and RSS per token over an
+           instance on an empty prefix.
 
 Usage: bench/bench.py [--quick] [--only get,put,...]
 Every run is bounded in time and count; traffic goes to 127.0.0.1 only.
@@ -44,6 +57,7 @@ import harness  # noqa: E402  (process helpers shared with the e2e tests)
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 MKSTORE = os.environ.get("DISCO_MKSTORE", os.path.join(REPO, "build", "bench", "disco-mkstore"))
+ETCDTXN = os.environ.get("DISCO_ETCDTXN", os.path.join(REPO, "build", "bench", "disco-etcdtxn"))
 WAITERS = os.environ.get("DISCO_WAITERS", os.path.join(REPO, "build", "bench", "disco-waiters"))
 
 
@@ -68,6 +82,22 @@ def wrk(url, seconds, conns=64, script=None, env=None):
     m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     total = int(re.search(r"(\d+) requests in", out).group(1))
     return rps, int(m.group(1)) if m else 0, total
+
+
+def wrk_latency_ms(out):
+    """wrk's mean latency ("Latency   1.23ms ...") in ms."""
+    m = re.search(r"Latency\s+([\d.]+)(us|ms|s)\b", out)
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+    return float(m.group(1)) * scale
+
+
+def wrk_raw(url, seconds, conns, script=None, env=None):
+    """Runs wrk; returns its whole output."""
+    argv = [WRK, "-t1", "-c%d" % conns, "-d%ds" % seconds, "--latency"]
+    if script:
+        argv += ["-s", script]
+    return subprocess.Popen(argv + [url], stdout=subprocess.PIPE, text=True,
+                            env=dict(os.environ, **(env or {})))
 
 
 def wrk_medians(what, disco_runs, etcd_runs):
@@ -342,6 +372,133 @@ def bench_bigstore(workdir, tokens, results):
                     None, "health %d" % st))
 
 
+# ---- the etcd backend ------------------------------------------------------
+
+class EtcdBacked:
+    """One etcd 3.4 member (WAL on disk), an embedded-store disco, and two
+    disco instances on the etcd (prefix /disco/)."""
+
+    def __init__(self, workdir, wait_timeout="120s"):
+        self.workdir = os.path.join(workdir, "etcdb")
+        os.makedirs(self.workdir)
+        self.etcd = harness.EtcdCluster(self.workdir, size=1)
+        self.endpoints = self.etcd.endpoints()
+        self.embedded, self.embedded_url = harness.start_disco(
+            self.workdir, ("--new-rate", "0"), wait_timeout=wait_timeout)
+        self.instances = [harness.start_disco(
+            self.workdir, ("--new-rate", "0", "--data-dir", "", "--etcd-endpoints",
+                           self.endpoints), wait_timeout=wait_timeout) for _ in range(2)]
+
+    def stop(self):
+        for p, _ in self.instances:
+            p.stop()
+        self.embedded.stop()
+        self.etcd.close()
+
+
+def etcdtxn(*args, timeout=600):
+    """Runs disco-etcdtxn; returns its figures as a dict."""
+    cp = subprocess.run([ETCDTXN] + [str(a) for a in args], capture_output=True, text=True,
+                        timeout=timeout)
+    if cp.returncode != 0:
+        raise RuntimeError("disco-etcdtxn %r: %s %s" % (args, cp.stdout, cp.stderr[-500:]))
+    f = cp.stdout.split()
+    return {f[i]: float(f[i + 1]) for i in range(0, len(f) - 1, 2)}
+
+
+def bench_etcdget(eb, rounds, seconds, results):
+    a_url = eb.instances[0][1]
+    for base in (eb.embedded_url, a_url):
+        make_token(base, "benchget", members=3)
+    a, b = alternate(rounds, lambda i: wrk(a_url + LISTING, seconds),
+                     lambda i: wrk(eb.embedded_url + LISTING, seconds))
+    d, e = wrk_medians("etcd-backed GET", a, b)
+    results.append(("GET 3-member listing, 64 conns (req/s)", d, e, d / e,
+                    "etcd-backed instance vs embedded store; target >= 90%"))
+
+
+def bench_etcdreg(eb, rounds, seconds, results):
+    tokens = 1024
+    a_url = eb.instances[0][1]
+    for t in range(tokens):  # through A; B serves them from its mirror
+        put_form(a_url, "/v2/keys/_etcd/registry/benchput%d/_config/size" % t, "3")
+    etcdtxn("fill", eb.endpoints, "/direct/", tokens, 0, 128)
+    script = os.path.join(eb.workdir, "put.lua")
+    with open(script, "w") as f:
+        f.write(PUT_LUA)
+
+    def through_disco(i):
+        procs = [wrk_raw(base + "/", seconds, 32, script,
+                         {"BENCH_RUN": "%d%d" % (i, k), "BENCH_TOKENS": str(tokens)})
+                 for k, (_, base) in enumerate(eb.instances)]
+        outs = [p.communicate(timeout=seconds + 30)[0] for p in procs]
+        rps = sum(float(re.search(r"Requests/sec:\s+([\d.]+)", o).group(1)) for o in outs)
+        bad = sum(int(m.group(1)) for o in outs
+                  for m in [re.search(r"Non-2xx or 3xx responses:\s+(\d+)", o)] if m)
+        return rps, bad, 0
+
+    def direct(i):
+        r = etcdtxn("reg", eb.endpoints, "/direct/", tokens, seconds, 64, 2, i)
+        return r["rate"], int(r["failed"]), int(r["txns"])
+
+    a, b = alternate(rounds, through_disco, direct)
+    d, e = wrk_medians("etcd-backed PUT", a, b)
+    results.append(("durable PUT prevExist=false, 2 instances, 64 conns (writes/s)", d, e, d / e,
+                    "vs the same Txns sent straight to etcd, 64 in flight; target >= 80%"))
+    # One write at a time: what going through an instance adds to etcd's own
+    # commit latency.
+    lat_d, lat_e = [], []
+    for i in range(rounds):
+        p = wrk_raw(a_url + "/", seconds, 1, script,
+                    {"BENCH_RUN": "lat%d" % i, "BENCH_TOKENS": str(tokens)})
+        lat_d.append(wrk_latency_ms(p.communicate(timeout=seconds + 30)[0]))
+        lat_e.append(etcdtxn("reg", eb.endpoints, "/direct/", tokens, seconds, 1, 1,
+                             100 + i)["mean_ms"])
+    d, e = statistics.median(lat_d), statistics.median(lat_e)
+    results.append(("one write at a time: mean latency (ms)", d, e, d / e,
+                    "added per write through an instance: %.2f ms" % (d - e)))
+
+
+def bench_etcdload(workdir, tokens, results):
+    wd = os.path.join(workdir, "etcdload")
+    os.makedirs(wd)
+    etcd = harness.EtcdCluster(wd, size=1)
+    saved = harness.DISCO_HEALTH_TIMEOUT_S
+    harness.DISCO_HEALTH_TIMEOUT_S = 900.0  # the load itself is what is measured
+    try:
+        ep = etcd.endpoints()
+        empty, _ = harness.start_disco(wd, ("--data-dir", "", "--etcd-endpoints", ep,
+                                            "--etcd-prefix", "/empty/"))
+        base_kib = rss_kib(empty.pid)
+        empty.stop()
+        t0 = time.monotonic()
+        fill = etcdtxn("fill", ep, "/load/", tokens, 3, 256, timeout=3600)
+        fill_s = time.monotonic() - t0
+        t0 = time.monotonic()
+        proc, base = harness.start_disco(wd, ("--data-dir", "", "--etcd-endpoints", ep,
+                                              "--etcd-prefix", "/load/"))
+        load_s = time.monotonic() - t0
+        per_token = (rss_kib(proc.pid) - base_kib) * 1024.0 / tokens
+        st, _, _ = harness.http("GET", base + "/v2/keys/_etcd/registry/benchreg%d" % (tokens - 1))
+        proc.stop()
+        results.append(("mirror of %d tokens x 3 members: start until /health (s)" % tokens,
+                        load_s, None, None,
+                        "%d revisions replayed; written in %.0f s (%.0f Txn/s, 256 in flight); "
+                        "last token %d" % (fill["txns"], fill_s, fill["rate"], st)))
+        results.append(("mirror of %d tokens x 3 members: RSS per token (bytes)" % tokens,
+                        per_token, None, None, "over an instance on an empty prefix"))
+    finally:
+        harness.DISCO_HEALTH_TIMEOUT_S = saved
+        etcd.close()
+
+
+def etcd_table(results, rounds):
+    lines = ["| measure | disco on etcd | baseline | ratio | notes |", "|---|---|---|---|---|"]
+    for name, d, e, ratio, note in results:
+        lines.append("| %s | %s | %s | %s | %s |" % (name, fmt(d), fmt(e), fmt(ratio), note))
+    return "\n".join(lines) + "\n\nMedians of %d alternating runs (A B A B ...).\n" % rounds
+
+
 # ---- report --------------------------------------------------------------
 
 def machine():
@@ -374,7 +531,8 @@ def table(results, rounds):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="short runs (smoke check)")
-    ap.add_argument("--only", default="get,put,park,form,bigstore")
+    ap.add_argument("--only", default="get,put,park,form,bigstore,etcdget,etcdreg,etcdload")
+    ap.add_argument("--mirror-tokens", type=int, default=100000, help="etcdload size")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tokens", type=int, default=1000000, help="bigstore size")
     ap.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
@@ -387,18 +545,31 @@ def main():
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit it too
 
     workdir = tempfile.mkdtemp(prefix="disco-bench-")
-    results = []
+    results, etcd_results = [], []
+    load_before = os.getloadavg()
     try:
-        servers = Servers(workdir)
-        try:
-            if "get" in only:
-                bench_get(servers, args.rounds, seconds, results)
-            if "put" in only:
-                bench_put(servers, args.rounds, seconds, results)
-            if "form" in only:
-                bench_form(servers, args.rounds, results)
-        finally:
-            servers.stop()
+        if only & {"etcdget", "etcdreg"}:
+            eb = EtcdBacked(workdir)
+            try:
+                if "etcdget" in only:
+                    bench_etcdget(eb, args.rounds, seconds, etcd_results)
+                if "etcdreg" in only:
+                    bench_etcdreg(eb, args.rounds, seconds, etcd_results)
+            finally:
+                eb.stop()
+        if "etcdload" in only:
+            bench_etcdload(workdir, 10000 if args.quick else args.mirror_tokens, etcd_results)
+        if only & {"get", "put", "form"}:
+            servers = Servers(workdir)
+            try:
+                if "get" in only:
+                    bench_get(servers, args.rounds, seconds, results)
+                if "put" in only:
+                    bench_put(servers, args.rounds, seconds, results)
+                if "form" in only:
+                    bench_form(servers, args.rounds, results)
+            finally:
+                servers.stop()
         if "park" in only:
             bench_park(workdir, [c for c in counts if c < hard - 500], args.rounds, results)
         if "bigstore" in only:
@@ -407,7 +578,12 @@ def main():
         shutil.rmtree(workdir, ignore_errors=True)
 
     report = "# disco vs etcd 3.4: latest `make bench`\n\nMachine: %s\n\n%s" % (
-        machine(), table(results, args.rounds))
+        machine(), table(results, args.rounds) if results else "")
+    if etcd_results:
+        load_after = os.getloadavg()
+        report += ("\n## disco on the etcd backend (`--etcd-endpoints`)\n\n%s\n"
+                   "Load average (1 min) before %.2f, after %.2f (a shared machine).\n" % (
+                       etcd_table(etcd_results, args.rounds), load_before[0], load_after[0]))
     print(report)
     if not args.quick:
         history = kept_history(args.out)  # read before "w" truncates the file
