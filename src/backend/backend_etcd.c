@@ -105,6 +105,7 @@ typedef struct etcd_backend {
     uint64_t applied;        /* last revision applied to the mirror */
     int64_t index_base;      /* v2 index = revision + index_base (P index_base) */
     bool base_read;          /* the index_base range answered (at load) */
+    uint64_t base_rev;       /* its mod revision then (0: absent) */
     uint64_t catch_up;       /* the prefix's newest revision at watch creation */
     bool catch_up_known;
     bool live;
@@ -261,11 +262,40 @@ static void marker_seen(etcd_backend_t *eb, uint64_t seq, uint64_t rev)
     }
 }
 
+/* Whether a revision writes P index_base to other than the offset this
+ * mirror was loaded with (a migration's claim, or its offset when the
+ * mirror loaded without one). */
+static bool index_base_moved(const etcd_backend_t *eb, const etcd_kv_event_t *evs, size_t n)
+{
+    size_t plen = strlen(eb->prefix), klen = sizeof "index_base" - 1;
+    for (size_t i = 0; i < n; i++) {
+        if (evs[i].key_len != plen + klen || memcmp(evs[i].key, eb->prefix, plen) != 0 ||
+            memcmp(evs[i].key + plen, "index_base", klen) != 0)
+            continue;
+        int64_t base;
+        return evs[i].is_delete ||
+               !etcd_layout_parse_index_base(evs[i].value, evs[i].value_len, &base) ||
+               base != eb->index_base;
+    }
+    return false;
+}
+
 /* One revision's events into the mirror. */
 static void apply_revision(etcd_backend_t *eb, uint64_t rev, const etcd_kv_event_t *evs, size_t n)
 {
     if (rev <= eb->applied || eb->broken)
         return; /* a replay from an earlier start: applied already */
+    if (rev > eb->base_rev && index_base_moved(eb, evs, n)) {
+        /* A migration into this prefix while the instance ran: every index
+         * it applied is off by the new offset. */
+        log_error("etcd: %sindex_base was written at revision %" PRIu64 " (a `disco migrate` "
+                  "into this prefix while this instance ran); the mirror stops: restart this "
+                  "instance",
+                  eb->prefix, rev);
+        eb->broken = true;
+        set_live(eb, false);
+        return;
+    }
     etcd_change_t ch;
     int rc = etcd_layout_read_revision(eb->prefix, evs, n, &ch);
     if (rc == -ENOMEM) {
@@ -853,6 +883,7 @@ static void on_index_base_range(void *ctx, const etcd_result_t *res)
      * write): what the prefix held before it was removed by then. */
     if (kv->create_revision > 1)
         eb->applied = (uint64_t)kv->create_revision - 1;
+    eb->base_rev = (uint64_t)kv->mod_revision; /* the claim and the offset, replayed */
     log_info("etcd: %s was migrated from an embedded store: index = revision %+" PRId64
              " (history from revision %" PRId64 ")",
              eb->prefix, eb->index_base, kv->create_revision);

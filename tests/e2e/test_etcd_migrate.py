@@ -14,7 +14,8 @@ again with its old waitIndex, is answered by the next registration and by
 nothing that was copied; the token completes through both instances; every
 index made after the migration is above every index made before. A second
 migration into the same prefix is refused, and an instance refuses a prefix
-whose migration did not finish.
+whose migration did not finish, and an instance that was already running
+on the prefix stops its mirror (its indexes would be wrong).
 
 Every process listens on 127.0.0.1 on ports chosen at run time and is
 stopped by PID. No timing is asserted beyond generous bounds.
@@ -210,6 +211,24 @@ class EtcdMigrateTest(unittest.TestCase):
         self.assertEqual(rc, 1, out + err)
         self.assertIn("not empty", err)
         self.assertEqual(nodes_of(self.listing(a, mid)[0]), nodes_of(listings[0]))
+
+    def test_migration_under_a_running_instance_stops_its_mirror(self):
+        # An instance on the (empty) prefix before the migration would go on
+        # with the old indexes: its mirror stops and /health says so.
+        prefix = "/live/"
+        _, live = self.start(["--data-dir", "", "--etcd-endpoints", self.etcd.endpoints(),
+                              "--etcd-prefix", prefix])
+        data = os.path.join(self.workdir, "live-data")
+        embedded, e = self.start(["--data-dir", data])
+        self.new_token(e, 3)
+        embedded.stop()
+        rc, out, err = run_migrate(data, self.etcd.endpoints(), prefix)
+        self.assertEqual(rc, 0, out + err)
+        harness.wait_until(lambda: harness.http("GET", live + "/health")[0] == 503,
+                           CONVERGE_TIMEOUT_S, what="the running instance's mirror stopped")
+        _, new = self.start(["--data-dir", "", "--etcd-endpoints", self.etcd.endpoints(),
+                             "--etcd-prefix", prefix])
+        self.assertEqual(harness.http("GET", new + "/health")[0], 200)
 
     def test_unfinished_migration_refused_by_serve(self):
         prefix = "/half/"
