@@ -475,8 +475,18 @@ def bench_etcdload(workdir, tokens, results):
         fill = etcdtxn("fill", ep, "/load/", tokens, 3, 256, timeout=3600)
         fill_s = time.monotonic() - t0
         t0 = time.monotonic()
-        proc, base = harness.start_disco(wd, ("--data-dir", "", "--etcd-endpoints", ep,
-                                              "--etcd-prefix", "/load/"))
+        try:
+            proc, base = harness.start_disco(wd, ("--data-dir", "", "--etcd-endpoints", ep,
+                                                  "--etcd-prefix", "/load/"))
+        except RuntimeError as e:  # a figure too: the mirror did not load
+            why = [line for line in str(e).splitlines() if "error" in line][-1:]
+            results.append(("mirror of %d tokens x 3 members: start until /health (s)" % tokens,
+                            None, None, None,
+                            "did not load after %.0f s (%s); written in %.0f s (%.0f Txn/s)" % (
+                                time.monotonic() - t0, " ".join(why)[-200:], fill_s,
+                                fill["rate"])))
+            print(results[-1], flush=True)
+            return
         load_s = time.monotonic() - t0
         per_token = (rss_kib(proc.pid) - base_kib) * 1024.0 / tokens
         st, _, _ = harness.http("GET", base + "/v2/keys/_etcd/registry/benchreg%d" % (tokens - 1))
@@ -555,10 +565,13 @@ def main():
                     bench_etcdget(eb, args.rounds, seconds, etcd_results)
                 if "etcdreg" in only:
                     bench_etcdreg(eb, args.rounds, seconds, etcd_results)
+                print(etcd_results, flush=True)  # in case a later workload fails
             finally:
                 eb.stop()
         if "etcdload" in only:
             bench_etcdload(workdir, 10000 if args.quick else args.mirror_tokens, etcd_results)
+        for row in etcd_results:
+            print(row, flush=True)
         if only & {"get", "put", "form"}:
             servers = Servers(workdir)
             try:
