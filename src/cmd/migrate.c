@@ -48,6 +48,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -437,6 +438,16 @@ static int parse_flags(int argc, char **argv, migrate_flags_t *f)
 /* The store's events, read with the store's own lock held. */
 static int read_store(const char *dir, event_list_t *events)
 {
+    /* store_lmdb_open() makes a store where there is none: a mistyped
+     * --data-dir would then copy nothing and claim the prefix. */
+    char path[4096];
+    struct stat sb;
+    snprintf(path, sizeof path, "%s/data.mdb", dir);
+    if (stat(path, &sb) != 0) {
+        fprintf(stderr, "disco migrate: %s holds no disco store (%s: %s)\n", dir, path,
+                strerror(errno));
+        return -1;
+    }
     char err[256] = "";
     store_lmdb_options_t opt = {.map_size_bytes = STORE_LMDB_DEFAULT_MAP_BYTES};
     store_t *st = store_lmdb_open(dir, &opt, err);

@@ -230,6 +230,17 @@ class EtcdMigrateTest(unittest.TestCase):
                              "--etcd-prefix", prefix])
         self.assertEqual(harness.http("GET", new + "/health")[0], 200)
 
+    def test_no_store_refused(self):
+        # A mistyped --data-dir copies nothing and claims nothing.
+        missing = os.path.join(self.workdir, "no-such-store")
+        rc, out, err = run_migrate(missing, self.etcd.endpoints(), "/never/")
+        self.assertEqual(rc, 1, out + err)
+        self.assertIn("no disco store", err)
+        self.assertFalse(os.path.exists(missing))
+        rc, out, _ = harness.etcdctl(self.etcd.endpoints(), "get", "--prefix", "/never/",
+                                     "--keys-only")
+        self.assertEqual((rc, out.strip()), (0, ""))
+
     def test_unfinished_migration_refused_by_serve(self):
         prefix = "/half/"
         rc, _, err = harness.etcdctl(self.etcd.endpoints(), "put", prefix + "index_base",
