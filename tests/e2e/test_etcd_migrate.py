@@ -231,12 +231,14 @@ class EtcdMigrateTest(unittest.TestCase):
         self.assertEqual(harness.http("GET", new + "/health")[0], 200)
 
     def test_no_store_refused(self):
-        # A mistyped --data-dir copies nothing and claims nothing.
-        missing = os.path.join(self.workdir, "no-such-store")
-        rc, out, err = run_migrate(missing, self.etcd.endpoints(), "/never/")
+        # A mistyped --data-dir (an existing directory without a store)
+        # copies nothing, makes no store and claims nothing.
+        empty = os.path.join(self.workdir, "not-a-store")
+        os.makedirs(empty)
+        rc, out, err = run_migrate(empty, self.etcd.endpoints(), "/never/")
+        self.assertEqual(os.listdir(empty), [])
         self.assertEqual(rc, 1, out + err)
         self.assertIn("no disco store", err)
-        self.assertFalse(os.path.exists(missing))
         rc, out, _ = harness.etcdctl(self.etcd.endpoints(), "get", "--prefix", "/never/",
                                      "--keys-only")
         self.assertEqual((rc, out.strip()), (0, ""))
