@@ -45,6 +45,12 @@ WRK = shutil.which("wrk") or "/usr/bin/wrk"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 MKSTORE = os.environ.get("DISCO_MKSTORE", os.path.join(REPO, "build", "bench", "disco-mkstore"))
 WAITERS = os.environ.get("DISCO_WAITERS", os.path.join(REPO, "build", "bench", "disco-waiters"))
+V3WATCHERS = os.environ.get("DISCO_V3WATCHERS",
+                            os.path.join(REPO, "build", "bench", "disco-v3watchers"))
+TLSCONNS = os.environ.get("DISCO_TLSCONNS", os.path.join(REPO, "build", "bench", "disco-tlsconns"))
+H2LOAD = shutil.which("h2load") or "/usr/bin/h2load"
+NGHTTP = shutil.which("nghttp") or "/usr/bin/nghttp"
+OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
 
 
 # ---- helpers -------------------------------------------------------------
@@ -108,8 +114,11 @@ class Servers:
         self.workdir = workdir
         # 1024 tokens are made through the v2 keys path from one address:
         # lift /new's per-address budget, which counts those too.
+        # v3put overwrites one key for the whole run: every Put is an event
+        # of its token, so the token's history may hold the most it can.
         self.disco, self.disco_url = harness.start_disco(
-            workdir, ("--new-rate", "0"), wait_timeout=wait_timeout)
+            workdir, ("--new-rate", "0", "--max-events-per-token", "16777216"),
+            wait_timeout=wait_timeout)
         self.etcd, self.etcd_url = harness.start_etcd_v2(workdir)
 
     def both(self):
@@ -342,6 +351,115 @@ def bench_bigstore(workdir, tokens, results):
                     None, "health %d" % st))
 
 
+# ---- v3 (gRPC over h2c) -------------------------------------------------
+
+def pb_varint(n):
+    out = b""
+    while True:
+        b, n = n & 0x7F, n >> 7
+        if not n:
+            return out + bytes([b])
+        out += bytes([b | 0x80])
+
+
+def pb_bytes(num, data):
+    """One length-delimited protobuf field (bytes, string or message)."""
+    return pb_varint(num << 3 | 2) + pb_varint(len(data)) + data
+
+
+def grpc_frame(msg):
+    """gRPC's length-prefixed message: not compressed, 4-byte big-endian length."""
+    return b"\0" + len(msg).to_bytes(4, "big") + msg
+
+
+def v3_prefix(token):
+    return ("/_etcd/registry/%s/members/" % token).encode()
+
+
+def range_request(token):
+    """RangeRequest{key=1, range_end=2}: every key under members/."""
+    p = v3_prefix(token)
+    return grpc_frame(pb_bytes(1, p) + pb_bytes(2, p[:-1] + bytes([p[-1] + 1])))
+
+
+def put_request(token, member, value):
+    """PutRequest{key=1, value=2}."""
+    return grpc_frame(pb_bytes(1, v3_prefix(token) + member.encode()) + pb_bytes(2, value.encode()))
+
+
+GRPC_HEADERS = ["-H", "content-type: application/grpc", "-H", "te: trailers"]
+
+
+def grpc_call(base, method, body_path):
+    """One call with nghttp (a real HTTP/2 client, h2c by prior knowledge);
+    returns (grpc-status, DATA bytes received). disco and etcd both answer
+    200 with the status in the trailers, so h2load's 2xx count says nothing
+    about the call: this checks one answer of the very body h2load sends."""
+    out = subprocess.run([NGHTTP, "-v", "-d", body_path] + GRPC_HEADERS + [base + method],
+                         capture_output=True, timeout=20).stdout.decode("latin-1")
+    m = re.search(r"grpc-status: (\d+)", out)
+    data = sum(int(x) for x in re.findall(r"recv DATA frame <length=(\d+)", out))
+    return (int(m.group(1)) if m else None), data
+
+
+def h2load(url, seconds, body_path, conns=64):
+    """Runs h2load (1 thread, one stream at a time per connection, like wrk's
+    64 connections); returns (requests/s, failed or non-2xx, total)."""
+    argv = [H2LOAD, "-t1", "-c%d" % conns, "-m1", "-D", str(seconds), "-d", body_path]
+    out = subprocess.run(argv + GRPC_HEADERS + [url], capture_output=True, text=True,
+                         timeout=seconds + 60).stdout
+    rps = float(re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", out).group(1))
+    m = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded", out)
+    codes = re.search(r"status codes: (\d+) 2xx", out)
+    total, done, ok = int(m.group(1)), int(m.group(2)), int(m.group(3))
+    return rps, (done - ok) + (done - int(codes.group(1))), total
+
+
+def bench_v3(servers, rounds, seconds, results, only):
+    token = "benchv3"
+    rng, put = (os.path.join(servers.workdir, n) for n in ("v3range.bin", "v3put.bin"))
+    with open(rng, "wb") as f:
+        f.write(range_request(token))
+    with open(put, "wb") as f:
+        f.write(put_request(token, "put", "mput=http://127.0.0.1:2380"))
+    for name, _, base in servers.both():
+        if name == "disco":  # a token is made by its size key (/new); etcd has none
+            make_token(base, token)
+        for i in range(3):
+            mp = os.path.join(servers.workdir, "v3m%d.bin" % i)
+            with open(mp, "wb") as f:
+                f.write(put_request(token, "%016x" % (i + 1), "m%d=http://127.0.0.1:%d" % (i, 2380 + i)))
+            st, _ = grpc_call(base, "/etcdserverpb.KV/Put", mp)
+            if st != 0:
+                raise RuntimeError("%s: v3 Put of member %d: grpc-status %r" % (name, i, st))
+        for what, method, body in (("Range", "/etcdserverpb.KV/Range", rng),
+                                   ("Put", "/etcdserverpb.KV/Put", put)):
+            st, data = grpc_call(base, method, body)
+            if st != 0 or data < 5:
+                raise RuntimeError("%s: v3 %s: grpc-status %r, %d bytes" % (name, what, st, data))
+    rows = []
+    if "v3range" in only:
+        rows.append(("v3 Range of a 3-member prefix, 64 conns (req/s)", "/etcdserverpb.KV/Range",
+                     rng, "h2load, h2c; grpc-status 0 checked with nghttp"))
+    if "v3put" in only:
+        rows.append(("v3 durable Put of one member key (overwritten), 64 conns (req/s)",
+                     "/etcdserverpb.KV/Put", put, "h2load, h2c; disco LMDB store, etcd WAL"))
+    for label, method, body, note in rows:
+        a, b = alternate(rounds, lambda i: h2load(servers.disco_url + method, seconds, body),
+                         lambda i: h2load(servers.etcd_url + method, seconds, body))
+        for name, runs in (("disco", a), ("etcd", b)):
+            if any(r[1] for r in runs):
+                raise RuntimeError("%s: failed v3 calls in %s: %r" % (name, label, runs))
+        d, e = statistics.median(r[0] for r in a), statistics.median(r[0] for r in b)
+        results.append((label, d, e, d / e, note + "; load %s" % load()))
+
+
+def load():
+    """The 1-minute load average: the machine is shared, so every row says
+    how busy it was."""
+    return "%.2f" % os.getloadavg()[0]
+
+
 # ---- report --------------------------------------------------------------
 
 def machine():
@@ -395,6 +513,8 @@ def main():
                 bench_get(servers, args.rounds, seconds, results)
             if "put" in only:
                 bench_put(servers, args.rounds, seconds, results)
+            if only & {"v3range", "v3put"}:
+                bench_v3(servers, args.rounds, seconds, results, only)
             if "form" in only:
                 bench_form(servers, args.rounds, results)
         finally:
