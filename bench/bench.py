@@ -460,6 +460,180 @@ def load():
     return "%.2f" % os.getloadavg()[0]
 
 
+# ---- TLS ---------------------------------------------------------------
+
+def make_cert(workdir):
+    """An ECDSA P-256 self-signed certificate for 127.0.0.1, made at run
+    time; disco and nginx serve the same one."""
+    cert, key = os.path.join(workdir, "cert.pem"), os.path.join(workdir, "key.pem")
+    if not os.path.exists(cert):
+        subprocess.run([OPENSSL, "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert,
+                        "-days", "2", "-subj", "/CN=127.0.0.1",
+                        "-addext", "subjectAltName=IP:127.0.0.1"],
+                       check=True, capture_output=True, timeout=30)
+    return cert, key
+
+
+def tls_answers(port):
+    import ssl
+    import socket
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            with ctx.wrap_socket(s) as t:
+                t.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                return t.recv(64).startswith(b"HTTP/1.1 ")
+    except OSError:
+        return False
+
+
+def start_disco_tls(workdir):
+    """disco with TLS on one port (--addr) and plain HTTP on another
+    (--plain-addr, for setting up tokens and reading /metrics). Returns
+    (proc, TLS port, plain base URL)."""
+    cert, key = make_cert(workdir)
+    port, plain = harness.free_port(), harness.free_port()
+    data = tempfile.mkdtemp(prefix="disco-tls-", dir=workdir)
+    proc = harness.Proc([harness.disco_bin(), "serve", "--addr", "127.0.0.1:%d" % port,
+                         "--plain-addr", "127.0.0.1:%d" % plain, "--tls-cert", cert,
+                         "--tls-key", key, "--data-dir", os.path.join(data, "disco-data"),
+                         "--new-rate", "0", "--wait-timeout", "120s"],
+                        os.path.join(data, "disco.log"), name="disco-tls:%d" % port)
+    base = "http://127.0.0.1:%d" % plain
+    harness.wait_until(lambda: _answers(base + "/health"), 10, what="disco (TLS)")
+    return proc, port, base
+
+
+def start_nginx_tls(workdir, body):
+    """nginx, one worker, serving `body` over TLS with the same certificate;
+    no session cache or tickets (the clients offer none either), keep-alive
+    connections never closed for their request count (nginx's default is
+    1000 requests, which would mix handshakes into the keep-alive run)."""
+    cert, key = make_cert(workdir)
+    port = harness.free_port()
+    conf_dir = tempfile.mkdtemp(prefix="nginx-tls-", dir=workdir)
+    os.makedirs(os.path.join(conf_dir, "logs"))
+    escaped = body.replace("\\", "\\\\").replace("'", "\\'")
+    with open(os.path.join(conf_dir, "nginx.conf"), "w") as f:
+        f.write("""worker_processes 1;
+daemon off;
+pid %(d)s/nginx.pid;
+error_log %(d)s/logs/error.log;
+events { worker_connections 20000; }
+worker_rlimit_nofile 20480;
+http {
+  access_log off;
+  client_body_temp_path %(d)s/body; proxy_temp_path %(d)s/proxy;
+  fastcgi_temp_path %(d)s/fcgi; uwsgi_temp_path %(d)s/uwsgi; scgi_temp_path %(d)s/scgi;
+  keepalive_requests 100000000;
+  keepalive_timeout 300s;
+  server {
+    listen 127.0.0.1:%(port)d ssl;
+    ssl_certificate %(cert)s;
+    ssl_certificate_key %(key)s;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_cache off;
+    ssl_session_tickets off;
+    location / { default_type application/json; return 200 '%(body)s'; }
+  }
+}
+""" % {"d": conf_dir, "port": port, "body": escaped, "cert": cert, "key": key})
+    proc = harness.Proc([NGINX, "-p", conf_dir, "-c", os.path.join(conf_dir, "nginx.conf")],
+                        os.path.join(conf_dir, "nginx.log"), name="nginx-tls")
+    harness.wait_until(lambda: tls_answers(port), 10, what="nginx (TLS)")
+    return proc, port
+
+
+def tls_rate(port, path, seconds, concurrency=32):
+    """New TLS connections a second, each a full handshake and one GET."""
+    out = subprocess.run([TLSCONNS, "rate", "127.0.0.1", str(port), path, str(concurrency),
+                          str(seconds)], capture_output=True, text=True, timeout=seconds + 60)
+    fields = dict(f.split("=", 1) for f in out.stdout.split())
+    if out.returncode != 0 or int(fields.get("failed", 1)):
+        raise RuntimeError("disco-tlsconns rate: %r %r" % (out.stdout, out.stderr[-500:]))
+    return float(fields["rate"])
+
+
+def bench_tls(workdir, rounds, seconds, results, only):
+    disco, port, base = start_disco_tls(workdir)
+    nginx = None
+    try:
+        make_token(base, "benchget", members=3)
+        _, _, body = harness.http("GET", base + LISTING)
+        nginx, nport = start_nginx_tls(workdir, body.decode())
+        if "tlsget" in only:
+            a, b = alternate(rounds,
+                             lambda i: wrk("https://127.0.0.1:%d%s" % (port, LISTING), seconds),
+                             lambda i: wrk("https://127.0.0.1:%d%s" % (nport, LISTING), seconds))
+            d, n = wrk_medians("TLS GET", a, b)
+            results.append(("TLS keep-alive GET 3-member listing, 64 conns (req/s; other: nginx)",
+                            d, n, d / n, "wrk over TLS, same ECDSA P-256 certificate; target "
+                            ">= 0.90; load %s" % load()))
+        if "tlshandshake" in only:
+            a, b = alternate(rounds, lambda i: tls_rate(port, LISTING, seconds),
+                             lambda i: tls_rate(nport, LISTING, seconds))
+            d, n = statistics.median(a), statistics.median(b)
+            results.append(("new TLS connections, full handshake + 1 GET, 32 at a time "
+                            "(per s; other: nginx)", d, n, d / n,
+                            "build/bench/disco-tlsconns rate: no session offered; target >= "
+                            "0.90; load %s" % load()))
+    finally:
+        if nginx:
+            nginx.stop()
+        disco.stop()
+
+
+def hold_once(workdir, n, parked, tls):
+    """One fresh disco: server bytes per connection from RSS growth while
+    disco-tlsconns holds n connections, idle or each with a parked watch."""
+    disco, port, base = start_disco_tls(workdir)
+    try:
+        token = "benchhold"
+        make_token(base, token)
+        if not tls:
+            port = int(base.rsplit(":", 1)[1])
+        time.sleep(0.5)
+        before = rss_kib(disco.pid)
+        path = "/v2/keys/_etcd/registry/%s?recursive=true&wait=true" % token if parked else "-"
+        argv = [TLSCONNS, "hold", "127.0.0.1", str(port), path, str(n)] + ([] if tls else ["plain"])
+        client = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            line = client.stdout.readline()
+            if line.strip() != "held %d" % n:
+                raise RuntimeError("disco-tlsconns hold: %r" % line)
+            if parked:
+                settle_parked(disco, base, n, True)
+            else:
+                harness.wait_until(
+                    lambda: re.search(rb"disco_connections (\d+)",
+                                      harness.http("GET", base + "/metrics")[2]).group(1)
+                    == str(n + 1).encode(), 30, what="%d connections" % n)  # + /metrics' own
+            time.sleep(0.5)
+            return (rss_kib(disco.pid) - before) * 1024.0 / n
+        finally:
+            client.stdin.close()
+            client.wait(timeout=30)
+    finally:
+        disco.stop()
+
+
+def bench_tlsmem(workdir, n, rounds, results):
+    """Memory per idle TLS connection and per parked TLS long-poll, each
+    against the same over plain TCP: the difference is TLS's, nearly all
+    OpenSSL's (disco's TLS transport record is a few pointers)."""
+    for parked in (False, True):
+        tls, plain = alternate(rounds, lambda i: hold_once(workdir, n, parked, True),
+                               lambda i: hold_once(workdir, n, parked, False))
+        t, p = statistics.median(tls), statistics.median(plain)
+        what = "parked long-poll" if parked else "idle keep-alive connection"
+        results.append(("TLS %s, %d held: server bytes each (other: plain TCP)" % (what, n),
+                        t, p, t / p if p > 0 else None,
+                        "RSS growth of a fresh disco; TLS share %.0f B; target < 40960; load %s"
+                        % (t - p, load())))
+
+
 # ---- report --------------------------------------------------------------
 
 def machine():
@@ -492,7 +666,8 @@ def table(results, rounds):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="short runs (smoke check)")
-    ap.add_argument("--only", default="get,put,park,form,bigstore")
+    ap.add_argument("--only", default="get,put,v3range,v3put,v3park,tlsget,tlshandshake,tlsmem,"
+                                      "park,form,bigstore")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tokens", type=int, default=1000000, help="bigstore size")
     ap.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
@@ -519,6 +694,10 @@ def main():
                 bench_form(servers, args.rounds, results)
         finally:
             servers.stop()
+        if only & {"tlsget", "tlshandshake"}:
+            bench_tls(workdir, args.rounds, seconds, results, only)
+        if "tlsmem" in only:
+            bench_tlsmem(workdir, 1000 if args.quick else 10000, args.rounds, results)
         if "park" in only:
             bench_park(workdir, [c for c in counts if c < hard - 500], args.rounds, results)
         if "bigstore" in only:
