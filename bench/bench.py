@@ -454,6 +454,64 @@ def bench_v3(servers, rounds, seconds, results, only):
         results.append((label, d, e, d / e, note + "; load %s" % load()))
 
 
+def v3park_once(workdir, conns, per):
+    """One fresh pair of servers: conns h2c connections each with one Watch
+    stream of `per` watches on one token's members/ (build/bench/
+    disco-v3watchers), then one v3 Put. Returns {name: (server bytes per
+    watch from RSS growth, ms from the Put to the last event delivered)}."""
+    n = conns * per
+    res = {}
+    servers = Servers(tempfile.mkdtemp(prefix="v3park-", dir=workdir))
+    try:
+        for name, proc, base in servers.both():
+            token = "benchv3park"
+            if name == "disco":
+                make_token(base, token)
+            time.sleep(1.0)
+            before = rss_kib(proc.pid)
+            host, port = base[len("http://"):].split(":")
+            w = subprocess.Popen([V3WATCHERS, host, port, str(conns), str(per),
+                                  v3_prefix(token).decode(), "60"],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            try:
+                line = w.stdout.readline()
+                if line.strip() != "created %d" % n:
+                    raise RuntimeError("disco-v3watchers could not make %d watches on %s: %r"
+                                       % (n, name, line))
+                time.sleep(1.0)  # every watch is confirmed; let the allocator settle
+                during = rss_kib(proc.pid)
+                out, _ = w.communicate("go\n", timeout=120)
+                fields = dict(f.split("=", 1) for f in out.split())
+                if w.returncode != 0 or int(fields.get("answered", -1)) != n or \
+                        fields.get("put_status") != "0":
+                    raise RuntimeError("disco-v3watchers on %s: %r (exit %d)" % (name, out,
+                                                                                 w.returncode))
+                res[name] = ((during - before) * 1024.0 / n, float(fields["last_ms"]))
+            finally:
+                if w.poll() is None:
+                    w.kill()
+                    w.wait()
+    finally:
+        servers.stop()
+    return res
+
+
+def bench_v3park(workdir, n, rounds, results):
+    """n watches as n connections of one watch (n members each watching on
+    its own connection, as etcd's discovery does), and as n/100 streams of
+    100 watches (disco's most a stream; 1000 a connection)."""
+    for conns, per in ((n, 1), (n // 100, 100)):
+        runs = [v3park_once(workdir, conns, per) for _ in range(rounds)]
+        d = [statistics.median(r["disco"][k] for r in runs) for k in (0, 1)]
+        e = [statistics.median(r["etcd"][k] for r in runs) for k in (0, 1)]
+        layout = "%d connections x %d watch%s" % (conns, per, "es" if per > 1 else "")
+        results.append(("v3 watch, %s: server bytes each" % layout, d[0], e[0], d[0] / e[0],
+                        "RSS growth of a fresh server; load %s" % load()))
+        results.append(("v3 watch, %s: ms from Put to last event" % layout, d[1], e[1],
+                        d[1] / e[1], "build/bench/disco-v3watchers (C, nghttp2, epoll); load %s"
+                        % load()))
+
+
 def load():
     """The 1-minute load average: the machine is shared, so every row says
     how busy it was."""
@@ -508,7 +566,9 @@ def start_disco_tls(workdir):
 
 def start_nginx_tls(workdir, body):
     """nginx, one worker, serving `body` over TLS with the same certificate;
-    no session cache or tickets (the clients offer none either), keep-alive
+    no session cache; session tickets on, as nginx's default and as disco
+    (both send TLS 1.3's two tickets after each full handshake, which the
+    clients here never use), keep-alive
     connections never closed for their request count (nginx's default is
     1000 requests, which would mix handshakes into the keep-alive run)."""
     cert, key = make_cert(workdir)
@@ -535,7 +595,6 @@ http {
     ssl_certificate_key %(key)s;
     ssl_protocols TLSv1.2 TLSv1.3;
     ssl_session_cache off;
-    ssl_session_tickets off;
     location / { default_type application/json; return 200 '%(body)s'; }
   }
 }
@@ -698,6 +757,8 @@ def main():
             bench_tls(workdir, args.rounds, seconds, results, only)
         if "tlsmem" in only:
             bench_tlsmem(workdir, 1000 if args.quick else 10000, args.rounds, results)
+        if "v3park" in only:
+            bench_v3park(workdir, 1000 if args.quick else 10000, args.rounds, results)
         if "park" in only:
             bench_park(workdir, [c for c in counts if c < hard - 500], args.rounds, results)
         if "bigstore" in only:

@@ -54,10 +54,10 @@ enum conn_state { CS_FREE, CS_CONNECT, CS_HANDSHAKE, CS_WRITE, CS_READ, CS_HELD 
 typedef struct conn {
     int fd;
     enum conn_state state;
-    SSL *ssl;                   /* NULL in plain mode */
-    size_t sent, got;           /* request bytes sent, answer bytes read */
-    char answer[ANSWER_BYTES];  /* rate mode: the answer, to find its end */
-    unsigned char want_events;  /* EPOLLIN/EPOLLOUT currently asked for */
+    SSL *ssl;                  /* NULL in plain mode */
+    size_t sent, got;          /* request bytes sent, answer bytes read */
+    char answer[ANSWER_BYTES]; /* rate mode: the answer, to find its end */
+    unsigned char want_events; /* EPOLLIN/EPOLLOUT currently asked for */
 } conn_t;
 
 static struct {
@@ -109,9 +109,9 @@ static bool conn_open(conn_t *c)
     int one = 1;
     setsockopt(c->fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    struct sockaddr_in from = {
-        .sin_family = AF_INET,
-        .sin_addr.s_addr = htonl(0x7f000001u + g.next_source++ % SOURCE_ADDRESSES)};
+    struct sockaddr_in from = {.sin_family = AF_INET,
+                               .sin_addr.s_addr =
+                                   htonl(0x7f000001u + g.next_source++ % SOURCE_ADDRESSES)};
     if (bind(c->fd, (struct sockaddr *)&from, sizeof from) != 0 ||
         (connect(c->fd, (struct sockaddr *)&g.to, sizeof g.to) != 0 && errno != EINPROGRESS)) {
         close(c->fd);
@@ -196,8 +196,7 @@ static bool conn_step(conn_t *c)
                     return ssl_wait(c, r) == 0;
                 c->sent += (size_t)r;
             } else {
-                ssize_t r = send(c->fd, g.request + c->sent, g.request_len - c->sent,
-                                 MSG_NOSIGNAL);
+                ssize_t r = send(c->fd, g.request + c->sent, g.request_len - c->sent, MSG_NOSIGNAL);
                 if (r < 0 && errno == EAGAIN)
                     return conn_want(c, EPOLLOUT);
                 if (r <= 0)
