@@ -16,6 +16,18 @@ Workloads:
            watch from RSS, and the time from sending one PUT until the last
            watch has its answer, measured by build/bench/disco-waiters (C,
            epoll) so that the client's own reading does not count.
+  v3range  v3 gRPC Range of a 3-member prefix, h2load over h2c (64 conns, one
+           prebuilt RangeRequest), against etcd's v3 API.
+  v3put    v3 durable Put of one member key, overwritten, the same way.
+  v3park   10000 v3 watches (10000 connections x 1, and 100 x 100 on one
+           stream each), woken by one v3 Put: memory per watch, and the time
+           until the last event (build/bench/disco-v3watchers, C, nghttp2).
+  tlsget   keep-alive GET of the listing over TLS, wrk, against nginx over
+           TLS with the same ECDSA P-256 certificate (made at run time).
+  tlshandshake  full TLS handshakes a second (one GET each, no resumption),
+           build/bench/disco-tlsconns, against the same nginx.
+  tlsmem   disco's memory per idle TLS connection and per parked TLS
+           long-poll, against the same over plain TCP.
   form     time for 3 real etcd members to form a cluster through each.
   bigstore RSS and startup time of disco with 1,000,000 tokens of 3 members
            (disco only: loading that into etcd's v2 store takes hours).
@@ -716,7 +728,8 @@ def fmt(v):
 
 
 def table(results, rounds):
-    lines = ["| measure | disco | etcd 3.4 | disco/etcd | notes |", "|---|---|---|---|---|"]
+    lines = ["| measure | disco | etcd 3.4 (or \"other\" as named) | disco/other | notes |",
+             "|---|---|---|---|---|"]
     for name, d, e, ratio, note in results:
         lines.append("| %s | %s | %s | %s | %s |" % (name, fmt(d), fmt(e), fmt(ratio), note))
     return "\n".join(lines) + "\n\nMedians of %d alternating runs (A B A B ...).\n" % rounds

@@ -501,7 +501,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "v3watchers: sending the Put failed\n");
         return 1;
     }
-    while (g.answered < g.watches) {
+    /* Until every event and the Put's own answer (its trailers) are in. */
+    while (g.answered < g.watches || put->grpc_status < 0) {
         double left = g.t0 + timeout_ms - now_ms();
         if (left <= 0)
             break;
