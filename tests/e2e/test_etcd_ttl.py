@@ -186,6 +186,23 @@ class TtlKeysTest(EtcdTwoInstances):
             self.assertEqual(st, 200, got)
             self.assertEqual(got["node"]["value"], "2")
 
+    def test_update_with_new_ttl_keeps_the_key(self):
+        # refresh=true is refused (docs/decisions.md); an update with a new
+        # ttl is how a v2 client keeps a key: a new lease replaces the old.
+        tok = self.new_token(self.a)
+        self.wait_on(self.b, tok, what="the token on B")
+        st, _, body = harness.http("PUT", keys_url(self.a, tok, "/k?ttl=2"), "value=1", FORM)
+        self.assertEqual(st, 201, body)
+        st, _, body = harness.http("PUT", keys_url(self.b, tok, "/k?prevExist=true&ttl=30"),
+                                   "value=1", FORM)
+        self.assertEqual(st, 200, body)
+        self.assertEqual(json.loads(body)["action"], "update")
+        time.sleep(4)
+        for base in (self.a, self.b):
+            st, got = self.get(base, tok, "/k")
+            self.assertEqual(st, 200, got)
+            self.assertGreater(got["node"]["ttl"], 20, got)
+
 
 class SweepTest(EtcdTwoInstances):
     ARGS = ("--minage", "3s", "--gcfreq", "1s")
