@@ -36,6 +36,9 @@ CONVERGE_TIMEOUT_S = 10.0 * SLOW
 # etcd checks leases every 500 ms and raises a TTL below its minimum (1.5 s
 # with default timings): a ttl=2 key goes within a few seconds.
 EXPIRY_TIMEOUT_S = 20.0 * SLOW
+# A short TTL, longer where disco runs slowly (valgrind), so that a check
+# made right after the write still sees the key.
+TTL_S = 2 * SLOW
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 PREFIX = "/disco/"
 # The ring of recent events the registry keeps (RECENT_EVENTS in
@@ -120,17 +123,18 @@ class TtlKeysTest(EtcdTwoInstances):
     def test_ttl_key_expires_on_both_and_parked_poll_sees_expire(self):
         tok = self.new_token(self.a)
         self.wait_on(self.b, tok, what="the token on B")
-        st, _, body = harness.http("PUT", keys_url(self.a, tok, "/eph?ttl=2"), "value=v", FORM)
+        st, _, body = harness.http("PUT", keys_url(self.a, tok, "/eph?ttl=%d" % TTL_S), "value=v",
+                                   FORM)
         self.assertEqual(st, 201, body)
         node = json.loads(body)["node"]
-        self.assertEqual(node["ttl"], 2, body)
+        self.assertEqual(node["ttl"], TTL_S, body)
         self.assertIn("expiration", node)
         created = node["createdIndex"]
         # B shows the same key with its TTL (from the transaction's marker).
         _, got = self.wait_on(self.b, tok, "/eph", what="the TTL key on B")
         self.assertEqual(got["node"]["value"], "v")
         self.assertIn("ttl", got["node"])
-        self.assertLessEqual(got["node"]["ttl"], 2)
+        self.assertLessEqual(got["node"]["ttl"], TTL_S)
         self.assertEqual(got["node"]["expiration"], node["expiration"])
         # The key is in etcd with a lease.
         rc, out, err = harness.etcdctl(self.etcd.client_urls[0], "get", "-w", "json",
@@ -173,14 +177,15 @@ class TtlKeysTest(EtcdTwoInstances):
     def test_key_rewritten_without_ttl_is_kept(self):
         tok = self.new_token(self.a)
         self.wait_on(self.b, tok, what="the token on B")
-        st, _, body = harness.http("PUT", keys_url(self.a, tok, "/k?ttl=2"), "value=1", FORM)
+        st, _, body = harness.http("PUT", keys_url(self.a, tok, "/k?ttl=%d" % TTL_S), "value=1",
+                                   FORM)
         self.assertEqual(st, 201, body)
         # A set without ttl makes the key permanent (v2), and its put names
         # no lease: the old lease runs out and deletes nothing.
         st, _, body = harness.http("PUT", keys_url(self.b, tok, "/k"), "value=2", FORM)
         self.assertEqual(st, 200, body)
         self.assertNotIn("ttl", json.loads(body)["node"])
-        time.sleep(4)
+        time.sleep(TTL_S + 2)
         for base in (self.a, self.b):
             st, got = self.get(base, tok, "/k")
             self.assertEqual(st, 200, got)
@@ -191,17 +196,18 @@ class TtlKeysTest(EtcdTwoInstances):
         # ttl is how a v2 client keeps a key: a new lease replaces the old.
         tok = self.new_token(self.a)
         self.wait_on(self.b, tok, what="the token on B")
-        st, _, body = harness.http("PUT", keys_url(self.a, tok, "/k?ttl=2"), "value=1", FORM)
+        st, _, body = harness.http("PUT", keys_url(self.a, tok, "/k?ttl=%d" % TTL_S), "value=1",
+                                   FORM)
         self.assertEqual(st, 201, body)
-        st, _, body = harness.http("PUT", keys_url(self.b, tok, "/k?prevExist=true&ttl=30"),
-                                   "value=1", FORM)
+        st, _, body = harness.http("PUT", keys_url(self.b, tok, "/k?prevExist=true&ttl=%d"
+                                                   % (15 * TTL_S)), "value=1", FORM)
         self.assertEqual(st, 200, body)
         self.assertEqual(json.loads(body)["action"], "update")
-        time.sleep(4)
+        time.sleep(TTL_S + 2)
         for base in (self.a, self.b):
             st, got = self.get(base, tok, "/k")
             self.assertEqual(st, 200, got)
-            self.assertGreater(got["node"]["ttl"], 20, got)
+            self.assertGreater(got["node"]["ttl"], TTL_S, got)
 
 
 class SweepTest(EtcdTwoInstances):
