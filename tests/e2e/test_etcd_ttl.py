@@ -226,6 +226,12 @@ class SweepTest(EtcdTwoInstances):
             self.assertEqual(err["errorCode"], 100)
             self.assertIn("expired", err["cause"] if "cause" in err else json.dumps(err))
         self.assertGreaterEqual(time.monotonic() - t0, 1.5, "removed before --minage")
+        # The token page says what may have happened, on both instances.
+        for base in (self.a, self.b):
+            st, _, body = harness.http("GET", "%s/%s" % (base, tok),
+                                       headers={"Accept": "text/html"})
+            self.assertEqual(st, 404, body)
+            self.assertIn(b"removed by age", body)
         # Nothing of it is left in etcd, and exactly one removal happened.
         for kind in ("k/%s/" % tok, "c/%s/" % tok, "v/%s" % tok, "m/%s" % tok):
             self.assertEqual(self.etcd_keys(PREFIX + kind), [], kind)
