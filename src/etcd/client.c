@@ -113,6 +113,7 @@ struct etcd_watch {
     uint8_t *create; /* the framed WatchRequest, owned */
     size_t create_len;
     bool is_sent;           /* created on the current Watch stream */
+    bool is_answered;       /* etcd answered its create (or sent it anything) */
     bool is_canceled;       /* by the owner: free, no more callbacks */
     bool is_ended;          /* by the stream or etcd: one last callback, then free */
     bool is_final_canceled; /* the resp == NULL callback is replaced by etcd's cancel */
@@ -294,6 +295,14 @@ static void call_stream_closed(etcd_call_t *k, uint32_t error_code)
 }
 
 /* ---- the Watch stream --------------------------------------------------- */
+
+/* Whether a watch the owner canceled may be freed: not while etcd still
+ * owes the answer to its create, which a refused create carries without
+ * our watch_id (deliver_watch_response matches it by order). */
+static bool watch_may_free(const etcd_watch_t *w)
+{
+    return !w->is_sent || w->is_answered || w->is_ended;
+}
 
 static void watch_free(etcd_watch_t *w)
 {
@@ -999,8 +1008,30 @@ static void deliver_call(etcd_call_t *k)
 static void deliver_watch_response(etcd_client_t *c, const Etcdserverpb__WatchResponse *r)
 {
     etcd_watch_t *w, *next;
+    if (r->watch_id == -1 && r->created) {
+        /* A create etcd refused (an empty range, a duplicate id) is
+         * answered with watch_id -1, created and canceled, not with our
+         * id. etcd answers creates in the order they came, as they were
+         * sent (list order): it is the oldest one not answered yet. */
+        for (w = c->watches; w; w = w->next)
+            if (w->is_sent && !w->is_answered && !w->is_ended)
+                break;
+        if (!w)
+            return;
+        w->is_answered = true;
+        if (w->is_canceled)
+            return; /* the owner let go of it: freed by deliver_watch */
+        if (r->canceled) {
+            w->is_ended = true;
+            w->is_final_canceled = true;
+        }
+        w->fn(w->ctx, r);
+        return;
+    }
     for (w = c->watches; w; w = next) {
         next = w->next;
+        if (w->is_sent && r->watch_id == w->id)
+            w->is_answered = true;
         if (!w->is_sent || w->is_canceled || w->is_ended)
             continue;
         /* watch_id -1: the answer to a progress request, for every watch */
@@ -1056,7 +1087,8 @@ static void deliver_watch(etcd_client_t *c)
     for (w = c->watches; w && !c->is_doomed; w = next) {
         next = w->next;
         if (w->is_canceled) {
-            watch_free(w);
+            if (watch_may_free(w))
+                watch_free(w);
         } else if (w->is_ended) {
             bool tell = !w->is_final_canceled;
             w->is_canceled = true; /* no callback after this one */
@@ -1317,9 +1349,10 @@ void etcd_watch_cancel(etcd_watch_t *w)
         }
     }
     w->is_canceled = true;
-    if (c->busy == 0)
+    if (c->busy == 0 && watch_may_free(w))
         watch_free(w);
-    /* else deliver_watch() frees it (it may be the one being delivered) */
+    /* else deliver_watch() frees it (it may be the one being delivered, or
+     * etcd still owes the answer to its create) */
     flush(c);
 }
 
