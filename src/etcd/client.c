@@ -1004,10 +1004,42 @@ static void deliver_call(etcd_call_t *k)
         protobuf_c_message_free_unpacked(msg, NULL);
 }
 
+/*
+ * Whether etcd refused a create because the Watch stream's token expired:
+ * the token rides on the stream's HEADERS only, so a simple token that
+ * expired (--auth-token-ttl of disuse) fails every later create on that
+ * stream with "invalid auth token" (etcd 3.4: watch_id -1, created,
+ * canceled), however often the owner asks again.
+ */
+static bool watch_token_expired(const etcd_client_t *c, const Etcdserverpb__WatchResponse *r)
+{
+    return c->user && r->created && r->canceled && r->cancel_reason &&
+           strstr(r->cancel_reason, "invalid auth token") != NULL;
+}
+
+/* A new token, then a new Watch stream: this one is reset, so its watches
+ * end (resp == NULL) and their owners create them again, on the new one.
+ * The refused create was not applied: it ends the same way. */
+static void watch_stream_renew(etcd_client_t *c)
+{
+    free(c->token);
+    c->token = NULL;
+    c->is_authed = false;
+    if (c->watch_sid >= 0 && c->ng && !c->watch_stream_closed) {
+        nghttp2_submit_rst_stream(c->ng, NGHTTP2_FLAG_NONE, c->watch_sid, NGHTTP2_CANCEL);
+        flush(c); /* sends the reset (its close is handled by deliver_watch) and Authenticate */
+    }
+}
+
 /* Hands one WatchResponse to the watches it is for. */
 static void deliver_watch_response(etcd_client_t *c, const Etcdserverpb__WatchResponse *r)
 {
     etcd_watch_t *w, *next;
+    if (watch_token_expired(c, r)) {
+        log_info("etcd: %s: the Watch stream's token expired; renewing it", c->eps[c->ep_idx].url);
+        watch_stream_renew(c);
+        return;
+    }
     if (r->watch_id == -1 && r->created) {
         /* A create etcd refused (an empty range, a duplicate id) is
          * answered with watch_id -1, created and canceled, not with our
