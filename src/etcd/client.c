@@ -512,6 +512,8 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *
     if (frame->hd.type == NGHTTP2_SETTINGS && !(frame->hd.flags & NGHTTP2_FLAG_ACK) &&
         !c->has_peer_settings) {
         c->has_peer_settings = true; /* flush() after mem_recv sends the calls */
+        c->failures_in_round = 0;    /* etcd is there: the back-off starts over */
+        c->backoff_ms = ETCD_BACKOFF_MIN_MS;
         log_info("etcd: connected to %s", c->eps[c->ep_idx].url);
     }
     return 0;
@@ -673,7 +675,11 @@ static void fail_connection(etcd_client_t *c, const char *why)
 {
     if (c->state == CONN_BACKOFF)
         return;
-    bool was_up = c->state == CONN_UP && !c->is_member_sick;
+    /* Up means etcd spoke HTTP/2 (its SETTINGS came): a server that takes
+     * the connection and closes it (a wrong port, a refused client
+     * certificate under TLS 1.3) counts towards the back-off, or it would
+     * be dialed again at once, as fast as it closes. */
+    bool was_up = c->state == CONN_UP && c->has_peer_settings && !c->is_member_sick;
     c->is_member_sick = false;
     log_warn("etcd: %s: %s", c->eps[c->ep_idx].url, why);
     /* Calls on this connection: sent ones may have been applied. */
@@ -764,8 +770,6 @@ static void on_session_ready(etcd_client_t *c)
     c->state = CONN_UP;
     c->last_rx_ms = loop_now_ms(c->loop);
     c->ping_sent_ms = 0;
-    c->failures_in_round = 0;
-    c->backoff_ms = ETCD_BACKOFF_MIN_MS;
     flush(c);
 }
 

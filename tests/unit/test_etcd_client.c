@@ -48,6 +48,7 @@ enum behaviour {
     GOAWAY_FIRST,       /* GOAWAY (last stream 0) on the first connection, then OK */
     NO_SETTINGS,        /* the server never sends its SETTINGS */
     WATCH_NO_LEADER,    /* every stream refused at its HEADERS: grpc-status 14 */
+    CLOSE_AT_ONCE,      /* every connection closed as soon as it is accepted */
     WATCH_REFUSE_FIRST, /* the Watch stream: the first create refused as etcd 3.4
                          * refuses one (watch_id -1, created, canceled), the
                          * second created (watch_id 2) */
@@ -200,6 +201,7 @@ static int srv_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *use
     case ANSWER_OK:
     case NO_SETTINGS:
     case WATCH_NO_LEADER:
+    case CLOSE_AT_ONCE:
     case WATCH_REFUSE_FIRST: answer_ok(s, sid); break;
     case ANSWER_UNAVAILABLE: {
         static const char msg[] = "etcdserver: request timed out";
@@ -245,8 +247,12 @@ static void server_pump(server_t *s)
         int fd = accept4(s->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0)
             return;
-        s->fd = fd;
         s->connections++;
+        if (s->how == CLOSE_AT_ONCE) {
+            close(fd);
+            return;
+        }
+        s->fd = fd;
         nghttp2_session_callbacks *cb;
         assert_int_equal(nghttp2_session_callbacks_new(&cb), 0);
         nghttp2_session_callbacks_set_send_callback(cb, srv_send);
@@ -547,6 +553,34 @@ static void test_refused_create_ends_only_its_watch(void **state)
     fixture_stop(&f);
 }
 
+/* A server that takes the TCP connection and closes it before any HTTP/2
+ * (a wrong port, a proxy without a backend, etcd refusing the client's
+ * certificate after a TLS 1.3 handshake): the connection never was up,
+ * so the client backs off between rounds instead of dialing again at
+ * once, as fast as the server closes. */
+static void test_closed_before_settings_backs_off(void **state)
+{
+    (void)state;
+    fixture_t f;
+    fixture_start(&f, CLOSE_AT_ONCE);
+    result_t r = {0};
+    Etcdserverpb__RangeRequest rq = ETCDSERVERPB__RANGE_REQUEST__INIT;
+    rq.key = (ProtobufCBinaryData){2, (uint8_t *)"/k"};
+    assert_int_equal(etcd_range(f.c, &rq, 400, on_done, &r), 0);
+    loop_update_clock(f.loop);
+    uint64_t until = loop_now_ms(f.loop) + 300;
+    for (int i = 0; i < MAX_TURNS && loop_now_ms(f.loop) < until; i++) {
+        loop_run_once(f.loop, 2);
+        server_pump(&f.srv);
+    }
+    /* back-off 50, 100, 200 ms: a handful of dials, not one per turn */
+    assert_true(f.srv.connections >= 1);
+    assert_true(f.srv.connections <= 10);
+    run_until_done(&f, &r);
+    assert_int_equal(r.res.outcome, ETCD_UNSENT);
+    fixture_stop(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -558,6 +592,7 @@ int main(void)
         cmocka_unit_test(test_free_with_calls_in_flight_calls_nothing),
         cmocka_unit_test(test_watch_refused_no_leader_moves_with_backoff),
         cmocka_unit_test(test_refused_create_ends_only_its_watch),
+        cmocka_unit_test(test_closed_before_settings_backs_off),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
