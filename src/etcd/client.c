@@ -159,6 +159,7 @@ struct etcd_client {
     buf_t win; /* Watch stream bytes not yet parsed */
     bool watch_stream_closed;
     int watch_grpc_status; /* from the Watch stream's trailers, or -1 */
+    int watch_http_status; /* its :status, or 0 */
     /* The connection ends for a member's sickness (no leader), not the
      * network: the next dial counts towards the back-off. */
     bool is_member_sick;
@@ -385,6 +386,7 @@ static void watch_stream_open(etcd_client_t *c)
     c->watch_sid = sid;
     c->watch_stream_closed = false;
     c->watch_grpc_status = -1;
+    c->watch_http_status = 0;
     buf_reset(&c->wout);
     buf_reset(&c->win);
     c->wout_deferred = false;
@@ -454,6 +456,8 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint
         /* trailers end the stream: its close does the rest */
         if (namelen == 11 && memcmp(name, "grpc-status", 11) == 0)
             c->watch_grpc_status = atoi((const char *)value);
+        else if (namelen == 7 && memcmp(name, ":status", 7) == 0)
+            c->watch_http_status = atoi((const char *)value);
         return 0;
     }
     etcd_call_t *k;
@@ -1108,14 +1112,25 @@ static void deliver_watch(etcd_client_t *c)
         etcdserverpb__watch_response__free_unpacked(r, NULL);
     }
     if (c->watch_stream_closed && !c->is_doomed) {
-        int status = c->watch_grpc_status;
+        int status = c->watch_grpc_status, http_status = c->watch_http_status;
         watch_stream_end(c);
-        if (status == 14 /* UNAVAILABLE: "no leader" (hasleader), "server stopped" */ &&
-            c->state == CONN_UP) {
+        /* Refused by the server: UNAVAILABLE ("no leader" for hasleader,
+         * "server stopped"), or anything else a server that cannot serve
+         * watches says (UNIMPLEMENTED from a gRPC server that is not etcd,
+         * an HTTP error from a proxy). Our own reset has no status. */
+        if ((status > 0 || (http_status != 0 && http_status != 200)) && c->state == CONN_UP) {
             /* This member cannot serve watches now; re-created here, they
-             * would be refused again at once. Another member may. */
+             * would be refused again at once, in a loop as fast as the
+             * refusals. Another member may; this one after the back-off. */
+            char why[96];
+            if (status == 14)
+                snprintf(why, sizeof why, "the Watch stream ended UNAVAILABLE (no leader?)");
+            else if (status > 0)
+                snprintf(why, sizeof why, "the Watch stream ended with gRPC status %d", status);
+            else
+                snprintf(why, sizeof why, "the Watch stream was answered HTTP %d", http_status);
             c->is_member_sick = true;
-            fail_connection(c, "the Watch stream ended UNAVAILABLE (no leader?)");
+            fail_connection(c, why);
         }
     }
     /* Ends, and frees what is over. */

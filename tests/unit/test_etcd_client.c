@@ -42,16 +42,18 @@
 #define CALL_TIMEOUT_MS 3000
 
 enum behaviour {
-    ANSWER_OK,          /* an empty RangeResponse/TxnResponse */
-    ANSWER_UNAVAILABLE, /* trailers-only grpc-status 14 */
-    REFUSE_FIRST,       /* RST_STREAM REFUSED_STREAM for the first request, then OK */
-    GOAWAY_FIRST,       /* GOAWAY (last stream 0) on the first connection, then OK */
-    NO_SETTINGS,        /* the server never sends its SETTINGS */
-    WATCH_NO_LEADER,    /* every stream refused at its HEADERS: grpc-status 14 */
-    CLOSE_AT_ONCE,      /* every connection closed as soon as it is accepted */
-    WATCH_REFUSE_FIRST, /* the Watch stream: the first create refused as etcd 3.4
-                         * refuses one (watch_id -1, created, canceled), the
-                         * second created (watch_id 2) */
+    ANSWER_OK,           /* an empty RangeResponse/TxnResponse */
+    ANSWER_UNAVAILABLE,  /* trailers-only grpc-status 14 */
+    REFUSE_FIRST,        /* RST_STREAM REFUSED_STREAM for the first request, then OK */
+    GOAWAY_FIRST,        /* GOAWAY (last stream 0) on the first connection, then OK */
+    NO_SETTINGS,         /* the server never sends its SETTINGS */
+    WATCH_NO_LEADER,     /* every stream refused at its HEADERS: grpc-status 14 */
+    CLOSE_AT_ONCE,       /* every connection closed as soon as it is accepted */
+    WATCH_UNIMPLEMENTED, /* every stream refused at its HEADERS: grpc-status 12 (a
+                          * gRPC server that is not etcd) */
+    WATCH_REFUSE_FIRST,  /* the Watch stream: the first create refused as etcd 3.4
+                          * refuses one (watch_id -1, created, canceled), the
+                          * second created (watch_id 2) */
 };
 
 typedef struct server {
@@ -179,13 +181,15 @@ static int srv_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *use
         answer_watch_refuse_first(s, f->hd.stream_id);
         return 0;
     }
-    if (s->how == WATCH_NO_LEADER && f->hd.type == NGHTTP2_HEADERS) {
-        static const char msg[] = "etcdserver: no leader";
+    if ((s->how == WATCH_NO_LEADER || s->how == WATCH_UNIMPLEMENTED) &&
+        f->hd.type == NGHTTP2_HEADERS) {
+        bool is_12 = s->how == WATCH_UNIMPLEMENTED;
+        const char *msg = is_12 ? "unknown service etcdserverpb.Watch" : "etcdserver: no leader";
         nghttp2_nv nv[] = {
             {(uint8_t *)":status", (uint8_t *)"200", 7, 3, 0},
             {(uint8_t *)"content-type", (uint8_t *)"application/grpc", 12, 16, 0},
-            {(uint8_t *)"grpc-status", (uint8_t *)"14", 11, 2, 0},
-            {(uint8_t *)"grpc-message", (uint8_t *)msg, 12, sizeof msg - 1, 0},
+            {(uint8_t *)"grpc-status", (uint8_t *)(is_12 ? "12" : "14"), 11, 2, 0},
+            {(uint8_t *)"grpc-message", (uint8_t *)msg, 12, strlen(msg), 0},
         };
         s->streams++;
         assert_int_equal(nghttp2_submit_response(ng, f->hd.stream_id, nv, 4, NULL), 0);
@@ -195,12 +199,13 @@ static int srv_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *use
         return 0;
     int n = ++s->requests;
     int32_t sid = f->hd.stream_id;
-    if (s->how == WATCH_NO_LEADER)
+    if (s->how == WATCH_NO_LEADER || s->how == WATCH_UNIMPLEMENTED)
         return 0; /* answered at its HEADERS (srv_begin_headers) */
     switch (s->how) {
     case ANSWER_OK:
     case NO_SETTINGS:
     case WATCH_NO_LEADER:
+    case WATCH_UNIMPLEMENTED:
     case CLOSE_AT_ONCE:
     case WATCH_REFUSE_FIRST: answer_ok(s, sid); break;
     case ANSWER_UNAVAILABLE: {
@@ -464,11 +469,10 @@ static void on_watch_again(void *ctx, const Etcdserverpb__WatchResponse *r)
     assert_non_null(etcd_watch(w->f->c, &w->rq, on_watch_again, w));
 }
 
-static void test_watch_refused_no_leader_moves_with_backoff(void **state)
+static void watch_refused_moves_with_backoff(enum behaviour how)
 {
-    (void)state;
     fixture_t f;
-    fixture_start(&f, WATCH_NO_LEADER);
+    fixture_start(&f, how);
     watch_ctx_t w = {.f = &f};
     Etcdserverpb__WatchCreateRequest rq = ETCDSERVERPB__WATCH_CREATE_REQUEST__INIT;
     rq.key = (ProtobufCBinaryData){2, (uint8_t *)"/k"};
@@ -491,6 +495,22 @@ static void test_watch_refused_no_leader_moves_with_backoff(void **state)
     }
     assert_true(f.srv.streams - streams_before <= 10);
     fixture_stop(&f);
+}
+
+static void test_watch_refused_no_leader_moves_with_backoff(void **state)
+{
+    (void)state;
+    watch_refused_moves_with_backoff(WATCH_NO_LEADER);
+}
+
+/* Any refusal of the Watch stream (here a gRPC server that is not etcd:
+ * UNIMPLEMENTED) would come again at once on the same connection: the
+ * client moves on with a back-off instead of reopening the stream as fast
+ * as it is refused. */
+static void test_watch_refused_otherwise_moves_with_backoff(void **state)
+{
+    (void)state;
+    watch_refused_moves_with_backoff(WATCH_UNIMPLEMENTED);
 }
 
 typedef struct watch_seen {
@@ -593,6 +613,7 @@ int main(void)
         cmocka_unit_test(test_watch_refused_no_leader_moves_with_backoff),
         cmocka_unit_test(test_refused_create_ends_only_its_watch),
         cmocka_unit_test(test_closed_before_settings_backs_off),
+        cmocka_unit_test(test_watch_refused_otherwise_moves_with_backoff),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
