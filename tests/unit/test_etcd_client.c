@@ -14,7 +14,12 @@
  *   - a Watch stream refused UNAVAILABLE ("no leader", etcd's answer to
  *     `hasleader` on a member without one) ends the watches and moves the
  *     client to another member, with a back-off, instead of re-opening the
- *     stream on the same member as fast as it refuses.
+ *     stream on the same member as fast as it refuses; so does any other
+ *     refusal of the stream (UNIMPLEMENTED);
+ *   - a server that closes every connection before its SETTINGS is dialed
+ *     with the back-off, not once per loop turn;
+ *   - a create etcd refuses (watch_id -1, created, canceled) ends only the
+ *     watch it answers.
  * Real etcd behaviour (answers, watches, failover, TLS, auth) is covered by
  * tests/e2e/test_etcd_client.py.
  */
