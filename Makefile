@@ -137,7 +137,7 @@ check-fuzz: fuzz-build
 valgrind: all
 	tests/valgrind/run.sh $(BUILD)
 
-BENCH_DEPS = wrk nginx-light
+BENCH_DEPS = wrk nginx-light nghttp2-client openssl etcd-server
 bench: deps-check all
 	@missing=$$(for p in $(BENCH_DEPS); do \
 	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; \

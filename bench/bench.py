@@ -16,6 +16,18 @@ Workloads:
            watch from RSS, and the time from sending one PUT until the last
            watch has its answer, measured by build/bench/disco-waiters (C,
            epoll) so that the client's own reading does not count.
+  v3range  v3 gRPC Range of a 3-member prefix, h2load over h2c (64 conns, one
+           prebuilt RangeRequest), against etcd's v3 API.
+  v3put    v3 durable Put of one member key, overwritten, the same way.
+  v3park   10000 v3 watches (10000 connections x 1, and 100 x 100 on one
+           stream each), woken by one v3 Put: memory per watch, and the time
+           until the last event (build/bench/disco-v3watchers, C, nghttp2).
+  tlsget   keep-alive GET of the listing over TLS, wrk, against nginx over
+           TLS with the same ECDSA P-256 certificate (made at run time).
+  tlshandshake  full TLS handshakes a second (one GET each, no resumption),
+           build/bench/disco-tlsconns, against the same nginx.
+  tlsmem   disco's memory per idle TLS connection and per parked TLS
+           long-poll, against the same over plain TCP.
   form     time for 3 real etcd members to form a cluster through each.
   bigstore RSS and startup time of disco with 1,000,000 tokens of 3 members
            (disco only: loading that into etcd's v2 store takes hours).
@@ -60,6 +72,12 @@ NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 MKSTORE = os.environ.get("DISCO_MKSTORE", os.path.join(REPO, "build", "bench", "disco-mkstore"))
 ETCDTXN = os.environ.get("DISCO_ETCDTXN", os.path.join(REPO, "build", "bench", "disco-etcdtxn"))
 WAITERS = os.environ.get("DISCO_WAITERS", os.path.join(REPO, "build", "bench", "disco-waiters"))
+V3WATCHERS = os.environ.get("DISCO_V3WATCHERS",
+                            os.path.join(REPO, "build", "bench", "disco-v3watchers"))
+TLSCONNS = os.environ.get("DISCO_TLSCONNS", os.path.join(REPO, "build", "bench", "disco-tlsconns"))
+H2LOAD = shutil.which("h2load") or "/usr/bin/h2load"
+NGHTTP = shutil.which("nghttp") or "/usr/bin/nghttp"
+OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
 
 
 # ---- helpers -------------------------------------------------------------
@@ -139,8 +157,11 @@ class Servers:
         self.workdir = workdir
         # 1024 tokens are made through the v2 keys path from one address:
         # lift /new's per-address budget, which counts those too.
+        # v3put overwrites one key for the whole run: every Put is an event
+        # of its token, so the token's history may hold the most it can.
         self.disco, self.disco_url = harness.start_disco(
-            workdir, ("--new-rate", "0"), wait_timeout=wait_timeout)
+            workdir, ("--new-rate", "0", "--max-events-per-token", "16777216"),
+            wait_timeout=wait_timeout)
         self.etcd, self.etcd_url = harness.start_etcd_v2(workdir)
 
     def both(self):
@@ -373,6 +394,348 @@ def bench_bigstore(workdir, tokens, results):
                     None, "health %d" % st))
 
 
+# ---- v3 (gRPC over h2c) -------------------------------------------------
+
+def pb_varint(n):
+    out = b""
+    while True:
+        b, n = n & 0x7F, n >> 7
+        if not n:
+            return out + bytes([b])
+        out += bytes([b | 0x80])
+
+
+def pb_bytes(num, data):
+    """One length-delimited protobuf field (bytes, string or message)."""
+    return pb_varint(num << 3 | 2) + pb_varint(len(data)) + data
+
+
+def grpc_frame(msg):
+    """gRPC's length-prefixed message: not compressed, 4-byte big-endian length."""
+    return b"\0" + len(msg).to_bytes(4, "big") + msg
+
+
+def v3_prefix(token):
+    return ("/_etcd/registry/%s/members/" % token).encode()
+
+
+def range_request(token):
+    """RangeRequest{key=1, range_end=2}: every key under members/."""
+    p = v3_prefix(token)
+    return grpc_frame(pb_bytes(1, p) + pb_bytes(2, p[:-1] + bytes([p[-1] + 1])))
+
+
+def put_request(token, member, value):
+    """PutRequest{key=1, value=2}."""
+    return grpc_frame(pb_bytes(1, v3_prefix(token) + member.encode()) + pb_bytes(2, value.encode()))
+
+
+GRPC_HEADERS = ["-H", "content-type: application/grpc", "-H", "te: trailers"]
+
+
+def grpc_call(base, method, body_path):
+    """One call with nghttp (a real HTTP/2 client, h2c by prior knowledge);
+    returns (grpc-status, DATA bytes received). disco and etcd both answer
+    200 with the status in the trailers, so h2load's 2xx count says nothing
+    about the call: this checks one answer of the very body h2load sends."""
+    out = subprocess.run([NGHTTP, "-v", "-d", body_path] + GRPC_HEADERS + [base + method],
+                         capture_output=True, timeout=20).stdout.decode("latin-1")
+    m = re.search(r"grpc-status: (\d+)", out)
+    data = sum(int(x) for x in re.findall(r"recv DATA frame <length=(\d+)", out))
+    return (int(m.group(1)) if m else None), data
+
+
+def h2load(url, seconds, body_path, conns=64):
+    """Runs h2load (1 thread, one stream at a time per connection, like wrk's
+    64 connections); returns (requests/s, failed or non-2xx, total)."""
+    argv = [H2LOAD, "-t1", "-c%d" % conns, "-m1", "-D", str(seconds), "-d", body_path]
+    out = subprocess.run(argv + GRPC_HEADERS + [url], capture_output=True, text=True,
+                         timeout=seconds + 60).stdout
+    rps = float(re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", out).group(1))
+    m = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded", out)
+    codes = re.search(r"status codes: (\d+) 2xx", out)
+    total, done, ok = int(m.group(1)), int(m.group(2)), int(m.group(3))
+    return rps, (done - ok) + (done - int(codes.group(1))), total
+
+
+def bench_v3(servers, rounds, seconds, results, only):
+    token = "benchv3"
+    rng, put = (os.path.join(servers.workdir, n) for n in ("v3range.bin", "v3put.bin"))
+    with open(rng, "wb") as f:
+        f.write(range_request(token))
+    with open(put, "wb") as f:
+        f.write(put_request(token, "put", "mput=http://127.0.0.1:2380"))
+    for name, _, base in servers.both():
+        if name == "disco":  # a token is made by its size key (/new); etcd has none
+            make_token(base, token)
+        for i in range(3):
+            mp = os.path.join(servers.workdir, "v3m%d.bin" % i)
+            with open(mp, "wb") as f:
+                f.write(put_request(token, "%016x" % (i + 1), "m%d=http://127.0.0.1:%d" % (i, 2380 + i)))
+            st, _ = grpc_call(base, "/etcdserverpb.KV/Put", mp)
+            if st != 0:
+                raise RuntimeError("%s: v3 Put of member %d: grpc-status %r" % (name, i, st))
+        for what, method, body in (("Range", "/etcdserverpb.KV/Range", rng),
+                                   ("Put", "/etcdserverpb.KV/Put", put)):
+            st, data = grpc_call(base, method, body)
+            if st != 0 or data < 5:
+                raise RuntimeError("%s: v3 %s: grpc-status %r, %d bytes" % (name, what, st, data))
+    rows = []
+    if "v3range" in only:
+        rows.append(("v3 Range of a 3-member prefix, 64 conns (req/s)", "/etcdserverpb.KV/Range",
+                     rng, "h2load, h2c; grpc-status 0 checked with nghttp"))
+    if "v3put" in only:
+        rows.append(("v3 durable Put of one member key (overwritten), 64 conns (req/s)",
+                     "/etcdserverpb.KV/Put", put, "h2load, h2c; disco LMDB store, etcd WAL"))
+    for label, method, body, note in rows:
+        a, b = alternate(rounds, lambda i: h2load(servers.disco_url + method, seconds, body),
+                         lambda i: h2load(servers.etcd_url + method, seconds, body))
+        for name, runs in (("disco", a), ("etcd", b)):
+            if any(r[1] for r in runs):
+                raise RuntimeError("%s: failed v3 calls in %s: %r" % (name, label, runs))
+        d, e = statistics.median(r[0] for r in a), statistics.median(r[0] for r in b)
+        results.append((label, d, e, d / e, note + "; load %s" % load()))
+
+
+def v3park_once(workdir, conns, per):
+    """One fresh pair of servers: conns h2c connections each with one Watch
+    stream of `per` watches on one token's members/ (build/bench/
+    disco-v3watchers), then one v3 Put. Returns {name: (server bytes per
+    watch from RSS growth, ms from the Put to the last event delivered)}."""
+    n = conns * per
+    res = {}
+    servers = Servers(tempfile.mkdtemp(prefix="v3park-", dir=workdir))
+    try:
+        for name, proc, base in servers.both():
+            token = "benchv3park"
+            if name == "disco":
+                make_token(base, token)
+            time.sleep(1.0)
+            before = rss_kib(proc.pid)
+            host, port = base[len("http://"):].split(":")
+            w = subprocess.Popen([V3WATCHERS, host, port, str(conns), str(per),
+                                  v3_prefix(token).decode(), "60"],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            try:
+                line = w.stdout.readline()
+                if line.strip() != "created %d" % n:
+                    raise RuntimeError("disco-v3watchers could not make %d watches on %s: %r"
+                                       % (n, name, line))
+                time.sleep(1.0)  # every watch is confirmed; let the allocator settle
+                during = rss_kib(proc.pid)
+                out, _ = w.communicate("go\n", timeout=120)
+                fields = dict(f.split("=", 1) for f in out.split())
+                if w.returncode != 0 or int(fields.get("answered", -1)) != n or \
+                        fields.get("put_status") != "0":
+                    raise RuntimeError("disco-v3watchers on %s: %r (exit %d)" % (name, out,
+                                                                                 w.returncode))
+                res[name] = ((during - before) * 1024.0 / n, float(fields["last_ms"]))
+            finally:
+                if w.poll() is None:
+                    w.kill()
+                    w.wait()
+    finally:
+        servers.stop()
+    return res
+
+
+def bench_v3park(workdir, n, rounds, results):
+    """n watches as n connections of one watch (n members each watching on
+    its own connection, as etcd's discovery does), and as n/100 streams of
+    100 watches (disco's most a stream; 1000 a connection)."""
+    for conns, per in ((n, 1), (n // 100, 100)):
+        runs = [v3park_once(workdir, conns, per) for _ in range(rounds)]
+        d = [statistics.median(r["disco"][k] for r in runs) for k in (0, 1)]
+        e = [statistics.median(r["etcd"][k] for r in runs) for k in (0, 1)]
+        layout = "%d connections x %d watch%s" % (conns, per, "es" if per > 1 else "")
+        results.append(("v3 watch, %s: server bytes each" % layout, d[0], e[0], d[0] / e[0],
+                        "RSS growth of a fresh server; load %s" % load()))
+        results.append(("v3 watch, %s: ms from Put to last event" % layout, d[1], e[1],
+                        d[1] / e[1], "build/bench/disco-v3watchers (C, nghttp2, epoll); load %s"
+                        % load()))
+
+
+def load():
+    """The 1-minute load average: the machine is shared, so every row says
+    how busy it was."""
+    return "%.2f" % os.getloadavg()[0]
+
+
+# ---- TLS ---------------------------------------------------------------
+
+def make_cert(workdir):
+    """An ECDSA P-256 self-signed certificate for 127.0.0.1, made at run
+    time; disco and nginx serve the same one."""
+    cert, key = os.path.join(workdir, "cert.pem"), os.path.join(workdir, "key.pem")
+    if not os.path.exists(cert):
+        subprocess.run([OPENSSL, "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert,
+                        "-days", "2", "-subj", "/CN=127.0.0.1",
+                        "-addext", "subjectAltName=IP:127.0.0.1"],
+                       check=True, capture_output=True, timeout=30)
+    return cert, key
+
+
+def tls_answers(port):
+    import ssl
+    import socket
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            with ctx.wrap_socket(s) as t:
+                t.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                return t.recv(64).startswith(b"HTTP/1.1 ")
+    except OSError:
+        return False
+
+
+def start_disco_tls(workdir):
+    """disco with TLS on one port (--addr) and plain HTTP on another
+    (--plain-addr, for setting up tokens and reading /metrics). Returns
+    (proc, TLS port, plain base URL)."""
+    cert, key = make_cert(workdir)
+    port, plain = harness.free_port(), harness.free_port()
+    data = tempfile.mkdtemp(prefix="disco-tls-", dir=workdir)
+    proc = harness.Proc([harness.disco_bin(), "serve", "--addr", "127.0.0.1:%d" % port,
+                         "--plain-addr", "127.0.0.1:%d" % plain, "--tls-cert", cert,
+                         "--tls-key", key, "--data-dir", os.path.join(data, "disco-data"),
+                         "--new-rate", "0", "--wait-timeout", "120s"],
+                        os.path.join(data, "disco.log"), name="disco-tls:%d" % port)
+    base = "http://127.0.0.1:%d" % plain
+    harness.wait_until(lambda: _answers(base + "/health"), 10, what="disco (TLS)")
+    return proc, port, base
+
+
+def start_nginx_tls(workdir, body):
+    """nginx, one worker, serving `body` over TLS with the same certificate;
+    no session cache; session tickets on, as nginx's default and as disco
+    (both send TLS 1.3's two tickets after each full handshake, which the
+    clients here never use), keep-alive
+    connections never closed for their request count (nginx's default is
+    1000 requests, which would mix handshakes into the keep-alive run)."""
+    cert, key = make_cert(workdir)
+    port = harness.free_port()
+    conf_dir = tempfile.mkdtemp(prefix="nginx-tls-", dir=workdir)
+    os.makedirs(os.path.join(conf_dir, "logs"))
+    escaped = body.replace("\\", "\\\\").replace("'", "\\'")
+    with open(os.path.join(conf_dir, "nginx.conf"), "w") as f:
+        f.write("""worker_processes 1;
+daemon off;
+pid %(d)s/nginx.pid;
+error_log %(d)s/logs/error.log;
+events { worker_connections 20000; }
+worker_rlimit_nofile 20480;
+http {
+  access_log off;
+  client_body_temp_path %(d)s/body; proxy_temp_path %(d)s/proxy;
+  fastcgi_temp_path %(d)s/fcgi; uwsgi_temp_path %(d)s/uwsgi; scgi_temp_path %(d)s/scgi;
+  keepalive_requests 100000000;
+  keepalive_timeout 300s;
+  server {
+    listen 127.0.0.1:%(port)d ssl;
+    ssl_certificate %(cert)s;
+    ssl_certificate_key %(key)s;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_cache off;
+    location / { default_type application/json; return 200 '%(body)s'; }
+  }
+}
+""" % {"d": conf_dir, "port": port, "body": escaped, "cert": cert, "key": key})
+    proc = harness.Proc([NGINX, "-p", conf_dir, "-c", os.path.join(conf_dir, "nginx.conf")],
+                        os.path.join(conf_dir, "nginx.log"), name="nginx-tls")
+    harness.wait_until(lambda: tls_answers(port), 10, what="nginx (TLS)")
+    return proc, port
+
+
+def tls_rate(port, path, seconds, concurrency=32):
+    """New TLS connections a second, each a full handshake and one GET."""
+    out = subprocess.run([TLSCONNS, "rate", "127.0.0.1", str(port), path, str(concurrency),
+                          str(seconds)], capture_output=True, text=True, timeout=seconds + 60)
+    fields = dict(f.split("=", 1) for f in out.stdout.split())
+    if out.returncode != 0 or int(fields.get("failed", 1)):
+        raise RuntimeError("disco-tlsconns rate: %r %r" % (out.stdout, out.stderr[-500:]))
+    return float(fields["rate"])
+
+
+def bench_tls(workdir, rounds, seconds, results, only):
+    disco, port, base = start_disco_tls(workdir)
+    nginx = None
+    try:
+        make_token(base, "benchget", members=3)
+        _, _, body = harness.http("GET", base + LISTING)
+        nginx, nport = start_nginx_tls(workdir, body.decode())
+        if "tlsget" in only:
+            a, b = alternate(rounds,
+                             lambda i: wrk("https://127.0.0.1:%d%s" % (port, LISTING), seconds),
+                             lambda i: wrk("https://127.0.0.1:%d%s" % (nport, LISTING), seconds))
+            d, n = wrk_medians("TLS GET", a, b)
+            results.append(("TLS keep-alive GET 3-member listing, 64 conns (req/s; other: nginx)",
+                            d, n, d / n, "wrk over TLS, same ECDSA P-256 certificate; target "
+                            ">= 0.90; load %s" % load()))
+        if "tlshandshake" in only:
+            a, b = alternate(rounds, lambda i: tls_rate(port, LISTING, seconds),
+                             lambda i: tls_rate(nport, LISTING, seconds))
+            d, n = statistics.median(a), statistics.median(b)
+            results.append(("new TLS connections, full handshake + 1 GET, 32 at a time "
+                            "(per s; other: nginx)", d, n, d / n,
+                            "build/bench/disco-tlsconns rate: no session offered; target >= "
+                            "0.90; load %s" % load()))
+    finally:
+        if nginx:
+            nginx.stop()
+        disco.stop()
+
+
+def hold_once(workdir, n, parked, tls):
+    """One fresh disco: server bytes per connection from RSS growth while
+    disco-tlsconns holds n connections, idle or each with a parked watch."""
+    disco, port, base = start_disco_tls(workdir)
+    try:
+        token = "benchhold"
+        make_token(base, token)
+        if not tls:
+            port = int(base.rsplit(":", 1)[1])
+        time.sleep(0.5)
+        before = rss_kib(disco.pid)
+        path = "/v2/keys/_etcd/registry/%s?recursive=true&wait=true" % token if parked else "-"
+        argv = [TLSCONNS, "hold", "127.0.0.1", str(port), path, str(n)] + ([] if tls else ["plain"])
+        client = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            line = client.stdout.readline()
+            if line.strip() != "held %d" % n:
+                raise RuntimeError("disco-tlsconns hold: %r" % line)
+            if parked:
+                settle_parked(disco, base, n, True)
+            else:
+                harness.wait_until(
+                    lambda: re.search(rb"disco_connections (\d+)",
+                                      harness.http("GET", base + "/metrics")[2]).group(1)
+                    == str(n + 1).encode(), 30, what="%d connections" % n)  # + /metrics' own
+            time.sleep(0.5)
+            return (rss_kib(disco.pid) - before) * 1024.0 / n
+        finally:
+            client.stdin.close()
+            client.wait(timeout=30)
+    finally:
+        disco.stop()
+
+
+def bench_tlsmem(workdir, n, rounds, results):
+    """Memory per idle TLS connection and per parked TLS long-poll, each
+    against the same over plain TCP: the difference is TLS's, nearly all
+    OpenSSL's (disco's TLS transport record is a few pointers)."""
+    for parked in (False, True):
+        tls, plain = alternate(rounds, lambda i: hold_once(workdir, n, parked, True),
+                               lambda i: hold_once(workdir, n, parked, False))
+        t, p = statistics.median(tls), statistics.median(plain)
+        what = "parked long-poll" if parked else "idle keep-alive connection"
+        results.append(("TLS %s, %d held: server bytes each (other: plain TCP)" % (what, n),
+                        t, p, t / p if p > 0 else None,
+                        "RSS growth of a fresh disco; TLS share %.0f B; target < 40960; load %s"
+                        % (t - p, load())))
+
+
 # ---- the etcd backend ------------------------------------------------------
 
 class EtcdBacked:
@@ -547,7 +910,8 @@ def fmt(v):
 
 
 def table(results, rounds):
-    lines = ["| measure | disco | etcd 3.4 | disco/etcd | notes |", "|---|---|---|---|---|"]
+    lines = ["| measure | disco | etcd 3.4 (or \"other\" as named) | disco/other | notes |",
+             "|---|---|---|---|---|"]
     for name, d, e, ratio, note in results:
         lines.append("| %s | %s | %s | %s | %s |" % (name, fmt(d), fmt(e), fmt(ratio), note))
     return "\n".join(lines) + "\n\nMedians of %d alternating runs (A B A B ...).\n" % rounds
@@ -556,7 +920,8 @@ def table(results, rounds):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="short runs (smoke check)")
-    ap.add_argument("--only", default="get,put,park,form,bigstore,etcdget,etcdreg,etcdload")
+    ap.add_argument("--only", default="get,put,v3range,v3put,v3park,tlsget,tlshandshake,tlsmem,"
+                                      "park,form,bigstore,etcdget,etcdreg,etcdload")
     ap.add_argument("--mirror-tokens", type=int, default=100000, help="etcdload size")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tokens", type=int, default=1000000, help="bigstore size")
@@ -587,17 +952,25 @@ def main():
             bench_etcdload(workdir, 10000 if args.quick else args.mirror_tokens, etcd_results)
         for row in etcd_results:
             print(row, flush=True)
-        if only & {"get", "put", "form"}:
+        if only & {"get", "put", "v3range", "v3put", "form"}:
             servers = Servers(workdir)
             try:
                 if "get" in only:
                     bench_get(servers, args.rounds, seconds, results)
                 if "put" in only:
                     bench_put(servers, args.rounds, seconds, results)
+                if only & {"v3range", "v3put"}:
+                    bench_v3(servers, args.rounds, seconds, results, only)
                 if "form" in only:
                     bench_form(servers, args.rounds, results)
             finally:
                 servers.stop()
+        if only & {"tlsget", "tlshandshake"}:
+            bench_tls(workdir, args.rounds, seconds, results, only)
+        if "tlsmem" in only:
+            bench_tlsmem(workdir, 1000 if args.quick else 10000, args.rounds, results)
+        if "v3park" in only:
+            bench_v3park(workdir, 1000 if args.quick else 10000, args.rounds, results)
         if "park" in only:
             bench_park(workdir, [c for c in counts if c < hard - 500], args.rounds, results)
         if "bigstore" in only:

@@ -21,9 +21,10 @@
  *     as a guarded transaction (backend_guard_t), and the registry applies
  *     it only when etcd's watch delivers it back, in etcd's order, on the
  *     loop thread (registry_deliver; registry.h); the backend settles each
- *     proposal with registry_settle(). Indexes are etcd revisions. TTLs as
- *     leases and sweeps are not built yet. The calls below say what each
- *     does there.
+ *     proposal with registry_settle(). Indexes are etcd revisions. A key
+ *     with a TTL has an etcd lease, and its expiry is delivered back; old
+ *     tokens are removed by guarded transactions, also delivered back. The
+ *     calls below say what each does there.
  *
  * Threading: every call is made on the registry's loop thread and none
  * blocks it (work that blocks happens on the backend's own threads).
@@ -120,18 +121,23 @@ struct backend_ops {
     int (*propose_barrier)(struct backend *be, uint64_t seq);
     /* Removes a token by age with the events at `indexes` (its history).
      * 0 or -errno (nothing done; the sweep tries again later). etcd: one
-     * delete of the token's key range, issued only by the elected sweeper. */
+     * guarded Txn deleting the token's keys, sent by any instance; the
+     * removal happens when it is delivered (registry_deliver_token_removal),
+     * and `indexes[0]` (the token's creation revision) is the guard. */
     int (*remove_token)(struct backend *be, const char *name, const uint64_t *indexes, size_t n);
     /* Reads back the event at `index` (a new event the caller frees with
      * reg_event_free), or NULL if there is none. Only events up to
      * readable_index() need to be found: the registry keeps newer ones in
-     * memory. etcd: a revision read of the event's key. */
+     * memory. etcd: none is read back (always NULL); see readable_index. */
     reg_event_t *(*fetch)(struct backend *be, uint64_t index);
     /* The highest index known durable: answers up to it may go. Only grows.
      * etcd: the revision of the last write this process saw committed. */
     uint64_t (*durable_index)(struct backend *be);
     /* The highest index up to which fetch() finds every event that exists;
-     * may trail durable_index(). Only grows. */
+     * may trail durable_index(). Only grows. etcd: the last revision
+     * applied, though fetch() finds nothing: so the registry keeps only its
+     * recent window of events, and a watch from before it gets 401 "event
+     * index cleared" (registry_watch), as from etcd. */
     uint64_t (*readable_index)(struct backend *be);
     /* A descriptor that becomes readable when the durable index moves (or,
      * etcd, when watched changes arrive), -1 if it never lags; and the call

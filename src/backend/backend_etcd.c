@@ -39,8 +39,23 @@
  * compacted is brought up to date from a range the same way (sets and
  * updates above its revision; deletions in between are not seen).
  *
- * Not built yet (docs/operating.md): TTLs as leases, sweeps of old tokens,
- * reading back events older than the mirror's memory (it keeps them all).
+ * Keys with a TTL: one etcd lease per write with a TTL, granted first,
+ * then named on the key's put in the write's Txn (propose_with_lease).
+ * etcd decides the expiry: its delete (no action marker) comes back as
+ * v2's "expire"; the registry's own TTL timer stays off on this backend.
+ * The TTL's expiry instant rides in the marker, so every instance shows it.
+ *
+ * Old tokens (--gcfreq, --minage): any instance may sweep; each removal is
+ * one Txn guarded by the token's version key still being the one made at
+ * its creation (etcd_layout_plan_gc), so a second removal of the same
+ * token, from this instance or another, changes nothing. The mirror
+ * removes the token when the removal's revision is delivered (its "gc"
+ * marker).
+ *
+ * History: the mirror keeps the bodies of the recent events only (the
+ * registry's ring, as with the local store); fetch() finds none, and a
+ * watch from an older waitIndex is answered as etcd answers it, 401 "event
+ * index cleared" (docs/decisions.md).
  */
 #include "backend/backend_etcd.h"
 
@@ -85,7 +100,8 @@ typedef struct unknown_txn {
 typedef struct call_ctx {
     struct call_ctx *next, *prev;
     struct etcd_backend *be;
-    uint64_t seq; /* a Txn's proposal; 0 for the catch-up range */
+    uint64_t seq;          /* a Txn's proposal; 0 for the catch-up range */
+    etcd_txn_plan_t *plan; /* owned: a Txn waiting for its lease, or NULL */
 } call_ctx_t;
 
 typedef struct etcd_backend {
@@ -156,6 +172,10 @@ static void call_free(call_ctx_t *c)
         eb->calls = c->next;
     if (c->next)
         c->next->prev = c->prev;
+    if (c->plan) {
+        etcd_txn_plan_free(c->plan);
+        free(c->plan);
+    }
     free(c);
 }
 
@@ -262,6 +282,20 @@ static void marker_seen(etcd_backend_t *eb, uint64_t seq, uint64_t rev)
     }
 }
 
+/* A token's removal by age (its "gc" marker) into the mirror; consumes
+ * `ch`. */
+static void apply_token_removal(etcd_backend_t *eb, uint64_t rev, etcd_change_t *ch)
+{
+    size_t plen = strlen(REGISTRY_PREFIX "/");
+    assert(strlen(ch->key) > plen); /* etcd_layout_read_revision checked the name */
+    eb->applied = rev;
+    int rc = registry_deliver_token_removal(eb->reg, ch->key + plen, strlen(ch->key + plen),
+                                            v2_index(eb, rev));
+    assert(rc == 0); /* rev is above every revision applied */
+    (void)rc;
+    etcd_change_clear(ch);
+}
+
 /* Whether a revision writes P index_base to other than the offset this
  * mirror was loaded with (a migration's claim, or its offset when the
  * mirror loaded without one). */
@@ -311,12 +345,20 @@ static void apply_revision(etcd_backend_t *eb, uint64_t rev, const etcd_kv_event
         registry_advance(eb->reg, v2_index(eb, rev));
         return;
     }
+    if (ch.removes_token) {
+        apply_token_removal(eb, rev, &ch);
+        return;
+    }
     reg_delivered_t d = {.action = ch.action,
                          .key = ch.key,
                          .is_dir = ch.is_dir,
                          .value = ch.value,
                          .index = v2_index(eb, rev),
-                         .wall_ns = time_wall_ns()};
+                         /* A token's creation time is the one its creator
+                          * wrote (P m/), so that every instance, and this
+                          * one after a restart, sweeps it at the same age. */
+                         .wall_ns = ch.created_ns ? ch.created_ns : time_wall_ns(),
+                         .expire_ns = ch.expire_ns};
     /* Applied from the registry's point of view before it answers the
      * writes this settles: their answers must not wait for it. */
     uint64_t before = eb->applied;
@@ -688,7 +730,8 @@ static void fill_bytes(ProtobufCBinaryData *b, const char *s)
 
 /* The plan as etcd messages; every pointer into `plan`, which outlives
  * the encoding (etcd_txn encodes before it returns). */
-static int send_plan(etcd_backend_t *eb, const etcd_txn_plan_t *plan, uint64_t seq)
+static int send_plan_to(etcd_backend_t *eb, const etcd_txn_plan_t *plan, uint64_t seq,
+                        etcd_done_fn done)
 {
     size_t n_ops = plan->n_success + plan->n_failure;
     Etcdserverpb__Compare cmps[ETCD_PLAN_MAX_CMPS], *cmp_ptrs[ETCD_PLAN_MAX_CMPS];
@@ -736,6 +779,7 @@ static int send_plan(etcd_backend_t *eb, const etcd_txn_plan_t *plan, uint64_t s
             puts[i] = p;
             fill_bytes(&puts[i].key, op->key);
             fill_bytes(&puts[i].value, op->value);
+            puts[i].lease = op->lease;
             ops[i].request_case = ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_PUT;
             ops[i].request_put = &puts[i];
             break;
@@ -775,7 +819,7 @@ static int send_plan(etcd_backend_t *eb, const etcd_txn_plan_t *plan, uint64_t s
     call_ctx_t *c = call_new(eb, seq);
     if (!c)
         goto out;
-    rc = etcd_txn(eb->client, &txn, ETCD_TXN_TIMEOUT_MS, on_txn, c);
+    rc = etcd_txn(eb->client, &txn, ETCD_TXN_TIMEOUT_MS, done, c);
     if (rc != 0)
         call_free(c);
 out:
@@ -788,6 +832,82 @@ out:
     free(puts);
     free(op_ptrs);
     free(ops);
+    return rc;
+}
+
+static int send_plan(etcd_backend_t *eb, const etcd_txn_plan_t *plan, uint64_t seq)
+{
+    return send_plan_to(eb, plan, seq, on_txn);
+}
+
+/* ---- keys with a TTL: a lease first, then the Txn ------------------------- */
+
+/* The lease of a write with a TTL: granted, its Txn goes now; else the
+ * write failed, certainly not applied (its Txn was never sent; a lease
+ * granted without an answer attaches nothing and runs out by itself). */
+static void on_lease_granted(void *ctx, const etcd_result_t *res)
+{
+    call_ctx_t *c = ctx;
+    etcd_backend_t *eb = c->be;
+    uint64_t seq = c->seq;
+    etcd_txn_plan_t *plan = c->plan;
+    c->plan = NULL;
+    call_free(c);
+    char why[192];
+    int rc = -EIO;
+    if (res->outcome == ETCD_OK) {
+        const Etcdserverpb__LeaseGrantResponse *r =
+            (const Etcdserverpb__LeaseGrantResponse *)res->resp;
+        for (size_t i = 0; i < plan->n_success; i++)
+            if (plan->success[i].lease == -1) /* marked by propose_with_lease */
+                plan->success[i].lease = r->id;
+        rc = r->id > 0 ? send_plan(eb, plan, seq) : -EIO;
+        snprintf(why, sizeof why, "%s", rc == -ENOMEM ? "out of memory" : "etcd granted no lease");
+    } else {
+        snprintf(why, sizeof why, "etcd did not grant the key's lease (%s); retry", res->message);
+    }
+    etcd_txn_plan_free(plan);
+    free(plan);
+    if (rc != 0)
+        registry_settle(eb->reg, seq, REG_SETTLE_FAILED, 0, why);
+}
+
+/* The TTL in whole seconds from now, rounded up (at least 1: etcd raises
+ * a shorter lease to its minimum, about 1.5 s with default timings). */
+static int64_t ttl_seconds(int64_t expire_ns)
+{
+    int64_t left = expire_ns - time_wall_ns();
+    if (left <= NS_PER_SEC)
+        return 1;
+    return left / NS_PER_SEC + (left % NS_PER_SEC != 0);
+}
+
+/* A write of a key with a TTL: one new lease for it (v2's TTL is per key),
+ * then its Txn with the lease on the key's put. */
+static int propose_with_lease(etcd_backend_t *eb, etcd_txn_plan_t *plan, const reg_event_t *ev,
+                              uint64_t seq)
+{
+    /* Marked now, filled with the lease's id once granted. */
+    if (etcd_layout_plan_set_lease(plan, eb->prefix, ev->node.key, ev->node.is_dir, -1) == 0) {
+        etcd_txn_plan_free(plan);
+        return -EINVAL; /* a plan that puts no key: not a write with a TTL */
+    }
+    call_ctx_t *c = call_new(eb, seq);
+    etcd_txn_plan_t *owned = malloc(sizeof *owned);
+    if (!c || !owned) {
+        if (c)
+            call_free(c);
+        free(owned);
+        etcd_txn_plan_free(plan);
+        return -ENOMEM;
+    }
+    *owned = *plan; /* moved */
+    c->plan = owned;
+    Etcdserverpb__LeaseGrantRequest rq = ETCDSERVERPB__LEASE_GRANT_REQUEST__INIT;
+    rq.ttl = ttl_seconds(ev->node.expire_ns);
+    int rc = etcd_lease_grant(eb->client, &rq, ETCD_TXN_TIMEOUT_MS, on_lease_granted, c);
+    if (rc != 0)
+        call_free(c);
     return rc;
 }
 
@@ -804,6 +924,10 @@ static int etcd_propose_txn(backend_t *be, const reg_event_t *ev, const backend_
     int rc = etcd_layout_plan(eb->prefix, ev, &rg, eb->instance, seq, &plan);
     if (rc != 0)
         return rc;
+    bool removal =
+        ev->action == REG_ACT_DELETE || ev->action == REG_ACT_CAD || ev->action == REG_ACT_EXPIRE;
+    if (ev->node.expire_ns && !removal)
+        return propose_with_lease(eb, &plan, ev, seq);
     rc = send_plan(eb, &plan, seq);
     etcd_txn_plan_free(&plan);
     return rc;
@@ -965,20 +1089,44 @@ static int etcd_propose(backend_t *be, const reg_event_t *ev)
     return -EINVAL;
 }
 
+/* A removal by age: whichever instance's Txn wins, the mirror removes the
+ * token when the winner's revision is delivered; a lost guard means it is
+ * gone already (or about to be), and a failure is tried again by the next
+ * sweep. */
+static void on_gc_txn(void *ctx, const etcd_result_t *res)
+{
+    call_ctx_t *c = ctx;
+    call_free(c);
+    if (res->outcome != ETCD_OK)
+        log_warn("etcd: removing an old token failed (%s); the next sweep tries again",
+                 res->message);
+}
+
 static int etcd_remove_token(backend_t *be, const char *name, const uint64_t *indexes, size_t n)
 {
-    (void)be;
-    (void)name;
-    (void)indexes;
-    (void)n;
-    return -ENOTSUP; /* sweeps are not built for etcd yet (serve.c turns them off) */
+    etcd_backend_t *eb = eb_of(be);
+    /* The token's first event is its creation, in the Txn that made its
+     * version key: that key's create revision. */
+    assert(n > 0);
+    if (!eb->client || !eb->live || n == 0)
+        return -ENOTCONN;
+    etcd_txn_plan_t plan;
+    int rc = etcd_layout_plan_gc(eb->prefix, name, (uint64_t)etcd_rev(eb, indexes[0]), eb->instance,
+                                 &plan);
+    if (rc != 0)
+        return rc;
+    rc = send_plan_to(eb, &plan, 0, on_gc_txn);
+    etcd_txn_plan_free(&plan);
+    return rc;
 }
 
 static reg_event_t *etcd_fetch(backend_t *be, uint64_t index)
 {
     (void)be;
     (void)index;
-    return NULL; /* the mirror keeps its whole history in memory (readable_index 0) */
+    /* The mirror keeps recent events only; an older one is not read back
+     * from etcd (a watch from before them gets 401, as from etcd). */
+    return NULL;
 }
 
 static uint64_t etcd_durable_index(backend_t *be)
@@ -986,10 +1134,12 @@ static uint64_t etcd_durable_index(backend_t *be)
     return v2_index(eb_of(be), eb_of(be)->applied);
 }
 
+/* Everything applied counts as "readable", so the registry keeps only its
+ * recent window of event bodies (RECENT_EVENTS revisions), as with the
+ * local store, rather than every event of the prefix. */
 static uint64_t etcd_readable_index(backend_t *be)
 {
-    (void)be;
-    return 0;
+    return v2_index(eb_of(be), eb_of(be)->applied);
 }
 
 static int etcd_notify_fd(backend_t *be)

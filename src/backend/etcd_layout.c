@@ -155,12 +155,30 @@ char *etcd_layout_prefix_end(const char *key)
     return end;
 }
 
+static char *marker_with_expiry(enum reg_action action, const char *instance, uint64_t seq,
+                                const char *v2key, bool is_dir, int64_t expire_ns)
+{
+    buf_t b = BUF_INIT;
+    buf_printf(&b, "%s %s %" PRIu64 " %c", reg_action_name(action), instance, seq,
+               is_dir ? 'D' : 'F');
+    if (expire_ns > 0)
+        buf_printf(&b, "@%" PRId64, expire_ns);
+    buf_printf(&b, " %s", v2key);
+    return finish(&b);
+}
+
 char *etcd_layout_marker(enum reg_action action, const char *instance, uint64_t seq,
                          const char *v2key, bool is_dir)
 {
+    return marker_with_expiry(action, instance, seq, v2key, is_dir, 0);
+}
+
+static const char gc_action[] = "gc";
+
+char *etcd_layout_gc_marker(const char *instance, const char *token)
+{
     buf_t b = BUF_INIT;
-    buf_printf(&b, "%s %s %" PRIu64 " %c %s", reg_action_name(action), instance, seq,
-               is_dir ? 'D' : 'F', v2key);
+    buf_printf(&b, "%s %s %s", gc_action, instance, token);
     return finish(&b);
 }
 
@@ -189,11 +207,27 @@ static bool field(const char **p, const char *end, const char **f, size_t *flen)
     return *flen > 0;
 }
 
+/* Digits only, at most 19 (fits int64); false otherwise. */
+static bool parse_decimal(const char *f, size_t flen, uint64_t *out)
+{
+    if (flen == 0 || flen > 19)
+        return false;
+    uint64_t n = 0;
+    for (size_t i = 0; i < flen; i++) {
+        if (f[i] < '0' || f[i] > '9')
+            return false;
+        n = n * 10 + (uint64_t)(f[i] - '0');
+    }
+    *out = n;
+    return true;
+}
+
 bool etcd_layout_parse_marker(const char *value, size_t len, enum reg_action *action,
                               char *instance, size_t instance_size, uint64_t *seq, char **v2key,
-                              bool *is_dir)
+                              bool *is_dir, int64_t *expire_ns)
 {
     *v2key = NULL;
+    *expire_ns = 0;
     const char *p = value, *end = value + len, *f;
     size_t flen;
     if (!field(&p, end, &f, &flen) || !action_of(f, flen, action))
@@ -211,9 +245,15 @@ bool etcd_layout_parse_marker(const char *value, size_t len, enum reg_action *ac
         n = n * 10 + (uint64_t)(f[i] - '0');
     }
     *seq = n;
-    if (!field(&p, end, &f, &flen) || flen != 1 || (f[0] != 'D' && f[0] != 'F'))
+    if (!field(&p, end, &f, &flen) || (f[0] != 'D' && f[0] != 'F'))
         return false;
     *is_dir = f[0] == 'D';
+    if (flen > 1) { /* "F@<expire ns>": a key with a TTL */
+        uint64_t ns;
+        if (f[1] != '@' || !parse_decimal(f + 2, flen - 2, &ns) || ns == 0 || ns > INT64_MAX)
+            return false;
+        *expire_ns = (int64_t)ns;
+    }
     if (p >= end || *p != '/')
         return false;
     *v2key = strndup(p, (size_t)(end - p));
@@ -265,7 +305,7 @@ static int add_op(etcd_txn_plan_t *plan, size_t *cap, enum etcd_op_kind kind, ch
         plan->success = ops;
         *cap = ncap;
     }
-    plan->success[plan->n_success++] = (etcd_op_t){kind, key, v};
+    plan->success[plan->n_success++] = (etcd_op_t){kind, key, v, 0};
     return 0;
 }
 
@@ -274,7 +314,7 @@ static int add_failure_range(etcd_txn_plan_t *plan, char *key)
     assert(plan->n_failure < ETCD_PLAN_MAX_FAILURE);
     if (!key)
         return -ENOMEM;
-    plan->failure[plan->n_failure++] = (etcd_op_t){ETCD_OP_RANGE, key, NULL};
+    plan->failure[plan->n_failure++] = (etcd_op_t){ETCD_OP_RANGE, key, NULL, 0};
     return 0;
 }
 
@@ -387,11 +427,82 @@ int etcd_layout_plan(const char *prefix, const reg_event_t *ev, const backend_gu
     if (rc == 0)
         rc = add_op(plan, &cap, ETCD_OP_PUT, etcd_layout_version_key(prefix, token, token_len), "");
     if (rc == 0) {
-        char *marker = etcd_layout_marker(ev->action, instance, seq, key, is_dir);
+        bool removal = ev->action == REG_ACT_DELETE || ev->action == REG_ACT_CAD ||
+                       ev->action == REG_ACT_EXPIRE;
+        char *marker = marker_with_expiry(ev->action, instance, seq, key, is_dir,
+                                          removal ? 0 : ev->node.expire_ns);
         rc = marker ? add_op(plan, &cap, ETCD_OP_PUT, etcd_layout_marker_key(prefix), marker)
                     : -ENOMEM;
         free(marker);
     }
+    if (rc != 0)
+        etcd_txn_plan_free(plan);
+    return rc;
+}
+
+size_t etcd_layout_plan_set_lease(etcd_txn_plan_t *plan, const char *prefix, const char *v2key,
+                                  bool is_dir, int64_t lease)
+{
+    char *node_key = etcd_layout_key(prefix, v2key, is_dir);
+    char *created_key = is_dir ? NULL : etcd_layout_created_key(prefix, v2key);
+    size_t n = 0;
+    for (size_t i = 0; i < plan->n_success; i++) {
+        etcd_op_t *op = &plan->success[i];
+        if (op->kind == ETCD_OP_PUT && ((node_key && strcmp(op->key, node_key) == 0) ||
+                                        (created_key && strcmp(op->key, created_key) == 0))) {
+            op->lease = lease;
+            n++;
+        }
+    }
+    free(node_key);
+    free(created_key);
+    return n;
+}
+
+int etcd_layout_plan_gc(const char *prefix, const char *token, uint64_t created_rev,
+                        const char *instance, etcd_txn_plan_t *plan)
+{
+    memset(plan, 0, sizeof *plan);
+    size_t len = strlen(token), cap = 0;
+    buf_t dir = BUF_INIT;
+    buf_printf(&dir, "%s%s", registry_prefix, token);
+    char *token_dir = finish(&dir);
+    char *created_dir = NULL;
+    int rc = token_dir ? 0 : -ENOMEM;
+    if (rc == 0) {
+        char *c = etcd_layout_created_key(prefix, token_dir); /* P c/<token> */
+        buf_t b = BUF_INIT;
+        if (c)
+            buf_printf(&b, "%s/", c);
+        free(c);
+        created_dir = c ? finish(&b) : NULL;
+        if (!c)
+            buf_free(&b);
+    }
+    if (rc == 0)
+        rc = add_cmp(plan, ETCD_CMP_CREATE_EQ, etcd_layout_version_key(prefix, token, len),
+                     (int64_t)created_rev);
+    if (rc == 0)
+        rc = add_op(plan, &cap, ETCD_OP_DELETE_PREFIX, etcd_layout_key(prefix, token_dir, true),
+                    NULL);
+    if (rc == 0) {
+        rc = add_op(plan, &cap, ETCD_OP_DELETE_PREFIX, created_dir, NULL);
+        created_dir = NULL; /* owned by the plan (or freed) */
+    }
+    if (rc == 0)
+        rc = add_op(plan, &cap, ETCD_OP_DELETE, etcd_layout_version_key(prefix, token, len), NULL);
+    if (rc == 0)
+        rc = add_op(plan, &cap, ETCD_OP_DELETE, etcd_layout_meta_key(prefix, token, len), NULL);
+    if (rc == 0) {
+        char *marker = etcd_layout_gc_marker(instance, token);
+        rc = marker ? add_op(plan, &cap, ETCD_OP_PUT, etcd_layout_marker_key(prefix), marker)
+                    : -ENOMEM;
+        free(marker);
+    }
+    /* Who removed it, if this one was too late: nothing to learn, the
+     * delivery of the winner's removal is what the mirror waits for. */
+    free(created_dir);
+    free(token_dir);
     if (rc != 0)
         etcd_txn_plan_free(plan);
     return rc;
@@ -410,6 +521,32 @@ static bool key_is(const etcd_kv_event_t *e, const char *key)
 {
     size_t len = strlen(key);
     return e->key_len == len && memcmp(e->key, key, len) == 0;
+}
+
+/* "gc <instance> <token>": the token's removal by age, into `out` (its key
+ * NULL when out of memory). False: not a gc marker. */
+static bool read_gc_marker(const char *value, size_t len, etcd_change_t *out)
+{
+    size_t alen = sizeof gc_action - 1;
+    if (len <= alen + 1 || memcmp(value, gc_action, alen) != 0 || value[alen] != ' ')
+        return false;
+    const char *p = value + alen + 1, *end = value + len, *f;
+    size_t flen;
+    if (!field(&p, end, &f, &flen) || flen >= sizeof out->instance || p >= end)
+        return false;
+    if (!registry_valid_token_name(p, (size_t)(end - p)))
+        return false;
+    memcpy(out->instance, f, flen);
+    out->instance[flen] = '\0';
+    buf_t b = BUF_INIT;
+    buf_puts(&b, registry_prefix);
+    buf_append(&b, p, (size_t)(end - p));
+    out->key = finish(&b);
+    out->has_change = true;
+    out->removes_token = true;
+    out->action = REG_ACT_DELETE;
+    out->is_dir = true;
+    return true;
 }
 
 int etcd_layout_read_revision(const char *prefix, const etcd_kv_event_t *evs, size_t n,
@@ -443,9 +580,25 @@ int etcd_layout_read_revision(const char *prefix, const etcd_kv_event_t *evs, si
         }
         return 0;
     }
+    if (read_gc_marker(marker->value, marker->value_len, out))
+        return out->key ? 0 : -ENOMEM;
+    /* A token's creation writes its creation time (P m/<token>). */
+    char *meta_prefix = keyed(prefix, "m/", "", 0);
+    if (!meta_prefix)
+        return -ENOMEM;
+    size_t mlen = strlen(meta_prefix);
+    for (size_t i = 0; i < n; i++) {
+        uint64_t ns;
+        if (!evs[i].is_delete && evs[i].key_len > mlen &&
+            memcmp(evs[i].key, meta_prefix, mlen) == 0 && evs[i].value &&
+            parse_decimal(evs[i].value, evs[i].value_len, &ns) && ns <= INT64_MAX)
+            out->created_ns = (int64_t)ns;
+    }
+    free(meta_prefix);
     char *v2key = NULL;
     if (!etcd_layout_parse_marker(marker->value, marker->value_len, &out->action, out->instance,
-                                  sizeof out->instance, &out->seq, &v2key, &out->is_dir))
+                                  sizeof out->instance, &out->seq, &v2key, &out->is_dir,
+                                  &out->expire_ns))
         return -EINVAL; /* a marker not of this layout */
     out->key = v2key;
     out->has_change = true;

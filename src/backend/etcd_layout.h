@@ -18,13 +18,20 @@
  *                         create_revision across puts; v2's set makes a new
  *                         node). Read only when loading from a range.
  *   P act                 the action marker, written in every transaction:
- *                         "<action> <instance> <seq> <F|D> <v2 key>"
+ *                         "<action> <instance> <seq> <F|D>[@<expire ns>] <v2 key>"
+ *                         (the expiry of a key with a TTL: the instances
+ *                         that did not write it show the same TTL), or
+ *                         "gc <instance> <token>" for a token removed by age
  *   P index_base          the index offset of a prefix filled by `disco
  *                         migrate` (docs/operating.md): a signed decimal B;
  *                         while the migration runs, "migrating ..." instead
  *                         (a mirror refuses to load such a prefix). Absent:
  *                         B = 0. Its create_revision is where the prefix's
  *                         history starts.
+ *
+ * A key with a TTL is put with an etcd lease of that many seconds (its
+ * P c/ key too); etcd deletes both when the lease runs out, in a revision
+ * with no marker: the mirror reads that as v2's expire.
  *
  * The v2 index of an event is the revision of its transaction plus B, so
  * that indexes an embedded store handed out before a migration stay below
@@ -78,7 +85,9 @@ char *etcd_layout_marker(enum reg_action action, const char *instance, uint64_t 
                          const char *v2key, bool is_dir);
 bool etcd_layout_parse_marker(const char *value, size_t len, enum reg_action *action,
                               char *instance, size_t instance_size, uint64_t *seq, char **v2key,
-                              bool *is_dir);
+                              bool *is_dir, int64_t *expire_ns);
+/* The marker of a token's removal by age. */
+char *etcd_layout_gc_marker(const char *instance, const char *token);
 
 /* ---- a transaction, as a plan -------------------------------------------- */
 
@@ -101,7 +110,8 @@ typedef struct etcd_cmp {
 typedef struct etcd_op {
     enum etcd_op_kind kind;
     char *key;
-    char *value; /* PUT only */
+    char *value;   /* PUT only */
+    int64_t lease; /* PUT only: the key's lease (0: none) */
 } etcd_op_t;
 
 #define ETCD_PLAN_MAX_CMPS 4
@@ -124,6 +134,22 @@ typedef struct etcd_txn_plan {
 int etcd_layout_plan(const char *prefix, const reg_event_t *ev, const backend_guard_t *g,
                      const char *instance, uint64_t seq, etcd_txn_plan_t *plan);
 void etcd_txn_plan_free(etcd_txn_plan_t *plan);
+/*
+ * Puts `v2key`'s key (and its P c/ key, when the plan writes it) under
+ * `lease`: the key with a TTL. Returns how many puts now carry it (0: the
+ * plan does not put that key).
+ */
+size_t etcd_layout_plan_set_lease(etcd_txn_plan_t *plan, const char *prefix, const char *v2key,
+                                  bool is_dir, int64_t lease);
+/*
+ * The removal of token `token` by age: guarded by its version key still
+ * being the one made at `created_rev` (the token's creation revision), so
+ * that a second sweep of the same token, from any instance, changes
+ * nothing; it deletes every key of the token and writes the gc marker.
+ * 0 or -ENOMEM (the plan is then empty).
+ */
+int etcd_layout_plan_gc(const char *prefix, const char *token, uint64_t created_rev,
+                        const char *instance, etcd_txn_plan_t *plan);
 
 /* ---- a revision's events, back into a registry change --------------------- */
 
@@ -145,14 +171,18 @@ typedef struct etcd_change {
     /* From the marker: which instance's proposal this was (else ""). */
     char instance[64];
     uint64_t seq;
+    int64_t expire_ns;  /* the key's TTL expiry (wall clock), 0: none */
+    int64_t created_ns; /* a token's creation: its P m/ value, 0: not in this revision */
+    /* A token removed by age (gc marker): `key` is the token's directory. */
+    bool removes_token;
 } etcd_change_t;
 
 /*
  * Reads the events of one revision (all of one transaction). With a marker
  * the change is the marker's action on its key, its value from the key's
- * put; without one, a delete of a token's key is an expiry (a lease ran
- * out). 0, -ENOMEM, or -EINVAL (a marker naming a key the revision does not
- * write: not a transaction of this layout).
+ * put (a gc marker: the token's removal); without one, a delete of a
+ * token's key is an expiry (a lease ran out). 0, -ENOMEM, or -EINVAL (a marker naming a key the
+ * revision does not write: not a transaction of this layout).
  */
 int etcd_layout_read_revision(const char *prefix, const etcd_kv_event_t *evs, size_t n,
                               etcd_change_t *out);

@@ -39,8 +39,8 @@
  * serve` refuses to load, and the message says how to remove the prefix
  * by hand. Nothing in the store is changed either way.
  *
- * Keys with a TTL are copied without one (the etcd backend has no leases
- * yet); the summary counts them.
+ * Keys with a TTL are copied without one (no etcd lease is granted); the
+ * summary counts them.
  */
 #include <assert.h>
 #include <errno.h>
@@ -509,7 +509,7 @@ static int copy_events(migrate_t *m, const event_list_t *events, int64_t base, c
                        uint64_t *skipped)
 {
     for (size_t i = 0; i < events->n; i++) {
-        const reg_event_t *ev = events->v[i];
+        reg_event_t *ev = events->v[i];
         char tok[MIGRATE_MAX_TOKEN_BYTES];
         if (!token_of(ev->node.key, tok, sizeof tok) || ev->action == REG_ACT_GET) {
             fprintf(stderr, "disco migrate: skipped event %" PRIu64 " (%s): not in a token\n",
@@ -524,6 +524,10 @@ static int copy_events(migrate_t *m, const event_list_t *events, int64_t base, c
         /* The token's first event makes the token (its directory and
          * creation time), as /new does on the etcd backend. */
         backend_guard_t g = {.kind = *first ? BACKEND_GUARD_TOKEN_AT : BACKEND_GUARD_TOKEN_NEW};
+        /* No lease is granted here: a key with a TTL is copied as a
+         * permanent one, and its marker must not promise an expiry. */
+        ev->node.expire_ns = 0;
+        ev->node.ttl_s = 0;
         *first = true;
         etcd_txn_plan_t plan;
         int rc = etcd_layout_plan(m->prefix, ev, &g, "migrate", ev->index, &plan);
@@ -684,7 +688,7 @@ int cmd_migrate(int argc, char **argv)
                moved);
     if (ttl_keys)
         printf("disco migrate: %" PRIu64 " events were of keys with a TTL: copied without one "
-               "(the etcd backend keeps no TTLs yet)\n",
+               "(migrate grants no etcd leases)\n",
                ttl_keys);
     printf("disco migrate: done: every index from now on is above %" PRIu64 "; start disco serve "
            "--etcd-endpoints %s --etcd-prefix %s\n",

@@ -263,10 +263,6 @@ int cmd_serve(int argc, char **argv)
                          .new_rate_per_s = (uint32_t)cfg.new_rate_per_s,
                          .new_burst = (uint32_t)cfg.new_burst,
                          .listens_on_all = addr_is_wildcard(cfg.addr)};
-    if (!store && acfg.gc_every_ms) {
-        log_info("etcd backend: old tokens are not swept yet (--gcfreq ignored)");
-        acfg.gc_every_ms = 0;
-    }
     if (cfg.host && acfg.listens_on_all && api_prefix_is_loopback(cfg.host))
         log_warn("--host %s is a loopback URL but disco listens on every interface (--addr %s): "
                  "tokens from /new will name a URL other machines cannot reach",

@@ -113,6 +113,7 @@ struct etcd_watch {
     uint8_t *create; /* the framed WatchRequest, owned */
     size_t create_len;
     bool is_sent;           /* created on the current Watch stream */
+    bool is_answered;       /* etcd answered its create (or sent it anything) */
     bool is_canceled;       /* by the owner: free, no more callbacks */
     bool is_ended;          /* by the stream or etcd: one last callback, then free */
     bool is_final_canceled; /* the resp == NULL callback is replaced by etcd's cancel */
@@ -158,6 +159,7 @@ struct etcd_client {
     buf_t win; /* Watch stream bytes not yet parsed */
     bool watch_stream_closed;
     int watch_grpc_status; /* from the Watch stream's trailers, or -1 */
+    int watch_http_status; /* its :status, or 0 */
     /* The connection ends for a member's sickness (no leader), not the
      * network: the next dial counts towards the back-off. */
     bool is_member_sick;
@@ -295,6 +297,14 @@ static void call_stream_closed(etcd_call_t *k, uint32_t error_code)
 
 /* ---- the Watch stream --------------------------------------------------- */
 
+/* Whether a watch the owner canceled may be freed: not while etcd still
+ * owes the answer to its create, which a refused create carries without
+ * our watch_id (deliver_watch_response matches it by order). */
+static bool watch_may_free(const etcd_watch_t *w)
+{
+    return !w->is_sent || w->is_answered || w->is_ended;
+}
+
 static void watch_free(etcd_watch_t *w)
 {
     etcd_client_t *c = w->c;
@@ -376,6 +386,7 @@ static void watch_stream_open(etcd_client_t *c)
     c->watch_sid = sid;
     c->watch_stream_closed = false;
     c->watch_grpc_status = -1;
+    c->watch_http_status = 0;
     buf_reset(&c->wout);
     buf_reset(&c->win);
     c->wout_deferred = false;
@@ -445,6 +456,8 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint
         /* trailers end the stream: its close does the rest */
         if (namelen == 11 && memcmp(name, "grpc-status", 11) == 0)
             c->watch_grpc_status = atoi((const char *)value);
+        else if (namelen == 7 && memcmp(name, ":status", 7) == 0)
+            c->watch_http_status = atoi((const char *)value);
         return 0;
     }
     etcd_call_t *k;
@@ -503,6 +516,8 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *
     if (frame->hd.type == NGHTTP2_SETTINGS && !(frame->hd.flags & NGHTTP2_FLAG_ACK) &&
         !c->has_peer_settings) {
         c->has_peer_settings = true; /* flush() after mem_recv sends the calls */
+        c->failures_in_round = 0;    /* etcd is there: the back-off starts over */
+        c->backoff_ms = ETCD_BACKOFF_MIN_MS;
         log_info("etcd: connected to %s", c->eps[c->ep_idx].url);
     }
     return 0;
@@ -664,7 +679,11 @@ static void fail_connection(etcd_client_t *c, const char *why)
 {
     if (c->state == CONN_BACKOFF)
         return;
-    bool was_up = c->state == CONN_UP && !c->is_member_sick;
+    /* Up means etcd spoke HTTP/2 (its SETTINGS came): a server that takes
+     * the connection and closes it (a wrong port, a refused client
+     * certificate under TLS 1.3) counts towards the back-off, or it would
+     * be dialed again at once, as fast as it closes. */
+    bool was_up = c->state == CONN_UP && c->has_peer_settings && !c->is_member_sick;
     c->is_member_sick = false;
     log_warn("etcd: %s: %s", c->eps[c->ep_idx].url, why);
     /* Calls on this connection: sent ones may have been applied. */
@@ -755,8 +774,6 @@ static void on_session_ready(etcd_client_t *c)
     c->state = CONN_UP;
     c->last_rx_ms = loop_now_ms(c->loop);
     c->ping_sent_ms = 0;
-    c->failures_in_round = 0;
-    c->backoff_ms = ETCD_BACKOFF_MIN_MS;
     flush(c);
 }
 
@@ -995,12 +1012,66 @@ static void deliver_call(etcd_call_t *k)
         protobuf_c_message_free_unpacked(msg, NULL);
 }
 
+/*
+ * Whether etcd refused a create because the Watch stream's token expired:
+ * the token rides on the stream's HEADERS only, so a simple token that
+ * expired (--auth-token-ttl of disuse) fails every later create on that
+ * stream with "invalid auth token" (etcd 3.4: watch_id -1, created,
+ * canceled), however often the owner asks again.
+ */
+static bool watch_token_expired(const etcd_client_t *c, const Etcdserverpb__WatchResponse *r)
+{
+    return c->user && r->created && r->canceled && r->cancel_reason &&
+           strstr(r->cancel_reason, "invalid auth token") != NULL;
+}
+
+/* A new token, then a new Watch stream: this one is reset, so its watches
+ * end (resp == NULL) and their owners create them again, on the new one.
+ * The refused create was not applied: it ends the same way. */
+static void watch_stream_renew(etcd_client_t *c)
+{
+    free(c->token);
+    c->token = NULL;
+    c->is_authed = false;
+    if (c->watch_sid >= 0 && c->ng && !c->watch_stream_closed) {
+        nghttp2_submit_rst_stream(c->ng, NGHTTP2_FLAG_NONE, c->watch_sid, NGHTTP2_CANCEL);
+        flush(c); /* sends the reset (its close is handled by deliver_watch) and Authenticate */
+    }
+}
+
 /* Hands one WatchResponse to the watches it is for. */
 static void deliver_watch_response(etcd_client_t *c, const Etcdserverpb__WatchResponse *r)
 {
     etcd_watch_t *w, *next;
+    if (watch_token_expired(c, r)) {
+        log_info("etcd: %s: the Watch stream's token expired; renewing it", c->eps[c->ep_idx].url);
+        watch_stream_renew(c);
+        return;
+    }
+    if (r->watch_id == -1 && r->created) {
+        /* A create etcd refused (an empty range, a duplicate id) is
+         * answered with watch_id -1, created and canceled, not with our
+         * id. etcd answers creates in the order they came, as they were
+         * sent (list order): it is the oldest one not answered yet. */
+        for (w = c->watches; w; w = w->next)
+            if (w->is_sent && !w->is_answered && !w->is_ended)
+                break;
+        if (!w)
+            return;
+        w->is_answered = true;
+        if (w->is_canceled)
+            return; /* the owner let go of it: freed by deliver_watch */
+        if (r->canceled) {
+            w->is_ended = true;
+            w->is_final_canceled = true;
+        }
+        w->fn(w->ctx, r);
+        return;
+    }
     for (w = c->watches; w; w = next) {
         next = w->next;
+        if (w->is_sent && r->watch_id == w->id)
+            w->is_answered = true;
         if (!w->is_sent || w->is_canceled || w->is_ended)
             continue;
         /* watch_id -1: the answer to a progress request, for every watch */
@@ -1041,14 +1112,25 @@ static void deliver_watch(etcd_client_t *c)
         etcdserverpb__watch_response__free_unpacked(r, NULL);
     }
     if (c->watch_stream_closed && !c->is_doomed) {
-        int status = c->watch_grpc_status;
+        int status = c->watch_grpc_status, http_status = c->watch_http_status;
         watch_stream_end(c);
-        if (status == 14 /* UNAVAILABLE: "no leader" (hasleader), "server stopped" */ &&
-            c->state == CONN_UP) {
+        /* Refused by the server: UNAVAILABLE ("no leader" for hasleader,
+         * "server stopped"), or anything else a server that cannot serve
+         * watches says (UNIMPLEMENTED from a gRPC server that is not etcd,
+         * an HTTP error from a proxy). Our own reset has no status. */
+        if ((status > 0 || (http_status != 0 && http_status != 200)) && c->state == CONN_UP) {
             /* This member cannot serve watches now; re-created here, they
-             * would be refused again at once. Another member may. */
+             * would be refused again at once, in a loop as fast as the
+             * refusals. Another member may; this one after the back-off. */
+            char why[96];
+            if (status == 14)
+                snprintf(why, sizeof why, "the Watch stream ended UNAVAILABLE (no leader?)");
+            else if (status > 0)
+                snprintf(why, sizeof why, "the Watch stream ended with gRPC status %d", status);
+            else
+                snprintf(why, sizeof why, "the Watch stream was answered HTTP %d", http_status);
             c->is_member_sick = true;
-            fail_connection(c, "the Watch stream ended UNAVAILABLE (no leader?)");
+            fail_connection(c, why);
         }
     }
     /* Ends, and frees what is over. */
@@ -1056,7 +1138,8 @@ static void deliver_watch(etcd_client_t *c)
     for (w = c->watches; w && !c->is_doomed; w = next) {
         next = w->next;
         if (w->is_canceled) {
-            watch_free(w);
+            if (watch_may_free(w))
+                watch_free(w);
         } else if (w->is_ended) {
             bool tell = !w->is_final_canceled;
             w->is_canceled = true; /* no callback after this one */
@@ -1317,9 +1400,10 @@ void etcd_watch_cancel(etcd_watch_t *w)
         }
     }
     w->is_canceled = true;
-    if (c->busy == 0)
+    if (c->busy == 0 && watch_may_free(w))
         watch_free(w);
-    /* else deliver_watch() frees it (it may be the one being delivered) */
+    /* else deliver_watch() frees it (it may be the one being delivered, or
+     * etcd still owes the answer to its create) */
     flush(c);
 }
 

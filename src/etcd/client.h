@@ -145,7 +145,9 @@ int etcd_lease_keepalive_once(etcd_client_t *c, int64_t lease_id, unsigned timeo
  * callback instead: no resp == NULL follows it and the handle is dead after
  * it returns. rq->watch_id is ignored: the client numbers its watches (etcd
  * >= 3.4 takes the client's watch_id). A response to a progress request
- * (watch_id -1) goes to every watch on the stream. Watches asked for while
+ * (watch_id -1) goes to every watch on the stream; etcd's answer to a
+ * create it refuses (watch_id -1 too, with created and canceled set: an
+ * empty range) goes to that watch only, as its last callback. Watches asked for while
  * no connection is up are created when one is. Every callback of this
  * client (calls and watches) may make calls, create and cancel watches,
  * and free the client (nothing of it runs after that).

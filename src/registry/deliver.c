@@ -136,7 +136,11 @@ static void guard_for(registry_t *reg, const reg_event_t *ev, backend_guard_t *g
         g->kind = BACKEND_GUARD_KEY_ABSENT;
     } else {
         g->kind = BACKEND_GUARD_TOKEN_AT;
-        g->token_index = t->n_events ? t->events[t->n_events - 1] : 0;
+        /* The revision of the token's version key: its last change but an
+         * expiry (a lease running out rewrites no version key). */
+        g->token_index = t->version_index ? t->version_index
+                         : t->n_events    ? t->events[t->n_events - 1]
+                                          : 0;
     }
 }
 
@@ -380,8 +384,15 @@ int registry_deliver(registry_t *reg, const reg_delivered_t *d)
         }
     }
     int rc = reg_apply_delivered(reg, ev);
-    if (rc == 0)
+    if (rc == 0) {
+        const char *name, *rest;
+        size_t len;
+        reg_token_t *t =
+            reg_split_token(d->key, &name, &len, &rest) ? reg_find_token(reg, name, len) : NULL;
+        if (t && d->action != REG_ACT_EXPIRE)
+            t->version_index = d->index;
         pending_check(reg);
+    }
     return rc;
 }
 

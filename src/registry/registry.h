@@ -63,6 +63,9 @@ enum reg_errcode {
     REG_E_DIR_NOT_EMPTY = 108,
     REG_E_INVALID_FIELD = 209,
     REG_E_INTERNAL = 300, /* out of memory or store failure */
+    /* A watch from an index older than the history kept (only with a
+     * backend that applies on delivery: etcd's own 401). */
+    REG_E_EVENT_INDEX_CLEARED = 401,
 };
 
 /* A live node of a token's tree; read it through the accessors below. */
@@ -218,6 +221,9 @@ void registry_compare_and_delete(registry_t *reg, const char *key, const char *p
 /*
  * Expires every key whose TTL ran out by `now_ns`, one "expire" event each.
  * Returns the wall-clock instant of the next expiry, or 0 if none is due.
+ * With a backend that applies on delivery (etcd) it does nothing and
+ * returns 0: there the backend's leases decide, and their expiries come
+ * back as delivered "expire" changes.
  */
 int64_t registry_expire(registry_t *reg, int64_t now_ns);
 
@@ -246,6 +252,17 @@ void registry_raise_index(registry_t *reg, uint64_t index);
  * none older than the cutoff is left.
  */
 size_t registry_sweep_tokens(registry_t *reg, int64_t cutoff_ns, size_t max_tokens);
+/*
+ * With a backend that applies on delivery (etcd), registry_sweep_tokens()
+ * only asks the backend to remove each old token (a guarded transaction any
+ * instance may send) and returns 0; the removal happens here, when the
+ * backend delivers it at `index`: the token, its keys and history go, a
+ * tombstone explains a later 404, its watchers get on_event(w, NULL) and
+ * the removal is logged. A token the mirror does not hold (removed
+ * already) only advances the index. 0, or -EINVAL for an index not above
+ * the registry's.
+ */
+int registry_deliver_token_removal(registry_t *reg, const char *name, size_t len, uint64_t index);
 
 /*
  * Tokens removed by age are remembered (name, creation and removal time) so

@@ -85,6 +85,10 @@ typedef struct reg_token {
     size_t n_events, cap_events;
     reg_waiter_t *waiters;
     size_t n_keys; /* nodes below the directory, _config excluded */
+    /* Backends that apply on delivery (etcd): the index of the token's last
+     * delivered change other than an expiry, which is the revision of its
+     * version key (a lease's expiry does not rewrite it); 0: none yet. */
+    uint64_t version_index;
 } reg_token_t;
 
 /*

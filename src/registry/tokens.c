@@ -178,10 +178,48 @@ void registry_create_token(registry_t *reg, const char *name, unsigned size, int
     REG_WITH_OP(reg, &op, out, create_token_op(reg, name, size, now_ns, out));
 }
 
+/* Removes token `t` by age, from the registry only (the backend has it
+ * removed already): its recent events, its watchers woken with NULL, a
+ * tombstone to explain a later 404, a log line. */
+static void remove_token_by_age(registry_t *reg, reg_token_t *t)
+{
+    reg_ring_forget(reg, t->events, t->n_events);
+    /* Wake watchers: their token is gone. */
+    while (t->waiters) {
+        reg_waiter_t *w = t->waiters;
+        reg_waiter_unlink(reg, w);
+        w->on_event(w, NULL);
+    }
+    reg_token_summary_t sum;
+    registry_token_summary(reg, t->name, strlen(t->name), &sum);
+    char created[40];
+    time_format_rfc3339nano(t->created_ns - t->created_ns % NS_PER_SEC, created);
+    log_info("token %s expired: removed by age (created %s; %zu of %u members "
+             "registered)",
+             t->name, created, sum.members, sum.size);
+    reg_tombstone_add(reg, t->name, t->created_ns, time_wall_ns());
+    reg_token_remove(reg, t);
+}
+
 size_t registry_sweep_tokens(registry_t *reg, int64_t cutoff_ns, size_t max_tokens)
 {
     REG_ASSERT_OWNER(reg);
     assert(!reg->busy);
+    if (reg->backend && !reg->backend->ops->applies_on_propose) {
+        /* etcd: every old token's removal is proposed (any instance may:
+         * the backend's guard makes a second removal of one token change
+         * nothing); the token goes when the backend delivers its removal
+         * (registry_deliver_token_removal), on every instance alike. Until
+         * then it stays, and the next sweep proposes it again. */
+        size_t asked = 0;
+        for (reg_token_t *t = reg->tokens; t && asked < max_tokens && t->created_ns < cutoff_ns;
+             t = t->hh.next) {
+            if (backend_remove_token(reg->backend, t->name, t->events, t->n_events) != 0)
+                break; /* try again on the next sweep */
+            asked++;
+        }
+        return 0; /* nothing removed yet */
+    }
     size_t removed = 0;
     /* uthash iterates in insertion order, which is creation order: the
      * oldest tokens come first, so the sweep stops at the first young one. */
@@ -190,25 +228,23 @@ size_t registry_sweep_tokens(registry_t *reg, int64_t cutoff_ns, size_t max_toke
         if (reg->backend &&
             backend_remove_token(reg->backend, t->name, t->events, t->n_events) != 0)
             break; /* try again on the next sweep */
-        reg_ring_forget(reg, t->events, t->n_events);
-        /* Wake watchers: their token is gone. */
-        while (t->waiters) {
-            reg_waiter_t *w = t->waiters;
-            reg_waiter_unlink(reg, w);
-            w->on_event(w, NULL);
-        }
-        reg_token_summary_t sum;
-        registry_token_summary(reg, t->name, strlen(t->name), &sum);
-        char created[40];
-        time_format_rfc3339nano(t->created_ns - t->created_ns % NS_PER_SEC, created);
-        log_info("token %s expired: removed by age (created %s; %zu of %u members "
-                 "registered)",
-                 t->name, created, sum.members, sum.size);
-        reg_tombstone_add(reg, t->name, t->created_ns, time_wall_ns());
-        reg_token_remove(reg, t);
+        remove_token_by_age(reg, t);
         removed++;
     }
     return removed;
+}
+
+int registry_deliver_token_removal(registry_t *reg, const char *name, size_t len, uint64_t index)
+{
+    REG_ASSERT_OWNER(reg);
+    assert(!reg->busy);
+    if (index <= reg->index)
+        return -EINVAL;
+    reg_token_t *t = reg_find_token(reg, name, len);
+    if (t)
+        remove_token_by_age(reg, t);
+    registry_advance(reg, index); /* and the writes waiting for it go */
+    return 0;
 }
 
 void reg_token_remove(registry_t *reg, reg_token_t *t)

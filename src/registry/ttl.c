@@ -85,6 +85,13 @@ void reg_node_set_expiry(registry_t *reg, reg_node_t *n, int64_t expire_ns)
 
 int64_t registry_expire(registry_t *reg, int64_t now_ns)
 {
+    /* A backend that applies on delivery (etcd) decides expiries itself: a
+     * key with a TTL has an etcd lease, and its expiry comes back through
+     * the watch as a delivered "expire" (backend_etcd.c). Expiring it here
+     * too would make every instance propose its own delete. The heap is
+     * still kept: it is what the nodes' TTLs are read from. */
+    if (reg->backend && !reg->backend->ops->applies_on_propose)
+        return 0;
     while (reg->heap_len && reg->heap[0]->expire_ns <= now_ns) {
         reg_node_t *n = reg->heap[0];
         reg_result_t r = {0};

@@ -179,6 +179,17 @@ void registry_watch(registry_t *reg, const char *key, bool recursive, uint64_t w
     }
     for (size_t i = lo; i < t->n_events; i++) {
         const reg_event_t *ev = reg_event_at(reg, t->events[i]);
+        if (!ev && reg->backend && !reg->backend->ops->applies_on_propose &&
+            t->events[i] < reg->ring_base) {
+            /* A mirror of etcd keeps only the recent events' bodies (the
+             * ring): an older waitIndex gets etcd's own answer. */
+            char cause[96];
+            snprintf(cause, sizeof cause, "the requested history has been cleared [%llu/%llu]",
+                     (unsigned long long)reg->ring_base, (unsigned long long)since);
+            reg_fail(reg, out, REG_E_EVENT_INDEX_CLEARED, cause);
+            free(clean);
+            return;
+        }
         if (!ev) {
             reg_fail(reg, out, REG_E_INTERNAL,
                      "cannot read the token's history back from the store");

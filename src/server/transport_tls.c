@@ -117,6 +117,11 @@ static SSL_CTX *build_ssl_ctx(const tls_ctx_t *t, char *err)
     }
     SSL_CTX_set_session_id_context(c, (const unsigned char *)SESSION_ID_CONTEXT,
                                    sizeof SESSION_ID_CONTEXT - 1);
+    /* One TLS 1.3 session ticket after a handshake, not OpenSSL's two: a
+     * client keeps one per server (Go's crypto/tls, which etcd builds with,
+     * replaces it; so do Python's and curl's), and each ticket is the session
+     * encoded and encrypted, about 6% of a full handshake's CPU (bench/RESULTS.md). */
+    SSL_CTX_set_num_tickets(c, 1);
     SSL_CTX_set_alpn_select_cb(c, alpn_select, NULL);
     if (SSL_CTX_use_certificate_chain_file(c, t->cert_path) != 1) {
         ssl_error_text(why, sizeof why, "unreadable");
@@ -340,7 +345,13 @@ static ssize_t tls_recv(transport_t *t, char *buf, size_t len)
      * time. Another record is read only while a whole one fits: a record
      * split across calls would leave its rest inside OpenSSL, where epoll
      * cannot see it (read-ahead is off, so nothing else is ever kept
-     * there). The connection reads READ_CHUNK_BYTES (64 KiB) at a time. */
+     * there). The connection reads READ_CHUNK_BYTES (64 KiB) at a time.
+     * Only after a full record: a shorter one (a request, a small body's
+     * end) is most often the last the client sent, and asking for another
+     * would cost a read(2) that finds the socket empty, one in three of a
+     * keep-alive GET's. What does follow is still in the socket, where the
+     * level-triggered epoll reports it (conn.c reads again only after a
+     * full READ_CHUNK_BYTES as well). */
     size_t got = 0;
     while (got == 0 || len - got >= TLS_MAX_RECORD_PLAINTEXT_BYTES) {
         ERR_clear_error();
@@ -349,6 +360,8 @@ static ssize_t tls_recv(transport_t *t, char *buf, size_t len)
         int n = SSL_read(ssl, buf + got, chunk);
         if (n > 0) {
             got += (size_t)n;
+            if ((size_t)n < TLS_MAX_RECORD_PLAINTEXT_BYTES)
+                break;
             continue;
         }
         if (got > 0)

@@ -456,6 +456,19 @@ class EtcdClientAuth(unittest.TestCase):
         lines = run_probe(self.ep, "ranges", "/auth/k", "2", str(gap_ms), opts=opts)
         self.assertEqual([r["outcome"] for r in lines], ["OK", "OK"], lines)
 
+    def test_a_watch_created_after_the_streams_token_expired(self):
+        # The Watch stream carries the token it was opened with; once that
+        # expired, etcd refuses every create on it (watch_id -1, canceled,
+        # "invalid auth token"). The client gets a new token and a new
+        # stream; the late watch is created there and sees the put.
+        opts = ["--user", "root", "--password", "rootpw", "--keepalive", "60000"]
+        gap_ms = int(AUTH_TOKEN_TTL_S * 1000 * 2.5)
+        lines = run_probe(self.ep, "watch-late", "/late/", str(gap_ms), opts=opts)
+        late = [line for line in lines if line.get("tag") == "late"]
+        self.assertEqual([line for line in lines if line.get("canceled")], [], lines)
+        self.assertEqual([e["kv"]["value"] for line in late for e in line.get("events", [])],
+                         ["late"], lines)
+
     def test_wrong_password_or_none_is_etcds_refusal(self):
         [r] = run_probe(self.ep, "put", "/auth/x", "1",
                         opts=["--user", "root", "--password", "wrong"])

@@ -26,6 +26,12 @@
  *   range-wait KEY            a Range, then {"ready":...}, then waits for a
  *                             line on stdin and does a second Range
  *   ranges KEY N GAP_MS       N Ranges, GAP_MS apart, each on its own line
+ *   watch-late PREFIX GAP_MS  a watch from now ("tag":"first"); GAP_MS after
+ *                             it is created, a second watch on the same
+ *                             stream ("tag":"late", created again when it
+ *                             ends, at most 5 times); once that one is
+ *                             created, a put of PREFIX "k"; ends at its
+ *                             event or its cancel
  *
  * Every call prints {"outcome":"OK"|"GRPC"|"UNSENT"|"UNKNOWN","code":..,
  * "message":..,...} with the response's fields for OK. Exit status 0 when
@@ -199,6 +205,8 @@ static void on_watch(void *ctx, const Etcdserverpb__WatchResponse *r)
                (long long)r->compact_revision);
     const char *reason = r->cancel_reason ? r->cancel_reason : "";
     buf_put_json_string(&b, reason, strlen(reason));
+    if (ctx)
+        buf_printf(&b, ",\"tag\":\"%s\"", (const char *)ctx);
     buf_puts(&b, ",\"endpoint\":");
     const char *ep = etcd_client_endpoint(client);
     buf_put_json_string(&b, ep, strlen(ep));
@@ -285,6 +293,92 @@ static void on_resume_watch(void *ctx, const Etcdserverpb__WatchResponse *r)
         if (r->events[i]->kv && r->events[i]->kv->mod_revision >= resume_next_rev)
             resume_next_rev = r->events[i]->kv->mod_revision + 1;
     on_watch(NULL, r);
+}
+
+static Etcdserverpb__WatchCreateRequest late_rq;
+static uint64_t late_at;
+static int late_creates;
+static bool late_put_sent;
+
+/* Prints a watch response (or its end) without ending the command. */
+static void print_watch(const char *tag, const Etcdserverpb__WatchResponse *r)
+{
+    if (!r) {
+        buf_t b;
+        buf_init(&b);
+        buf_printf(&b, "{\"ended\":true,\"tag\":\"%s\"", tag);
+        emit(&b);
+        return;
+    }
+    long keep = events_left;
+    events_left = 1L << 30;
+    on_watch((void *)tag, r);
+    events_left = keep;
+    finished = false;
+}
+
+static void on_first_watch(void *ctx, const Etcdserverpb__WatchResponse *r)
+{
+    (void)ctx;
+    print_watch("first", r);
+    if (r && r->created && !r->canceled && late_at == 0)
+        late_at = loop_now_ms(loop) + (uint64_t)gap_ms;
+}
+
+static void on_late_put(void *ctx, const etcd_result_t *res)
+{
+    (void)ctx;
+    buf_t b;
+    head(&b, res);
+    emit(&b);
+    if (res->outcome != ETCD_OK)
+        finished = true;
+}
+
+static void on_late_watch(void *ctx, const Etcdserverpb__WatchResponse *r)
+{
+    (void)ctx;
+    print_watch("late", r);
+    if (!r) {
+        /* what an owner does: create it again */
+        if (++late_creates > 5 || !etcd_watch(client, &late_rq, on_late_watch, NULL))
+            finished = true;
+        return;
+    }
+    if (r->canceled || r->n_events > 0) {
+        finished = true;
+        return;
+    }
+    if (r->created && !late_put_sent) {
+        late_put_sent = true;
+        char key[256];
+        snprintf(key, sizeof key, "%.*sk", (int)late_rq.key.len, (const char *)late_rq.key.data);
+        Etcdserverpb__PutRequest put = ETCDSERVERPB__PUT_REQUEST__INIT;
+        put.key = (ProtobufCBinaryData){strlen(key), (uint8_t *)key};
+        put.value = (ProtobufCBinaryData){4, (uint8_t *)"late"};
+        Etcdserverpb__RequestOp op = ETCDSERVERPB__REQUEST_OP__INIT;
+        op.request_case = ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_PUT;
+        op.request_put = &put;
+        Etcdserverpb__RequestOp *ops[] = {&op};
+        Etcdserverpb__TxnRequest rq = ETCDSERVERPB__TXN_REQUEST__INIT;
+        rq.n_success = 1;
+        rq.success = ops;
+        if (etcd_txn(client, &rq, timeout_ms, on_late_put, NULL) < 0)
+            finished = true;
+    }
+}
+
+static uint64_t late_timer(void *ctx, uint64_t now)
+{
+    (void)ctx;
+    if (late_at == 0 || late_creates > 0)
+        return 0;
+    if (now < late_at)
+        return late_at;
+    late_creates = 1;
+    if (!etcd_watch(client, &late_rq, on_late_watch, NULL))
+        finished = true;
+    return 0;
 }
 
 static void on_stdin(loop_io_t *io, uint32_t events)
@@ -480,6 +574,16 @@ int main(int argc, char **argv)
         gap_ms = strtol(args[2], NULL, 10);
         next_range_at = 1;
         rc = ranges_left > 0 ? loop_add_timer(loop, ranges_timer, NULL) : -EINVAL;
+    } else if (strcmp(cmd, "watch-late") == 0 && nargs == 2) {
+        end = prefix_end(args[0]);
+        Etcdserverpb__WatchCreateRequest rq = ETCDSERVERPB__WATCH_CREATE_REQUEST__INIT;
+        rq.key = (ProtobufCBinaryData){strlen(args[0]), (uint8_t *)args[0]};
+        rq.range_end = (ProtobufCBinaryData){end ? strlen(end) : 0, (uint8_t *)end};
+        late_rq = rq;
+        gap_ms = strtol(args[1], NULL, 10);
+        rc = loop_add_timer(loop, late_timer, NULL);
+        if (rc == 0)
+            rc = etcd_watch(client, &rq, on_first_watch, NULL) ? 0 : -ENOMEM;
     } else {
         etcd_client_free(client);
         loop_free(loop);

@@ -14,7 +14,12 @@
  *   - a Watch stream refused UNAVAILABLE ("no leader", etcd's answer to
  *     `hasleader` on a member without one) ends the watches and moves the
  *     client to another member, with a back-off, instead of re-opening the
- *     stream on the same member as fast as it refuses.
+ *     stream on the same member as fast as it refuses; so does any other
+ *     refusal of the stream (UNIMPLEMENTED);
+ *   - a server that closes every connection before its SETTINGS is dialed
+ *     with the back-off, not once per loop turn;
+ *   - a create etcd refuses (watch_id -1, created, canceled) ends only the
+ *     watch it answers.
  * Real etcd behaviour (answers, watches, failover, TLS, auth) is covered by
  * tests/e2e/test_etcd_client.py.
  */
@@ -42,12 +47,18 @@
 #define CALL_TIMEOUT_MS 3000
 
 enum behaviour {
-    ANSWER_OK,          /* an empty RangeResponse/TxnResponse */
-    ANSWER_UNAVAILABLE, /* trailers-only grpc-status 14 */
-    REFUSE_FIRST,       /* RST_STREAM REFUSED_STREAM for the first request, then OK */
-    GOAWAY_FIRST,       /* GOAWAY (last stream 0) on the first connection, then OK */
-    NO_SETTINGS,        /* the server never sends its SETTINGS */
-    WATCH_NO_LEADER,    /* every stream refused at its HEADERS: grpc-status 14 */
+    ANSWER_OK,           /* an empty RangeResponse/TxnResponse */
+    ANSWER_UNAVAILABLE,  /* trailers-only grpc-status 14 */
+    REFUSE_FIRST,        /* RST_STREAM REFUSED_STREAM for the first request, then OK */
+    GOAWAY_FIRST,        /* GOAWAY (last stream 0) on the first connection, then OK */
+    NO_SETTINGS,         /* the server never sends its SETTINGS */
+    WATCH_NO_LEADER,     /* every stream refused at its HEADERS: grpc-status 14 */
+    CLOSE_AT_ONCE,       /* every connection closed as soon as it is accepted */
+    WATCH_UNIMPLEMENTED, /* every stream refused at its HEADERS: grpc-status 12 (a
+                          * gRPC server that is not etcd) */
+    WATCH_REFUSE_FIRST,  /* the Watch stream: the first create refused as etcd 3.4
+                          * refuses one (watch_id -1, created, canceled), the
+                          * second created (watch_id 2) */
 };
 
 typedef struct server {
@@ -57,7 +68,7 @@ typedef struct server {
     int requests; /* requests whose body arrived, over all connections */
     int connections;
     int streams; /* WATCH_NO_LEADER: streams refused */
-    uint8_t body[64];
+    uint8_t body[128];
     size_t body_len, body_off;
 } server_t;
 
@@ -117,16 +128,73 @@ static void answer_ok(server_t *s, int32_t sid)
     assert_int_equal(nghttp2_submit_response(s->ng, sid, nv, 2, &prd), 0);
 }
 
+static ssize_t srv_read_watch(nghttp2_session *ng, int32_t sid, uint8_t *out, size_t len,
+                              uint32_t *flags, nghttp2_data_source *src, void *user)
+{
+    (void)ng, (void)sid, (void)flags, (void)src;
+    server_t *s = user;
+    size_t n = s->body_len - s->body_off < len ? s->body_len - s->body_off : len;
+    if (n == 0)
+        return NGHTTP2_ERR_DEFERRED; /* the stream stays open, as etcd's does */
+    memcpy(out, s->body + s->body_off, n);
+    s->body_off += n;
+    return (ssize_t)n;
+}
+
+/* Appends a framed WatchResponse to the server's body. */
+static void put_watch_response(server_t *s, const Etcdserverpb__WatchResponse *r)
+{
+    size_t n = etcdserverpb__watch_response__get_packed_size(r);
+    assert_true(s->body_len + 5 + n <= sizeof s->body);
+    uint8_t *p = s->body + s->body_len;
+    p[0] = 0;
+    p[1] = (uint8_t)(n >> 24);
+    p[2] = (uint8_t)(n >> 16);
+    p[3] = (uint8_t)(n >> 8);
+    p[4] = (uint8_t)n;
+    etcdserverpb__watch_response__pack(r, p + 5);
+    s->body_len += 5 + n;
+}
+
+/* etcd 3.4's answers to two creates, the first of an empty range ("b" to
+ * "a"): a refused create carries watch_id -1, not the client's id. */
+static void answer_watch_refuse_first(server_t *s, int32_t sid)
+{
+    Etcdserverpb__WatchResponse refused = ETCDSERVERPB__WATCH_RESPONSE__INIT;
+    refused.watch_id = -1;
+    refused.created = true;
+    refused.canceled = true;
+    refused.cancel_reason = "mvcc: watcher range is empty";
+    Etcdserverpb__WatchResponse created = ETCDSERVERPB__WATCH_RESPONSE__INIT;
+    created.watch_id = 2;
+    created.created = true;
+    s->body_len = s->body_off = 0;
+    put_watch_response(s, &refused);
+    put_watch_response(s, &created);
+    nghttp2_nv nv[] = {{(uint8_t *)":status", (uint8_t *)"200", 7, 3, 0},
+                       {(uint8_t *)"content-type", (uint8_t *)"application/grpc", 12, 16, 0}};
+    nghttp2_data_provider prd = {.read_callback = srv_read_watch};
+    assert_int_equal(nghttp2_submit_response(s->ng, sid, nv, 2, &prd), 0);
+}
+
 static int srv_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *user)
 {
     server_t *s = user;
-    if (s->how == WATCH_NO_LEADER && f->hd.type == NGHTTP2_HEADERS) {
-        static const char msg[] = "etcdserver: no leader";
+    if (s->how == WATCH_REFUSE_FIRST && f->hd.type == NGHTTP2_HEADERS &&
+        f->headers.cat == NGHTTP2_HCAT_REQUEST) {
+        s->streams++;
+        answer_watch_refuse_first(s, f->hd.stream_id);
+        return 0;
+    }
+    if ((s->how == WATCH_NO_LEADER || s->how == WATCH_UNIMPLEMENTED) &&
+        f->hd.type == NGHTTP2_HEADERS) {
+        bool is_12 = s->how == WATCH_UNIMPLEMENTED;
+        const char *msg = is_12 ? "unknown service etcdserverpb.Watch" : "etcdserver: no leader";
         nghttp2_nv nv[] = {
             {(uint8_t *)":status", (uint8_t *)"200", 7, 3, 0},
             {(uint8_t *)"content-type", (uint8_t *)"application/grpc", 12, 16, 0},
-            {(uint8_t *)"grpc-status", (uint8_t *)"14", 11, 2, 0},
-            {(uint8_t *)"grpc-message", (uint8_t *)msg, 12, sizeof msg - 1, 0},
+            {(uint8_t *)"grpc-status", (uint8_t *)(is_12 ? "12" : "14"), 11, 2, 0},
+            {(uint8_t *)"grpc-message", (uint8_t *)msg, 12, strlen(msg), 0},
         };
         s->streams++;
         assert_int_equal(nghttp2_submit_response(ng, f->hd.stream_id, nv, 4, NULL), 0);
@@ -136,12 +204,15 @@ static int srv_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *use
         return 0;
     int n = ++s->requests;
     int32_t sid = f->hd.stream_id;
-    if (s->how == WATCH_NO_LEADER)
+    if (s->how == WATCH_NO_LEADER || s->how == WATCH_UNIMPLEMENTED)
         return 0; /* answered at its HEADERS (srv_begin_headers) */
     switch (s->how) {
     case ANSWER_OK:
     case NO_SETTINGS:
-    case WATCH_NO_LEADER: answer_ok(s, sid); break;
+    case WATCH_NO_LEADER:
+    case WATCH_UNIMPLEMENTED:
+    case CLOSE_AT_ONCE:
+    case WATCH_REFUSE_FIRST: answer_ok(s, sid); break;
     case ANSWER_UNAVAILABLE: {
         static const char msg[] = "etcdserver: request timed out";
         nghttp2_nv nv[] = {
@@ -186,8 +257,12 @@ static void server_pump(server_t *s)
         int fd = accept4(s->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0)
             return;
-        s->fd = fd;
         s->connections++;
+        if (s->how == CLOSE_AT_ONCE) {
+            close(fd);
+            return;
+        }
+        s->fd = fd;
         nghttp2_session_callbacks *cb;
         assert_int_equal(nghttp2_session_callbacks_new(&cb), 0);
         nghttp2_session_callbacks_set_send_callback(cb, srv_send);
@@ -399,11 +474,10 @@ static void on_watch_again(void *ctx, const Etcdserverpb__WatchResponse *r)
     assert_non_null(etcd_watch(w->f->c, &w->rq, on_watch_again, w));
 }
 
-static void test_watch_refused_no_leader_moves_with_backoff(void **state)
+static void watch_refused_moves_with_backoff(enum behaviour how)
 {
-    (void)state;
     fixture_t f;
-    fixture_start(&f, WATCH_NO_LEADER);
+    fixture_start(&f, how);
     watch_ctx_t w = {.f = &f};
     Etcdserverpb__WatchCreateRequest rq = ETCDSERVERPB__WATCH_CREATE_REQUEST__INIT;
     rq.key = (ProtobufCBinaryData){2, (uint8_t *)"/k"};
@@ -428,6 +502,110 @@ static void test_watch_refused_no_leader_moves_with_backoff(void **state)
     fixture_stop(&f);
 }
 
+static void test_watch_refused_no_leader_moves_with_backoff(void **state)
+{
+    (void)state;
+    watch_refused_moves_with_backoff(WATCH_NO_LEADER);
+}
+
+/* Any refusal of the Watch stream (here a gRPC server that is not etcd:
+ * UNIMPLEMENTED) would come again at once on the same connection: the
+ * client moves on with a back-off instead of reopening the stream as fast
+ * as it is refused. */
+static void test_watch_refused_otherwise_moves_with_backoff(void **state)
+{
+    (void)state;
+    watch_refused_moves_with_backoff(WATCH_UNIMPLEMENTED);
+}
+
+typedef struct watch_seen {
+    int calls, created, canceled, ended;
+    int after_last; /* callbacks after the last one (canceled or ended) */
+    bool is_over;
+} watch_seen_t;
+
+static void on_watch_seen(void *ctx, const Etcdserverpb__WatchResponse *r)
+{
+    watch_seen_t *w = ctx;
+    w->calls++;
+    if (w->is_over)
+        w->after_last++;
+    if (!r) {
+        w->ended++;
+        w->is_over = true;
+        return;
+    }
+    if (r->created && !r->canceled)
+        w->created++;
+    if (r->canceled) {
+        w->canceled++;
+        w->is_over = true;
+    }
+}
+
+/* etcd answers a create it refuses (an empty range; a duplicate id) with
+ * watch_id -1, created and canceled: that ends the one watch whose create
+ * it answers (the oldest not answered yet), not every watch on the
+ * stream as a progress answer (also watch_id -1) would. */
+static void test_refused_create_ends_only_its_watch(void **state)
+{
+    (void)state;
+    fixture_t f;
+    fixture_start(&f, WATCH_REFUSE_FIRST);
+    watch_seen_t a = {0}, b = {0};
+    Etcdserverpb__WatchCreateRequest empty = ETCDSERVERPB__WATCH_CREATE_REQUEST__INIT;
+    empty.key = (ProtobufCBinaryData){1, (uint8_t *)"b"};
+    empty.range_end = (ProtobufCBinaryData){1, (uint8_t *)"a"};
+    Etcdserverpb__WatchCreateRequest good = ETCDSERVERPB__WATCH_CREATE_REQUEST__INIT;
+    good.key = (ProtobufCBinaryData){2, (uint8_t *)"/k"};
+    assert_non_null(etcd_watch(f.c, &empty, on_watch_seen, &a));
+    assert_non_null(etcd_watch(f.c, &good, on_watch_seen, &b));
+    for (int i = 0; i < MAX_TURNS && b.calls < 2 && !(b.created && a.calls); i++) {
+        loop_run_once(f.loop, 2);
+        server_pump(&f.srv);
+    }
+    assert_int_equal(a.calls, 1);
+    assert_int_equal(a.canceled, 1);
+    assert_int_equal(b.canceled, 0);
+    assert_int_equal(b.created, 1);
+    /* the connection ends: the live watch ends, the refused one is over */
+    server_close_conn(&f.srv);
+    for (int i = 0; i < MAX_TURNS && b.ended == 0; i++)
+        loop_run_once(f.loop, 2);
+    assert_int_equal(b.ended, 1);
+    assert_int_equal(a.calls, 1);
+    assert_int_equal(a.after_last + b.after_last, 0);
+    fixture_stop(&f);
+}
+
+/* A server that takes the TCP connection and closes it before any HTTP/2
+ * (a wrong port, a proxy without a backend, etcd refusing the client's
+ * certificate after a TLS 1.3 handshake): the connection never was up,
+ * so the client backs off between rounds instead of dialing again at
+ * once, as fast as the server closes. */
+static void test_closed_before_settings_backs_off(void **state)
+{
+    (void)state;
+    fixture_t f;
+    fixture_start(&f, CLOSE_AT_ONCE);
+    result_t r = {0};
+    Etcdserverpb__RangeRequest rq = ETCDSERVERPB__RANGE_REQUEST__INIT;
+    rq.key = (ProtobufCBinaryData){2, (uint8_t *)"/k"};
+    assert_int_equal(etcd_range(f.c, &rq, 400, on_done, &r), 0);
+    loop_update_clock(f.loop);
+    uint64_t until = loop_now_ms(f.loop) + 300;
+    for (int i = 0; i < MAX_TURNS && loop_now_ms(f.loop) < until; i++) {
+        loop_run_once(f.loop, 2);
+        server_pump(&f.srv);
+    }
+    /* back-off 50, 100, 200 ms: a handful of dials, not one per turn */
+    assert_true(f.srv.connections >= 1);
+    assert_true(f.srv.connections <= 10);
+    run_until_done(&f, &r);
+    assert_int_equal(r.res.outcome, ETCD_UNSENT);
+    fixture_stop(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -438,6 +616,9 @@ int main(void)
         cmocka_unit_test(test_nothing_is_sent_before_the_servers_settings),
         cmocka_unit_test(test_free_with_calls_in_flight_calls_nothing),
         cmocka_unit_test(test_watch_refused_no_leader_moves_with_backoff),
+        cmocka_unit_test(test_refused_create_ends_only_its_watch),
+        cmocka_unit_test(test_closed_before_settings_backs_off),
+        cmocka_unit_test(test_watch_refused_otherwise_moves_with_backoff),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

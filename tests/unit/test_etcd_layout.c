@@ -65,7 +65,10 @@ static void test_marker_round_trip(void **state)
     uint64_t seq;
     char *key;
     bool is_dir;
-    assert_true(etcd_layout_parse_marker(m, strlen(m), &a, inst, sizeof inst, &seq, &key, &is_dir));
+    int64_t expire_ns = -1;
+    assert_true(etcd_layout_parse_marker(m, strlen(m), &a, inst, sizeof inst, &seq, &key, &is_dir,
+                                         &expire_ns));
+    assert_int_equal(expire_ns, 0);
     assert_int_equal(a, REG_ACT_CAS);
     assert_string_equal(inst, "inst-1");
     assert_int_equal(seq, 42);
@@ -81,7 +84,7 @@ static void test_marker_round_trip(void **state)
                          "create  1 F /k"};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
         assert_false(etcd_layout_parse_marker(bad[i], strlen(bad[i]), &a, inst, sizeof inst, &seq,
-                                              &key, &is_dir));
+                                              &key, &is_dir, &expire_ns));
 }
 
 static reg_event_t event(enum reg_action action, const char *key, bool is_dir, const char *value)
@@ -148,6 +151,72 @@ static void test_plan_token_creation(void **state)
     assert_non_null(find_op(&p, ETCD_OP_PUT, "/disco/v/tok"));
     assert_non_null(find_op(&p, ETCD_OP_PUT, "/disco/act"));
     assert_int_equal(p.n_success, 6);
+    etcd_txn_plan_free(&p);
+}
+
+/* A write with a TTL: its expiry rides in the marker, the lease goes on the
+ * key's put (and on its P c/ key), nowhere else. */
+static void test_plan_ttl_key(void **state)
+{
+    (void)state;
+    reg_event_t ev = event(REG_ACT_SET, V2("eph"), false, "v");
+    ev.node.expire_ns = 1700000000123456789;
+    ev.has_prev = true; /* a set over a file: the P c/ key is written too */
+    backend_guard_t g = {.kind = BACKEND_GUARD_TOKEN_AT, .token_index = 5};
+    etcd_txn_plan_t p;
+    assert_int_equal(etcd_layout_plan(P, &ev, &g, "i1", 4, &p), 0);
+    const etcd_op_t *m = find_op(&p, ETCD_OP_PUT, "/disco/act");
+    assert_string_equal(m->value, "set i1 4 F@1700000000123456789 " V2("eph"));
+    assert_int_equal(etcd_layout_plan_set_lease(&p, P, V2("eph"), false, 77), 2);
+    for (size_t i = 0; i < p.n_success; i++) {
+        bool leased = strcmp(p.success[i].key, "/disco/k/tok/eph") == 0 ||
+                      strcmp(p.success[i].key, "/disco/c/tok/eph") == 0;
+        assert_int_equal(p.success[i].lease, leased ? 77 : 0);
+    }
+    /* and the marker reads back */
+    enum reg_action a;
+    char inst[64];
+    uint64_t seq;
+    char *key;
+    bool is_dir;
+    int64_t expire_ns;
+    assert_true(etcd_layout_parse_marker(m->value, strlen(m->value), &a, inst, sizeof inst, &seq,
+                                         &key, &is_dir, &expire_ns));
+    assert_int_equal(a, REG_ACT_SET);
+    assert_int_equal(expire_ns, 1700000000123456789);
+    assert_string_equal(key, V2("eph"));
+    free(key);
+    etcd_txn_plan_free(&p);
+    const char *bad[] = {"set i1 4 F@ /k", "set i1 4 F@12x /k", "set i1 4 F@0 /k",
+                         "set i1 4 F#1 /k", "set i1 4 F@99999999999999999999 /k"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+        assert_false(etcd_layout_parse_marker(bad[i], strlen(bad[i]), &a, inst, sizeof inst, &seq,
+                                              &key, &is_dir, &expire_ns));
+    /* A removal carries no expiry. */
+    reg_event_t del = event(REG_ACT_DELETE, V2("eph"), false, NULL);
+    del.node.expire_ns = 1700000000123456789;
+    assert_int_equal(etcd_layout_plan(P, &del, &g, "i1", 5, &p), 0);
+    assert_string_equal(find_op(&p, ETCD_OP_PUT, "/disco/act")->value, "delete i1 5 F " V2("eph"));
+    etcd_txn_plan_free(&p);
+}
+
+/* A token's removal by age: guarded by its creation, every key of it gone. */
+static void test_plan_gc(void **state)
+{
+    (void)state;
+    etcd_txn_plan_t p;
+    assert_int_equal(etcd_layout_plan_gc(P, "tok", 12, "i1", &p), 0);
+    assert_int_equal(p.n_cmps, 1);
+    assert_int_equal(p.cmps[0].kind, ETCD_CMP_CREATE_EQ);
+    assert_string_equal(p.cmps[0].key, "/disco/v/tok");
+    assert_int_equal(p.cmps[0].rev, 12);
+    assert_non_null(find_op(&p, ETCD_OP_DELETE_PREFIX, "/disco/k/tok/"));
+    assert_non_null(find_op(&p, ETCD_OP_DELETE_PREFIX, "/disco/c/tok/"));
+    assert_non_null(find_op(&p, ETCD_OP_DELETE, "/disco/v/tok"));
+    assert_non_null(find_op(&p, ETCD_OP_DELETE, "/disco/m/tok"));
+    assert_string_equal(find_op(&p, ETCD_OP_PUT, "/disco/act")->value, "gc i1 tok");
+    assert_int_equal(p.n_success, 5);
+    assert_int_equal(p.n_failure, 0);
     etcd_txn_plan_free(&p);
 }
 
@@ -243,6 +312,48 @@ static void test_read_revision(void **state)
     assert_int_equal(etcd_layout_read_revision(P, other, 1, &c), 0);
     assert_false(c.has_change);
 
+    /* A token's creation: its creation time from P m/. A TTL key: its
+     * expiry from the marker. */
+    etcd_kv_event_t made[] = {
+        KV(false, "/disco/k/tok/", ""),
+        KV(false, "/disco/k/tok/_config/", ""),
+        KV(false, "/disco/k/tok/_config/size", "3"),
+        KV(false, "/disco/m/tok", "1700000000000000001"),
+        KV(false, "/disco/v/tok", ""),
+        KV(false, "/disco/act", "set i1 1 F " V2("_config/size")),
+    };
+    assert_int_equal(etcd_layout_read_revision(P, made, 6, &c), 0);
+    assert_int_equal(c.created_ns, 1700000000000000001);
+    assert_int_equal(c.expire_ns, 0);
+    assert_false(c.removes_token);
+    etcd_change_clear(&c);
+    etcd_kv_event_t ttl[] = {
+        KV(false, "/disco/k/tok/eph", "v"),
+        KV(false, "/disco/v/tok", ""),
+        KV(false, "/disco/act", "create i1 2 F@1700000002000000000 " V2("eph")),
+    };
+    assert_int_equal(etcd_layout_read_revision(P, ttl, 3, &c), 0);
+    assert_int_equal(c.action, REG_ACT_CREATE);
+    assert_int_equal(c.expire_ns, 1700000002000000000);
+    assert_int_equal(c.created_ns, 0);
+    assert_string_equal(c.value, "v");
+    etcd_change_clear(&c);
+
+    /* A removal by age. */
+    etcd_kv_event_t gc[] = {
+        KV(true, "/disco/k/tok/", ""),        KV(true, "/disco/k/tok/m1", ""),
+        KV(true, "/disco/v/tok", ""),         KV(true, "/disco/m/tok", ""),
+        KV(false, "/disco/act", "gc i2 tok"),
+    };
+    assert_int_equal(etcd_layout_read_revision(P, gc, 5, &c), 0);
+    assert_true(c.has_change);
+    assert_true(c.removes_token);
+    assert_string_equal(c.key, REGISTRY_PREFIX "/tok");
+    assert_string_equal(c.instance, "i2");
+    etcd_change_clear(&c);
+    etcd_kv_event_t bad_gc[] = {KV(false, "/disco/act", "gc i2 ../x")};
+    assert_int_equal(etcd_layout_read_revision(P, bad_gc, 1, &c), -EINVAL);
+
     /* A marker whose key the revision does not write. */
     etcd_kv_event_t broken[] = {KV(false, "/disco/act", "create i1 7 F " V2("m9"))};
     assert_int_equal(etcd_layout_read_revision(P, broken, 1, &c), -EINVAL);
@@ -277,6 +388,8 @@ int main(void)
         cmocka_unit_test(test_plan_registration),
         cmocka_unit_test(test_plan_token_creation),
         cmocka_unit_test(test_plan_guarded_by_token_version),
+        cmocka_unit_test(test_plan_ttl_key),
+        cmocka_unit_test(test_plan_gc),
         cmocka_unit_test(test_read_revision),
         cmocka_unit_test(test_index_base),
     };

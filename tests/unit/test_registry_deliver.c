@@ -38,7 +38,20 @@ typedef struct fake_backend {
     bool refuse;
     int n_barriers;
     uint64_t barrier_seq;
+    int n_removes;
+    char removed[64];
+    uint64_t removed_created; /* indexes[0] of the last removal asked for */
 } fake_backend_t;
+
+static int fake_remove_token(backend_t *be, const char *name, const uint64_t *indexes, size_t n)
+{
+    fake_backend_t *f = (fake_backend_t *)be;
+    assert_true(n > 0);
+    f->n_removes++;
+    snprintf(f->removed, sizeof f->removed, "%s", name);
+    f->removed_created = indexes[0];
+    return 0;
+}
 
 static int fake_propose_barrier(backend_t *be, uint64_t seq)
 {
@@ -83,6 +96,7 @@ static const struct backend_ops fake_ops = {
     .propose = fake_propose,
     .propose_txn = fake_propose_txn,
     .propose_barrier = fake_propose_barrier,
+    .remove_token = fake_remove_token,
     .fetch = fake_fetch,
     .durable_index = fake_durable,
     .readable_index = fake_durable,
@@ -419,6 +433,120 @@ static void test_delivery_that_does_not_fit(void **state)
     registry_free(b.reg);
 }
 
+/* A key with a TTL: the backend (etcd's lease) expires it, not the
+ * registry's clock; its expiry, delivered, rewrites no version key, so the
+ * next write of the token is guarded by the change before it. */
+static void test_expiry_is_the_backends(void **state)
+{
+    (void)state;
+    instance_t a, b;
+    instance_init(&a);
+    instance_init(&b);
+    instance_t *all[] = {&a, &b};
+    make_token(&a, &b);
+    reg_delivered_t d = {.action = REG_ACT_CREATE,
+                         .key = K("eph"),
+                         .value = "v",
+                         .index = 3,
+                         .wall_ns = T0,
+                         .expire_ns = T0 + 2 * NS_PER_SEC};
+    for (size_t i = 0; i < 2; i++)
+        assert_int_equal(registry_deliver(all[i]->reg, &d), 0);
+    reg_result_t res;
+    registry_get(b.reg, K("eph"), T0, &res);
+    assert_int_equal(res.err, REG_OK);
+    assert_int_equal(reg_node_expire_ns(res.node), T0 + 2 * NS_PER_SEC);
+    reg_result_clear(&res);
+    /* Long past its TTL: still there until the backend says so. */
+    assert_int_equal(registry_expire(a.reg, T0 + 60 * NS_PER_SEC), 0);
+    assert_int_equal(a.be.n_proposed, 1); /* the token only */
+    registry_get(a.reg, K("eph"), T0 + 60 * NS_PER_SEC, &res);
+    assert_int_equal(res.err, REG_OK);
+    reg_result_clear(&res);
+    deliver(all, 2, REG_ACT_EXPIRE, K("eph"), NULL, 4);
+    registry_get(a.reg, K("eph"), T0, &res);
+    assert_int_equal(res.err, REG_E_KEY_NOT_FOUND);
+    reg_result_clear(&res);
+    outcome_t o;
+    registry_set(a.reg, K("x"), false, "1", NO_TTL, T0, &res);
+    await(&a, &res, &o);
+    assert_int_equal(a.be.last_guard.kind, BACKEND_GUARD_TOKEN_AT);
+    assert_int_equal(a.be.last_guard.token_index, 3); /* not the expiry's 4 */
+    registry_free(a.reg);
+    registry_free(b.reg);
+}
+
+/* Sweeps: each instance asks its backend to remove an old token; the token
+ * goes when the removal is delivered, on both, and a second delivered
+ * removal of it changes nothing. */
+static void test_sweep_removes_on_delivery(void **state)
+{
+    (void)state;
+    instance_t a, b;
+    instance_init(&a);
+    instance_init(&b);
+    make_token(&a, &b);
+    assert_int_equal(registry_sweep_tokens(a.reg, T0 + NS_PER_SEC, 16), 0);
+    assert_int_equal(registry_sweep_tokens(b.reg, T0 + NS_PER_SEC, 16), 0);
+    assert_int_equal(a.be.n_removes, 1);
+    assert_int_equal(b.be.n_removes, 1);
+    assert_string_equal(b.be.removed, "tok");
+    assert_int_equal(b.be.removed_created, 2);        /* the token's creation revision */
+    assert_int_equal(registry_token_count(a.reg), 1); /* not yet delivered */
+    /* Younger than the cutoff: not asked for. */
+    assert_int_equal(registry_sweep_tokens(a.reg, T0, 16), 0);
+    assert_int_equal(a.be.n_removes, 1);
+    instance_t *all[] = {&a, &b};
+    for (size_t i = 0; i < 2; i++) {
+        assert_int_equal(registry_deliver_token_removal(all[i]->reg, "tok", 3, 7), 0);
+        assert_int_equal(registry_token_count(all[i]->reg), 0);
+        assert_int_equal(registry_index(all[i]->reg), 7);
+        reg_result_t res;
+        registry_get(all[i]->reg, K("_config/size"), T0, &res);
+        assert_int_equal(res.err, REG_E_KEY_NOT_FOUND);
+        assert_true(res.token_missing);
+        reg_result_clear(&res);
+        /* not above the index: refused; unknown token: only advances */
+        assert_int_equal(registry_deliver_token_removal(all[i]->reg, "tok", 3, 7), -EINVAL);
+        assert_int_equal(registry_deliver_token_removal(all[i]->reg, "tok", 3, 9), 0);
+        assert_int_equal(registry_index(all[i]->reg), 9);
+    }
+    registry_free(a.reg);
+    registry_free(b.reg);
+}
+
+/* The mirror keeps recent event bodies only: a watch from before them gets
+ * etcd's 401 "event index cleared"; a recent one is answered. */
+static void test_old_wait_index_is_cleared(void **state)
+{
+    (void)state;
+    instance_t a, b;
+    instance_init(&a);
+    instance_init(&b);
+    instance_t *all[] = {&a, &b};
+    make_token(&a, &b);
+    deliver(all, 2, REG_ACT_CREATE, K("m1"), "x", 3);
+    reg_waiter_t w;
+    reg_result_t res;
+    registry_watch(a.reg, K("m1"), false, 3, &w, NULL, NULL, &res);
+    assert_int_equal(res.err, REG_OK);
+    assert_non_null(res.event);
+    reg_result_clear(&res);
+    /* Many revisions later (other keys of the etcd cluster), one change. */
+    deliver(all, 2, REG_ACT_CREATE, K("m2"), "y", 3 + 10000);
+    registry_watch(a.reg, K("m1"), false, 3, &w, NULL, NULL, &res);
+    assert_int_equal(res.err, REG_E_EVENT_INDEX_CLEARED);
+    assert_non_null(strstr(res.cause, "cleared"));
+    reg_result_clear(&res);
+    registry_watch(a.reg, K("m2"), false, 4, &w, NULL, NULL, &res);
+    assert_int_equal(res.err, REG_OK);
+    assert_non_null(res.event);
+    assert_int_equal(res.event->index, 3 + 10000);
+    reg_result_clear(&res);
+    registry_free(a.reg);
+    registry_free(b.reg);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -429,6 +557,9 @@ int main(void)
         cmocka_unit_test(test_watch_on_b_answered_by_write_on_a),
         cmocka_unit_test(test_refusal_checked_again_after_catching_up),
         cmocka_unit_test(test_delivery_that_does_not_fit),
+        cmocka_unit_test(test_expiry_is_the_backends),
+        cmocka_unit_test(test_sweep_removes_on_delivery),
+        cmocka_unit_test(test_old_wait_index_is_cleared),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
