@@ -370,8 +370,8 @@ static int fill_to(migrate_t *m, int64_t upto, uint64_t *filled)
 static bool roll_back(migrate_t *m)
 {
     etcd_cmp_t guard = {ETCD_CMP_MOD_EQ, m->base_key, m->claim_rev};
-    etcd_op_t ops[2] = {{ETCD_OP_DELETE_PREFIX, (char *)m->prefix, NULL},
-                        {ETCD_OP_DELETE, m->fill_key, NULL}};
+    etcd_op_t ops[2] = {{.kind = ETCD_OP_DELETE_PREFIX, .key = (char *)m->prefix},
+                        {.kind = ETCD_OP_DELETE, .key = m->fill_key}};
     return txn_sync(m, &guard, 1, NULL, ops, 2, false) == 0 && m->succeeded;
 }
 
@@ -635,7 +635,7 @@ int cmd_migrate(int argc, char **argv)
     snprintf(claim_value, sizeof claim_value, "%s since %lld (pid %ld)",
              ETCD_LAYOUT_INDEX_BASE_MIGRATING, (long long)time(NULL), (long)getpid());
     etcd_cmp_t empty = {ETCD_CMP_CREATE_EQ, (char *)f.prefix, 0};
-    etcd_op_t claim = {ETCD_OP_PUT, m.base_key, claim_value};
+    etcd_op_t claim = {.kind = ETCD_OP_PUT, .key = m.base_key, .value = claim_value};
     if (txn_sync(&m, &empty, 1, m.prefix_end, &claim, 1, true) != 0) {
         fprintf(stderr, "disco migrate: etcd (%s): %s\n", eps[0], m.message);
         goto done;
@@ -671,8 +671,8 @@ int cmd_migrate(int argc, char **argv)
     char base_value[24];
     snprintf(base_value, sizeof base_value, "%" PRId64, base);
     etcd_cmp_t ours = {ETCD_CMP_MOD_EQ, m.base_key, m.claim_rev};
-    etcd_op_t finish[2] = {{ETCD_OP_PUT, m.base_key, base_value},
-                           {ETCD_OP_DELETE, m.fill_key, NULL}};
+    etcd_op_t finish[2] = {{.kind = ETCD_OP_PUT, .key = m.base_key, .value = base_value},
+                           {.kind = ETCD_OP_DELETE, .key = m.fill_key}};
     if (txn_sync(&m, &ours, 1, NULL, finish, 2, false) != 0 || !m.succeeded) {
         fprintf(stderr, "disco migrate: etcd (%s): the last step failed: %s\n", eps[0],
                 m.outcome == ETCD_OK && !m.succeeded ? "the claim was lost" : m.message);
