@@ -20,7 +20,9 @@
  *                        apply before the request is validated again;
  *   gRPC error, unsent   failed (etcd did not apply it);
  *   unknown (timeout, connection lost after sending, leader change)
- *                        held for ETCD_UNKNOWN_HOLD_MS while the watch may
+ *                        held until ETCD_WRITE_BUDGET_MS after its
+ *                        sending (inside etcd's v2 discovery PUT budget)
+ *                        while the watch may
  *                        still show this proposal's action marker (it names
  *                        this instance and the proposal's seq): seen, it is
  *                        committed at that revision; not seen, failed.
@@ -57,12 +59,21 @@
 #include "util/log.h"
 #include "util/timeutil.h"
 
-/* How long an unknown outcome is held, looking for its marker: inside the
- * 5 s an etcd member gives its registration PUT, past a typical leader
- * election (ETCD-BACKEND.md §4: 1.8-2.7 s). */
-#define ETCD_UNKNOWN_HOLD_MS 3000
+/* etcd's v2 discovery client gives its registration PUT 5 s and treats a
+ * timeout or a 5xx as fatal: every proposal is answered within this much of
+ * its sending (its Txn deadline, then the hold of an unknown outcome),
+ * leaving a second for the answer's way back and the client's own work. */
+#define ETCD_V2DISCOVERY_PUT_BUDGET_MS 5000
+#define ETCD_WRITE_BUDGET_MS 4000
 /* Deadline of one transaction, waiting for a connection included. */
-#define ETCD_TXN_TIMEOUT_MS 2500
+#define ETCD_TXN_TIMEOUT_MS 2000
+/* An unknown outcome is held, looking for its marker, until the write's
+ * budget is spent: at least this long, past a typical leader election
+ * counted from the Txn's sending (ETCD-BACKEND.md §4: 1.8-2.7 s). */
+#define ETCD_UNKNOWN_HOLD_MS (ETCD_WRITE_BUDGET_MS - ETCD_TXN_TIMEOUT_MS)
+_Static_assert(ETCD_TXN_TIMEOUT_MS + ETCD_UNKNOWN_HOLD_MS <= ETCD_WRITE_BUDGET_MS &&
+                   ETCD_WRITE_BUDGET_MS + 1000 <= ETCD_V2DISCOVERY_PUT_BUDGET_MS,
+               "a write's answer must fit etcd's v2 discovery PUT budget with a margin");
 #define ETCD_RANGE_TIMEOUT_MS 5000
 /* A watch etcd ended (no leader, ...) is asked for again after this. */
 #define ETCD_WATCH_RETRY_MS 500
@@ -84,6 +95,7 @@ typedef struct call_ctx {
     struct call_ctx *next, *prev;
     struct etcd_backend *be;
     uint64_t seq; /* a Txn's proposal; 0 for the catch-up range */
+    uint64_t started_ms; /* when the call was made (a Txn's budget counts from it) */
 } call_ctx_t;
 
 typedef struct etcd_backend {
@@ -123,6 +135,7 @@ static call_ctx_t *call_new(etcd_backend_t *eb, uint64_t seq)
         return NULL;
     c->be = eb;
     c->seq = seq;
+    c->started_ms = eb->loop ? loop_now_ms(eb->loop) : 0;
     c->next = eb->calls;
     if (eb->calls)
         eb->calls->prev = c;
@@ -585,6 +598,7 @@ static void on_txn(void *ctx, const etcd_result_t *res)
     call_ctx_t *c = ctx;
     etcd_backend_t *eb = c->be;
     uint64_t seq = c->seq;
+    uint64_t started_ms = c->started_ms;
     call_free(c);
     switch (res->outcome) {
     case ETCD_OK: {
@@ -623,12 +637,18 @@ static void on_txn(void *ctx, const etcd_result_t *res)
             return;
         }
         u->seq = seq;
-        u->deadline_ms = loop_now_ms(eb->loop) + ETCD_UNKNOWN_HOLD_MS;
+        /* The hold ends when the write's budget does, counted from its
+         * sending: an answer etcd gave early with an unknown outcome
+         * ("leader changed") is held longer, one that timed out less. */
+        uint64_t now = loop_now_ms(eb->loop);
+        u->deadline_ms = started_ms + ETCD_WRITE_BUDGET_MS;
+        if (u->deadline_ms < now)
+            u->deadline_ms = now;
         snprintf(u->why, sizeof u->why, "%s", res->message);
         u->next = eb->unknown;
         eb->unknown = u;
-        log_warn("etcd: no answer to a write (%s); holding it for %d ms", res->message,
-                 ETCD_UNKNOWN_HOLD_MS);
+        log_warn("etcd: no answer to a write (%s); holding it for %" PRIu64 " ms", res->message,
+                 u->deadline_ms - now);
         return;
     }
     }
