@@ -71,6 +71,9 @@
  * budget is spent: at least this long, past a typical leader election
  * counted from the Txn's sending (ETCD-BACKEND.md §4: 1.8-2.7 s). */
 #define ETCD_UNKNOWN_HOLD_MS (ETCD_WRITE_BUDGET_MS - ETCD_TXN_TIMEOUT_MS)
+/* Writes are still taken this long after the mirror or the connection went
+ * down (etcd_writable): a failover to another member is quicker. */
+#define ETCD_WRITE_GRACE_MS ETCD_TXN_TIMEOUT_MS
 _Static_assert(ETCD_TXN_TIMEOUT_MS + ETCD_UNKNOWN_HOLD_MS <= ETCD_WRITE_BUDGET_MS &&
                    ETCD_WRITE_BUDGET_MS + 1000 <= ETCD_V2DISCOVERY_PUT_BUDGET_MS,
                "a write's answer must fit etcd's v2 discovery PUT budget with a margin");
@@ -94,7 +97,7 @@ typedef struct unknown_txn {
 typedef struct call_ctx {
     struct call_ctx *next, *prev;
     struct etcd_backend *be;
-    uint64_t seq; /* a Txn's proposal; 0 for the catch-up range */
+    uint64_t seq;        /* a Txn's proposal; 0 for the catch-up range */
     uint64_t started_ms; /* when the call was made (a Txn's budget counts from it) */
 } call_ctx_t;
 
@@ -116,7 +119,8 @@ typedef struct etcd_backend {
     uint64_t catch_up;       /* the prefix's newest revision at watch creation */
     bool catch_up_known;
     bool live;
-    bool broken; /* the mirror missed history: it cannot be live again */
+    bool broken;          /* the mirror missed history: it cannot be live again */
+    uint64_t writable_ms; /* when writes were last seen possible (etcd_writable) */
     unknown_txn_t *unknown;
     call_ctx_t *calls;
     etcd_kv_event_t *scratch;
@@ -160,6 +164,8 @@ static void set_live(etcd_backend_t *eb, bool live)
     if (live == eb->live)
         return;
     eb->live = live;
+    if (!live && eb->loop)
+        eb->writable_ms = loop_now_ms(eb->loop); /* the grace counts from here */
     if (live)
         log_info("etcd mirror live at revision %" PRIu64 " (%s)", eb->applied,
                  etcd_client_endpoint(eb->client) ? etcd_client_endpoint(eb->client) : "?");
@@ -909,10 +915,27 @@ static bool etcd_live(backend_t *be)
     return eb_of(be)->live;
 }
 
+/*
+ * Writes are taken while the mirror is live and a connection is up, and
+ * for ETCD_WRITE_GRACE_MS after that stopped being so: a failover (the
+ * member this instance talked to killed, its watch created again on
+ * another) takes a moment, and a write refused at once with a 503 in it
+ * would be fatal to an etcd member registering (its v2 discovery client
+ * does not retry). A write taken then waits for a connection within its
+ * Txn's deadline and is answered within its budget like any other.
+ * /health?writes=1 follows the same answer.
+ */
 static bool etcd_writable(backend_t *be)
 {
     etcd_backend_t *eb = eb_of(be);
-    return eb->live && eb->client && etcd_client_connected(eb->client);
+    if (!eb->client || !eb->loop || eb->broken)
+        return false;
+    uint64_t now = loop_now_ms(eb->loop);
+    if (eb->live && etcd_client_connected(eb->client)) {
+        eb->writable_ms = now;
+        return true;
+    }
+    return eb->writable_ms && now - eb->writable_ms < ETCD_WRITE_GRACE_MS;
 }
 
 static void etcd_stats(backend_t *be, backend_stats_t *out)

@@ -46,7 +46,10 @@ CONVERGE_TIMEOUT_S = 15.0
 # late answer is seen, not cut off).
 V2DISCOVERY_PUT_BUDGET_S = 5.0
 CLIENT_TIMEOUT_S = 15.0
-WRITERS_PER_INSTANCE = 2
+WRITERS_PER_INSTANCE = 3
+# A 503 comes only after disco tried to learn the write's outcome: its Txn's
+# deadline (2 s; backend_etcd.c) with a margin for a slow machine.
+MIN_503_AFTER_S = 1.5
 MAX_WRITES_PER_WRITER = 400
 LOAD_BEFORE_KILL_S = 1.0
 LOAD_AFTER_KILL_S = 6.0
@@ -187,6 +190,10 @@ class EtcdFaults(unittest.TestCase):
                                 "%s answered %s after %.2f s: %r" % (key, st, elapsed, body))
                 if st == 503:
                     self.assertEqual(json.loads(body)["errorCode"], 300, body)
+                    # Never at once: a write whose outcome may still be
+                    # learnt is held first (the Txn's deadline at least).
+                    self.assertGreaterEqual(elapsed, MIN_503_AFTER_S,
+                                            "%s answered 503 at once: %r" % (key, body))
                 else:
                     acked[key] = json.loads(body)["node"]["createdIndex"]
         return acked
