@@ -97,8 +97,10 @@ typedef struct unknown_txn {
 typedef struct call_ctx {
     struct call_ctx *next, *prev;
     struct etcd_backend *be;
-    uint64_t seq;        /* a Txn's proposal; 0 for the catch-up range */
-    uint64_t started_ms; /* when the call was made (a Txn's budget counts from it) */
+    uint64_t seq; /* a Txn's proposal; 0 for the catch-up range */
+
+    /* When the call was made (a Txn's budget counts from it). */
+    uint64_t started_ms;
 } call_ctx_t;
 
 typedef struct etcd_backend {
@@ -119,8 +121,10 @@ typedef struct etcd_backend {
     uint64_t catch_up;       /* the prefix's newest revision at watch creation */
     bool catch_up_known;
     bool live;
-    bool broken;          /* the mirror missed history: it cannot be live again */
-    uint64_t writable_ms; /* when writes were last seen possible (etcd_writable) */
+    bool broken; /* the mirror missed history: it cannot be live again */
+
+    /* When writes were last seen possible (etcd_writable). */
+    uint64_t writable_ms;
     unknown_txn_t *unknown;
     call_ctx_t *calls;
     etcd_kv_event_t *scratch;
