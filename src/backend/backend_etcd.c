@@ -84,6 +84,9 @@ _Static_assert(ETCD_TXN_TIMEOUT_MS + ETCD_UNKNOWN_HOLD_MS <= ETCD_WRITE_BUDGET_M
  * still follows etcd's revision, so a watch that must start again after a
  * failover starts from a recent revision, not one compaction removed. */
 #define ETCD_PROGRESS_EVERY_MS 60000
+/* A mirror lag (/metrics) this old asks the watch for progress: revisions
+ * of keys outside the prefix then stop counting as lag. */
+#define ETCD_LAG_PROGRESS_MS 1000
 
 typedef struct unknown_txn {
     struct unknown_txn *next;
@@ -125,6 +128,14 @@ typedef struct etcd_backend {
 
     /* When writes were last seen possible (etcd_writable). */
     uint64_t writable_ms;
+    /* For /metrics (etcd_stats): etcd's newest revision seen in any
+     * answer's header; the revision up to which the watch last showed the
+     * mirror complete, and when; counters. */
+    uint64_t etcd_revision, current_revision, current_ms;
+    uint64_t behind_ms;       /* since when etcd_revision is past the mirror; 0: it is not */
+    uint64_t lag_progress_ms; /* when etcd_stats last asked for progress */
+    uint64_t n_committed, n_lost_guard, n_failed, n_unknown, n_watch_restarts;
+    bool watch_started;
     unknown_txn_t *unknown;
     call_ctx_t *calls;
     etcd_kv_event_t *scratch;
@@ -183,6 +194,34 @@ static void check_caught_up(etcd_backend_t *eb)
         set_live(eb, true);
 }
 
+/* etcd's revision as an answer's header shows it (for the lag metric). */
+static uint64_t mirror_complete_to(const etcd_backend_t *eb)
+{
+    return eb->applied > eb->current_revision ? eb->applied : eb->current_revision;
+}
+
+static void note_etcd_revision(etcd_backend_t *eb, const Etcdserverpb__ResponseHeader *h)
+{
+    if (h && (uint64_t)h->revision > eb->etcd_revision)
+        eb->etcd_revision = (uint64_t)h->revision;
+    if (eb->etcd_revision > mirror_complete_to(eb) && !eb->behind_ms && eb->loop)
+        eb->behind_ms = loop_now_ms(eb->loop);
+}
+
+/* A watch response shows the mirror complete up to its header's revision:
+ * etcd sends a watch every event in its range up to it first. */
+static void note_mirror_current(etcd_backend_t *eb, const Etcdserverpb__ResponseHeader *h)
+{
+    note_etcd_revision(eb, h);
+    if (!h || !eb->loop)
+        return;
+    if ((uint64_t)h->revision > eb->current_revision)
+        eb->current_revision = (uint64_t)h->revision;
+    eb->current_ms = loop_now_ms(eb->loop);
+    if (mirror_complete_to(eb) >= eb->etcd_revision)
+        eb->behind_ms = 0;
+}
+
 /* ---- the mirror: one watch ------------------------------------------------ */
 
 static void start_watch(etcd_backend_t *eb);
@@ -200,6 +239,7 @@ static void on_catch_up_range(void *ctx, const etcd_result_t *res)
         return;
     }
     const Etcdserverpb__RangeResponse *r = (const Etcdserverpb__RangeResponse *)res->resp;
+    note_etcd_revision(eb, r->header);
     eb->catch_up = r->n_kvs ? (uint64_t)r->kvs[0]->mod_revision : 0;
     eb->catch_up_known = true;
     check_caught_up(eb);
@@ -549,6 +589,8 @@ static void on_watch(void *ctx, const Etcdserverpb__WatchResponse *resp)
         eb->applied = (uint64_t)resp->header->revision;
         registry_advance(eb->reg, eb->applied);
         check_caught_up(eb);
+        if (eb->live)
+            note_mirror_current(eb, resp->header);
         return;
     }
     if (resp->created) {
@@ -586,6 +628,12 @@ static void on_watch(void *ctx, const Etcdserverpb__WatchResponse *resp)
         apply_revision(eb, rev, eb->scratch, n);
     }
     check_caught_up(eb);
+    /* A live watch has been sent every event up to its header's revision
+     * (a created answer's header is etcd's revision, not the watch's). */
+    if (eb->live && !resp->created)
+        note_mirror_current(eb, resp->header);
+    else
+        note_etcd_revision(eb, resp->header);
 }
 
 static void start_watch(etcd_backend_t *eb)
@@ -597,6 +645,9 @@ static void start_watch(etcd_backend_t *eb)
     rq.range_end = (ProtobufCBinaryData){strlen(eb->range_end), (uint8_t *)eb->range_end};
     rq.start_revision = (int64_t)eb->applied + 1;
     rq.progress_notify = true;
+    if (eb->watch_started)
+        eb->n_watch_restarts++;
+    eb->watch_started = true;
     eb->watch = etcd_watch(eb->client, &rq, on_watch, eb);
     eb->watch_retry_ms = eb->watch ? 0 : loop_now_ms(eb->loop) + ETCD_WATCH_RETRY_MS;
 }
@@ -614,10 +665,13 @@ static void on_txn(void *ctx, const etcd_result_t *res)
     case ETCD_OK: {
         const Etcdserverpb__TxnResponse *r = (const Etcdserverpb__TxnResponse *)res->resp;
         uint64_t rev = r->header ? (uint64_t)r->header->revision : 0;
+        note_etcd_revision(eb, r->header);
         if (r->succeeded) {
+            eb->n_committed++;
             registry_settle(eb->reg, seq, REG_SETTLE_COMMITTED, rev, NULL);
             return;
         }
+        eb->n_lost_guard++;
         /* Lost: the failure branch ranged what the guard looked at; the
          * newest of them is the winner the mirror must show first. */
         uint64_t winner = 0;
@@ -634,12 +688,14 @@ static void on_txn(void *ctx, const etcd_result_t *res)
     }
     case ETCD_GRPC:
     case ETCD_UNSENT: {
+        eb->n_failed++;
         char why[160];
         snprintf(why, sizeof why, "etcd did not take the change (%s); retry", res->message);
         registry_settle(eb->reg, seq, REG_SETTLE_FAILED, 0, why);
         return;
     }
     case ETCD_UNKNOWN: {
+        eb->n_unknown++;
         unknown_txn_t *u = calloc(1, sizeof *u);
         if (!u) {
             registry_settle(eb->reg, seq, REG_SETTLE_FAILED, 0,
@@ -944,8 +1000,33 @@ static bool etcd_writable(backend_t *be)
 
 static void etcd_stats(backend_t *be, backend_stats_t *out)
 {
-    (void)be;
+    etcd_backend_t *eb = eb_of(be);
     memset(out, 0, sizeof *out);
+    out->is_etcd = true;
+    out->etcd_live = eb->live;
+    /* Complete up to the newer of what was applied and what the watch
+     * last vouched for. Revisions of keys outside the prefix look like lag
+     * until a watch response covers them: a lag older than a second asks
+     * the watch for progress (at most once a second), so it is gone by the
+     * next scrape if the mirror is in fact current. */
+    uint64_t have = mirror_complete_to(eb);
+    uint64_t now = eb->loop ? loop_now_ms(eb->loop) : 0;
+    out->etcd_lag_revisions = eb->etcd_revision > have ? eb->etcd_revision - have : 0;
+    if (!eb->live)
+        out->etcd_lag_ms = eb->current_ms && now > eb->current_ms ? now - eb->current_ms : 0;
+    else if (out->etcd_lag_revisions > 0 && eb->behind_ms && now > eb->behind_ms)
+        out->etcd_lag_ms = now - eb->behind_ms;
+    if (out->etcd_lag_ms >= ETCD_LAG_PROGRESS_MS && eb->live && eb->client &&
+        now - eb->lag_progress_ms >= ETCD_LAG_PROGRESS_MS) {
+        eb->lag_progress_ms = now;
+        (void)etcd_watch_progress(eb->client); /* -ENOTCONN: the lag stands */
+    }
+    out->etcd_endpoint = eb->client ? etcd_client_endpoint(eb->client) : NULL;
+    out->etcd_txns_committed = eb->n_committed;
+    out->etcd_txns_lost_guard = eb->n_lost_guard;
+    out->etcd_txns_failed = eb->n_failed;
+    out->etcd_txns_unknown = eb->n_unknown;
+    out->etcd_watch_restarts = eb->n_watch_restarts;
 }
 
 void backend_etcd_stop(backend_t *be)

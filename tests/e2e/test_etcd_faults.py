@@ -82,6 +82,25 @@ def etcd_keys(endpoints, prefix):
     return set(line for line in out.splitlines() if line)
 
 
+def metrics(base):
+    """/metrics as {(name, frozenset(labels)): value} (simple Prometheus text)."""
+    st, _, body = harness.http("GET", base + "/metrics")
+    assert st == 200, body
+    out = {}
+    for line in body.decode().splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = re.match(r'^([a-zA-Z0-9_:]+)(?:\{(.*)\})? (\S+)$', line)
+        assert m, line
+        labels = frozenset(re.findall(r'([a-z_]+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
+        out[(m.group(1), labels)] = float(m.group(3))
+    return out
+
+
+def metric(ms, name, **labels):
+    return ms.get((name, frozenset(labels.items())))
+
+
 class Writer(threading.Thread):
     """Registers distinct keys (prevExist=false) on one instance until told
     to stop or MAX_WRITES_PER_WRITER is reached; records each answer."""
@@ -276,6 +295,10 @@ class EtcdFaults(unittest.TestCase):
             # /health: 503 once the mirror cannot follow etcd (docs/operating.md).
             harness.wait_until(lambda: self.health(base) == 503, 30,
                                what="/health 503 on %s" % base)
+            # ... and /metrics says since when it has not been current.
+            harness.wait_until(lambda: metric(metrics(base), "disco_etcd_mirror_lag_seconds") > 0,
+                               10, what="a mirror lag in seconds on %s" % base)
+            self.assertEqual(metric(metrics(base), "disco_etcd_mirror_live"), 0)
 
         # Both back: nothing acknowledged lost, writes work again.
         self.etcd.start(leader)
@@ -292,6 +315,47 @@ class EtcdFaults(unittest.TestCase):
         in_etcd = etcd_keys(self.etcd.endpoints(), PREFIX + "k/" + tok + "/")
         for k in acked:
             self.assertIn(PREFIX + "k/%s/%s" % (tok, k), in_etcd)
+        # /metrics tells the story: the watch was created again (quorum loss
+        # ended it), transactions by outcome, a live member in use.
+        for base in (self.a, self.b):
+            ms = metrics(base)
+            self.assertGreaterEqual(metric(ms, "disco_etcd_watch_restarts_total"), 1)
+            self.assertGreater(metric(ms, "disco_etcd_txns_total", outcome="committed"), 0)
+            self.assertEqual(metric(ms, "disco_etcd_mirror_live"), 1)
+            eps = [lbl for (n, lbl), v in ms.items() if n == "disco_etcd_endpoint" and v == 1]
+            self.assertEqual(len(eps), 1, eps)
+            self.assertIn(dict(eps[0])["endpoint"], self.etcd.client_urls)
+        answered = sum(metric(metrics(base), "disco_etcd_txns_total", outcome=o)
+                       for base in (self.a, self.b)
+                       for o in ("committed", "lost_guard", "failed", "unknown"))
+        self.assertGreaterEqual(answered, len(acked))
+
+    def test_metrics_show_the_mirror_lag(self):
+        tok = self.new_token(self.a)
+        st, _, body = harness.http("PUT", keys_url(self.a, tok, "/m1?prevExist=false"), "value=x",
+                                   FORM)
+        self.assertEqual(st, 201, body)
+        ms = metrics(self.a)
+        self.assertEqual(metric(ms, "disco_etcd_txns_total", outcome="committed"), 2)
+        self.assertEqual(metric(ms, "disco_etcd_txns_total", outcome="unknown"), 0)
+        self.assertEqual(metric(ms, "disco_etcd_watch_restarts_total"), 0)
+        self.assertEqual(metric(ms, "disco_etcd_mirror_live"), 1)
+        self.assertIn(("disco_etcd_endpoint",
+                       frozenset({("endpoint", self.etcd.client_urls[0])})), ms)
+        for base in (self.a, self.b):
+            harness.wait_until(lambda: metric(metrics(base), "disco_etcd_mirror_lag_revisions")
+                               == 0, CONVERGE_TIMEOUT_S, what="no lag on %s" % base)
+        # Revisions of keys outside the prefix are not lag for long: the
+        # watch's next progress report covers them.
+        for i in range(5):
+            rc, _, err = harness.etcdctl(self.etcd.endpoints(), "put", "/elsewhere/%d" % i, "v")
+            self.assertEqual(rc, 0, err)
+        st, _, body = harness.http("PUT", keys_url(self.a, tok, "/m2?prevExist=false"), "value=x",
+                                   FORM)
+        self.assertEqual(st, 201, body)
+        harness.wait_until(lambda: metric(metrics(self.a), "disco_etcd_mirror_lag_revisions")
+                           == 0 and metric(metrics(self.a), "disco_etcd_mirror_lag_seconds") == 0,
+                           CONVERGE_TIMEOUT_S, what="the lag gone on A")
 
 
 if __name__ == "__main__":
