@@ -372,7 +372,9 @@ typedef struct snap_change {
     uint64_t rev;
     int depth;
     bool is_update;
-    const Etcdserverpb__KeyValue *kv;
+    const Etcdserverpb__KeyValue *kv; /* NULL: a removal (gone_key) */
+    char *gone_key;                   /* owned; a resync's removal of this v2 key */
+    bool gone_is_dir;
 } snap_change_t;
 
 static int snap_change_order(const void *a, const void *b)
@@ -401,6 +403,140 @@ static created_at_t *created_index_of(created_at_t *cs, size_t n, const char *v2
 }
 
 /*
+ * A resync's removals: keys of the mirror that the range `r` (the prefix
+ * at revision `at`) no longer has were deleted somewhere in (after, at].
+ * Which revision etcd gave each deletion is lost with the history; each is
+ * given a revision of that span that no key of the range was created or
+ * modified at (a deletion's transaction puts no k/ key, so there are at
+ * least as many as there were deletions), the lowest first. Appended to
+ * `*chs` (grown as needed). A token that is gone whole (removed by age on
+ * another instance) is left: the mirror has no event for it; it goes at
+ * the next restart.
+ */
+typedef struct gone_scan {
+    char **present; /* sorted v2 keys of the range */
+    size_t n_present;
+    snap_change_t *gone;
+    size_t n_gone, cap_gone;
+    size_t n_tokens_kept;
+} gone_scan_t;
+
+static int str_order(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static int rev_order(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static bool gone_scan_exists(void *ctx, const char *key)
+{
+    gone_scan_t *g = ctx;
+    return g->n_present && bsearch(&key, g->present, g->n_present, sizeof *g->present, str_order);
+}
+
+static int gone_scan_add(void *ctx, const char *key, bool is_dir)
+{
+    gone_scan_t *g = ctx;
+    const char *rest = strchr(key + strlen(REGISTRY_PREFIX "/"), '/');
+    if (!rest) {
+        g->n_tokens_kept++;
+        return 0;
+    }
+    if (g->n_gone == g->cap_gone) {
+        size_t cap = g->cap_gone ? 2 * g->cap_gone : 16;
+        snap_change_t *n = realloc(g->gone, cap * sizeof *n);
+        if (!n)
+            return -ENOMEM;
+        g->gone = n;
+        g->cap_gone = cap;
+    }
+    char *k = strdup(key);
+    if (!k)
+        return -ENOMEM;
+    int depth = 0;
+    for (const char *p = key; *p; p++)
+        depth += *p == '/';
+    g->gone[g->n_gone++] = (snap_change_t){.depth = depth, .gone_key = k, .gone_is_dir = is_dir};
+    return 0;
+}
+
+static int resync_removals(etcd_backend_t *eb, const Etcdserverpb__RangeResponse *r, uint64_t after,
+                           uint64_t at, snap_change_t **chs, size_t *n)
+{
+    gone_scan_t g = {0};
+    uint64_t *used = calloc(2 * r->n_kvs + 1, sizeof *used);
+    size_t n_used = 0;
+    int rc = 0;
+    g.present = calloc(r->n_kvs + 1, sizeof *g.present);
+    if (!used || !g.present)
+        rc = -ENOMEM;
+    for (size_t i = 0; rc == 0 && i < r->n_kvs; i++) {
+        const Etcdserverpb__KeyValue *kv = r->kvs[i];
+        bool is_dir;
+        char *key =
+            etcd_layout_v2_key(eb->prefix, (const char *)kv->key.data, kv->key.len, &is_dir);
+        char *created = key ? NULL
+                            : etcd_layout_v2_key_of_created(eb->prefix, (const char *)kv->key.data,
+                                                            kv->key.len);
+        if (!key && !created)
+            continue; /* v/, m/, act: the deletions' own transactions put them */
+        if (key)
+            g.present[g.n_present++] = key;
+        free(created);
+        used[n_used++] = (uint64_t)kv->create_revision;
+        used[n_used++] = (uint64_t)kv->mod_revision;
+    }
+    if (rc == 0) {
+        qsort(g.present, g.n_present, sizeof *g.present, str_order);
+        qsort(used, n_used, sizeof *used, rev_order);
+        rc = registry_resync_find_gone(eb->reg, gone_scan_exists, gone_scan_add, &g);
+    }
+    /* The lowest free revisions, shallowest removal first (a directory
+     * before nothing below it: topmost keys only, so any order works). */
+    uint64_t rev = after;
+    size_t u = 0, placed = 0;
+    for (size_t i = 0; rc == 0 && i < g.n_gone; i++) {
+        for (rev++; u < n_used && used[u] <= rev; u++)
+            if (used[u] == rev)
+                rev++;
+        if (rev > at)
+            break;
+        g.gone[i].rev = rev;
+        placed++;
+    }
+    if (rc == 0 && placed < g.n_gone)
+        log_warn("etcd: resync: %zu keys deleted while the mirror was away have no revision "
+                 "left to be removed at; they stay until a restart",
+                 g.n_gone - placed);
+    if (rc == 0 && g.n_tokens_kept)
+        log_warn("etcd: resync: %zu tokens removed while the mirror was away stay until a "
+                 "restart",
+                 g.n_tokens_kept);
+    if (rc == 0 && placed) {
+        snap_change_t *grown = realloc(*chs, (*n + placed) * sizeof *grown);
+        if (!grown) {
+            rc = -ENOMEM;
+        } else {
+            *chs = grown;
+            memcpy(grown + *n, g.gone, placed * sizeof *grown);
+            *n += placed;
+        }
+    }
+    for (size_t i = rc == 0 ? placed : 0; i < g.n_gone; i++)
+        free(g.gone[i].gone_key); /* the placed ones now belong to *chs */
+    free(g.gone);
+    for (size_t i = 0; g.present && i < g.n_present; i++)
+        free(g.present[i]);
+    free(g.present);
+    free(used);
+    return rc;
+}
+
+/*
  * Applies the range `r` (the prefix at one revision) to the mirror: every
  * made-up change above revision `after` (0: an empty mirror, at start; else
  * the last revision applied, when a running watch had to start again past
@@ -408,7 +544,59 @@ static created_at_t *created_index_of(created_at_t *cs, size_t n, const char *v2
  * and a change that does not fit is skipped with a warning; a key deleted
  * in between stays in the mirror until the instance is restarted).
  */
-static int load_snapshot(etcd_backend_t *eb, const Etcdserverpb__RangeResponse *r, uint64_t after)
+/*
+ * Before a resync's changes are applied: a token whose changes in the gap
+ * cannot be replayed exactly (a removal, an update, a key made again: each
+ * hides events etcd no longer has) has its history up to `range_rev`
+ * cleared, so its parked watchers get etcd's 401 instead of a made-up
+ * event. A token that only gained keys written once (members registering)
+ * is replayed exactly: each key's create revision is its event's index.
+ */
+static void resync_clear_inexact(etcd_backend_t *eb, const snap_change_t *chs, size_t n,
+                                 uint64_t range_rev)
+{
+    for (size_t i = 0; i < n; i++) {
+        const Etcdserverpb__KeyValue *kv = chs[i].kv;
+        if (!kv) {
+            registry_resync_clear(eb->reg, chs[i].gone_key, range_rev);
+            continue;
+        }
+        bool is_dir;
+        char *key =
+            etcd_layout_v2_key(eb->prefix, (const char *)kv->key.data, kv->key.len, &is_dir);
+        if (!key)
+            continue; /* v/, m/, act, c/: not the tree */
+        if (chs[i].is_update || registry_has_key(eb->reg, key))
+            registry_resync_clear(eb->reg, key, range_rev);
+        free(key);
+    }
+}
+
+/* One of resync_removals' removals into the mirror. */
+static int resync_remove(etcd_backend_t *eb, const snap_change_t *ch)
+{
+    reg_delivered_t d = {.action = REG_ACT_DELETE,
+                         .key = ch->gone_key,
+                         .is_dir = ch->gone_is_dir,
+                         .index = ch->rev,
+                         .wall_ns = time_wall_ns()};
+    uint64_t before = eb->applied;
+    eb->applied = ch->rev;
+    int rc = registry_deliver(eb->reg, &d);
+    if (rc == -EINVAL) {
+        log_warn("etcd: resync: %s (deleted while the mirror was away) cannot be removed from "
+                 "it; skipped",
+                 ch->gone_key);
+        eb->applied = before;
+        return 0;
+    }
+    if (rc != 0)
+        eb->applied = before;
+    return rc;
+}
+
+static int load_snapshot(etcd_backend_t *eb, const Etcdserverpb__RangeResponse *r, uint64_t after,
+                         uint64_t range_rev)
 {
     snap_change_t *chs = calloc(2 * r->n_kvs + 1, sizeof *chs);
     created_at_t *cs = calloc(r->n_kvs + 1, sizeof *cs);
@@ -439,9 +627,10 @@ static int load_snapshot(etcd_backend_t *eb, const Etcdserverpb__RangeResponse *
             free(v2);
         }
         if (created > after)
-            chs[n++] = (snap_change_t){created, depth, false, kv};
+            chs[n++] = (snap_change_t){.rev = created, .depth = depth, .kv = kv};
         if (!is_dir && (uint64_t)kv->mod_revision > created && (uint64_t)kv->mod_revision > after)
-            chs[n++] = (snap_change_t){(uint64_t)kv->mod_revision, depth, true, kv};
+            chs[n++] = (snap_change_t){
+                .rev = (uint64_t)kv->mod_revision, .depth = depth, .is_update = true, .kv = kv};
     }
     for (size_t i = 0; i < n_cs; i++)
         free(cs[i].v2key);
@@ -450,12 +639,23 @@ static int load_snapshot(etcd_backend_t *eb, const Etcdserverpb__RangeResponse *
         free(chs);
         return rc;
     }
+    if (after > 0 && (rc = resync_removals(eb, r, after, range_rev, &chs, &n)) != 0) {
+        free(chs);
+        return rc;
+    }
     qsort(chs, n, sizeof *chs, snap_change_order);
+    if (after > 0)
+        resync_clear_inexact(eb, chs, n, range_rev);
     uint64_t last = 0;
     for (size_t i = 0; i < n && rc == 0; i++) {
         const Etcdserverpb__KeyValue *kv = chs[i].kv;
         if (chs[i].rev == last)
             continue; /* a directory made by the same transaction */
+        if (!kv) {
+            rc = resync_remove(eb, &chs[i]);
+            last = chs[i].rev;
+            continue;
+        }
         bool is_dir;
         char *key =
             etcd_layout_v2_key(eb->prefix, (const char *)kv->key.data, kv->key.len, &is_dir);
@@ -502,6 +702,8 @@ static int load_snapshot(etcd_backend_t *eb, const Etcdserverpb__RangeResponse *
         free(key);
         free(value);
     }
+    for (size_t i = 0; i < n; i++)
+        free(chs[i].gone_key);
     free(chs);
     return rc;
 }
@@ -519,7 +721,7 @@ static void on_snapshot_range(void *ctx, const etcd_result_t *res)
         return;
     }
     uint64_t after = eb->applied;
-    int rc = load_snapshot(eb, (const Etcdserverpb__RangeResponse *)res->resp, after);
+    int rc = load_snapshot(eb, (const Etcdserverpb__RangeResponse *)res->resp, after, at);
     if (rc != 0) {
         eb->broken = true;
         set_live(eb, false);

@@ -85,6 +85,9 @@ typedef struct reg_token {
     size_t n_events, cap_events;
     reg_waiter_t *waiters;
     size_t n_keys; /* nodes below the directory, _config excluded */
+    /* Watches from this index or below get "event index cleared": a
+     * resync lost the history up to it (registry_resync_clear); 0: none. */
+    uint64_t cleared_index;
 } reg_token_t;
 
 /*
