@@ -491,6 +491,40 @@ class EtcdFaults(unittest.TestCase):
                              "/_etcd/registry/%s/m5" % tok)
         self.assertEqual(self.members(self.a, tok), self.members(self.b, tok))
 
+    def test_instance_killed_and_restarted_under_load(self):
+        tok = self.new_token(self.a, size=1000)
+        self.wait_members(self.b, tok, lambda m: True, "the token on B")
+        stop = threading.Event()
+        writers = [Writer(self.b, tok, "b%d" % i, stop) for i in range(WRITERS_PER_INSTANCE)]
+        on_a = Writer(self.a, tok, "a0", stop)  # cut off by the kill
+        for t in writers + [on_a]:
+            t.start()
+        time.sleep(LOAD_BEFORE_KILL_S)
+        self.disco_a._signal(signal.SIGKILL)
+        self.disco_a.wait(10)
+        self.disco_a, self.a = self.start_instance(self.etcd.client_urls)
+        time.sleep(LOAD_BEFORE_KILL_S)
+        stop.set()
+        for t in writers + [on_a]:
+            t.join(CLIENT_TIMEOUT_S + 5)
+        self.assertFalse(any(t.is_alive() for t in writers + [on_a]), "a client hung")
+        acked = self.check_answers(writers)
+        self.assertTrue(acked)
+        # The restarted A reloaded the prefix: the same listing, the same
+        # indexes, the same X-Etcd-Index as B once both are quiet.
+        want = self.wait_members(self.b, tok, lambda m: all(k in m for k in acked), "B")
+        self.assertEqual({k: want[k] for k in acked}, acked)
+        got = self.wait_members(self.a, tok, lambda m: m == want, "A reloaded as B")
+        self.assertEqual(got, want)
+
+        def index(base):
+            return int(harness.http("GET", keys_url(base, tok))[1]["x-etcd-index"])
+        harness.wait_until(lambda: index(self.a) == index(self.b), CONVERGE_TIMEOUT_S,
+                           what="the same X-Etcd-Index on A and B")
+        st, _, body = harness.http("PUT", keys_url(self.a, tok, "/after-restart?prevExist=false"),
+                                   "value=x", FORM)
+        self.assertEqual(st, 201, body)
+
 
 if __name__ == "__main__":
     unittest.main()
