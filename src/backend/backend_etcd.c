@@ -37,7 +37,9 @@
  *
  * A running mirror whose watch must start again from a revision etcd
  * compacted is brought up to date from a range the same way (sets and
- * updates above its revision; deletions in between are not seen).
+ * updates above its revision, keys gone removed; resync_removals), and
+ * watches on tokens whose history it cannot replay exactly are answered
+ * "event index cleared" (resync_clear_inexact).
  *
  * Not built yet (docs/operating.md): TTLs as leases, sweeps of old tokens,
  * reading back events older than the mirror's memory (it keeps them all).
@@ -540,9 +542,9 @@ static int resync_removals(etcd_backend_t *eb, const Etcdserverpb__RangeResponse
  * Applies the range `r` (the prefix at one revision) to the mirror: every
  * made-up change above revision `after` (0: an empty mirror, at start; else
  * the last revision applied, when a running watch had to start again past
- * a compaction: then what changed in between comes as sets and updates,
- * and a change that does not fit is skipped with a warning; a key deleted
- * in between stays in the mirror until the instance is restarted).
+ * a compaction: then what changed in between comes as sets, updates and
+ * removals at revisions range_rev or below, and a change that does not
+ * fit is skipped with a warning).
  */
 /*
  * Before a resync's changes are applied: a token whose changes in the gap
@@ -739,7 +741,7 @@ static void on_snapshot_range(void *ctx, const etcd_result_t *res)
     else
         log_warn("etcd: revisions %" PRIu64 " to %" PRIu64 " were compacted before the mirror "
                  "saw them: it was brought up to date from the prefix's state at %" PRIu64
-                 " (keys deleted in between are not seen until a restart)",
+                 " (keys deleted in between removed)",
                  after + 1, at, at);
     start_watch(eb);
 }
