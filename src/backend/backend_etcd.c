@@ -468,6 +468,20 @@ static int gone_scan_add(void *ctx, const char *key, bool is_dir)
     return 0;
 }
 
+/* Whether `kv` is a P <kind>/ key with a v2 key in it (etcd_layout.c reads
+ * it so): then a NULL from reading it is out of memory. */
+static bool names_v2_key(const char *prefix, char kind, const Etcdserverpb__KeyValue *kv)
+{
+    size_t plen = strlen(prefix), len = kv->key.len;
+    if (len < plen + 3 || memcmp(kv->key.data, prefix, plen) != 0 ||
+        kv->key.data[plen] != (uint8_t)kind || kv->key.data[plen + 1] != '/')
+        return false;
+    bool is_dir = kv->key.data[len - 1] == '/';
+    if (is_dir && kind == 'c')
+        return false; /* P c/ keys are files' only */
+    return len - plen - 2 - is_dir > 0;
+}
+
 static int resync_removals(etcd_backend_t *eb, const Etcdserverpb__RangeResponse *r, uint64_t after,
                            uint64_t at, snap_change_t **chs, size_t *n)
 {
@@ -486,6 +500,12 @@ static int resync_removals(etcd_backend_t *eb, const Etcdserverpb__RangeResponse
         char *created = key ? NULL
                             : etcd_layout_v2_key_of_created(eb->prefix, (const char *)kv->key.data,
                                                             kv->key.len);
+        if ((!key && names_v2_key(eb->prefix, 'k', kv)) ||
+            (!key && !created && names_v2_key(eb->prefix, 'c', kv))) {
+            free(created);
+            rc = -ENOMEM; /* not read: a key must not look gone, a revision free */
+            break;
+        }
         if (!key && !created)
             continue; /* v/, m/, act: the deletions' own transactions put them */
         if (key)
