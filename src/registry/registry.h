@@ -362,16 +362,6 @@ int registry_deliver(registry_t *reg, const reg_delivered_t *d);
  * revision with nothing for the mirror): pending writes waiting for it go. */
 void registry_advance(registry_t *reg, uint64_t index);
 
-/*
- * A resync (the backend missed history it cannot replay, e.g. past an etcd
- * compaction, and compares the mirror with the source's state): calls
- * `gone` for every key of the mirror that `exists` says the source no
- * longer has, topmost only (a directory, not also its children; a token's
- * own directory too), before anything changes. Both callbacks get the full
- * v2 key, borrowed for the call. Nothing is changed here: the backend then
- * delivers the removals it chooses. 0, -ENOMEM, or the first non-zero
- * return of `gone`.
- */
 /* Whether the mirror has a node at the clean full v2 key `key`. */
 bool registry_has_key(registry_t *reg, const char *key);
 /*
@@ -382,6 +372,16 @@ bool registry_has_key(registry_t *reg, const char *key);
  * Nothing for a key outside any token.
  */
 void registry_resync_clear(registry_t *reg, const char *key, uint64_t through);
+/*
+ * A resync (the backend missed history it cannot replay, e.g. past an etcd
+ * compaction, and compares the mirror with the source's state): calls
+ * `gone` for every key of the mirror that `exists` says the source no
+ * longer has, topmost only (a directory, not also its children; a token's
+ * own directory too), before anything changes. Both callbacks get the full
+ * v2 key, borrowed for the call. Nothing is changed here: the backend then
+ * delivers the removals it chooses. 0, -ENOMEM, or the first non-zero
+ * return of `gone`.
+ */
 typedef bool (*reg_exists_fn)(void *ctx, const char *key);
 typedef int (*reg_gone_fn)(void *ctx, const char *key, bool is_dir);
 int registry_resync_find_gone(registry_t *reg, reg_exists_fn exists, reg_gone_fn gone, void *ctx);
