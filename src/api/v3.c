@@ -1210,6 +1210,12 @@ static void on_watch_event(reg_waiter_t *w, const reg_event_t *ev)
                             registry_index(wt->vs->api->reg));
         return;
     }
+    if (ev == REG_EVENT_CLEARED) { /* a resync lost the history it waits in */
+        send_watch_response(wt->vs, wt->id, false, true,
+                            "disco: etcdserver: mvcc: required revision has been compacted",
+                            registry_index(wt->vs->api->reg));
+        return;
+    }
     if (wt->vs->stalled) {
         /* Its client reads too slowly: the event waits in the history. */
         wt->next_rev = ev->index;
