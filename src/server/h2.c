@@ -66,6 +66,14 @@
 #define H2_CONN_QUEUED_BYTES_MAX (1024 * 1024)
 #define H2_STALLED_EXTRA_BYTES_MAX (64 * 1024)
 #define H2_CONN_UNREAD_BYTES_MAX (16 * 1024 * 1024)
+/* Answer bytes queued on a connection's streams past which h2_flush writes
+ * at once instead of at the end of the turn: at most the smallest bound
+ * above, so that a stream is never stalled by bytes that only wait for
+ * the turn to end. */
+#define H2_FLUSH_QUEUED_BYTES H2_STREAM_QUEUED_BYTES_MAX
+_Static_assert(H2_FLUSH_QUEUED_BYTES <= H2_STREAM_QUEUED_BYTES_MAX &&
+                   H2_FLUSH_QUEUED_BYTES <= H2_CONN_QUEUED_BYTES_MAX,
+               "a turn's queued bytes must not look like a stalled client");
 
 typedef struct h2_stream h2_stream_t;
 struct h2_stream {
@@ -745,11 +753,12 @@ void h2_feed(http_conn_t *c, const char *data, size_t len)
  * callback (an owner answering from a registry notification): a failure
  * therefore closes the connection only at the end of the turn
  * (conn_close_later), never under that callback. */
-void h2_flush(http_conn_t *c)
+static void h2_write_now(http_conn_t *c)
 {
     h2_conn_t *h = c->h2;
     if (!h || h->in_recv || h->dead || c->closed || c->close_queued)
         return;
+    c->h2_write = false; /* a queued visit finds nothing left to do */
     while (c->out.len - c->out_off < H2_MAX_UNSENT_BYTES) {
         const uint8_t *data;
         ssize_t n = nghttp2_session_mem_send(h->ng, &data);
@@ -779,6 +788,35 @@ void h2_flush(http_conn_t *c)
         c->close_after_write = true;
     conn_flush(c);
     conn_update_timer(c);
+}
+
+/*
+ * Frames are gathered per connection and written once at the end of the
+ * loop turn (the resume queue), as HTTP/1.1's answers are: a registry
+ * event that wakes many watches on one connection, or many streams
+ * answered in one turn, leave in one write instead of one per message.
+ * A connection whose queued answers reach H2_FLUSH_QUEUED_BYTES is
+ * written at once, so that the flow-control bounds above
+ * (H2_STREAM_QUEUED_BYTES_MAX and the others) still count only what the
+ * client holds back, never what merely waits for the end of the turn.
+ */
+void h2_flush(http_conn_t *c)
+{
+    h2_conn_t *h = c->h2;
+    if (!h || h->dead || c->closed || c->close_queued)
+        return;
+    if (h->queued_bytes >= H2_FLUSH_QUEUED_BYTES && !h->in_recv) {
+        h2_write_now(c);
+        return;
+    }
+    c->h2_write = true;
+    conn_schedule_resume(c);
+}
+
+void h2_write_queued(http_conn_t *c)
+{
+    c->h2_write = false;
+    h2_write_now(c);
 }
 
 void h2_shutdown(http_conn_t *c)
@@ -1043,5 +1081,5 @@ void h2_resume_stalled(http_conn_t *c)
         h2_free(h); /* an owner closed the connection */
         return;
     }
-    h2_flush(c);
+    h2_write_now(c); /* run from the resume queue: the turn ends here */
 }
