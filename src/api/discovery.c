@@ -340,6 +340,16 @@ void discovery_metrics(api_t *api, const http_request_t *req)
         g.store_log_sync = st.log_sync;
         g.store_checkpoint_sync = st.checkpoint_sync;
         g.store_direct_sync = st.direct_sync;
+        g.is_etcd = st.is_etcd;
+        g.etcd_live = st.etcd_live;
+        g.etcd_lag_revisions = st.etcd_lag_revisions;
+        g.etcd_lag_ms = st.etcd_lag_ms;
+        g.etcd_endpoint = st.etcd_endpoint;
+        g.etcd_txns_committed = st.etcd_txns_committed;
+        g.etcd_txns_lost_guard = st.etcd_txns_lost_guard;
+        g.etcd_txns_failed = st.etcd_txns_failed;
+        g.etcd_txns_unknown = st.etcd_txns_unknown;
+        g.etcd_watch_restarts = st.etcd_watch_restarts;
     }
     buf_t body = BUF_INIT;
     metrics_render(api->metrics, &g, &body);

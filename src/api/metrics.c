@@ -166,6 +166,61 @@ static void histogram_series(buf_t *out, const char *name, const char *label, co
     buf_putc(out, '\n');
 }
 
+/* The etcd backend's mirror: its lag, the member in use, its transactions
+ * by outcome, its watch's restarts (docs/operating.md). */
+static void render_etcd(const metrics_gauges_t *g, buf_t *out)
+{
+    gauge(out, "disco_etcd_mirror_live",
+          "1 while the mirror of the etcd prefix is live (reads and watches served from it).",
+          g->etcd_live ? 1 : 0);
+    gauge(out, "disco_etcd_mirror_lag_revisions",
+          "etcd revisions known to exist that the mirror has not shown to be applied.",
+          g->etcd_lag_revisions);
+    buf_printf(out,
+               "# HELP disco_etcd_mirror_lag_seconds How long the mirror has been behind etcd "
+               "(0 while it is current), from the last progress report or event header.\n"
+               "# TYPE disco_etcd_mirror_lag_seconds gauge\n"
+               "disco_etcd_mirror_lag_seconds %llu.%03llu\n",
+               (unsigned long long)(g->etcd_lag_ms / 1000),
+               (unsigned long long)(g->etcd_lag_ms % 1000));
+    buf_puts(out, "# HELP disco_etcd_endpoint The etcd member this instance talks to (value 1).\n"
+                  "# TYPE disco_etcd_endpoint gauge\n"
+                  "disco_etcd_endpoint{endpoint=");
+    /* A label value escapes backslash, quote and newline, nothing else. */
+    buf_putc(out, '"');
+    for (const char *p = g->etcd_endpoint ? g->etcd_endpoint : ""; *p; p++) {
+        if (*p == '\\' || *p == '"')
+            buf_putc(out, '\\');
+        if (*p == '\n')
+            buf_puts(out, "\\n");
+        else
+            buf_putc(out, *p);
+    }
+    buf_puts(out, "\"} 1\n");
+    static const char txns[] = "disco_etcd_txns_total";
+    buf_printf(out,
+               "# HELP %s Transactions sent to etcd for writes, by outcome: committed, "
+               "lost_guard (another write won; validated again), failed (certainly not "
+               "applied), unknown (held for its marker).\n# TYPE %s counter\n",
+               txns, txns);
+    const struct {
+        const char *outcome;
+        uint64_t v;
+    } by[] = {{"committed", g->etcd_txns_committed},
+              {"lost_guard", g->etcd_txns_lost_guard},
+              {"failed", g->etcd_txns_failed},
+              {"unknown", g->etcd_txns_unknown}};
+    for (size_t i = 0; i < sizeof by / sizeof by[0]; i++) {
+        buf_printf(out, "%s{outcome=\"%s\"} ", txns, by[i].outcome);
+        buf_put_u64(out, by[i].v);
+        buf_putc(out, '\n');
+    }
+    counter(out, "disco_etcd_watch_restarts_total",
+            "Times the mirror's etcd watch was created again (failover, etcd ended it, "
+            "compaction).",
+            g->etcd_watch_restarts);
+}
+
 void metrics_render(const metrics_t *m, const metrics_gauges_t *g, buf_t *out)
 {
     for (int ep = 0; ep < METRICS_ENDPOINT_COUNT; ep++) {
@@ -207,6 +262,8 @@ void metrics_render(const metrics_t *m, const metrics_gauges_t *g, buf_t *out)
     buf_puts(out, "\ndisco_parked_watches{protocol=\"v3\"} ");
     buf_put_u64(out, g->parked_v3);
     buf_putc(out, '\n');
+    if (g->is_etcd)
+        render_etcd(g, out);
 
     static const char lat[] = "disco_request_duration_seconds";
     histogram_head(out, lat,

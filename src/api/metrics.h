@@ -11,6 +11,7 @@
 #ifndef DISCO_API_METRICS_H
 #define DISCO_API_METRICS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -61,6 +62,13 @@ typedef struct metrics_gauges {
     /* The store's sync durations (backend_stats_t); NULL: not rendered.
      * Written by the store's writer thread while they are read. */
     const histogram_t *store_log_sync, *store_checkpoint_sync, *store_direct_sync;
+    /* The etcd backend's mirror (backend_stats_t's etcd_*); rendered only
+     * when is_etcd. etcd_endpoint is borrowed for the render. */
+    bool is_etcd, etcd_live;
+    uint64_t etcd_lag_revisions, etcd_lag_ms;
+    const char *etcd_endpoint;
+    uint64_t etcd_txns_committed, etcd_txns_lost_guard, etcd_txns_failed, etcd_txns_unknown;
+    uint64_t etcd_watch_restarts;
 } metrics_gauges_t;
 
 void metrics_render(const metrics_t *m, const metrics_gauges_t *g, buf_t *out);

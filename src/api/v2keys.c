@@ -301,7 +301,11 @@ static void send_empty(parked_watch_t *pw)
 static void on_watch_event(reg_waiter_t *w, const reg_event_t *ev)
 {
     parked_watch_t *pw = w->ctx;
-    if (ev)
+    if (ev == REG_EVENT_CLEARED) /* a resync lost the history it waits in */
+        api_send_v2_error(pw->api, pw->req, pw->ep, "GET", 0, REG_E_EVENT_INDEX_CLEARED,
+                          "the requested history has been cleared (etcd compacted it)",
+                          registry_index(pw->api->reg));
+    else if (ev)
         send_event(pw, ev);
     else
         send_empty(pw); /* the token was removed; the next request learns it */

@@ -104,6 +104,8 @@ static void send_error(api_t *api, http_req_t h, enum grpc_code code, const char
  * than the client failing on a message it was never going to take. */
 #define V3_MAX_SEND_MESSAGE 4194304u /* 4 MiB */
 #define V3_E_SEND_TOO_LARGE "grpc: trying to send message larger than max"
+/* A message this small is built on the stack, not the heap. */
+#define V3_STACK_MESSAGE_BYTES 512
 
 static void send_message(api_t *api, http_req_t h, const ProtobufCMessage *m)
 {
@@ -114,7 +116,9 @@ static void send_message(api_t *api, http_req_t h, const ProtobufCMessage *m)
         send_error(api, h, GRPC_RESOURCE_EXHAUSTED, msg);
         return;
     }
-    uint8_t *body = malloc(GRPC_PREFIX_BYTES + n);
+    /* Most answers (a Put's, a small Range's) fit on the stack. */
+    uint8_t stack[V3_STACK_MESSAGE_BYTES];
+    uint8_t *body = GRPC_PREFIX_BYTES + n <= sizeof stack ? stack : malloc(GRPC_PREFIX_BYTES + n);
     if (!body) {
         send_error(api, h, GRPC_RESOURCE_EXHAUSTED, "disco: out of memory");
         return;
@@ -130,8 +134,24 @@ static void send_message(api_t *api, http_req_t h, const ProtobufCMessage *m)
                       .body = (const char *)body,
                       .body_len = GRPC_PREFIX_BYTES + n,
                       .trailers = "grpc-status: 0\r\n"};
-    api_send(api, h, METRICS_V3, "POST", &r);
-    free(body);
+    api_send(api, h, METRICS_V3, "POST", &r); /* copies the body */
+    if (body != stack)
+        free(body);
+}
+
+/* "<registry prefix>/<token>" into `dir` (truncated to `len`, as
+ * snprintf would), without snprintf's cost on every Put. */
+static void token_dir(char *dir, size_t len, const char *token)
+{
+    assert(len > 0);
+    size_t p = strlen(TOKEN_KEY_PREFIX), t = strlen(token);
+    if (p > len - 1)
+        p = len - 1;
+    memcpy(dir, TOKEN_KEY_PREFIX, p);
+    if (t > len - 1 - p)
+        t = len - 1 - p;
+    memcpy(dir + p, token, t);
+    dir[p + t] = '\0';
 }
 
 static uint64_t fnv1a64(const char *a, const char *b)
@@ -329,7 +349,7 @@ static void v3_range(api_t *api, http_req_t h, const uint8_t *msg, size_t len)
          * its start key names. */
         if (token_of(key, token, sizeof token)) {
             char dir[sizeof TOKEN_KEY_PREFIX + sizeof token];
-            snprintf(dir, sizeof dir, "%s%s", TOKEN_KEY_PREFIX, token);
+            token_dir(dir, sizeof dir, token);
             reg_result_t res = {0};
             registry_get(api->reg, dir, time_wall_ns(), &res);
             if (res.err == REG_OK && res.node)
@@ -461,7 +481,7 @@ bool v3_token_refuses_v2_member(api_t *api, const char *key)
         (seg == sizeof MEMBERS_DIR - 1 && memcmp(rest, MEMBERS_DIR, seg) == 0))
         return false;
     char dir[sizeof TOKEN_KEY_PREFIX + sizeof token];
-    snprintf(dir, sizeof dir, "%s%s", TOKEN_KEY_PREFIX, token);
+    token_dir(dir, sizeof dir, token);
     reg_result_t res = {0};
     registry_get(api->reg, dir, time_wall_ns(), &res);
     bool refused = res.err == REG_OK && res.node && token_has_v3_members(res.node);
@@ -600,7 +620,7 @@ static void put_member(api_t *api, http_req_t h, const char *token, const char *
 {
     int64_t now = time_wall_ns();
     char dir[sizeof TOKEN_KEY_PREFIX + REGISTRY_MAX_TOKEN_BYTES + 1];
-    snprintf(dir, sizeof dir, "%s%s", TOKEN_KEY_PREFIX, token);
+    token_dir(dir, sizeof dir, token);
     reg_result_t tok = {0};
     registry_get(api->reg, dir, now, &tok);
     if (tok.err != REG_OK || !tok.node) {
@@ -1207,6 +1227,12 @@ static void on_watch_event(reg_waiter_t *w, const reg_event_t *ev)
         return; /* ends soon; its waiters must stay valid until then */
     if (!ev) {
         send_watch_response(wt->vs, wt->id, false, true, "disco: the token was removed",
+                            registry_index(wt->vs->api->reg));
+        return;
+    }
+    if (ev == REG_EVENT_CLEARED) { /* a resync lost the history it waits in */
+        send_watch_response(wt->vs, wt->id, false, true,
+                            "disco: etcdserver: mvcc: required revision has been compacted",
                             registry_index(wt->vs->api->reg));
         return;
     }

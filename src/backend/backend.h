@@ -53,6 +53,14 @@ typedef struct backend_stats {
     /* Their durations (util/histogram.h), valid while the backend is; NULL
      * when it does no such work. */
     const struct histogram *log_sync, *checkpoint_sync, *direct_sync;
+    /* A mirror of etcd (backend_etcd.c) only; is_etcd false otherwise. */
+    bool is_etcd;
+    bool etcd_live;
+    uint64_t etcd_lag_revisions; /* etcd's newest known revision past the mirror's */
+    uint64_t etcd_lag_ms;        /* since the mirror was last known current; 0: it is */
+    const char *etcd_endpoint;   /* the member in use; borrowed until the loop turns */
+    uint64_t etcd_txns_committed, etcd_txns_lost_guard, etcd_txns_failed, etcd_txns_unknown;
+    uint64_t etcd_watch_restarts; /* the mirror's watch created again (failover, ...) */
 } backend_stats_t;
 
 /*

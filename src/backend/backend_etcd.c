@@ -20,7 +20,9 @@
  *                        apply before the request is validated again;
  *   gRPC error, unsent   failed (etcd did not apply it);
  *   unknown (timeout, connection lost after sending, leader change)
- *                        held for ETCD_UNKNOWN_HOLD_MS while the watch may
+ *                        held until ETCD_WRITE_BUDGET_MS after its
+ *                        sending (inside etcd's v2 discovery PUT budget)
+ *                        while the watch may
  *                        still show this proposal's action marker (it names
  *                        this instance and the proposal's seq): seen, it is
  *                        committed at that revision; not seen, failed.
@@ -37,7 +39,9 @@
  *
  * A running mirror whose watch must start again from a revision etcd
  * compacted is brought up to date from a range the same way (sets and
- * updates above its revision; deletions in between are not seen).
+ * updates above its revision, keys gone removed; resync_removals), and
+ * watches on tokens whose history it cannot replay exactly are answered
+ * "event index cleared" (resync_clear_inexact).
  *
  * Keys with a TTL: one etcd lease per write with a TTL, granted first,
  * then named on the key's put in the write's Txn (propose_with_lease).
@@ -74,12 +78,26 @@
 #include "util/log.h"
 #include "util/timeutil.h"
 
-/* How long an unknown outcome is held, looking for its marker: inside the
- * 5 s an etcd member gives its registration PUT, past a typical leader
- * election (ETCD-BACKEND.md §4: 1.8-2.7 s). */
-#define ETCD_UNKNOWN_HOLD_MS 3000
+/* etcd's v2 discovery client gives its registration PUT 5 s and treats a
+ * timeout or a 5xx as fatal: every proposal is answered within this much of
+ * its sending (its Txn deadline, then the hold of an unknown outcome),
+ * leaving a second for the answer's way back and the client's own work. */
+#define ETCD_V2DISCOVERY_PUT_BUDGET_MS 5000
+#define ETCD_WRITE_BUDGET_MS 4000
 /* Deadline of one transaction, waiting for a connection included. */
-#define ETCD_TXN_TIMEOUT_MS 2500
+#define ETCD_TXN_TIMEOUT_MS 2000
+/* An unknown outcome is held, looking for its marker, until the write's
+ * budget is spent: at least this long, past a typical leader election
+ * counted from the Txn's sending (ETCD-BACKEND.md §4: 1.8-2.7 s). */
+#define ETCD_UNKNOWN_HOLD_MS (ETCD_WRITE_BUDGET_MS - ETCD_TXN_TIMEOUT_MS)
+/* Writes are still taken this long after the mirror or the connection went
+ * down (etcd_writable): a failover to another member, an election and the
+ * watch's return (1.8-2.7 s measured, more on a loaded machine) fit in it;
+ * a write taken meanwhile is still answered within ETCD_WRITE_BUDGET_MS. */
+#define ETCD_WRITE_GRACE_MS 10000
+_Static_assert(ETCD_TXN_TIMEOUT_MS + ETCD_UNKNOWN_HOLD_MS <= ETCD_WRITE_BUDGET_MS &&
+                   ETCD_WRITE_BUDGET_MS + 1000 <= ETCD_V2DISCOVERY_PUT_BUDGET_MS,
+               "a write's answer must fit etcd's v2 discovery PUT budget with a margin");
 #define ETCD_RANGE_TIMEOUT_MS 5000
 /* A watch etcd ended (no leader, ...) is asked for again after this. */
 #define ETCD_WATCH_RETRY_MS 500
@@ -87,6 +105,9 @@
  * still follows etcd's revision, so a watch that must start again after a
  * failover starts from a recent revision, not one compaction removed. */
 #define ETCD_PROGRESS_EVERY_MS 60000
+/* A mirror lag (/metrics) this old asks the watch for progress: revisions
+ * of keys outside the prefix then stop counting as lag. */
+#define ETCD_LAG_PROGRESS_MS 1000
 
 typedef struct unknown_txn {
     struct unknown_txn *next;
@@ -102,6 +123,9 @@ typedef struct call_ctx {
     struct etcd_backend *be;
     uint64_t seq;          /* a Txn's proposal; 0 for the catch-up range */
     etcd_txn_plan_t *plan; /* owned: a Txn waiting for its lease, or NULL */
+
+    /* When the call was made (a Txn's budget counts from it). */
+    uint64_t started_ms;
 } call_ctx_t;
 
 typedef struct etcd_backend {
@@ -126,6 +150,17 @@ typedef struct etcd_backend {
     bool catch_up_known;
     bool live;
     bool broken; /* the mirror missed history: it cannot be live again */
+
+    /* When writes were last seen possible (etcd_writable). */
+    uint64_t writable_ms;
+    /* For /metrics (etcd_stats): etcd's newest revision seen in any
+     * answer's header; the revision up to which the watch last showed the
+     * mirror complete, and when; counters. */
+    uint64_t etcd_revision, current_revision, current_ms;
+    uint64_t behind_ms;       /* since when etcd_revision is past the mirror; 0: it is not */
+    uint64_t lag_progress_ms; /* when etcd_stats last asked for progress */
+    uint64_t n_committed, n_lost_guard, n_failed, n_unknown, n_watch_restarts;
+    bool watch_started;
     unknown_txn_t *unknown;
     call_ctx_t *calls;
     etcd_kv_event_t *scratch;
@@ -156,6 +191,7 @@ static call_ctx_t *call_new(etcd_backend_t *eb, uint64_t seq)
         return NULL;
     c->be = eb;
     c->seq = seq;
+    c->started_ms = eb->loop ? loop_now_ms(eb->loop) : 0;
     c->next = eb->calls;
     if (eb->calls)
         eb->calls->prev = c;
@@ -184,6 +220,8 @@ static void set_live(etcd_backend_t *eb, bool live)
     if (live == eb->live)
         return;
     eb->live = live;
+    if (!live && eb->loop)
+        eb->writable_ms = loop_now_ms(eb->loop); /* the grace counts from here */
     if (live)
         log_info("etcd mirror live at revision %" PRIu64 " (%s)", eb->applied,
                  etcd_client_endpoint(eb->client) ? etcd_client_endpoint(eb->client) : "?");
@@ -195,6 +233,34 @@ static void check_caught_up(etcd_backend_t *eb)
 {
     if (!eb->broken && eb->watch && eb->catch_up_known && eb->applied >= eb->catch_up)
         set_live(eb, true);
+}
+
+/* etcd's revision as an answer's header shows it (for the lag metric). */
+static uint64_t mirror_complete_to(const etcd_backend_t *eb)
+{
+    return eb->applied > eb->current_revision ? eb->applied : eb->current_revision;
+}
+
+static void note_etcd_revision(etcd_backend_t *eb, const Etcdserverpb__ResponseHeader *h)
+{
+    if (h && (uint64_t)h->revision > eb->etcd_revision)
+        eb->etcd_revision = (uint64_t)h->revision;
+    if (eb->etcd_revision > mirror_complete_to(eb) && !eb->behind_ms && eb->loop)
+        eb->behind_ms = loop_now_ms(eb->loop);
+}
+
+/* A watch response shows the mirror complete up to its header's revision:
+ * etcd sends a watch every event in its range up to it first. */
+static void note_mirror_current(etcd_backend_t *eb, const Etcdserverpb__ResponseHeader *h)
+{
+    note_etcd_revision(eb, h);
+    if (!h || !eb->loop)
+        return;
+    if ((uint64_t)h->revision > eb->current_revision)
+        eb->current_revision = (uint64_t)h->revision;
+    eb->current_ms = loop_now_ms(eb->loop);
+    if (mirror_complete_to(eb) >= eb->etcd_revision)
+        eb->behind_ms = 0;
 }
 
 /* ---- the mirror: one watch ------------------------------------------------ */
@@ -214,6 +280,7 @@ static void on_catch_up_range(void *ctx, const etcd_result_t *res)
         return;
     }
     const Etcdserverpb__RangeResponse *r = (const Etcdserverpb__RangeResponse *)res->resp;
+    note_etcd_revision(eb, r->header);
     eb->catch_up = r->n_kvs ? (uint64_t)r->kvs[0]->mod_revision : 0;
     eb->catch_up_known = true;
     check_caught_up(eb);
@@ -397,7 +464,9 @@ typedef struct snap_change {
     uint64_t rev;
     int depth;
     bool is_update;
-    const Etcdserverpb__KeyValue *kv;
+    const Etcdserverpb__KeyValue *kv; /* NULL: a removal (gone_key) */
+    char *gone_key;                   /* owned; a resync's removal of this v2 key */
+    bool gone_is_dir;
 } snap_change_t;
 
 static int snap_change_order(const void *a, const void *b)
@@ -426,14 +495,220 @@ static created_at_t *created_index_of(created_at_t *cs, size_t n, const char *v2
 }
 
 /*
+ * A resync's removals: keys of the mirror that the range `r` (the prefix
+ * at revision `at`) no longer has were deleted somewhere in (after, at].
+ * Which revision etcd gave each deletion is lost with the history; each is
+ * given a revision of that span that no key of the range was created or
+ * modified at (a deletion's transaction puts no k/ key, so there are at
+ * least as many as there were deletions), the lowest first. Appended to
+ * `*chs` (grown as needed). A token that is gone whole (removed by age on
+ * another instance) is left: the mirror has no event for it; it goes at
+ * the next restart.
+ */
+typedef struct gone_scan {
+    char **present; /* sorted v2 keys of the range */
+    size_t n_present;
+    snap_change_t *gone;
+    size_t n_gone, cap_gone;
+    size_t n_tokens_kept;
+} gone_scan_t;
+
+static int str_order(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static int rev_order(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static bool gone_scan_exists(void *ctx, const char *key)
+{
+    gone_scan_t *g = ctx;
+    return g->n_present && bsearch(&key, g->present, g->n_present, sizeof *g->present, str_order);
+}
+
+static int gone_scan_add(void *ctx, const char *key, bool is_dir)
+{
+    gone_scan_t *g = ctx;
+    const char *rest = strchr(key + strlen(REGISTRY_PREFIX "/"), '/');
+    if (!rest) {
+        g->n_tokens_kept++;
+        return 0;
+    }
+    if (g->n_gone == g->cap_gone) {
+        size_t cap = g->cap_gone ? 2 * g->cap_gone : 16;
+        snap_change_t *n = realloc(g->gone, cap * sizeof *n);
+        if (!n)
+            return -ENOMEM;
+        g->gone = n;
+        g->cap_gone = cap;
+    }
+    char *k = strdup(key);
+    if (!k)
+        return -ENOMEM;
+    int depth = 0;
+    for (const char *p = key; *p; p++)
+        depth += *p == '/';
+    g->gone[g->n_gone++] = (snap_change_t){.depth = depth, .gone_key = k, .gone_is_dir = is_dir};
+    return 0;
+}
+
+/* Whether `kv` is a P <kind>/ key with a v2 key in it (etcd_layout.c reads
+ * it so): then a NULL from reading it is out of memory. */
+static bool names_v2_key(const char *prefix, char kind, const Etcdserverpb__KeyValue *kv)
+{
+    size_t plen = strlen(prefix), len = kv->key.len;
+    if (len < plen + 3 || memcmp(kv->key.data, prefix, plen) != 0 ||
+        kv->key.data[plen] != (uint8_t)kind || kv->key.data[plen + 1] != '/')
+        return false;
+    bool is_dir = kv->key.data[len - 1] == '/';
+    if (is_dir && kind == 'c')
+        return false; /* P c/ keys are files' only */
+    return len - plen - 2 - is_dir > 0;
+}
+
+static int resync_removals(etcd_backend_t *eb, const Etcdserverpb__RangeResponse *r, uint64_t after,
+                           uint64_t at, snap_change_t **chs, size_t *n)
+{
+    gone_scan_t g = {0};
+    uint64_t *used = calloc(2 * r->n_kvs + 1, sizeof *used);
+    size_t n_used = 0;
+    int rc = 0;
+    g.present = calloc(r->n_kvs + 1, sizeof *g.present);
+    if (!used || !g.present)
+        rc = -ENOMEM;
+    for (size_t i = 0; rc == 0 && i < r->n_kvs; i++) {
+        const Etcdserverpb__KeyValue *kv = r->kvs[i];
+        bool is_dir;
+        char *key =
+            etcd_layout_v2_key(eb->prefix, (const char *)kv->key.data, kv->key.len, &is_dir);
+        char *created = key ? NULL
+                            : etcd_layout_v2_key_of_created(eb->prefix, (const char *)kv->key.data,
+                                                            kv->key.len);
+        if ((!key && names_v2_key(eb->prefix, 'k', kv)) ||
+            (!key && !created && names_v2_key(eb->prefix, 'c', kv))) {
+            free(created);
+            rc = -ENOMEM; /* not read: a key must not look gone, a revision free */
+            break;
+        }
+        if (!key && !created)
+            continue; /* v/, m/, act: the deletions' own transactions put them */
+        if (key)
+            g.present[g.n_present++] = key;
+        free(created);
+        used[n_used++] = (uint64_t)kv->create_revision;
+        used[n_used++] = (uint64_t)kv->mod_revision;
+    }
+    if (rc == 0) {
+        qsort(g.present, g.n_present, sizeof *g.present, str_order);
+        qsort(used, n_used, sizeof *used, rev_order);
+        rc = registry_resync_find_gone(eb->reg, gone_scan_exists, gone_scan_add, &g);
+    }
+    /* The lowest free revisions, shallowest removal first (a directory
+     * before nothing below it: topmost keys only, so any order works). */
+    uint64_t rev = after;
+    size_t u = 0, placed = 0;
+    for (size_t i = 0; rc == 0 && i < g.n_gone; i++) {
+        for (rev++; u < n_used && used[u] <= rev; u++)
+            if (used[u] == rev)
+                rev++;
+        if (rev > at)
+            break;
+        g.gone[i].rev = rev;
+        placed++;
+    }
+    if (rc == 0 && placed < g.n_gone)
+        log_warn("etcd: resync: %zu keys deleted while the mirror was away have no revision "
+                 "left to be removed at; they stay until a restart",
+                 g.n_gone - placed);
+    if (rc == 0 && g.n_tokens_kept)
+        log_warn("etcd: resync: %zu tokens removed while the mirror was away stay until a "
+                 "restart",
+                 g.n_tokens_kept);
+    if (rc == 0 && placed) {
+        snap_change_t *grown = realloc(*chs, (*n + placed) * sizeof *grown);
+        if (!grown) {
+            rc = -ENOMEM;
+        } else {
+            *chs = grown;
+            memcpy(grown + *n, g.gone, placed * sizeof *grown);
+            *n += placed;
+        }
+    }
+    for (size_t i = rc == 0 ? placed : 0; i < g.n_gone; i++)
+        free(g.gone[i].gone_key); /* the placed ones now belong to *chs */
+    free(g.gone);
+    for (size_t i = 0; g.present && i < g.n_present; i++)
+        free(g.present[i]);
+    free(g.present);
+    free(used);
+    return rc;
+}
+
+/*
  * Applies the range `r` (the prefix at one revision) to the mirror: every
  * made-up change above revision `after` (0: an empty mirror, at start; else
  * the last revision applied, when a running watch had to start again past
- * a compaction: then what changed in between comes as sets and updates,
- * and a change that does not fit is skipped with a warning; a key deleted
- * in between stays in the mirror until the instance is restarted).
+ * a compaction: then what changed in between comes as sets, updates and
+ * removals at revisions range_rev or below, and a change that does not
+ * fit is skipped with a warning).
  */
-static int load_snapshot(etcd_backend_t *eb, const Etcdserverpb__RangeResponse *r, uint64_t after)
+/*
+ * Before a resync's changes are applied: a token whose changes in the gap
+ * cannot be replayed exactly (a removal, an update, a key made again: each
+ * hides events etcd no longer has) has its history up to `range_rev`
+ * cleared, so its parked watchers get etcd's 401 instead of a made-up
+ * event. A token that only gained keys written once (members registering)
+ * is replayed exactly: each key's create revision is its event's index.
+ */
+static void resync_clear_inexact(etcd_backend_t *eb, const snap_change_t *chs, size_t n,
+                                 uint64_t range_rev)
+{
+    for (size_t i = 0; i < n; i++) {
+        const Etcdserverpb__KeyValue *kv = chs[i].kv;
+        if (!kv) {
+            registry_resync_clear(eb->reg, chs[i].gone_key, v2_index(eb, range_rev));
+            continue;
+        }
+        bool is_dir;
+        char *key =
+            etcd_layout_v2_key(eb->prefix, (const char *)kv->key.data, kv->key.len, &is_dir);
+        if (!key)
+            continue; /* v/, m/, act, c/: not the tree */
+        if (chs[i].is_update || registry_has_key(eb->reg, key))
+            registry_resync_clear(eb->reg, key, v2_index(eb, range_rev));
+        free(key);
+    }
+}
+
+/* One of resync_removals' removals into the mirror. */
+static int resync_remove(etcd_backend_t *eb, const snap_change_t *ch)
+{
+    reg_delivered_t d = {.action = REG_ACT_DELETE,
+                         .key = ch->gone_key,
+                         .is_dir = ch->gone_is_dir,
+                         .index = v2_index(eb, ch->rev),
+                         .wall_ns = time_wall_ns()};
+    uint64_t before = eb->applied;
+    eb->applied = ch->rev;
+    int rc = registry_deliver(eb->reg, &d);
+    if (rc == -EINVAL) {
+        log_warn("etcd: resync: %s (deleted while the mirror was away) cannot be removed from "
+                 "it; skipped",
+                 ch->gone_key);
+        eb->applied = before;
+        return 0;
+    }
+    if (rc != 0)
+        eb->applied = before;
+    return rc;
+}
+
+static int load_snapshot(etcd_backend_t *eb, const Etcdserverpb__RangeResponse *r, uint64_t after,
+                         uint64_t range_rev)
 {
     snap_change_t *chs = calloc(2 * r->n_kvs + 1, sizeof *chs);
     created_at_t *cs = calloc(r->n_kvs + 1, sizeof *cs);
@@ -464,9 +739,10 @@ static int load_snapshot(etcd_backend_t *eb, const Etcdserverpb__RangeResponse *
             free(v2);
         }
         if (created > after)
-            chs[n++] = (snap_change_t){created, depth, false, kv};
+            chs[n++] = (snap_change_t){.rev = created, .depth = depth, .kv = kv};
         if (!is_dir && (uint64_t)kv->mod_revision > created && (uint64_t)kv->mod_revision > after)
-            chs[n++] = (snap_change_t){(uint64_t)kv->mod_revision, depth, true, kv};
+            chs[n++] = (snap_change_t){
+                .rev = (uint64_t)kv->mod_revision, .depth = depth, .is_update = true, .kv = kv};
     }
     for (size_t i = 0; i < n_cs; i++)
         free(cs[i].v2key);
@@ -475,12 +751,23 @@ static int load_snapshot(etcd_backend_t *eb, const Etcdserverpb__RangeResponse *
         free(chs);
         return rc;
     }
+    if (after > 0 && (rc = resync_removals(eb, r, after, range_rev, &chs, &n)) != 0) {
+        free(chs);
+        return rc;
+    }
     qsort(chs, n, sizeof *chs, snap_change_order);
+    if (after > 0)
+        resync_clear_inexact(eb, chs, n, range_rev);
     uint64_t last = 0;
     for (size_t i = 0; i < n && rc == 0; i++) {
         const Etcdserverpb__KeyValue *kv = chs[i].kv;
         if (chs[i].rev == last)
             continue; /* a directory made by the same transaction */
+        if (!kv) {
+            rc = resync_remove(eb, &chs[i]);
+            last = chs[i].rev;
+            continue;
+        }
         bool is_dir;
         char *key =
             etcd_layout_v2_key(eb->prefix, (const char *)kv->key.data, kv->key.len, &is_dir);
@@ -527,6 +814,8 @@ static int load_snapshot(etcd_backend_t *eb, const Etcdserverpb__RangeResponse *
         free(key);
         free(value);
     }
+    for (size_t i = 0; i < n; i++)
+        free(chs[i].gone_key);
     free(chs);
     return rc;
 }
@@ -544,7 +833,7 @@ static void on_snapshot_range(void *ctx, const etcd_result_t *res)
         return;
     }
     uint64_t after = eb->applied;
-    int rc = load_snapshot(eb, (const Etcdserverpb__RangeResponse *)res->resp, after);
+    int rc = load_snapshot(eb, (const Etcdserverpb__RangeResponse *)res->resp, after, at);
     if (rc != 0) {
         eb->broken = true;
         set_live(eb, false);
@@ -562,7 +851,7 @@ static void on_snapshot_range(void *ctx, const etcd_result_t *res)
     else
         log_warn("etcd: revisions %" PRIu64 " to %" PRIu64 " were compacted before the mirror "
                  "saw them: it was brought up to date from the prefix's state at %" PRIu64
-                 " (keys deleted in between are not seen until a restart)",
+                 " (keys deleted in between removed)",
                  after + 1, at, at);
     start_watch(eb);
 }
@@ -614,6 +903,8 @@ static void on_watch(void *ctx, const Etcdserverpb__WatchResponse *resp)
         eb->applied = (uint64_t)resp->header->revision;
         registry_advance(eb->reg, v2_index(eb, eb->applied));
         check_caught_up(eb);
+        if (eb->live)
+            note_mirror_current(eb, resp->header);
         return;
     }
     if (resp->created) {
@@ -651,6 +942,12 @@ static void on_watch(void *ctx, const Etcdserverpb__WatchResponse *resp)
         apply_revision(eb, rev, eb->scratch, n);
     }
     check_caught_up(eb);
+    /* A live watch has been sent every event up to its header's revision
+     * (a created answer's header is etcd's revision, not the watch's). */
+    if (eb->live && !resp->created)
+        note_mirror_current(eb, resp->header);
+    else
+        note_etcd_revision(eb, resp->header);
 }
 
 static void start_watch(etcd_backend_t *eb)
@@ -662,6 +959,9 @@ static void start_watch(etcd_backend_t *eb)
     rq.range_end = (ProtobufCBinaryData){strlen(eb->range_end), (uint8_t *)eb->range_end};
     rq.start_revision = (int64_t)eb->applied + 1;
     rq.progress_notify = true;
+    if (eb->watch_started)
+        eb->n_watch_restarts++;
+    eb->watch_started = true;
     eb->watch = etcd_watch(eb->client, &rq, on_watch, eb);
     eb->watch_retry_ms = eb->watch ? 0 : loop_now_ms(eb->loop) + ETCD_WATCH_RETRY_MS;
 }
@@ -673,15 +973,19 @@ static void on_txn(void *ctx, const etcd_result_t *res)
     call_ctx_t *c = ctx;
     etcd_backend_t *eb = c->be;
     uint64_t seq = c->seq;
+    uint64_t started_ms = c->started_ms;
     call_free(c);
     switch (res->outcome) {
     case ETCD_OK: {
         const Etcdserverpb__TxnResponse *r = (const Etcdserverpb__TxnResponse *)res->resp;
         uint64_t rev = r->header ? (uint64_t)r->header->revision : 0;
+        note_etcd_revision(eb, r->header);
         if (r->succeeded) {
+            eb->n_committed++;
             registry_settle(eb->reg, seq, REG_SETTLE_COMMITTED, v2_index(eb, rev), NULL);
             return;
         }
+        eb->n_lost_guard++;
         /* Lost: the failure branch ranged what the guard looked at; the
          * newest of them is the winner the mirror must show first. */
         uint64_t winner = 0;
@@ -698,12 +1002,14 @@ static void on_txn(void *ctx, const etcd_result_t *res)
     }
     case ETCD_GRPC:
     case ETCD_UNSENT: {
+        eb->n_failed++;
         char why[160];
         snprintf(why, sizeof why, "etcd did not take the change (%s); retry", res->message);
         registry_settle(eb->reg, seq, REG_SETTLE_FAILED, 0, why);
         return;
     }
     case ETCD_UNKNOWN: {
+        eb->n_unknown++;
         unknown_txn_t *u = calloc(1, sizeof *u);
         if (!u) {
             registry_settle(eb->reg, seq, REG_SETTLE_FAILED, 0,
@@ -711,12 +1017,18 @@ static void on_txn(void *ctx, const etcd_result_t *res)
             return;
         }
         u->seq = seq;
-        u->deadline_ms = loop_now_ms(eb->loop) + ETCD_UNKNOWN_HOLD_MS;
+        /* The hold ends when the write's budget does, counted from its
+         * sending: an answer etcd gave early with an unknown outcome
+         * ("leader changed") is held longer, one that timed out less. */
+        uint64_t now = loop_now_ms(eb->loop);
+        u->deadline_ms = started_ms + ETCD_WRITE_BUDGET_MS;
+        if (u->deadline_ms < now)
+            u->deadline_ms = now;
         snprintf(u->why, sizeof u->why, "%s", res->message);
         u->next = eb->unknown;
         eb->unknown = u;
-        log_warn("etcd: no answer to a write (%s); holding it for %d ms", res->message,
-                 ETCD_UNKNOWN_HOLD_MS);
+        log_warn("etcd: no answer to a write (%s); holding it for %" PRIu64 " ms", res->message,
+                 u->deadline_ms - now);
         return;
     }
     }
@@ -1158,16 +1470,58 @@ static bool etcd_live(backend_t *be)
     return eb_of(be)->live;
 }
 
+/*
+ * Writes are taken while the mirror is live and a connection is up, and
+ * for ETCD_WRITE_GRACE_MS after that stopped being so: a failover (the
+ * member this instance talked to killed, its watch created again on
+ * another) takes a moment, and a write refused at once with a 503 in it
+ * would be fatal to an etcd member registering (its v2 discovery client
+ * does not retry). A write taken then waits for a connection within its
+ * Txn's deadline and is answered within its budget like any other.
+ * /health?writes=1 follows the same answer.
+ */
 static bool etcd_writable(backend_t *be)
 {
     etcd_backend_t *eb = eb_of(be);
-    return eb->live && eb->client && etcd_client_connected(eb->client);
+    if (!eb->client || !eb->loop || eb->broken)
+        return false;
+    uint64_t now = loop_now_ms(eb->loop);
+    if (eb->live && etcd_client_connected(eb->client)) {
+        eb->writable_ms = now;
+        return true;
+    }
+    return eb->writable_ms && now - eb->writable_ms < ETCD_WRITE_GRACE_MS;
 }
 
 static void etcd_stats(backend_t *be, backend_stats_t *out)
 {
-    (void)be;
+    etcd_backend_t *eb = eb_of(be);
     memset(out, 0, sizeof *out);
+    out->is_etcd = true;
+    out->etcd_live = eb->live;
+    /* Complete up to the newer of what was applied and what the watch
+     * last vouched for. Revisions of keys outside the prefix look like lag
+     * until a watch response covers them: a lag older than a second asks
+     * the watch for progress (at most once a second), so it is gone by the
+     * next scrape if the mirror is in fact current. */
+    uint64_t have = mirror_complete_to(eb);
+    uint64_t now = eb->loop ? loop_now_ms(eb->loop) : 0;
+    out->etcd_lag_revisions = eb->etcd_revision > have ? eb->etcd_revision - have : 0;
+    if (!eb->live)
+        out->etcd_lag_ms = eb->current_ms && now > eb->current_ms ? now - eb->current_ms : 0;
+    else if (out->etcd_lag_revisions > 0 && eb->behind_ms && now > eb->behind_ms)
+        out->etcd_lag_ms = now - eb->behind_ms;
+    if (out->etcd_lag_ms >= ETCD_LAG_PROGRESS_MS && eb->live && eb->client &&
+        now - eb->lag_progress_ms >= ETCD_LAG_PROGRESS_MS) {
+        eb->lag_progress_ms = now;
+        (void)etcd_watch_progress(eb->client); /* -ENOTCONN: the lag stands */
+    }
+    out->etcd_endpoint = eb->client ? etcd_client_endpoint(eb->client) : NULL;
+    out->etcd_txns_committed = eb->n_committed;
+    out->etcd_txns_lost_guard = eb->n_lost_guard;
+    out->etcd_txns_failed = eb->n_failed;
+    out->etcd_txns_unknown = eb->n_unknown;
+    out->etcd_watch_restarts = eb->n_watch_restarts;
 }
 
 void backend_etcd_stop(backend_t *be)

@@ -396,6 +396,80 @@ int registry_deliver(registry_t *reg, const reg_delivered_t *d)
     return rc;
 }
 
+const reg_event_t reg_event_cleared;
+
+bool registry_has_key(registry_t *reg, const char *key)
+{
+    REG_ASSERT_OWNER(reg);
+    return live_node(reg, key) != NULL;
+}
+
+void registry_resync_clear(registry_t *reg, const char *key, uint64_t through)
+{
+    REG_ASSERT_OWNER(reg);
+    const char *name, *rest;
+    size_t len;
+    reg_token_t *t =
+        reg_split_token(key, &name, &len, &rest) ? reg_find_token(reg, name, len) : NULL;
+    if (!t)
+        return;
+    if (through > t->cleared_index)
+        t->cleared_index = through;
+    /* Detached first, then told (as reg_notify does). */
+    reg_waiter_t *fire = NULL, **tail = &fire;
+    for (reg_waiter_t *w = t->waiters; w;) {
+        reg_waiter_t *next = w->next;
+        if (w->since_index <= t->cleared_index) {
+            reg_waiter_unlink(reg, w);
+            *tail = w;
+            tail = &w->next;
+        }
+        w = next;
+    }
+    while (fire) {
+        reg_waiter_t *w = fire;
+        fire = w->next;
+        w->next = NULL;
+        w->on_event(w, REG_EVENT_CLEARED);
+    }
+}
+
+static int find_gone_below(const reg_node_t *dir, reg_exists_fn exists, reg_gone_fn gone, void *ctx)
+{
+    for (const reg_node_t *c = dir->first_child; c; c = c->next) {
+        char *key = reg_node_key_dup(c);
+        if (!key)
+            return -ENOMEM;
+        int rc = 0;
+        if (!exists(ctx, key))
+            rc = gone(ctx, key, c->is_dir);
+        else if (c->is_dir)
+            rc = find_gone_below(c, exists, gone, ctx); /* as deep as a key has segments */
+        free(key);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+int registry_resync_find_gone(registry_t *reg, reg_exists_fn exists, reg_gone_fn gone, void *ctx)
+{
+    REG_ASSERT_OWNER(reg);
+    reg_token_t *t, *tmp;
+    HASH_ITER(hh, reg->tokens, t, tmp)
+    {
+        char *key = reg_node_key_dup(t->dir);
+        if (!key)
+            return -ENOMEM;
+        int rc =
+            exists(ctx, key) ? find_gone_below(t->dir, exists, gone, ctx) : gone(ctx, key, true);
+        free(key);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
 void registry_advance(registry_t *reg, uint64_t index)
 {
     REG_ASSERT_OWNER(reg);

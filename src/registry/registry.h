@@ -63,8 +63,10 @@ enum reg_errcode {
     REG_E_DIR_NOT_EMPTY = 108,
     REG_E_INVALID_FIELD = 209,
     REG_E_INTERNAL = 300, /* out of memory or store failure */
-    /* A watch from an index older than the history kept (only with a
-     * backend that applies on delivery: etcd's own 401). */
+    /* etcd's 401 "event index cleared", HTTP 400 as etcd answers it; only
+     * with a backend that applies on delivery: a watch from an index older
+     * than the history kept, or one whose history a resync lost
+     * (registry_resync_clear). */
     REG_E_EVENT_INDEX_CLEARED = 401,
 };
 
@@ -299,6 +301,11 @@ bool registry_token_summary(registry_t *reg, const char *name, size_t len,
  */
 typedef struct reg_waiter reg_waiter_t;
 typedef void (*reg_waiter_cb)(reg_waiter_t *w, const reg_event_t *ev);
+/* The `ev` of on_event when a resync cleared the history the watch was
+ * parked on (registry_resync_clear): the answer is etcd's 401 "event index
+ * cleared". Never an event to render. */
+extern const reg_event_t reg_event_cleared;
+#define REG_EVENT_CLEARED (&reg_event_cleared)
 struct reg_waiter {
     reg_waiter_t *next, *prev; /* registry-private links */
     void *token;               /* registry-private */
@@ -370,6 +377,30 @@ int registry_deliver(registry_t *reg, const reg_delivered_t *d);
 /* The backend has seen everything up to `index` (a progress report, or a
  * revision with nothing for the mirror): pending writes waiting for it go. */
 void registry_advance(registry_t *reg, uint64_t index);
+
+/* Whether the mirror has a node at the clean full v2 key `key`. */
+bool registry_has_key(registry_t *reg, const char *key);
+/*
+ * A resync could not rebuild the history of the token named by `key` (any
+ * key in it) exactly up to `through`: watches from an index at or below
+ * it are answered REG_E_EVENT_INDEX_CLEARED from now on, and the ones
+ * parked from such an index get on_event(w, REG_EVENT_CLEARED) now.
+ * Nothing for a key outside any token.
+ */
+void registry_resync_clear(registry_t *reg, const char *key, uint64_t through);
+/*
+ * A resync (the backend missed history it cannot replay, e.g. past an etcd
+ * compaction, and compares the mirror with the source's state): calls
+ * `gone` for every key of the mirror that `exists` says the source no
+ * longer has, topmost only (a directory, not also its children; a token's
+ * own directory too), before anything changes. Both callbacks get the full
+ * v2 key, borrowed for the call. Nothing is changed here: the backend then
+ * delivers the removals it chooses. 0, -ENOMEM, or the first non-zero
+ * return of `gone`.
+ */
+typedef bool (*reg_exists_fn)(void *ctx, const char *key);
+typedef int (*reg_gone_fn)(void *ctx, const char *key, bool is_dir);
+int registry_resync_find_gone(registry_t *reg, reg_exists_fn exists, reg_gone_fn gone, void *ctx);
 
 enum reg_settle {
     REG_SETTLE_COMMITTED, /* applied at `index` */

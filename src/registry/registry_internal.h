@@ -89,6 +89,9 @@ typedef struct reg_token {
      * delivered change other than an expiry, which is the revision of its
      * version key (a lease's expiry does not rewrite it); 0: none yet. */
     uint64_t version_index;
+    /* Watches from this index or below get "event index cleared": a
+     * resync lost the history up to it (registry_resync_clear); 0: none. */
+    uint64_t cleared_index;
 } reg_token_t;
 
 /*

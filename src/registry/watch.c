@@ -4,6 +4,7 @@
  * token's history: at most registry_set_max_events() events), and waking them.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -166,6 +167,16 @@ void registry_watch(registry_t *reg, const char *key, bool recursive, uint64_t w
         return;
     }
     uint64_t since = wait_index ? wait_index : reg->index + 1;
+    if (since <= t->cleared_index) {
+        /* A resync lost this stretch of the token's history (deliver.c). */
+        char cause[96];
+        snprintf(cause, sizeof cause,
+                 "the requested history has been cleared [%" PRIu64 "/%" PRIu64 "]",
+                 t->cleared_index + 1, since);
+        reg_fail(reg, out, REG_E_EVENT_INDEX_CLEARED, cause);
+        free(clean);
+        return;
+    }
     out->err = REG_OK;
     out->index = reg->index;
     /* Binary search for the first event at or after `since`. */

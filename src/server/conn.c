@@ -236,7 +236,7 @@ void conn_write_now(http_conn_t *c, const char *data, size_t len)
 void conn_schedule_resume(http_conn_t *c)
 {
     if (c->resume_queued || c->closed ||
-        (c->pending.len == 0 && !c->read_eof && !c->close_queued && !c->h2_resume))
+        (c->pending.len == 0 && !c->read_eof && !c->close_queued && !c->h2_resume && !c->h2_write))
         return;
     c->resume_queued = true;
     c->resume_next = c->srv->resume_head;
@@ -303,6 +303,11 @@ static void conn_resume(http_conn_t *c)
     if (c->h2_resume) {
         c->h2_resume = false;
         h2_resume_stalled(c); /* stalled streams that drained go on (h2.c) */
+        if (c->closed)
+            return;
+    }
+    if (c->h2_write) {
+        h2_write_queued(c); /* the turn's HTTP/2 frames, in one write */
         if (c->closed)
             return;
     }

@@ -66,6 +66,21 @@
 #define H2_CONN_QUEUED_BYTES_MAX (1024 * 1024)
 #define H2_STALLED_EXTRA_BYTES_MAX (64 * 1024)
 #define H2_CONN_UNREAD_BYTES_MAX (16 * 1024 * 1024)
+/* Answer bytes queued on a connection's streams past which h2_flush writes
+ * at once instead of at the end of the turn: at most the smallest bound
+ * above, so that a stream is never stalled by bytes that only wait for
+ * the turn to end. */
+#define H2_FLUSH_QUEUED_BYTES H2_STREAM_QUEUED_BYTES_MAX
+_Static_assert(H2_FLUSH_QUEUED_BYTES <= H2_STREAM_QUEUED_BYTES_MAX &&
+                   H2_FLUSH_QUEUED_BYTES <= H2_CONN_QUEUED_BYTES_MAX,
+               "a turn's queued bytes must not look like a stalled client");
+
+/* Trailers this short live in the stream itself (a gRPC success is
+ * "grpc-status: 0\r\n"): no allocation per answer. */
+#define H2_TRAILERS_INLINE_BYTES 32
+/* Header or trailer lines of one answer copied on the stack (longer ones
+ * on the heap) to be lower-cased. */
+#define H2_LINES_STACK_BYTES 512
 
 typedef struct h2_stream h2_stream_t;
 struct h2_stream {
@@ -82,8 +97,9 @@ struct h2_stream {
     /* the answer: body bytes not yet taken by the session */
     buf_t resp;
     size_t resp_off;
-    char *trailers;     /* "name: value\r\n" lines, owned, or NULL */
-    bool resp_started;  /* the response HEADERS are submitted */
+    char *trailers; /* "name: value\r\n" lines: trailers_inline, owned, or NULL */
+    char trailers_inline[H2_TRAILERS_INLINE_BYTES]; /* a short one (grpc-status: 0) */
+    bool resp_started;                              /* the response HEADERS are submitted */
     bool resp_end;      /* the body is whole: trailers (or END_STREAM) follow it */
     bool resp_deferred; /* the session waits for more body (NGHTTP2_ERR_DEFERRED) */
     /* flow control: see H2_STREAM_QUEUED_BYTES_MAX */
@@ -159,6 +175,66 @@ static void dl_link(http_server_t *s, h2_stream_t *st, enum h2_deadline dl)
     s->h2_deadlines[dl].tail = st;
 }
 
+static void stream_drop_trailers(h2_stream_t *st)
+{
+    if (st->trailers != st->trailers_inline)
+        free(st->trailers);
+    st->trailers = NULL;
+}
+
+/* Keeps a copy of `lines` (or none, for NULL) as the stream's trailers:
+ * 0, or -ENOMEM. */
+static int stream_keep_trailers(h2_stream_t *st, const char *lines)
+{
+    stream_drop_trailers(st);
+    if (!lines)
+        return 0;
+    size_t len = strlen(lines);
+    if (len < sizeof st->trailers_inline) {
+        memcpy(st->trailers_inline, lines, len + 1);
+        st->trailers = st->trailers_inline;
+        return 0;
+    }
+    st->trailers = strdup(lines);
+    return st->trailers ? 0 : -ENOMEM;
+}
+
+/* A writable copy of `lines`: in `stack` when it fits, else on the heap;
+ * NULL for NULL or when out of memory. Freed with lines_free. */
+static char *lines_copy(const char *lines, char *stack, size_t stack_len)
+{
+    if (!lines)
+        return NULL;
+    size_t len = strlen(lines);
+    if (len < stack_len) {
+        memcpy(stack, lines, len + 1);
+        return stack;
+    }
+    return strdup(lines);
+}
+
+static void lines_free(char *copy, char *stack)
+{
+    if (copy != stack)
+        free(copy);
+}
+
+/* Decimal `v` into `out` (NUL-terminated; `len` at least 21 for any
+ * value), without snprintf's cost on every answer's :status. */
+static void fmt_u64(char *out, size_t len, uint64_t v)
+{
+    char tmp[21];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    assert(n < len);
+    for (size_t i = 0; i < n && i + 1 < len; i++)
+        out[i] = tmp[n - 1 - i];
+    out[n < len ? n : len - 1] = '\0';
+}
+
 /* Answer bytes of `st` the session has not taken yet. */
 static size_t stream_unsent(const h2_stream_t *st)
 {
@@ -182,7 +258,7 @@ static void stream_free(h2_stream_t *st)
     buf_free(&st->accept);
     buf_free(&st->body);
     buf_free(&st->resp);
-    free(st->trailers);
+    stream_drop_trailers(st);
     free(st);
 }
 
@@ -301,9 +377,7 @@ void h2_reply(http_conn_t *c, int32_t stream_id, bool is_head, const http_reply_
         buf_append(&st->resp, r->body, r->body_len);
         if (!buf_failed(&st->resp))
             h->queued_bytes += r->body_len;
-        free(st->trailers);
-        st->trailers = r->trailers ? strdup(r->trailers) : NULL;
-        if (buf_failed(&st->resp) || (r->trailers && !st->trailers)) {
+        if (buf_failed(&st->resp) || stream_keep_trailers(st, r->trailers) != 0) {
             log_warn("out of memory ending stream %d of %s; resetting it", (int)stream_id, c->peer);
             nghttp2_submit_rst_stream(h->ng, NGHTTP2_FLAG_NONE, stream_id, NGHTTP2_INTERNAL_ERROR);
         } else {
@@ -318,7 +392,7 @@ void h2_reply(http_conn_t *c, int32_t stream_id, bool is_head, const http_reply_
     }
 
     char status[8], index[24];
-    snprintf(status, sizeof status, "%d", r->status);
+    fmt_u64(status, sizeof status, (unsigned)r->status);
     nghttp2_nv nv[H2_MAX_RESPONSE_FIELDS];
     size_t n = 0;
     nv[n++] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)status, 7, strlen(status), 0};
@@ -326,19 +400,21 @@ void h2_reply(http_conn_t *c, int32_t stream_id, bool is_head, const http_reply_
         nv[n++] = (nghttp2_nv){(uint8_t *)"content-type", (uint8_t *)r->content_type, 12,
                                strlen(r->content_type), 0};
     if (r->has_etcd_index) {
-        snprintf(index, sizeof index, "%llu", (unsigned long long)r->etcd_index);
+        fmt_u64(index, sizeof index, r->etcd_index);
         nv[n++] = (nghttp2_nv){(uint8_t *)"x-etcd-index", (uint8_t *)index, 12, strlen(index), 0};
     }
-    char *extra = r->extra_headers ? strdup(r->extra_headers) : NULL;
-    char *trailers = r->trailers ? strdup(r->trailers) : NULL;
-    if ((r->extra_headers && !extra) || (r->trailers && !trailers))
+    /* add_lines lower-cases names in place: the lines are copied, on the
+     * stack when they fit (the session copies the fields on submit). */
+    char extra_stack[H2_LINES_STACK_BYTES], trailers_stack[H2_LINES_STACK_BYTES];
+    char *extra = lines_copy(r->extra_headers, extra_stack, sizeof extra_stack);
+    char *trailers = NULL;
+    size_t body_len = is_head ? 0 : r->body_len;
+    if (r->extra_headers && !extra)
         goto oom;
     n = add_lines(nv, n, H2_MAX_RESPONSE_FIELDS, extra);
-    size_t body_len = is_head ? 0 : r->body_len;
     if (body_len && h->queued_bytes > H2_CONN_UNREAD_BYTES_MAX) {
         /* See H2_CONN_UNREAD_BYTES_MAX: the client reads none of its answers. */
-        free(extra);
-        free(trailers);
+        lines_free(extra, extra_stack);
         log_info("HTTP/2: %s leaves %zu bytes of answers unread; closing", c->peer,
                  h->queued_bytes);
         if (nghttp2_session_terminate_session(h->ng, NGHTTP2_ENHANCE_YOUR_CALM) != 0)
@@ -347,35 +423,34 @@ void h2_reply(http_conn_t *c, int32_t stream_id, bool is_head, const http_reply_
         return;
     }
     int rc;
-    if (body_len == 0 && trailers) {
+    if (body_len == 0 && r->trailers) {
         /* Trailers-only: one HEADERS frame that ends the stream. */
+        trailers = lines_copy(r->trailers, trailers_stack, sizeof trailers_stack);
+        if (!trailers)
+            goto oom;
         n = add_lines(nv, n, H2_MAX_RESPONSE_FIELDS, trailers);
         rc = nghttp2_submit_response(h->ng, stream_id, nv, n, NULL); /* copies the fields */
-        free(trailers);
+        lines_free(trailers, trailers_stack);
     } else {
         assert(stream_unsent(st) == 0); /* nothing was sent on it yet */
         buf_reset(&st->resp);
         st->resp_off = 0;
         buf_append(&st->resp, r->body, body_len);
-        if (buf_failed(&st->resp)) {
-            free(trailers);
+        if (buf_failed(&st->resp) || stream_keep_trailers(st, r->trailers) != 0)
             goto oom;
-        }
         h->queued_bytes += body_len;
-        free(st->trailers);
-        st->trailers = trailers;
         st->resp_end = true;
         st->resp_started = true;
         nghttp2_data_provider dp = {.source.ptr = st, .read_callback = read_answer};
         rc = nghttp2_submit_response(h->ng, stream_id, nv, n, &dp);
     }
-    free(extra);
+    lines_free(extra, extra_stack);
     if (rc != 0)
         nghttp2_submit_rst_stream(h->ng, NGHTTP2_FLAG_NONE, stream_id, NGHTTP2_INTERNAL_ERROR);
     h2_flush(c);
     return;
 oom:
-    free(extra);
+    lines_free(extra, extra_stack);
     log_warn("out of memory answering stream %d of %s; resetting it", (int)stream_id, c->peer);
     nghttp2_submit_rst_stream(h->ng, NGHTTP2_FLAG_NONE, stream_id, NGHTTP2_INTERNAL_ERROR);
     h2_flush(c);
@@ -745,11 +820,12 @@ void h2_feed(http_conn_t *c, const char *data, size_t len)
  * callback (an owner answering from a registry notification): a failure
  * therefore closes the connection only at the end of the turn
  * (conn_close_later), never under that callback. */
-void h2_flush(http_conn_t *c)
+static void h2_write_now(http_conn_t *c)
 {
     h2_conn_t *h = c->h2;
     if (!h || h->in_recv || h->dead || c->closed || c->close_queued)
         return;
+    c->h2_write = false; /* a queued visit finds nothing left to do */
     while (c->out.len - c->out_off < H2_MAX_UNSENT_BYTES) {
         const uint8_t *data;
         ssize_t n = nghttp2_session_mem_send(h->ng, &data);
@@ -779,6 +855,35 @@ void h2_flush(http_conn_t *c)
         c->close_after_write = true;
     conn_flush(c);
     conn_update_timer(c);
+}
+
+/*
+ * Frames are gathered per connection and written once at the end of the
+ * loop turn (the resume queue), as HTTP/1.1's answers are: a registry
+ * event that wakes many watches on one connection, or many streams
+ * answered in one turn, leave in one write instead of one per message.
+ * A connection whose queued answers reach H2_FLUSH_QUEUED_BYTES is
+ * written at once, so that the flow-control bounds above
+ * (H2_STREAM_QUEUED_BYTES_MAX and the others) still count only what the
+ * client holds back, never what merely waits for the end of the turn.
+ */
+void h2_flush(http_conn_t *c)
+{
+    h2_conn_t *h = c->h2;
+    if (!h || h->dead || c->closed || c->close_queued)
+        return;
+    if (h->queued_bytes >= H2_FLUSH_QUEUED_BYTES && !h->in_recv) {
+        h2_write_now(c);
+        return;
+    }
+    c->h2_write = true;
+    conn_schedule_resume(c);
+}
+
+void h2_write_queued(http_conn_t *c)
+{
+    c->h2_write = false;
+    h2_write_now(c);
 }
 
 void h2_shutdown(http_conn_t *c)
@@ -981,7 +1086,7 @@ int h2_stream_send(http_conn_t *c, int32_t stream_id, const http_reply_t *head, 
         if (!head)
             return -EINVAL;
         char status[8];
-        snprintf(status, sizeof status, "%d", head->status);
+        fmt_u64(status, sizeof status, (unsigned)head->status);
         nghttp2_nv nv[2];
         size_t n = 0;
         nv[n++] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)status, 7, strlen(status), 0};
@@ -1043,5 +1148,5 @@ void h2_resume_stalled(http_conn_t *c)
         h2_free(h); /* an owner closed the connection */
         return;
     }
-    h2_flush(c);
+    h2_write_now(c); /* run from the resume queue: the turn ends here */
 }

@@ -135,6 +135,7 @@ struct http_conn {
     char sniff[24];
     struct h2_conn *h2; /* HTTP/2 state; NULL for HTTP/1.1 */
     bool h2_resume;     /* queued for h2_resume_stalled */
+    bool h2_write;      /* queued for h2_write_queued (end of the turn) */
     /* bytes received but not yet parsed */
     buf_t pending;
     /* output */
@@ -290,8 +291,14 @@ void http1_request_reset(http_conn_t *c, bool keep);
 int h2_start(http_conn_t *c, const char *first, size_t len);
 /* Feeds received bytes to the session; answers what completes. */
 void h2_feed(http_conn_t *c, const char *data, size_t len);
-/* Moves what the session has to send into `c->out` (bounded) and writes. */
+/* Asks for the session's frames to be written: at the end of the loop
+ * turn (the resume queue, c->h2_write), so that every answer and event of
+ * one turn leaves in one write per connection; at once when the
+ * connection's queued answers reach a bound (h2.c, H2_FLUSH_QUEUED_BYTES). */
 void h2_flush(http_conn_t *c);
+/* Moves what the session has to send into `c->out` (bounded) and writes
+ * it; run from the resume queue for c->h2_write. */
+void h2_write_queued(http_conn_t *c);
 /* The server is stopping: parked streams' owners are told
  * (HTTP_PARK_SHUTDOWN), then GOAWAY(NO_ERROR); the connection closes when
  * its last stream is done (or at the end of the grace period). */

@@ -491,8 +491,25 @@ class H2Raw:
     def answer(self, stream):
         """Frames until `stream` ends; (status byte, frames). :status 200 is
         HPACK's static entry 8 (0x88), which nghttp2 always uses."""
-        frames, last = self.until(lambda f: f[2] == stream and f[0] in (HEADERS, DATA, RST_STREAM)
-                                  and (f[1] & END_STREAM or f[0] == RST_STREAM))
+        def ends(f):
+            return (f[2] == stream and f[0] in (HEADERS, DATA, RST_STREAM)
+                    and (f[1] & END_STREAM or f[0] == RST_STREAM))
+        # Answers to several streams may come in one write, interleaved:
+        # frames of other streams wait in `held` for their own answer().
+        held = getattr(self, "held", [])
+        frames = [f for f in held if f[2] == stream]
+        self.held = [f for f in held if f[2] != stream]
+        last = next((f for f in frames if ends(f)), None)
+        while last is None:
+            f = self.read()
+            if f is None:
+                break
+            if f[2] not in (0, stream):
+                self.held.append(f)
+                continue
+            frames.append(f)
+            if ends(f):
+                last = f
         assert last is not None, "EOF before stream %d ended: %r" % (stream, frames)
         heads = [f for f in frames if f[2] == stream and f[0] == HEADERS]
         return (heads[0][3][:1] if heads else None), frames
