@@ -373,7 +373,9 @@ void registry_advance(registry_t *reg, uint64_t index);
 
 enum reg_settle {
     REG_SETTLE_COMMITTED, /* applied at `index` */
-    REG_SETTLE_LOST,      /* the guard failed; the winner is at or below `index` */
+    REG_SETTLE_LOST,      /* the guard failed; the winner is at or below `index` (a guard
+                           * on the token's version: its revision, which the retry then
+                           * guards on; 0: unknown) */
     REG_SETTLE_FAILED,    /* not applied, or unknown after the hold: `why` */
 };
 /* The backend's verdict on proposal `seq` (backend.h's propose_txn). */

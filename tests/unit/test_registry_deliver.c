@@ -547,6 +547,49 @@ static void test_old_wait_index_is_cleared(void **state)
     registry_free(b.reg);
 }
 
+/*
+ * A mirror loaded from a range (etcd compacted its history) sees each key's
+ * state, not a deletion: the token's version key (rewritten by the delete
+ * of m2 at revision 5) is newer than anything the mirror shows of the
+ * token. A write guarded by the token's version loses once to that
+ * revision, which the mirror has applied: the guard of the next proposal is
+ * the version etcd named, so the write goes through instead of losing
+ * again until the retries run out.
+ */
+static void test_stale_token_version_is_learned_from_a_lost_guard(void **state)
+{
+    (void)state;
+    instance_t a, b;
+    instance_init(&a);
+    instance_init(&b);
+    instance_t *all[] = {&a, &b};
+    make_token(&a, &b);
+    deliver(all, 2, REG_ACT_CREATE, K("m1"), "v1", 3);
+    /* m2 made at 4 and deleted at 5: what a range at 5 does not show. */
+    registry_advance(b.reg, 5);
+    b.be.applied = 5;
+
+    reg_result_t rb;
+    outcome_t ob;
+    registry_update(b.reg, K("m1"), "w1", NO_TTL, T0, &rb);
+    await(&b, &rb, &ob);
+    assert_int_equal(b.be.last_guard.kind, BACKEND_GUARD_TOKEN_AT);
+    assert_int_equal(b.be.last_guard.token_index, 3);
+    /* etcd: the version key is at 5, which the mirror has applied. */
+    registry_settle(b.reg, b.be.last_seq, REG_SETTLE_LOST, 5, NULL);
+    assert_int_equal(ob.calls, 0);
+    assert_int_equal(b.be.n_proposed, 2);
+    assert_int_equal(b.be.last_guard.kind, BACKEND_GUARD_TOKEN_AT);
+    assert_int_equal(b.be.last_guard.token_index, 5);
+    registry_settle(b.reg, b.be.last_seq, REG_SETTLE_COMMITTED, 6, NULL);
+    deliver(&all[1], 1, REG_ACT_UPDATE, K("m1"), "w1", 6);
+    assert_int_equal(ob.calls, 1);
+    assert_int_equal(ob.err, REG_OK);
+    assert_int_equal(ob.index, 6);
+    registry_free(a.reg);
+    registry_free(b.reg);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -560,6 +603,7 @@ int main(void)
         cmocka_unit_test(test_expiry_is_the_backends),
         cmocka_unit_test(test_sweep_removes_on_delivery),
         cmocka_unit_test(test_old_wait_index_is_cleared),
+        cmocka_unit_test(test_stale_token_version_is_learned_from_a_lost_guard),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
