@@ -18,6 +18,8 @@
  *     operation runs again against it, and is proposed again or answered
  *     with the registry's error (412/105 for the loser of a race);
  *   failed: answered REG_E_INTERNAL with the backend's reason.
+ * A delivery that names one of this instance's proposals (own_seq) is that
+ * proposal's verdict too: committed at the delivered revision.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -418,6 +420,14 @@ int registry_deliver(registry_t *reg, const reg_delivered_t *d)
             reg_split_token(d->key, &name, &len, &rest) ? reg_find_token(reg, name, len) : NULL;
         if (t && d->action != REG_ACT_EXPIRE)
             t->version_index = d->index;
+        /* Our own proposal, applied: committed at this revision, even if
+         * the backend's answer to it is lost (an unknown outcome whose
+         * marker the watch showed before the answer was due). */
+        reg_pending_t *own = d->own_seq ? find_by(reg, 0, d->own_seq) : NULL;
+        if (own && own->state == PENDING_PROPOSED) {
+            own->state = PENDING_COMMITTED;
+            own->wait_index = d->index;
+        }
         pending_check(reg);
     }
     return rc;

@@ -360,6 +360,10 @@ typedef struct reg_delivered {
     uint64_t index;    /* the backend's revision; above registry_index() */
     int64_t wall_ns;
     int64_t expire_ns; /* 0: permanent */
+    /* This instance's proposal `seq` made the change (its action marker
+     * says so), else 0: the delivery is that proposal's verdict, whatever
+     * the backend's answer to it says or fails to say later. */
+    uint64_t own_seq;
 } reg_delivered_t;
 /*
  * Applies a delivered change, records it and wakes its watchers; then

@@ -590,6 +590,59 @@ static void test_stale_token_version_is_learned_from_a_lost_guard(void **state)
     registry_free(b.reg);
 }
 
+/*
+ * The watch may show this instance's own change (its marker names the
+ * proposal) before the Txn's answer, and that answer may then be lost (the
+ * connection drops: the outcome is unknown, and the watch, started again
+ * after the revision, never shows the marker again). The delivery is the
+ * verdict: the write is answered with its event, and a late "failed" from
+ * the backend changes nothing.
+ */
+static void test_own_delivery_settles_the_proposal(void **state)
+{
+    (void)state;
+    instance_t a, b;
+    instance_init(&a);
+    instance_init(&b);
+    make_token(&a, &b);
+    reg_result_t ra;
+    outcome_t oa;
+    registry_create(a.reg, K("m1"), false, "a", false, NO_TTL, T0, &ra);
+    await(&a, &ra, &oa);
+    reg_delivered_t d = {.action = REG_ACT_CREATE,
+                         .key = K("m1"),
+                         .value = "a",
+                         .index = 5,
+                         .wall_ns = T0,
+                         .own_seq = a.be.last_seq};
+    assert_int_equal(registry_deliver(a.reg, &d), 0);
+    assert_int_equal(oa.calls, 1);
+    assert_int_equal(oa.err, REG_OK);
+    assert_int_equal(oa.index, 5);
+    assert_int_equal(oa.action, REG_ACT_CREATE);
+    assert_int_equal(registry_pending_count(a.reg), 0);
+    registry_settle(a.reg, a.be.last_seq, REG_SETTLE_FAILED, 0, "outcome unknown");
+    assert_int_equal(oa.calls, 1);
+    /* Another instance's seq that happens to be equal settles nothing. */
+    reg_result_t rb;
+    outcome_t ob;
+    d.own_seq = 0;
+    assert_int_equal(registry_deliver(b.reg, &d), 0);
+    registry_create(b.reg, K("m2"), false, "b", false, NO_TTL, T0, &rb);
+    await(&b, &rb, &ob);
+    reg_delivered_t other = {.action = REG_ACT_CREATE,
+                             .key = K("m3"),
+                             .value = "c",
+                             .index = 6,
+                             .wall_ns = T0,
+                             .own_seq = 0};
+    assert_int_equal(registry_deliver(b.reg, &other), 0);
+    assert_int_equal(ob.calls, 0);
+    assert_int_equal(registry_pending_count(b.reg), 1);
+    registry_free(a.reg);
+    registry_free(b.reg);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -604,6 +657,7 @@ int main(void)
         cmocka_unit_test(test_sweep_removes_on_delivery),
         cmocka_unit_test(test_old_wait_index_is_cleared),
         cmocka_unit_test(test_stale_token_version_is_learned_from_a_lost_guard),
+        cmocka_unit_test(test_own_delivery_settles_the_proposal),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
