@@ -425,7 +425,8 @@ static void apply_revision(etcd_backend_t *eb, uint64_t rev, const etcd_kv_event
                           * wrote (P m/), so that every instance, and this
                           * one after a restart, sweeps it at the same age. */
                          .wall_ns = ch.created_ns ? ch.created_ns : time_wall_ns(),
-                         .expire_ns = ch.expire_ns};
+                         .expire_ns = ch.expire_ns,
+                         .own_seq = strcmp(ch.instance, eb->instance) == 0 ? ch.seq : 0};
     /* Applied from the registry's point of view before it answers the
      * writes this settles: their answers must not wait for it. */
     uint64_t before = eb->applied;

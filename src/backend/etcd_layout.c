@@ -236,15 +236,10 @@ bool etcd_layout_parse_marker(const char *value, size_t len, enum reg_action *ac
         return false;
     memcpy(instance, f, flen);
     instance[flen] = '\0';
-    if (!field(&p, end, &f, &flen) || flen > 20)
+    /* A proposal's seq counts from 1: 19 digits are more than any makes,
+     * and a longer field would wrap into another proposal's seq. */
+    if (!field(&p, end, &f, &flen) || !parse_decimal(f, flen, seq))
         return false;
-    uint64_t n = 0;
-    for (size_t i = 0; i < flen; i++) {
-        if (f[i] < '0' || f[i] > '9')
-            return false;
-        n = n * 10 + (uint64_t)(f[i] - '0');
-    }
-    *seq = n;
     if (!field(&p, end, &f, &flen) || (f[0] != 'D' && f[0] != 'F'))
         return false;
     *is_dir = f[0] == 'D';

@@ -18,6 +18,8 @@
  *     operation runs again against it, and is proposed again or answered
  *     with the registry's error (412/105 for the loser of a race);
  *   failed: answered REG_E_INTERNAL with the backend's reason.
+ * A delivery that names one of this instance's proposals (own_seq) is that
+ * proposal's verdict too: committed at the delivered revision.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -45,6 +47,9 @@ struct reg_pending {
     enum pending_state state;
     uint64_t wait_index;
     unsigned retries;
+    /* The current proposal is guarded by the token's version
+     * (BACKEND_GUARD_TOKEN_AT): a loss then names that version's revision. */
+    bool version_guarded;
     reg_op_t op; /* owned copies of the strings */
     reg_settled_fn fn;
     void *ctx;
@@ -158,6 +163,7 @@ void reg_propose_pending(registry_t *reg, reg_event_t *ev, reg_result_t *out)
     guard_for(reg, ev, &g);
     p->seq = ++reg->next_seq;
     p->state = PENDING_PROPOSED;
+    p->version_guarded = g.kind == BACKEND_GUARD_TOKEN_AT;
     int rc = backend_propose_txn(reg->backend, ev, &g, p->seq);
     reg_event_free(ev);
     if (rc != 0) {
@@ -188,6 +194,7 @@ void reg_recheck_refusal(registry_t *reg, const reg_op_t *op, reg_result_t *out)
         return; /* the refusal as it is */
     p->seq = ++reg->next_seq;
     p->state = PENDING_PROPOSED;
+    p->version_guarded = false;
     if (backend_propose_barrier(be, p->seq) != 0) {
         pending_free(p);
         return;
@@ -198,6 +205,27 @@ void reg_recheck_refusal(registry_t *reg, const reg_op_t *op, reg_result_t *out)
     out->index = reg->index;
     out->pending = true;
     out->ticket = p->ticket;
+}
+
+/*
+ * A guard on the token's version was lost to the revision etcd named (the
+ * version key's own), which the mirror has now applied: that revision is
+ * the token's version. A mirror loaded from a range saw each key's state
+ * but not the deletions that rewrote the version key; without this its
+ * guard would name an older version, and lose again on every retry. A
+ * wrong revision here can only make the next guard fail, never pass.
+ */
+static void learn_token_version(registry_t *reg, const reg_pending_t *p)
+{
+    assert(p->state == PENDING_RETRY && p->wait_index <= reg->index);
+    const char *name, *rest;
+    size_t len;
+    if (!p->version_guarded || p->wait_index == 0 ||
+        !reg_split_token(p->op.key, &name, &len, &rest))
+        return;
+    reg_token_t *t = reg_find_token(reg, name, len);
+    if (t && t->version_index < p->wait_index)
+        t->version_index = p->wait_index;
 }
 
 /* Runs a pending write's operation again against the mirror. */
@@ -276,6 +304,7 @@ static void pending_check(registry_t *reg)
         } else {
             /* Linked again first: a new proposal must find it by seq. */
             pending_link(reg, p);
+            learn_token_version(reg, p);
             run_again(reg, p, &res);
             if (!res.pending) {
                 pending_unlink(reg, p);
@@ -391,6 +420,14 @@ int registry_deliver(registry_t *reg, const reg_delivered_t *d)
             reg_split_token(d->key, &name, &len, &rest) ? reg_find_token(reg, name, len) : NULL;
         if (t && d->action != REG_ACT_EXPIRE)
             t->version_index = d->index;
+        /* Our own proposal, applied: committed at this revision, even if
+         * the backend's answer to it is lost (an unknown outcome whose
+         * marker the watch showed before the answer was due). */
+        reg_pending_t *own = d->own_seq ? find_by(reg, 0, d->own_seq) : NULL;
+        if (own && own->state == PENDING_PROPOSED) {
+            own->state = PENDING_COMMITTED;
+            own->wait_index = d->index;
+        }
         pending_check(reg);
     }
     return rc;

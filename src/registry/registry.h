@@ -367,6 +367,10 @@ typedef struct reg_delivered {
     uint64_t index;    /* the backend's revision; above registry_index() */
     int64_t wall_ns;
     int64_t expire_ns; /* 0: permanent */
+    /* This instance's proposal `seq` made the change (its action marker
+     * says so), else 0: the delivery is that proposal's verdict, whatever
+     * the backend's answer to it says or fails to say later. */
+    uint64_t own_seq;
 } reg_delivered_t;
 /*
  * Applies a delivered change, records it and wakes its watchers; then
@@ -404,7 +408,9 @@ int registry_resync_find_gone(registry_t *reg, reg_exists_fn exists, reg_gone_fn
 
 enum reg_settle {
     REG_SETTLE_COMMITTED, /* applied at `index` */
-    REG_SETTLE_LOST,      /* the guard failed; the winner is at or below `index` */
+    REG_SETTLE_LOST,      /* the guard failed; the winner is at or below `index` (a guard
+                           * on the token's version: its revision, which the retry then
+                           * guards on; 0: unknown) */
     REG_SETTLE_FAILED,    /* not applied, or unknown after the hold: `why` */
 };
 /* The backend's verdict on proposal `seq` (backend.h's propose_txn). */

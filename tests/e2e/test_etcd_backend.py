@@ -327,6 +327,34 @@ class EtcdBackendTest(unittest.TestCase):
         finally:
             proc.stop()
 
+    def test_instance_loaded_after_a_delete_writes_to_the_token(self):
+        # The range an instance loads from shows no deletion, but the
+        # delete rewrote the token's version key: a write guarded by it
+        # must still go through on the new instance.
+        _, tok = self.new_token(self.a, size=5)
+        for i in range(2):
+            st, _, body = harness.http("PUT", keys_url(self.a, tok, "/m%d?prevExist=false" % i),
+                                       "value=v%d" % i, FORM)
+            self.assertEqual(st, 201, body)
+        st, _, body = harness.http("DELETE", keys_url(self.a, tok, "/m1"))
+        self.assertEqual(st, 200, body)
+        rc, out, err = harness.etcdctl(self.etcd.client_urls[0], "endpoint", "status",
+                                       "-w", "json")
+        self.assertEqual(rc, 0, err)
+        rev = json.loads(out)[0]["Status"]["header"]["revision"]
+        rc, out, err = harness.etcdctl(self.etcd.client_urls[0], "compact", str(rev))
+        self.assertEqual(rc, 0, err)
+        proc, c = harness.start_disco(self.workdir, ["--etcd-endpoints", self.etcd.endpoints()])
+        try:
+            st, _, body = harness.http("PUT", keys_url(c, tok, "/m0?prevExist=true"),
+                                       "value=w0", FORM)
+            self.assertEqual(st, 200, body)
+            st, _, body = harness.http("DELETE", keys_url(c, tok, "/m0"))
+            self.assertEqual(st, 200, body)
+            self.wait_listing(self.a, tok, lambda l: l == self.listing(c, tok), "A = C")
+        finally:
+            proc.stop()
+
     @unittest.skipIf(etcd3 is None, "python3-etcd3 is not installed")
     def test_v3_discovery_client_through_etcd_backend(self):
         host, port = urllib.parse.urlsplit(self.b).hostname, urllib.parse.urlsplit(self.b).port

@@ -68,10 +68,14 @@ class EtcdTwoInstances(unittest.TestCase):
         cls.workdir = tempfile.mkdtemp(prefix="disco-e2e-etcdttl-")
         cls.etcd = harness.EtcdCluster(cls.workdir, size=1)
         eps = cls.etcd.endpoints()
+        # A long poll waits for an expiry: longer than the (scaled) TTL.
+        wait = "%ds" % int(EXPIRY_TIMEOUT_S)
         cls.disco_a, cls.a = harness.start_disco(cls.workdir,
-                                                 ["--etcd-endpoints", eps] + list(cls.ARGS))
+                                                 ["--etcd-endpoints", eps] + list(cls.ARGS),
+                                                 wait_timeout=wait)
         cls.disco_b, cls.b = harness.start_disco(cls.workdir,
-                                                 ["--etcd-endpoints", eps] + list(cls.ARGS))
+                                                 ["--etcd-endpoints", eps] + list(cls.ARGS),
+                                                 wait_timeout=wait)
 
     @classmethod
     def tearDownClass(cls):

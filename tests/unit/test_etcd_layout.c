@@ -76,12 +76,10 @@ static void test_marker_round_trip(void **state)
     assert_false(is_dir);
     free(key);
     free(m);
-    const char *bad[] = {"",
-                         "get x 1 F /k",
-                         "create x 1 X /k",
-                         "create x 1z F /k",
-                         "create x 1 F k",
-                         "create  1 F /k"};
+    const char *bad[] = {"", "get x 1 F /k", "create x 1 X /k", "create x 1z F /k",
+                         "create x 1 F k", "create  1 F /k",
+                         /* 2^64 + 42: would wrap to seq 42 */
+                         "create x 18446744073709551658 F /k"};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
         assert_false(etcd_layout_parse_marker(bad[i], strlen(bad[i]), &a, inst, sizeof inst, &seq,
                                               &key, &is_dir, &expire_ns));

@@ -547,6 +547,102 @@ static void test_old_wait_index_is_cleared(void **state)
     registry_free(b.reg);
 }
 
+/*
+ * A mirror loaded from a range (etcd compacted its history) sees each key's
+ * state, not a deletion: the token's version key (rewritten by the delete
+ * of m2 at revision 5) is newer than anything the mirror shows of the
+ * token. A write guarded by the token's version loses once to that
+ * revision, which the mirror has applied: the guard of the next proposal is
+ * the version etcd named, so the write goes through instead of losing
+ * again until the retries run out.
+ */
+static void test_stale_token_version_is_learned_from_a_lost_guard(void **state)
+{
+    (void)state;
+    instance_t a, b;
+    instance_init(&a);
+    instance_init(&b);
+    instance_t *all[] = {&a, &b};
+    make_token(&a, &b);
+    deliver(all, 2, REG_ACT_CREATE, K("m1"), "v1", 3);
+    /* m2 made at 4 and deleted at 5: what a range at 5 does not show. */
+    registry_advance(b.reg, 5);
+    b.be.applied = 5;
+
+    reg_result_t rb;
+    outcome_t ob;
+    registry_update(b.reg, K("m1"), "w1", NO_TTL, T0, &rb);
+    await(&b, &rb, &ob);
+    assert_int_equal(b.be.last_guard.kind, BACKEND_GUARD_TOKEN_AT);
+    assert_int_equal(b.be.last_guard.token_index, 3);
+    /* etcd: the version key is at 5, which the mirror has applied. */
+    registry_settle(b.reg, b.be.last_seq, REG_SETTLE_LOST, 5, NULL);
+    assert_int_equal(ob.calls, 0);
+    assert_int_equal(b.be.n_proposed, 2);
+    assert_int_equal(b.be.last_guard.kind, BACKEND_GUARD_TOKEN_AT);
+    assert_int_equal(b.be.last_guard.token_index, 5);
+    registry_settle(b.reg, b.be.last_seq, REG_SETTLE_COMMITTED, 6, NULL);
+    deliver(&all[1], 1, REG_ACT_UPDATE, K("m1"), "w1", 6);
+    assert_int_equal(ob.calls, 1);
+    assert_int_equal(ob.err, REG_OK);
+    assert_int_equal(ob.index, 6);
+    registry_free(a.reg);
+    registry_free(b.reg);
+}
+
+/*
+ * The watch may show this instance's own change (its marker names the
+ * proposal) before the Txn's answer, and that answer may then be lost (the
+ * connection drops: the outcome is unknown, and the watch, started again
+ * after the revision, never shows the marker again). The delivery is the
+ * verdict: the write is answered with its event, and a late "failed" from
+ * the backend changes nothing.
+ */
+static void test_own_delivery_settles_the_proposal(void **state)
+{
+    (void)state;
+    instance_t a, b;
+    instance_init(&a);
+    instance_init(&b);
+    make_token(&a, &b);
+    reg_result_t ra;
+    outcome_t oa;
+    registry_create(a.reg, K("m1"), false, "a", false, NO_TTL, T0, &ra);
+    await(&a, &ra, &oa);
+    reg_delivered_t d = {.action = REG_ACT_CREATE,
+                         .key = K("m1"),
+                         .value = "a",
+                         .index = 5,
+                         .wall_ns = T0,
+                         .own_seq = a.be.last_seq};
+    assert_int_equal(registry_deliver(a.reg, &d), 0);
+    assert_int_equal(oa.calls, 1);
+    assert_int_equal(oa.err, REG_OK);
+    assert_int_equal(oa.index, 5);
+    assert_int_equal(oa.action, REG_ACT_CREATE);
+    assert_int_equal(registry_pending_count(a.reg), 0);
+    registry_settle(a.reg, a.be.last_seq, REG_SETTLE_FAILED, 0, "outcome unknown");
+    assert_int_equal(oa.calls, 1);
+    /* Another instance's seq that happens to be equal settles nothing. */
+    reg_result_t rb;
+    outcome_t ob;
+    d.own_seq = 0;
+    assert_int_equal(registry_deliver(b.reg, &d), 0);
+    registry_create(b.reg, K("m2"), false, "b", false, NO_TTL, T0, &rb);
+    await(&b, &rb, &ob);
+    reg_delivered_t other = {.action = REG_ACT_CREATE,
+                             .key = K("m3"),
+                             .value = "c",
+                             .index = 6,
+                             .wall_ns = T0,
+                             .own_seq = 0};
+    assert_int_equal(registry_deliver(b.reg, &other), 0);
+    assert_int_equal(ob.calls, 0);
+    assert_int_equal(registry_pending_count(b.reg), 1);
+    registry_free(a.reg);
+    registry_free(b.reg);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -560,6 +656,8 @@ int main(void)
         cmocka_unit_test(test_expiry_is_the_backends),
         cmocka_unit_test(test_sweep_removes_on_delivery),
         cmocka_unit_test(test_old_wait_index_is_cleared),
+        cmocka_unit_test(test_stale_token_version_is_learned_from_a_lost_guard),
+        cmocka_unit_test(test_own_delivery_settles_the_proposal),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
