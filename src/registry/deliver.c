@@ -25,6 +25,7 @@
 #include <string.h>
 
 #include "registry/registry_internal.h"
+#include "util/buf.h"
 #include "util/timeutil.h"
 
 /* A write validated again this many times after lost guards is failed:
@@ -50,16 +51,6 @@ struct reg_pending {
     void *ctx;
 };
 
-static char *dup_or_null(const char *s, bool *failed)
-{
-    if (!s)
-        return NULL;
-    char *d = strdup(s);
-    if (!d)
-        *failed = true;
-    return d;
-}
-
 static void pending_free(reg_pending_t *p)
 {
     free(p->op.key);
@@ -75,9 +66,9 @@ static reg_pending_t *pending_new(registry_t *reg, const reg_op_t *op)
         return NULL;
     bool failed = false;
     p->op = *op;
-    p->op.key = dup_or_null(op->key, &failed);
-    p->op.value = dup_or_null(op->value, &failed);
-    p->op.prev_value = dup_or_null(op->prev_value, &failed);
+    p->op.key = buf_strdup_or_null(op->key, &failed);
+    p->op.value = buf_strdup_or_null(op->value, &failed);
+    p->op.prev_value = buf_strdup_or_null(op->prev_value, &failed);
     if (failed) {
         pending_free(p);
         return NULL;

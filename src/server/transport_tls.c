@@ -33,6 +33,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "util/buf.h"
 #include "util/log.h"
 
 #define TLS12_CIPHERS                                                                              \
@@ -159,25 +160,15 @@ fail:
     return NULL;
 }
 
-static char *dup_or_null(const char *s, bool *failed)
-{
-    if (!s)
-        return NULL;
-    char *d = strdup(s);
-    if (!d)
-        *failed = true;
-    return d;
-}
-
 tls_ctx_t *tls_ctx_new(const tls_files_t *files, char *err)
 {
     assert(files->cert_path && files->key_path);
     tls_ctx_t *t = calloc(1, sizeof *t);
     bool failed = !t;
     if (t) {
-        t->cert_path = dup_or_null(files->cert_path, &failed);
-        t->key_path = dup_or_null(files->key_path, &failed);
-        t->client_ca_path = dup_or_null(files->client_ca_path, &failed);
+        t->cert_path = buf_strdup_or_null(files->cert_path, &failed);
+        t->key_path = buf_strdup_or_null(files->key_path, &failed);
+        t->client_ca_path = buf_strdup_or_null(files->client_ca_path, &failed);
     }
     if (failed) {
         snprintf(err, 256, "out of memory");
@@ -474,9 +465,9 @@ tls_ctx_t *tls_client_ctx_new(const tls_client_files_t *files, char *err)
         snprintf(err, 256, "out of memory");
         return NULL;
     }
-    t->cert_path = dup_or_null(files->cert_path, &failed);
-    t->key_path = dup_or_null(files->key_path, &failed);
-    t->client_ca_path = dup_or_null(files->ca_path, &failed); /* here: the servers' CA */
+    t->cert_path = buf_strdup_or_null(files->cert_path, &failed);
+    t->key_path = buf_strdup_or_null(files->key_path, &failed);
+    t->client_ca_path = buf_strdup_or_null(files->ca_path, &failed); /* here: the servers' CA */
     ERR_clear_error();
     SSL_CTX *c = failed ? NULL : SSL_CTX_new(TLS_client_method());
     if (!c) {
