@@ -283,6 +283,20 @@ static ssize_t tls_failure(transport_t *t, SSL *ssl, int rc, const char *what)
     }
 }
 
+/* One call of SSL_connect or SSL_accept (`step`), with tls_handshake's
+ * answers: 0 with `is_handshaking` cleared once done, else tls_failure's. */
+static ssize_t tls_handshake_step(transport_t *t, SSL *ssl, int (*step)(SSL *))
+{
+    ERR_clear_error();
+    errno = 0;
+    int rc = step(ssl);
+    if (rc != 1)
+        return tls_failure(t, ssl, rc, "handshake");
+    t->is_handshaking = false;
+    t->wants = 0;
+    return 0;
+}
+
 /* Drives the handshake. Done: 0 with `is_handshaking` cleared; not done:
  * what recv answers (-EAGAIN, 0 for the end of the stream, -errno). */
 static ssize_t tls_handshake(transport_t *t)
@@ -290,14 +304,7 @@ static ssize_t tls_handshake(transport_t *t)
     SSL *ssl = t->state;
     if (!SSL_is_server(ssl)) {
         /* A client (transport_tls_client_init): it speaks first. */
-        ERR_clear_error();
-        errno = 0;
-        int rc = SSL_connect(ssl);
-        if (rc != 1)
-            return tls_failure(t, ssl, rc, "handshake");
-        t->is_handshaking = false;
-        t->wants = 0;
-        return 0;
+        return tls_handshake_step(t, ssl, SSL_connect);
     }
     if (BIO_number_read(SSL_get_rbio(ssl)) == 0) {
         int rc = peek_first_byte(t);
@@ -314,14 +321,7 @@ static ssize_t tls_handshake(transport_t *t)
             return rc == 1 ? 0 : rc; /* EOF before any byte: the end of the stream */
         }
     }
-    ERR_clear_error();
-    errno = 0;
-    int rc = SSL_accept(ssl);
-    if (rc != 1)
-        return tls_failure(t, ssl, rc, "handshake");
-    t->is_handshaking = false;
-    t->wants = 0;
-    return 0;
+    return tls_handshake_step(t, ssl, SSL_accept);
 }
 
 static ssize_t tls_recv(transport_t *t, char *buf, size_t len)
