@@ -75,6 +75,7 @@
 #include "etcd/client.h"
 #include "loop/loop.h"
 #include "registry/registry.h"
+#include "util/buf.h"
 #include "util/log.h"
 #include "util/timeutil.h"
 
@@ -1581,16 +1582,6 @@ static const struct backend_ops etcd_ops = {
     .name = "etcd",
 };
 
-static char *dup_opt(const char *s, bool *failed)
-{
-    if (!s)
-        return NULL;
-    char *d = strdup(s);
-    if (!d)
-        *failed = true;
-    return d;
-}
-
 void backend_etcd_set_loop(backend_t *be, struct loop *loop)
 {
     assert(!eb_of(be)->client); /* before backend_load() */
@@ -1609,17 +1600,17 @@ backend_t *backend_etcd_new(const backend_etcd_config_t *cfg, char *err)
     eb->endpoints = calloc(cfg->n_endpoints ? cfg->n_endpoints : 1, sizeof *eb->endpoints);
     failed = !eb->endpoints;
     for (size_t i = 0; !failed && i < cfg->n_endpoints; i++) {
-        eb->endpoints[i] = dup_opt(cfg->endpoints[i], &failed);
+        eb->endpoints[i] = buf_strdup_or_null(cfg->endpoints[i], &failed);
         eb->n_endpoints = i + 1;
     }
-    eb->prefix = dup_opt(cfg->prefix, &failed);
+    eb->prefix = buf_strdup_or_null(cfg->prefix, &failed);
     eb->range_end = eb->prefix ? etcd_layout_prefix_end(eb->prefix) : NULL;
     failed |= !eb->range_end;
-    eb->cacert = dup_opt(cfg->cacert, &failed);
-    eb->cert = dup_opt(cfg->cert, &failed);
-    eb->key = dup_opt(cfg->key, &failed);
-    eb->user = dup_opt(cfg->user, &failed);
-    eb->password = dup_opt(cfg->password, &failed);
+    eb->cacert = buf_strdup_or_null(cfg->cacert, &failed);
+    eb->cert = buf_strdup_or_null(cfg->cert, &failed);
+    eb->key = buf_strdup_or_null(cfg->key, &failed);
+    eb->user = buf_strdup_or_null(cfg->user, &failed);
+    eb->password = buf_strdup_or_null(cfg->password, &failed);
     unsigned char raw[16];
     size_t got = 0;
     while (!failed && got < sizeof raw) {

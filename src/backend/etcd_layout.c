@@ -207,10 +207,12 @@ static bool field(const char **p, const char *end, const char **f, size_t *flen)
     return *flen > 0;
 }
 
-/* Digits only, at most 19 (fits int64); false otherwise. */
-static bool parse_decimal(const char *f, size_t flen, uint64_t *out)
+/* 1 to `max_digits` digits and nothing else; false otherwise. With 20
+ * digits (a uint64's longest) the value may wrap: callers that need a range
+ * check it themselves, or take at most 19. */
+static bool parse_digits(const char *f, size_t flen, size_t max_digits, uint64_t *out)
 {
-    if (flen == 0 || flen > 19)
+    if (flen == 0 || flen > max_digits)
         return false;
     uint64_t n = 0;
     for (size_t i = 0; i < flen; i++) {
@@ -220,6 +222,12 @@ static bool parse_decimal(const char *f, size_t flen, uint64_t *out)
     }
     *out = n;
     return true;
+}
+
+/* Digits only, at most 19 (fits int64); false otherwise. */
+static bool parse_decimal(const char *f, size_t flen, uint64_t *out)
+{
+    return parse_digits(f, flen, 19, out);
 }
 
 bool etcd_layout_parse_marker(const char *value, size_t len, enum reg_action *action,

@@ -1480,16 +1480,6 @@ static int parse_endpoint(const char *url, etcd_endpoint_t *ep, char *err)
     return 0;
 }
 
-static char *dup_or_null(const char *s, bool *failed)
-{
-    if (!s)
-        return NULL;
-    char *d = strdup(s);
-    if (!d)
-        *failed = true;
-    return d;
-}
-
 etcd_client_t *etcd_client_new(struct loop *loop, const etcd_client_config_t *cfg, char *err)
 {
     if (cfg->n_endpoints == 0) {
@@ -1531,11 +1521,11 @@ etcd_client_t *etcd_client_new(struct loop *loop, const etcd_client_config_t *cf
             goto fail;
     }
     bool failed = false;
-    c->user = dup_or_null(cfg->user, &failed);
-    c->password = dup_or_null(cfg->password, &failed);
-    c->cacert = dup_or_null(cfg->cacert, &failed);
-    c->cert = dup_or_null(cfg->cert, &failed);
-    c->key = dup_or_null(cfg->key, &failed);
+    c->user = buf_strdup_or_null(cfg->user, &failed);
+    c->password = buf_strdup_or_null(cfg->password, &failed);
+    c->cacert = buf_strdup_or_null(cfg->cacert, &failed);
+    c->cert = buf_strdup_or_null(cfg->cert, &failed);
+    c->key = buf_strdup_or_null(cfg->key, &failed);
     if (failed) {
         snprintf(err, 256, "out of memory");
         goto fail;

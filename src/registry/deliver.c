@@ -27,6 +27,7 @@
 #include <string.h>
 
 #include "registry/registry_internal.h"
+#include "util/buf.h"
 #include "util/timeutil.h"
 
 /* A write validated again this many times after lost guards is failed:
@@ -55,16 +56,6 @@ struct reg_pending {
     void *ctx;
 };
 
-static char *dup_or_null(const char *s, bool *failed)
-{
-    if (!s)
-        return NULL;
-    char *d = strdup(s);
-    if (!d)
-        *failed = true;
-    return d;
-}
-
 static void pending_free(reg_pending_t *p)
 {
     free(p->op.key);
@@ -80,9 +71,9 @@ static reg_pending_t *pending_new(registry_t *reg, const reg_op_t *op)
         return NULL;
     bool failed = false;
     p->op = *op;
-    p->op.key = dup_or_null(op->key, &failed);
-    p->op.value = dup_or_null(op->value, &failed);
-    p->op.prev_value = dup_or_null(op->prev_value, &failed);
+    p->op.key = buf_strdup_or_null(op->key, &failed);
+    p->op.value = buf_strdup_or_null(op->value, &failed);
+    p->op.prev_value = buf_strdup_or_null(op->prev_value, &failed);
     if (failed) {
         pending_free(p);
         return NULL;
@@ -441,6 +432,13 @@ bool registry_has_key(registry_t *reg, const char *key)
     return live_node(reg, key) != NULL;
 }
 
+/* Was this waiter parked from an index whose history is now cleared? */
+static bool parked_from_cleared(reg_waiter_t *w, const void *token)
+{
+    const reg_token_t *t = token;
+    return w->since_index <= t->cleared_index;
+}
+
 void registry_resync_clear(registry_t *reg, const char *key, uint64_t through)
 {
     REG_ASSERT_OWNER(reg);
@@ -452,23 +450,7 @@ void registry_resync_clear(registry_t *reg, const char *key, uint64_t through)
         return;
     if (through > t->cleared_index)
         t->cleared_index = through;
-    /* Detached first, then told (as reg_notify does). */
-    reg_waiter_t *fire = NULL, **tail = &fire;
-    for (reg_waiter_t *w = t->waiters; w;) {
-        reg_waiter_t *next = w->next;
-        if (w->since_index <= t->cleared_index) {
-            reg_waiter_unlink(reg, w);
-            *tail = w;
-            tail = &w->next;
-        }
-        w = next;
-    }
-    while (fire) {
-        reg_waiter_t *w = fire;
-        fire = w->next;
-        w->next = NULL;
-        w->on_event(w, REG_EVENT_CLEARED);
-    }
+    reg_fire_waiters(reg, t, parked_from_cleared, t, REG_EVENT_CLEARED);
 }
 
 static int find_gone_below(const reg_node_t *dir, reg_exists_fn exists, reg_gone_fn gone, void *ctx)

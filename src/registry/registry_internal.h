@@ -295,6 +295,17 @@ bool reg_is_removal(enum reg_action a);
 void reg_mark_removed_watchers(registry_t *reg, reg_token_t *t, const reg_event_t *ev);
 /* Fires the watchers of `t` that `ev` reaches. */
 void reg_notify(registry_t *reg, reg_token_t *t, const reg_event_t *ev);
+/* Is waiter `w` to be fired? May change `w` (a one-event mark it consumes). */
+typedef bool (*reg_waiter_match_fn)(reg_waiter_t *w, const void *match_ctx);
+/*
+ * Fires the watchers of `t` for which match(w, match_ctx) holds: match is
+ * called once per parked waiter, in parking order; every matching waiter is
+ * unlinked first, and only then is each told, in that order, with
+ * on_event(w, ev). A callback may therefore unwatch itself, but must not end
+ * another watcher's request (it may be on the list still to be told).
+ */
+void reg_fire_waiters(registry_t *reg, reg_token_t *t, reg_waiter_match_fn match,
+                      const void *match_ctx, const reg_event_t *ev);
 void reg_waiter_unlink(registry_t *reg, reg_waiter_t *w);
 
 /* ---- tokens.c ----------------------------------------------------------- */

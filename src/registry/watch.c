@@ -109,7 +109,8 @@ void reg_waiter_unlink(registry_t *reg, reg_waiter_t *w)
     reg->n_waiters--;
 }
 
-void reg_notify(registry_t *reg, reg_token_t *t, const reg_event_t *ev)
+void reg_fire_waiters(registry_t *reg, reg_token_t *t, reg_waiter_match_fn match,
+                      const void *match_ctx, const reg_event_t *ev)
 {
     /* Detach first, then call: a callback answers its own request and may
      * unwatch itself. It must not end other watchers' requests (close their
@@ -119,7 +120,7 @@ void reg_notify(registry_t *reg, reg_token_t *t, const reg_event_t *ev)
     reg_waiter_t *fire = NULL, **tail = &fire;
     for (reg_waiter_t *w = t->waiters; w;) {
         reg_waiter_t *next = w->next;
-        if (waiter_matches(w, ev)) {
+        if (match(w, match_ctx)) {
             reg_waiter_unlink(reg, w);
             *tail = w;
             tail = &w->next;
@@ -132,6 +133,16 @@ void reg_notify(registry_t *reg, reg_token_t *t, const reg_event_t *ev)
         w->next = NULL;
         w->on_event(w, ev);
     }
+}
+
+static bool event_reaches(reg_waiter_t *w, const void *ev)
+{
+    return waiter_matches(w, ev);
+}
+
+void reg_notify(registry_t *reg, reg_token_t *t, const reg_event_t *ev)
+{
+    reg_fire_waiters(reg, t, event_reaches, ev, ev);
 }
 
 void registry_unwatch(registry_t *reg, reg_waiter_t *w)

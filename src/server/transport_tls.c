@@ -33,6 +33,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "util/buf.h"
 #include "util/log.h"
 
 #define TLS12_CIPHERS                                                                              \
@@ -159,25 +160,15 @@ fail:
     return NULL;
 }
 
-static char *dup_or_null(const char *s, bool *failed)
-{
-    if (!s)
-        return NULL;
-    char *d = strdup(s);
-    if (!d)
-        *failed = true;
-    return d;
-}
-
 tls_ctx_t *tls_ctx_new(const tls_files_t *files, char *err)
 {
     assert(files->cert_path && files->key_path);
     tls_ctx_t *t = calloc(1, sizeof *t);
     bool failed = !t;
     if (t) {
-        t->cert_path = dup_or_null(files->cert_path, &failed);
-        t->key_path = dup_or_null(files->key_path, &failed);
-        t->client_ca_path = dup_or_null(files->client_ca_path, &failed);
+        t->cert_path = buf_strdup_or_null(files->cert_path, &failed);
+        t->key_path = buf_strdup_or_null(files->key_path, &failed);
+        t->client_ca_path = buf_strdup_or_null(files->client_ca_path, &failed);
     }
     if (failed) {
         snprintf(err, 256, "out of memory");
@@ -292,6 +283,20 @@ static ssize_t tls_failure(transport_t *t, SSL *ssl, int rc, const char *what)
     }
 }
 
+/* One call of SSL_connect or SSL_accept (`step`), with tls_handshake's
+ * answers: 0 with `is_handshaking` cleared once done, else tls_failure's. */
+static ssize_t tls_handshake_step(transport_t *t, SSL *ssl, int (*step)(SSL *))
+{
+    ERR_clear_error();
+    errno = 0;
+    int rc = step(ssl);
+    if (rc != 1)
+        return tls_failure(t, ssl, rc, "handshake");
+    t->is_handshaking = false;
+    t->wants = 0;
+    return 0;
+}
+
 /* Drives the handshake. Done: 0 with `is_handshaking` cleared; not done:
  * what recv answers (-EAGAIN, 0 for the end of the stream, -errno). */
 static ssize_t tls_handshake(transport_t *t)
@@ -299,14 +304,7 @@ static ssize_t tls_handshake(transport_t *t)
     SSL *ssl = t->state;
     if (!SSL_is_server(ssl)) {
         /* A client (transport_tls_client_init): it speaks first. */
-        ERR_clear_error();
-        errno = 0;
-        int rc = SSL_connect(ssl);
-        if (rc != 1)
-            return tls_failure(t, ssl, rc, "handshake");
-        t->is_handshaking = false;
-        t->wants = 0;
-        return 0;
+        return tls_handshake_step(t, ssl, SSL_connect);
     }
     if (BIO_number_read(SSL_get_rbio(ssl)) == 0) {
         int rc = peek_first_byte(t);
@@ -323,14 +321,7 @@ static ssize_t tls_handshake(transport_t *t)
             return rc == 1 ? 0 : rc; /* EOF before any byte: the end of the stream */
         }
     }
-    ERR_clear_error();
-    errno = 0;
-    int rc = SSL_accept(ssl);
-    if (rc != 1)
-        return tls_failure(t, ssl, rc, "handshake");
-    t->is_handshaking = false;
-    t->wants = 0;
-    return 0;
+    return tls_handshake_step(t, ssl, SSL_accept);
 }
 
 static ssize_t tls_recv(transport_t *t, char *buf, size_t len)
@@ -474,9 +465,9 @@ tls_ctx_t *tls_client_ctx_new(const tls_client_files_t *files, char *err)
         snprintf(err, 256, "out of memory");
         return NULL;
     }
-    t->cert_path = dup_or_null(files->cert_path, &failed);
-    t->key_path = dup_or_null(files->key_path, &failed);
-    t->client_ca_path = dup_or_null(files->ca_path, &failed); /* here: the servers' CA */
+    t->cert_path = buf_strdup_or_null(files->cert_path, &failed);
+    t->key_path = buf_strdup_or_null(files->key_path, &failed);
+    t->client_ca_path = buf_strdup_or_null(files->ca_path, &failed); /* here: the servers' CA */
     ERR_clear_error();
     SSL_CTX *c = failed ? NULL : SSL_CTX_new(TLS_client_method());
     if (!c) {

@@ -3,6 +3,7 @@
  */
 #include "util/buf.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -228,4 +229,15 @@ char *buf_steal(buf_t *b)
     char *p = b->data;
     buf_init(b);
     return p;
+}
+
+char *buf_strdup_or_null(const char *s, bool *failed)
+{
+    assert(failed);
+    if (!s)
+        return NULL;
+    char *d = strdup(s);
+    if (!d)
+        *failed = true;
+    return d;
 }

@@ -62,4 +62,16 @@ static inline bool buf_failed(const buf_t *b)
     return b->failed;
 }
 
+/*
+ * A heap copy of `s` (free() it), or NULL when `s` is NULL. When the copy
+ * cannot be allocated it returns NULL and sets *failed; it never clears
+ * *failed. The same sticky-flag idea as the buffer's, for a constructor that
+ * copies several optional strings and checks once:
+ *     bool failed = false;
+ *     x->a = buf_strdup_or_null(cfg->a, &failed);
+ *     x->b = buf_strdup_or_null(cfg->b, &failed);
+ *     if (failed) ... free both, fail ...
+ */
+char *buf_strdup_or_null(const char *s, bool *failed);
+
 #endif

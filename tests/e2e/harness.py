@@ -406,6 +406,27 @@ class EtcdCluster:
                 m["proc"].stop()
 
 
+def start_etcd_and_two_discos(workdir, size=3, extra_args=(), wait_timeout="5s"):
+    """An EtcdCluster of SIZE members and two disco instances on it, each
+    started as start_disco(workdir, ..., wait_timeout) with extra_args:
+    A lists the etcd members in order, B the other way round, so that B's
+    watch and writes go through another member than A's (with one member
+    they are the same). Returns (etcd, (proc_a, base_url_a), (proc_b,
+    base_url_b)); stop them with stop_etcd_and_discos()."""
+    etcd = EtcdCluster(workdir, size=size)
+    a = start_disco(workdir, ["--etcd-endpoints", ",".join(etcd.client_urls)] + list(extra_args),
+                    wait_timeout=wait_timeout)
+    b = start_disco(workdir, ["--etcd-endpoints", ",".join(reversed(etcd.client_urls))] +
+                    list(extra_args), wait_timeout=wait_timeout)
+    return etcd, a, b
+
+
+def stop_etcd_and_discos(etcd, *discos):
+    """Stops the disco Procs, then every member of the EtcdCluster."""
+    for p in discos:
+        p.stop()
+    etcd.close()
+
 def http(method, url, body=None, headers=None, timeout=10):
     """One HTTP/1.1 request on a fresh connection to a loopback host.
 

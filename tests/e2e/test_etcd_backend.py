@@ -60,19 +60,14 @@ class EtcdBackendTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.workdir = tempfile.mkdtemp(prefix="disco-e2e-etcdb-")
-        cls.etcd = harness.EtcdCluster(cls.workdir, size=3)
-        eps = cls.etcd.endpoints()
-        cls.disco_a, cls.a = harness.start_disco(cls.workdir, ["--etcd-endpoints", eps])
         # B lists the members the other way round: its watch and writes go
         # through another etcd member than A's.
-        rev = ",".join(reversed(cls.etcd.client_urls))
-        cls.disco_b, cls.b = harness.start_disco(cls.workdir, ["--etcd-endpoints", rev])
+        cls.etcd, (cls.disco_a, cls.a), (cls.disco_b, cls.b) = \
+            harness.start_etcd_and_two_discos(cls.workdir, size=3)
 
     @classmethod
     def tearDownClass(cls):
-        for p in (cls.disco_a, cls.disco_b):
-            p.stop()
-        cls.etcd.close()
+        harness.stop_etcd_and_discos(cls.etcd, cls.disco_a, cls.disco_b)
         shutil.rmtree(cls.workdir, ignore_errors=True)
 
     def new_token(self, base, size=3):

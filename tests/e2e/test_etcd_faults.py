@@ -54,6 +54,8 @@ MIN_503_AFTER_S = 1.5
 MAX_WRITES_PER_WRITER = 400
 LOAD_BEFORE_KILL_S = 1.0
 LOAD_AFTER_KILL_S = 6.0
+# A wait timeout well past the faults: parked polls outlive them.
+WAIT_TIMEOUT = "60s"
 
 
 def keys_url(base, token, rest=""):
@@ -174,20 +176,16 @@ def start_v3_watch(base, prefix, rev):
 class EtcdFaults(unittest.TestCase):
     def setUp(self):
         self.workdir = tempfile.mkdtemp(prefix="disco-e2e-etcdf-")
-        self.etcd = harness.EtcdCluster(self.workdir, size=3)
-        self.disco_a, self.a = self.start_instance(self.etcd.client_urls)
-        self.disco_b, self.b = self.start_instance(list(reversed(self.etcd.client_urls)))
+        self.etcd, (self.disco_a, self.a), (self.disco_b, self.b) = \
+            harness.start_etcd_and_two_discos(self.workdir, size=3, wait_timeout=WAIT_TIMEOUT)
 
     def tearDown(self):
-        for p in (self.disco_a, self.disco_b):
-            p.stop()
-        self.etcd.close()
+        harness.stop_etcd_and_discos(self.etcd, self.disco_a, self.disco_b)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def start_instance(self, endpoints):
-        # A wait timeout well past the faults: parked polls outlive them.
         return harness.start_disco(self.workdir, ["--etcd-endpoints", ",".join(endpoints)],
-                                   wait_timeout="60s")
+                                   wait_timeout=WAIT_TIMEOUT)
 
     def new_token(self, base, size=3):
         st, _, body = harness.http("GET", base + "/new?size=%d" % size)

@@ -66,22 +66,15 @@ class EtcdTwoInstances(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.workdir = tempfile.mkdtemp(prefix="disco-e2e-etcdttl-")
-        cls.etcd = harness.EtcdCluster(cls.workdir, size=1)
-        eps = cls.etcd.endpoints()
         # A long poll waits for an expiry: longer than the (scaled) TTL.
         wait = "%ds" % int(EXPIRY_TIMEOUT_S)
-        cls.disco_a, cls.a = harness.start_disco(cls.workdir,
-                                                 ["--etcd-endpoints", eps] + list(cls.ARGS),
-                                                 wait_timeout=wait)
-        cls.disco_b, cls.b = harness.start_disco(cls.workdir,
-                                                 ["--etcd-endpoints", eps] + list(cls.ARGS),
-                                                 wait_timeout=wait)
+        cls.etcd, (cls.disco_a, cls.a), (cls.disco_b, cls.b) = \
+            harness.start_etcd_and_two_discos(cls.workdir, size=1, extra_args=cls.ARGS,
+                                              wait_timeout=wait)
 
     @classmethod
     def tearDownClass(cls):
-        for p in (cls.disco_a, cls.disco_b):
-            p.stop()
-        cls.etcd.close()
+        harness.stop_etcd_and_discos(cls.etcd, cls.disco_a, cls.disco_b)
         shutil.rmtree(cls.workdir, ignore_errors=True)
 
     def new_token(self, base, size=3):

@@ -28,6 +28,10 @@ import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+from h2raw import (  # noqa: E402
+    ACK, COMPRESSION_ERROR, CONTINUATION, DATA, END_HEADERS, END_STREAM, FRAME_SIZE_ERROR, GOAWAY,
+    H2, HEADERS, PING, PREFACE, PROTOCOL_ERROR, RST_STREAM, SETTINGS, WINDOW_UPDATE, frame,
+    hpack_literal, watch_create)
 
 try:
     import grpc  # noqa: E402
@@ -409,111 +413,7 @@ class WatchLimitTest(Base):
         self.assertTrue(self.disco.alive())
 
 
-# ---- raw HTTP/2 frames (no package beyond the standard library) -----------
-
-H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = \
-    0, 1, 3, 4, 6, 7, 8, 9
-END_STREAM, ACK, END_HEADERS = 0x1, 0x1, 0x4
-PROTOCOL_ERROR, FRAME_SIZE_ERROR, REFUSED_STREAM, COMPRESSION_ERROR = 1, 6, 7, 9
-
-
-def hpack_literal(fields):
-    """Header fields as HPACK literals without indexing, no Huffman (every
-    name and value shorter than 127 bytes)."""
-    out = b""
-    for name, value in fields:
-        name, value = name.encode(), value.encode()
-        assert len(name) < 127 and len(value) < 127
-        out += b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value
-    return out
-
-
-class H2Raw:
-    """One h2c connection spoken frame by frame."""
-
-    def __init__(self, host, port, timeout=10 * SLOW):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
-        self.buf = b""
-
-    def close(self):
-        self.sock.close()
-
-    def send(self, ftype, flags, stream, payload=b""):
-        self.sock.sendall(struct.pack(">I", len(payload))[1:] + bytes([ftype, flags]) +
-                          struct.pack(">I", stream) + payload)
-
-    def read(self):
-        """The next frame (type, flags, stream, payload), or None at EOF."""
-        while True:
-            if len(self.buf) >= 9:
-                n = int.from_bytes(self.buf[:3], "big")
-                if len(self.buf) >= 9 + n:
-                    f = (self.buf[3], self.buf[4],
-                         int.from_bytes(self.buf[5:9], "big") & 0x7FFFFFFF, self.buf[9:9 + n])
-                    self.buf = self.buf[9 + n:]
-                    return f
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                return None
-            self.buf += chunk
-
-    def start(self, settings=b""):
-        """Preface and SETTINGS; returns once the server's SETTINGS is acked."""
-        self.sock.sendall(H2_PREFACE)
-        self.send(SETTINGS, 0, 0, settings)
-        got_settings = got_ack = False
-        while not (got_settings and got_ack):
-            f = self.read()
-            assert f is not None, "EOF during the handshake"
-            if f[0] == SETTINGS and f[1] & ACK:
-                got_ack = True
-            elif f[0] == SETTINGS:
-                got_settings = True
-                self.send(SETTINGS, ACK, 0)
-
-    def until(self, pred):
-        """Frames up to and including the first that `pred` accepts; None
-        at EOF."""
-        seen = []
-        while True:
-            f = self.read()
-            if f is None:
-                return seen, None
-            seen.append(f)
-            if pred(f):
-                return seen, f
-
-    def get(self, stream, host, path):
-        self.send(HEADERS, END_STREAM | END_HEADERS, stream, hpack_literal(
-            [(":method", "GET"), (":scheme", "http"), (":path", path), (":authority", host)]))
-
-    def answer(self, stream):
-        """Frames until `stream` ends; (status byte, frames). :status 200 is
-        HPACK's static entry 8 (0x88), which nghttp2 always uses."""
-        def ends(f):
-            return (f[2] == stream and f[0] in (HEADERS, DATA, RST_STREAM)
-                    and (f[1] & END_STREAM or f[0] == RST_STREAM))
-        # Answers to several streams may come in one write, interleaved:
-        # frames of other streams wait in `held` for their own answer().
-        held = getattr(self, "held", [])
-        frames = [f for f in held if f[2] == stream]
-        self.held = [f for f in held if f[2] != stream]
-        last = next((f for f in frames if ends(f)), None)
-        while last is None:
-            f = self.read()
-            if f is None:
-                break
-            if f[2] not in (0, stream):
-                self.held.append(f)
-                continue
-            frames.append(f)
-            if ends(f):
-                last = f
-        assert last is not None, "EOF before stream %d ended: %r" % (stream, frames)
-        heads = [f for f in frames if f[2] == stream and f[0] == HEADERS]
-        return (heads[0][3][:1] if heads else None), frames
-
+# ---- raw HTTP/2 frames (h2raw.py: no package beyond the standard library) --
 
 class H2WaitTimeoutTest(unittest.TestCase):
     """A v2 long-poll (wait=true) sent over HTTP/2 gets the same wait
@@ -534,18 +434,17 @@ class H2WaitTimeoutTest(unittest.TestCase):
         status, _, body = harness.http("GET", self.base_url + "/new?size=3")
         self.assertEqual(status, 200, body)
         path = urllib.parse.urlsplit(body.decode().strip()).path
-        h = H2Raw(self.host, self.port)
+        h = H2(self.host, self.port)
         h.start()
-        authority = "%s:%d" % (self.host, self.port)
         t0 = time.monotonic()
-        h.get(1, authority, path + "?wait=true&recursive=true")
-        h.get(3, authority, path + "?wait=true&recursive=true")
+        h.get(1, path + "?wait=true&recursive=true")
+        h.get(3, path + "?wait=true&recursive=true")
         for stream in (1, 3):
             status, frames = h.answer(stream)
             self.assertEqual(status, b"\x88", frames)  # 200: "nothing yet, ask again"
         self.assertLess(time.monotonic() - t0, 30 * SLOW)
         # The connection is still good for another request.
-        h.get(5, authority, "/health")
+        h.get(5, "/health")
         status, frames = h.answer(5)
         self.assertEqual(status, b"\x88", frames)
         h.close()
@@ -578,12 +477,12 @@ class H2HostileTest(Base):
     connection with GOAWAY carrying the error RFC 9113 names."""
 
     def raw(self):
-        h = H2Raw(self.host, self.port)
+        h = H2(self.host, self.port)
         h.start()
         return h
 
     def assert_serves(self, h, stream):
-        h.get(stream, self.endpoint, "/health")
+        h.get(stream, "/health")
         status, frames = h.answer(stream)
         self.assertEqual(status, b"\x88", frames)
 
@@ -623,7 +522,7 @@ class H2HostileTest(Base):
         self.assertNotIn("HTTP/2 error", self.disco.log())
 
     def test_unknown_settings_ignored(self):
-        h = H2Raw(self.host, self.port)
+        h = H2(self.host, self.port)
         # Unknown identifiers 0x10 and 0xfa5e among a known one.
         h.start(struct.pack(">HI", 0x10, 7) + struct.pack(">HI", 0x3, 100) +
                 struct.pack(">HI", 0xFA5E, 0xFFFFFFFF))
@@ -696,9 +595,9 @@ class H2HostileTest(Base):
     def test_flow_control_honoured(self):
         """With a 100-byte stream window the answer stops at 100 bytes of
         DATA until the client opens the window."""
-        h = H2Raw(self.host, self.port)
+        h = H2(self.host, self.port)
         h.start(struct.pack(">HI", 0x4, 100))  # SETTINGS_INITIAL_WINDOW_SIZE
-        h.get(1, self.endpoint, "/metrics")
+        h.get(1, "/metrics")
         got = 0
         h.sock.settimeout(1.0)
         try:
@@ -744,7 +643,7 @@ class H2HostileTest(Base):
              COMPRESSION_ERROR),
             ("a frame larger than 16 KiB", lambda h: h.send(DATA, 0, 1, b"x" * 20000),
              FRAME_SIZE_ERROR),
-            ("an even stream id", lambda h: h.get(2, self.endpoint, "/health"), PROTOCOL_ERROR),
+            ("an even stream id", lambda h: h.get(2, "/health"), PROTOCOL_ERROR),
         ]
         for what, send, code in cases:
             with self.subTest(what):
@@ -855,7 +754,7 @@ class ResetDuringEventTest(Base):
             key=key.encode())).SerializeToString()
 
         def watch_conn():
-            h = H2Raw(self.host, self.port)
+            h = H2(self.host, self.port)
             h.start()
             h.send(HEADERS, END_HEADERS, 1, hpack_literal(
                 [(":method", "POST"), (":scheme", "http"), (":path", "/etcdserverpb.Watch/Watch"),
@@ -879,40 +778,16 @@ class ResetDuringEventTest(Base):
                            what="no parked watches")
 
 
-class RawH2:
-    """Just enough of an HTTP/2 client to open a Watch by hand (literal
-    HPACK headers, one gRPC message), for orderings no library allows."""
-
-    PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-    @staticmethod
-    def frame(typ, flags, sid, payload):
-        return struct.pack(">I", len(payload))[1:] + bytes([typ, flags]) + \
-            struct.pack(">I", sid) + payload
-
-    @staticmethod
-    def varint(n):
-        out = b""
-        while True:
-            b, n = n & 0x7F, n >> 7
-            if not n:
-                return out + bytes([b])
-            out += bytes([b | 0x80])
-
-    @classmethod
-    def field(cls, number, data):
-        return cls.varint(number << 3 | 2) + cls.varint(len(data)) + data
-
-    @classmethod
-    def watch_open(cls, host, port, key, range_end):
-        s = socket.create_connection((host, port), timeout=10 * SLOW)
-        headers = b"".join(b"\x00" + bytes([len(k)]) + k + bytes([len(v)]) + v for k, v in (
-            (b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/etcdserverpb.Watch/Watch"),
-            (b":authority", b"x"), (b"content-type", b"application/grpc"), (b"te", b"trailers")))
-        create = cls.field(1, cls.field(1, key) + cls.field(2, range_end))
-        s.sendall(cls.PREFACE + cls.frame(4, 0, 0, b"") + cls.frame(1, 0x4, 1, headers) +
-                  cls.frame(0, 0, 1, b"\x00" + struct.pack(">I", len(create)) + create))
-        return s
+def raw_watch_open(host, port, key, range_end):
+    """A socket with a Watch opened by hand: preface, SETTINGS, HEADERS and
+    one gRPC message in a single write, for orderings no library allows."""
+    s = socket.create_connection((host, port), timeout=10 * SLOW)
+    headers = hpack_literal([
+        (":method", "POST"), (":scheme", "http"), (":path", "/etcdserverpb.Watch/Watch"),
+        (":authority", "x"), ("content-type", "application/grpc"), ("te", "trailers")])
+    s.sendall(PREFACE + frame(SETTINGS, 0, 0) + frame(HEADERS, END_HEADERS, 1, headers) +
+              frame(DATA, 0, 1, watch_create(key, range_end)))
+    return s
 
 
 class DeadPeerTest(Base):
@@ -944,7 +819,7 @@ class DeadPeerTest(Base):
         self.assertEqual(status, 201, body)
         for round_ in range(5):
             key = "%s/%s/" % (PREFIX, tok)  # the whole token: a v2 member matches
-            w = RawH2.watch_open(self.host, self.port, key.encode(), (key[:-1] + "0").encode())
+            w = raw_watch_open(self.host, self.port, key.encode(), (key[:-1] + "0").encode())
             time.sleep(0.3)  # created, parked
             putter = socket.create_connection((self.host, self.port), timeout=10 * SLOW)
             time.sleep(0.2)  # accepted: its bytes are read before the reset is seen

@@ -23,47 +23,13 @@ import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+from h2raw import (  # noqa: E402
+    CONTINUATION, DATA, END_HEADERS, END_STREAM, ENHANCE_YOUR_CALM, GOAWAY, H2, HEADERS, NO_ERROR,
+    PING, RST_STREAM, SETTINGS, SETTINGS_INITIAL_WINDOW_SIZE, WINDOW_UPDATE, field, grpc_message,
+    grpc_messages, hpack_literal, pb_fields, watch_create)
 
 SLOW = 10 if os.environ.get("DISCO_WRAPPER") else 1
 PREFIX = "/_etcd/registry"
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = \
-    0, 1, 3, 4, 6, 7, 8, 9
-END_STREAM, ACK, END_HEADERS = 0x1, 0x1, 0x4
-SETTINGS_INITIAL_WINDOW_SIZE = 0x4
-NO_ERROR, ENHANCE_YOUR_CALM = 0, 11
-
-
-def hpack_literal(fields):
-    """Header fields as HPACK literals without indexing, no Huffman."""
-    out = b""
-    for name, value in fields:
-        name, value = name.encode(), value.encode()
-        assert len(name) < 127 and len(value) < 127
-        out += b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value
-    return out
-
-
-def varint(n):
-    out = b""
-    while True:
-        b, n = n & 0x7F, n >> 7
-        if not n:
-            return out + bytes([b])
-        out += bytes([b | 0x80])
-
-
-def field(number, data):
-    return varint(number << 3 | 2) + varint(len(data)) + data
-
-
-def grpc_message(pb):
-    return b"\x00" + struct.pack(">I", len(pb)) + pb
-
-
-def watch_create(key, range_end):
-    """A WatchRequest{create_request{key, range_end}}, framed for gRPC."""
-    return grpc_message(field(1, field(1, key) + field(2, range_end)))
 
 
 def vm_rss_kib(pid):
@@ -72,127 +38,6 @@ def vm_rss_kib(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise AssertionError("no VmRSS for %d" % pid)
-
-
-def pb_fields(data):
-    """A protobuf message as {field number: [values]} (varints as ints,
-    length-delimited fields as bytes)."""
-    out, i = {}, 0
-    while i < len(data):
-        key, i = read_varint(data, i)
-        num, wt = key >> 3, key & 7
-        if wt == 0:
-            v, i = read_varint(data, i)
-        elif wt == 2:
-            n, i = read_varint(data, i)
-            v, i = data[i:i + n], i + n
-        else:
-            raise AssertionError("wire type %d" % wt)
-        out.setdefault(num, []).append(v)
-    return out
-
-
-def read_varint(data, i):
-    v = shift = 0
-    while True:
-        b = data[i]
-        i += 1
-        v |= (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80:
-            return v, i
-
-
-def grpc_messages(data):
-    """The messages of a gRPC body, and the bytes of a partial last one."""
-    out = []
-    while len(data) >= 5 and len(data) >= 5 + int.from_bytes(data[1:5], "big"):
-        n = int.from_bytes(data[1:5], "big")
-        out.append(data[5:5 + n])
-        data = data[5 + n:]
-    return out, data
-
-
-class H2:
-    """One h2c connection spoken frame by frame."""
-
-    def __init__(self, host, port, timeout=10 * SLOW):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
-        self.buf = b""
-        self.authority = "%s:%d" % (host, port)
-
-    def close(self):
-        self.sock.close()
-
-    def send(self, ftype, flags, stream, payload=b""):
-        self.sock.sendall(struct.pack(">I", len(payload))[1:] + bytes([ftype, flags]) +
-                          struct.pack(">I", stream) + payload)
-
-    def read(self):
-        """The next frame (type, flags, stream, payload), or None at EOF."""
-        while True:
-            if len(self.buf) >= 9:
-                n = int.from_bytes(self.buf[:3], "big")
-                if len(self.buf) >= 9 + n:
-                    f = (self.buf[3], self.buf[4],
-                         int.from_bytes(self.buf[5:9], "big") & 0x7FFFFFFF, self.buf[9:9 + n])
-                    self.buf = self.buf[9 + n:]
-                    return f
-            try:
-                chunk = self.sock.recv(65536)
-            except ConnectionResetError:
-                return None
-            if not chunk:
-                return None
-            self.buf += chunk
-
-    def start(self, settings=b""):
-        """Preface and SETTINGS; returns once the server's SETTINGS is acked."""
-        self.sock.sendall(PREFACE)
-        self.send(SETTINGS, 0, 0, settings)
-        got_settings = got_ack = False
-        while not (got_settings and got_ack):
-            f = self.read()
-            assert f is not None, "EOF during the handshake"
-            if f[0] == SETTINGS and f[1] & ACK:
-                got_ack = True
-            elif f[0] == SETTINGS:
-                got_settings = True
-                self.send(SETTINGS, ACK, 0)
-
-    def until(self, pred):
-        """Frames up to and including the first that `pred` accepts; None
-        at EOF."""
-        seen = []
-        while True:
-            f = self.read()
-            if f is None:
-                return seen, None
-            seen.append(f)
-            if pred(f):
-                return seen, f
-
-    def grpc_head(self, path):
-        return hpack_literal([(":method", "POST"), (":scheme", "http"), (":path", path),
-                              (":authority", self.authority),
-                              ("content-type", "application/grpc"), ("te", "trailers")])
-
-    def open_watch(self, stream, creates):
-        self.send(HEADERS, END_HEADERS, stream, self.grpc_head("/etcdserverpb.Watch/Watch"))
-        self.send(DATA, 0, stream, b"".join(creates))
-
-    def get(self, stream, path):
-        self.send(HEADERS, END_STREAM | END_HEADERS, stream, hpack_literal(
-            [(":method", "GET"), (":scheme", "http"), (":path", path),
-             (":authority", self.authority)]))
-
-    def answer(self, stream):
-        """Frames until `stream` ends; (first HEADERS payload's first byte, frames)."""
-        frames, last = self.until(lambda f: f[2] == stream and (
-            (f[0] in (HEADERS, DATA) and f[1] & END_STREAM) or f[0] == RST_STREAM))
-        assert last is not None, "EOF before stream %d ended: %r" % (stream, frames)
-        heads = [f for f in frames if f[2] == stream and f[0] == HEADERS]
-        return (heads[0][3][:1] if heads else None), frames
 
 
 class Base(unittest.TestCase):

@@ -7,6 +7,9 @@
  * short forms, every other control byte as \u00XX (Go 1.22+ would write \b
  * and \f; etcd 3.4 does not), U+2028/U+2029 escaped, and each byte that does
  * not start a valid UTF-8 sequence replaced by \ufffd.
+ *
+ * Linked with support/failalloc.c (tests/CMakeLists.txt) so that
+ * buf_strdup_or_null() is also seen failing.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -17,6 +20,7 @@
 
 #include <cmocka.h>
 
+#include "failalloc.h"
 #include "util/buf.h"
 #include "util/le.h"
 #include "util/timeutil.h"
@@ -341,6 +345,39 @@ static void test_little_endian_round_trip(void **state)
     buf_free(&b);
 }
 
+static void test_strdup_or_null(void **state)
+{
+    (void)state;
+    bool failed = false;
+    assert_null(buf_strdup_or_null(NULL, &failed));
+    assert_false(failed);
+
+    const char *src = "etcd.example:2379";
+    char *d = buf_strdup_or_null(src, &failed);
+    assert_non_null(d);
+    assert_ptr_not_equal(d, src);
+    assert_string_equal(d, src);
+    assert_false(failed);
+    free(d);
+
+    d = buf_strdup_or_null("", &failed);
+    assert_non_null(d);
+    assert_string_equal(d, "");
+    free(d);
+
+    /* The copy cannot be made: NULL, and the flag is set. */
+    failalloc_arm(1);
+    assert_null(buf_strdup_or_null(src, &failed));
+    assert_true(failalloc_disarm());
+    assert_true(failed);
+
+    /* A later success never clears it. */
+    d = buf_strdup_or_null(src, &failed);
+    assert_non_null(d);
+    assert_true(failed);
+    free(d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -362,6 +399,7 @@ int main(void)
         cmocka_unit_test(test_duration_fraction_rounding),
         cmocka_unit_test(test_duration_rejects_valid_go_forms),
         cmocka_unit_test(test_little_endian_round_trip),
+        cmocka_unit_test(test_strdup_or_null),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
