@@ -538,94 +538,175 @@ static unsigned parse_size(const char *v)
     return n >= REGISTRY_MIN_SIZE && n <= REGISTRY_MAX_SIZE ? n : 0;
 }
 
-/* A Put whose write is pending (the etcd backend): answered when it
- * settles. */
-typedef struct pending_put {
+/*
+ * A Put in progress. With the etcd backend B's mirror may lag etcd: a size
+ * key Put through instance A a moment ago may not be here yet, and another
+ * instance's create or delete of the same member may be on its way. A Put
+ * the mirror refuses is then decided again once the mirror has caught up
+ * with etcd (the registry's catch-up re-check, reg_recheck_refusal, which
+ * v2 writes use too): the registry waits for that and answers the write's
+ * refusal, and the Put is run again from the top against the mirror as it
+ * now is, so it ends as an etcd Put would (a lost race to create a member
+ * overwrites it; one to overwrite a deleted member creates it). Each run
+ * after a refusal has waited for etcd's newest revision, so the runs are
+ * bounded: past V3_PUT_MAX_RUNS the last refusal stands.
+ */
+#define V3_PUT_MAX_RUNS 4
+
+typedef struct v3_put {
     api_t *api;
+    enum put_shape shape;
     bool want_prev;
-} pending_put_t;
+    /* Runs so far; from the second on, the mirror has caught up with etcd
+     * as of the refusal that caused the run, and absence is final. */
+    unsigned runs;
+    const char *token, *key, *value; /* the caller's, or after the struct (put_dup) */
+} v3_put_t;
+
+static void put_run(v3_put_t *put, http_req_t h, const http_request_t *req);
+
+/* A copy in one allocation (freed with free()), or NULL. */
+static v3_put_t *put_dup(const v3_put_t *put)
+{
+    size_t t = strlen(put->token) + 1, k = strlen(put->key) + 1, v = strlen(put->value) + 1;
+    v3_put_t *cp = malloc(sizeof *cp + t + k + v);
+    if (!cp)
+        return NULL;
+    *cp = *put;
+    char *p = (char *)(cp + 1);
+    cp->token = memcpy(p, put->token, t);
+    cp->key = memcpy(p + t, put->key, k);
+    cp->value = memcpy(p + t + k, put->value, v);
+    return cp;
+}
+
+/* Whether a settled refusal may be a race the mirror had not seen: a
+ * pending write is refused only after the catch-up re-check, so the mirror
+ * now shows the winner and the Put can be decided again. Limits and the
+ * registry's own trouble are not races. */
+static bool put_may_run_again(const v3_put_t *put, const reg_result_t *res)
+{
+    return res->err != REG_OK && res->err != REG_E_INTERNAL && res->err != REG_E_TOO_MANY_KEYS &&
+           res->err != REG_E_INVALID_FIELD && put->runs < V3_PUT_MAX_RUNS;
+}
 
 static void answer_pending_put(void *ctx, http_req_t h, const reg_result_t *res)
 {
-    pending_put_t *pp = ctx;
-    if (res->err != REG_OK)
-        send_reg_error(pp->api, h, res);
-    else
-        send_put_ok(pp->api, h, pp->want_prev,
+    v3_put_t *put = ctx; /* freed by api_await_write after this returns */
+    if (put_may_run_again(put, res)) {
+        put->runs++;
+        put_run(put, h, NULL); /* copies `put` if it waits again */
+    } else if (res->err != REG_OK) {
+        send_reg_error(put->api, h, res);
+    } else {
+        send_put_ok(put->api, h, put->want_prev,
                     res->event && res->event->has_prev ? &res->event->prev : NULL);
+    }
 }
 
 /* True when `res` is pending and its answer will come later. */
-static bool await_put(api_t *api, http_req_t h, const reg_result_t *res, bool want_prev)
+static bool await_put(const v3_put_t *put, http_req_t h, const reg_result_t *res)
 {
     if (!res->pending)
         return false;
-    pending_put_t *pp = malloc(sizeof *pp);
-    if (!pp) {
-        registry_forget(api->reg, res->ticket);
-        send_error(api, h, GRPC_UNAVAILABLE, "disco: out of memory");
+    v3_put_t *cp = put_dup(put);
+    if (!cp) {
+        registry_forget(put->api->reg, res->ticket);
+        send_error(put->api, h, GRPC_UNAVAILABLE, "disco: out of memory");
         return true;
     }
-    *pp = (pending_put_t){api, want_prev};
-    api_await_write(api, h, METRICS_V3, "POST", res->ticket, answer_pending_put, pp);
+    api_await_write(put->api, h, METRICS_V3, "POST", res->ticket, answer_pending_put, cp);
     return true;
 }
 
-static void put_size(api_t *api, const http_request_t *req, const char *token, const char *key,
-                     const char *value, bool want_prev)
+/* Answers the outcome of a registry write made for `put`. */
+static void put_answer(const v3_put_t *put, http_req_t h, const reg_result_t *res)
 {
-    http_req_t h = req->handle;
+    if (await_put(put, h, res))
+        ; /* answered when it settles */
+    else if (res->err != REG_OK)
+        send_reg_error(put->api, h, res);
+    else
+        send_put_ok(put->api, h, put->want_prev,
+                    res->event && res->event->has_prev ? &res->event->prev : NULL);
+}
+
+/*
+ * The token is not in the mirror on a first run. With the etcd backend it
+ * may be in etcd already: a compare-and-swap that cannot succeed (no node
+ * has modifiedIndex UINT64_MAX) is refused, and the registry checks that
+ * refusal again once the mirror has caught up (it answers pending); the Put
+ * then runs again and decides from the mirror. A backend that applies on
+ * propose answers the refusal at once: the mirror is the store, and the
+ * token is absent.
+ */
+static void put_await_token(const v3_put_t *put, http_req_t h)
+{
+    reg_ttl_t no_ttl = {0};
+    reg_result_t res = {0};
+    registry_compare_and_swap(put->api->reg, put->key, "", UINT64_MAX, put->value, no_ttl,
+                              time_wall_ns(), &res);
+    assert(res.err != REG_OK || res.pending); /* the comparison never holds */
+    if (res.err != REG_OK || !await_put(put, h, &res))
+        send_error(put->api, h, GRPC_PERMISSION_DENIED, ETCD_E_PERMISSION_DENIED);
+    reg_result_clear(&res);
+}
+
+/* `req` is NULL on a run after a refusal: the budget was taken already. */
+static void put_size(const v3_put_t *put, http_req_t h, const http_request_t *req)
+{
+    api_t *api = put->api;
     int64_t now = time_wall_ns();
     reg_result_t cur = {0};
-    registry_get(api->reg, key, now, &cur);
+    registry_get(api->reg, put->key, now, &cur);
     if (cur.err == REG_OK && cur.node) {
         /* The token exists: the same size again changes nothing. */
-        bool same = strcmp(reg_node_value(cur.node) ? reg_node_value(cur.node) : "", value) == 0;
-        reg_snap_t prev = {.key = (char *)key,
+        const char *has = reg_node_value(cur.node) ? reg_node_value(cur.node) : "";
+        reg_snap_t prev = {.key = (char *)put->key,
                            .value = (char *)reg_node_value(cur.node),
                            .created_index = reg_node_created_index(cur.node),
                            .modified_index = reg_node_modified_index(cur.node)};
-        if (same)
-            send_put_ok(api, h, want_prev, &prev);
+        if (strcmp(has, put->value) == 0)
+            send_put_ok(api, h, put->want_prev, &prev);
         else
             send_error(api, h, GRPC_PERMISSION_DENIED, ETCD_E_PERMISSION_DENIED);
         reg_result_clear(&cur);
         return;
     }
     reg_result_clear(&cur);
-    unsigned size = parse_size(value);
+    unsigned size = parse_size(put->value);
     if (!size) {
         send_error(api, h, GRPC_INVALID_ARGUMENT,
                    "disco: the cluster size must be a whole number from 1 to 1000");
         return;
     }
     /* Creating a token is what /new does: the same budget. */
-    if (discovery_take_new_budget(api, req) != 0) {
+    if (req && discovery_take_new_budget(api, req) != 0) {
         send_error(api, h, GRPC_RESOURCE_EXHAUSTED, ETCD_E_TOO_MANY_REQUESTS);
         return;
     }
+    /* A token made elsewhere meanwhile: refused (REG_E_NODE_EXIST) after
+     * the catch-up re-check, and decided again above. */
     reg_result_t res = {0};
-    registry_create_token(api->reg, token, size, now, &res);
-    if (await_put(api, h, &res, false))
-        ; /* answered when it settles */
-    else if (res.err != REG_OK)
-        send_reg_error(api, h, &res);
-    else
-        send_put_ok(api, h, false, NULL);
+    registry_create_token(api->reg, put->token, size, now, &res);
+    put_answer(put, h, &res); /* a new token's size key has no previous kv */
     reg_result_clear(&res);
 }
 
-static void put_member(api_t *api, http_req_t h, const char *token, const char *key,
-                       const char *value, bool want_prev)
+static void put_member(const v3_put_t *put, http_req_t h)
 {
+    api_t *api = put->api;
     int64_t now = time_wall_ns();
     char dir[sizeof TOKEN_KEY_PREFIX + REGISTRY_MAX_TOKEN_BYTES + 1];
-    token_dir(dir, sizeof dir, token);
+    token_dir(dir, sizeof dir, put->token);
     reg_result_t tok = {0};
     registry_get(api->reg, dir, now, &tok);
     if (tok.err != REG_OK || !tok.node) {
         reg_result_clear(&tok);
-        send_error(api, h, GRPC_PERMISSION_DENIED, ETCD_E_PERMISSION_DENIED);
+        if (put->runs == 0)
+            put_await_token(put, h);
+        else
+            send_error(api, h, GRPC_PERMISSION_DENIED, ETCD_E_PERMISSION_DENIED);
         return;
     }
     bool v2_kind = token_has_v2_members(tok.node);
@@ -636,7 +717,7 @@ static void put_member(api_t *api, http_req_t h, const char *token, const char *
         return;
     }
     reg_result_t cur = {0};
-    registry_get(api->reg, key, now, &cur);
+    registry_get(api->reg, put->key, now, &cur);
     bool exists = cur.err == REG_OK && cur.node;
     bool is_dir = exists && reg_node_is_dir(cur.node);
     reg_result_clear(&cur);
@@ -647,18 +728,25 @@ static void put_member(api_t *api, http_req_t h, const char *token, const char *
     reg_ttl_t no_ttl = {0};
     reg_result_t res = {0};
     /* A re-registration keeps create_revision, as an etcd Put does: v2's
-     * update keeps createdIndex, its set would not. */
+     * update keeps createdIndex, its set would not. A create or delete by
+     * another instance meanwhile refuses these (REG_E_NODE_EXIST,
+     * REG_E_KEY_NOT_FOUND) after the catch-up re-check, and the Put is
+     * decided again against the mirror that then shows it. */
     if (exists)
-        registry_update(api->reg, key, value, no_ttl, now, &res);
+        registry_update(api->reg, put->key, put->value, no_ttl, now, &res);
     else
-        registry_create(api->reg, key, false, value, false, no_ttl, now, &res);
-    if (await_put(api, h, &res, want_prev))
-        ; /* answered when it settles */
-    else if (res.err != REG_OK)
-        send_reg_error(api, h, &res);
-    else
-        send_put_ok(api, h, want_prev, res.event && res.event->has_prev ? &res.event->prev : NULL);
+        registry_create(api->reg, put->key, false, put->value, false, no_ttl, now, &res);
+    put_answer(put, h, &res);
     reg_result_clear(&res);
+}
+
+static void put_run(v3_put_t *put, http_req_t h, const http_request_t *req)
+{
+    assert(put->shape == PUT_SIZE || put->shape == PUT_MEMBER);
+    if (put->shape == PUT_SIZE)
+        put_size(put, h, req);
+    else
+        put_member(put, h);
 }
 
 static void v3_put(api_t *api, const http_request_t *req, const uint8_t *msg, size_t len)
@@ -705,15 +793,11 @@ static void v3_put(api_t *api, const http_request_t *req, const uint8_t *msg, si
             send_error(api, h, GRPC_INVALID_ARGUMENT, ETCD_E_KEY_NOT_FOUND);
         else if (!old)
             send_error(api, h, GRPC_RESOURCE_EXHAUSTED, "disco: out of memory");
-        else if (shape == PUT_SIZE)
-            put_size(api, req, token, k, old, rq->prev_kv);
         else
-            put_member(api, h, token, k, old, rq->prev_kv);
+            put_run(&(v3_put_t){api, shape, rq->prev_kv, 0, token, k, old}, h, req);
         free(old);
-    } else if (shape == PUT_SIZE) {
-        put_size(api, req, token, k, v, rq->prev_kv);
     } else {
-        put_member(api, h, token, k, v, rq->prev_kv);
+        put_run(&(v3_put_t){api, shape, rq->prev_kv, 0, token, k, v}, h, req);
     }
     free(k);
     free(v);

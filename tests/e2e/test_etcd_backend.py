@@ -383,6 +383,93 @@ class EtcdBackendTest(unittest.TestCase):
         self.assertEqual({k: v for k, v in results.items() if v[0] != "ok"}, {})
         self.assertEqual(len({v[1] for v in results.values()}), 1, results)
 
+    @unittest.skipIf(etcd3 is None, "python3-etcd3 is not installed")
+    def test_v3_member_put_on_b_right_after_size_put_on_a(self):
+        # The v3 form of test_registration_on_b_right_after_new_on_a: B's
+        # mirror may not have the token a v3 Put made on A a moment ago; B
+        # checks its refusal again once caught up, so the member (for
+        # etcd's v3 discovery client a refusal is fatal) is never refused.
+        # A second Put of the same member is a re-registration, which an
+        # etcd Put takes too.
+        def client(base):
+            u = urllib.parse.urlsplit(base)
+            return etcd3.client(u.hostname, u.port, timeout=10 * SLOW)
+
+        ca, cb = client(self.a), client(self.b)
+        refused = []
+        try:
+            for i in range(10):
+                tok = uuid.uuid4().hex
+                _v3_make_token(ca, tok)
+                key = "/_etcd/registry/%s/members/%x" % (tok, 0xabc000 + i)
+                for attempt in range(2):
+                    try:
+                        cb.put(key, "infra%d=http://10.0.0.1:2380" % attempt)
+                    except Exception as e:  # shown by the assertion below
+                        refused.append((i, attempt, repr(e)))
+        finally:
+            ca.close()
+            cb.close()
+        self.assertEqual(refused, [])
+
+    @unittest.skipIf(etcd3 is None, "python3-etcd3 is not installed")
+    def test_v3_puts_of_one_member_on_a_and_b_at_once_both_succeed(self):
+        # Both instances see no member key and create it; one create loses
+        # the race in etcd. An etcd Put has no precondition, so the loser is
+        # decided again once its mirror shows the winner (it overwrites the
+        # key) instead of answering FAILED_PRECONDITION.
+        def client(base):
+            u = urllib.parse.urlsplit(base)
+            return etcd3.client(u.hostname, u.port, timeout=10 * SLOW)
+
+        clients = {"a": client(self.a), "b": client(self.b)}
+        refused = []
+        try:
+            for i in range(10):
+                tok = uuid.uuid4().hex
+                _v3_make_token(clients["a"], tok)
+                harness.wait_until(
+                    lambda: clients["b"].get(test_v3.size_key(tok))[0] is not None,
+                    10 * SLOW, what="the token on B")
+                key = "/_etcd/registry/%s/members/%x" % (tok, 0xabc000 + i)
+                start = threading.Barrier(2)
+
+                def put(name):
+                    start.wait(10 * SLOW)
+                    try:
+                        clients[name].put(key, "infra-%s=http://10.0.0.1:2380" % name)
+                    except Exception as e:  # shown by the assertion below
+                        refused.append((i, name, repr(e)))
+
+                threads = [threading.Thread(target=put, args=(n,)) for n in clients]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join(30 * SLOW)
+                self.assertFalse(any(t.is_alive() for t in threads), "a Put did not finish")
+        finally:
+            for c in clients.values():
+                c.close()
+        self.assertEqual(refused, [])
+
+
+def _v3_make_token(client, tok, size="3"):
+    """A v3 Put of TOK's size key through CLIENT. A token made so takes
+    from /new's budget (a burst, then a few a second): the Put is tried
+    again while that budget is spent, for a bounded time."""
+    import grpc  # python3-etcd3's transport; its errors carry the status code
+
+    deadline = time.monotonic() + 10 * SLOW
+    while True:
+        try:
+            return client.put(test_v3.size_key(tok), size)
+        except Exception as e:
+            code = getattr(e, "code", None)
+            spent = callable(code) and code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            if not spent or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
 
 class EtcdStallTest(unittest.TestCase):
     """A write whose outcome etcd leaves open (every member stopped with
