@@ -349,6 +349,13 @@ class EtcdBackendTest(unittest.TestCase):
             st, _, body = harness.http("PUT", keys_url(c, tok, "/m0?prevExist=true"),
                                        "value=w0", FORM)
             self.assertEqual(st, 200, body)
+            # at the first try: the load read the version the delete wrote
+            # (not learnt from a lost guard)
+            st, _, body = harness.http("GET", c + "/metrics")
+            self.assertEqual(st, 200, body)
+            lost = [ln for ln in body.split(b"\n")
+                    if ln.startswith(b'disco_etcd_txns_total{outcome="lost_guard"}')]
+            self.assertEqual(lost, [b'disco_etcd_txns_total{outcome="lost_guard"} 0'])
             st, _, body = harness.http("DELETE", keys_url(c, tok, "/m0"))
             self.assertEqual(st, 200, body)
             self.wait_listing(self.a, tok, lambda l: l == self.listing(c, tok), "A = C")
