@@ -4,7 +4,10 @@
  *
  * The mirror: one etcd watch on the prefix, from the revision after the
  * last one applied (at start: revision 1, so a prefix whose history etcd
- * still has is replayed whole, history included). Each revision's events
+ * still has is replayed whole, history included, unless that history is
+ * longer than ETCD_REPLAY_MAX_REVISIONS: then the mirror is loaded from a
+ * range at etcd's current revision, as after a compaction below, and
+ * watched from the next one). Each revision's events
  * are read back into one registry change (etcd_layout_read_revision) and
  * applied with registry_deliver(), in revision order. The mirror is live
  * once it has applied the prefix's newest revision as a linearizable range
@@ -874,7 +877,11 @@ static void on_snapshot_range(void *ctx, const etcd_result_t *res)
         }
         at = (uint64_t)r->header->revision;
     }
-    uint64_t after = eb->applied;
+    /* A start by choice loads into an empty mirror (a migrated prefix's
+     * applied revision is only where its history starts): a load, not a
+     * resync against what the mirror holds. */
+    assert(!eb->start_by_range || registry_token_count(eb->reg) == 0);
+    uint64_t after = eb->start_by_range ? 0 : eb->applied;
     int rc = load_snapshot(eb, r, after, at);
     if (rc != 0) {
         eb->broken = true;
@@ -885,7 +892,7 @@ static void on_snapshot_range(void *ctx, const etcd_result_t *res)
         eb->applied = at;
         registry_advance(eb->reg, v2_index(eb, at));
     }
-    if (after == 0 && eb->start_by_range)
+    if (eb->start_by_range)
         log_info("etcd: the mirror was loaded from the prefix's state at revision %" PRIu64
                  " (%zu tokens); earlier history is not replayed",
                  at, registry_token_count(eb->reg));
@@ -899,6 +906,7 @@ static void on_snapshot_range(void *ctx, const etcd_result_t *res)
                  "saw them: it was brought up to date from the prefix's state at %" PRIu64
                  " (keys deleted in between removed)",
                  after + 1, at, at);
+    eb->start_by_range = false; /* a later range is a resync */
     start_watch(eb);
 }
 
