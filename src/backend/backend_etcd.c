@@ -4,7 +4,10 @@
  *
  * The mirror: one etcd watch on the prefix, from the revision after the
  * last one applied (at start: revision 1, so a prefix whose history etcd
- * still has is replayed whole, history included). Each revision's events
+ * still has is replayed whole, history included, unless that history is
+ * longer than ETCD_REPLAY_MAX_REVISIONS: then the mirror is loaded from a
+ * range at etcd's current revision, as after a compaction below, and
+ * watched from the next one). Each revision's events
  * are read back into one registry change (etcd_layout_read_revision) and
  * applied with registry_deliver(), in revision order. The mirror is live
  * once it has applied the prefix's newest revision as a linearizable range
@@ -100,6 +103,19 @@ _Static_assert(ETCD_TXN_TIMEOUT_MS + ETCD_UNKNOWN_HOLD_MS <= ETCD_WRITE_BUDGET_M
                    ETCD_WRITE_BUDGET_MS + 1000 <= ETCD_V2DISCOVERY_PUT_BUDGET_MS,
                "a write's answer must fit etcd's v2 discovery PUT budget with a margin");
 #define ETCD_RANGE_TIMEOUT_MS 5000
+/* A range over the whole prefix (the snapshot a start or a resync loads,
+ * the catch-up range sorted by mod revision, which etcd answers only after
+ * reading every key under the prefix): hundreds of thousands of keys on a
+ * big prefix, on an etcd busy with other work. */
+#define ETCD_PREFIX_RANGE_TIMEOUT_MS 30000
+/* A start replays the prefix's history through the watch only when etcd's
+ * history since the mirror's revision is at most this long; a longer one is
+ * loaded from one range at etcd's current revision instead (load_from_range,
+ * docs/decisions.md). etcd 3.4 catches a watch up 1000 revisions per round,
+ * each round reading every revision from the watch's to the newest: a
+ * replay costs etcd the square of its length (100,000 tokens, 400,000
+ * revisions: ~120 revisions/s, no load within ETCD_LOAD_TIMEOUT_MS). */
+#define ETCD_REPLAY_MAX_REVISIONS 20000
 /* A watch etcd ended (no leader, ...) is asked for again after this. */
 #define ETCD_WATCH_RETRY_MS 500
 /* How often the watch is asked for progress: a quiet prefix's mirror then
@@ -147,6 +163,9 @@ typedef struct etcd_backend {
     int64_t index_base;      /* v2 index = revision + index_base (P index_base) */
     bool base_read;          /* the index_base range answered (at load) */
     uint64_t base_rev;       /* its mod revision then (0: absent) */
+    uint64_t start_rev;      /* etcd's revision in that range's header (0: unknown) */
+    bool start_by_range;     /* loaded from a range at start by choice, not a compaction */
+    bool snapshot_due;       /* a failed snapshot range is asked for again (not a watch) */
     uint64_t catch_up;       /* the prefix's newest revision at watch creation */
     bool catch_up_known;
     bool live;
@@ -303,7 +322,7 @@ static void on_barrier_range(void *ctx, const etcd_result_t *res)
     registry_settle(eb->reg, seq, REG_SETTLE_LOST, v2_index(eb, newest), NULL);
 }
 
-static int range_newest(etcd_backend_t *eb, uint64_t seq, etcd_done_fn done)
+static int range_newest(etcd_backend_t *eb, uint64_t seq, int timeout_ms, etcd_done_fn done)
 {
     Etcdserverpb__RangeRequest rq = ETCDSERVERPB__RANGE_REQUEST__INIT;
     rq.key = (ProtobufCBinaryData){strlen(eb->prefix), (uint8_t *)eb->prefix};
@@ -315,7 +334,7 @@ static int range_newest(etcd_backend_t *eb, uint64_t seq, etcd_done_fn done)
     call_ctx_t *c = call_new(eb, seq);
     if (!c)
         return -ENOMEM;
-    int rc = etcd_range(eb->client, &rq, ETCD_RANGE_TIMEOUT_MS, done, c);
+    int rc = etcd_range(eb->client, &rq, timeout_ms, done, c);
     if (rc != 0)
         call_free(c);
     return rc;
@@ -323,7 +342,7 @@ static int range_newest(etcd_backend_t *eb, uint64_t seq, etcd_done_fn done)
 
 static int ask_catch_up(etcd_backend_t *eb)
 {
-    return range_newest(eb, 0, on_catch_up_range);
+    return range_newest(eb, 0, ETCD_PREFIX_RANGE_TIMEOUT_MS, on_catch_up_range);
 }
 
 static int etcd_propose_barrier(backend_t *be, uint64_t seq)
@@ -331,7 +350,7 @@ static int etcd_propose_barrier(backend_t *be, uint64_t seq)
     etcd_backend_t *eb = eb_of(be);
     if (!eb->client || !eb->live)
         return -ENOTCONN; /* the refusal stands as the mirror shows it */
-    return range_newest(eb, seq, on_barrier_range);
+    return range_newest(eb, seq, ETCD_RANGE_TIMEOUT_MS, on_barrier_range);
 }
 
 /* Our proposal `seq` shows in the watch: settles one whose outcome was
@@ -816,6 +835,18 @@ static int load_snapshot(etcd_backend_t *eb, const Etcdserverpb__RangeResponse *
         free(key);
         free(value);
     }
+    /* Each token's version (P v/<token>, written by every change to it) is
+     * the revision its next write is guarded on: the token's last change
+     * may be a delete, which left no key above to show its revision. */
+    size_t plen = strlen(eb->prefix);
+    for (size_t i = 0; rc == 0 && i < r->n_kvs; i++) {
+        const Etcdserverpb__KeyValue *kv = r->kvs[i];
+        if (kv->key.len > plen + 2 && memcmp(kv->key.data + plen, "v/", 2) == 0 &&
+            memcmp(kv->key.data, eb->prefix, plen) == 0)
+            registry_learn_token_version(eb->reg, (const char *)kv->key.data + plen + 2,
+                                         kv->key.len - plen - 2,
+                                         v2_index(eb, (uint64_t)kv->mod_revision));
+    }
     for (size_t i = 0; i < n; i++)
         free(chs[i].gone_key);
     free(chs);
@@ -826,16 +857,33 @@ static void on_snapshot_range(void *ctx, const etcd_result_t *res)
 {
     call_ctx_t *c = ctx;
     etcd_backend_t *eb = c->be;
-    uint64_t at = c->seq; /* the compact revision the range was made at */
+    uint64_t at = c->seq; /* the revision the range was made at; 0: etcd's current */
     call_free(c);
     if (res->outcome != ETCD_OK) {
         log_warn("etcd: cannot range the prefix at revision %" PRIu64 " (%s); trying again", at,
                  res->message);
+        /* Again as a range, at etcd's revision then (`at` may be compacted
+         * meanwhile), not as a watch replaying what the range skips. */
+        eb->snapshot_due = true;
         eb->watch_retry_ms = loop_now_ms(eb->loop) + ETCD_WATCH_RETRY_MS;
         return;
     }
-    uint64_t after = eb->applied;
-    int rc = load_snapshot(eb, (const Etcdserverpb__RangeResponse *)res->resp, after, at);
+    const Etcdserverpb__RangeResponse *r = (const Etcdserverpb__RangeResponse *)res->resp;
+    if (at == 0) {
+        if (!r->header || r->header->revision <= 0) {
+            log_warn("etcd: a range of the prefix without its revision; trying again");
+            eb->snapshot_due = true;
+            eb->watch_retry_ms = loop_now_ms(eb->loop) + ETCD_WATCH_RETRY_MS;
+            return;
+        }
+        at = (uint64_t)r->header->revision;
+    }
+    /* A start by choice loads into an empty mirror (a migrated prefix's
+     * applied revision is only where its history starts): a load, not a
+     * resync against what the mirror holds. */
+    assert(!eb->start_by_range || registry_token_count(eb->reg) == 0);
+    uint64_t after = eb->start_by_range ? 0 : eb->applied;
+    int rc = load_snapshot(eb, r, after, at);
     if (rc != 0) {
         eb->broken = true;
         set_live(eb, false);
@@ -845,7 +893,11 @@ static void on_snapshot_range(void *ctx, const etcd_result_t *res)
         eb->applied = at;
         registry_advance(eb->reg, v2_index(eb, at));
     }
-    if (after == 0)
+    if (eb->start_by_range)
+        log_info("etcd: the mirror was loaded from the prefix's state at revision %" PRIu64
+                 " (%zu tokens); earlier history is not replayed",
+                 at, registry_token_count(eb->reg));
+    else if (after == 0)
         log_info("etcd: the prefix's history before revision %" PRIu64
                  " is compacted: the mirror was loaded from its state at that revision (%zu "
                  "tokens)",
@@ -855,11 +907,13 @@ static void on_snapshot_range(void *ctx, const etcd_result_t *res)
                  "saw them: it was brought up to date from the prefix's state at %" PRIu64
                  " (keys deleted in between removed)",
                  after + 1, at, at);
+    eb->start_by_range = false; /* a later range is a resync */
     start_watch(eb);
 }
 
-/* etcd's history starts at `compact`, after what the mirror has applied:
- * load the state at that revision. */
+/* etcd's history starts at `compact`, after what the mirror has applied, or
+ * a start skips a long history (ETCD_REPLAY_MAX_REVISIONS): load the state
+ * at that revision (0: etcd's current one). */
 static void load_from_range(etcd_backend_t *eb, uint64_t compact)
 {
     Etcdserverpb__RangeRequest rq = ETCDSERVERPB__RANGE_REQUEST__INIT;
@@ -867,7 +921,8 @@ static void load_from_range(etcd_backend_t *eb, uint64_t compact)
     rq.range_end = (ProtobufCBinaryData){strlen(eb->range_end), (uint8_t *)eb->range_end};
     rq.revision = (int64_t)compact;
     call_ctx_t *c = call_new(eb, compact);
-    int rc = c ? etcd_range(eb->client, &rq, ETCD_RANGE_TIMEOUT_MS, on_snapshot_range, c) : -ENOMEM;
+    int rc = c ? etcd_range(eb->client, &rq, ETCD_PREFIX_RANGE_TIMEOUT_MS, on_snapshot_range, c)
+               : -ENOMEM;
     if (rc != 0) {
         if (c)
             call_free(c);
@@ -1273,10 +1328,14 @@ static uint64_t etcd_timer(void *ctx, uint64_t now_ms)
     }
     if (eb->watch_retry_ms && now_ms >= eb->watch_retry_ms) {
         eb->watch_retry_ms = 0;
-        if (!eb->watch)
+        if (!eb->watch && eb->snapshot_due) {
+            eb->snapshot_due = false;
+            load_from_range(eb, 0);
+        } else if (!eb->watch) {
             start_watch(eb);
-        else if (!eb->catch_up_known && ask_catch_up(eb) != 0)
+        } else if (!eb->catch_up_known && ask_catch_up(eb) != 0) {
             eb->watch_retry_ms = now_ms + ETCD_WATCH_RETRY_MS;
+        }
     }
     if (eb->watch_retry_ms && (!next || eb->watch_retry_ms < next))
         next = eb->watch_retry_ms;
@@ -1305,6 +1364,9 @@ static void on_index_base_range(void *ctx, const etcd_result_t *res)
         return;
     }
     const Etcdserverpb__RangeResponse *r = (const Etcdserverpb__RangeResponse *)res->resp;
+    note_etcd_revision(eb, r->header);
+    if (r->header && r->header->revision > 0)
+        eb->start_rev = (uint64_t)r->header->revision;
     if (r->n_kvs == 0)
         return; /* never migrated into: indexes are revisions */
     const Etcdserverpb__KeyValue *kv = r->kvs[0];
@@ -1375,7 +1437,16 @@ static int etcd_load(backend_t *be, struct registry *reg, char *err)
     uint64_t deadline = loop_now_ms(eb->loop) + ETCD_LOAD_TIMEOUT_MS;
     if (read_index_base(eb, deadline, err) != 0)
         return -1;
-    start_watch(eb);
+    if (eb->start_rev > eb->applied + ETCD_REPLAY_MAX_REVISIONS) {
+        log_info("etcd: %" PRIu64 " revisions since the prefix's start are too many to replay "
+                 "quickly: the mirror is loaded from the prefix's state at revision %" PRIu64
+                 ", and watched from the next one",
+                 eb->start_rev - eb->applied, eb->start_rev);
+        eb->start_by_range = true;
+        load_from_range(eb, eb->start_rev);
+    } else {
+        start_watch(eb);
+    }
     while (!eb->live && !eb->broken && loop_now_ms(eb->loop) < deadline) {
         int rc = loop_run_once(eb->loop, 100);
         if (rc != 0) {

@@ -489,6 +489,14 @@ int registry_resync_find_gone(registry_t *reg, reg_exists_fn exists, reg_gone_fn
     return 0;
 }
 
+void registry_learn_token_version(registry_t *reg, const char *name, size_t len, uint64_t index)
+{
+    REG_ASSERT_OWNER(reg);
+    reg_token_t *t = reg_find_token(reg, name, len);
+    if (t && t->version_index < index)
+        t->version_index = index;
+}
+
 void registry_advance(registry_t *reg, uint64_t index)
 {
     REG_ASSERT_OWNER(reg);

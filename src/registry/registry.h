@@ -381,6 +381,14 @@ int registry_deliver(registry_t *reg, const reg_delivered_t *d);
 /* The backend has seen everything up to `index` (a progress report, or a
  * revision with nothing for the mirror): pending writes waiting for it go. */
 void registry_advance(registry_t *reg, uint64_t index);
+/*
+ * The backend read the token `name` (len bytes)'s version as of `index`
+ * (etcd's P v/<token> at a snapshot load: the token's last change, which
+ * may be a delete that left no key to show it). Raises the version its
+ * writes are guarded on to `index`, never lowers it; nothing for a token
+ * the mirror does not have.
+ */
+void registry_learn_token_version(registry_t *reg, const char *name, size_t len, uint64_t index);
 
 /* Whether the mirror has a node at the clean full v2 key `key`. */
 bool registry_has_key(registry_t *reg, const char *key);

@@ -344,6 +344,13 @@ class EtcdBackendTest(unittest.TestCase):
             st, _, body = harness.http("PUT", keys_url(c, tok, "/m0?prevExist=true"),
                                        "value=w0", FORM)
             self.assertEqual(st, 200, body)
+            # at the first try: the load read the version the delete wrote
+            # (not learnt from a lost guard)
+            st, _, body = harness.http("GET", c + "/metrics")
+            self.assertEqual(st, 200, body)
+            lost = [ln for ln in body.split(b"\n")
+                    if ln.startswith(b'disco_etcd_txns_total{outcome="lost_guard"}')]
+            self.assertEqual(lost, [b'disco_etcd_txns_total{outcome="lost_guard"} 0'])
             st, _, body = harness.http("DELETE", keys_url(c, tok, "/m0"))
             self.assertEqual(st, 200, body)
             self.wait_listing(self.a, tok, lambda l: l == self.listing(c, tok), "A = C")
@@ -655,6 +662,106 @@ def _parked(base):
             return float(line.split()[1])
     return 0
 
+
+
+class EtcdLongHistoryStartTest(unittest.TestCase):
+    """An instance starting on etcd whose history is longer than a start
+    replays (20,000 revisions, ETCD_REPLAY_MAX_REVISIONS) loads the prefix
+    from one range at etcd's revision: the same listing as an instance that
+    followed it, and writes go through at the first try. The revisions are
+    puts of one key outside the prefix, through etcd's JSON gateway, 16
+    connections; bounded by REVISIONS and PUMP_TIMEOUT_S."""
+
+    REVISIONS = 20500
+    PUMP_TIMEOUT_S = 300.0
+
+    def setUp(self):
+        self.workdir = tempfile.mkdtemp(prefix="disco-e2e-etcdlong-")
+        self.etcd = harness.EtcdCluster(self.workdir, size=1)
+        self.procs = []
+
+    def tearDown(self):
+        for p in self.procs:
+            p.stop()
+        self.etcd.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def start(self):
+        proc, base = harness.start_disco(self.workdir,
+                                         ["--etcd-endpoints", self.etcd.endpoints()])
+        self.procs.append(proc)
+        return proc, base
+
+    def pump(self, n):
+        url = urllib.parse.urlsplit(self.etcd.client_urls[0])
+        body = json.dumps({"key": "b3RoZXI=", "value": "eA=="})  # "other" = "x"
+        left = [n]
+        lock = threading.Lock()
+        deadline = time.monotonic() + self.PUMP_TIMEOUT_S
+        errors = []
+
+        def worker():
+            import http.client
+            conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+            try:
+                while time.monotonic() < deadline:
+                    with lock:
+                        if left[0] == 0:
+                            return
+                        left[0] -= 1
+                    conn.request("POST", "/v3/kv/put", body,
+                                 {"Content-Type": "application/json"})
+                    r = conn.getresponse()
+                    r.read()
+                    if r.status != 200:
+                        errors.append(r.status)
+                        return
+            finally:
+                conn.close()
+
+        threads = [threading.Thread(target=worker) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual(errors, [])
+        self.assertEqual(left[0], 0, "etcd took fewer puts than asked within the bound")
+
+    def test_start_past_a_long_history_loads_from_a_range(self):
+        _, a = self.start()
+        st, _, body = harness.http("GET", a + "/new?size=3")
+        self.assertEqual(st, 200, body)
+        tok = body.decode().strip().rsplit("/", 1)[1]
+        for i in range(3):
+            st, _, body = harness.http("PUT", keys_url(a, tok, "/m%d?prevExist=false" % i),
+                                       "value=v%d" % i, FORM)
+            self.assertEqual(st, 201, body)
+        st, _, body = harness.http("DELETE", keys_url(a, tok, "/m2"))
+        self.assertEqual(st, 200, body)
+        self.pump(self.REVISIONS)
+        c_proc, c = self.start()
+        self.assertIn("loaded from the prefix's state", c_proc.log())
+        st, _, want = harness.http("GET", keys_url(a, tok) + "?recursive=true&sorted=true")
+        st2, _, got = harness.http("GET", keys_url(c, tok) + "?recursive=true&sorted=true")
+        self.assertEqual((st, st2), (200, 200))
+        self.assertEqual(json.loads(got), json.loads(want))
+        # the token's last change was the delete: C guards on its revision
+        st, _, body = harness.http("PUT", keys_url(c, tok, "/m0?prevExist=true"), "value=w0",
+                                   FORM)
+        self.assertEqual(st, 200, body)
+        st, _, body = harness.http("GET", c + "/metrics")
+        lost = [ln for ln in body.split(b"\n")
+                if ln.startswith(b'disco_etcd_txns_total{outcome="lost_guard"}')]
+        self.assertEqual(lost, [b'disco_etcd_txns_total{outcome="lost_guard"} 0'])
+        # and it follows etcd from there: A sees C's write, C sees A's
+        st, _, body = harness.http("PUT", keys_url(a, tok, "/m3?prevExist=false"), "value=v3",
+                                   FORM)
+        self.assertEqual(st, 201, body)
+        harness.wait_until(
+            lambda: harness.http("GET", keys_url(c, tok, "/m3"))[0] == 200 and
+            harness.http("GET", keys_url(a, tok, "/m0"))[2] ==
+            harness.http("GET", keys_url(c, tok, "/m0"))[2],
+            CONVERGE_TIMEOUT_S, what="A = C")
 
 if __name__ == "__main__":
     unittest.main()
