@@ -186,6 +186,24 @@ class StopWaiting(Exception):
     process it waits for has exited); wait_until passes it on at once."""
 
 
+
+def sigstop(pid, timeout=5.0):
+    """SIGSTOPs PID and returns once the kernel shows it stopped ('T' in
+    /proc/PID/stat): kill() returns before every thread of a busy process
+    has stopped, and a test that acts at once can still be answered."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return
+        if state in ("T", "t"):
+            return
+        time.sleep(0.005)
+    raise AssertionError("pid %d not stopped within %.1f s" % (pid, timeout))
+
 def wait_until(predicate, timeout, interval=POLL_INTERVAL_S, what="condition"):
     """Call predicate() until it returns a true value or `timeout` s pass.
     Returns that value, or raises TimeoutError.  An exception from predicate

@@ -243,7 +243,7 @@ class EtcdClientSingle(unittest.TestCase):
             first = json.loads(proc.stdout.readline())
             self.assertEqual(first["outcome"], "OK", first)
             self.assertEqual(json.loads(proc.stdout.readline()), {"ready": True})
-            os.kill(etcd.pid, signal.SIGSTOP)
+            harness.sigstop(etcd.pid)
             stopped = True
             proc.stdin.write(b"go\n")
             proc.stdin.flush()
@@ -331,7 +331,7 @@ class EtcdClientFailover(unittest.TestCase):
         first = read_json_line(proc, "the first Range")
         self.assertEqual(first["outcome"], "OK", first)
         on = first["endpoint"]
-        os.kill(self.cluster.proc(self.cluster.client_urls.index(on)).pid, signal.SIGSTOP)
+        harness.sigstop(self.cluster.proc(self.cluster.client_urls.index(on)).pid)
         out, _ = proc.communicate(timeout=PROBE_RUN_TIMEOUT_S)
         self.assertEqual(proc.returncode, 0)  # sanitizer builds: no report
         rest = [json.loads(x) for x in out.decode().splitlines() if x.strip()]
