@@ -52,6 +52,10 @@ WRITERS_PER_INSTANCE = 3
 # deadline (2 s; backend_etcd.c) with a margin for a slow machine.
 MIN_503_AFTER_S = 1.5
 MAX_WRITES_PER_WRITER = 400
+# Every writer registers on one token: room for all of them (a fast machine
+# reaches MAX_WRITES_PER_WRITER before the faults end), past the default
+# --max-keys-per-token of 2048.
+INSTANCE_ARGS = ("--max-keys-per-token", "100000")
 LOAD_BEFORE_KILL_S = 1.0
 LOAD_AFTER_KILL_S = 6.0
 # A wait timeout well past the faults: parked polls outlive them.
@@ -177,14 +181,16 @@ class EtcdFaults(unittest.TestCase):
     def setUp(self):
         self.workdir = tempfile.mkdtemp(prefix="disco-e2e-etcdf-")
         self.etcd, (self.disco_a, self.a), (self.disco_b, self.b) = \
-            harness.start_etcd_and_two_discos(self.workdir, size=3, wait_timeout=WAIT_TIMEOUT)
+            harness.start_etcd_and_two_discos(self.workdir, size=3, extra_args=INSTANCE_ARGS,
+                                              wait_timeout=WAIT_TIMEOUT)
 
     def tearDown(self):
         harness.stop_etcd_and_discos(self.etcd, self.disco_a, self.disco_b)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def start_instance(self, endpoints):
-        return harness.start_disco(self.workdir, ["--etcd-endpoints", ",".join(endpoints)],
+        return harness.start_disco(self.workdir,
+                                   ["--etcd-endpoints", ",".join(endpoints)] + list(INSTANCE_ARGS),
                                    wait_timeout=WAIT_TIMEOUT)
 
     def new_token(self, base, size=3):
