@@ -270,6 +270,7 @@ int cmd_serve(int argc, char **argv)
     api_t *api = api_new(reg, backend, &acfg);
     if (!api) {
         log_error("out of memory at startup");
+        free(derived);
         return 1;
     }
     fit_connection_limit(&cfg.max_conns, cfg.max_conns_set);
@@ -304,6 +305,7 @@ int cmd_serve(int argc, char **argv)
     http_server_t *srv = http_server_new(&scfg, err);
     if (!srv) {
         log_error("%s", err);
+        free(derived);
         return 1;
     }
     api_set_server(api, srv);
@@ -316,6 +318,7 @@ int cmd_serve(int argc, char **argv)
             api_free(api);
             registry_free(reg);
             backend_close(backend);
+            free(derived);
             return 1;
         }
     }
