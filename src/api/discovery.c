@@ -187,8 +187,10 @@ typedef struct pending_new {
     api_t *api;
     const char *method;
     bool to_page;
+    unsigned size;
+    token_log_who_t who; /* its strings in `url`, after the URL */
     char token[2 * TOKEN_BYTES + 1];
-    char url[]; /* prefix/token */
+    char url[]; /* prefix/token, then who's strings */
 } pending_new_t;
 
 static void answer_pending_new(void *ctx, http_req_t c, const reg_result_t *res)
@@ -199,7 +201,7 @@ static void answer_pending_new(void *ctx, http_req_t c, const reg_result_t *res)
                   "cannot create a token right now; try again\n");
         return;
     }
-    log_info("token %s created", pn->token);
+    token_log_created(pn->api, &pn->who, pn->token, pn->size);
     char location[sizeof pn->token + 16];
     snprintf(location, sizeof location, "Location: /%s\r\n", pn->token);
     http_reply_t r = {.status = pn->to_page ? 303 : 200,
@@ -211,11 +213,12 @@ static void answer_pending_new(void *ctx, http_req_t c, const reg_result_t *res)
 }
 
 static void await_new(api_t *api, const http_request_t *req, const reg_result_t *res, buf_t *prefix,
-                      const char *token)
+                      const char *token, unsigned size)
 {
     buf_putc(prefix, '/');
     buf_puts(prefix, token);
-    pending_new_t *pn = buf_failed(prefix) ? NULL : malloc(sizeof *pn + prefix->len + 1);
+    pending_new_t *pn =
+        buf_failed(prefix) ? NULL : malloc(sizeof *pn + prefix->len + 1 + token_log_who_size(req));
     if (!pn) {
         registry_forget(api->reg, res->ticket);
         send_text(api, req->handle, METRICS_NEW, req->method_name, 503,
@@ -228,6 +231,8 @@ static void await_new(api_t *api, const http_request_t *req, const reg_result_t 
     snprintf(pn->token, sizeof pn->token, "%s", token);
     memcpy(pn->url, prefix->data, prefix->len);
     pn->url[prefix->len] = '\0';
+    pn->size = size;
+    pn->who = token_log_who_keep(req, pn->url + prefix->len + 1);
     api_await_write(api, req->handle, METRICS_NEW, req->method_name, res->ticket,
                     answer_pending_new, pn);
 }
@@ -285,9 +290,10 @@ void discovery_new(api_t *api, const http_request_t *req)
         send_text(api, req->handle, METRICS_NEW, method, 503,
                   "cannot create a token right now; try again\n");
     } else if (res.pending) {
-        await_new(api, req, &res, &prefix, token);
+        await_new(api, req, &res, &prefix, token, (unsigned)size);
     } else {
-        token_log_created(api, req, token, (unsigned)size);
+        token_log_who_t who = token_log_who(req);
+        token_log_created(api, &who, token, (unsigned)size);
         if (api->listens_on_all && api_prefix_is_loopback(buf_cstr(&prefix)))
             log_warn("/new printed the loopback URL %s/%s (from %s) while disco listens on "
                      "every interface: other machines cannot reach it; ask with the name "

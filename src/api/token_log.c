@@ -55,13 +55,28 @@ static bool seen_before(api_t *api, const char *name, size_t len, const char *ad
     return was;
 }
 
-void token_log_created(api_t *api, const http_request_t *req, const char *token, unsigned size)
+size_t token_log_who_size(const http_request_t *req)
 {
-    (void)api;
-    log_info("token %s created: size %u, by %s", token, size, req->peer);
+    return strlen(req->path) + strlen(req->peer) + strlen(req->peer_addr) + 3;
 }
 
-static void explain_missing(api_t *api, const http_request_t *req, const char *name, size_t len,
+token_log_who_t token_log_who_keep(const http_request_t *req, char *space)
+{
+    size_t path = strlen(req->path) + 1, peer = strlen(req->peer) + 1;
+    strcpy(space, req->path);
+    strcpy(space + path, req->peer);
+    strcpy(space + path + peer, req->peer_addr);
+    return (token_log_who_t){req->method, req->method_name, space, space + path,
+                             space + path + peer};
+}
+
+void token_log_created(api_t *api, const token_log_who_t *who, const char *token, unsigned size)
+{
+    (void)api;
+    log_info("token %s created: size %u, by %s", token, size, who->peer);
+}
+
+static void explain_missing(api_t *api, const token_log_who_t *who, const char *name, size_t len,
                             reg_result_t *res)
 {
     buf_t cause = BUF_INIT;
@@ -73,26 +88,26 @@ static void explain_missing(api_t *api, const http_request_t *req, const char *n
     }
     free(res->cause);
     res->cause = buf_steal(&cause);
-    log_info("%s %s from %s: %s", req->method_name, req->path, req->peer, res->cause);
+    log_info("%s %s from %s: %s", who->method_name, who->path, who->peer, res->cause);
 }
 
-static void log_write(api_t *api, const http_request_t *req, const char *name, size_t len,
+static void log_write(api_t *api, const token_log_who_t *who, const char *name, size_t len,
                       const char *rest, const reg_event_t *ev)
 {
     reg_token_summary_t sum;
     if (!registry_token_summary(api->reg, name, len, &sum))
         return;
-    seen_before(api, name, len, req->peer_addr);
+    seen_before(api, name, len, who->peer_addr);
     bool removal = ev->action == REG_ACT_DELETE || ev->action == REG_ACT_CAD;
     if (strcmp(rest, "/_config/size") == 0 && !ev->has_prev && !removal) {
         log_info("token %.*s created: size %u, by %s (v2 keys API)", (int)len, name, sum.size,
-                 req->peer);
+                 who->peer);
     } else if (is_member_key(rest) && removal) {
         log_info("token %.*s: member %s deleted by %s (%zu of %u left)", (int)len, name, rest + 1,
-                 req->peer, sum.members, sum.size);
+                 who->peer, sum.members, sum.size);
     } else if (is_member_key(rest) && !ev->has_prev && !ev->node.is_dir) {
         log_info("token %.*s: member registered, %zu of %u, by %s: %s", (int)len, name, sum.members,
-                 sum.size, req->peer, ev->node.value ? ev->node.value : "");
+                 sum.size, who->peer, ev->node.value ? ev->node.value : "");
         if (sum.size && sum.members == sum.size)
             log_info("token %.*s complete: all %u members registered", (int)len, name, sum.size);
         else if (sum.size && sum.members > sum.size)
@@ -102,28 +117,28 @@ static void log_write(api_t *api, const http_request_t *req, const char *name, s
     }
 }
 
-static void log_read(api_t *api, const http_request_t *req, const char *name, size_t len)
+static void log_read(api_t *api, const token_log_who_t *who, const char *name, size_t len)
 {
     reg_token_summary_t sum;
-    if (seen_before(api, name, len, req->peer_addr) ||
+    if (seen_before(api, name, len, who->peer_addr) ||
         !registry_token_summary(api->reg, name, len, &sum) || !sum.size || sum.members < sum.size)
         return;
     log_warn("token %.*s (complete, %zu of %u) read by a new address %s: a machine given a used "
              "token joins as a proxy of these members, and fails if they are gone (a stale "
              "token? make a new one for a new cluster)",
-             (int)len, name, sum.members, sum.size, req->peer);
+             (int)len, name, sum.members, sum.size, who->peer);
 }
 
-void token_log_v2(api_t *api, const http_request_t *req, const char *key, reg_result_t *res)
+void token_log_v2(api_t *api, const token_log_who_t *who, const char *key, reg_result_t *res)
 {
     const char *name, *rest;
     size_t len;
     if (!token_of(key, &name, &len, &rest))
         return;
     if (res->err == REG_E_KEY_NOT_FOUND && res->token_missing)
-        explain_missing(api, req, name, len, res);
-    else if (!res->err && res->event && req->method != HTTP_GET)
-        log_write(api, req, name, len, rest, res->event);
+        explain_missing(api, who, name, len, res);
+    else if (!res->err && res->event && who->method != HTTP_GET)
+        log_write(api, who, name, len, rest, res->event);
     else if (!res->err && res->node && (rest[0] == '\0' || strcmp(rest, "/") == 0))
-        log_read(api, req, name, len);
+        log_read(api, who, name, len);
 }

@@ -19,18 +19,43 @@
  * collision forgets an older pair, so a line may repeat, never be lost. */
 #define TOKEN_LOG_SEEN_SLOTS 8192
 
-/* /new made `token` of `size` for `req`'s client. */
-void token_log_created(api_t *api, const http_request_t *req, const char *token, unsigned size);
+/*
+ * Who asked, as the lines name it. Borrowed from the request
+ * (token_log_who) while its handler runs; a write the etcd backend answers
+ * later keeps a copy (token_log_who_keep, its strings in space the caller
+ * owns) so that its line, logged when the answer is known, still names the
+ * client.
+ */
+typedef struct token_log_who {
+    int method;              /* enum http_method */
+    const char *method_name; /* "GET", ... (static) */
+    const char *path;        /* the request's raw path */
+    const char *peer;        /* "address:port" */
+    const char *peer_addr;   /* the address alone */
+} token_log_who_t;
+
+static inline token_log_who_t token_log_who(const http_request_t *req)
+{
+    return (token_log_who_t){req->method, req->method_name, req->path, req->peer, req->peer_addr};
+}
+
+/* The bytes token_log_who_keep needs for `req`'s strings. */
+size_t token_log_who_size(const http_request_t *req);
+
+/* `req`'s who, its strings copied into `space` (token_log_who_size bytes). */
+token_log_who_t token_log_who_keep(const http_request_t *req, char *space);
+
+/* /new made `token` of `size` for `who`. */
+void token_log_created(api_t *api, const token_log_who_t *who, const char *token, unsigned size);
 
 /*
- * After a v2 operation on `key` (a full v2 key) for `req`, before its
- * answer is sent: logs the token event `res` is, if any, and when `res`
- * is REG_E_KEY_NOT_FOUND because the token does not exist, replaces
- * res->cause with "<token key>: <why>" (the key first, as etcd's cause,
- * then what the registry knows: expired and when, never issued, or
- * malformed and how) and logs that with the client's address. Leaves
+ * After a v2 operation on `key` (a full v2 key) for `who`, before its
+ * answer is sent (a pending write: once its outcome is known): logs the token event `res` is, if
+ * any, and when `res` is REG_E_KEY_NOT_FOUND because the token does not exist, replaces res->cause
+ * with "<token key>: <why>" (the key first, as etcd's cause, then what the registry knows: expired
+ * and when, never issued, or malformed and how) and logs that with the client's address. Leaves
  * res->cause as it was when out of memory.
  */
-void token_log_v2(api_t *api, const http_request_t *req, const char *key, reg_result_t *res);
+void token_log_v2(api_t *api, const token_log_who_t *who, const char *key, reg_result_t *res);
 
 #endif

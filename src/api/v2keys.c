@@ -217,30 +217,43 @@ typedef struct pending_answer {
     enum metrics_endpoint ep;
     const char *method;
     bool no_value_on_success;
+    token_log_who_t who; /* its strings in `space`, after the key */
+    char space[];        /* the full v2 key, for the log line; who's strings */
 } pending_answer_t;
 
 static void answer_pending(void *ctx, http_req_t c, const reg_result_t *res)
 {
     pending_answer_t *pa = ctx;
+    /* Logged as a settled write is, with a cause of our own (token_log
+     * may replace it; `res` is the registry's). */
+    reg_result_t logged = *res;
+    logged.cause = res->cause ? strdup(res->cause) : NULL;
+    if (logged.cause || !res->cause)
+        token_log_v2(pa->api, &pa->who, pa->space, &logged);
+    const char *cause = logged.cause ? logged.cause : res->cause;
     if (res->err == REG_E_INTERNAL) /* not made, or not known: retryable */
-        api_send_v2_error(pa->api, c, pa->ep, pa->method, 503, res->err, res->cause, res->index);
+        api_send_v2_error(pa->api, c, pa->ep, pa->method, 503, res->err, cause, res->index);
     else if (res->err)
-        api_send_v2_error(pa->api, c, pa->ep, pa->method, 0, res->err, res->cause, res->index);
+        api_send_v2_error(pa->api, c, pa->ep, pa->method, 0, res->err, cause, res->index);
     else
         send_write_event(pa->api, c, pa->ep, pa->method, res, pa->no_value_on_success);
+    free(logged.cause);
 }
 
-static void await_pending(api_t *api, const http_request_t *req, enum metrics_endpoint ep,
-                          const reg_result_t *res, const v2_params_t *p)
+static void await_pending(api_t *api, const http_request_t *req, const char *key,
+                          enum metrics_endpoint ep, const reg_result_t *res, const v2_params_t *p)
 {
-    pending_answer_t *pa = malloc(sizeof *pa);
+    size_t key_len = strlen(key) + 1;
+    pending_answer_t *pa = malloc(sizeof *pa + key_len + token_log_who_size(req));
     if (!pa) {
         registry_forget(api->reg, res->ticket);
         api_send_v2_error(api, req->handle, ep, req->method_name, 503, 300, "out of memory",
                           res->index);
         return;
     }
-    *pa = (pending_answer_t){api, ep, req->method_name, p->no_value_on_success};
+    *pa = (pending_answer_t){api, ep, req->method_name, p->no_value_on_success,
+                             token_log_who_keep(req, pa->space + key_len)};
+    memcpy(pa->space, key, key_len);
     api_await_write(api, req->handle, ep, req->method_name, res->ticket, answer_pending, pa);
 }
 
@@ -337,7 +350,8 @@ static void handle_watch(api_t *api, const http_request_t *req, const char *key,
     reg_result_t res;
     registry_watch(api->reg, key, p->recursive, p->wait_index, &pw->w, on_watch_event, pw, &res);
     if (res.err) {
-        token_log_v2(api, req, key, &res);
+        token_log_who_t who = token_log_who(req);
+        token_log_v2(api, &who, key, &res);
         send_result(api, req, ep, &res, p);
         free(pw);
     } else if (res.event) {
@@ -584,9 +598,10 @@ void v2keys_handle(api_t *api, const http_request_t *req, const char *key, enum 
             registry_set(reg, key, p.dir, p.value, p.ttl, now, &res);
         }
         if (res.pending) {
-            await_pending(api, req, ep, &res, &p);
+            await_pending(api, req, key, ep, &res, &p);
         } else {
-            token_log_v2(api, req, key, &res);
+            token_log_who_t who = token_log_who(req);
+            token_log_v2(api, &who, key, &res);
             send_result(api, req, ep, &res, &p);
         }
         reg_result_clear(&res);

@@ -156,6 +156,26 @@ class TokenEventsJson(unittest.TestCase):
                             for g in (CLF.match(l).groups() for l in lines())))
 
 
+class TokenEventsJsonOnEtcd(TokenEventsJson):
+    """The same lines from an instance on an etcd cluster, where every write
+    is answered only once etcd has decided it (the line is logged then)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="disco-logs-etcd-")
+        cls.access = os.path.join(cls.tmp, "access.log")
+        cls.etcd = harness.EtcdCluster(cls.tmp, size=1)
+        cls.proc, cls.base = harness.start_disco(
+            cls.tmp, ("--log-format", "json", "--access-log", cls.access,
+                      "--etcd-endpoints", cls.etcd.client_urls[0]))
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.proc.stop()
+        cls.etcd.close()
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+
 class ExpiredToken(unittest.TestCase):
     def test_expired_token_says_when_in_cause_log_and_status(self):
         tmp = tempfile.mkdtemp(prefix="disco-logs-exp-")
