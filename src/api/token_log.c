@@ -23,13 +23,17 @@ static bool token_of(const char *key, const char **name, size_t *len, const char
     return *len > 0;
 }
 
-/* Whether `rest` names a member: one segment, not hidden ("/m1", "/m1/"). */
-static bool is_member_key(const char *rest)
+/* The member `rest` names, or NULL: one segment, not hidden ("/m1",
+ * "/m1/"), or a v3 member's "/members/<id>". */
+static const char *member_of(const char *rest)
 {
+    static const char v3[] = "/members/";
+    if (strncmp(rest, v3, sizeof v3 - 1) == 0 && rest[sizeof v3 - 1] != '\0')
+        rest += sizeof v3 - 2;
     if (rest[0] != '/' || rest[1] == '\0' || rest[1] == '_')
-        return false;
+        return NULL;
     size_t n = strcspn(rest + 1, "/");
-    return rest[1 + n] == '\0' || strcmp(rest + 1 + n, "/") == 0;
+    return rest[1 + n] == '\0' || strcmp(rest + 1 + n, "/") == 0 ? rest + 1 : NULL;
 }
 
 static uint64_t pair_hash(const char *name, size_t len, const char *addr)
@@ -66,8 +70,8 @@ token_log_who_t token_log_who_keep(const http_request_t *req, char *space)
     strcpy(space, req->path);
     strcpy(space + path, req->peer);
     strcpy(space + path + peer, req->peer_addr);
-    return (token_log_who_t){req->method, req->method_name, space, space + path,
-                             space + path + peer};
+    return (token_log_who_t){req->method,  req->method_name,    space,
+                             space + path, space + path + peer, false};
 }
 
 void token_log_created(api_t *api, const token_log_who_t *who, const char *token, unsigned size)
@@ -99,21 +103,25 @@ static void log_write(api_t *api, const token_log_who_t *who, const char *name, 
         return;
     seen_before(api, name, len, who->peer_addr);
     bool removal = ev->action == REG_ACT_DELETE || ev->action == REG_ACT_CAD;
+    const char *member = member_of(rest);
+    const char *via = who->v3 ? " (v3)" : "";
     if (strcmp(rest, "/_config/size") == 0 && !ev->has_prev && !removal) {
-        log_info("token %.*s created: size %u, by %s (v2 keys API)", (int)len, name, sum.size,
-                 who->peer);
-    } else if (is_member_key(rest) && removal) {
-        log_info("token %.*s: member %s deleted by %s (%zu of %u left)", (int)len, name, rest + 1,
+        log_info("token %.*s created: size %u, by %s (%s)", (int)len, name, sum.size, who->peer,
+                 who->v3 ? "v3 API" : "v2 keys API");
+    } else if (member && removal) {
+        log_info("token %.*s: member %s deleted by %s (%zu of %u left)", (int)len, name, member,
                  who->peer, sum.members, sum.size);
-    } else if (is_member_key(rest) && !ev->has_prev && !ev->node.is_dir) {
-        log_info("token %.*s: member registered, %zu of %u, by %s: %s", (int)len, name, sum.members,
-                 sum.size, who->peer, ev->node.value ? ev->node.value : "");
+    } else if (member && !ev->has_prev && !ev->node.is_dir) {
+        log_info("token %.*s: member registered%s, %zu of %u, by %s: %s", (int)len, name, via,
+                 sum.members, sum.size, who->peer, ev->node.value ? ev->node.value : "");
         if (sum.size && sum.members == sum.size)
             log_info("token %.*s complete: all %u members registered", (int)len, name, sum.size);
         else if (sum.size && sum.members > sum.size)
-            log_info("token %.*s: %zu registered, more than its size %u (the extra ones are "
-                     "proxies)",
-                     (int)len, name, sum.members, sum.size);
+            log_info("token %.*s: %zu registered, more than its size %u (%s)", (int)len, name,
+                     sum.members, sum.size,
+                     who->v3 ? "the late ones are not among the first by create_revision: "
+                               "etcd 3.6+ members then exit"
+                             : "the extra ones are proxies");
     }
 }
 

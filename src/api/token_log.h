@@ -32,11 +32,13 @@ typedef struct token_log_who {
     const char *path;        /* the request's raw path */
     const char *peer;        /* "address:port" */
     const char *peer_addr;   /* the address alone */
+    bool v3;                 /* a v3 gRPC call (the lines say so) */
 } token_log_who_t;
 
 static inline token_log_who_t token_log_who(const http_request_t *req)
 {
-    return (token_log_who_t){req->method, req->method_name, req->path, req->peer, req->peer_addr};
+    return (token_log_who_t){req->method, req->method_name, req->path,
+                             req->peer,   req->peer_addr,   false};
 }
 
 /* The bytes token_log_who_keep needs for `req`'s strings. */
@@ -49,8 +51,9 @@ token_log_who_t token_log_who_keep(const http_request_t *req, char *space);
 void token_log_created(api_t *api, const token_log_who_t *who, const char *token, unsigned size);
 
 /*
- * After a v2 operation on `key` (a full v2 key) for `who`, before its
- * answer is sent (a pending write: once its outcome is known): logs the token event `res` is, if
+ * After a v2 operation or a v3 Put on `key` (a full registry key) for
+ * `who`, before its answer is sent (a pending write: once its outcome is
+ * known): logs the token event `res` is, if
  * any, and when `res` is REG_E_KEY_NOT_FOUND because the token does not exist, replaces res->cause
  * with "<token key>: <why>" (the key first, as etcd's cause, then what the registry knows: expired
  * and when, never issued, or malformed and how) and logs that with the client's address. Leaves

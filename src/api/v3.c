@@ -31,6 +31,7 @@
 
 #include "api/api_internal.h"
 #include "api/discovery.h"
+#include "api/token_log.h"
 #include "backend/backend.h"
 #include "etcd_v3.pb-c.h"
 #include "util/log.h"
@@ -561,6 +562,7 @@ typedef struct v3_put {
      * as of the refusal that caused the run, and absence is final. */
     unsigned runs;
     const char *token, *key, *value; /* the caller's, or after the struct (put_dup) */
+    token_log_who_t who;             /* the same */
 } v3_put_t;
 
 static void put_run(v3_put_t *put, http_req_t h, const http_request_t *req);
@@ -569,7 +571,9 @@ static void put_run(v3_put_t *put, http_req_t h, const http_request_t *req);
 static v3_put_t *put_dup(const v3_put_t *put)
 {
     size_t t = strlen(put->token) + 1, k = strlen(put->key) + 1, v = strlen(put->value) + 1;
-    v3_put_t *cp = malloc(sizeof *cp + t + k + v);
+    size_t path = strlen(put->who.path) + 1, peer = strlen(put->who.peer) + 1,
+           addr = strlen(put->who.peer_addr) + 1;
+    v3_put_t *cp = malloc(sizeof *cp + t + k + v + path + peer + addr);
     if (!cp)
         return NULL;
     *cp = *put;
@@ -577,6 +581,10 @@ static v3_put_t *put_dup(const v3_put_t *put)
     cp->token = memcpy(p, put->token, t);
     cp->key = memcpy(p + t, put->key, k);
     cp->value = memcpy(p + t + k, put->value, v);
+    p += t + k + v;
+    cp->who.path = memcpy(p, put->who.path, path);
+    cp->who.peer = memcpy(p + path, put->who.peer, peer);
+    cp->who.peer_addr = memcpy(p + path + peer, put->who.peer_addr, addr);
     return cp;
 }
 
@@ -590,6 +598,15 @@ static bool put_may_run_again(const v3_put_t *put, const reg_result_t *res)
            res->err != REG_E_INVALID_FIELD && put->runs < V3_PUT_MAX_RUNS;
 }
 
+/* A Put that changed the registry: its token log line, then its answer. */
+static void send_put_done(const v3_put_t *put, http_req_t h, const reg_result_t *res)
+{
+    reg_result_t logged = *res; /* token_log changes only a refusal's cause */
+    token_log_v2(put->api, &put->who, put->key, &logged);
+    send_put_ok(put->api, h, put->want_prev,
+                res->event && res->event->has_prev ? &res->event->prev : NULL);
+}
+
 static void answer_pending_put(void *ctx, http_req_t h, const reg_result_t *res)
 {
     v3_put_t *put = ctx; /* freed by api_await_write after this returns */
@@ -599,8 +616,7 @@ static void answer_pending_put(void *ctx, http_req_t h, const reg_result_t *res)
     } else if (res->err != REG_OK) {
         send_reg_error(put->api, h, res);
     } else {
-        send_put_ok(put->api, h, put->want_prev,
-                    res->event && res->event->has_prev ? &res->event->prev : NULL);
+        send_put_done(put, h, res);
     }
 }
 
@@ -627,8 +643,7 @@ static void put_answer(const v3_put_t *put, http_req_t h, const reg_result_t *re
     else if (res->err != REG_OK)
         send_reg_error(put->api, h, res);
     else
-        send_put_ok(put->api, h, put->want_prev,
-                    res->event && res->event->has_prev ? &res->event->prev : NULL);
+        send_put_done(put, h, res);
 }
 
 /*
@@ -752,6 +767,8 @@ static void put_run(v3_put_t *put, http_req_t h, const http_request_t *req)
 static void v3_put(api_t *api, const http_request_t *req, const uint8_t *msg, size_t len)
 {
     http_req_t h = req->handle;
+    token_log_who_t who = token_log_who(req);
+    who.v3 = true;
     Etcdserverpb__PutRequest *rq = etcdserverpb__put_request__unpack(NULL, len, msg);
     if (!rq) {
         send_error(api, h, GRPC_INTERNAL, "grpc: error unmarshalling request");
@@ -794,10 +811,10 @@ static void v3_put(api_t *api, const http_request_t *req, const uint8_t *msg, si
         else if (!old)
             send_error(api, h, GRPC_RESOURCE_EXHAUSTED, "disco: out of memory");
         else
-            put_run(&(v3_put_t){api, shape, rq->prev_kv, 0, token, k, old}, h, req);
+            put_run(&(v3_put_t){api, shape, rq->prev_kv, 0, token, k, old, who}, h, req);
         free(old);
     } else {
-        put_run(&(v3_put_t){api, shape, rq->prev_kv, 0, token, k, v}, h, req);
+        put_run(&(v3_put_t){api, shape, rq->prev_kv, 0, token, k, v, who}, h, req);
     }
     free(k);
     free(v);

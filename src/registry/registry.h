@@ -284,7 +284,8 @@ void registry_explain_missing_token(registry_t *reg, const char *name, size_t le
 /* A token at a glance, for logs and the CLI's questions. */
 typedef struct reg_token_summary {
     unsigned size;      /* from _config/size; 0 when it cannot be read */
-    size_t members;     /* values directly in the token directory, hidden ones excluded */
+    size_t members;     /* values directly in the token directory (v2 members) and in its
+                           members/ directory (v3 members), hidden ones excluded */
     int64_t created_ns; /* wall clock */
 } reg_token_summary_t;
 

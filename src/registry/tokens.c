@@ -266,6 +266,14 @@ bool registry_token_summary(registry_t *reg, const char *name, size_t len, reg_t
         if (!reg_node_is_hidden(n) && !reg_node_is_dir(n))
             out->members++;
     }
+    /* v3 members (etcd's v3discovery) are files of members/; a token
+     * serves one kind, so at most one of the two counts is not 0. */
+    const reg_node_t *v3 = reg_node_child(t->dir, "members", 7);
+    for (const reg_node_t *n = v3 && reg_node_is_dir(v3) ? reg_node_first_child(v3) : NULL; n;
+         n = reg_node_next_sibling(n)) {
+        if (!reg_node_is_hidden(n) && !reg_node_is_dir(n))
+            out->members++;
+    }
     const reg_node_t *cfg = reg_node_child(t->dir, "_config", 7);
     const reg_node_t *sz = cfg ? reg_node_child(cfg, "size", 4) : NULL;
     unsigned size;

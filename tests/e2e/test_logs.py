@@ -107,6 +107,27 @@ class TokenEventsJson(unittest.TestCase):
         self.assertEqual(len([m for m in mine if "member m2 deleted" in m and "1 of 2 left" in m]),
                          1, mine)
 
+    def test_v3_members_are_logged_as_v2_ones(self):
+        # etcd 3.6+ members register through the v3 API (V3-DISCOVERY.md);
+        # the operator follows the same token lines, marked (v3).
+        tok = "%032x" % int(time.time_ns())
+        endpoint = self.base.replace("http://", "")
+        reg = "/_etcd/registry/%s" % tok
+        rc, out, err = harness.etcdctl(endpoint, "put", reg + "/_config/size", "2")
+        self.assertEqual(rc, 0, err)
+        for i, mid in enumerate(("8e9e05c52164694d", "91bc3c398fb3c146")):
+            rc, out, err = harness.etcdctl(endpoint, "put", "%s/members/%s" % (reg, mid),
+                                           "m%d=http://10.0.0.%d:2380" % (i, i + 1))
+            self.assertEqual(rc, 0, err)
+        wait_log(self.proc, "token %s complete" % tok)
+        mine = [m for m in self.messages() if tok in m]
+        self.assertRegex(mine[0], r"token %s created: size 2, by 127\.0\.0\.1:\d+ \(v3 API\)"
+                         % tok)
+        self.assertEqual(len([m for m in mine if "registered (v3), 1 of 2" in m and
+                              "m0=http://10.0.0.1:2380" in m]), 1, mine)
+        self.assertEqual(len([m for m in mine if "registered (v3), 2 of 2" in m]), 1, mine)
+        self.assertEqual(len([m for m in mine if "complete: all 2" in m]), 1, mine)
+
     def test_every_line_is_json_with_time_level_msg(self):
         # a message with a quote, a backslash and bytes outside ASCII in it
         harness.http("GET", self.base + "/%22q%5C%C3%A9")
