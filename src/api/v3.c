@@ -559,8 +559,10 @@ typedef struct v3_put {
     enum put_shape shape;
     bool want_prev;
     /* Runs so far; from the second on, the mirror has caught up with etcd
-     * as of the refusal that caused the run, and absence is final. */
+     * as of the refusal (or the wait) that caused the run, and absence is
+     * final. */
     unsigned runs;
+    bool catching_up;                /* pending on registry_await_catch_up, not on a write */
     const char *token, *key, *value; /* the caller's, or after the struct (put_dup) */
     token_log_who_t who;             /* the same */
 } v3_put_t;
@@ -610,7 +612,8 @@ static void send_put_done(const v3_put_t *put, http_req_t h, const reg_result_t 
 static void answer_pending_put(void *ctx, http_req_t h, const reg_result_t *res)
 {
     v3_put_t *put = ctx; /* freed by api_await_write after this returns */
-    if (put_may_run_again(put, res)) {
+    if (put->catching_up ? res->err == REG_OK : put_may_run_again(put, res)) {
+        put->catching_up = false;
         put->runs++;
         put_run(put, h, NULL); /* copies `put` if it waits again */
     } else if (res->err != REG_OK) {
@@ -648,21 +651,20 @@ static void put_answer(const v3_put_t *put, http_req_t h, const reg_result_t *re
 
 /*
  * The token is not in the mirror on a first run. With the etcd backend it
- * may be in etcd already: a compare-and-swap that cannot succeed (no node
- * has modifiedIndex UINT64_MAX) is refused, and the registry checks that
- * refusal again once the mirror has caught up (it answers pending); the Put
- * then runs again and decides from the mirror. A backend that applies on
- * propose answers the refusal at once: the mirror is the store, and the
- * token is absent.
+ * may be in etcd already: the Put waits until the mirror has caught up
+ * with etcd and then runs again, deciding from the mirror. A backend that
+ * applies on propose has nothing to wait for: the mirror is the store, and
+ * the token is absent.
  */
 static void put_await_token(const v3_put_t *put, http_req_t h)
 {
-    reg_ttl_t no_ttl = {0};
     reg_result_t res = {0};
-    registry_compare_and_swap(put->api->reg, put->key, "", UINT64_MAX, put->value, no_ttl,
-                              time_wall_ns(), &res);
-    assert(res.err != REG_OK || res.pending); /* the comparison never holds */
-    if (res.err != REG_OK || !await_put(put, h, &res))
+    registry_await_catch_up(put->api->reg, &res);
+    v3_put_t waiting = *put;
+    waiting.catching_up = true;
+    if (res.err != REG_OK)
+        send_reg_error(put->api, h, &res);
+    else if (!await_put(&waiting, h, &res))
         send_error(put->api, h, GRPC_PERMISSION_DENIED, ETCD_E_PERMISSION_DENIED);
     reg_result_clear(&res);
 }
@@ -811,10 +813,10 @@ static void v3_put(api_t *api, const http_request_t *req, const uint8_t *msg, si
         else if (!old)
             send_error(api, h, GRPC_RESOURCE_EXHAUSTED, "disco: out of memory");
         else
-            put_run(&(v3_put_t){api, shape, rq->prev_kv, 0, token, k, old, who}, h, req);
+            put_run(&(v3_put_t){api, shape, rq->prev_kv, 0, false, token, k, old, who}, h, req);
         free(old);
     } else {
-        put_run(&(v3_put_t){api, shape, rq->prev_kv, 0, token, k, v, who}, h, req);
+        put_run(&(v3_put_t){api, shape, rq->prev_kv, 0, false, token, k, v, who}, h, req);
     }
     free(k);
     free(v);

@@ -172,23 +172,28 @@ void reg_propose_pending(registry_t *reg, reg_event_t *ev, reg_result_t *out)
     out->ticket = p->ticket;
 }
 
-void reg_recheck_refusal(registry_t *reg, const reg_op_t *op, reg_result_t *out)
+/* Whether the backend applies on delivery and can set a barrier. */
+static bool has_barriers(const registry_t *reg)
 {
-    backend_t *be = reg->backend;
-    /* Refusals that another instance's change cannot turn into a success:
-     * malformed input, and this instance's own trouble. */
-    if (!be || be->ops->applies_on_propose || !be->ops->propose_barrier || reg->retrying ||
-        out->err == REG_OK || out->err == REG_E_INTERNAL || out->err == REG_E_INVALID_FIELD)
-        return;
+    const backend_t *be = reg->backend;
+    return be && !be->ops->applies_on_propose && be->ops->propose_barrier;
+}
+
+/* `op` made pending behind a barrier (run again once the mirror has caught
+ * up with the backend), `out` set to say so; NULL (and `out` unchanged)
+ * when that cannot be set up. */
+static reg_pending_t *pending_behind_barrier(registry_t *reg, const reg_op_t *op, reg_result_t *out)
+{
+    assert(has_barriers(reg));
     reg_pending_t *p = pending_new(reg, op);
     if (!p)
-        return; /* the refusal as it is */
+        return NULL;
     p->seq = ++reg->next_seq;
     p->state = PENDING_PROPOSED;
     p->version_guarded = false;
-    if (backend_propose_barrier(be, p->seq) != 0) {
+    if (backend_propose_barrier(reg->backend, p->seq) != 0) {
         pending_free(p);
-        return;
+        return NULL;
     }
     pending_link(reg, p);
     reg_result_clear(out);
@@ -196,6 +201,29 @@ void reg_recheck_refusal(registry_t *reg, const reg_op_t *op, reg_result_t *out)
     out->index = reg->index;
     out->pending = true;
     out->ticket = p->ticket;
+    return p;
+}
+
+void reg_recheck_refusal(registry_t *reg, const reg_op_t *op, reg_result_t *out)
+{
+    /* Refusals that another instance's change cannot turn into a success:
+     * malformed input, and this instance's own trouble. */
+    if (!has_barriers(reg) || reg->retrying || out->err == REG_OK || out->err == REG_E_INTERNAL ||
+        out->err == REG_E_INVALID_FIELD)
+        return;
+    pending_behind_barrier(reg, op, out); /* else the refusal as it is */
+}
+
+void registry_await_catch_up(registry_t *reg, reg_result_t *out)
+{
+    REG_ASSERT_OWNER(reg);
+    reg_result_clear(out);
+    out->index = reg->index;
+    if (!has_barriers(reg))
+        return; /* the mirror is the store: caught up */
+    reg_op_t op = {.kind = REG_OP_CATCH_UP};
+    if (!pending_behind_barrier(reg, &op, out))
+        reg_fail(reg, out, REG_E_INTERNAL, "the backend cannot be asked now; retry");
 }
 
 /*
@@ -241,6 +269,7 @@ static void run_again(registry_t *reg, reg_pending_t *p, reg_result_t *out)
         registry_compare_and_delete(reg, op->key, op->prev_value, op->prev_index, now, out);
         break;
     case REG_OP_CREATE_TOKEN: registry_create_token(reg, op->key, op->size, now, out); break;
+    case REG_OP_CATCH_UP: out->index = reg->index; break; /* REG_OK: caught up */
     }
     reg->retrying = NULL;
     reg->cur_op = NULL;

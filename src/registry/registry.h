@@ -415,6 +415,18 @@ typedef bool (*reg_exists_fn)(void *ctx, const char *key);
 typedef int (*reg_gone_fn)(void *ctx, const char *key, bool is_dir);
 int registry_resync_find_gone(registry_t *reg, reg_exists_fn exists, reg_gone_fn gone, void *ctx);
 
+/*
+ * A wait for the mirror to catch up with its backend (one that applies on
+ * delivery, etcd): `out` is pending until the mirror has applied the
+ * backend's newest revision as of now (backend.h, propose_barrier), then
+ * settles REG_OK with no event. What a caller waits for that found
+ * something missing in the mirror which another instance may have made a
+ * moment ago, before it decides again. With a backend that applies on
+ * propose (the mirror is the store) `out` is REG_OK at once, not pending;
+ * REG_E_INTERNAL when the wait cannot be set up.
+ */
+void registry_await_catch_up(registry_t *reg, reg_result_t *out);
+
 enum reg_settle {
     REG_SETTLE_COMMITTED, /* applied at `index` */
     REG_SETTLE_LOST,      /* the guard failed; the winner is at or below `index` (a guard

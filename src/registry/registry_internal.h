@@ -107,6 +107,7 @@ enum reg_op_kind {
     REG_OP_DELETE,
     REG_OP_CAD,
     REG_OP_CREATE_TOKEN,
+    REG_OP_CATCH_UP, /* registry_await_catch_up: nothing to run, only the wait */
 };
 typedef struct reg_op {
     enum reg_op_kind kind;

@@ -414,6 +414,48 @@ static void test_refusal_checked_again_after_catching_up(void **state)
     registry_free(b.reg);
 }
 
+/* A caller's wait for the mirror to catch up settles, with no event, once
+ * the mirror has applied what was newest when it asked; nothing is
+ * proposed. A registry that is its own store has nothing to wait for. */
+static void test_await_catch_up(void **state)
+{
+    (void)state;
+    instance_t a, b;
+    instance_init(&a);
+    instance_init(&b);
+    instance_t *only_a[] = {&a}, *only_b[] = {&b};
+    reg_result_t r = {0};
+    outcome_t o;
+    registry_create_token(a.reg, "tok", 3, T0, &r);
+    await(&a, &r, &o);
+    registry_settle(a.reg, a.be.last_seq, REG_SETTLE_COMMITTED, 2, NULL);
+    deliver(only_a, 1, REG_ACT_SET, K("_config/size"), "3", 2);
+
+    registry_await_catch_up(b.reg, &r);
+    await(&b, &r, &o);
+    assert_int_equal(b.be.n_barriers, 1);
+    registry_settle(b.reg, b.be.barrier_seq, REG_SETTLE_LOST, 2, NULL);
+    assert_int_equal(o.calls, 0); /* B's mirror is not at 2 yet */
+    deliver(only_b, 1, REG_ACT_SET, K("_config/size"), "3", 2);
+    assert_int_equal(o.calls, 1);
+    assert_int_equal(o.err, REG_OK);
+    assert_int_equal(o.index, 2);
+    assert_int_equal(o.key[0], '\0'); /* no event */
+    assert_int_equal(b.be.n_proposed, 0);
+    assert_int_equal(registry_pending_count(b.reg), 0);
+    assert_true(registry_has_key(b.reg, K("_config/size")));
+
+    registry_t *alone = registry_new(NULL);
+    assert_non_null(alone);
+    registry_await_catch_up(alone, &r);
+    assert_int_equal(r.err, REG_OK);
+    assert_false(r.pending);
+    reg_result_clear(&r);
+    registry_free(alone);
+    registry_free(a.reg);
+    registry_free(b.reg);
+}
+
 /* A delivery the mirror cannot take (it missed a change) is refused. */
 static void test_delivery_that_does_not_fit(void **state)
 {
@@ -658,6 +700,7 @@ int main(void)
         cmocka_unit_test(test_old_wait_index_is_cleared),
         cmocka_unit_test(test_stale_token_version_is_learned_from_a_lost_guard),
         cmocka_unit_test(test_own_delivery_settles_the_proposal),
+        cmocka_unit_test(test_await_catch_up),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
