@@ -66,6 +66,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "tests", "e2e"))
 import harness  # noqa: E402  (process helpers shared with the e2e tests)
+from h2raw import field as pb_bytes, grpc_message as grpc_frame  # noqa: E402
 
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -395,25 +396,6 @@ def bench_bigstore(workdir, tokens, results):
 
 
 # ---- v3 (gRPC over h2c) -------------------------------------------------
-
-def pb_varint(n):
-    out = b""
-    while True:
-        b, n = n & 0x7F, n >> 7
-        if not n:
-            return out + bytes([b])
-        out += bytes([b | 0x80])
-
-
-def pb_bytes(num, data):
-    """One length-delimited protobuf field (bytes, string or message)."""
-    return pb_varint(num << 3 | 2) + pb_varint(len(data)) + data
-
-
-def grpc_frame(msg):
-    """gRPC's length-prefixed message: not compressed, 4-byte big-endian length."""
-    return b"\0" + len(msg).to_bytes(4, "big") + msg
-
 
 def v3_prefix(token):
     return ("/_etcd/registry/%s/members/" % token).encode()

@@ -34,11 +34,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "tests", "e2e"))
 import harness  # noqa: E402
-
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-DATA, HEADERS, SETTINGS, PING, WINDOW_UPDATE = 0, 1, 4, 6, 8
-ACK, END_HEADERS = 0x1, 0x4
-
+from h2raw import (ACK, DATA, END_HEADERS, HEADERS, PING, PREFACE, SETTINGS,  # noqa: E402
+                   WINDOW_UPDATE, frame, hpack_literal, watch_create)
 
 def rss_kib(pid):
     with open("/proc/%d/status" % pid) as f:
@@ -46,33 +43,6 @@ def rss_kib(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
-
-
-def frame(ftype, flags, stream, payload=b""):
-    return struct.pack(">I", len(payload))[1:] + bytes([ftype, flags]) + \
-        struct.pack(">I", stream) + payload
-
-
-def varint(n):
-    out = b""
-    while True:
-        b, n = n & 0x7F, n >> 7
-        if not n:
-            return out + bytes([b])
-        out += bytes([b | 0x80])
-
-
-def field(number, data):
-    return varint(number << 3 | 2) + varint(len(data)) + data
-
-
-def hpack_literal(fields):
-    return b"".join(b"\x00" + bytes([len(k)]) + k + bytes([len(v)]) + v for k, v in fields)
-
-
-def watch_create(key, range_end):
-    pb = field(1, field(1, key) + field(2, range_end))
-    return b"\x00" + struct.pack(">I", len(pb)) + pb
 
 
 class Conn:
@@ -85,13 +55,13 @@ class Conn:
         self.buf = b""
         self.created = 0
         self.data = b""
-        self.authority = ("%s:%d" % (host, port)).encode()
+        self.authority = "%s:%d" % (host, port)
 
     def open(self, create):
-        head = hpack_literal([(b":method", b"POST"), (b":scheme", b"http"),
-                              (b":path", b"/etcdserverpb.Watch/Watch"),
-                              (b":authority", self.authority),
-                              (b"content-type", b"application/grpc"), (b"te", b"trailers")])
+        head = hpack_literal([(":method", "POST"), (":scheme", "http"),
+                              (":path", "/etcdserverpb.Watch/Watch"),
+                              (":authority", self.authority),
+                              ("content-type", "application/grpc"), ("te", "trailers")])
         self.send(PREFACE + frame(SETTINGS, 0, 0) +
                   frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", 1 << 24)) +
                   frame(HEADERS, END_HEADERS, 1, head) + frame(DATA, 0, 1, create))
