@@ -218,7 +218,12 @@ void reg_propose_pending(registry_t *reg, reg_event_t *ev, reg_result_t *out)
     free(p->inorder_dir);
     p->inorder_dir = dir;
     if (dir && in_order_in_flight(reg, dir)) {
-        /* Validated again and named when its turn comes (release_held). */
+        /* Validated again and named when its turn comes (release_held);
+         * the name just handed out is not used, so it is given again:
+         * on a quiet cluster names stay equal to createdIndex. */
+        const char *leaf = strrchr(ev->node.key, '/') + 1;
+        if (strtoull(leaf, NULL, 10) == reg->inorder_high)
+            reg->inorder_high--;
         reg_event_free(ev);
         p->state = PENDING_HELD;
         if (fresh)
