@@ -79,6 +79,13 @@ enum backend_guard_kind {
     /* The token is still at `token_index`: its last change is the one the
      * mirror validated against (every other write). */
     BACKEND_GUARD_TOKEN_AT,
+    /* An in-order key (POST) in the token's directory or in a directory
+     * right below it: the token exists, that directory is not a file, and
+     * no key of the directory whose name starts with a digit sorts at or
+     * after the new key's name. So in-order names sort in the order etcd
+     * created them, and POSTs to one directory conflict only when another
+     * one with a higher name was created first. */
+    BACKEND_GUARD_IN_ORDER,
 };
 typedef struct backend_guard {
     enum backend_guard_kind kind;

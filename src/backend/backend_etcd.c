@@ -1117,6 +1117,7 @@ static int send_plan_to(etcd_backend_t *eb, const etcd_txn_plan_t *plan, uint64_
         Etcdserverpb__Compare init = ETCDSERVERPB__COMPARE__INIT;
         cmps[i] = init;
         fill_bytes(&cmps[i].key, plan->cmps[i].key);
+        fill_bytes(&cmps[i].range_end, plan->cmps[i].range_end);
         switch (plan->cmps[i].kind) {
         case ETCD_CMP_CREATE_EQ:
         case ETCD_CMP_CREATE_GT:

@@ -267,8 +267,10 @@ bool etcd_layout_parse_marker(const char *value, size_t len, enum reg_action *ac
 
 void etcd_txn_plan_free(etcd_txn_plan_t *plan)
 {
-    for (size_t i = 0; i < plan->n_cmps; i++)
+    for (size_t i = 0; i < plan->n_cmps; i++) {
         free(plan->cmps[i].key);
+        free(plan->cmps[i].range_end);
+    }
     for (size_t i = 0; i < plan->n_success; i++) {
         free(plan->success[i].key);
         free(plan->success[i].value);
@@ -285,8 +287,48 @@ static int add_cmp(etcd_txn_plan_t *plan, enum etcd_cmp_kind kind, char *key, in
     assert(plan->n_cmps < ETCD_PLAN_MAX_CMPS);
     if (!key)
         return -ENOMEM;
-    plan->cmps[plan->n_cmps++] = (etcd_cmp_t){kind, key, rev};
+    plan->cmps[plan->n_cmps++] = (etcd_cmp_t){kind, key, rev, NULL};
     return 0;
+}
+
+/*
+ * The compares of an in-order key (BACKEND_GUARD_IN_ORDER) `v2key` below
+ * the token that starts at `token` (`token_len` bytes): its directory is
+ * not a file (unless it is the token's), and no key of the directory from
+ * the new key's name to the end of the names starting with a digit exists
+ * (in-order names are digits only, so a higher one sorts there; a key
+ * below one, P k/.../<name>/..., too).
+ */
+static int add_in_order_cmps(const char *prefix, const char *v2key, const char *token,
+                             size_t token_len, etcd_txn_plan_t *plan)
+{
+    const char *leaf = strrchr(v2key, '/');
+    assert(leaf && leaf > token + token_len - 1);
+    char *dir = strndup(v2key, (size_t)(leaf - v2key));
+    if (!dir)
+        return -ENOMEM;
+    int rc = 0;
+    if (leaf != token + token_len) /* a directory below the token */
+        rc = add_cmp(plan, ETCD_CMP_CREATE_EQ, etcd_layout_key(prefix, dir, false), 0);
+    char *digits = NULL, *last = NULL, *end = NULL;
+    if (rc == 0) {
+        digits = malloc(strlen(dir) + 3);
+        if (digits)
+            sprintf(digits, "%s/9", dir);
+        last = digits ? etcd_layout_key(prefix, digits, false) : NULL;
+        end = last ? etcd_layout_prefix_end(last) : NULL;
+        rc = add_cmp(plan, ETCD_CMP_CREATE_EQ, end ? etcd_layout_key(prefix, v2key, false) : NULL,
+                     0);
+    }
+    if (rc == 0) {
+        plan->cmps[plan->n_cmps - 1].range_end = end;
+        end = NULL;
+    }
+    free(end);
+    free(last);
+    free(digits);
+    free(dir);
+    return rc;
 }
 
 static int add_op(etcd_txn_plan_t *plan, size_t *cap, enum etcd_op_kind kind, char *key,
@@ -376,6 +418,12 @@ int etcd_layout_plan(const char *prefix, const reg_event_t *ev, const backend_gu
             rc = add_failure_range(plan, etcd_layout_key(prefix, key, false));
         if (rc == 0)
             rc = add_failure_range(plan, etcd_layout_key(prefix, key, true));
+        break;
+    case BACKEND_GUARD_IN_ORDER:
+        rc =
+            add_cmp(plan, ETCD_CMP_CREATE_GT, etcd_layout_version_key(prefix, token, token_len), 0);
+        if (rc == 0)
+            rc = add_in_order_cmps(prefix, key, token, token_len, plan);
         break;
     case BACKEND_GUARD_TOKEN_AT:
         rc = add_cmp(plan, ETCD_CMP_MOD_EQ, etcd_layout_version_key(prefix, token, token_len),

@@ -106,6 +106,9 @@ typedef struct etcd_cmp {
     enum etcd_cmp_kind kind;
     char *key;
     int64_t rev;
+    /* Not NULL: the compare holds for every key in [key, range_end), and
+     * for none there (etcd's Compare.range_end). */
+    char *range_end;
 } etcd_cmp_t;
 typedef struct etcd_op {
     enum etcd_op_kind kind;

@@ -369,7 +369,7 @@ static int fill_to(migrate_t *m, int64_t upto, uint64_t *filled)
 /* Removes a partial copy; false when etcd did not take it. */
 static bool roll_back(migrate_t *m)
 {
-    etcd_cmp_t guard = {ETCD_CMP_MOD_EQ, m->base_key, m->claim_rev};
+    etcd_cmp_t guard = {.kind = ETCD_CMP_MOD_EQ, .key = m->base_key, .rev = m->claim_rev};
     etcd_op_t ops[2] = {{.kind = ETCD_OP_DELETE_PREFIX, .key = (char *)m->prefix},
                         {.kind = ETCD_OP_DELETE, .key = m->fill_key}};
     return txn_sync(m, &guard, 1, NULL, ops, 2, false) == 0 && m->succeeded;
@@ -543,7 +543,7 @@ static int copy_events(migrate_t *m, const event_list_t *events, int64_t base, c
         }
         /* The claim guards every copy, not the backend's per-token compare:
          * the prefix is ours alone while it says "migrating". */
-        etcd_cmp_t guard = {ETCD_CMP_MOD_EQ, m->base_key, m->claim_rev};
+        etcd_cmp_t guard = {.kind = ETCD_CMP_MOD_EQ, .key = m->base_key, .rev = m->claim_rev};
         rc = txn_sync(m, &guard, 1, NULL, plan.success, plan.n_success, false);
         etcd_txn_plan_free(&plan);
         if (rc != 0)
@@ -634,7 +634,7 @@ int cmd_migrate(int argc, char **argv)
     char claim_value[128];
     snprintf(claim_value, sizeof claim_value, "%s since %lld (pid %ld)",
              ETCD_LAYOUT_INDEX_BASE_MIGRATING, (long long)time(NULL), (long)getpid());
-    etcd_cmp_t empty = {ETCD_CMP_CREATE_EQ, (char *)f.prefix, 0};
+    etcd_cmp_t empty = {.kind = ETCD_CMP_CREATE_EQ, .key = (char *)f.prefix, .rev = 0};
     etcd_op_t claim = {.kind = ETCD_OP_PUT, .key = m.base_key, .value = claim_value};
     if (txn_sync(&m, &empty, 1, m.prefix_end, &claim, 1, true) != 0) {
         fprintf(stderr, "disco migrate: etcd (%s): %s\n", eps[0], m.message);
@@ -670,7 +670,7 @@ int cmd_migrate(int argc, char **argv)
     }
     char base_value[24];
     snprintf(base_value, sizeof base_value, "%" PRId64, base);
-    etcd_cmp_t ours = {ETCD_CMP_MOD_EQ, m.base_key, m.claim_rev};
+    etcd_cmp_t ours = {.kind = ETCD_CMP_MOD_EQ, .key = m.base_key, .rev = m.claim_rev};
     etcd_op_t finish[2] = {{.kind = ETCD_OP_PUT, .key = m.base_key, .value = base_value},
                            {.kind = ETCD_OP_DELETE, .key = m.fill_key}};
     if (txn_sync(&m, &ours, 1, NULL, finish, 2, false) != 0 || !m.succeeded) {

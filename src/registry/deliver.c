@@ -39,6 +39,7 @@ enum pending_state {
     PENDING_PROPOSED,  /* sent; no verdict yet */
     PENDING_COMMITTED, /* applied at wait_index; answer once the mirror is there */
     PENDING_RETRY,     /* guard lost; run again once the mirror is at wait_index */
+    PENDING_HELD,      /* an in-order create behind the one in flight to its directory */
 };
 
 struct reg_pending {
@@ -51,6 +52,9 @@ struct reg_pending {
     /* The current proposal is guarded by the token's version
      * (BACKEND_GUARD_TOKEN_AT): a loss then names that version's revision. */
     bool version_guarded;
+    /* The current proposal is an in-order create (BACKEND_GUARD_IN_ORDER):
+     * its directory's key (owned), else NULL. */
+    char *inorder_dir;
     reg_op_t op; /* owned copies of the strings */
     reg_settled_fn fn;
     void *ctx;
@@ -58,6 +62,7 @@ struct reg_pending {
 
 static void pending_free(reg_pending_t *p)
 {
+    free(p->inorder_dir);
     free(p->op.key);
     free(p->op.value);
     free(p->op.prev_value);
@@ -111,10 +116,38 @@ static reg_pending_t *find_by(registry_t *reg, uint64_t ticket, uint64_t seq)
 }
 
 /*
+ * Whether `ev`, made by the current operation in token `t` (its key's rest
+ * below the token: `rest`), can be guarded as an in-order key
+ * (BACKEND_GUARD_IN_ORDER): a POST into the token's directory or into a
+ * directory right below it, whose in-order names are the only names there
+ * that start with a digit (another one could sort among them).
+ */
+static bool in_order_guardable(registry_t *reg, reg_token_t *t, const reg_event_t *ev,
+                               const char *rest)
+{
+    const reg_op_t *op = reg->cur_op;
+    if (!op || op->kind != REG_OP_CREATE || !op->unique || ev->action != REG_ACT_CREATE ||
+        ev->has_prev || rest[0] != '/')
+        return false;
+    const char *leaf = strrchr(rest, '/');
+    const reg_node_t *dir = t->dir;
+    if (leaf != rest) {
+        const char *sub = rest + 1;
+        if (strchr(sub, '/') != leaf)
+            return false; /* deeper: the token's version guards it */
+        dir = reg_node_child(t->dir, sub, (size_t)(leaf - sub));
+        if (dir && !dir->is_dir)
+            return false; /* refused by the operation; never proposed */
+    }
+    return reg_inorder_scan(dir, NULL);
+}
+
+/*
  * The guard for `ev` against the mirror as it is now: a new token must not
  * exist; a create right below the token needs only its own key absent (so
- * that registrations of different members never conflict); anything else
- * needs the token unchanged since its last event.
+ * that registrations of different members never conflict); an in-order
+ * key needs no higher one in its directory; anything else needs the token
+ * unchanged since its last event.
  */
 static void guard_for(registry_t *reg, const reg_event_t *ev, backend_guard_t *g)
 {
@@ -127,6 +160,8 @@ static void guard_for(registry_t *reg, const reg_event_t *ev, backend_guard_t *g
     memset(g, 0, sizeof *g);
     if (!t) {
         g->kind = BACKEND_GUARD_TOKEN_NEW;
+    } else if (in_order_guardable(reg, t, ev, rest)) {
+        g->kind = BACKEND_GUARD_IN_ORDER;
     } else if (ev->action == REG_ACT_CREATE && !ev->has_prev && rest[0] == '/' &&
                !strchr(rest + 1, '/')) {
         g->kind = BACKEND_GUARD_KEY_ABSENT;
@@ -140,6 +175,22 @@ static void guard_for(registry_t *reg, const reg_event_t *ev, backend_guard_t *g
     }
 }
 
+/* Is an in-order create to directory `dir` sent and not yet answered? */
+static bool in_order_in_flight(const registry_t *reg, const char *dir)
+{
+    for (const reg_pending_t *p = reg->pending; p; p = p->next)
+        if (p->state == PENDING_PROPOSED && p->inorder_dir && strcmp(p->inorder_dir, dir) == 0)
+            return true;
+    return false;
+}
+
+/*
+ * In-order creates (POST) to one directory go to etcd one at a time from
+ * this instance: etcd may apply Txns in flight at once in any order, and
+ * each one applied after a higher name loses its guard (about ln k of k
+ * in flight would win a round). Sent one at a time, this instance's names
+ * are created in their order and lose only to another instance's.
+ */
 void reg_propose_pending(registry_t *reg, reg_event_t *ev, reg_result_t *out)
 {
     assert(reg->cur_op); /* every public write names its operation */
@@ -152,6 +203,37 @@ void reg_propose_pending(registry_t *reg, reg_event_t *ev, reg_result_t *out)
     }
     backend_guard_t g;
     guard_for(reg, ev, &g);
+    char *dir = NULL;
+    if (g.kind == BACKEND_GUARD_IN_ORDER) {
+        const char *leaf = strrchr(ev->node.key, '/');
+        assert(leaf); /* a key below a token */
+        if (!(dir = strndup(ev->node.key, (size_t)(leaf - ev->node.key)))) {
+            if (fresh)
+                pending_free(p);
+            reg_event_free(ev);
+            reg_fail_nomem(reg, out);
+            return;
+        }
+    }
+    free(p->inorder_dir);
+    p->inorder_dir = dir;
+    if (dir && in_order_in_flight(reg, dir)) {
+        /* Validated again and named when its turn comes (release_held);
+         * the name just handed out is not used, so it is given again:
+         * on a quiet cluster names stay equal to createdIndex. */
+        const char *leaf = strrchr(ev->node.key, '/') + 1;
+        if (strtoull(leaf, NULL, 10) == reg->inorder_high)
+            reg->inorder_high--;
+        reg_event_free(ev);
+        p->state = PENDING_HELD;
+        if (fresh)
+            pending_link(reg, p);
+        out->err = REG_OK;
+        out->index = reg->index;
+        out->pending = true;
+        out->ticket = p->ticket;
+        return;
+    }
     p->seq = ++reg->next_seq;
     p->state = PENDING_PROPOSED;
     p->version_guarded = g.kind == BACKEND_GUARD_TOKEN_AT;
@@ -284,6 +366,31 @@ static void answer(reg_pending_t *p, const reg_result_t *res)
 }
 
 /*
+ * Runs again the oldest held in-order create of each directory that has
+ * none in flight any more. Each run sends it (its directory is then in
+ * flight), holds it again behind a write just sent, or answers it.
+ */
+static void release_held(registry_t *reg)
+{
+    for (;;) {
+        reg_pending_t *next = NULL;
+        for (reg_pending_t *p = reg->pending; p; p = p->next)
+            if (p->state == PENDING_HELD && (!next || p->ticket < next->ticket) &&
+                !in_order_in_flight(reg, p->inorder_dir))
+                next = p;
+        if (!next)
+            return;
+        reg_result_t res = {0};
+        run_again(reg, next, &res);
+        if (!res.pending) {
+            pending_unlink(reg, next);
+            answer(next, &res);
+        }
+        reg_result_clear(&res);
+    }
+}
+
+/*
  * Answers or re-runs every pending write the mirror has now caught up
  * with. A re-run may propose again (it stays pending) or fail at once.
  */
@@ -292,7 +399,8 @@ static void pending_check(registry_t *reg)
     reg_pending_t *ready = NULL, **tail = &ready;
     for (reg_pending_t **pp = &reg->pending; *pp;) {
         reg_pending_t *p = *pp;
-        if (p->state != PENDING_PROPOSED && p->wait_index <= reg->index) {
+        if ((p->state == PENDING_COMMITTED || p->state == PENDING_RETRY) &&
+            p->wait_index <= reg->index) {
             *pp = p->next;
             reg->n_pending--;
             p->next = NULL;
@@ -333,6 +441,7 @@ static void pending_check(registry_t *reg)
         }
         reg_result_clear(&res);
     }
+    release_held(reg);
 }
 
 void registry_settle(registry_t *reg, uint64_t seq, enum reg_settle how, uint64_t index,
@@ -348,6 +457,7 @@ void registry_settle(registry_t *reg, uint64_t seq, enum reg_settle how, uint64_
         reg_fail(reg, &res, REG_E_INTERNAL, why ? why : "the change could not be made; retry");
         answer(p, &res);
         reg_result_clear(&res);
+        release_held(reg);
         return;
     }
     p->state = how == REG_SETTLE_COMMITTED ? PENDING_COMMITTED : PENDING_RETRY;

@@ -43,6 +43,62 @@ static int64_t expiry_of(reg_ttl_t ttl, int64_t now_ns)
     return now_ns + (int64_t)s * NS_PER_SEC;
 }
 
+bool reg_inorder_scan(const reg_node_t *dir, uint64_t *highest)
+{
+    bool only_inorder = true;
+    uint64_t high = 0;
+    for (const reg_node_t *c = dir ? dir->first_child : NULL; c; c = c->next) {
+        if (c->name[0] < '0' || c->name[0] > '9')
+            continue;
+        size_t len = strspn(c->name, "0123456789");
+        if (len != REG_INORDER_NAME_LEN || c->name[len] != '\0') {
+            only_inorder = false;
+            continue;
+        }
+        uint64_t v = strtoull(c->name, NULL, 10);
+        if (v > high)
+            high = v;
+    }
+    if (highest)
+        *highest = high;
+    return only_inorder;
+}
+
+/*
+ * The number of a new in-order key in directory `clean`. etcd's v2 names
+ * it by its createdIndex: the registry's next index, which is exact when
+ * the registry assigns indexes (local store). A backend that applies on
+ * delivery decides the index later, so several POSTs in flight at once
+ * would all guess the same one: there the name is also above every name
+ * handed out and every in-order name the directory holds, and the
+ * backend's guard (BACKEND_GUARD_IN_ORDER) keeps names in creation order.
+ */
+static uint64_t inorder_name(registry_t *reg, const char *clean, uint64_t next)
+{
+    if (!reg->backend || reg->backend->ops->applies_on_propose)
+        return next;
+    const char *name, *rest;
+    size_t len;
+    reg_token_t *t =
+        reg_split_token(clean, &name, &len, &rest) ? reg_find_token(reg, name, len) : NULL;
+    reg_node_t *dir = NULL;
+    if (t) {
+        reg_result_t probe = {0};
+        dir = reg_walk(reg, t, rest, &probe);
+        reg_result_clear(&probe);
+    }
+    uint64_t held = 0;
+    if (dir && dir->is_dir)
+        reg_inorder_scan(dir, &held);
+    uint64_t n = next;
+    if (n <= reg->inorder_high)
+        n = reg->inorder_high + 1;
+    if (n <= held)
+        n = held + 1;
+    reg->inorder_high = n;
+    return n;
+}
+
 /* etcd's internalCreate; `replace` is Set's "overwrite a file". */
 static void create_or_set(registry_t *reg, const char *key, bool is_dir, const char *value,
                           bool unique, enum reg_action action, reg_ttl_t ttl, int64_t now_ns,
@@ -59,7 +115,8 @@ static void create_or_set(registry_t *reg, const char *key, bool is_dir, const c
             reg_fail_nomem(reg, out);
             return;
         }
-        sprintf(k, "%s/%020llu", strcmp(clean, "/") == 0 ? "" : clean, (unsigned long long)next);
+        sprintf(k, "%s/%020llu", strcmp(clean, "/") == 0 ? "" : clean,
+                (unsigned long long)inorder_name(reg, clean, next));
         free(clean);
         clean = k;
     }

@@ -152,6 +152,10 @@ struct registry {
     reg_pending_t *pending;
     size_t n_pending;
     uint64_t next_ticket, next_seq;
+    /* Backends that apply on delivery (etcd): the highest in-order name
+     * (POST) handed out, so that writes in flight at once never pick the
+     * same one (ops.c, inorder_name); unused with the local store. */
+    uint64_t inorder_high;
     pthread_t owner; /* the thread that made the registry */
     bool busy;       /* inside commit(): no re-entry */
 };
@@ -240,6 +244,13 @@ reg_node_t *reg_walk(registry_t *reg, reg_token_t *t, const char *rest, reg_resu
 
 /* ---- ops.c -------------------------------------------------------------- */
 
+/* The length of an in-order name (POST): etcd's %020d of an index. */
+#define REG_INORDER_NAME_LEN 20
+/* Scans the children of `dir` (a directory, or NULL: none) for in-order
+ * names: *highest (if not NULL) is the highest one, 0 if none. False when a
+ * child's name starts with a digit without being an in-order name (it
+ * would sort among them). */
+bool reg_inorder_scan(const reg_node_t *dir, uint64_t *highest);
 /* Builds and commits an event that rewrites or removes node `n`. */
 void reg_commit_change(registry_t *reg, reg_node_t *n, enum reg_action action, const char *value,
                        int64_t expire_ns, int64_t now_ns, reg_result_t *out);

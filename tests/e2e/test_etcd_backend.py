@@ -767,5 +767,105 @@ class EtcdLongHistoryStartTest(unittest.TestCase):
             harness.http("GET", keys_url(c, tok, "/m0"))[2],
             CONVERGE_TIMEOUT_S, what="A = C")
 
+
+class EtcdInOrderPostTest(unittest.TestCase):
+    """POSTs (in-order keys) in flight at once on the etcd backend: 64 on one
+    instance, then 32 on each of two instances. Every one is created (201,
+    distinct keys), and a sorted listing, the same on both instances, is
+    in creation order: createdIndex ascending. Before in-order names were
+    chosen above every name handed out, concurrent POSTs on one instance
+    all picked the same name and most got 503 past the retry limit."""
+
+    N_ONE = 64
+    N_EACH = 32
+
+    @classmethod
+    def setUpClass(cls):
+        cls.workdir = tempfile.mkdtemp(prefix="disco-e2e-etcdo-")
+        cls.etcd, (cls.disco_a, cls.a), (cls.disco_b, cls.b) = \
+            harness.start_etcd_and_two_discos(cls.workdir, size=1)
+
+    @classmethod
+    def tearDownClass(cls):
+        harness.stop_etcd_and_discos(cls.etcd, cls.disco_a, cls.disco_b)
+        shutil.rmtree(cls.workdir, ignore_errors=True)
+
+    def new_token(self, base):
+        st, _, body = harness.http("GET", base + "/new?size=3")
+        self.assertEqual(st, 200, body)
+        return body.decode().strip().rsplit("/", 1)[1]
+
+    def post_at_once(self, jobs):
+        """jobs: [(url, value)]; POSTs them all from threads released
+        together. Returns [(status, body)] in the order of jobs."""
+        results = [None] * len(jobs)
+        go = threading.Barrier(len(jobs))
+
+        def post(i, url, value):
+            try:
+                go.wait(30 * SLOW)
+                st, _, body = harness.http("POST", url, "value=" + value, FORM,
+                                           timeout=30 * SLOW)
+                results[i] = (st, body)
+            except Exception as e:  # reported below, with the others
+                results[i] = (None, repr(e).encode())
+
+        threads = [threading.Thread(target=post, args=(i, u, v))
+                   for i, (u, v) in enumerate(jobs)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60 * SLOW)
+        self.assertFalse(any(t.is_alive() for t in threads), "a POST did not finish")
+        return results
+
+    def check_in_order(self, bases, dir_url_of, results, values):
+        bad = [(st, body) for st, body in results if st != 201]
+        self.assertEqual(bad, [], "%d of %d POSTs not created" % (len(bad), len(results)))
+        made = {}
+        for st, body in results:
+            node = json.loads(body)["node"]
+            made[node["key"]] = (node["value"], node["createdIndex"])
+        self.assertEqual(len(made), len(results), "in-order keys must be distinct")
+        self.assertEqual(sorted(v for v, _ in made.values()), sorted(values))
+        self.assertEqual(len({ci for _, ci in made.values()}), len(results))
+
+        def nodes(base):
+            st, _, body = harness.http("GET", dir_url_of(base) + "?sorted=true")
+            if st != 200:
+                return None
+            return [(n["key"], (n["value"], n["createdIndex"]))
+                    for n in json.loads(body)["node"].get("nodes", [])]
+
+        listings = [harness.wait_until(
+            lambda b=b: (lambda l: l if l is not None and dict(l) == made else None)(nodes(b)),
+            CONVERGE_TIMEOUT_S, what="every POST listed on %s" % b) for b in bases]
+        for other in listings[1:]:
+            self.assertEqual(other, listings[0])
+        created = [ci for _, (_, ci) in listings[0]]
+        self.assertEqual(created, sorted(created),
+                         "sorted by key, the listing must be in createdIndex order")
+
+    def test_64_posts_at_once_on_one_instance(self):
+        tok = self.new_token(self.a)
+        url = keys_url(self.a, tok)
+        values = ["v%d" % i for i in range(self.N_ONE)]
+        results = self.post_at_once([(url, v) for v in values])
+        self.check_in_order([self.a, self.b], lambda base: keys_url(base, tok), results, values)
+
+    def test_32_posts_at_once_on_each_of_two_instances(self):
+        tok = self.new_token(self.a)
+        harness.wait_until(lambda: harness.http("GET", keys_url(self.b, tok))[0] == 200,
+                           CONVERGE_TIMEOUT_S, what="the token on B")
+        jobs, values = [], []
+        for base, name in ((self.a, "a"), (self.b, "b")):
+            for i in range(self.N_EACH):
+                jobs.append((keys_url(base, tok, "/queue"), "%s%d" % (name, i)))
+                values.append("%s%d" % (name, i))
+        results = self.post_at_once(jobs)
+        self.check_in_order([self.a, self.b], lambda base: keys_url(base, tok, "/queue"),
+                            results, values)
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -132,6 +132,40 @@ static void test_plan_registration(void **state)
     etcd_txn_plan_free(&p);
 }
 
+/* An in-order key: no key of its directory sorts at or after its name
+ * among those starting with a digit; below the token, its directory is
+ * not a file. */
+static void test_plan_in_order(void **state)
+{
+    (void)state;
+    reg_event_t ev = event(REG_ACT_CREATE, V2("00000000000000000042"), false, "job");
+    backend_guard_t g = {.kind = BACKEND_GUARD_IN_ORDER};
+    etcd_txn_plan_t p;
+    assert_int_equal(etcd_layout_plan(P, &ev, &g, "i1", 7, &p), 0);
+    assert_int_equal(p.n_cmps, 2);
+    assert_int_equal(p.cmps[0].kind, ETCD_CMP_CREATE_GT);
+    assert_string_equal(p.cmps[0].key, "/disco/v/tok");
+    assert_null(p.cmps[0].range_end);
+    assert_int_equal(p.cmps[1].kind, ETCD_CMP_CREATE_EQ);
+    assert_int_equal(p.cmps[1].rev, 0);
+    assert_string_equal(p.cmps[1].key, "/disco/k/tok/00000000000000000042");
+    assert_string_equal(p.cmps[1].range_end, "/disco/k/tok/:");
+    assert_non_null(find_op(&p, ETCD_OP_PUT, "/disco/k/tok/00000000000000000042"));
+    assert_string_equal(p.failure[p.n_failure - 1].key, "/disco/v/tok");
+    etcd_txn_plan_free(&p);
+
+    ev = event(REG_ACT_CREATE, V2("q/00000000000000000043"), false, "job");
+    assert_int_equal(etcd_layout_plan(P, &ev, &g, "i1", 8, &p), 0);
+    assert_int_equal(p.n_cmps, 3);
+    assert_int_equal(p.cmps[1].kind, ETCD_CMP_CREATE_EQ);
+    assert_string_equal(p.cmps[1].key, "/disco/k/tok/q");
+    assert_null(p.cmps[1].range_end);
+    assert_string_equal(p.cmps[2].key, "/disco/k/tok/q/00000000000000000043");
+    assert_string_equal(p.cmps[2].range_end, "/disco/k/tok/q/:");
+    assert_non_null(find_op(&p, ETCD_OP_PUT, "/disco/k/tok/q/"));
+    etcd_txn_plan_free(&p);
+}
+
 static void test_plan_token_creation(void **state)
 {
     (void)state;
@@ -384,6 +418,7 @@ int main(void)
         cmocka_unit_test(test_keys),
         cmocka_unit_test(test_marker_round_trip),
         cmocka_unit_test(test_plan_registration),
+        cmocka_unit_test(test_plan_in_order),
         cmocka_unit_test(test_plan_token_creation),
         cmocka_unit_test(test_plan_guarded_by_token_version),
         cmocka_unit_test(test_plan_ttl_key),

@@ -295,6 +295,67 @@ static void test_lost_guard_is_proposed_again(void **state)
     registry_free(b.reg);
 }
 
+/* In-order keys (POST) to one directory: sent one at a time, each named
+ * above every name handed out and every in-order name the mirror holds;
+ * a loss to another instance's higher name renames above it. */
+static void test_in_order_keys_one_at_a_time(void **state)
+{
+    (void)state;
+    instance_t a, b;
+    instance_init(&a);
+    instance_init(&b);
+    instance_t *all[] = {&a, &b};
+    make_token(&a, &b);
+    int sent = a.be.n_proposed; /* the token's creation */
+    reg_result_t r[3];
+    outcome_t o[3];
+    for (int i = 0; i < 3; i++) {
+        registry_create(a.reg, TOKDIR, false, "job", true, NO_TTL, T0, &r[i]);
+        await(&a, &r[i], &o[i]);
+    }
+    assert_int_equal(a.be.n_proposed, sent + 1); /* the others wait their turn */
+    assert_int_equal(a.be.last_guard.kind, BACKEND_GUARD_IN_ORDER);
+    assert_string_equal(a.be.last_key, K("00000000000000000003"));
+    assert_int_equal(registry_pending_count(a.reg), 3);
+
+    /* Answered: the next one goes, named after it. */
+    registry_settle(a.reg, a.be.last_seq, REG_SETTLE_COMMITTED, 3, NULL);
+    assert_int_equal(a.be.n_proposed, sent + 2);
+    assert_string_equal(a.be.last_key, K("00000000000000000004"));
+    deliver(all, 2, REG_ACT_CREATE, K("00000000000000000003"), "job", 3);
+    assert_int_equal(o[0].calls, 1);
+    assert_int_equal(o[0].err, REG_OK);
+
+    /* b's POST got a higher name created first: a's loses, then is named
+     * above it. */
+    deliver(all, 2, REG_ACT_CREATE, K("00000000000000000009"), "other", 5);
+    registry_settle(a.reg, a.be.last_seq, REG_SETTLE_LOST, 5, NULL);
+    assert_int_equal(a.be.n_proposed, sent + 3);
+    assert_int_equal(a.be.last_guard.kind, BACKEND_GUARD_IN_ORDER);
+    assert_string_equal(a.be.last_key, K("00000000000000000010"));
+    registry_settle(a.reg, a.be.last_seq, REG_SETTLE_FAILED, 0, "gone");
+    assert_int_equal(o[1].calls, 1);
+    assert_int_equal(o[1].err, REG_E_INTERNAL);
+    /* A failed one lets the next go too. */
+    assert_int_equal(a.be.n_proposed, sent + 4);
+    assert_string_equal(a.be.last_key, K("00000000000000000011"));
+    registry_settle(a.reg, a.be.last_seq, REG_SETTLE_COMMITTED, 6, NULL);
+    deliver(all, 2, REG_ACT_CREATE, K("00000000000000000011"), "job", 6);
+    assert_int_equal(o[2].calls, 1);
+    assert_int_equal(o[2].err, REG_OK);
+    assert_string_equal(o[2].key, K("00000000000000000011"));
+    assert_int_equal(registry_pending_count(a.reg), 0);
+
+    /* A directory where a name that is not in-order starts with a digit:
+     * the token's version guards the POST, as any other write. */
+    deliver(all, 2, REG_ACT_CREATE, K("q/7up"), "x", 7);
+    registry_create(a.reg, K("q"), false, "job", true, NO_TTL, T0, &r[0]);
+    await(&a, &r[0], &o[0]);
+    assert_int_equal(a.be.last_guard.kind, BACKEND_GUARD_TOKEN_AT);
+    registry_free(a.reg);
+    registry_free(b.reg);
+}
+
 static void test_failed_and_refused_writes(void **state)
 {
     (void)state;
@@ -691,6 +752,7 @@ int main(void)
         cmocka_unit_test(test_token_applied_on_delivery_only),
         cmocka_unit_test(test_race_on_one_key_one_wins),
         cmocka_unit_test(test_lost_guard_is_proposed_again),
+        cmocka_unit_test(test_in_order_keys_one_at_a_time),
         cmocka_unit_test(test_failed_and_refused_writes),
         cmocka_unit_test(test_watch_on_b_answered_by_write_on_a),
         cmocka_unit_test(test_refusal_checked_again_after_catching_up),
