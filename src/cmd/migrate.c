@@ -53,6 +53,7 @@
 #include <unistd.h>
 
 #include "backend/etcd_layout.h"
+#include "backend/etcd_txn.h"
 #include "cmd/cli_common.h"
 #include "cmd/cmd.h"
 #include "etcd/client.h"
@@ -225,145 +226,77 @@ static int run_until(migrate_t *m, const bool *done, const size_t *pending)
     return 0;
 }
 
-static void fill_bytes(ProtobufCBinaryData *b, const char *s)
+/* The Txn of `plan`, sent and waited for. With `is_claim`, the claim's
+ * two parts that a plan does not express: its compare (the plan's only
+ * one) covers the whole prefix range, and its failure branch (the plan's
+ * only op there, a RANGE of the prefix) counts the keys in that range.
+ * 0 with m->succeeded / m->revision set, or -1 with m->message. */
+static int txn_sync(migrate_t *m, const etcd_txn_plan_t *plan, bool is_claim)
 {
-    b->len = s ? strlen(s) : 0;
-    b->data = (uint8_t *)s;
+    etcd_txn_request_t rq;
+    if (etcd_txn_request_init(&rq, plan) != 0) {
+        snprintf(m->message, sizeof m->message, "out of memory");
+        return -1;
+    }
+    if (is_claim) {
+        assert(plan->n_cmps == 1 && plan->n_failure == 1 && plan->failure[0].kind == ETCD_OP_RANGE);
+        ProtobufCBinaryData end = {strlen(m->prefix_end), (uint8_t *)m->prefix_end};
+        rq.cmps[0].range_end = end;
+        Etcdserverpb__RangeRequest *count = &rq.ops[plan->n_success].range;
+        count->range_end = end;
+        count->keys_only = false;
+        count->count_only = true;
+    }
+    int rc = -1;
+    m->done = false;
+    int src = etcd_txn(m->client, &rq.txn, MIGRATE_CALL_TIMEOUT_MS, on_txn_done, m);
+    etcd_txn_request_clear(&rq);
+    if (src != 0)
+        snprintf(m->message, sizeof m->message, "cannot send a transaction: %s", strerror(-src));
+    else if (run_until(m, &m->done, NULL) == 0)
+        rc = m->outcome == ETCD_OK ? 0 : -1;
+    return rc;
 }
 
-/* A Txn from compares and success ops (plan form); sent and waited for.
- * 0 with m->succeeded / m->revision set, or -1 with m->message. */
-static int txn_sync(migrate_t *m, const etcd_cmp_t *cmps, size_t n_cmps, const char *cmp_range_end,
-                    const etcd_op_t *ops, size_t n_ops, bool count_on_failure)
+/* A plan of one compare and `n_ops` success ops, borrowing all of them
+ * (never given to etcd_txn_plan_free). */
+static etcd_txn_plan_t plan_of(etcd_cmp_t cmp, etcd_op_t *ops, size_t n_ops)
 {
-    Etcdserverpb__Compare cmp[ETCD_PLAN_MAX_CMPS], *cmp_ptrs[ETCD_PLAN_MAX_CMPS];
-    Etcdserverpb__RequestOp *rops = calloc(n_ops + 1, sizeof *rops);
-    Etcdserverpb__RequestOp **rop_ptrs = calloc(n_ops + 1, sizeof *rop_ptrs);
-    Etcdserverpb__PutRequest *puts = calloc(n_ops + 1, sizeof *puts);
-    Etcdserverpb__DeleteRangeRequest *dels = calloc(n_ops + 1, sizeof *dels);
-    char **ends = calloc(n_ops + 1, sizeof *ends);
-    int rc = -1;
-    snprintf(m->message, sizeof m->message, "out of memory");
-    if (!rops || !rop_ptrs || !puts || !dels || !ends)
-        goto out;
-    assert(n_cmps <= ETCD_PLAN_MAX_CMPS);
-    for (size_t i = 0; i < n_cmps; i++) {
-        Etcdserverpb__Compare init = ETCDSERVERPB__COMPARE__INIT;
-        cmp[i] = init;
-        fill_bytes(&cmp[i].key, cmps[i].key);
-        if (cmp_range_end && i == 0)
-            fill_bytes(&cmp[i].range_end, cmp_range_end);
-        if (cmps[i].kind == ETCD_CMP_MOD_EQ) {
-            cmp[i].target = ETCDSERVERPB__COMPARE__COMPARE_TARGET__MOD;
-            cmp[i].target_union_case = ETCDSERVERPB__COMPARE__TARGET_UNION_MOD_REVISION;
-            cmp[i].mod_revision = cmps[i].rev;
-        } else {
-            cmp[i].target = ETCDSERVERPB__COMPARE__COMPARE_TARGET__CREATE;
-            cmp[i].target_union_case = ETCDSERVERPB__COMPARE__TARGET_UNION_CREATE_REVISION;
-            cmp[i].create_revision = cmps[i].rev;
-        }
-        cmp[i].result = cmps[i].kind == ETCD_CMP_CREATE_GT
-                            ? ETCDSERVERPB__COMPARE__COMPARE_RESULT__GREATER
-                            : ETCDSERVERPB__COMPARE__COMPARE_RESULT__EQUAL;
-        cmp_ptrs[i] = &cmp[i];
-    }
-    for (size_t i = 0; i < n_ops; i++) {
-        Etcdserverpb__RequestOp oinit = ETCDSERVERPB__REQUEST_OP__INIT;
-        rops[i] = oinit;
-        rop_ptrs[i] = &rops[i];
-        if (ops[i].kind == ETCD_OP_PUT) {
-            Etcdserverpb__PutRequest p = ETCDSERVERPB__PUT_REQUEST__INIT;
-            puts[i] = p;
-            fill_bytes(&puts[i].key, ops[i].key);
-            fill_bytes(&puts[i].value, ops[i].value);
-            rops[i].request_case = ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_PUT;
-            rops[i].request_put = &puts[i];
-        } else {
-            assert(ops[i].kind == ETCD_OP_DELETE || ops[i].kind == ETCD_OP_DELETE_PREFIX);
-            Etcdserverpb__DeleteRangeRequest d = ETCDSERVERPB__DELETE_RANGE_REQUEST__INIT;
-            dels[i] = d;
-            fill_bytes(&dels[i].key, ops[i].key);
-            if (ops[i].kind == ETCD_OP_DELETE_PREFIX) {
-                if (!(ends[i] = etcd_layout_prefix_end(ops[i].key)))
-                    goto out;
-                fill_bytes(&dels[i].range_end, ends[i]);
-            }
-            rops[i].request_case = ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_DELETE_RANGE;
-            rops[i].request_delete_range = &dels[i];
-        }
-    }
-    /* The claim's failure branch counts what is in the prefix already. */
-    Etcdserverpb__RangeRequest count = ETCDSERVERPB__RANGE_REQUEST__INIT;
-    Etcdserverpb__RequestOp count_op = ETCDSERVERPB__REQUEST_OP__INIT;
-    Etcdserverpb__RequestOp *failure[1] = {&count_op};
-    if (count_on_failure) {
-        fill_bytes(&count.key, m->prefix);
-        fill_bytes(&count.range_end, m->prefix_end);
-        count.count_only = true;
-        count_op.request_case = ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_RANGE;
-        count_op.request_range = &count;
-    }
-    Etcdserverpb__TxnRequest txn = ETCDSERVERPB__TXN_REQUEST__INIT;
-    txn.n_compare = n_cmps;
-    txn.compare = cmp_ptrs;
-    txn.n_success = n_ops;
-    txn.success = rop_ptrs;
-    txn.n_failure = count_on_failure ? 1 : 0;
-    txn.failure = failure;
-    m->done = false;
-    int src = etcd_txn(m->client, &txn, MIGRATE_CALL_TIMEOUT_MS, on_txn_done, m);
-    if (src != 0) {
-        snprintf(m->message, sizeof m->message, "cannot send a transaction: %s", strerror(-src));
-        goto out;
-    }
-    if (run_until(m, &m->done, NULL) != 0)
-        goto out;
-    rc = m->outcome == ETCD_OK ? 0 : -1;
-out:
-    if (ends)
-        for (size_t i = 0; i < n_ops; i++)
-            free(ends[i]);
-    free(ends);
-    free(dels);
-    free(puts);
-    free(rop_ptrs);
-    free(rops);
-    return rc;
+    etcd_txn_plan_t p = {.cmps = {cmp}, .n_cmps = 1, .success = ops, .n_success = n_ops};
+    return p;
 }
 
 /* Empty writes to a key outside the prefix until etcd's revision is at
  * least `upto` (each write is one revision; the mirror never sees them). */
 static int fill_to(migrate_t *m, int64_t upto, uint64_t *filled)
 {
-    Etcdserverpb__PutRequest put = ETCDSERVERPB__PUT_REQUEST__INIT;
-    fill_bytes(&put.key, m->fill_key);
-    Etcdserverpb__RequestOp op = ETCDSERVERPB__REQUEST_OP__INIT;
-    op.request_case = ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_PUT;
-    op.request_put = &put;
-    Etcdserverpb__RequestOp *ops[1] = {&op};
-    Etcdserverpb__TxnRequest txn = ETCDSERVERPB__TXN_REQUEST__INIT;
-    txn.n_success = 1;
-    txn.success = ops;
-    while (m->last_rev < upto) {
+    etcd_op_t put = {.kind = ETCD_OP_PUT, .key = m->fill_key};
+    etcd_txn_plan_t plan = {.success = &put, .n_success = 1};
+    etcd_txn_request_t rq;
+    if (etcd_txn_request_init(&rq, &plan) != 0) {
+        snprintf(m->message, sizeof m->message, "out of memory");
+        return -1;
+    }
+    int rc = 0;
+    while (rc == 0 && m->last_rev < upto) {
         /* Never more in flight than revisions still missing: etcd numbers
          * them in whatever order it takes them, all are alike. */
         int64_t missing = upto - m->last_rev;
         while (m->fill_pending < MIGRATE_FILL_WINDOW && (int64_t)m->fill_pending < missing) {
-            int rc = etcd_txn(m->client, &txn, MIGRATE_CALL_TIMEOUT_MS, on_fill_done, m);
-            if (rc != 0) {
-                snprintf(m->message, sizeof m->message, "cannot send a write: %s", strerror(-rc));
-                run_until(m, NULL, &m->fill_pending);
-                return -1;
+            int src = etcd_txn(m->client, &rq.txn, MIGRATE_CALL_TIMEOUT_MS, on_fill_done, m);
+            if (src != 0) {
+                snprintf(m->message, sizeof m->message, "cannot send a write: %s", strerror(-src));
+                rc = -1;
+                break;
             }
             m->fill_pending++;
             (*filled)++;
         }
-        if (run_until(m, NULL, &m->fill_pending) != 0)
-            return -1;
-        if (m->fill_failed)
-            return -1;
+        if (run_until(m, NULL, &m->fill_pending) != 0 || m->fill_failed)
+            rc = -1;
     }
-    return 0;
+    etcd_txn_request_clear(&rq);
+    return rc;
 }
 
 /* Removes a partial copy; false when etcd did not take it. */
@@ -372,7 +305,8 @@ static bool roll_back(migrate_t *m)
     etcd_cmp_t guard = {ETCD_CMP_MOD_EQ, m->base_key, m->claim_rev};
     etcd_op_t ops[2] = {{.kind = ETCD_OP_DELETE_PREFIX, .key = (char *)m->prefix},
                         {.kind = ETCD_OP_DELETE, .key = m->fill_key}};
-    return txn_sync(m, &guard, 1, NULL, ops, 2, false) == 0 && m->succeeded;
+    etcd_txn_plan_t plan = plan_of(guard, ops, 2);
+    return txn_sync(m, &plan, false) == 0 && m->succeeded;
 }
 
 /* ---- the command ------------------------------------------------------------ */
@@ -544,7 +478,8 @@ static int copy_events(migrate_t *m, const event_list_t *events, int64_t base, c
         /* The claim guards every copy, not the backend's per-token compare:
          * the prefix is ours alone while it says "migrating". */
         etcd_cmp_t guard = {ETCD_CMP_MOD_EQ, m->base_key, m->claim_rev};
-        rc = txn_sync(m, &guard, 1, NULL, plan.success, plan.n_success, false);
+        etcd_txn_plan_t copy = plan_of(guard, plan.success, plan.n_success);
+        rc = txn_sync(m, &copy, false);
         etcd_txn_plan_free(&plan);
         if (rc != 0)
             return -1;
@@ -636,7 +571,10 @@ int cmd_migrate(int argc, char **argv)
              ETCD_LAYOUT_INDEX_BASE_MIGRATING, (long long)time(NULL), (long)getpid());
     etcd_cmp_t empty = {ETCD_CMP_CREATE_EQ, (char *)f.prefix, 0};
     etcd_op_t claim = {.kind = ETCD_OP_PUT, .key = m.base_key, .value = claim_value};
-    if (txn_sync(&m, &empty, 1, m.prefix_end, &claim, 1, true) != 0) {
+    etcd_txn_plan_t claim_plan = plan_of(empty, &claim, 1);
+    claim_plan.failure[0] = (etcd_op_t){.kind = ETCD_OP_RANGE, .key = (char *)f.prefix};
+    claim_plan.n_failure = 1;
+    if (txn_sync(&m, &claim_plan, true) != 0) {
         fprintf(stderr, "disco migrate: etcd (%s): %s\n", eps[0], m.message);
         goto done;
     }
@@ -673,7 +611,8 @@ int cmd_migrate(int argc, char **argv)
     etcd_cmp_t ours = {ETCD_CMP_MOD_EQ, m.base_key, m.claim_rev};
     etcd_op_t finish[2] = {{.kind = ETCD_OP_PUT, .key = m.base_key, .value = base_value},
                            {.kind = ETCD_OP_DELETE, .key = m.fill_key}};
-    if (txn_sync(&m, &ours, 1, NULL, finish, 2, false) != 0 || !m.succeeded) {
+    etcd_txn_plan_t finish_plan = plan_of(ours, finish, 2);
+    if (txn_sync(&m, &finish_plan, false) != 0 || !m.succeeded) {
         fprintf(stderr, "disco migrate: etcd (%s): the last step failed: %s\n", eps[0],
                 m.outcome == ETCD_OK && !m.succeeded ? "the claim was lost" : m.message);
         goto done;
