@@ -39,8 +39,16 @@
  * serve` refuses to load, and the message says how to remove the prefix
  * by hand. Nothing in the store is changed either way.
  *
- * Keys with a TTL are copied without one (no etcd lease is granted); the
- * summary counts them.
+ * Keys with a TTL keep their expiry, as the etcd backend writes them: the
+ * key's last write is put with a new etcd lease of the seconds it has left
+ * (rounded up), its marker naming the same expiry instant, so instances
+ * show the store's ttl/expiration and etcd expires the key. A key whose TTL
+ * ran out while the store was stopped (the embedded store would expire it
+ * at its next sweep) is copied, then removed after the last event with a
+ * marker-less delete, which instances read as v2's expire, at an index
+ * above M. A failure half way leaves the leases it granted to run out by
+ * themselves: the rollback deletes their keys, and a lease with no key
+ * left changes nothing when it ends. The summary counts both kinds.
  */
 #include <assert.h>
 #include <errno.h>
@@ -60,6 +68,7 @@
 #include "loop/loop.h"
 #include "registry/registry.h"
 #include "store/store.h"
+#include "util/timeutil.h"
 
 /* One call's deadline, waiting for a connection included. */
 #define MIGRATE_CALL_TIMEOUT_MS 10000
@@ -169,6 +178,7 @@ typedef struct migrate {
     bool succeeded;      /* a Txn's verdict */
     int64_t revision;    /* its header's revision */
     int64_t range_count; /* the failure branch's range (the claim) */
+    int64_t lease_id;    /* a LeaseGrant's answer */
     size_t fill_pending, fill_failed;
 } migrate_t;
 
@@ -264,6 +274,46 @@ static etcd_txn_plan_t plan_of(etcd_cmp_t cmp, etcd_op_t *ops, size_t n_ops)
 {
     etcd_txn_plan_t p = {.cmps = {cmp}, .n_cmps = 1, .success = ops, .n_success = n_ops};
     return p;
+}
+
+static void on_lease_done(void *ctx, const etcd_result_t *res)
+{
+    migrate_t *m = ctx;
+    m->done = true;
+    m->outcome = res->outcome;
+    snprintf(m->message, sizeof m->message, "%s", res->message);
+    m->lease_id = 0;
+    if (res->outcome == ETCD_OK)
+        m->lease_id = ((const Etcdserverpb__LeaseGrantResponse *)res->resp)->id;
+}
+
+/* A new etcd lease of `ttl_s` seconds; 0 with m->lease_id set (> 0), or
+ * -1 with m->message. */
+static int lease_sync(migrate_t *m, int64_t ttl_s)
+{
+    Etcdserverpb__LeaseGrantRequest rq = ETCDSERVERPB__LEASE_GRANT_REQUEST__INIT;
+    rq.ttl = ttl_s;
+    m->done = false;
+    int rc = etcd_lease_grant(m->client, &rq, MIGRATE_CALL_TIMEOUT_MS, on_lease_done, m);
+    if (rc != 0) {
+        snprintf(m->message, sizeof m->message, "cannot ask for a lease: %s", strerror(-rc));
+        return -1;
+    }
+    if (run_until(m, &m->done, NULL) != 0)
+        return -1;
+    if (m->outcome == ETCD_OK && m->lease_id <= 0)
+        snprintf(m->message, sizeof m->message, "etcd granted no lease");
+    return m->outcome == ETCD_OK && m->lease_id > 0 ? 0 : -1;
+}
+
+/* What is left of a TTL at `now_ns`, in whole seconds rounded up, at
+ * least 1: the lease the etcd backend itself grants for that expiry. */
+static int64_t lease_seconds(int64_t expire_ns, int64_t now_ns)
+{
+    int64_t left = expire_ns - now_ns;
+    if (left <= NS_PER_SEC)
+        return 1;
+    return left / NS_PER_SEC + (left % NS_PER_SEC != 0);
 }
 
 /* Empty writes to a key outside the prefix until etcd's revision is at
@@ -437,10 +487,62 @@ static char **tokens_of(const event_list_t *events, size_t *n_out)
     return t;
 }
 
-/* Copies the events; 0, or -1 with m->message (the claim is held). */
+static const event_list_t *sorting_events; /* qsort has no context argument */
+
+static int cmp_event_key(const void *a, const void *b)
+{
+    size_t i = *(const size_t *)a, j = *(const size_t *)b;
+    int c = strcmp(sorting_events->v[i]->node.key, sorting_events->v[j]->node.key);
+    return c ? c : (i > j) - (i < j);
+}
+
+/* Per event: whether no later event writes its key (its put or delete is
+ * what the key is at the end). NULL on no memory. */
+static bool *last_writes(const event_list_t *events)
+{
+    size_t *order = malloc((events->n + 1) * sizeof *order);
+    bool *last = calloc(events->n + 1, sizeof *last);
+    if (!order || !last) {
+        free(order);
+        free(last);
+        return NULL;
+    }
+    for (size_t i = 0; i < events->n; i++)
+        order[i] = i;
+    sorting_events = events;
+    qsort(order, events->n, sizeof *order, cmp_event_key);
+    sorting_events = NULL;
+    for (size_t k = 0; k < events->n; k++)
+        last[order[k]] = k + 1 == events->n || strcmp(events->v[order[k]]->node.key,
+                                                      events->v[order[k + 1]]->node.key) != 0;
+    free(order);
+    return last;
+}
+
+static bool is_removal(enum reg_action a)
+{
+    return a == REG_ACT_DELETE || a == REG_ACT_CAD || a == REG_ACT_EXPIRE;
+}
+
+/* What the copy did, for the summary and the steps after it. */
+typedef struct copy_stats {
+    uint64_t filled, moved, skipped;
+    uint64_t leased; /* keys put with an etcd lease: their TTL still ran */
+    /* Events of keys whose TTL had run out when they were copied (their
+     * last write): expired after the copy. Room for every event. */
+    size_t *expired;
+    size_t n_expired;
+} copy_stats_t;
+
+/* Copies the events; 0, or -1 with m->message (the claim is held).
+ * A key with a TTL is put with a lease of what is left of it, as the etcd
+ * backend puts one (its marker names the same expiry), when this event
+ * is what the key is at the end; an earlier write of the key keeps its
+ * expiry in its marker (history) but gets no lease: the later write puts
+ * the key again, and a lease running out in between would expire it in
+ * the middle of the copy. */
 static int copy_events(migrate_t *m, const event_list_t *events, int64_t base, char **tokens,
-                       size_t n_tokens, bool *seen, uint64_t *filled, uint64_t *moved,
-                       uint64_t *skipped)
+                       size_t n_tokens, bool *seen, const bool *is_last, copy_stats_t *st)
 {
     for (size_t i = 0; i < events->n; i++) {
         reg_event_t *ev = events->v[i];
@@ -448,7 +550,7 @@ static int copy_events(migrate_t *m, const event_list_t *events, int64_t base, c
         if (!token_of(ev->node.key, tok, sizeof tok) || ev->action == REG_ACT_GET) {
             fprintf(stderr, "disco migrate: skipped event %" PRIu64 " (%s): not in a token\n",
                     ev->index, ev->node.key);
-            (*skipped)++;
+            st->skipped++;
             continue;
         }
         char *want = tok;
@@ -458,10 +560,6 @@ static int copy_events(migrate_t *m, const event_list_t *events, int64_t base, c
         /* The token's first event makes the token (its directory and
          * creation time), as /new does on the etcd backend. */
         backend_guard_t g = {.kind = *first ? BACKEND_GUARD_TOKEN_AT : BACKEND_GUARD_TOKEN_NEW};
-        /* No lease is granted here: a key with a TTL is copied as a
-         * permanent one, and its marker must not promise an expiry. */
-        ev->node.expire_ns = 0;
-        ev->node.ttl_s = 0;
         *first = true;
         etcd_txn_plan_t plan;
         int rc = etcd_layout_plan(m->prefix, ev, &g, "migrate", ev->index, &plan);
@@ -471,9 +569,23 @@ static int copy_events(migrate_t *m, const event_list_t *events, int64_t base, c
             return -1;
         }
         int64_t target = (int64_t)ev->index - base;
-        if (fill_to(m, target - 1, filled) != 0) {
+        if (fill_to(m, target - 1, &st->filled) != 0) {
             etcd_txn_plan_free(&plan);
             return -1;
+        }
+        if (ev->node.expire_ns && !is_removal(ev->action) && is_last[i]) {
+            /* Granted just before its put: the clock of the TTL is the
+             * wall clock of both the store and this copy. */
+            int64_t now_ns = time_wall_ns();
+            if (ev->node.expire_ns <= now_ns) {
+                st->expired[st->n_expired++] = i;
+            } else if (lease_sync(m, lease_seconds(ev->node.expire_ns, now_ns)) != 0) {
+                etcd_txn_plan_free(&plan);
+                return -1;
+            } else if (etcd_layout_plan_set_lease(&plan, m->prefix, ev->node.key, ev->node.is_dir,
+                                                  m->lease_id) > 0) {
+                st->leased++;
+            }
         }
         /* The claim guards every copy, not the backend's per-token compare:
          * the prefix is ours alone while it says "migrating". */
@@ -490,8 +602,64 @@ static int copy_events(migrate_t *m, const event_list_t *events, int64_t base, c
             return -1;
         }
         if (m->revision != target)
-            (*moved)++;
+            st->moved++;
     }
+    return 0;
+}
+
+/* Whether an event after `idx` removed a directory above its key. */
+static bool removed_later(const event_list_t *events, size_t idx)
+{
+    const char *key = events->v[idx]->node.key;
+    for (size_t j = idx + 1; j < events->n; j++) {
+        const reg_event_t *ev = events->v[j];
+        size_t len = strlen(ev->node.key);
+        if (is_removal(ev->action) && ev->node.is_dir && strncmp(key, ev->node.key, len) == 0 &&
+            key[len] == '/')
+            return true;
+    }
+    return false;
+}
+
+/* Expires the keys whose TTL had run out before they were copied, each in
+ * a revision of its own with no marker, the way etcd removes a key whose
+ * lease ran out (an instance shows v2's "expire"), as the embedded store
+ * would have at its next sweep. Guarded by the claim. 0, or -1 with
+ * m->message. */
+static int expire_copied(migrate_t *m, const event_list_t *events, copy_stats_t *st)
+{
+    size_t kept = 0;
+    for (size_t k = 0; k < st->n_expired; k++) {
+        const reg_event_t *ev = events->v[st->expired[k]];
+        if (removed_later(events, st->expired[k]))
+            continue; /* gone with its directory already */
+        char *key = etcd_layout_key(m->prefix, ev->node.key, ev->node.is_dir);
+        /* A file's P c/ key is under the same lease as the file. */
+        char *created = ev->node.is_dir ? NULL : etcd_layout_created_key(m->prefix, ev->node.key);
+        if (!key || (!ev->node.is_dir && !created)) {
+            free(key);
+            free(created);
+            snprintf(m->message, sizeof m->message, "out of memory");
+            return -1;
+        }
+        etcd_cmp_t guard = {ETCD_CMP_MOD_EQ, m->base_key, m->claim_rev};
+        etcd_op_t ops[2] = {{.kind = ETCD_OP_DELETE, .key = key},
+                            {.kind = ETCD_OP_DELETE, .key = created}};
+        etcd_txn_plan_t plan = plan_of(guard, ops, created ? 2 : 1);
+        int rc = txn_sync(m, &plan, false);
+        free(key);
+        free(created);
+        if (rc != 0)
+            return -1;
+        if (!m->succeeded) {
+            snprintf(m->message, sizeof m->message,
+                     "%sindex_base changed under the migration (another client wrote it)",
+                     m->prefix);
+            return -1;
+        }
+        kept++;
+    }
+    st->n_expired = kept;
     return 0;
 }
 
@@ -529,9 +697,8 @@ int cmd_migrate(int argc, char **argv)
     size_t n_tokens = 0;
     char **tokens = tokens_of(&events, &n_tokens);
     bool *seen = calloc(n_tokens + 1, sizeof *seen);
-    uint64_t ttl_keys = 0;
-    for (size_t i = 0; i < events.n; i++)
-        ttl_keys += events.v[i]->node.expire_ns != 0;
+    bool *is_last = last_writes(&events);
+    copy_stats_t st = {.expired = calloc(events.n + 1, sizeof *st.expired)};
     printf("disco migrate: %s: %zu events of %zu tokens; highest index used %" PRIu64 "\n",
            f.data_dir, events.n, n_tokens, events.max_index);
     fflush(stdout);
@@ -547,7 +714,7 @@ int cmd_migrate(int argc, char **argv)
     m.fill_key = m.prefix_end ? malloc(strlen(m.prefix_end) + sizeof "migrate-fill") : NULL;
     if (m.fill_key)
         sprintf(m.fill_key, "%smigrate-fill", m.prefix_end);
-    if (!tokens || !seen || !m.loop || !m.base_key || !m.fill_key) {
+    if (!tokens || !seen || !is_last || !st.expired || !m.loop || !m.base_key || !m.fill_key) {
         fprintf(stderr, "disco migrate: out of memory\n");
         goto done;
     }
@@ -594,15 +761,16 @@ int cmd_migrate(int argc, char **argv)
         events.n ? (int64_t)events.v[0]->index - first_rev : (int64_t)events.max_index - first_rev;
 
     /* 3. The events, each at its index. */
-    uint64_t filled = 0, moved = 0, skipped = 0;
-    if (copy_events(&m, &events, base, tokens, n_tokens, seen, &filled, &moved, &skipped) != 0) {
+    if (copy_events(&m, &events, base, tokens, n_tokens, seen, is_last, &st) != 0) {
         fprintf(stderr, "disco migrate: etcd (%s): %s\n", eps[0], m.message);
         goto done;
     }
     /* 4. Up to the store's highest index, then the offset: the next write
-     * is at least max_index + 1. */
+     * is at least max_index + 1. Keys whose TTL ran out before the copy
+     * are expired first, above max_index too (they are new events). */
     int64_t final_target = (int64_t)events.max_index - base;
-    if (fill_to(&m, final_target - 1, &filled) != 0) {
+    if (fill_to(&m, final_target - (st.n_expired ? 0 : 1), &st.filled) != 0 ||
+        expire_copied(&m, &events, &st) != 0) {
         fprintf(stderr, "disco migrate: etcd (%s): %s\n", eps[0], m.message);
         goto done;
     }
@@ -620,15 +788,15 @@ int cmd_migrate(int argc, char **argv)
     claimed = false;
     printf("disco migrate: copied %zu events into %s (etcd revisions %" PRId64 "-%" PRId64
            ", %" PRIu64 " empty writes to keep indexes); index = revision %+" PRId64 "\n",
-           events.n - (size_t)skipped, f.prefix, first_rev, m.revision, filled, base);
-    if (moved)
+           events.n - (size_t)st.skipped, f.prefix, first_rev, m.revision, st.filled, base);
+    if (st.moved)
         printf("disco migrate: %" PRIu64 " events got a higher index than before (another client "
                "wrote to etcd meanwhile); their order is kept\n",
-               moved);
-    if (ttl_keys)
-        printf("disco migrate: %" PRIu64 " events were of keys with a TTL: copied without one "
-               "(migrate grants no etcd leases)\n",
-               ttl_keys);
+               st.moved);
+    if (st.leased || st.n_expired)
+        printf("disco migrate: keys with a TTL: %" PRIu64 " copied with an etcd lease of the "
+               "time they had left, %zu expired (their TTL ran out before the copy)\n",
+               st.leased, st.n_expired);
     printf("disco migrate: done: every index from now on is above %" PRIu64 "; start disco serve "
            "--etcd-endpoints %s --etcd-prefix %s\n",
            events.max_index, f.endpoints, f.prefix);
@@ -654,6 +822,8 @@ done:
         free(tokens[i]);
     free(tokens);
     free(seen);
+    free(is_last);
+    free(st.expired);
     event_list_free(&events);
     free(list);
     return status;
