@@ -276,6 +276,23 @@ static etcd_txn_plan_t plan_of(etcd_cmp_t cmp, etcd_op_t *ops, size_t n_ops)
     return p;
 }
 
+/* `ops` in one Txn guarded by the claim (the prefix is ours alone while
+ * P index_base is still the claim), sent and waited for. 0 when applied
+ * (m->revision set), or -1 with m->message. */
+static int claimed_sync(migrate_t *m, etcd_op_t *ops, size_t n_ops)
+{
+    etcd_cmp_t guard = {ETCD_CMP_MOD_EQ, m->base_key, m->claim_rev};
+    etcd_txn_plan_t plan = plan_of(guard, ops, n_ops);
+    if (txn_sync(m, &plan, false) != 0)
+        return -1;
+    if (!m->succeeded) {
+        snprintf(m->message, sizeof m->message,
+                 "%sindex_base changed under the migration (another client wrote it)", m->prefix);
+        return -1;
+    }
+    return 0;
+}
+
 static void on_lease_done(void *ctx, const etcd_result_t *res)
 {
     migrate_t *m = ctx;
@@ -352,11 +369,9 @@ static int fill_to(migrate_t *m, int64_t upto, uint64_t *filled)
 /* Removes a partial copy; false when etcd did not take it. */
 static bool roll_back(migrate_t *m)
 {
-    etcd_cmp_t guard = {ETCD_CMP_MOD_EQ, m->base_key, m->claim_rev};
     etcd_op_t ops[2] = {{.kind = ETCD_OP_DELETE_PREFIX, .key = (char *)m->prefix},
                         {.kind = ETCD_OP_DELETE, .key = m->fill_key}};
-    etcd_txn_plan_t plan = plan_of(guard, ops, 2);
-    return txn_sync(m, &plan, false) == 0 && m->succeeded;
+    return claimed_sync(m, ops, 2) == 0;
 }
 
 /* ---- the command ------------------------------------------------------------ */
@@ -587,20 +602,11 @@ static int copy_events(migrate_t *m, const event_list_t *events, int64_t base, c
                 st->leased++;
             }
         }
-        /* The claim guards every copy, not the backend's per-token compare:
-         * the prefix is ours alone while it says "migrating". */
-        etcd_cmp_t guard = {ETCD_CMP_MOD_EQ, m->base_key, m->claim_rev};
-        etcd_txn_plan_t copy = plan_of(guard, plan.success, plan.n_success);
-        rc = txn_sync(m, &copy, false);
+        /* The claim guards every copy, not the backend's per-token compare. */
+        rc = claimed_sync(m, plan.success, plan.n_success);
         etcd_txn_plan_free(&plan);
         if (rc != 0)
             return -1;
-        if (!m->succeeded) {
-            snprintf(m->message, sizeof m->message,
-                     "%sindex_base changed under the migration (another client wrote it)",
-                     m->prefix);
-            return -1;
-        }
         if (m->revision != target)
             st->moved++;
     }
@@ -642,21 +648,13 @@ static int expire_copied(migrate_t *m, const event_list_t *events, copy_stats_t 
             snprintf(m->message, sizeof m->message, "out of memory");
             return -1;
         }
-        etcd_cmp_t guard = {ETCD_CMP_MOD_EQ, m->base_key, m->claim_rev};
         etcd_op_t ops[2] = {{.kind = ETCD_OP_DELETE, .key = key},
                             {.kind = ETCD_OP_DELETE, .key = created}};
-        etcd_txn_plan_t plan = plan_of(guard, ops, created ? 2 : 1);
-        int rc = txn_sync(m, &plan, false);
+        int rc = claimed_sync(m, ops, created ? 2 : 1);
         free(key);
         free(created);
         if (rc != 0)
             return -1;
-        if (!m->succeeded) {
-            snprintf(m->message, sizeof m->message,
-                     "%sindex_base changed under the migration (another client wrote it)",
-                     m->prefix);
-            return -1;
-        }
         kept++;
     }
     st->n_expired = kept;
