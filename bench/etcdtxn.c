@@ -28,6 +28,7 @@
 #include <time.h>
 
 #include "backend/etcd_layout.h"
+#include "backend/etcd_txn.h"
 #include "etcd/client.h"
 #include "loop/loop.h"
 #include "registry/registry.h"
@@ -62,74 +63,6 @@ typedef struct bench {
     double lat_sum_s;
     slot_t slots[MAX_CONCURRENCY];
 } bench_t;
-
-static void fill_bytes(ProtobufCBinaryData *b, const char *s)
-{
-    b->len = s ? strlen(s) : 0;
-    b->data = (uint8_t *)s;
-}
-
-/* The plan as a TxnRequest, sent (as backend_etcd.c's send_plan does). */
-static int send_plan(etcd_client_t *c, const etcd_txn_plan_t *plan, etcd_done_fn done, void *ctx)
-{
-    size_t n_ops = plan->n_success + plan->n_failure;
-    Etcdserverpb__Compare cmps[ETCD_PLAN_MAX_CMPS], *cmp_ptrs[ETCD_PLAN_MAX_CMPS];
-    Etcdserverpb__RequestOp ops[64], *op_ptrs[64];
-    Etcdserverpb__PutRequest puts[64];
-    Etcdserverpb__RangeRequest ranges[64];
-    if (n_ops > 64)
-        return -EINVAL;
-    for (size_t i = 0; i < plan->n_cmps; i++) {
-        Etcdserverpb__Compare init = ETCDSERVERPB__COMPARE__INIT;
-        cmps[i] = init;
-        fill_bytes(&cmps[i].key, plan->cmps[i].key);
-        bool mod = plan->cmps[i].kind == ETCD_CMP_MOD_EQ;
-        cmps[i].target = mod ? ETCDSERVERPB__COMPARE__COMPARE_TARGET__MOD
-                             : ETCDSERVERPB__COMPARE__COMPARE_TARGET__CREATE;
-        cmps[i].result = plan->cmps[i].kind == ETCD_CMP_CREATE_GT
-                             ? ETCDSERVERPB__COMPARE__COMPARE_RESULT__GREATER
-                             : ETCDSERVERPB__COMPARE__COMPARE_RESULT__EQUAL;
-        cmps[i].target_union_case = mod ? ETCDSERVERPB__COMPARE__TARGET_UNION_MOD_REVISION
-                                        : ETCDSERVERPB__COMPARE__TARGET_UNION_CREATE_REVISION;
-        if (mod)
-            cmps[i].mod_revision = plan->cmps[i].rev;
-        else
-            cmps[i].create_revision = plan->cmps[i].rev;
-        cmp_ptrs[i] = &cmps[i];
-    }
-    for (size_t i = 0; i < n_ops; i++) {
-        const etcd_op_t *op =
-            i < plan->n_success ? &plan->success[i] : &plan->failure[i - plan->n_success];
-        Etcdserverpb__RequestOp oinit = ETCDSERVERPB__REQUEST_OP__INIT;
-        ops[i] = oinit;
-        op_ptrs[i] = &ops[i];
-        if (op->kind == ETCD_OP_PUT) {
-            Etcdserverpb__PutRequest p = ETCDSERVERPB__PUT_REQUEST__INIT;
-            puts[i] = p;
-            fill_bytes(&puts[i].key, op->key);
-            fill_bytes(&puts[i].value, op->value);
-            ops[i].request_case = ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_PUT;
-            ops[i].request_put = &puts[i];
-        } else if (op->kind == ETCD_OP_RANGE) {
-            Etcdserverpb__RangeRequest r = ETCDSERVERPB__RANGE_REQUEST__INIT;
-            ranges[i] = r;
-            fill_bytes(&ranges[i].key, op->key);
-            ranges[i].keys_only = true;
-            ops[i].request_case = ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_RANGE;
-            ops[i].request_range = &ranges[i];
-        } else {
-            return -EINVAL; /* no deletes in these workloads */
-        }
-    }
-    Etcdserverpb__TxnRequest txn = ETCDSERVERPB__TXN_REQUEST__INIT;
-    txn.n_compare = plan->n_cmps;
-    txn.compare = cmp_ptrs;
-    txn.n_success = plan->n_success;
-    txn.success = op_ptrs;
-    txn.n_failure = plan->n_failure;
-    txn.failure = op_ptrs + plan->n_success;
-    return etcd_txn(c, &txn, CALL_TIMEOUT_MS, done, ctx);
-}
 
 static void on_done(void *ctx, const etcd_result_t *res);
 
@@ -175,7 +108,8 @@ static bool send_next(bench_t *b, slot_t *s)
         return false;
     }
     s->sent_s = now_s();
-    int rc = send_plan(b->conns[n % (uint64_t)b->n_conns], &plan, on_done, s);
+    int rc =
+        etcd_txn_send_plan(b->conns[n % (uint64_t)b->n_conns], &plan, CALL_TIMEOUT_MS, on_done, s);
     etcd_txn_plan_free(&plan);
     if (rc != 0) {
         b->failed++;

@@ -75,6 +75,7 @@
 #include <sys/random.h>
 
 #include "backend/etcd_layout.h"
+#include "backend/etcd_txn.h"
 #include "etcd/client.h"
 #include "loop/loop.h"
 #include "registry/registry.h"
@@ -1091,117 +1092,17 @@ static void on_txn(void *ctx, const etcd_result_t *res)
     }
 }
 
-static void fill_bytes(ProtobufCBinaryData *b, const char *s)
-{
-    b->len = s ? strlen(s) : 0;
-    b->data = (uint8_t *)s;
-}
-
-/* The plan as etcd messages; every pointer into `plan`, which outlives
- * the encoding (etcd_txn encodes before it returns). */
+/* The plan as a Txn, its call numbered `seq` (etcd_txn_send_plan encodes
+ * it before it returns: `plan` may go right after). */
 static int send_plan_to(etcd_backend_t *eb, const etcd_txn_plan_t *plan, uint64_t seq,
                         etcd_done_fn done)
 {
-    size_t n_ops = plan->n_success + plan->n_failure;
-    Etcdserverpb__Compare cmps[ETCD_PLAN_MAX_CMPS], *cmp_ptrs[ETCD_PLAN_MAX_CMPS];
-    Etcdserverpb__RequestOp *ops = calloc(n_ops, sizeof *ops);
-    Etcdserverpb__RequestOp **op_ptrs = calloc(n_ops, sizeof *op_ptrs);
-    Etcdserverpb__PutRequest *puts = calloc(n_ops, sizeof *puts);
-    Etcdserverpb__DeleteRangeRequest *dels = calloc(n_ops, sizeof *dels);
-    Etcdserverpb__RangeRequest *ranges = calloc(n_ops, sizeof *ranges);
-    char **ends = calloc(n_ops, sizeof *ends);
-    int rc = -ENOMEM;
-    if (!ops || !op_ptrs || !puts || !dels || !ranges || !ends)
-        goto out;
-    for (size_t i = 0; i < plan->n_cmps; i++) {
-        Etcdserverpb__Compare init = ETCDSERVERPB__COMPARE__INIT;
-        cmps[i] = init;
-        fill_bytes(&cmps[i].key, plan->cmps[i].key);
-        fill_bytes(&cmps[i].range_end, plan->cmps[i].range_end);
-        switch (plan->cmps[i].kind) {
-        case ETCD_CMP_CREATE_EQ:
-        case ETCD_CMP_CREATE_GT:
-            cmps[i].target = ETCDSERVERPB__COMPARE__COMPARE_TARGET__CREATE;
-            cmps[i].result = plan->cmps[i].kind == ETCD_CMP_CREATE_EQ
-                                 ? ETCDSERVERPB__COMPARE__COMPARE_RESULT__EQUAL
-                                 : ETCDSERVERPB__COMPARE__COMPARE_RESULT__GREATER;
-            cmps[i].target_union_case = ETCDSERVERPB__COMPARE__TARGET_UNION_CREATE_REVISION;
-            cmps[i].create_revision = plan->cmps[i].rev;
-            break;
-        case ETCD_CMP_MOD_EQ:
-            cmps[i].target = ETCDSERVERPB__COMPARE__COMPARE_TARGET__MOD;
-            cmps[i].result = ETCDSERVERPB__COMPARE__COMPARE_RESULT__EQUAL;
-            cmps[i].target_union_case = ETCDSERVERPB__COMPARE__TARGET_UNION_MOD_REVISION;
-            cmps[i].mod_revision = plan->cmps[i].rev;
-            break;
-        }
-        cmp_ptrs[i] = &cmps[i];
-    }
-    for (size_t i = 0; i < n_ops; i++) {
-        const etcd_op_t *op =
-            i < plan->n_success ? &plan->success[i] : &plan->failure[i - plan->n_success];
-        Etcdserverpb__RequestOp oinit = ETCDSERVERPB__REQUEST_OP__INIT;
-        ops[i] = oinit;
-        op_ptrs[i] = &ops[i];
-        switch (op->kind) {
-        case ETCD_OP_PUT: {
-            Etcdserverpb__PutRequest p = ETCDSERVERPB__PUT_REQUEST__INIT;
-            puts[i] = p;
-            fill_bytes(&puts[i].key, op->key);
-            fill_bytes(&puts[i].value, op->value);
-            puts[i].lease = op->lease;
-            ops[i].request_case = ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_PUT;
-            ops[i].request_put = &puts[i];
-            break;
-        }
-        case ETCD_OP_DELETE:
-        case ETCD_OP_DELETE_PREFIX: {
-            Etcdserverpb__DeleteRangeRequest d = ETCDSERVERPB__DELETE_RANGE_REQUEST__INIT;
-            dels[i] = d;
-            fill_bytes(&dels[i].key, op->key);
-            if (op->kind == ETCD_OP_DELETE_PREFIX) {
-                if (!(ends[i] = etcd_layout_prefix_end(op->key)))
-                    goto out;
-                fill_bytes(&dels[i].range_end, ends[i]);
-            }
-            ops[i].request_case = ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_DELETE_RANGE;
-            ops[i].request_delete_range = &dels[i];
-            break;
-        }
-        case ETCD_OP_RANGE: {
-            Etcdserverpb__RangeRequest r = ETCDSERVERPB__RANGE_REQUEST__INIT;
-            ranges[i] = r;
-            fill_bytes(&ranges[i].key, op->key);
-            ranges[i].keys_only = true;
-            ops[i].request_case = ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_RANGE;
-            ops[i].request_range = &ranges[i];
-            break;
-        }
-        }
-    }
-    Etcdserverpb__TxnRequest txn = ETCDSERVERPB__TXN_REQUEST__INIT;
-    txn.n_compare = plan->n_cmps;
-    txn.compare = cmp_ptrs;
-    txn.n_success = plan->n_success;
-    txn.success = op_ptrs;
-    txn.n_failure = plan->n_failure;
-    txn.failure = op_ptrs + plan->n_success;
     call_ctx_t *c = call_new(eb, seq);
     if (!c)
-        goto out;
-    rc = etcd_txn(eb->client, &txn, ETCD_TXN_TIMEOUT_MS, done, c);
+        return -ENOMEM;
+    int rc = etcd_txn_send_plan(eb->client, plan, ETCD_TXN_TIMEOUT_MS, done, c);
     if (rc != 0)
         call_free(c);
-out:
-    if (ends)
-        for (size_t i = 0; i < n_ops; i++)
-            free(ends[i]);
-    free(ends);
-    free(ranges);
-    free(dels);
-    free(puts);
-    free(op_ptrs);
-    free(ops);
     return rc;
 }
 

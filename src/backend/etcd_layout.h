@@ -2,8 +2,8 @@
  * etcd_layout.h - how the registry's tokens and events live in an etcd
  * keyspace (design (a) of ETCD-BACKEND.md), as pure functions: no I/O, no
  * protobuf, so that every mapping is unit-tested on its own
- * (tests/unit/test_etcd_layout.c). backend_etcd.c turns the plans into
- * etcd messages and back.
+ * (tests/unit/test_etcd_layout.c). etcd_txn.c turns the plans into
+ * etcd messages; backend_etcd.c reads etcd's answers back through here.
  *
  * Keys under the prefix P (--etcd-prefix, "/disco/" by default):
  *   P k/<token>/<path>    a file of the token's v2 tree, value = its value

@@ -39,8 +39,16 @@
  * serve` refuses to load, and the message says how to remove the prefix
  * by hand. Nothing in the store is changed either way.
  *
- * Keys with a TTL are copied without one (no etcd lease is granted); the
- * summary counts them.
+ * Keys with a TTL keep their expiry, as the etcd backend writes them: the
+ * key's last write is put with a new etcd lease of the seconds it has left
+ * (rounded up), its marker naming the same expiry instant, so instances
+ * show the store's ttl/expiration and etcd expires the key. A key whose TTL
+ * ran out while the store was stopped (the embedded store would expire it
+ * at its next sweep) is copied, then removed after the last event with a
+ * marker-less delete, which instances read as v2's expire, at an index
+ * above M. A failure half way leaves the leases it granted to run out by
+ * themselves: the rollback deletes their keys, and a lease with no key
+ * left changes nothing when it ends. The summary counts both kinds.
  */
 #include <assert.h>
 #include <errno.h>
@@ -53,12 +61,14 @@
 #include <unistd.h>
 
 #include "backend/etcd_layout.h"
+#include "backend/etcd_txn.h"
 #include "cmd/cli_common.h"
 #include "cmd/cmd.h"
 #include "etcd/client.h"
 #include "loop/loop.h"
 #include "registry/registry.h"
 #include "store/store.h"
+#include "util/timeutil.h"
 
 /* One call's deadline, waiting for a connection included. */
 #define MIGRATE_CALL_TIMEOUT_MS 10000
@@ -168,6 +178,7 @@ typedef struct migrate {
     bool succeeded;      /* a Txn's verdict */
     int64_t revision;    /* its header's revision */
     int64_t range_count; /* the failure branch's range (the claim) */
+    int64_t lease_id;    /* a LeaseGrant's answer */
     size_t fill_pending, fill_failed;
 } migrate_t;
 
@@ -225,154 +236,142 @@ static int run_until(migrate_t *m, const bool *done, const size_t *pending)
     return 0;
 }
 
-static void fill_bytes(ProtobufCBinaryData *b, const char *s)
+/* The Txn of `plan`, sent and waited for. With `is_claim`, the claim's
+ * two parts that a plan does not express: its compare (the plan's only
+ * one) covers the whole prefix range, and its failure branch (the plan's
+ * only op there, a RANGE of the prefix) counts the keys in that range.
+ * 0 with m->succeeded / m->revision set, or -1 with m->message. */
+static int txn_sync(migrate_t *m, const etcd_txn_plan_t *plan, bool is_claim)
 {
-    b->len = s ? strlen(s) : 0;
-    b->data = (uint8_t *)s;
+    etcd_txn_request_t rq;
+    if (etcd_txn_request_init(&rq, plan) != 0) {
+        snprintf(m->message, sizeof m->message, "out of memory");
+        return -1;
+    }
+    if (is_claim) {
+        assert(plan->n_cmps == 1 && plan->n_failure == 1 && plan->failure[0].kind == ETCD_OP_RANGE);
+        ProtobufCBinaryData end = {strlen(m->prefix_end), (uint8_t *)m->prefix_end};
+        rq.cmps[0].range_end = end;
+        Etcdserverpb__RangeRequest *count = &rq.ops[plan->n_success].range;
+        count->range_end = end;
+        count->keys_only = false;
+        count->count_only = true;
+    }
+    int rc = -1;
+    m->done = false;
+    int src = etcd_txn(m->client, &rq.txn, MIGRATE_CALL_TIMEOUT_MS, on_txn_done, m);
+    etcd_txn_request_clear(&rq);
+    if (src != 0)
+        snprintf(m->message, sizeof m->message, "cannot send a transaction: %s", strerror(-src));
+    else if (run_until(m, &m->done, NULL) == 0)
+        rc = m->outcome == ETCD_OK ? 0 : -1;
+    return rc;
 }
 
-/* A Txn from compares and success ops (plan form); sent and waited for.
- * 0 with m->succeeded / m->revision set, or -1 with m->message. */
-static int txn_sync(migrate_t *m, const etcd_cmp_t *cmps, size_t n_cmps, const char *cmp_range_end,
-                    const etcd_op_t *ops, size_t n_ops, bool count_on_failure)
+/* A plan of one compare and `n_ops` success ops, borrowing all of them
+ * (never given to etcd_txn_plan_free). */
+static etcd_txn_plan_t plan_of(etcd_cmp_t cmp, etcd_op_t *ops, size_t n_ops)
 {
-    Etcdserverpb__Compare cmp[ETCD_PLAN_MAX_CMPS], *cmp_ptrs[ETCD_PLAN_MAX_CMPS];
-    Etcdserverpb__RequestOp *rops = calloc(n_ops + 1, sizeof *rops);
-    Etcdserverpb__RequestOp **rop_ptrs = calloc(n_ops + 1, sizeof *rop_ptrs);
-    Etcdserverpb__PutRequest *puts = calloc(n_ops + 1, sizeof *puts);
-    Etcdserverpb__DeleteRangeRequest *dels = calloc(n_ops + 1, sizeof *dels);
-    char **ends = calloc(n_ops + 1, sizeof *ends);
-    int rc = -1;
-    snprintf(m->message, sizeof m->message, "out of memory");
-    if (!rops || !rop_ptrs || !puts || !dels || !ends)
-        goto out;
-    assert(n_cmps <= ETCD_PLAN_MAX_CMPS);
-    for (size_t i = 0; i < n_cmps; i++) {
-        Etcdserverpb__Compare init = ETCDSERVERPB__COMPARE__INIT;
-        cmp[i] = init;
-        fill_bytes(&cmp[i].key, cmps[i].key);
-        if (cmp_range_end && i == 0)
-            fill_bytes(&cmp[i].range_end, cmp_range_end);
-        if (cmps[i].kind == ETCD_CMP_MOD_EQ) {
-            cmp[i].target = ETCDSERVERPB__COMPARE__COMPARE_TARGET__MOD;
-            cmp[i].target_union_case = ETCDSERVERPB__COMPARE__TARGET_UNION_MOD_REVISION;
-            cmp[i].mod_revision = cmps[i].rev;
-        } else {
-            cmp[i].target = ETCDSERVERPB__COMPARE__COMPARE_TARGET__CREATE;
-            cmp[i].target_union_case = ETCDSERVERPB__COMPARE__TARGET_UNION_CREATE_REVISION;
-            cmp[i].create_revision = cmps[i].rev;
-        }
-        cmp[i].result = cmps[i].kind == ETCD_CMP_CREATE_GT
-                            ? ETCDSERVERPB__COMPARE__COMPARE_RESULT__GREATER
-                            : ETCDSERVERPB__COMPARE__COMPARE_RESULT__EQUAL;
-        cmp_ptrs[i] = &cmp[i];
+    etcd_txn_plan_t p = {.cmps = {cmp}, .n_cmps = 1, .success = ops, .n_success = n_ops};
+    return p;
+}
+
+/* `ops` in one Txn guarded by the claim (the prefix is ours alone while
+ * P index_base is still the claim), sent and waited for. 0 when applied
+ * (m->revision set), or -1 with m->message. */
+static int claimed_sync(migrate_t *m, etcd_op_t *ops, size_t n_ops)
+{
+    etcd_cmp_t guard = {.kind = ETCD_CMP_MOD_EQ, .key = m->base_key, .rev = m->claim_rev};
+    etcd_txn_plan_t plan = plan_of(guard, ops, n_ops);
+    if (txn_sync(m, &plan, false) != 0)
+        return -1;
+    if (!m->succeeded) {
+        snprintf(m->message, sizeof m->message,
+                 "%sindex_base changed under the migration (another client wrote it)", m->prefix);
+        return -1;
     }
-    for (size_t i = 0; i < n_ops; i++) {
-        Etcdserverpb__RequestOp oinit = ETCDSERVERPB__REQUEST_OP__INIT;
-        rops[i] = oinit;
-        rop_ptrs[i] = &rops[i];
-        if (ops[i].kind == ETCD_OP_PUT) {
-            Etcdserverpb__PutRequest p = ETCDSERVERPB__PUT_REQUEST__INIT;
-            puts[i] = p;
-            fill_bytes(&puts[i].key, ops[i].key);
-            fill_bytes(&puts[i].value, ops[i].value);
-            rops[i].request_case = ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_PUT;
-            rops[i].request_put = &puts[i];
-        } else {
-            assert(ops[i].kind == ETCD_OP_DELETE || ops[i].kind == ETCD_OP_DELETE_PREFIX);
-            Etcdserverpb__DeleteRangeRequest d = ETCDSERVERPB__DELETE_RANGE_REQUEST__INIT;
-            dels[i] = d;
-            fill_bytes(&dels[i].key, ops[i].key);
-            if (ops[i].kind == ETCD_OP_DELETE_PREFIX) {
-                if (!(ends[i] = etcd_layout_prefix_end(ops[i].key)))
-                    goto out;
-                fill_bytes(&dels[i].range_end, ends[i]);
-            }
-            rops[i].request_case = ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_DELETE_RANGE;
-            rops[i].request_delete_range = &dels[i];
-        }
-    }
-    /* The claim's failure branch counts what is in the prefix already. */
-    Etcdserverpb__RangeRequest count = ETCDSERVERPB__RANGE_REQUEST__INIT;
-    Etcdserverpb__RequestOp count_op = ETCDSERVERPB__REQUEST_OP__INIT;
-    Etcdserverpb__RequestOp *failure[1] = {&count_op};
-    if (count_on_failure) {
-        fill_bytes(&count.key, m->prefix);
-        fill_bytes(&count.range_end, m->prefix_end);
-        count.count_only = true;
-        count_op.request_case = ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_RANGE;
-        count_op.request_range = &count;
-    }
-    Etcdserverpb__TxnRequest txn = ETCDSERVERPB__TXN_REQUEST__INIT;
-    txn.n_compare = n_cmps;
-    txn.compare = cmp_ptrs;
-    txn.n_success = n_ops;
-    txn.success = rop_ptrs;
-    txn.n_failure = count_on_failure ? 1 : 0;
-    txn.failure = failure;
+    return 0;
+}
+
+static void on_lease_done(void *ctx, const etcd_result_t *res)
+{
+    migrate_t *m = ctx;
+    m->done = true;
+    m->outcome = res->outcome;
+    snprintf(m->message, sizeof m->message, "%s", res->message);
+    m->lease_id = 0;
+    if (res->outcome == ETCD_OK)
+        m->lease_id = ((const Etcdserverpb__LeaseGrantResponse *)res->resp)->id;
+}
+
+/* A new etcd lease of `ttl_s` seconds; 0 with m->lease_id set (> 0), or
+ * -1 with m->message. */
+static int lease_sync(migrate_t *m, int64_t ttl_s)
+{
+    Etcdserverpb__LeaseGrantRequest rq = ETCDSERVERPB__LEASE_GRANT_REQUEST__INIT;
+    rq.ttl = ttl_s;
     m->done = false;
-    int src = etcd_txn(m->client, &txn, MIGRATE_CALL_TIMEOUT_MS, on_txn_done, m);
-    if (src != 0) {
-        snprintf(m->message, sizeof m->message, "cannot send a transaction: %s", strerror(-src));
-        goto out;
+    int rc = etcd_lease_grant(m->client, &rq, MIGRATE_CALL_TIMEOUT_MS, on_lease_done, m);
+    if (rc != 0) {
+        snprintf(m->message, sizeof m->message, "cannot ask for a lease: %s", strerror(-rc));
+        return -1;
     }
     if (run_until(m, &m->done, NULL) != 0)
-        goto out;
-    rc = m->outcome == ETCD_OK ? 0 : -1;
-out:
-    if (ends)
-        for (size_t i = 0; i < n_ops; i++)
-            free(ends[i]);
-    free(ends);
-    free(dels);
-    free(puts);
-    free(rop_ptrs);
-    free(rops);
-    return rc;
+        return -1;
+    if (m->outcome == ETCD_OK && m->lease_id <= 0)
+        snprintf(m->message, sizeof m->message, "etcd granted no lease");
+    return m->outcome == ETCD_OK && m->lease_id > 0 ? 0 : -1;
+}
+
+/* What is left of a TTL at `now_ns`, in whole seconds rounded up, at
+ * least 1: the lease the etcd backend itself grants for that expiry. */
+static int64_t lease_seconds(int64_t expire_ns, int64_t now_ns)
+{
+    int64_t left = expire_ns - now_ns;
+    if (left <= NS_PER_SEC)
+        return 1;
+    return left / NS_PER_SEC + (left % NS_PER_SEC != 0);
 }
 
 /* Empty writes to a key outside the prefix until etcd's revision is at
  * least `upto` (each write is one revision; the mirror never sees them). */
 static int fill_to(migrate_t *m, int64_t upto, uint64_t *filled)
 {
-    Etcdserverpb__PutRequest put = ETCDSERVERPB__PUT_REQUEST__INIT;
-    fill_bytes(&put.key, m->fill_key);
-    Etcdserverpb__RequestOp op = ETCDSERVERPB__REQUEST_OP__INIT;
-    op.request_case = ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_PUT;
-    op.request_put = &put;
-    Etcdserverpb__RequestOp *ops[1] = {&op};
-    Etcdserverpb__TxnRequest txn = ETCDSERVERPB__TXN_REQUEST__INIT;
-    txn.n_success = 1;
-    txn.success = ops;
-    while (m->last_rev < upto) {
+    etcd_op_t put = {.kind = ETCD_OP_PUT, .key = m->fill_key};
+    etcd_txn_plan_t plan = {.success = &put, .n_success = 1};
+    etcd_txn_request_t rq;
+    if (etcd_txn_request_init(&rq, &plan) != 0) {
+        snprintf(m->message, sizeof m->message, "out of memory");
+        return -1;
+    }
+    int rc = 0;
+    while (rc == 0 && m->last_rev < upto) {
         /* Never more in flight than revisions still missing: etcd numbers
          * them in whatever order it takes them, all are alike. */
         int64_t missing = upto - m->last_rev;
         while (m->fill_pending < MIGRATE_FILL_WINDOW && (int64_t)m->fill_pending < missing) {
-            int rc = etcd_txn(m->client, &txn, MIGRATE_CALL_TIMEOUT_MS, on_fill_done, m);
-            if (rc != 0) {
-                snprintf(m->message, sizeof m->message, "cannot send a write: %s", strerror(-rc));
-                run_until(m, NULL, &m->fill_pending);
-                return -1;
+            int src = etcd_txn(m->client, &rq.txn, MIGRATE_CALL_TIMEOUT_MS, on_fill_done, m);
+            if (src != 0) {
+                snprintf(m->message, sizeof m->message, "cannot send a write: %s", strerror(-src));
+                rc = -1;
+                break;
             }
             m->fill_pending++;
             (*filled)++;
         }
-        if (run_until(m, NULL, &m->fill_pending) != 0)
-            return -1;
-        if (m->fill_failed)
-            return -1;
+        if (run_until(m, NULL, &m->fill_pending) != 0 || m->fill_failed)
+            rc = -1;
     }
-    return 0;
+    etcd_txn_request_clear(&rq);
+    return rc;
 }
 
 /* Removes a partial copy; false when etcd did not take it. */
 static bool roll_back(migrate_t *m)
 {
-    etcd_cmp_t guard = {.kind = ETCD_CMP_MOD_EQ, .key = m->base_key, .rev = m->claim_rev};
     etcd_op_t ops[2] = {{.kind = ETCD_OP_DELETE_PREFIX, .key = (char *)m->prefix},
                         {.kind = ETCD_OP_DELETE, .key = m->fill_key}};
-    return txn_sync(m, &guard, 1, NULL, ops, 2, false) == 0 && m->succeeded;
+    return claimed_sync(m, ops, 2) == 0;
 }
 
 /* ---- the command ------------------------------------------------------------ */
@@ -503,10 +502,62 @@ static char **tokens_of(const event_list_t *events, size_t *n_out)
     return t;
 }
 
-/* Copies the events; 0, or -1 with m->message (the claim is held). */
+static const event_list_t *sorting_events; /* qsort has no context argument */
+
+static int cmp_event_key(const void *a, const void *b)
+{
+    size_t i = *(const size_t *)a, j = *(const size_t *)b;
+    int c = strcmp(sorting_events->v[i]->node.key, sorting_events->v[j]->node.key);
+    return c ? c : (i > j) - (i < j);
+}
+
+/* Per event: whether no later event writes its key (its put or delete is
+ * what the key is at the end). NULL on no memory. */
+static bool *last_writes(const event_list_t *events)
+{
+    size_t *order = malloc((events->n + 1) * sizeof *order);
+    bool *last = calloc(events->n + 1, sizeof *last);
+    if (!order || !last) {
+        free(order);
+        free(last);
+        return NULL;
+    }
+    for (size_t i = 0; i < events->n; i++)
+        order[i] = i;
+    sorting_events = events;
+    qsort(order, events->n, sizeof *order, cmp_event_key);
+    sorting_events = NULL;
+    for (size_t k = 0; k < events->n; k++)
+        last[order[k]] = k + 1 == events->n || strcmp(events->v[order[k]]->node.key,
+                                                      events->v[order[k + 1]]->node.key) != 0;
+    free(order);
+    return last;
+}
+
+static bool is_removal(enum reg_action a)
+{
+    return a == REG_ACT_DELETE || a == REG_ACT_CAD || a == REG_ACT_EXPIRE;
+}
+
+/* What the copy did, for the summary and the steps after it. */
+typedef struct copy_stats {
+    uint64_t filled, moved, skipped;
+    uint64_t leased; /* keys put with an etcd lease: their TTL still ran */
+    /* Events of keys whose TTL had run out when they were copied (their
+     * last write): expired after the copy. Room for every event. */
+    size_t *expired;
+    size_t n_expired;
+} copy_stats_t;
+
+/* Copies the events; 0, or -1 with m->message (the claim is held).
+ * A key with a TTL is put with a lease of what is left of it, as the etcd
+ * backend puts one (its marker names the same expiry), when this event
+ * is what the key is at the end; an earlier write of the key keeps its
+ * expiry in its marker (history) but gets no lease: the later write puts
+ * the key again, and a lease running out in between would expire it in
+ * the middle of the copy. */
 static int copy_events(migrate_t *m, const event_list_t *events, int64_t base, char **tokens,
-                       size_t n_tokens, bool *seen, uint64_t *filled, uint64_t *moved,
-                       uint64_t *skipped)
+                       size_t n_tokens, bool *seen, const bool *is_last, copy_stats_t *st)
 {
     for (size_t i = 0; i < events->n; i++) {
         reg_event_t *ev = events->v[i];
@@ -514,7 +565,7 @@ static int copy_events(migrate_t *m, const event_list_t *events, int64_t base, c
         if (!token_of(ev->node.key, tok, sizeof tok) || ev->action == REG_ACT_GET) {
             fprintf(stderr, "disco migrate: skipped event %" PRIu64 " (%s): not in a token\n",
                     ev->index, ev->node.key);
-            (*skipped)++;
+            st->skipped++;
             continue;
         }
         char *want = tok;
@@ -524,10 +575,6 @@ static int copy_events(migrate_t *m, const event_list_t *events, int64_t base, c
         /* The token's first event makes the token (its directory and
          * creation time), as /new does on the etcd backend. */
         backend_guard_t g = {.kind = *first ? BACKEND_GUARD_TOKEN_AT : BACKEND_GUARD_TOKEN_NEW};
-        /* No lease is granted here: a key with a TTL is copied as a
-         * permanent one, and its marker must not promise an expiry. */
-        ev->node.expire_ns = 0;
-        ev->node.ttl_s = 0;
         *first = true;
         etcd_txn_plan_t plan;
         int rc = etcd_layout_plan(m->prefix, ev, &g, "migrate", ev->index, &plan);
@@ -537,26 +584,80 @@ static int copy_events(migrate_t *m, const event_list_t *events, int64_t base, c
             return -1;
         }
         int64_t target = (int64_t)ev->index - base;
-        if (fill_to(m, target - 1, filled) != 0) {
+        if (fill_to(m, target - 1, &st->filled) != 0) {
             etcd_txn_plan_free(&plan);
             return -1;
         }
-        /* The claim guards every copy, not the backend's per-token compare:
-         * the prefix is ours alone while it says "migrating". */
-        etcd_cmp_t guard = {.kind = ETCD_CMP_MOD_EQ, .key = m->base_key, .rev = m->claim_rev};
-        rc = txn_sync(m, &guard, 1, NULL, plan.success, plan.n_success, false);
+        if (ev->node.expire_ns && !is_removal(ev->action) && is_last[i]) {
+            /* Granted just before its put: the clock of the TTL is the
+             * wall clock of both the store and this copy. */
+            int64_t now_ns = time_wall_ns();
+            if (ev->node.expire_ns <= now_ns) {
+                st->expired[st->n_expired++] = i;
+            } else if (lease_sync(m, lease_seconds(ev->node.expire_ns, now_ns)) != 0) {
+                etcd_txn_plan_free(&plan);
+                return -1;
+            } else if (etcd_layout_plan_set_lease(&plan, m->prefix, ev->node.key, ev->node.is_dir,
+                                                  m->lease_id) > 0) {
+                st->leased++;
+            }
+        }
+        /* The claim guards every copy, not the backend's per-token compare. */
+        rc = claimed_sync(m, plan.success, plan.n_success);
         etcd_txn_plan_free(&plan);
         if (rc != 0)
             return -1;
-        if (!m->succeeded) {
-            snprintf(m->message, sizeof m->message,
-                     "%sindex_base changed under the migration (another client wrote it)",
-                     m->prefix);
+        if (m->revision != target)
+            st->moved++;
+    }
+    return 0;
+}
+
+/* Whether an event after `idx` removed a directory above its key. */
+static bool removed_later(const event_list_t *events, size_t idx)
+{
+    const char *key = events->v[idx]->node.key;
+    for (size_t j = idx + 1; j < events->n; j++) {
+        const reg_event_t *ev = events->v[j];
+        size_t len = strlen(ev->node.key);
+        if (is_removal(ev->action) && ev->node.is_dir && strncmp(key, ev->node.key, len) == 0 &&
+            key[len] == '/')
+            return true;
+    }
+    return false;
+}
+
+/* Expires the keys whose TTL had run out before they were copied, each in
+ * a revision of its own with no marker, the way etcd removes a key whose
+ * lease ran out (an instance shows v2's "expire"), as the embedded store
+ * would have at its next sweep. Guarded by the claim. 0, or -1 with
+ * m->message. */
+static int expire_copied(migrate_t *m, const event_list_t *events, copy_stats_t *st)
+{
+    size_t kept = 0;
+    for (size_t k = 0; k < st->n_expired; k++) {
+        const reg_event_t *ev = events->v[st->expired[k]];
+        if (removed_later(events, st->expired[k]))
+            continue; /* gone with its directory already */
+        char *key = etcd_layout_key(m->prefix, ev->node.key, ev->node.is_dir);
+        /* A file's P c/ key is under the same lease as the file. */
+        char *created = ev->node.is_dir ? NULL : etcd_layout_created_key(m->prefix, ev->node.key);
+        if (!key || (!ev->node.is_dir && !created)) {
+            free(key);
+            free(created);
+            snprintf(m->message, sizeof m->message, "out of memory");
             return -1;
         }
-        if (m->revision != target)
-            (*moved)++;
+        etcd_op_t ops[2] = {{.kind = ETCD_OP_DELETE, .key = key},
+                            {.kind = ETCD_OP_DELETE, .key = created}};
+        int rc = claimed_sync(m, ops, created ? 2 : 1);
+        free(key);
+        free(created);
+        if (rc != 0)
+            return -1;
+        kept++;
     }
+    st->n_expired = kept;
     return 0;
 }
 
@@ -594,9 +695,8 @@ int cmd_migrate(int argc, char **argv)
     size_t n_tokens = 0;
     char **tokens = tokens_of(&events, &n_tokens);
     bool *seen = calloc(n_tokens + 1, sizeof *seen);
-    uint64_t ttl_keys = 0;
-    for (size_t i = 0; i < events.n; i++)
-        ttl_keys += events.v[i]->node.expire_ns != 0;
+    bool *is_last = last_writes(&events);
+    copy_stats_t st = {.expired = calloc(events.n + 1, sizeof *st.expired)};
     printf("disco migrate: %s: %zu events of %zu tokens; highest index used %" PRIu64 "\n",
            f.data_dir, events.n, n_tokens, events.max_index);
     fflush(stdout);
@@ -612,7 +712,7 @@ int cmd_migrate(int argc, char **argv)
     m.fill_key = m.prefix_end ? malloc(strlen(m.prefix_end) + sizeof "migrate-fill") : NULL;
     if (m.fill_key)
         sprintf(m.fill_key, "%smigrate-fill", m.prefix_end);
-    if (!tokens || !seen || !m.loop || !m.base_key || !m.fill_key) {
+    if (!tokens || !seen || !is_last || !st.expired || !m.loop || !m.base_key || !m.fill_key) {
         fprintf(stderr, "disco migrate: out of memory\n");
         goto done;
     }
@@ -636,7 +736,10 @@ int cmd_migrate(int argc, char **argv)
              ETCD_LAYOUT_INDEX_BASE_MIGRATING, (long long)time(NULL), (long)getpid());
     etcd_cmp_t empty = {.kind = ETCD_CMP_CREATE_EQ, .key = (char *)f.prefix, .rev = 0};
     etcd_op_t claim = {.kind = ETCD_OP_PUT, .key = m.base_key, .value = claim_value};
-    if (txn_sync(&m, &empty, 1, m.prefix_end, &claim, 1, true) != 0) {
+    etcd_txn_plan_t claim_plan = plan_of(empty, &claim, 1);
+    claim_plan.failure[0] = (etcd_op_t){.kind = ETCD_OP_RANGE, .key = (char *)f.prefix};
+    claim_plan.n_failure = 1;
+    if (txn_sync(&m, &claim_plan, true) != 0) {
         fprintf(stderr, "disco migrate: etcd (%s): %s\n", eps[0], m.message);
         goto done;
     }
@@ -656,15 +759,16 @@ int cmd_migrate(int argc, char **argv)
         events.n ? (int64_t)events.v[0]->index - first_rev : (int64_t)events.max_index - first_rev;
 
     /* 3. The events, each at its index. */
-    uint64_t filled = 0, moved = 0, skipped = 0;
-    if (copy_events(&m, &events, base, tokens, n_tokens, seen, &filled, &moved, &skipped) != 0) {
+    if (copy_events(&m, &events, base, tokens, n_tokens, seen, is_last, &st) != 0) {
         fprintf(stderr, "disco migrate: etcd (%s): %s\n", eps[0], m.message);
         goto done;
     }
     /* 4. Up to the store's highest index, then the offset: the next write
-     * is at least max_index + 1. */
+     * is at least max_index + 1. Keys whose TTL ran out before the copy
+     * are expired first, above max_index too (they are new events). */
     int64_t final_target = (int64_t)events.max_index - base;
-    if (fill_to(&m, final_target - 1, &filled) != 0) {
+    if (fill_to(&m, final_target - (st.n_expired ? 0 : 1), &st.filled) != 0 ||
+        expire_copied(&m, &events, &st) != 0) {
         fprintf(stderr, "disco migrate: etcd (%s): %s\n", eps[0], m.message);
         goto done;
     }
@@ -673,7 +777,8 @@ int cmd_migrate(int argc, char **argv)
     etcd_cmp_t ours = {.kind = ETCD_CMP_MOD_EQ, .key = m.base_key, .rev = m.claim_rev};
     etcd_op_t finish[2] = {{.kind = ETCD_OP_PUT, .key = m.base_key, .value = base_value},
                            {.kind = ETCD_OP_DELETE, .key = m.fill_key}};
-    if (txn_sync(&m, &ours, 1, NULL, finish, 2, false) != 0 || !m.succeeded) {
+    etcd_txn_plan_t finish_plan = plan_of(ours, finish, 2);
+    if (txn_sync(&m, &finish_plan, false) != 0 || !m.succeeded) {
         fprintf(stderr, "disco migrate: etcd (%s): the last step failed: %s\n", eps[0],
                 m.outcome == ETCD_OK && !m.succeeded ? "the claim was lost" : m.message);
         goto done;
@@ -681,15 +786,15 @@ int cmd_migrate(int argc, char **argv)
     claimed = false;
     printf("disco migrate: copied %zu events into %s (etcd revisions %" PRId64 "-%" PRId64
            ", %" PRIu64 " empty writes to keep indexes); index = revision %+" PRId64 "\n",
-           events.n - (size_t)skipped, f.prefix, first_rev, m.revision, filled, base);
-    if (moved)
+           events.n - (size_t)st.skipped, f.prefix, first_rev, m.revision, st.filled, base);
+    if (st.moved)
         printf("disco migrate: %" PRIu64 " events got a higher index than before (another client "
                "wrote to etcd meanwhile); their order is kept\n",
-               moved);
-    if (ttl_keys)
-        printf("disco migrate: %" PRIu64 " events were of keys with a TTL: copied without one "
-               "(migrate grants no etcd leases)\n",
-               ttl_keys);
+               st.moved);
+    if (st.leased || st.n_expired)
+        printf("disco migrate: keys with a TTL: %" PRIu64 " copied with an etcd lease of the "
+               "time they had left, %zu expired (their TTL ran out before the copy)\n",
+               st.leased, st.n_expired);
     printf("disco migrate: done: every index from now on is above %" PRIu64 "; start disco serve "
            "--etcd-endpoints %s --etcd-prefix %s\n",
            events.max_index, f.endpoints, f.prefix);
@@ -715,6 +820,8 @@ done:
         free(tokens[i]);
     free(tokens);
     free(seen);
+    free(is_last);
+    free(st.expired);
     event_list_free(&events);
     free(list);
     return status;

@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -211,6 +212,74 @@ class EtcdMigrateTest(unittest.TestCase):
         self.assertEqual(rc, 1, out + err)
         self.assertIn("not empty", err)
         self.assertEqual(nodes_of(self.listing(a, mid)[0]), nodes_of(listings[0]))
+
+    def test_keys_with_a_ttl_keep_their_expiry(self):
+        # Keys with a TTL are copied with an etcd lease of what is left of
+        # it: an instance shows the store's expiration and a ttl of the
+        # time left, and etcd expires the key (v2 "expire"). A key whose
+        # TTL ran out while the store was stopped is expired after the
+        # copy, with an index above the store's, as the embedded store's
+        # next sweep would have.
+        prefix = "/ttl/"
+        long_ttl, short_ttl, gone_ttl = 30 * SLOW, 5 * SLOW, 2
+        data = os.path.join(self.workdir, "ttl-data")
+        embedded, e = self.start(["--data-dir", data])
+        token = self.new_token(e, 3)
+        made = {}
+        for name, ttl in (("gone", gone_ttl), ("short", short_ttl), ("long", long_ttl)):
+            st, _, body = harness.http("PUT", keys_url(e, token, "/" + name),
+                                       "value=%s&ttl=%d" % (name, ttl), FORM)
+            self.assertEqual(st, 201, body)
+            made[name] = (json.loads(body)["node"], time.monotonic())
+        embedded.stop()
+        threading.Event().wait(max(0.0, made["gone"][1] + gone_ttl + 0.5 - time.monotonic()))
+        rc, out, err = run_migrate(data, self.etcd.endpoints(), prefix)
+        self.assertEqual(rc, 0, out + err)
+        sys.stderr.write(out)
+        _, a = self.start(["--data-dir", "", "--etcd-endpoints", self.etcd.endpoints(),
+                           "--etcd-prefix", prefix])
+
+        st, _, body = harness.http("GET", keys_url(a, token, "/long"))
+        self.assertEqual(st, 200, body)
+        node = json.loads(body)["node"]
+        self.assertEqual(node["expiration"], made["long"][0]["expiration"], node)
+        left = long_ttl - (time.monotonic() - made["long"][1])
+        self.assertLessEqual(abs(node["ttl"] - left), 2, (node, left))
+        self.assertEqual(node["modifiedIndex"], made["long"][0]["modifiedIndex"])
+        rc, out, err = harness.etcdctl(self.etcd.endpoints(), "get", "-w", "json",
+                                       prefix + "k/%s/long" % token)
+        self.assertEqual(rc, 0, err)
+        self.assertNotEqual(json.loads(out)["kvs"][0].get("lease", 0), 0, out)
+
+        # Watches from just after each key's write: etcd's expiry of the
+        # short one, and the expiry of the one already gone at copy time.
+        for name in ("short", "gone"):
+            got = queue.Queue()
+            index = made[name][0]["modifiedIndex"]
+            self.long_poll_key(a, token, name, index + 1, got)
+            got = got.get(timeout=LONG_POLL_S)
+            self.assertNotIsInstance(got, Exception)
+            st, body = got
+            self.assertEqual(st, 200, body)
+            ev = json.loads(body)
+            self.assertEqual((ev["action"], ev["node"]["key"]),
+                             ("expire", "/_etcd/registry/%s/%s" % (token, name)), ev)
+            self.assertGreater(ev["node"]["modifiedIndex"], made["long"][0]["modifiedIndex"])
+            st, _, body = harness.http("GET", keys_url(a, token, "/" + name))
+            self.assertEqual(st, 404, body)
+        st, _, body = harness.http("GET", keys_url(a, token, "/long"))
+        self.assertEqual(st, 200, body)
+
+    def long_poll_key(self, base, token, name, wait_index, out):
+        def run():
+            try:
+                st, _, body = harness.http(
+                    "GET", keys_url(base, token, "/%s?wait=true&waitIndex=%d" % (name, wait_index)),
+                    timeout=LONG_POLL_S)
+                out.put((st, body))
+            except OSError as e:
+                out.put(e)
+        threading.Thread(target=run, daemon=True).start()
 
     def test_migration_under_a_running_instance_stops_its_mirror(self):
         # An instance on the (empty) prefix before the migration would go on
