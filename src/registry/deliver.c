@@ -296,6 +296,11 @@ void reg_recheck_refusal(registry_t *reg, const reg_op_t *op, reg_result_t *out)
     pending_behind_barrier(reg, op, out); /* else the refusal as it is */
 }
 
+unsigned reg_retry_losses(const registry_t *reg)
+{
+    return reg->retrying ? reg->retrying->retries : 0;
+}
+
 void registry_await_catch_up(registry_t *reg, reg_result_t *out)
 {
     REG_ASSERT_OWNER(reg);

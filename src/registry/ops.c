@@ -95,6 +95,13 @@ static uint64_t inorder_name(registry_t *reg, const char *clean, uint64_t next)
         n = reg->inorder_high + 1;
     if (n <= held)
         n = held + 1;
+    /* A POST that lost to another instance's jumps ahead, further each
+     * time: that instance's next names climb by one a round trip, and a
+     * name above them wins whichever lands first (a lower name landing
+     * later passes too, and sorts before it as it was created before). */
+    unsigned losses = reg_retry_losses(reg);
+    if (losses)
+        n += (uint64_t)1 << (losses < 10 ? losses : 10);
     reg->inorder_high = n;
     return n;
 }

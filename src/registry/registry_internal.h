@@ -212,6 +212,9 @@ void reg_propose_pending(registry_t *reg, reg_event_t *ev, reg_result_t *out);
  * propose_barrier). Otherwise, or when that cannot be set up, `out` stays
  * the refusal. */
 void reg_recheck_refusal(registry_t *reg, const reg_op_t *op, reg_result_t *out);
+/* How many times the pending write being validated again (reg->retrying)
+ * has lost its guard so far; 0 when none is. */
+unsigned reg_retry_losses(const registry_t *reg);
 /* Frees every pending write without telling anyone (registry_free). */
 void reg_pending_free_all(registry_t *reg);
 
