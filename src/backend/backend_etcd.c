@@ -509,6 +509,30 @@ static int created_at_order(const void *a, const void *b)
     return strcmp(((const created_at_t *)a)->v2key, ((const created_at_t *)b)->v2key);
 }
 
+/* A token's creation time as its creator wrote it (P m/<token>): a mirror
+ * loaded from a range dates each token as the watch would have, so that
+ * its page and its removal by age agree with every other instance. */
+typedef struct token_born {
+    const char *name; /* into the range's key, not terminated */
+    size_t len;
+    int64_t ns;
+} token_born_t;
+
+static int token_born_order(const void *a, const void *b)
+{
+    const token_born_t *x = a, *y = b;
+    int c = memcmp(x->name, y->name, x->len < y->len ? x->len : y->len);
+    return c ? c : (x->len > y->len) - (x->len < y->len);
+}
+
+/* The creation time of token `name` (len bytes) in `ts`, or 0. */
+static int64_t token_born_at(const token_born_t *ts, size_t n, const char *name, size_t len)
+{
+    token_born_t want = {name, len, 0};
+    const token_born_t *t = n ? bsearch(&want, ts, n, sizeof *ts, token_born_order) : NULL;
+    return t ? t->ns : 0;
+}
+
 /* The v2 createdIndex kept apart for files a set replaced (P c/...). */
 static created_at_t *created_index_of(created_at_t *cs, size_t n, const char *v2key)
 {
@@ -734,10 +758,18 @@ static int load_snapshot(etcd_backend_t *eb, const Etcdserverpb__RangeResponse *
 {
     snap_change_t *chs = calloc(2 * r->n_kvs + 1, sizeof *chs);
     created_at_t *cs = calloc(r->n_kvs + 1, sizeof *cs);
-    size_t n = 0, n_cs = 0;
-    int rc = chs && cs ? 0 : -ENOMEM;
+    token_born_t *born = calloc(r->n_kvs + 1, sizeof *born);
+    size_t n = 0, n_cs = 0, n_born = 0;
+    int rc = chs && cs && born ? 0 : -ENOMEM;
     for (size_t i = 0; rc == 0 && i < r->n_kvs; i++) {
         const Etcdserverpb__KeyValue *kv = r->kvs[i];
+        token_born_t *t = &born[n_born];
+        if (etcd_layout_parse_meta(eb->prefix, (const char *)kv->key.data, kv->key.len,
+                                   (const char *)kv->value.data, kv->value.len, &t->name, &t->len,
+                                   &t->ns)) {
+            n_born++;
+            continue;
+        }
         char *c =
             etcd_layout_v2_key_of_created(eb->prefix, (const char *)kv->key.data, kv->key.len);
         if (c)
@@ -745,6 +777,8 @@ static int load_snapshot(etcd_backend_t *eb, const Etcdserverpb__RangeResponse *
     }
     if (n_cs)
         qsort(cs, n_cs, sizeof *cs, created_at_order);
+    if (n_born)
+        qsort(born, n_born, sizeof *born, token_born_order);
     for (size_t i = 0; rc == 0 && i < r->n_kvs; i++) {
         const Etcdserverpb__KeyValue *kv = r->kvs[i];
         bool is_dir = kv->key.len && kv->key.data[kv->key.len - 1] == '/';
@@ -770,10 +804,12 @@ static int load_snapshot(etcd_backend_t *eb, const Etcdserverpb__RangeResponse *
         free(cs[i].v2key);
     free(cs);
     if (rc != 0) {
+        free(born);
         free(chs);
         return rc;
     }
     if (after > 0 && (rc = resync_removals(eb, r, after, range_rev, &chs, &n)) != 0) {
+        free(born);
         free(chs);
         return rc;
     }
@@ -808,6 +844,9 @@ static int load_snapshot(etcd_backend_t *eb, const Etcdserverpb__RangeResponse *
             break;
         }
         bool is_size = strcmp(rest, "/_config/size") == 0;
+        int64_t wall = 0;
+        if (is_size && !chs[i].is_update)
+            wall = token_born_at(born, n_born, key + plen, (size_t)(rest - key - plen));
         /* At a resync a file may exist already (deleted and made again in
          * between): a set replaces it. */
         bool set = is_size || (after > 0 && !is_dir);
@@ -818,7 +857,7 @@ static int load_snapshot(etcd_backend_t *eb, const Etcdserverpb__RangeResponse *
                              .is_dir = is_dir,
                              .value = value,
                              .index = v2_index(eb, chs[i].rev),
-                             .wall_ns = time_wall_ns()};
+                             .wall_ns = wall ? wall : time_wall_ns()};
         uint64_t before = eb->applied;
         eb->applied = chs[i].rev;
         rc = registry_deliver(eb->reg, &d);
@@ -851,6 +890,7 @@ static int load_snapshot(etcd_backend_t *eb, const Etcdserverpb__RangeResponse *
     for (size_t i = 0; i < n; i++)
         free(chs[i].gone_key);
     free(chs);
+    free(born);
     return rc;
 }
 

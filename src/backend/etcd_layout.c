@@ -230,6 +230,21 @@ static bool parse_decimal(const char *f, size_t flen, uint64_t *out)
     return parse_digits(f, flen, 19, out);
 }
 
+bool etcd_layout_parse_meta(const char *prefix, const char *key, size_t key_len, const char *value,
+                            size_t value_len, const char **token, size_t *token_len,
+                            int64_t *created_ns)
+{
+    size_t plen = strlen(prefix);
+    uint64_t ns;
+    if (key_len <= plen + 2 || memcmp(key, prefix, plen) != 0 || memcmp(key + plen, "m/", 2) != 0 ||
+        !value || !parse_decimal(value, value_len, &ns) || ns > INT64_MAX)
+        return false;
+    *token = key + plen + 2;
+    *token_len = key_len - plen - 2;
+    *created_ns = (int64_t)ns;
+    return true;
+}
+
 bool etcd_layout_parse_marker(const char *value, size_t len, enum reg_action *action,
                               char *instance, size_t instance_size, uint64_t *seq, char **v2key,
                               bool *is_dir, int64_t *expire_ns)
@@ -634,18 +649,15 @@ int etcd_layout_read_revision(const char *prefix, const etcd_kv_event_t *evs, si
     if (read_gc_marker(marker->value, marker->value_len, out))
         return out->key ? 0 : -ENOMEM;
     /* A token's creation writes its creation time (P m/<token>). */
-    char *meta_prefix = keyed(prefix, "m/", "", 0);
-    if (!meta_prefix)
-        return -ENOMEM;
-    size_t mlen = strlen(meta_prefix);
     for (size_t i = 0; i < n; i++) {
-        uint64_t ns;
-        if (!evs[i].is_delete && evs[i].key_len > mlen &&
-            memcmp(evs[i].key, meta_prefix, mlen) == 0 && evs[i].value &&
-            parse_decimal(evs[i].value, evs[i].value_len, &ns) && ns <= INT64_MAX)
-            out->created_ns = (int64_t)ns;
+        const char *token;
+        size_t token_len;
+        int64_t ns;
+        if (!evs[i].is_delete &&
+            etcd_layout_parse_meta(prefix, evs[i].key, evs[i].key_len, evs[i].value,
+                                   evs[i].value_len, &token, &token_len, &ns))
+            out->created_ns = ns;
     }
-    free(meta_prefix);
     char *v2key = NULL;
     if (!etcd_layout_parse_marker(marker->value, marker->value_len, &out->action, out->instance,
                                   sizeof out->instance, &out->seq, &v2key, &out->is_dir,

@@ -67,6 +67,12 @@ char *etcd_layout_created_key(const char *prefix, const char *v2key);
 char *etcd_layout_version_key(const char *prefix, const char *token, size_t token_len);
 char *etcd_layout_meta_key(const char *prefix, const char *token, size_t token_len);
 char *etcd_layout_marker_key(const char *prefix);
+/* Reads a P m/<token> key and its value (the token's creation time, wall
+ * clock ns): true with *token (into `key`, not terminated), *token_len and
+ * *created_ns set; false for any other key or a value that is no time. */
+bool etcd_layout_parse_meta(const char *prefix, const char *key, size_t key_len, const char *value,
+                            size_t value_len, const char **token, size_t *token_len,
+                            int64_t *created_ns);
 /* P index_base (see above). */
 char *etcd_layout_index_base_key(const char *prefix);
 /* Reads its value: true with *base set for a finished migration's offset;

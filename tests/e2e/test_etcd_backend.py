@@ -18,6 +18,7 @@ stopped by PID. No timing is asserted beyond generous bounds.
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -294,8 +295,20 @@ class EtcdBackendTest(unittest.TestCase):
                 proc.stop()
             lb.close()
 
+    def token_created_on_page(self, base, tok):
+        """The "Created" instant the token's page shows (to the second)."""
+        st, _, body = harness.http("GET", "%s/%s" % (base, tok),
+                                   headers={"Accept": "text/html"})
+        self.assertEqual(st, 200, body)
+        m = re.search(r'id="created">(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC)', body.decode())
+        self.assertIsNotNone(m, body)
+        return m.group(1)
+
     def test_instance_starts_after_etcd_compacted_the_history(self):
         _, tok = self.new_token(self.a, size=5)
+        # The new instance loads the token a few seconds after it was made:
+        # it must date it from its creation (P m/), not from the load.
+        time.sleep(2.1)
         for i in range(3):
             st, _, body = harness.http("PUT", keys_url(self.a, tok, "/m%d?prevExist=false" % i),
                                        "value=v%d" % i, FORM)
@@ -315,6 +328,8 @@ class EtcdBackendTest(unittest.TestCase):
         try:
             want = self.listing(self.a, tok)
             self.assertEqual(self.listing(c, tok), want)
+            self.assertEqual(self.token_created_on_page(c, tok),
+                             self.token_created_on_page(self.a, tok))
             # and it follows etcd from there
             st, _, body = harness.http("PUT", keys_url(c, tok, "/m9?prevExist=false"),
                                        "value=v9", FORM)

@@ -412,6 +412,29 @@ static void test_index_base(void **state)
     assert_int_equal(b, 1234);
 }
 
+/* A token's creation time, read back from P m/<token>. */
+static void test_parse_meta(void **state)
+{
+    (void)state;
+    char *k = etcd_layout_meta_key("/disco/", "abc", 3);
+    const char *tok = NULL;
+    size_t len = 0;
+    int64_t ns = 0;
+    assert_true(
+        etcd_layout_parse_meta("/disco/", k, strlen(k), "1700000000123", 13, &tok, &len, &ns));
+    assert_int_equal(len, 3);
+    assert_memory_equal(tok, "abc", 3);
+    assert_int_equal(ns, 1700000000123LL);
+    assert_false(etcd_layout_parse_meta("/disco/", k, strlen(k), "12x", 3, &tok, &len, &ns));
+    assert_false(etcd_layout_parse_meta("/disco/", k, strlen(k), NULL, 0, &tok, &len, &ns));
+    assert_false(etcd_layout_parse_meta("/disco/", k, strlen(k), "99999999999999999999", 20, &tok,
+                                        &len, &ns));
+    assert_false(etcd_layout_parse_meta("/other/", k, strlen(k), "1", 1, &tok, &len, &ns));
+    assert_false(etcd_layout_parse_meta("/disco/", "/disco/m/", 9, "1", 1, &tok, &len, &ns));
+    assert_false(etcd_layout_parse_meta("/disco/", "/disco/v/abc", 12, "1", 1, &tok, &len, &ns));
+    free(k);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -425,6 +448,7 @@ int main(void)
         cmocka_unit_test(test_plan_gc),
         cmocka_unit_test(test_read_revision),
         cmocka_unit_test(test_index_base),
+        cmocka_unit_test(test_parse_meta),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
