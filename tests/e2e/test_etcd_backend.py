@@ -301,12 +301,7 @@ class EtcdBackendTest(unittest.TestCase):
         st, _, body = harness.http("PUT", keys_url(self.a, tok, "/d/x?prevExist=false"),
                                    "value=deep", FORM)
         self.assertEqual(st, 201, body)
-        rc, out, err = harness.etcdctl(self.etcd.client_urls[0], "endpoint", "status",
-                                       "-w", "json")
-        self.assertEqual(rc, 0, err)
-        rev = json.loads(out)[0]["Status"]["header"]["revision"]
-        rc, out, err = harness.etcdctl(self.etcd.client_urls[0], "compact", str(rev))
-        self.assertEqual(rc, 0, err)
+        self.etcd.compact_at_newest()
         proc, c = harness.start_disco(self.workdir, ["--etcd-endpoints", self.etcd.endpoints()])
         try:
             want = self.listing(self.a, tok)
@@ -333,12 +328,7 @@ class EtcdBackendTest(unittest.TestCase):
             self.assertEqual(st, 201, body)
         st, _, body = harness.http("DELETE", keys_url(self.a, tok, "/m1"))
         self.assertEqual(st, 200, body)
-        rc, out, err = harness.etcdctl(self.etcd.client_urls[0], "endpoint", "status",
-                                       "-w", "json")
-        self.assertEqual(rc, 0, err)
-        rev = json.loads(out)[0]["Status"]["header"]["revision"]
-        rc, out, err = harness.etcdctl(self.etcd.client_urls[0], "compact", str(rev))
-        self.assertEqual(rc, 0, err)
+        self.etcd.compact_at_newest()
         proc, c = harness.start_disco(self.workdir, ["--etcd-endpoints", self.etcd.endpoints()])
         try:
             st, _, body = harness.http("PUT", keys_url(c, tok, "/m0?prevExist=true"),
@@ -572,12 +562,7 @@ class EtcdCompactedWhileAwayTest(unittest.TestCase):
             self.assertEqual(st, 201, body)
         st, _, body = harness.http("GET", self.a + "/new?size=5")
         tok2 = body.decode().strip().rsplit("/", 1)[1]
-        rc, out, err = harness.etcdctl(self.etcd.client_urls[1], "endpoint", "status", "-w",
-                                       "json")
-        self.assertEqual(rc, 0, err)
-        rev = json.loads(out)[0]["Status"]["header"]["revision"]
-        rc, out, err = harness.etcdctl(self.etcd.client_urls[1], "compact", str(rev))
-        self.assertEqual(rc, 0, err)
+        self.etcd.compact_at_newest(members=(1,))
         self.etcd.start(0)
         self.etcd.wait_healthy(members=[0])
         harness.wait_until(lambda: harness.http("GET", self.c + "/health")[0] == 200,
