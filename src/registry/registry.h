@@ -401,6 +401,17 @@ bool registry_has_key(registry_t *reg, const char *key);
  */
 void registry_resync_clear(registry_t *reg, const char *key, uint64_t through);
 /*
+ * A resync found the token `key` (its directory's full v2 key) gone whole
+ * from the source: removed by age on another instance while this one's
+ * backend could not follow (etcd compacted the removal's revision). The
+ * token goes as if its removal had been delivered at `index`
+ * (registry_deliver_token_removal: the same tombstone, log line and
+ * on_event(w, NULL) to its watchers), `index` being a revision of the gap
+ * the backend chose. 0; -EINVAL for an index not above the registry's or a
+ * key that is no token of the mirror (nothing changed).
+ */
+int registry_resync_remove_token(registry_t *reg, const char *key, uint64_t index);
+/*
  * A resync (the backend missed history it cannot replay, e.g. past an etcd
  * compaction, and compares the mirror with the source's state): calls
  * `gone` for every key of the mirror that `exists` says the source no
