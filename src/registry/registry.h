@@ -113,6 +113,10 @@ typedef struct reg_result {
     /* On REG_E_KEY_NOT_FOUND: the key's token does not exist (the cause is
      * still etcd's, the key; registry_explain_missing_token says why). */
     bool token_missing;
+    /* On REG_E_EVENT_INDEX_CLEARED from a watch: the lowest index a watch
+     * of that token can start from now, its history whole from there (a
+     * v3 watch's compact_revision). */
+    uint64_t history_from;
     /* A write whose backend applies on delivery (etcd): validated and
      * proposed, its outcome not known yet. err is REG_OK, event and node
      * NULL; registry_await(ticket) learns the outcome later. */

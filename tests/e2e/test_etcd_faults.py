@@ -15,7 +15,8 @@ What is checked (ETCD-BACKEND.md §4, issue 12 "Faults"):
     asserted (etcd does not promise either way);
   - a compaction while an instance's watch is away: its mirror is resynced
     from a range (deletions included) and parked watches are answered with
-    the event or etcd's 401 "event index cleared";
+    the event or etcd's 401 "event index cleared" (v3: cancelled with a
+    compact_revision a new watch can start from);
   - a token swept by age on one instance while the other's watch is away,
     the sweep compacted: the other removes it at its resync, as the sweep's
     delivery would have;
@@ -460,8 +461,11 @@ class EtcdFaults(AwayMixin, unittest.TestCase):
         poll2.start()
         w3 = start_v3_watch(self.b, "/_etcd/registry/%s/" % tok, wait_index)
         w3_2 = start_v3_watch(self.b, "/_etcd/registry/%s/" % tok2, wait_index)
+        raw = RawWatch(self.b, "/_etcd/registry/%s/" % tok, wait_index)
+        self.addCleanup(raw.close)
         try:
-            harness.wait_until(lambda: metric(metrics(self.b), "disco_parked_waits") == 4, 10,
+            self.assertEqual(raw.next()[3], [1])  # created
+            harness.wait_until(lambda: metric(metrics(self.b), "disco_parked_waits") == 5, 10,
                                what="the polls and watches parked on B")
         except Exception:
             for w in (w3, w3_2):
@@ -480,7 +484,7 @@ class EtcdFaults(AwayMixin, unittest.TestCase):
                                        "value=w1", FORM)
             self.assertEqual(st, 201, body)
             n1_index = json.loads(body)["node"]["createdIndex"]
-            self.etcd.compact_at_newest(members=others, physical=True)
+            compacted = self.etcd.compact_at_newest(members=others, physical=True)
         finally:
             # B first: its keep-alive finds its member silent and moves on.
             os.kill(self.disco_b.pid, signal.SIGCONT)
@@ -504,10 +508,21 @@ class EtcdFaults(AwayMixin, unittest.TestCase):
                                    "?wait=true&recursive=true&waitIndex=%d" % wait_index)
         self.assertEqual(st, 400, body)
         self.assertEqual(json.loads(body)["errorCode"], 401, body)
-        # The v3 watch on that token is cancelled by the server (as etcd
-        # cancels a compacted one; disco gives no compact_revision yet).
+        # The v3 watches on that token are cancelled as etcd cancels a
+        # watch from a compacted revision: with the revision to watch from
+        # again, the first after the state the mirror was resynced from
+        # (etcd's at its compaction), and no reason (clientv3 then says
+        # ErrCompacted).
         out, _ = w3.communicate(timeout=CONVERGE_TIMEOUT_S)
-        self.assertIn(b"canceled", out)
+        self.assertIn(b"required revision has been compacted", out)
+        r = raw.next()
+        self.assertEqual((r.get(4), r.get(5), r.get(6)), ([1], [compacted + 1], None), r)
+        # Watched again from there, it is not cancelled: it gets the next
+        # change (below).
+        again = RawWatch(self.b, "/_etcd/registry/%s/" % tok, compacted + 1)
+        self.addCleanup(again.close)
+        r = again.next()
+        self.assertEqual((r.get(3), r.get(4)), ([1], None), r)
         # The token that only gained a member is replayed exactly: the
         # poll and the v3 watch get the registration at its own index.
         poll2.join(CONVERGE_TIMEOUT_S)
@@ -536,6 +551,10 @@ class EtcdFaults(AwayMixin, unittest.TestCase):
             self.assertEqual(p.result[0], 200, p.result)
             self.assertEqual(json.loads(p.result[2])["node"]["key"],
                              "/_etcd/registry/%s/m5" % tok)
+        r = again.next()
+        self.assertIsNone(r.get(4), r)
+        kv = h2raw.pb_fields(h2raw.pb_fields(r[11][0])[2][0])
+        self.assertEqual(kv[1], [("/_etcd/registry/%s/m5" % tok).encode()])
         self.assertEqual(self.members(self.a, tok), self.members(self.b, tok))
 
     def test_instance_killed_and_restarted_under_load(self):
