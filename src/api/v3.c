@@ -1089,6 +1089,25 @@ static bool send_watch_response(v3_stream_t *vs, int64_t id, bool created, bool 
     return stream_queue(vs, &resp.base, index);
 }
 
+/* etcd's answer to a watch whose start revision was compacted (its
+ * watchable store): canceled, with the compact revision and no reason;
+ * clientv3 reads a compact_revision as ErrCompacted, and its user reads
+ * the state and watches again from there. `compact_rev` is the lowest
+ * revision a watch of that token can start from again. */
+static bool send_watch_compacted(v3_stream_t *vs, int64_t id, uint64_t compact_rev, uint64_t index)
+{
+    assert(compact_rev > 0);
+    Etcdserverpb__ResponseHeader hd;
+    fill_header(vs->api, &hd);
+    Etcdserverpb__WatchResponse resp = ETCDSERVERPB__WATCH_RESPONSE__INIT;
+    resp.header = &hd;
+    resp.watch_id = id;
+    resp.canceled = true;
+    resp.compact_revision = (int64_t)compact_rev;
+    resp.cancel_reason = "";
+    return stream_queue(vs, &resp.base, index);
+}
+
 static void fill_event_kv(Etcdserverpb__KeyValue *kv, const reg_snap_t *n, uint64_t index,
                           bool is_delete)
 {
@@ -1298,6 +1317,14 @@ static bool watch_pump(v3_watch_t *wt)
         reg_result_t out = {0};
         registry_watch(wt->vs->api->reg, wt->watch_key, wt->recursive, wt->next_rev, &wt->w,
                        on_watch_event, wt, &out);
+        if (out.err == REG_E_EVENT_INDEX_CLEARED) {
+            /* Its start is before the history the mirror has whole (a
+             * resync past an etcd compaction, or older than the events
+             * kept): as etcd answers a compacted start. */
+            uint64_t from = out.history_from;
+            reg_result_clear(&out);
+            return send_watch_compacted(wt->vs, wt->id, from, registry_index(wt->vs->api->reg));
+        }
         if (out.err != REG_OK) {
             /* The token is gone (or its history unreadable): the watch
              * cannot go on, as etcd cancels a compacted one. */
@@ -1333,10 +1360,12 @@ static void on_watch_event(reg_waiter_t *w, const reg_event_t *ev)
                             registry_index(wt->vs->api->reg));
         return;
     }
-    if (ev == REG_EVENT_CLEARED) { /* a resync lost the history it waits in */
-        send_watch_response(wt->vs, wt->id, false, true,
-                            "disco: etcdserver: mvcc: required revision has been compacted",
-                            registry_index(wt->vs->api->reg));
+    if (ev == REG_EVENT_CLEARED) {
+        /* A resync lost the history it waits in: watched again from the
+         * same revision, the registry refuses it and says from which
+         * revision the history is whole again (watch_pump cancels it with
+         * that compact_revision). */
+        watch_pump(wt);
         return;
     }
     if (wt->vs->stalled) {

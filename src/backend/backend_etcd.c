@@ -42,9 +42,10 @@
  *
  * A running mirror whose watch must start again from a revision etcd
  * compacted is brought up to date from a range the same way (sets and
- * updates above its revision, keys gone removed; resync_removals), and
- * watches on tokens whose history it cannot replay exactly are answered
- * "event index cleared" (resync_clear_inexact).
+ * updates above its revision, keys gone removed, tokens gone whole
+ * removed as their removal by age is; resync_removals), and watches on
+ * tokens whose history it cannot replay exactly are answered "event index
+ * cleared" (resync_clear_inexact).
  *
  * Keys with a TTL: one etcd lease per write with a TTL, granted first,
  * then named on the key's put in the write's Txn (propose_with_lease).
@@ -489,6 +490,7 @@ typedef struct snap_change {
     const Etcdserverpb__KeyValue *kv; /* NULL: a removal (gone_key) */
     char *gone_key;                   /* owned; a resync's removal of this v2 key */
     bool gone_is_dir;
+    bool gone_is_token; /* gone_key is a token's directory: removed whole (by age) */
 } snap_change_t;
 
 static int snap_change_order(const void *a, const void *b)
@@ -547,16 +549,16 @@ static created_at_t *created_index_of(created_at_t *cs, size_t n, const char *v2
  * given a revision of that span that no key of the range was created or
  * modified at (a deletion's transaction puts no k/ key, so there are at
  * least as many as there were deletions), the lowest first. Appended to
- * `*chs` (grown as needed). A token that is gone whole (removed by age on
- * another instance) is left: the mirror has no event for it; it goes at
- * the next restart.
+ * `*chs` (grown as needed). A token that is gone whole was removed by age
+ * on another instance (only a sweep removes a token's directory): it is
+ * removed here as that removal's delivery would have removed it, at a
+ * free revision too (the sweep's transaction puts no k/ key either).
  */
 typedef struct gone_scan {
     char **present; /* sorted v2 keys of the range */
     size_t n_present;
     snap_change_t *gone;
     size_t n_gone, cap_gone;
-    size_t n_tokens_kept;
 } gone_scan_t;
 
 static int str_order(const void *a, const void *b)
@@ -579,11 +581,8 @@ static bool gone_scan_exists(void *ctx, const char *key)
 static int gone_scan_add(void *ctx, const char *key, bool is_dir)
 {
     gone_scan_t *g = ctx;
-    const char *rest = strchr(key + strlen(REGISTRY_PREFIX "/"), '/');
-    if (!rest) {
-        g->n_tokens_kept++;
-        return 0;
-    }
+    bool is_token = !strchr(key + strlen(REGISTRY_PREFIX "/"), '/');
+    assert(!is_token || is_dir);
     if (g->n_gone == g->cap_gone) {
         size_t cap = g->cap_gone ? 2 * g->cap_gone : 16;
         snap_change_t *n = realloc(g->gone, cap * sizeof *n);
@@ -598,7 +597,8 @@ static int gone_scan_add(void *ctx, const char *key, bool is_dir)
     int depth = 0;
     for (const char *p = key; *p; p++)
         depth += *p == '/';
-    g->gone[g->n_gone++] = (snap_change_t){.depth = depth, .gone_key = k, .gone_is_dir = is_dir};
+    g->gone[g->n_gone++] = (snap_change_t){
+        .depth = depth, .gone_key = k, .gone_is_dir = is_dir, .gone_is_token = is_token};
     return 0;
 }
 
@@ -670,10 +670,6 @@ static int resync_removals(etcd_backend_t *eb, const Etcdserverpb__RangeResponse
         log_warn("etcd: resync: %zu keys deleted while the mirror was away have no revision "
                  "left to be removed at; they stay until a restart",
                  g.n_gone - placed);
-    if (rc == 0 && g.n_tokens_kept)
-        log_warn("etcd: resync: %zu tokens removed while the mirror was away stay until a "
-                 "restart",
-                 g.n_tokens_kept);
     if (rc == 0 && placed) {
         snap_change_t *grown = realloc(*chs, (*n + placed) * sizeof *grown);
         if (!grown) {
@@ -716,7 +712,10 @@ static void resync_clear_inexact(etcd_backend_t *eb, const snap_change_t *chs, s
     for (size_t i = 0; i < n; i++) {
         const Etcdserverpb__KeyValue *kv = chs[i].kv;
         if (!kv) {
-            registry_resync_clear(eb->reg, chs[i].gone_key, v2_index(eb, range_rev));
+            /* A token gone whole is answered as its removal answers:
+             * nothing it saw before matters once it is gone. */
+            if (!chs[i].gone_is_token)
+                registry_resync_clear(eb->reg, chs[i].gone_key, v2_index(eb, range_rev));
             continue;
         }
         bool is_dir;
@@ -733,6 +732,18 @@ static void resync_clear_inexact(etcd_backend_t *eb, const snap_change_t *chs, s
 /* One of resync_removals' removals into the mirror. */
 static int resync_remove(etcd_backend_t *eb, const snap_change_t *ch)
 {
+    if (ch->gone_is_token) {
+        /* As its "gc" marker's delivery (apply_token_removal) would. */
+        uint64_t before = eb->applied;
+        eb->applied = ch->rev;
+        if (registry_resync_remove_token(eb->reg, ch->gone_key, v2_index(eb, ch->rev)) != 0) {
+            log_warn("etcd: resync: the token %s (removed while the mirror was away) cannot be "
+                     "removed from it; it stays until a restart",
+                     ch->gone_key);
+            eb->applied = before;
+        }
+        return 0;
+    }
     reg_delivered_t d = {.action = REG_ACT_DELETE,
                          .key = ch->gone_key,
                          .is_dir = ch->gone_is_dir,

@@ -597,6 +597,20 @@ void registry_resync_clear(registry_t *reg, const char *key, uint64_t through)
     reg_fire_waiters(reg, t, parked_from_cleared, t, REG_EVENT_CLEARED);
 }
 
+int registry_resync_remove_token(registry_t *reg, const char *key, uint64_t index)
+{
+    REG_ASSERT_OWNER(reg);
+    const char *name, *rest;
+    size_t len;
+    if (!reg_split_token(key, &name, &len, &rest) || *rest != '\0' ||
+        !reg_find_token(reg, name, len))
+        return -EINVAL;
+    /* Whatever else the token saw in the gap, its removal is its last
+     * event: its watchers are told it is gone, as on a delivery, and the
+     * next request learns it expired. */
+    return registry_deliver_token_removal(reg, name, len, index);
+}
+
 static int find_gone_below(const reg_node_t *dir, reg_exists_fn exists, reg_gone_fn gone, void *ctx)
 {
     for (const reg_node_t *c = dir->first_child; c; c = c->next) {

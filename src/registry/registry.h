@@ -113,6 +113,10 @@ typedef struct reg_result {
     /* On REG_E_KEY_NOT_FOUND: the key's token does not exist (the cause is
      * still etcd's, the key; registry_explain_missing_token says why). */
     bool token_missing;
+    /* On REG_E_EVENT_INDEX_CLEARED from a watch: the lowest index a watch
+     * of that token can start from now, its history whole from there (a
+     * v3 watch's compact_revision). */
+    uint64_t history_from;
     /* A write whose backend applies on delivery (etcd): validated and
      * proposed, its outcome not known yet. err is REG_OK, event and node
      * NULL; registry_await(ticket) learns the outcome later. */
@@ -401,6 +405,17 @@ bool registry_has_key(registry_t *reg, const char *key);
  * Nothing for a key outside any token.
  */
 void registry_resync_clear(registry_t *reg, const char *key, uint64_t through);
+/*
+ * A resync found the token `key` (its directory's full v2 key) gone whole
+ * from the source: removed by age on another instance while this one's
+ * backend could not follow (etcd compacted the removal's revision). The
+ * token goes as if its removal had been delivered at `index`
+ * (registry_deliver_token_removal: the same tombstone, log line and
+ * on_event(w, NULL) to its watchers), `index` being a revision of the gap
+ * the backend chose. 0; -EINVAL for an index not above the registry's or a
+ * key that is no token of the mirror (nothing changed).
+ */
+int registry_resync_remove_token(registry_t *reg, const char *key, uint64_t index);
 /*
  * A resync (the backend missed history it cannot replay, e.g. past an etcd
  * compaction, and compares the mirror with the source's state): calls

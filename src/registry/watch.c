@@ -185,6 +185,7 @@ void registry_watch(registry_t *reg, const char *key, bool recursive, uint64_t w
                  "the requested history has been cleared [%" PRIu64 "/%" PRIu64 "]",
                  t->cleared_index + 1, since);
         reg_fail(reg, out, REG_E_EVENT_INDEX_CLEARED, cause);
+        out->history_from = t->cleared_index + 1;
         free(clean);
         return;
     }
@@ -209,6 +210,7 @@ void registry_watch(registry_t *reg, const char *key, bool recursive, uint64_t w
             snprintf(cause, sizeof cause, "the requested history has been cleared [%llu/%llu]",
                      (unsigned long long)reg->ring_base, (unsigned long long)since);
             reg_fail(reg, out, REG_E_EVENT_INDEX_CLEARED, cause);
+            out->history_from = reg->ring_base;
             free(clean);
             return;
         }

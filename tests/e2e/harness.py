@@ -37,6 +37,7 @@ what it started.
 import atexit
 import http.client as _httpclient
 import itertools
+import json
 import os
 import shlex
 import signal
@@ -416,6 +417,21 @@ class EtcdCluster:
 
     def stop(self, i):
         return self.members[i]["proc"].stop()
+
+    def compact_at_newest(self, members=(0,), physical=False):
+        """Compacts etcd's history at its newest revision, asked through the
+        given members (running ones: a stopped member is not asked);
+        physical waits until the compaction is done on disk.  Returns the
+        revision."""
+        eps = ",".join(self.client_urls[i] for i in members)
+        rc, out, err = etcdctl(eps, "endpoint", "status", "-w", "json")
+        if rc != 0:
+            raise AssertionError("etcdctl endpoint status: %s" % err)
+        rev = json.loads(out)[0]["Status"]["header"]["revision"]
+        rc, _, err = etcdctl(eps, "compact", str(rev), *(["--physical"] if physical else []))
+        if rc != 0:
+            raise AssertionError("etcdctl compact %d: %s" % (rev, err))
+        return rev
 
     def close(self):
         for m in self.members:

@@ -62,13 +62,11 @@ class EtcdBackendTest(unittest.TestCase):
     def setUpClass(cls):
         cls.workdir = tempfile.mkdtemp(prefix="disco-e2e-etcdb-")
         # B lists the members the other way round: its watch and writes go
-        # through another etcd member than A's.
-        # Every test makes tokens from 127.0.0.1: the /new budget of one
-        # address (10/s, 20 at once) is not what these tests are about, and
-        # a fast machine ran past it (429).
+        # through another etcd member than A's. The tests make more tokens
+        # on A than --new-rate's default burst allows (a fast run got 429).
         cls.etcd, (cls.disco_a, cls.a), (cls.disco_b, cls.b) = \
             harness.start_etcd_and_two_discos(cls.workdir, size=3,
-                                              extra_args=("--new-burst", "1000"))
+                                              extra_args=("--new-rate", "0"))
 
     @classmethod
     def tearDownClass(cls):
@@ -318,12 +316,7 @@ class EtcdBackendTest(unittest.TestCase):
         st, _, body = harness.http("PUT", keys_url(self.a, tok, "/d/x?prevExist=false"),
                                    "value=deep", FORM)
         self.assertEqual(st, 201, body)
-        rc, out, err = harness.etcdctl(self.etcd.client_urls[0], "endpoint", "status",
-                                       "-w", "json")
-        self.assertEqual(rc, 0, err)
-        rev = json.loads(out)[0]["Status"]["header"]["revision"]
-        rc, out, err = harness.etcdctl(self.etcd.client_urls[0], "compact", str(rev))
-        self.assertEqual(rc, 0, err)
+        self.etcd.compact_at_newest()
         proc, c = harness.start_disco(self.workdir, ["--etcd-endpoints", self.etcd.endpoints()])
         try:
             want = self.listing(self.a, tok)
@@ -352,12 +345,7 @@ class EtcdBackendTest(unittest.TestCase):
             self.assertEqual(st, 201, body)
         st, _, body = harness.http("DELETE", keys_url(self.a, tok, "/m1"))
         self.assertEqual(st, 200, body)
-        rc, out, err = harness.etcdctl(self.etcd.client_urls[0], "endpoint", "status",
-                                       "-w", "json")
-        self.assertEqual(rc, 0, err)
-        rev = json.loads(out)[0]["Status"]["header"]["revision"]
-        rc, out, err = harness.etcdctl(self.etcd.client_urls[0], "compact", str(rev))
-        self.assertEqual(rc, 0, err)
+        self.etcd.compact_at_newest()
         proc, c = harness.start_disco(self.workdir, ["--etcd-endpoints", self.etcd.endpoints()])
         try:
             st, _, body = harness.http("PUT", keys_url(c, tok, "/m0?prevExist=true"),
@@ -591,12 +579,7 @@ class EtcdCompactedWhileAwayTest(unittest.TestCase):
             self.assertEqual(st, 201, body)
         st, _, body = harness.http("GET", self.a + "/new?size=5")
         tok2 = body.decode().strip().rsplit("/", 1)[1]
-        rc, out, err = harness.etcdctl(self.etcd.client_urls[1], "endpoint", "status", "-w",
-                                       "json")
-        self.assertEqual(rc, 0, err)
-        rev = json.loads(out)[0]["Status"]["header"]["revision"]
-        rc, out, err = harness.etcdctl(self.etcd.client_urls[1], "compact", str(rev))
-        self.assertEqual(rc, 0, err)
+        self.etcd.compact_at_newest(members=(1,))
         self.etcd.start(0)
         self.etcd.wait_healthy(members=[0])
         harness.wait_until(lambda: harness.http("GET", self.c + "/health")[0] == 200,

@@ -15,7 +15,11 @@ What is checked (ETCD-BACKEND.md §4, issue 12 "Faults"):
     asserted (etcd does not promise either way);
   - a compaction while an instance's watch is away: its mirror is resynced
     from a range (deletions included) and parked watches are answered with
-    the event or etcd's 401 "event index cleared";
+    the event or etcd's 401 "event index cleared" (v3: cancelled with a
+    compact_revision a new watch can start from);
+  - a token swept by age on one instance while the other's watch is away,
+    the sweep compacted: the other removes it at its resync, as the sweep's
+    delivery would have;
   - a disco instance killed and restarted under load reloads the same
     listings and indexes as the other.
 
@@ -37,6 +41,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import h2raw  # noqa: E402
 import harness  # noqa: E402
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -167,6 +172,39 @@ class Poll(threading.Thread):
             self.result = (None, {}, repr(e).encode())
 
 
+class RawWatch:
+    """One v3 watch on a disco instance spoken frame by frame (h2raw), so
+    that every field of its answers is seen: .next() is the next
+    WatchResponse as {field number: [values]} (h2raw.pb_fields)."""
+
+    def __init__(self, base, prefix, rev):
+        host, port = base.rsplit("/", 1)[1].rsplit(":", 1)
+        self.h2 = h2raw.H2(host, int(port), timeout=CONVERGE_TIMEOUT_S)
+        self.h2.start()
+        key = prefix.encode()
+        create = (h2raw.field(1, key) + h2raw.field(2, key[:-1] + bytes([key[-1] + 1])) +
+                  h2raw.varint(3 << 3) + h2raw.varint(rev))
+        self.h2.open_watch(1, [h2raw.grpc_message(h2raw.field(1, create))])
+        self.data, self.msgs = b"", []
+
+    def next(self):
+        while not self.msgs:
+            f = self.h2.read()
+            if f is None:
+                raise AssertionError("the watch's connection ended")
+            if f[0] == h2raw.PING and not f[1] & h2raw.ACK:
+                self.h2.send(h2raw.PING, h2raw.ACK, 0, f[3])
+            elif f[0] == h2raw.DATA and f[2] == 1:
+                got, self.data = h2raw.grpc_messages(self.data + f[3])
+                self.msgs += got
+            elif f[2] == 1 and f[0] in (h2raw.HEADERS, h2raw.RST_STREAM) and f[1] & 1:
+                raise AssertionError("the watch's stream ended: %r" % (f,))
+        return h2raw.pb_fields(self.msgs.pop(0))
+
+    def close(self):
+        self.h2.close()
+
+
 def start_v3_watch(base, prefix, rev):
     """`etcdctl watch --prefix --rev REV PREFIX` against a disco instance (v3
     keys are the v2 keys); its output is read when it has ended."""
@@ -177,7 +215,36 @@ def start_v3_watch(base, prefix, rev):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
-class EtcdFaults(unittest.TestCase):
+class AwayMixin:
+    """Instance B and the etcd member it talks to stopped, while A and the
+    other members go on (B's watch, once B is continued, finds its member
+    silent and starts again on another one, from the revision after the
+    last it applied). Needs self.etcd, self.disco_b, self.b."""
+
+    def stop_b_and_its_member(self):
+        """Returns (its member's Proc, the indexes of the other members)."""
+        ms = metrics(self.b)
+        b_member = [dict(lbl)["endpoint"] for (n, lbl), v in ms.items()
+                    if n == "disco_etcd_endpoint"][0]
+        b_member_i = self.etcd.client_urls.index(b_member)
+        # The others go on with a leader among them: stopping the leader
+        # would only add an election, which the first test covers.
+        if etcd_leader_index(self.etcd, range(3)) == b_member_i:
+            other = self.etcd.client_urls[(b_member_i + 1) % 3]
+            rc, out, err = harness.etcdctl(other, "endpoint", "status", "-w", "json")
+            self.assertEqual(rc, 0, err)
+            other_id = "%x" % json.loads(out)[0]["Status"]["header"]["member_id"]
+            rc, _, err = harness.etcdctl(b_member, "move-leader", other_id)
+            self.assertEqual(rc, 0, err)
+            harness.wait_until(lambda: etcd_leader_index(self.etcd, range(3)) != b_member_i, 20,
+                               what="the leader moved")
+        member = self.etcd.proc(b_member_i)
+        harness.sigstop(self.disco_b.pid)
+        harness.sigstop(member.pid)
+        return member, [i for i in range(3) if i != b_member_i]
+
+
+class EtcdFaults(AwayMixin, unittest.TestCase):
     def setUp(self):
         self.workdir = tempfile.mkdtemp(prefix="disco-e2e-etcdf-")
         self.etcd, (self.disco_a, self.a), (self.disco_b, self.b) = \
@@ -384,10 +451,6 @@ class EtcdFaults(unittest.TestCase):
                                        "value=v%d" % i, FORM)
             self.assertEqual(st, 201, body)
         self.wait_members(self.b, tok, lambda m: len(m) == 3, "three members on B")
-        ms = metrics(self.b)
-        b_member = [dict(lbl)["endpoint"] for (n, lbl), v in ms.items()
-                    if n == "disco_etcd_endpoint"][0]
-        b_member_i = self.etcd.client_urls.index(b_member)
         st, h, _ = harness.http("GET", keys_url(self.b, tok))
         wait_index = int(h["x-etcd-index"]) + 1
         self.wait_members(self.b, tok2, lambda m: True, "the second token on B")
@@ -398,29 +461,17 @@ class EtcdFaults(unittest.TestCase):
         poll2.start()
         w3 = start_v3_watch(self.b, "/_etcd/registry/%s/" % tok, wait_index)
         w3_2 = start_v3_watch(self.b, "/_etcd/registry/%s/" % tok2, wait_index)
+        raw = RawWatch(self.b, "/_etcd/registry/%s/" % tok, wait_index)
+        self.addCleanup(raw.close)
         try:
-            harness.wait_until(lambda: metric(metrics(self.b), "disco_parked_waits") == 4, 10,
+            self.assertEqual(raw.next()[3], [1])  # created
+            harness.wait_until(lambda: metric(metrics(self.b), "disco_parked_waits") == 5, 10,
                                what="the polls and watches parked on B")
         except Exception:
             for w in (w3, w3_2):
                 w.kill()
             raise
-        # B and the member it talks to stop; the others go on without them
-        # (with a leader among them: stopping the leader would only add an
-        # election, which the first test covers).
-        if etcd_leader_index(self.etcd, range(3)) == b_member_i:
-            other = self.etcd.client_urls[(b_member_i + 1) % 3]
-            rc, out, err = harness.etcdctl(other, "endpoint", "status", "-w", "json")
-            self.assertEqual(rc, 0, err)
-            other_id = "%x" % json.loads(out)[0]["Status"]["header"]["member_id"]
-            rc, _, err = harness.etcdctl(b_member, "move-leader", other_id)
-            self.assertEqual(rc, 0, err)
-            harness.wait_until(lambda: etcd_leader_index(self.etcd, range(3)) != b_member_i, 20,
-                               what="the leader moved")
-        member = self.etcd.proc(b_member_i)
-        os.kill(self.disco_b.pid, signal.SIGSTOP)
-        os.kill(member.pid, signal.SIGSTOP)
-        others = ",".join(u for u in self.etcd.client_urls if u != b_member)
+        member, others = self.stop_b_and_its_member()
         try:
             st, _, body = harness.http("DELETE", keys_url(self.a, tok, "/m2"))
             self.assertEqual(st, 200, body)
@@ -433,11 +484,7 @@ class EtcdFaults(unittest.TestCase):
                                        "value=w1", FORM)
             self.assertEqual(st, 201, body)
             n1_index = json.loads(body)["node"]["createdIndex"]
-            rc, out, err = harness.etcdctl(others, "endpoint", "status", "-w", "json")
-            self.assertEqual(rc, 0, err)
-            rev = json.loads(out)[0]["Status"]["header"]["revision"]
-            rc, _, err = harness.etcdctl(others, "compact", str(rev), "--physical")
-            self.assertEqual(rc, 0, err)
+            compacted = self.etcd.compact_at_newest(members=others, physical=True)
         finally:
             # B first: its keep-alive finds its member silent and moves on.
             os.kill(self.disco_b.pid, signal.SIGCONT)
@@ -461,10 +508,21 @@ class EtcdFaults(unittest.TestCase):
                                    "?wait=true&recursive=true&waitIndex=%d" % wait_index)
         self.assertEqual(st, 400, body)
         self.assertEqual(json.loads(body)["errorCode"], 401, body)
-        # The v3 watch on that token is cancelled by the server (as etcd
-        # cancels a compacted one; disco gives no compact_revision yet).
+        # The v3 watches on that token are cancelled as etcd cancels a
+        # watch from a compacted revision: with the revision to watch from
+        # again, the first after the state the mirror was resynced from
+        # (etcd's at its compaction), and no reason (clientv3 then says
+        # ErrCompacted).
         out, _ = w3.communicate(timeout=CONVERGE_TIMEOUT_S)
-        self.assertIn(b"canceled", out)
+        self.assertIn(b"required revision has been compacted", out)
+        r = raw.next()
+        self.assertEqual((r.get(4), r.get(5), r.get(6)), ([1], [compacted + 1], None), r)
+        # Watched again from there, it is not cancelled: it gets the next
+        # change (below).
+        again = RawWatch(self.b, "/_etcd/registry/%s/" % tok, compacted + 1)
+        self.addCleanup(again.close)
+        r = again.next()
+        self.assertEqual((r.get(3), r.get(4)), ([1], None), r)
         # The token that only gained a member is replayed exactly: the
         # poll and the v3 watch get the registration at its own index.
         poll2.join(CONVERGE_TIMEOUT_S)
@@ -493,6 +551,10 @@ class EtcdFaults(unittest.TestCase):
             self.assertEqual(p.result[0], 200, p.result)
             self.assertEqual(json.loads(p.result[2])["node"]["key"],
                              "/_etcd/registry/%s/m5" % tok)
+        r = again.next()
+        self.assertIsNone(r.get(4), r)
+        kv = h2raw.pb_fields(h2raw.pb_fields(r[11][0])[2][0])
+        self.assertEqual(kv[1], [("/_etcd/registry/%s/m5" % tok).encode()])
         self.assertEqual(self.members(self.a, tok), self.members(self.b, tok))
 
     def test_instance_killed_and_restarted_under_load(self):
@@ -528,6 +590,92 @@ class EtcdFaults(unittest.TestCase):
         st, _, body = harness.http("PUT", keys_url(self.a, tok, "/after-restart?prevExist=false"),
                                    "value=x", FORM)
         self.assertEqual(st, 201, body)
+
+
+class EtcdSweptWhileAwayTest(AwayMixin, unittest.TestCase):
+    """A sweeps a token by age while B's watch is away and the removal's
+    revision is compacted: B's resync removes it as the removal's delivery
+    would have (the tombstone's "expired" 404, the log line, parked
+    watchers told the token is gone), not only at B's next restart."""
+
+    MINAGE_S = 5  # the stops below must come before A's sweep
+
+    def setUp(self):
+        self.workdir = tempfile.mkdtemp(prefix="disco-e2e-etcds-")
+        self.etcd = harness.EtcdCluster(self.workdir, size=3)
+        eps = self.etcd.client_urls
+        self.disco_a, self.a = harness.start_disco(
+            self.workdir, ["--etcd-endpoints", ",".join(eps), "--minage", "%ds" % self.MINAGE_S,
+                           "--gcfreq", "1s"], wait_timeout=WAIT_TIMEOUT)
+        self.disco_b, self.b = harness.start_disco(
+            self.workdir, ["--etcd-endpoints", ",".join(reversed(eps))],
+            wait_timeout=WAIT_TIMEOUT)
+
+    def tearDown(self):
+        harness.stop_etcd_and_discos(self.etcd, self.disco_a, self.disco_b)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def test_token_swept_while_away_is_removed_at_the_resync(self):
+        st, _, body = harness.http("GET", self.a + "/new?size=3")
+        self.assertEqual(st, 200, body)
+        tok = body.decode().strip().rsplit("/", 1)[1]
+        st, _, body = harness.http("PUT", keys_url(self.a, tok, "/m1?prevExist=false"),
+                                   "value=v1", FORM)
+        self.assertEqual(st, 201, body)
+        index = json.loads(body)["node"]["modifiedIndex"]
+        harness.wait_until(lambda: harness.http("GET", keys_url(self.b, tok, "/m1"))[0] == 200,
+                           CONVERGE_TIMEOUT_S, what="the token on B")
+        poll = Poll(keys_url(self.b, tok) + "?wait=true&recursive=true&waitIndex=%d"
+                    % (index + 1))
+        poll.start()
+        raw = RawWatch(self.b, "/_etcd/registry/%s/" % tok, index + 1)
+        self.addCleanup(raw.close)
+        self.assertEqual(raw.next()[3], [1])  # created
+        harness.wait_until(lambda: metric(metrics(self.b), "disco_parked_waits") == 2, 10,
+                           what="the poll and the watch parked on B")
+        member, others = self.stop_b_and_its_member()
+        try:
+            # Not removed yet: B cannot have seen the removal.
+            self.assertEqual(etcd_keys(self.etcd.client_urls[others[0]], PREFIX + "v/" + tok),
+                             {PREFIX + "v/" + tok}, "A swept the token before B stopped "
+                             "(the test's setup was slower than --minage)")
+            harness.wait_until(lambda: harness.http("GET", keys_url(self.a, tok))[0] == 404,
+                               self.MINAGE_S + CONVERGE_TIMEOUT_S, what="A's sweep")
+            eps = ",".join(self.etcd.client_urls[i] for i in others)
+            for i in range(3):
+                rc, _, err = harness.etcdctl(eps, "put", "/elsewhere/%d" % i, "v")
+                self.assertEqual(rc, 0, err)
+            self.etcd.compact_at_newest(members=others, physical=True)
+        finally:
+            os.kill(self.disco_b.pid, signal.SIGCONT)
+            try:
+                harness.wait_until(
+                    lambda: harness.http("GET", keys_url(self.b, tok))[0] == 404,
+                    CONVERGE_TIMEOUT_S, what="the token gone on B")
+            finally:
+                os.kill(member.pid, signal.SIGCONT)
+        st, _, body = harness.http("GET", keys_url(self.b, tok))
+        err = json.loads(body)
+        self.assertEqual(err["errorCode"], 100, err)
+        self.assertIn("expired", err["cause"], err)
+        log = self.disco_b.log()
+        self.assertIn("were compacted before the mirror saw them", log)  # a resync
+        self.assertIn("token %s expired: removed by age" % tok, log)
+        self.assertNotIn("stay until a restart", log)
+        # The parked poll is answered as a delivered removal answers it
+        # (an empty 200: ask again, and learn it expired) ...
+        poll.join(CONVERGE_TIMEOUT_S)
+        self.assertIsNotNone(poll.result, "the parked poll was not answered")
+        self.assertEqual(poll.result[:1] + poll.result[2:], (200, b""), poll.result)
+        # ... and so is the v3 watch.
+        r = raw.next()
+        self.assertEqual((r.get(4), r.get(6)), ([1], [b"disco: the token was removed"]), r)
+        # B follows etcd from there.
+        st, _, body = harness.http("GET", self.b + "/new?size=3")
+        self.assertEqual(st, 200, body)
+        tok2 = body.decode().strip().rsplit("/", 1)[1]
+        harness.wait_until(lambda: harness.http("GET", keys_url(self.a, tok2))[0] == 200,
+                           CONVERGE_TIMEOUT_S, what="B's new token on A")
 
 
 if __name__ == "__main__":

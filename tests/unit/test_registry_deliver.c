@@ -18,6 +18,7 @@
 
 #include "backend/backend.h"
 #include "registry/registry.h"
+#include "util/buf.h"
 #include "util/timeutil.h"
 
 #define T0 (1700000000LL * NS_PER_SEC)
@@ -395,11 +396,13 @@ static void test_failed_and_refused_writes(void **state)
 
 static int woken;
 static uint64_t woken_index;
+static const reg_event_t *woken_ev; /* NULL: the token was removed */
 static void on_watch(reg_waiter_t *w, const reg_event_t *ev)
 {
     (void)w;
     woken++;
-    woken_index = ev ? ev->index : 0;
+    woken_ev = ev;
+    woken_index = ev && ev != REG_EVENT_CLEARED ? ev->index : 0;
 }
 
 /* A long poll parked on B is answered by a registration made through A. */
@@ -640,12 +643,75 @@ static void test_old_wait_index_is_cleared(void **state)
     registry_watch(a.reg, K("m1"), false, 3, &w, NULL, NULL, &res);
     assert_int_equal(res.err, REG_E_EVENT_INDEX_CLEARED);
     assert_non_null(strstr(res.cause, "cleared"));
+    uint64_t from = res.history_from; /* where a watch can start again */
+    assert_true(from > 3 && from <= 3 + 10000);
+    reg_result_clear(&res);
+    registry_watch(a.reg, K("m2"), false, from, &w, NULL, NULL, &res);
+    assert_int_equal(res.err, REG_OK);
+    assert_non_null(res.event);
     reg_result_clear(&res);
     registry_watch(a.reg, K("m2"), false, 4, &w, NULL, NULL, &res);
     assert_int_equal(res.err, REG_OK);
     assert_non_null(res.event);
     assert_int_equal(res.event->index, 3 + 10000);
     reg_result_clear(&res);
+    registry_free(a.reg);
+    registry_free(b.reg);
+}
+
+/*
+ * A resync past an etcd compaction: a token whose gap it cannot replay has
+ * its history cleared (its parked watchers get REG_EVENT_CLEARED, a watch
+ * from the gap is refused and told where the history is whole again); a
+ * token gone whole is removed as a delivered removal removes it.
+ */
+static void test_resync_clears_and_removes_tokens(void **state)
+{
+    (void)state;
+    instance_t a, b;
+    instance_init(&a);
+    instance_init(&b);
+    instance_t *all[] = {&a, &b};
+    make_token(&a, &b);
+    deliver(all, 2, REG_ACT_CREATE, K("m1"), "x", 3);
+    reg_waiter_t w;
+    reg_result_t res;
+    woken = 0;
+    registry_watch(b.reg, TOKDIR, true, 4, &w, on_watch, NULL, &res);
+    assert_int_equal(res.err, REG_OK);
+    assert_null(res.event);
+    reg_result_clear(&res);
+    registry_resync_clear(b.reg, K("m1"), 6);
+    assert_int_equal(woken, 1);
+    assert_ptr_equal(woken_ev, REG_EVENT_CLEARED);
+    registry_watch(b.reg, TOKDIR, true, 6, &w, on_watch, NULL, &res);
+    assert_int_equal(res.err, REG_E_EVENT_INDEX_CLEARED);
+    assert_int_equal(res.history_from, 7);
+    reg_result_clear(&res);
+    registry_watch(b.reg, TOKDIR, true, 7, &w, on_watch, NULL, &res);
+    assert_int_equal(res.err, REG_OK); /* parked: exact from there */
+    assert_null(res.event);
+    reg_result_clear(&res);
+    /* Gone whole in the gap: removed at a revision of it, watchers told. */
+    assert_int_equal(registry_resync_remove_token(b.reg, K("m1"), 5), -EINVAL); /* no token */
+    assert_int_equal(registry_resync_remove_token(b.reg, REGISTRY_PREFIX "/other", 5), -EINVAL);
+    assert_int_equal(registry_resync_remove_token(b.reg, TOKDIR, 3), -EINVAL); /* not above */
+    assert_int_equal(registry_token_count(b.reg), 1);
+    assert_int_equal(registry_resync_remove_token(b.reg, TOKDIR, 5), 0);
+    assert_int_equal(woken, 2);
+    assert_null(woken_ev);
+    assert_int_equal(registry_token_count(b.reg), 0);
+    assert_int_equal(registry_index(b.reg), 5);
+    registry_get(b.reg, K("m1"), T0, &res);
+    assert_int_equal(res.err, REG_E_KEY_NOT_FOUND);
+    assert_true(res.token_missing);
+    reg_result_clear(&res);
+    buf_t why = {0};
+    registry_explain_missing_token(b.reg, "tok", 3, &why);
+    assert_false(buf_failed(&why));
+    assert_non_null(strstr(why.data, "expired"));
+    buf_free(&why);
+    assert_int_equal(registry_resync_remove_token(b.reg, TOKDIR, 6), -EINVAL); /* gone */
     registry_free(a.reg);
     registry_free(b.reg);
 }
@@ -760,6 +826,7 @@ int main(void)
         cmocka_unit_test(test_expiry_is_the_backends),
         cmocka_unit_test(test_sweep_removes_on_delivery),
         cmocka_unit_test(test_old_wait_index_is_cleared),
+        cmocka_unit_test(test_resync_clears_and_removes_tokens),
         cmocka_unit_test(test_stale_token_version_is_learned_from_a_lost_guard),
         cmocka_unit_test(test_own_delivery_settles_the_proposal),
         cmocka_unit_test(test_await_catch_up),
