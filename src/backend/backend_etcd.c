@@ -120,10 +120,6 @@ _Static_assert(ETCD_TXN_TIMEOUT_MS + ETCD_UNKNOWN_HOLD_MS <= ETCD_WRITE_BUDGET_M
 #define ETCD_REPLAY_MAX_REVISIONS 20000
 /* A watch etcd ended (no leader, ...) is asked for again after this. */
 #define ETCD_WATCH_RETRY_MS 500
-/* How often the watch is asked for progress: a quiet prefix's mirror then
- * still follows etcd's revision, so a watch that must start again after a
- * failover starts from a recent revision, not one compaction removed. */
-#define ETCD_PROGRESS_EVERY_MS 60000
 /* A mirror lag (/metrics) this old asks the watch for progress: revisions
  * of keys outside the prefix then stop counting as lag. */
 #define ETCD_LAG_PROGRESS_MS 1000
@@ -160,7 +156,6 @@ typedef struct etcd_backend {
     char instance[33]; /* random, names this process in markers */
     etcd_watch_t *watch;
     uint64_t watch_retry_ms; /* when to ask for the watch again; 0: not due */
-    uint64_t progress_ms;    /* when to ask for progress next */
     uint64_t applied;        /* last revision applied to the mirror */
     int64_t index_base;      /* v2 index = revision + index_base (P index_base) */
     bool base_read;          /* the index_base range answered (at load) */
@@ -1005,10 +1000,22 @@ static void on_watch(void *ctx, const Etcdserverpb__WatchResponse *resp)
         }
         return;
     }
+    if (!resp->created && resp->n_events == 0 && resp->header && resp->watch_id == -1) {
+        /* The answer to a progress request (etcd_watch_progress), for the
+         * lag metric only. etcd before 3.4.25 and 3.5.8 sends it on its
+         * own path with the store's revision, whether or not this watch
+         * has been sent the events below it (etcd issue 15220): it can
+         * overtake events still queued, and taken as "applied up to here"
+         * it would make the mirror skip them. */
+        if (eb->live && !eb->broken)
+            note_mirror_current(eb, resp->header);
+        return;
+    }
     if (!resp->created && resp->n_events == 0 && resp->header &&
         (uint64_t)resp->header->revision > eb->applied && !eb->broken) {
-        /* A progress report: etcd sends one only to a watch that has been
-         * sent every event up to this revision. */
+        /* A periodic progress report of this watch (progress_notify):
+         * etcd sends it in order with the watch's events, and only to a
+         * watch that has been sent every event up to this revision. */
         eb->applied = (uint64_t)resp->header->revision;
         registry_advance(eb->reg, v2_index(eb, eb->applied));
         check_caught_up(eb);
@@ -1067,6 +1074,10 @@ static void start_watch(etcd_backend_t *eb)
     rq.key = (ProtobufCBinaryData){strlen(eb->prefix), (uint8_t *)eb->prefix};
     rq.range_end = (ProtobufCBinaryData){strlen(eb->range_end), (uint8_t *)eb->range_end};
     rq.start_revision = (int64_t)eb->applied + 1;
+    /* etcd's own progress reports (every 10 minutes in 3.4) keep a quiet
+     * prefix's mirror at a recent revision, so that a watch that must
+     * start again after a failover starts from one compaction has not
+     * removed (with the retention docs/operating.md asks for). */
     rq.progress_notify = true;
     if (eb->watch_started)
         eb->n_watch_restarts++;
@@ -1292,13 +1303,6 @@ static uint64_t etcd_timer(void *ctx, uint64_t now_ms)
     }
     if (eb->watch_retry_ms && (!next || eb->watch_retry_ms < next))
         next = eb->watch_retry_ms;
-    if (now_ms >= eb->progress_ms) {
-        eb->progress_ms = now_ms + ETCD_PROGRESS_EVERY_MS;
-        if (eb->watch && eb->live)
-            (void)etcd_watch_progress(eb->client); /* -ENOTCONN: next time */
-    }
-    if (!next || eb->progress_ms < next)
-        next = eb->progress_ms;
     return next;
 }
 
