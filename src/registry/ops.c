@@ -51,7 +51,11 @@ bool reg_inorder_scan(const reg_node_t *dir, uint64_t *highest)
         if (c->name[0] < '0' || c->name[0] > '9')
             continue;
         size_t len = strspn(c->name, "0123456789");
-        if (len != REG_INORDER_NAME_LEN || c->name[len] != '\0') {
+        /* A name from 10^19 up is no index a store here hands out (etcd
+         * revisions are int64) and may be beyond 2^64 - 1: no in-order
+         * name could be made to sort after it, so it is a name like any
+         * other that starts with a digit. */
+        if (len != REG_INORDER_NAME_LEN || c->name[len] != '\0' || c->name[0] != '0') {
             only_inorder = false;
             continue;
         }

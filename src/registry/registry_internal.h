@@ -250,9 +250,10 @@ reg_node_t *reg_walk(registry_t *reg, reg_token_t *t, const char *rest, reg_resu
 /* The length of an in-order name (POST): etcd's %020d of an index. */
 #define REG_INORDER_NAME_LEN 20
 /* Scans the children of `dir` (a directory, or NULL: none) for in-order
- * names: *highest (if not NULL) is the highest one, 0 if none. False when a
- * child's name starts with a digit without being an in-order name (it
- * would sort among them). */
+ * names (REG_INORDER_NAME_LEN digits, below 10^19): *highest (if not NULL)
+ * is the highest one, 0 if none. False when a child's name starts with a
+ * digit without being an in-order name (it would sort among or after
+ * them). */
 bool reg_inorder_scan(const reg_node_t *dir, uint64_t *highest);
 /* Builds and commits an event that rewrites or removes node `n`. */
 void reg_commit_change(registry_t *reg, reg_node_t *n, enum reg_action action, const char *value,

@@ -864,6 +864,23 @@ class EtcdInOrderPostTest(unittest.TestCase):
         self.check_in_order([self.a, self.b], lambda base: keys_url(base, tok, "/queue"),
                             results, values)
 
+    def test_post_beside_a_name_no_in_order_name_can_follow(self):
+        # A client may PUT a 20-digit name at or above the largest index
+        # (2^64 - 1): no in-order name can sort after it, so a POST there
+        # is named as etcd v2 names it and guarded like any other write.
+        tok = self.new_token(self.a)
+        for name in ("99999999999999999999", "18446744073709551615"):
+            st, _, body = harness.http("PUT", keys_url(self.a, tok, "/big/" + name),
+                                       "value=x", FORM)
+            self.assertEqual(st, 201, body)
+            st, _, body = harness.http("POST", keys_url(self.a, tok, "/big"), "value=job",
+                                       FORM)
+            self.assertEqual(st, 201, body)
+            node = json.loads(body)["node"]
+            self.assertNotEqual(node["key"].rsplit("/", 1)[1], "0" * 20, body)
+            st, _, body = harness.http("DELETE", keys_url(self.a, tok, "/big/" + name))
+            self.assertEqual(st, 200, body)
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -357,6 +357,32 @@ static void test_in_order_keys_one_at_a_time(void **state)
     registry_free(b.reg);
 }
 
+/* A 20-digit name from 10^19 up (a client's PUT; beyond 2^64 - 1 here)
+ * can have no in-order name after it: a POST beside it is named from the
+ * index and guarded by the token's version, not by "no higher name". */
+static void test_in_order_beside_a_name_too_high(void **state)
+{
+    (void)state;
+    instance_t a, b;
+    instance_init(&a);
+    instance_init(&b);
+    instance_t *all[] = {&a, &b};
+    make_token(&a, &b);
+    deliver(all, 2, REG_ACT_CREATE, K("q/99999999999999999999"), "x", 3);
+    reg_result_t r;
+    outcome_t o;
+    registry_create(a.reg, K("q"), false, "job", true, NO_TTL, T0, &r);
+    await(&a, &r, &o);
+    assert_int_equal(a.be.last_guard.kind, BACKEND_GUARD_TOKEN_AT);
+    assert_string_equal(a.be.last_key, K("q/00000000000000000004"));
+    registry_settle(a.reg, a.be.last_seq, REG_SETTLE_COMMITTED, 4, NULL);
+    deliver(all, 2, REG_ACT_CREATE, K("q/00000000000000000004"), "job", 4);
+    assert_int_equal(o.calls, 1);
+    assert_int_equal(o.err, REG_OK);
+    registry_free(a.reg);
+    registry_free(b.reg);
+}
+
 static void test_failed_and_refused_writes(void **state)
 {
     (void)state;
@@ -819,6 +845,7 @@ int main(void)
         cmocka_unit_test(test_race_on_one_key_one_wins),
         cmocka_unit_test(test_lost_guard_is_proposed_again),
         cmocka_unit_test(test_in_order_keys_one_at_a_time),
+        cmocka_unit_test(test_in_order_beside_a_name_too_high),
         cmocka_unit_test(test_failed_and_refused_writes),
         cmocka_unit_test(test_watch_on_b_answered_by_write_on_a),
         cmocka_unit_test(test_refusal_checked_again_after_catching_up),
