@@ -375,14 +375,48 @@ static void answer(reg_pending_t *p, const reg_result_t *res)
  * none in flight any more. Each run sends it (its directory is then in
  * flight), holds it again behind a write just sent, or answers it.
  */
+/* Whether `dir` has an in-order create in flight: one of the `n` listed in
+ * `flying`, or searched for when the list could not be made (NULL). */
+static bool dir_busy(const registry_t *reg, const char *const *flying, size_t n, const char *dir)
+{
+    if (n == 0)
+        return false;
+    if (!flying)
+        return in_order_in_flight(reg, dir);
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(flying[i], dir) == 0)
+            return true;
+    return false;
+}
+
 static void release_held(registry_t *reg)
 {
     for (;;) {
+        /* The directories with an in-order create in flight are listed
+         * once, not searched for each held write: thousands of POSTs held
+         * behind one directory's must not cost the square of their number
+         * on every delivery. */
+        size_t n_flying = 0, n_held = 0;
+        for (const reg_pending_t *p = reg->pending; p; p = p->next) {
+            n_flying += p->state == PENDING_PROPOSED && p->inorder_dir;
+            n_held += p->state == PENDING_HELD;
+        }
+        if (!n_held)
+            return;
+        const char **flying = n_flying ? malloc(n_flying * sizeof *flying) : NULL;
+        if (flying) {
+            size_t i = 0;
+            for (const reg_pending_t *p = reg->pending; p; p = p->next)
+                if (p->state == PENDING_PROPOSED && p->inorder_dir)
+                    flying[i++] = p->inorder_dir;
+            assert(i == n_flying);
+        }
         reg_pending_t *next = NULL;
         for (reg_pending_t *p = reg->pending; p; p = p->next)
             if (p->state == PENDING_HELD && (!next || p->ticket < next->ticket) &&
-                !in_order_in_flight(reg, p->inorder_dir))
+                !dir_busy(reg, flying, n_flying, p->inorder_dir))
                 next = p;
+        free(flying);
         if (!next)
             return;
         reg_result_t res = {0};
