@@ -106,7 +106,11 @@ static uint64_t inorder_name(registry_t *reg, const char *clean, uint64_t next)
     unsigned losses = reg_retry_losses(reg);
     if (losses)
         n += (uint64_t)1 << (losses < 10 ? losses : 10);
-    reg->inorder_high = n;
+    /* A name from 10^19 up follows a client's own name there (see
+     * reg_inorder_scan): it is not remembered, or every later POST of this
+     * instance, in every directory, would be named above it. */
+    if (n < 10000000000000000000ULL)
+        reg->inorder_high = n;
     return n;
 }
 

@@ -383,6 +383,33 @@ static void test_in_order_beside_a_name_too_high(void **state)
     registry_free(b.reg);
 }
 
+/* A client's name just below 10^19 in one directory: the POST after it
+ * is named above it there, and POSTs to other directories are not. */
+static void test_in_order_high_name_stays_in_its_directory(void **state)
+{
+    (void)state;
+    instance_t a, b;
+    instance_init(&a);
+    instance_init(&b);
+    instance_t *all[] = {&a, &b};
+    make_token(&a, &b);
+    deliver(all, 2, REG_ACT_CREATE, K("q/09999999999999999999"), "x", 3);
+    reg_result_t r;
+    outcome_t o;
+    registry_create(a.reg, K("q"), false, "job", true, NO_TTL, T0, &r);
+    await(&a, &r, &o);
+    assert_string_equal(a.be.last_key, K("q/10000000000000000000"));
+    registry_settle(a.reg, a.be.last_seq, REG_SETTLE_COMMITTED, 4, NULL);
+    deliver(all, 2, REG_ACT_CREATE, K("q/10000000000000000000"), "job", 4);
+    assert_int_equal(o.err, REG_OK);
+    registry_create(a.reg, K("other"), false, "job", true, NO_TTL, T0, &r);
+    await(&a, &r, &o);
+    assert_int_equal(a.be.last_guard.kind, BACKEND_GUARD_IN_ORDER);
+    assert_string_equal(a.be.last_key, K("other/00000000000000000005"));
+    registry_free(a.reg);
+    registry_free(b.reg);
+}
+
 static void test_failed_and_refused_writes(void **state)
 {
     (void)state;
@@ -846,6 +873,7 @@ int main(void)
         cmocka_unit_test(test_lost_guard_is_proposed_again),
         cmocka_unit_test(test_in_order_keys_one_at_a_time),
         cmocka_unit_test(test_in_order_beside_a_name_too_high),
+        cmocka_unit_test(test_in_order_high_name_stays_in_its_directory),
         cmocka_unit_test(test_failed_and_refused_writes),
         cmocka_unit_test(test_watch_on_b_answered_by_write_on_a),
         cmocka_unit_test(test_refusal_checked_again_after_catching_up),
