@@ -1075,8 +1075,10 @@ void v3_on_durable(api_t *api)
     }
 }
 
-static bool send_watch_response(v3_stream_t *vs, int64_t id, bool created, bool canceled,
-                                const char *reason, uint64_t index)
+/* A watch response without events; `compact_rev` > 0 with `canceled`
+ * only (send_watch_compacted). */
+static bool send_watch_answer(v3_stream_t *vs, int64_t id, bool created, bool canceled,
+                              const char *reason, uint64_t compact_rev, uint64_t index)
 {
     Etcdserverpb__ResponseHeader hd;
     fill_header(vs->api, &hd);
@@ -1085,8 +1087,15 @@ static bool send_watch_response(v3_stream_t *vs, int64_t id, bool created, bool 
     resp.watch_id = id;
     resp.created = created;
     resp.canceled = canceled;
+    resp.compact_revision = (int64_t)compact_rev;
     resp.cancel_reason = (char *)(reason ? reason : "");
     return stream_queue(vs, &resp.base, index);
+}
+
+static bool send_watch_response(v3_stream_t *vs, int64_t id, bool created, bool canceled,
+                                const char *reason, uint64_t index)
+{
+    return send_watch_answer(vs, id, created, canceled, reason, 0, index);
 }
 
 /* etcd's answer to a watch whose start revision was compacted (its
@@ -1097,15 +1106,7 @@ static bool send_watch_response(v3_stream_t *vs, int64_t id, bool created, bool 
 static bool send_watch_compacted(v3_stream_t *vs, int64_t id, uint64_t compact_rev, uint64_t index)
 {
     assert(compact_rev > 0);
-    Etcdserverpb__ResponseHeader hd;
-    fill_header(vs->api, &hd);
-    Etcdserverpb__WatchResponse resp = ETCDSERVERPB__WATCH_RESPONSE__INIT;
-    resp.header = &hd;
-    resp.watch_id = id;
-    resp.canceled = true;
-    resp.compact_revision = (int64_t)compact_rev;
-    resp.cancel_reason = "";
-    return stream_queue(vs, &resp.base, index);
+    return send_watch_answer(vs, id, false, true, NULL, compact_rev, index);
 }
 
 static void fill_event_kv(Etcdserverpb__KeyValue *kv, const reg_snap_t *n, uint64_t index,

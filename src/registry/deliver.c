@@ -176,6 +176,15 @@ static void guard_for(registry_t *reg, const reg_event_t *ev, backend_guard_t *g
 }
 
 /* Is an in-order create to directory `dir` sent and not yet answered? */
+/* `out` says "pending, answered later through `p`'s ticket". */
+static void say_pending(const registry_t *reg, const reg_pending_t *p, reg_result_t *out)
+{
+    out->err = REG_OK;
+    out->index = reg->index;
+    out->pending = true;
+    out->ticket = p->ticket;
+}
+
 static bool in_order_in_flight(const registry_t *reg, const char *dir)
 {
     for (const reg_pending_t *p = reg->pending; p; p = p->next)
@@ -228,10 +237,7 @@ void reg_propose_pending(registry_t *reg, reg_event_t *ev, reg_result_t *out)
         p->state = PENDING_HELD;
         if (fresh)
             pending_link(reg, p);
-        out->err = REG_OK;
-        out->index = reg->index;
-        out->pending = true;
-        out->ticket = p->ticket;
+        say_pending(reg, p, out);
         return;
     }
     p->seq = ++reg->next_seq;
@@ -248,10 +254,7 @@ void reg_propose_pending(registry_t *reg, reg_event_t *ev, reg_result_t *out)
     }
     if (fresh)
         pending_link(reg, p);
-    out->err = REG_OK;
-    out->index = reg->index;
-    out->pending = true;
-    out->ticket = p->ticket;
+    say_pending(reg, p, out);
 }
 
 /* Whether the backend applies on delivery and can set a barrier. */
@@ -279,10 +282,7 @@ static reg_pending_t *pending_behind_barrier(registry_t *reg, const reg_op_t *op
     }
     pending_link(reg, p);
     reg_result_clear(out);
-    out->err = REG_OK;
-    out->index = reg->index;
-    out->pending = true;
-    out->ticket = p->ticket;
+    say_pending(reg, p, out);
     return p;
 }
 
