@@ -175,7 +175,6 @@ static void guard_for(registry_t *reg, const reg_event_t *ev, backend_guard_t *g
     }
 }
 
-/* Is an in-order create to directory `dir` sent and not yet answered? */
 /* `out` says "pending, answered later through `p`'s ticket". */
 static void say_pending(const registry_t *reg, const reg_pending_t *p, reg_result_t *out)
 {
@@ -185,6 +184,7 @@ static void say_pending(const registry_t *reg, const reg_pending_t *p, reg_resul
     out->ticket = p->ticket;
 }
 
+/* Is an in-order create to directory `dir` sent and not yet answered? */
 static bool in_order_in_flight(const registry_t *reg, const char *dir)
 {
     for (const reg_pending_t *p = reg->pending; p; p = p->next)
@@ -213,10 +213,12 @@ void reg_propose_pending(registry_t *reg, reg_event_t *ev, reg_result_t *out)
     backend_guard_t g;
     guard_for(reg, ev, &g);
     char *dir = NULL;
+    const char *leaf = NULL; /* an in-order key's name */
     if (g.kind == BACKEND_GUARD_IN_ORDER) {
-        const char *leaf = strrchr(ev->node.key, '/');
-        assert(leaf); /* a key below a token */
-        if (!(dir = strndup(ev->node.key, (size_t)(leaf - ev->node.key)))) {
+        const char *slash = strrchr(ev->node.key, '/');
+        assert(slash); /* a key below a token */
+        leaf = slash + 1;
+        if (!(dir = strndup(ev->node.key, (size_t)(slash - ev->node.key)))) {
             if (fresh)
                 pending_free(p);
             reg_event_free(ev);
@@ -230,7 +232,6 @@ void reg_propose_pending(registry_t *reg, reg_event_t *ev, reg_result_t *out)
         /* Validated again and named when its turn comes (release_held);
          * the name just handed out is not used, so it is given again:
          * on a quiet cluster names stay equal to createdIndex. */
-        const char *leaf = strrchr(ev->node.key, '/') + 1;
         if (strtoull(leaf, NULL, 10) == reg->inorder_high)
             reg->inorder_high--;
         reg_event_free(ev);
@@ -370,11 +371,6 @@ static void answer(reg_pending_t *p, const reg_result_t *res)
     pending_free(p);
 }
 
-/*
- * Runs again the oldest held in-order create of each directory that has
- * none in flight any more. Each run sends it (its directory is then in
- * flight), holds it again behind a write just sent, or answers it.
- */
 /* Whether `dir` has an in-order create in flight: one of the `n` listed in
  * `flying`, or searched for when the list could not be made (NULL). */
 static bool dir_busy(const registry_t *reg, const char *const *flying, size_t n, const char *dir)
@@ -389,6 +385,11 @@ static bool dir_busy(const registry_t *reg, const char *const *flying, size_t n,
     return false;
 }
 
+/*
+ * Runs again the oldest held in-order create of each directory that has
+ * none in flight any more. Each run sends it (its directory is then in
+ * flight), holds it again behind a write just sent, or answers it.
+ */
 static void release_held(registry_t *reg)
 {
     for (;;) {

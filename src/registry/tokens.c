@@ -254,6 +254,15 @@ void reg_token_remove(registry_t *reg, reg_token_t *t)
     reg_token_free(reg, t);
 }
 
+/* The files directly in `dir`, hidden ones excluded. */
+static size_t visible_files(const reg_node_t *dir)
+{
+    size_t n = 0;
+    for (const reg_node_t *c = reg_node_first_child(dir); c; c = reg_node_next_sibling(c))
+        n += !reg_node_is_hidden(c) && !reg_node_is_dir(c);
+    return n;
+}
+
 bool registry_token_summary(registry_t *reg, const char *name, size_t len, reg_token_summary_t *out)
 {
     REG_ASSERT_OWNER(reg);
@@ -262,18 +271,11 @@ bool registry_token_summary(registry_t *reg, const char *name, size_t len, reg_t
     if (!t)
         return false;
     out->created_ns = t->created_ns;
-    for (const reg_node_t *n = reg_node_first_child(t->dir); n; n = reg_node_next_sibling(n)) {
-        if (!reg_node_is_hidden(n) && !reg_node_is_dir(n))
-            out->members++;
-    }
-    /* v3 members (etcd's v3discovery) are files of members/; a token
-     * serves one kind, so at most one of the two counts is not 0. */
+    /* v2 members are the token's own files, v3 members (etcd's
+     * v3discovery) the files of members/; a token serves one kind, so at
+     * most one of the two counts is not 0. */
     const reg_node_t *v3 = reg_node_child(t->dir, "members", 7);
-    for (const reg_node_t *n = v3 && reg_node_is_dir(v3) ? reg_node_first_child(v3) : NULL; n;
-         n = reg_node_next_sibling(n)) {
-        if (!reg_node_is_hidden(n) && !reg_node_is_dir(n))
-            out->members++;
-    }
+    out->members = visible_files(t->dir) + (v3 && reg_node_is_dir(v3) ? visible_files(v3) : 0);
     const reg_node_t *cfg = reg_node_child(t->dir, "_config", 7);
     const reg_node_t *sz = cfg ? reg_node_child(cfg, "size", 4) : NULL;
     unsigned size;
