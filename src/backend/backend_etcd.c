@@ -1212,16 +1212,6 @@ static void on_lease_granted(void *ctx, const etcd_result_t *res)
         registry_settle(eb->reg, seq, REG_SETTLE_FAILED, 0, why);
 }
 
-/* The TTL in whole seconds from now, rounded up (at least 1: etcd raises
- * a shorter lease to its minimum, about 1.5 s with default timings). */
-static int64_t ttl_seconds(int64_t expire_ns)
-{
-    int64_t left = expire_ns - time_wall_ns();
-    if (left <= NS_PER_SEC)
-        return 1;
-    return left / NS_PER_SEC + (left % NS_PER_SEC != 0);
-}
-
 /* A write of a key with a TTL: one new lease for it (v2's TTL is per key),
  * then its Txn with the lease on the key's put. */
 static int propose_with_lease(etcd_backend_t *eb, etcd_txn_plan_t *plan, const reg_event_t *ev,
@@ -1244,7 +1234,7 @@ static int propose_with_lease(etcd_backend_t *eb, etcd_txn_plan_t *plan, const r
     *owned = *plan; /* moved */
     c->plan = owned;
     Etcdserverpb__LeaseGrantRequest rq = ETCDSERVERPB__LEASE_GRANT_REQUEST__INIT;
-    rq.ttl = ttl_seconds(ev->node.expire_ns);
+    rq.ttl = etcd_layout_lease_seconds(ev->node.expire_ns, time_wall_ns());
     int rc = etcd_lease_grant(eb->client, &rq, ETCD_TXN_TIMEOUT_MS, on_lease_granted, c);
     if (rc != 0)
         call_free(c);

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "util/buf.h"
+#include "util/timeutil.h"
 
 static const char registry_prefix[] = REGISTRY_PREFIX "/";
 
@@ -504,6 +505,14 @@ int etcd_layout_plan(const char *prefix, const reg_event_t *ev, const backend_gu
     if (rc != 0)
         etcd_txn_plan_free(plan);
     return rc;
+}
+
+int64_t etcd_layout_lease_seconds(int64_t expire_ns, int64_t now_ns)
+{
+    int64_t left = expire_ns - now_ns;
+    if (left <= NS_PER_SEC)
+        return 1;
+    return left / NS_PER_SEC + (left % NS_PER_SEC != 0);
 }
 
 size_t etcd_layout_plan_set_lease(etcd_txn_plan_t *plan, const char *prefix, const char *v2key,

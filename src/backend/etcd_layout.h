@@ -143,6 +143,10 @@ typedef struct etcd_txn_plan {
 int etcd_layout_plan(const char *prefix, const reg_event_t *ev, const backend_guard_t *g,
                      const char *instance, uint64_t seq, etcd_txn_plan_t *plan);
 void etcd_txn_plan_free(etcd_txn_plan_t *plan);
+/* The seconds of the lease for a key expiring at `expire_ns`, at `now_ns`
+ * (wall clock): what is left, rounded up, at least 1 (etcd raises a
+ * shorter lease to its minimum, about 1.5 s with default timings). */
+int64_t etcd_layout_lease_seconds(int64_t expire_ns, int64_t now_ns);
 /*
  * Puts `v2key`'s key (and its P c/ key, when the plan writes it) under
  * `lease`: the key with a TTL. Returns how many puts now carry it (0: the

@@ -323,16 +323,6 @@ static int lease_sync(migrate_t *m, int64_t ttl_s)
     return m->outcome == ETCD_OK && m->lease_id > 0 ? 0 : -1;
 }
 
-/* What is left of a TTL at `now_ns`, in whole seconds rounded up, at
- * least 1: the lease the etcd backend itself grants for that expiry. */
-static int64_t lease_seconds(int64_t expire_ns, int64_t now_ns)
-{
-    int64_t left = expire_ns - now_ns;
-    if (left <= NS_PER_SEC)
-        return 1;
-    return left / NS_PER_SEC + (left % NS_PER_SEC != 0);
-}
-
 /* Empty writes to a key outside the prefix until etcd's revision is at
  * least `upto` (each write is one revision; the mirror never sees them). */
 static int fill_to(migrate_t *m, int64_t upto, uint64_t *filled)
@@ -594,7 +584,7 @@ static int copy_events(migrate_t *m, const event_list_t *events, int64_t base, c
             int64_t now_ns = time_wall_ns();
             if (ev->node.expire_ns <= now_ns) {
                 st->expired[st->n_expired++] = i;
-            } else if (lease_sync(m, lease_seconds(ev->node.expire_ns, now_ns)) != 0) {
+            } else if (lease_sync(m, etcd_layout_lease_seconds(ev->node.expire_ns, now_ns)) != 0) {
                 etcd_txn_plan_free(&plan);
                 return -1;
             } else if (etcd_layout_plan_set_lease(&plan, m->prefix, ev->node.key, ev->node.is_dir,

@@ -412,6 +412,17 @@ static void test_index_base(void **state)
     assert_int_equal(b, 1234);
 }
 
+/* A lease covers what is left of a TTL, rounded up, at least 1 s. */
+static void test_lease_seconds(void **state)
+{
+    (void)state;
+    const int64_t s = 1000000000;
+    assert_int_equal(etcd_layout_lease_seconds(100 * s, 70 * s), 30);
+    assert_int_equal(etcd_layout_lease_seconds(100 * s + 1, 70 * s), 31);
+    assert_int_equal(etcd_layout_lease_seconds(100 * s, 100 * s - s / 2), 1);
+    assert_int_equal(etcd_layout_lease_seconds(100 * s, 120 * s), 1);
+}
+
 /* A token's creation time, read back from P m/<token>. */
 static void test_parse_meta(void **state)
 {
@@ -449,6 +460,7 @@ int main(void)
         cmocka_unit_test(test_read_revision),
         cmocka_unit_test(test_index_base),
         cmocka_unit_test(test_parse_meta),
+        cmocka_unit_test(test_lease_seconds),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
