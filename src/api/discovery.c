@@ -217,8 +217,9 @@ static void await_new(api_t *api, const http_request_t *req, const reg_result_t 
 {
     buf_putc(prefix, '/');
     buf_puts(prefix, token);
+    token_log_who_t who = token_log_who(req);
     pending_new_t *pn =
-        buf_failed(prefix) ? NULL : malloc(sizeof *pn + prefix->len + 1 + token_log_who_size(req));
+        buf_failed(prefix) ? NULL : malloc(sizeof *pn + prefix->len + 1 + token_log_who_size(&who));
     if (!pn) {
         registry_forget(api->reg, res->ticket);
         send_text(api, req->handle, METRICS_NEW, req->method_name, 503,
@@ -232,7 +233,7 @@ static void await_new(api_t *api, const http_request_t *req, const reg_result_t 
     memcpy(pn->url, prefix->data, prefix->len);
     pn->url[prefix->len] = '\0';
     pn->size = size;
-    pn->who = token_log_who_keep(req, pn->url + prefix->len + 1);
+    pn->who = token_log_who_keep(&who, pn->url + prefix->len + 1);
     api_await_write(api, req->handle, METRICS_NEW, req->method_name, res->ticket,
                     answer_pending_new, pn);
 }

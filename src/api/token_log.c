@@ -59,19 +59,19 @@ static bool seen_before(api_t *api, const char *name, size_t len, const char *ad
     return was;
 }
 
-size_t token_log_who_size(const http_request_t *req)
+size_t token_log_who_size(const token_log_who_t *who)
 {
-    return strlen(req->path) + strlen(req->peer) + strlen(req->peer_addr) + 3;
+    return strlen(who->path) + strlen(who->peer) + strlen(who->peer_addr) + 3;
 }
 
-token_log_who_t token_log_who_keep(const http_request_t *req, char *space)
+token_log_who_t token_log_who_keep(const token_log_who_t *who, char *space)
 {
-    size_t path = strlen(req->path) + 1, peer = strlen(req->peer) + 1;
-    strcpy(space, req->path);
-    strcpy(space + path, req->peer);
-    strcpy(space + path + peer, req->peer_addr);
-    return (token_log_who_t){req->method,  req->method_name,    space,
-                             space + path, space + path + peer, false};
+    size_t path = strlen(who->path) + 1, peer = strlen(who->peer) + 1;
+    token_log_who_t kept = *who;
+    kept.path = strcpy(space, who->path);
+    kept.peer = strcpy(space + path, who->peer);
+    kept.peer_addr = strcpy(space + path + peer, who->peer_addr);
+    return kept;
 }
 
 void token_log_created(api_t *api, const token_log_who_t *who, const char *token, unsigned size)

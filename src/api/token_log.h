@@ -41,11 +41,11 @@ static inline token_log_who_t token_log_who(const http_request_t *req)
                              req->peer,   req->peer_addr,   false};
 }
 
-/* The bytes token_log_who_keep needs for `req`'s strings. */
-size_t token_log_who_size(const http_request_t *req);
+/* The bytes token_log_who_keep needs for `who`'s strings. */
+size_t token_log_who_size(const token_log_who_t *who);
 
-/* `req`'s who, its strings copied into `space` (token_log_who_size bytes). */
-token_log_who_t token_log_who_keep(const http_request_t *req, char *space);
+/* `who` with its strings copied into `space` (token_log_who_size bytes). */
+token_log_who_t token_log_who_keep(const token_log_who_t *who, char *space);
 
 /* /new made `token` of `size` for `who`. */
 void token_log_created(api_t *api, const token_log_who_t *who, const char *token, unsigned size);
@@ -53,10 +53,11 @@ void token_log_created(api_t *api, const token_log_who_t *who, const char *token
 /*
  * After a v2 operation or a v3 Put on `key` (a full registry key) for
  * `who`, before its answer is sent (a pending write: once its outcome is
- * known): logs the token event `res` is, if
- * any, and when `res` is REG_E_KEY_NOT_FOUND because the token does not exist, replaces res->cause
- * with "<token key>: <why>" (the key first, as etcd's cause, then what the registry knows: expired
- * and when, never issued, or malformed and how) and logs that with the client's address. Leaves
+ * known): logs the token event `res` is, if any, and when `res` is
+ * REG_E_KEY_NOT_FOUND because the token does not exist, replaces
+ * res->cause with "<token key>: <why>" (the key first, as etcd's cause,
+ * then what the registry knows: expired and when, never issued, or
+ * malformed and how) and logs that with the client's address. Leaves
  * res->cause as it was when out of memory.
  */
 void token_log_v2(api_t *api, const token_log_who_t *who, const char *key, reg_result_t *res);

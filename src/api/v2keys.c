@@ -244,7 +244,8 @@ static void await_pending(api_t *api, const http_request_t *req, const char *key
                           enum metrics_endpoint ep, const reg_result_t *res, const v2_params_t *p)
 {
     size_t key_len = strlen(key) + 1;
-    pending_answer_t *pa = malloc(sizeof *pa + key_len + token_log_who_size(req));
+    token_log_who_t who = token_log_who(req);
+    pending_answer_t *pa = malloc(sizeof *pa + key_len + token_log_who_size(&who));
     if (!pa) {
         registry_forget(api->reg, res->ticket);
         api_send_v2_error(api, req->handle, ep, req->method_name, 503, 300, "out of memory",
@@ -252,7 +253,7 @@ static void await_pending(api_t *api, const http_request_t *req, const char *key
         return;
     }
     *pa = (pending_answer_t){api, ep, req->method_name, p->no_value_on_success,
-                             token_log_who_keep(req, pa->space + key_len)};
+                             token_log_who_keep(&who, pa->space + key_len)};
     memcpy(pa->space, key, key_len);
     api_await_write(api, req->handle, ep, req->method_name, res->ticket, answer_pending, pa);
 }

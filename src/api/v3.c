@@ -573,9 +573,7 @@ static void put_run(v3_put_t *put, http_req_t h, const http_request_t *req);
 static v3_put_t *put_dup(const v3_put_t *put)
 {
     size_t t = strlen(put->token) + 1, k = strlen(put->key) + 1, v = strlen(put->value) + 1;
-    size_t path = strlen(put->who.path) + 1, peer = strlen(put->who.peer) + 1,
-           addr = strlen(put->who.peer_addr) + 1;
-    v3_put_t *cp = malloc(sizeof *cp + t + k + v + path + peer + addr);
+    v3_put_t *cp = malloc(sizeof *cp + t + k + v + token_log_who_size(&put->who));
     if (!cp)
         return NULL;
     *cp = *put;
@@ -583,10 +581,7 @@ static v3_put_t *put_dup(const v3_put_t *put)
     cp->token = memcpy(p, put->token, t);
     cp->key = memcpy(p + t, put->key, k);
     cp->value = memcpy(p + t + k, put->value, v);
-    p += t + k + v;
-    cp->who.path = memcpy(p, put->who.path, path);
-    cp->who.peer = memcpy(p + path, put->who.peer, peer);
-    cp->who.peer_addr = memcpy(p + path + peer, put->who.peer_addr, addr);
+    cp->who = token_log_who_keep(&put->who, p + t + k + v);
     return cp;
 }
 
