@@ -492,20 +492,24 @@ static char **tokens_of(const event_list_t *events, size_t *n_out)
     return t;
 }
 
-static const event_list_t *sorting_events; /* qsort has no context argument */
+/* An event's key and its place in the list, sorted by key then place. */
+typedef struct keyed_event {
+    const char *key;
+    size_t i;
+} keyed_event_t;
 
-static int cmp_event_key(const void *a, const void *b)
+static int keyed_event_order(const void *a, const void *b)
 {
-    size_t i = *(const size_t *)a, j = *(const size_t *)b;
-    int c = strcmp(sorting_events->v[i]->node.key, sorting_events->v[j]->node.key);
-    return c ? c : (i > j) - (i < j);
+    const keyed_event_t *x = a, *y = b;
+    int c = strcmp(x->key, y->key);
+    return c ? c : (x->i > y->i) - (x->i < y->i);
 }
 
 /* Per event: whether no later event writes its key (its put or delete is
  * what the key is at the end). NULL on no memory. */
 static bool *last_writes(const event_list_t *events)
 {
-    size_t *order = malloc((events->n + 1) * sizeof *order);
+    keyed_event_t *order = malloc((events->n + 1) * sizeof *order);
     bool *last = calloc(events->n + 1, sizeof *last);
     if (!order || !last) {
         free(order);
@@ -513,13 +517,10 @@ static bool *last_writes(const event_list_t *events)
         return NULL;
     }
     for (size_t i = 0; i < events->n; i++)
-        order[i] = i;
-    sorting_events = events;
-    qsort(order, events->n, sizeof *order, cmp_event_key);
-    sorting_events = NULL;
+        order[i] = (keyed_event_t){events->v[i]->node.key, i};
+    qsort(order, events->n, sizeof *order, keyed_event_order);
     for (size_t k = 0; k < events->n; k++)
-        last[order[k]] = k + 1 == events->n || strcmp(events->v[order[k]]->node.key,
-                                                      events->v[order[k + 1]]->node.key) != 0;
+        last[order[k].i] = k + 1 == events->n || strcmp(order[k].key, order[k + 1].key) != 0;
     free(order);
     return last;
 }
